@@ -1,0 +1,12 @@
+//! Shared attestation vocabulary for Cocoon.
+//!
+//! This crate owns the *types* of platform evidence and their parsing from
+//! untrusted bytes. It performs no cryptography and no I/O: deciding whether a
+//! piece of evidence is genuine is the `cocoon-verifier` crate's job. Every
+//! parser here returns a typed error on bad input and never panics.
+//!
+//! * [`snp`] — AMD SEV-SNP attestation reports (versions 2, 3 and 5).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod snp;

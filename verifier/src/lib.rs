@@ -1,0 +1,134 @@
+//! Offline verification of confidential-VM evidence for Cocoon.
+//!
+//! A client runs this crate before any key material leaves its machine. It
+//! owns certificate chains, signatures, TCB checks and the comparison of
+//! evidence against a [`policy`]; it must not touch the network, the file
+//! system or the clock. Time is always an argument ([`UnixTime`]), collateral
+//! is always passed in, and every failure is a [`Rejection`] that lists each
+//! shortfall in words a person can act on. Nothing fails open: missing
+//! collateral, an unknown field value or unparsable input is a rejection.
+//!
+//! Results that prove something are types only this crate can build:
+//! [`snp::VerifiedSnp`] is what the rest of the product requires before it
+//! trusts an SNP report.
+//!
+//! * [`snp`] — AMD SEV-SNP: ARK → ASK/ASVK → VCEK/VLEK chains, the report
+//!   signature, VCEK extensions and the SNP policy.
+//! * [`policy`] — reference values, each required or explicitly skipped, and
+//!   their TOML form.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod crypto;
+pub mod policy;
+pub mod snp;
+mod x509;
+
+use core::fmt;
+
+pub use policy::{Check, SnpPolicy};
+pub use snp::{verify_snp, SnpVerifier, VerifiedSnp};
+pub use x509::CertError;
+
+/// Seconds since the Unix epoch, UTC. The verifier never reads a clock:
+/// callers pass the time at which evidence must be valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixTime(pub u64);
+
+/// What kind of shortfall a [`Reason`] is, for programs that react to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReasonKind {
+    /// The evidence could not be parsed.
+    Malformed,
+    /// A certificate could not be parsed or is not of the expected kind.
+    Certificate,
+    /// The certificate chain does not lead to a pinned root.
+    Chain,
+    /// A certificate is not valid at the given time.
+    Expired,
+    /// The evidence signature does not verify.
+    Signature,
+    /// The signing key's certificate does not match the evidence (TCB, chip ID, product).
+    KeyBinding,
+    /// A field holds a value the specification does not define.
+    UnknownValue,
+    /// The evidence does not meet the policy.
+    Policy,
+}
+
+/// One shortfall of the evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// What kind of shortfall this is.
+    pub kind: ReasonKind,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Evidence was not accepted. Lists every shortfall found, not just the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    reasons: Vec<Reason>,
+}
+
+impl Rejection {
+    /// A rejection with one reason.
+    pub fn single(kind: ReasonKind, message: impl Into<String>) -> Self {
+        Rejection {
+            reasons: vec![Reason {
+                kind,
+                message: message.into(),
+            }],
+        }
+    }
+    /// Every shortfall, in the order found.
+    pub fn reasons(&self) -> &[Reason] {
+        &self.reasons
+    }
+    /// Whether any reason is of this kind.
+    pub fn has(&self, kind: ReasonKind) -> bool {
+        self.reasons.iter().any(|r| r.kind == kind)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "evidence rejected:")?;
+        for r in &self.reasons {
+            write!(f, "\n  - {r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Collects shortfalls while a verification runs to the end.
+#[derive(Default)]
+pub(crate) struct Findings {
+    reasons: Vec<Reason>,
+}
+
+impl Findings {
+    pub(crate) fn add(&mut self, kind: ReasonKind, message: impl Into<String>) {
+        self.reasons.push(Reason {
+            kind,
+            message: message.into(),
+        });
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reasons.is_empty()
+    }
+    pub(crate) fn into_rejection(self) -> Rejection {
+        Rejection {
+            reasons: self.reasons,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The slice of X.509 the AMD key hierarchy needs.
+//!
+//! Owns parsing a DER certificate into what chain building uses: the exact
+//! signed TBS bytes, names, validity, the subject key and its signature
+//! algorithm, and the extensions. It verifies nothing by itself and never
+//! panics on input.
+
+use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier};
+use der::{Decode, Encode};
+use x509_cert::Certificate;
+
+use crate::crypto::{KeyError, P384Key, RsaPssSha384Key};
+use crate::UnixTime;
+
+/// rsaEncryption.
+pub(crate) const OID_RSA_ENCRYPTION: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// RSASSA-PSS.
+pub(crate) const OID_RSASSA_PSS: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+/// MGF1.
+const OID_MGF1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.8");
+/// SHA-384.
+const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+/// id-ecPublicKey.
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// secp384r1.
+const OID_SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+/// Why bytes are not a usable certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// Not DER X.509.
+    #[error("not a DER X.509 certificate: {0}")]
+    Der(String),
+    /// PEM armour present but broken.
+    #[error("not a PEM certificate: {0}")]
+    Pem(String),
+    /// The signature algorithm is not RSASSA-PSS with SHA-384, MGF1-SHA-384, salt 48.
+    #[error("signature algorithm is not RSASSA-PSS/SHA-384/MGF1-SHA-384/salt 48 as AMD's key hierarchy uses")]
+    UnsupportedSignatureAlgorithm,
+    /// The inner and outer signature algorithms differ (RFC 5280 §4.1.1.2).
+    #[error("signatureAlgorithm differs from tbsCertificate.signature")]
+    AlgorithmMismatch,
+    /// The subject key is not of a kind this hierarchy uses.
+    #[error("subject public key: {0}")]
+    Key(String),
+}
+
+/// The subject key of a certificate, parsed for verification.
+pub(crate) enum SubjectKey {
+    Rsa(RsaPssSha384Key),
+    P384(P384Key),
+}
+
+/// A parsed certificate.
+pub(crate) struct Cert {
+    /// The DER as received.
+    pub der: Vec<u8>,
+    /// The exact bytes the issuer signed.
+    pub tbs: Vec<u8>,
+    /// DER of the issuer and subject names (compared byte for byte).
+    pub issuer: Vec<u8>,
+    pub subject: Vec<u8>,
+    /// Subject common name, for messages.
+    pub subject_cn: String,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+    /// The signature value (RSASSA-PSS, checked above).
+    pub signature: Vec<u8>,
+    pub key: SubjectKey,
+    /// (OID, critical, extnValue contents).
+    pub extensions: Vec<(ObjectIdentifier, bool, Vec<u8>)>,
+}
+
+#[derive(der::Sequence)]
+struct RawCert<'a> {
+    tbs: AnyRef<'a>,
+    _alg: AnyRef<'a>,
+    _sig: BitStringRef<'a>,
+}
+
+fn common_name(name: &x509_cert::name::Name) -> String {
+    // id-at-commonName 2.5.4.3
+    const CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+    for rdn in name.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid == CN {
+                if let Ok(s) = atv.value.decode_as::<der::asn1::PrintableStringRef<'_>>() {
+                    return s.as_str().to_owned();
+                }
+                if let Ok(s) = atv.value.decode_as::<der::asn1::Utf8StringRef<'_>>() {
+                    return s.as_str().to_owned();
+                }
+                if let Ok(s) = atv.value.decode_as::<der::asn1::Ia5StringRef<'_>>() {
+                    return s.as_str().to_owned();
+                }
+            }
+        }
+    }
+    String::from("(no common name)")
+}
+
+fn check_pss_sha384(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Result<(), CertError> {
+    if alg.oid != OID_RSASSA_PSS {
+        return Err(CertError::UnsupportedSignatureAlgorithm);
+    }
+    let params = alg
+        .parameters
+        .as_ref()
+        .ok_or(CertError::UnsupportedSignatureAlgorithm)?;
+    let der = params
+        .to_der()
+        .map_err(|_| CertError::UnsupportedSignatureAlgorithm)?;
+    let p = rsa::pkcs1::RsaPssParams::from_der(&der)
+        .map_err(|_| CertError::UnsupportedSignatureAlgorithm)?;
+    let mgf_hash_ok = p.mask_gen.parameters.as_ref().is_some_and(|h| h.oid == OID_SHA384);
+    if p.hash.oid == OID_SHA384
+        && p.mask_gen.oid == OID_MGF1
+        && mgf_hash_ok
+        && p.salt_len == 48
+        && p.trailer_field == rsa::pkcs1::TrailerField::BC
+    {
+        Ok(())
+    } else {
+        Err(CertError::UnsupportedSignatureAlgorithm)
+    }
+}
+
+impl Cert {
+    /// Parse one DER certificate.
+    pub(crate) fn from_der(der: &[u8]) -> Result<Cert, CertError> {
+        let bad = |e: der::Error| CertError::Der(e.to_string());
+        let cert = Certificate::from_der(der).map_err(bad)?;
+        let raw = RawCert::from_der(der).map_err(bad)?;
+        let tbs = raw.tbs.to_der().map_err(bad)?;
+        let t = &cert.tbs_certificate;
+        if t.signature != cert.signature_algorithm {
+            return Err(CertError::AlgorithmMismatch);
+        }
+        check_pss_sha384(&cert.signature_algorithm)?;
+        let spki = &t.subject_public_key_info;
+        let key_bits = spki
+            .subject_public_key
+            .as_bytes()
+            .ok_or_else(|| CertError::Key("bit string has unused bits".into()))?;
+        let key = if spki.algorithm.oid == OID_RSA_ENCRYPTION {
+            SubjectKey::Rsa(
+                RsaPssSha384Key::from_pkcs1_der(key_bits).map_err(|e| CertError::Key(e.to_string()))?,
+            )
+        } else if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+            if curve != Some(OID_SECP384R1) {
+                return Err(CertError::Key("EC key is not on P-384".into()));
+            }
+            SubjectKey::P384(P384Key::from_sec1(key_bits).map_err(|e: KeyError| CertError::Key(e.to_string()))?)
+        } else {
+            return Err(CertError::Key(format!("unsupported key algorithm {}", spki.algorithm.oid)));
+        };
+        let signature = cert
+            .signature
+            .as_bytes()
+            .ok_or_else(|| CertError::Der("signature bit string has unused bits".into()))?
+            .to_vec();
+        let extensions = t
+            .extensions
+            .iter()
+            .flatten()
+            .map(|e| (e.extn_id, e.critical, e.extn_value.as_bytes().to_vec()))
+            .collect();
+        Ok(Cert {
+            der: der.to_vec(),
+            tbs,
+            issuer: t.issuer.to_der().map_err(bad)?,
+            subject: t.subject.to_der().map_err(bad)?,
+            subject_cn: common_name(&t.subject),
+            not_before: UnixTime(t.validity.not_before.to_unix_duration().as_secs()),
+            not_after: UnixTime(t.validity.not_after.to_unix_duration().as_secs()),
+            signature,
+            key,
+            extensions,
+        })
+    }
+
+    /// Parse DER, or PEM with one or more `CERTIFICATE` blocks.
+    pub(crate) fn parse_many(bytes: &[u8]) -> Result<Vec<Cert>, CertError> {
+        let trimmed = bytes.trim_ascii_start();
+        if trimmed.starts_with(b"-----BEGIN") {
+            let text = std::str::from_utf8(trimmed).map_err(|_| CertError::Pem("not UTF-8".into()))?;
+            pem_blocks(text)?
+                .iter()
+                .map(|der| Cert::from_der(der))
+                .collect()
+        } else {
+            Ok(vec![Cert::from_der(bytes)?])
+        }
+    }
+
+    /// Verify that `issuer_key` signed this certificate.
+    pub(crate) fn signed_by(&self, issuer: &Cert) -> bool {
+        match &issuer.key {
+            SubjectKey::Rsa(k) => k.verify(&self.tbs, &self.signature),
+            SubjectKey::P384(_) => false,
+        }
+    }
+
+    /// The extension with this OID, if present.
+    pub(crate) fn extension(&self, oid: &ObjectIdentifier) -> Option<&[u8]> {
+        self.extensions
+            .iter()
+            .find(|(o, _, _)| o == oid)
+            .map(|(_, _, v)| v.as_slice())
+    }
+}
+
+/// Split PEM text into the DER of its CERTIFICATE blocks.
+pub(crate) fn pem_blocks(text: &str) -> Result<Vec<Vec<u8>>, CertError> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let after = &rest[start..];
+        let end_marker = "-----END CERTIFICATE-----";
+        let Some(end) = after.find(end_marker) else {
+            return Err(CertError::Pem("BEGIN CERTIFICATE without END".into()));
+        };
+        let block = &after[..end + end_marker.len()];
+        let (label, der) = der::pem::decode_vec(block.as_bytes()).map_err(|e| CertError::Pem(e.to_string()))?;
+        if label != "CERTIFICATE" {
+            return Err(CertError::Pem(format!("unexpected PEM label {label}")));
+        }
+        out.push(der);
+        rest = &after[end + end_marker.len()..];
+    }
+    if out.is_empty() {
+        return Err(CertError::Pem("no CERTIFICATE block found".into()));
+    }
+    Ok(out)
+}
