@@ -143,7 +143,11 @@ pub const FIELD_RANGES: &[(&str, usize, usize)] = &[
     ("measurement", offset_of!(RawReport, measurement), 48),
     ("host_data", offset_of!(RawReport, host_data), 32),
     ("id_key_digest", offset_of!(RawReport, id_key_digest), 48),
-    ("author_key_digest", offset_of!(RawReport, author_key_digest), 48),
+    (
+        "author_key_digest",
+        offset_of!(RawReport, author_key_digest),
+        48,
+    ),
     ("report_id", offset_of!(RawReport, report_id), 32),
     ("report_id_ma", offset_of!(RawReport, report_id_ma), 32),
     ("reported_tcb", offset_of!(RawReport, reported_tcb), 8),
@@ -154,10 +158,22 @@ pub const FIELD_RANGES: &[(&str, usize, usize)] = &[
     ("chip_id", offset_of!(RawReport, chip_id), 64),
     ("committed_tcb", offset_of!(RawReport, committed_tcb), 8),
     ("current_version", offset_of!(RawReport, current_version), 4),
-    ("committed_version", offset_of!(RawReport, committed_version), 4),
+    (
+        "committed_version",
+        offset_of!(RawReport, committed_version),
+        4,
+    ),
     ("launch_tcb", offset_of!(RawReport, launch_tcb), 8),
-    ("launch_mit_vector", offset_of!(RawReport, launch_mit_vector), 8),
-    ("current_mit_vector", offset_of!(RawReport, current_mit_vector), 8),
+    (
+        "launch_mit_vector",
+        offset_of!(RawReport, launch_mit_vector),
+        8,
+    ),
+    (
+        "current_mit_vector",
+        offset_of!(RawReport, current_mit_vector),
+        8,
+    ),
     ("reserved2", offset_of!(RawReport, reserved2), 0x98),
     ("signature", offset_of!(RawReport, signature), 0x200),
 ];
@@ -815,8 +831,16 @@ impl fmt::Display for Explain<'_> {
         writeln!(
             f,
             "  author key         {}, chip id {}",
-            if k.author_key_en() { "enabled" } else { "not used" },
-            if k.mask_chip_key() { "masked" } else { "present" }
+            if k.author_key_en() {
+                "enabled"
+            } else {
+                "not used"
+            },
+            if k.mask_chip_key() {
+                "masked"
+            } else {
+                "present"
+            }
         )?;
         writeln!(
             f,
@@ -840,7 +864,12 @@ impl fmt::Display for Explain<'_> {
             ("committed_tcb", r.committed_tcb()),
             ("launch_tcb", r.launch_tcb()),
         ] {
-            writeln!(f, "  {name:<18} {:#018x} ({})", tcb.0, tcb.decode(self.layout))?;
+            writeln!(
+                f,
+                "  {name:<18} {:#018x} ({})",
+                tcb.0,
+                tcb.decode(self.layout)
+            )?;
         }
         writeln!(f, "  current firmware   {}", r.current_firmware())?;
         writeln!(f, "  committed firmware {}", r.committed_firmware())?;
@@ -850,7 +879,11 @@ impl fmt::Display for Explain<'_> {
         writeln!(f, "  family_id          {}", hex::encode(r.family_id()))?;
         writeln!(f, "  image_id           {}", hex::encode(r.image_id()))?;
         writeln!(f, "  id_key_digest      {}", hex::encode(r.id_key_digest()))?;
-        writeln!(f, "  author_key_digest  {}", hex::encode(r.author_key_digest()))?;
+        writeln!(
+            f,
+            "  author_key_digest  {}",
+            hex::encode(r.author_key_digest())
+        )?;
         writeln!(f, "  report_id          {}", hex::encode(r.report_id()))?;
         writeln!(f, "  chip_id            {}", hex::encode(r.chip_id()))?;
         write!(f, "  signature_algo     {}", r.signature_algo())?;
@@ -900,7 +933,10 @@ mod tests {
             SnpReport::parse(&sample(4)),
             Err(ParseError::UnsupportedVersion(4))
         );
-        assert_eq!(SnpReport::parse(&[]).unwrap_err().to_string(), "an SNP attestation report is exactly 1184 bytes, got 0");
+        assert_eq!(
+            SnpReport::parse(&[]).unwrap_err().to_string(),
+            "an SNP attestation report is exactly 1184 bytes, got 0"
+        );
     }
 
     #[test]
@@ -908,12 +944,24 @@ mod tests {
         let t = TcbVersion(0x5419_0000_0000_000a);
         assert_eq!(
             t.decode(TcbLayout::MilanGenoa),
-            TcbParts { fmc: None, bootloader: 10, tee: 0, snp: 25, microcode: 84 }
+            TcbParts {
+                fmc: None,
+                bootloader: 10,
+                tee: 0,
+                snp: 25,
+                microcode: 84
+            }
         );
         let turin = TcbVersion(u64::from_le_bytes([1, 2, 3, 4, 0, 0, 0, 9]));
         assert_eq!(
             turin.decode(TcbLayout::Turin),
-            TcbParts { fmc: Some(1), bootloader: 2, tee: 3, snp: 4, microcode: 9 }
+            TcbParts {
+                fmc: Some(1),
+                bootloader: 2,
+                tee: 3,
+                snp: 4,
+                microcode: 9
+            }
         );
     }
 

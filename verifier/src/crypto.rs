@@ -86,7 +86,8 @@ impl P384Key {
     pub(crate) fn from_sec1(point: &[u8]) -> Result<Self, KeyError> {
         // Validate with RustCrypto in both builds so the two backends accept
         // exactly the same keys.
-        let parsed = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| KeyError::P384)?;
+        let parsed =
+            p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| KeyError::P384)?;
         #[cfg(feature = "aws-lc")]
         {
             let uncompressed = parsed.to_encoded_point(false);

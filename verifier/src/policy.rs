@@ -140,7 +140,9 @@ impl SnpPolicy {
 
     /// Read the `[snp]` table of a policy file.
     pub fn from_toml(text: &str) -> Result<SnpPolicy, PolicyError> {
-        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
         let snp = match doc.get("snp") {
             Some(toml::Value::Table(t)) => t,
             Some(_) => return Err(PolicyError::Invalid("snp".into(), "must be a table".into())),
@@ -170,7 +172,12 @@ impl SnpPolicy {
         let smt = match t.get("smt").map(|v| v.as_str()) {
             Some(Some("allowed")) => SmtRule::Allowed,
             Some(Some("forbidden")) => SmtRule::Forbidden,
-            Some(_) => return Err(PolicyError::Invalid(key("smt"), "must be \"allowed\" or \"forbidden\"".into())),
+            Some(_) => {
+                return Err(PolicyError::Invalid(
+                    key("smt"),
+                    "must be \"allowed\" or \"forbidden\"".into(),
+                ))
+            }
             None => return Err(PolicyError::Missing(key("smt"))),
         };
         Ok(SnpPolicy {
@@ -185,7 +192,12 @@ impl SnpPolicy {
             report_data: check(t, &key("report_data"), "report_data", hex_value::<64>)?,
             host_data: check(t, &key("host_data"), "host_data", hex_value::<32>)?,
             id_key_digests: check(t, &key("id_key_digests"), "id_key_digests", hex_list::<48>)?,
-            author_key_digests: check(t, &key("author_key_digests"), "author_key_digests", hex_list::<48>)?,
+            author_key_digests: check(
+                t,
+                &key("author_key_digests"),
+                "author_key_digests",
+                hex_list::<48>,
+            )?,
             smt,
             allow_debug: flag(t, &key("allow_debug"), "allow_debug")?,
             allow_migration_agent: flag(t, &key("allow_migration_agent"), "allow_migration_agent")?,
@@ -220,7 +232,9 @@ fn check<T>(
     match t.get(k) {
         None => Err(PolicyError::Missing(full.to_string())),
         Some(toml::Value::String(s)) if s == "skip" => Ok(Check::Skip),
-        Some(v) => parse(v).map(Check::Require).map_err(|e| PolicyError::Invalid(full.to_string(), e)),
+        Some(v) => parse(v)
+            .map(Check::Require)
+            .map_err(|e| PolicyError::Invalid(full.to_string(), e)),
     }
 }
 
@@ -228,7 +242,10 @@ fn flag(t: &toml::Table, full: &str, k: &str) -> Result<bool, PolicyError> {
     match t.get(k) {
         None => Ok(false),
         Some(toml::Value::Boolean(b)) => Ok(*b),
-        Some(_) => Err(PolicyError::Invalid(full.to_string(), "must be true or false".into())),
+        Some(_) => Err(PolicyError::Invalid(
+            full.to_string(),
+            "must be true or false".into(),
+        )),
     }
 }
 
@@ -237,16 +254,21 @@ pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let s = s.trim();
     let s = s.strip_prefix("0x").unwrap_or(s);
     let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out).map_err(|_| format!("must be {} hex digits, got {:?}", 2 * N, s))?;
+    hex::decode_to_slice(s, &mut out)
+        .map_err(|_| format!("must be {} hex digits, got {:?}", 2 * N, s))?;
     Ok(out)
 }
 
 fn hex_value<const N: usize>(v: &toml::Value) -> Result<[u8; N], String> {
-    v.as_str().ok_or_else(|| format!("must be a string of {} hex digits", 2 * N)).and_then(parse_hex::<N>)
+    v.as_str()
+        .ok_or_else(|| format!("must be a string of {} hex digits", 2 * N))
+        .and_then(parse_hex::<N>)
 }
 
 fn hex_list<const N: usize>(v: &toml::Value) -> Result<Vec<[u8; N]>, String> {
-    let arr = v.as_array().ok_or_else(|| "must be a list of hex strings or \"skip\"".to_string())?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| "must be a list of hex strings or \"skip\"".to_string())?;
     if arr.is_empty() {
         return Err("an empty list would reject everything; list values or write \"skip\"".into());
     }
@@ -254,13 +276,22 @@ fn hex_list<const N: usize>(v: &toml::Value) -> Result<Vec<[u8; N]>, String> {
 }
 
 fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
-    let t = v.as_table().ok_or("must be a table {bootloader, tee, snp, microcode[, fmc]} or \"skip\"")?;
-    if let Some(k) = t.keys().find(|k| !["fmc", "bootloader", "tee", "snp", "microcode"].contains(&k.as_str())) {
+    let t = v
+        .as_table()
+        .ok_or("must be a table {bootloader, tee, snp, microcode[, fmc]} or \"skip\"")?;
+    if let Some(k) = t
+        .keys()
+        .find(|k| !["fmc", "bootloader", "tee", "snp", "microcode"].contains(&k.as_str()))
+    {
         return Err(format!("unknown component {k}"));
     }
     let get = |k: &str| -> Result<Option<u8>, String> {
         t.get(k)
-            .map(|v| v.as_integer().and_then(|i| u8::try_from(i).ok()).ok_or(format!("{k} must be 0..=255")))
+            .map(|v| {
+                v.as_integer()
+                    .and_then(|i| u8::try_from(i).ok())
+                    .ok_or(format!("{k} must be 0..=255"))
+            })
             .transpose()
     };
     let need = |k: &str| get(k)?.ok_or(format!("{k} is missing"));
@@ -278,7 +309,11 @@ impl fmt::Display for MinTcb {
         if let Some(fmc) = self.fmc {
             write!(f, "fmc={fmc} ")?;
         }
-        write!(f, "bootloader={} tee={} snp={} microcode={}", self.bootloader, self.tee, self.snp, self.microcode)
+        write!(
+            f,
+            "bootloader={} tee={} snp={} microcode={}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )
     }
 }
 
@@ -315,9 +350,13 @@ smt = "allowed"
             PolicyError::Missing("snp.vmpl".into())
         );
         let typo = FULL.replace("vmpl = 0", "vmpl = 0\nallow_debg = true");
-        assert!(matches!(SnpPolicy::from_toml(&typo), Err(PolicyError::UnknownKey(k)) if k == "snp.allow_debg"));
+        assert!(
+            matches!(SnpPolicy::from_toml(&typo), Err(PolicyError::UnknownKey(k)) if k == "snp.allow_debg")
+        );
         let short = FULL.replace("c577", "");
-        assert!(matches!(SnpPolicy::from_toml(&short), Err(PolicyError::Invalid(k, _)) if k == "snp.measurements"));
+        assert!(
+            matches!(SnpPolicy::from_toml(&short), Err(PolicyError::Invalid(k, _)) if k == "snp.measurements")
+        );
         let empty = FULL.replace(
             "[\"c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc\"]",
             "[]",

@@ -61,15 +61,60 @@ enum Role {
 /// AMD's root and intermediate keys as served by AMD's key distribution
 /// service (`/vcek/v1/{product}/cert_chain`, `/vlek/v1/{product}/cert_chain`).
 const PINNED: [Pinned; 9] = [
-    Pinned { product: Product::Milan, role: Role::Ark, der: include_bytes!("../roots/amd/ark_milan.der"), sha256: "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd" },
-    Pinned { product: Product::Milan, role: Role::Intermediate(SignerKind::Vcek), der: include_bytes!("../roots/amd/ask_milan.der"), sha256: "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b" },
-    Pinned { product: Product::Milan, role: Role::Intermediate(SignerKind::Vlek), der: include_bytes!("../roots/amd/asvk_milan.der"), sha256: "c5e081f59b7efab1fe2f8b505e159704e72f29cab7ef7cf628a05a42439082f5" },
-    Pinned { product: Product::Genoa, role: Role::Ark, der: include_bytes!("../roots/amd/ark_genoa.der"), sha256: "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1" },
-    Pinned { product: Product::Genoa, role: Role::Intermediate(SignerKind::Vcek), der: include_bytes!("../roots/amd/ask_genoa.der"), sha256: "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521" },
-    Pinned { product: Product::Genoa, role: Role::Intermediate(SignerKind::Vlek), der: include_bytes!("../roots/amd/asvk_genoa.der"), sha256: "197e610743a917d6b9bb982a5a9226ccc0a15b611be0619e626aca9151457372" },
-    Pinned { product: Product::Turin, role: Role::Ark, der: include_bytes!("../roots/amd/ark_turin.der"), sha256: "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a" },
-    Pinned { product: Product::Turin, role: Role::Intermediate(SignerKind::Vcek), der: include_bytes!("../roots/amd/ask_turin.der"), sha256: "5b77ef5fe7a7a004fd9032668fba9d0fda22f88c4442069a479636a6ae3b3185" },
-    Pinned { product: Product::Turin, role: Role::Intermediate(SignerKind::Vlek), der: include_bytes!("../roots/amd/asvk_turin.der"), sha256: "104e10a8bd060a3c20a434261a57d0588fd65a88915b4f65b08bdecaf8df1a3c" },
+    Pinned {
+        product: Product::Milan,
+        role: Role::Ark,
+        der: include_bytes!("../roots/amd/ark_milan.der"),
+        sha256: "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    },
+    Pinned {
+        product: Product::Milan,
+        role: Role::Intermediate(SignerKind::Vcek),
+        der: include_bytes!("../roots/amd/ask_milan.der"),
+        sha256: "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b",
+    },
+    Pinned {
+        product: Product::Milan,
+        role: Role::Intermediate(SignerKind::Vlek),
+        der: include_bytes!("../roots/amd/asvk_milan.der"),
+        sha256: "c5e081f59b7efab1fe2f8b505e159704e72f29cab7ef7cf628a05a42439082f5",
+    },
+    Pinned {
+        product: Product::Genoa,
+        role: Role::Ark,
+        der: include_bytes!("../roots/amd/ark_genoa.der"),
+        sha256: "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    },
+    Pinned {
+        product: Product::Genoa,
+        role: Role::Intermediate(SignerKind::Vcek),
+        der: include_bytes!("../roots/amd/ask_genoa.der"),
+        sha256: "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521",
+    },
+    Pinned {
+        product: Product::Genoa,
+        role: Role::Intermediate(SignerKind::Vlek),
+        der: include_bytes!("../roots/amd/asvk_genoa.der"),
+        sha256: "197e610743a917d6b9bb982a5a9226ccc0a15b611be0619e626aca9151457372",
+    },
+    Pinned {
+        product: Product::Turin,
+        role: Role::Ark,
+        der: include_bytes!("../roots/amd/ark_turin.der"),
+        sha256: "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+    },
+    Pinned {
+        product: Product::Turin,
+        role: Role::Intermediate(SignerKind::Vcek),
+        der: include_bytes!("../roots/amd/ask_turin.der"),
+        sha256: "5b77ef5fe7a7a004fd9032668fba9d0fda22f88c4442069a479636a6ae3b3185",
+    },
+    Pinned {
+        product: Product::Turin,
+        role: Role::Intermediate(SignerKind::Vlek),
+        der: include_bytes!("../roots/amd/asvk_turin.der"),
+        sha256: "104e10a8bd060a3c20a434261a57d0588fd65a88915b4f65b08bdecaf8df1a3c",
+    },
 ];
 
 struct Anchor {
@@ -81,6 +126,9 @@ struct Intermediate {
     product: Option<Product>,
     kind: SignerKind,
     cert: Cert,
+    /// Already verified against its pinned ARK (supplied intermediates are
+    /// checked on arrival).
+    anchored: bool,
 }
 
 /// The AMD roots a verifier trusts. Only ARKs are trust anchors; ASKs and
@@ -105,17 +153,26 @@ impl TrustStore {
                 if hex::encode(sha256(p.der)) != p.sha256 {
                     continue;
                 }
-                let Ok(cert) = Cert::from_der(p.der) else { continue };
+                let Ok(cert) = Cert::from_der(p.der) else {
+                    continue;
+                };
                 match p.role {
-                    Role::Ark => arks.push(Anchor { product: p.product, cert }),
+                    Role::Ark => arks.push(Anchor {
+                        product: p.product,
+                        cert,
+                    }),
                     Role::Intermediate(kind) => intermediates.push(Intermediate {
                         product: Some(p.product),
                         kind,
                         cert,
+                        anchored: false,
                     }),
                 }
             }
-            TrustStore { arks, intermediates }
+            TrustStore {
+                arks,
+                intermediates,
+            }
         })
     }
 
@@ -131,8 +188,10 @@ impl TrustStore {
 }
 
 /// The certificates that come with a report: the VCEK or VLEK (DER or PEM),
-/// and optionally the ASK/ASVK and ARK (PEM, or DER of one certificate). An
-/// empty `chain` means "use the bundled intermediates".
+/// and optionally the ASK/ASVK and ARK (PEM, or DER of one certificate).
+/// An empty `chain` means "use the bundled ASK/ASVK"; a non-empty one is
+/// used as given: its ASK/ASVK must be signed by a pinned ARK, and an ARK in
+/// it must be byte-identical to a pinned one.
 #[derive(Debug, Clone, Copy)]
 pub struct SnpCertificates<'a> {
     /// The VCEK or VLEK certificate.
@@ -246,9 +305,23 @@ impl SnpVerifier {
 
         for (name, nb, na) in &vek.windows {
             if now < *nb {
-                f.add(ReasonKind::Expired, format!("certificate {name} is not valid until {} (verification time {})", fmt_time(*nb), fmt_time(now)));
+                f.add(
+                    ReasonKind::Expired,
+                    format!(
+                        "certificate {name} is not valid until {} (verification time {})",
+                        fmt_time(*nb),
+                        fmt_time(now)
+                    ),
+                );
             } else if now > *na {
-                f.add(ReasonKind::Expired, format!("certificate {name} expired at {} (verification time {})", fmt_time(*na), fmt_time(now)));
+                f.add(
+                    ReasonKind::Expired,
+                    format!(
+                        "certificate {name} expired at {} (verification time {})",
+                        fmt_time(*na),
+                        fmt_time(now)
+                    ),
+                );
             }
         }
         check_report_structure(&report, &vek, &mut f);
@@ -303,7 +376,12 @@ fn fmt_time(t: UnixTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 const OID_STRUCT_VERSION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.1");
@@ -319,12 +397,16 @@ const OID_HWID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.370
 /// Certificate Extensions").
 fn vek_claims(vek: &Cert, product: Product, kind: SignerKind) -> Result<VekClaims, String> {
     let spl = |oid: &ObjectIdentifier, name: &str| -> Result<u8, String> {
-        let v = vek.extension(oid).ok_or(format!("{name} extension is missing"))?;
+        let v = vek
+            .extension(oid)
+            .ok_or(format!("{name} extension is missing"))?;
         let n = u32::from_der(v).map_err(|_| format!("{name} extension is not a DER INTEGER"))?;
-        u8::try_from(n).map_err(|_| format!("{name} extension value {n} does not fit a security patch level"))
+        u8::try_from(n)
+            .map_err(|_| format!("{name} extension value {n} does not fit a security patch level"))
     };
     if let Some(v) = vek.extension(&OID_STRUCT_VERSION) {
-        let n = u32::from_der(v).map_err(|_| "structVersion extension is not a DER INTEGER".to_string())?;
+        let n = u32::from_der(v)
+            .map_err(|_| "structVersion extension is not a DER INTEGER".to_string())?;
         if n > 1 {
             return Err(format!("structVersion {n} is not known"));
         }
@@ -355,13 +437,18 @@ fn vek_claims(vek: &Cert, product: Product, kind: SignerKind) -> Result<VekClaim
     };
     let hwid = match kind {
         SignerKind::Vcek => {
-            let h = vek.extension(&OID_HWID).ok_or("hwID extension is missing from the VCEK")?;
+            let h = vek
+                .extension(&OID_HWID)
+                .ok_or("hwID extension is missing from the VCEK")?;
             let expected = match product {
                 Product::Turin => 8,
                 _ => 64,
             };
             if h.len() != expected {
-                return Err(format!("hwID extension is {} bytes, expected {expected} for {product}", h.len()));
+                return Err(format!(
+                    "hwID extension is {} bytes, expected {expected} for {product}",
+                    h.len()
+                ));
             }
             Some(h.to_vec())
         }
@@ -395,20 +482,31 @@ fn is_self_signed(c: &Cert) -> bool {
 }
 
 fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<VerifiedVek, Rejection> {
-    let bad_cert = |what: &str, e: crate::CertError| Rejection::single(ReasonKind::Certificate, format!("{what}: {e}"));
+    let bad_cert = |what: &str, e: crate::CertError| {
+        Rejection::single(ReasonKind::Certificate, format!("{what}: {e}"))
+    };
     let mut veks = Cert::parse_many(certs.vek).map_err(|e| bad_cert("VCEK/VLEK certificate", e))?;
     if veks.len() != 1 {
         return Err(Rejection::single(
             ReasonKind::Certificate,
-            format!("expected exactly one VCEK/VLEK certificate, got {}", veks.len()),
+            format!(
+                "expected exactly one VCEK/VLEK certificate, got {}",
+                veks.len()
+            ),
         ));
     }
     let vek = veks.remove(0);
     let SubjectKey::P384(_) = &vek.key else {
-        return Err(Rejection::single(ReasonKind::Certificate, "the VCEK/VLEK does not carry a P-384 key"));
+        return Err(Rejection::single(
+            ReasonKind::Certificate,
+            "the VCEK/VLEK does not carry a P-384 key",
+        ));
     };
     if let Some(oid) = unknown_critical(&vek) {
-        return Err(Rejection::single(ReasonKind::Certificate, format!("VCEK/VLEK has an unknown critical extension {oid}")));
+        return Err(Rejection::single(
+            ReasonKind::Certificate,
+            format!("VCEK/VLEK has an unknown critical extension {oid}"),
+        ));
     }
 
     // Supplied chain certificates: roots must be pinned, others are candidate intermediates.
@@ -424,16 +522,49 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
             if !store.arks.iter().any(|a| sha256(&a.cert.der) == fp) {
                 return Err(Rejection::single(
                     ReasonKind::Chain,
-                    format!("supplied root {} (SHA-256 {}) is not one of the pinned AMD roots", c.subject_cn, hex::encode(fp)),
+                    format!(
+                        "supplied root {} (SHA-256 {}) is not one of the pinned AMD roots",
+                        c.subject_cn,
+                        hex::encode(fp)
+                    ),
                 ));
             }
             continue; // the pinned copy is used
         }
-        let kind = if c.subject_cn.starts_with("SEV-VLEK-") { SignerKind::Vlek } else { SignerKind::Vcek };
-        extra.push(Intermediate { product: None, kind, cert: c });
+        let Some(ark) = store
+            .arks
+            .iter()
+            .find(|a| a.cert.subject == c.issuer && c.signed_by(&a.cert))
+        else {
+            return Err(Rejection::single(
+                ReasonKind::Chain,
+                format!(
+                    "supplied certificate {} is neither a pinned AMD root nor signed by one",
+                    c.subject_cn
+                ),
+            ));
+        };
+        let kind = if c.subject_cn.starts_with("SEV-VLEK-") {
+            SignerKind::Vlek
+        } else {
+            SignerKind::Vcek
+        };
+        extra.push(Intermediate {
+            product: Some(ark.product),
+            kind,
+            cert: c,
+            anchored: true,
+        });
     }
 
-    let candidates = store.intermediates.iter().chain(extra.iter()).filter(|i| i.cert.subject == vek.issuer);
+    // A caller that supplies intermediates gets exactly those (anchored at a
+    // pinned ARK); the bundled ones are used only when none are supplied.
+    let pool: &[Intermediate] = if extra.is_empty() {
+        &store.intermediates
+    } else {
+        &extra
+    };
+    let candidates = pool.iter().filter(|i| i.cert.subject == vek.issuer);
     let mut found = None;
     let mut issuer_seen = false;
     for inter in candidates {
@@ -441,11 +572,14 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
         if !vek.signed_by(&inter.cert) {
             continue;
         }
-        let Some(ark) = store
-            .arks
-            .iter()
-            .find(|a| a.cert.subject == inter.cert.issuer && inter.cert.signed_by(&a.cert))
-        else {
+        let Some(ark) = store.arks.iter().find(|a| {
+            a.cert.subject == inter.cert.issuer
+                && (if inter.anchored {
+                    inter.product == Some(a.product)
+                } else {
+                    inter.cert.signed_by(&a.cert)
+                })
+        }) else {
             continue;
         };
         if inter.product.is_some_and(|p| p != ark.product) {
@@ -458,18 +592,27 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
         let msg = if issuer_seen {
             format!("the {} certificate's signature does not verify with any AMD intermediate named as its issuer, or that intermediate does not chain to a pinned ARK", vek.subject_cn)
         } else {
-            format!("no AMD ASK/ASVK matches the issuer of the {} certificate", vek.subject_cn)
+            format!(
+                "no AMD ASK/ASVK matches the issuer of the {} certificate",
+                vek.subject_cn
+            )
         };
         return Err(Rejection::single(ReasonKind::Chain, msg));
     };
     if !is_self_signed(&ark.cert) {
-        return Err(Rejection::single(ReasonKind::Chain, format!("pinned root {} is not self-signed", ark.cert.subject_cn)));
+        return Err(Rejection::single(
+            ReasonKind::Chain,
+            format!("pinned root {} is not self-signed", ark.cert.subject_cn),
+        ));
     }
     for (c, what) in [(&ark.cert, "ARK"), (&inter.cert, "ASK/ASVK")] {
         match &c.key {
             SubjectKey::Rsa(k) if k.bits() == 4096 => {}
             _ => {
-                return Err(Rejection::single(ReasonKind::Chain, format!("{what} {} does not hold an RSA-4096 key", c.subject_cn)));
+                return Err(Rejection::single(
+                    ReasonKind::Chain,
+                    format!("{what} {} does not hold an RSA-4096 key", c.subject_cn),
+                ));
             }
         }
     }
@@ -480,13 +623,20 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
     if vek.subject_cn != expected_cn {
         return Err(Rejection::single(
             ReasonKind::Certificate,
-            format!("certificate issued by {} is named {:?}, expected {expected_cn:?}", inter.cert.subject_cn, vek.subject_cn),
+            format!(
+                "certificate issued by {} is named {:?}, expected {expected_cn:?}",
+                inter.cert.subject_cn, vek.subject_cn
+            ),
         ));
     }
-    let claims = vek_claims(&vek, ark.product, inter.kind)
-        .map_err(|e| Rejection::single(ReasonKind::Certificate, format!("{}: {e}", vek.subject_cn)))?;
+    let claims = vek_claims(&vek, ark.product, inter.kind).map_err(|e| {
+        Rejection::single(ReasonKind::Certificate, format!("{}: {e}", vek.subject_cn))
+    })?;
     let SubjectKey::P384(_) = &vek.key else {
-        return Err(Rejection::single(ReasonKind::Certificate, "the VCEK/VLEK does not carry a P-384 key"));
+        return Err(Rejection::single(
+            ReasonKind::Certificate,
+            "the VCEK/VLEK does not carry a P-384 key",
+        ));
     };
     let windows = [&ark.cert, &inter.cert, &vek]
         .iter()
@@ -496,7 +646,10 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
     let key = match vek.key {
         SubjectKey::P384(k) => k,
         SubjectKey::Rsa(_) => {
-            return Err(Rejection::single(ReasonKind::Certificate, "the VCEK/VLEK does not carry a P-384 key"));
+            return Err(Rejection::single(
+                ReasonKind::Certificate,
+                "the VCEK/VLEK does not carry a P-384 key",
+            ));
         }
     };
     Ok(VerifiedVek {
@@ -511,25 +664,49 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
 
 fn check_report_structure(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {
     if r.signature_algo() != SIG_ALGO_ECDSA_P384_SHA384 {
-        f.add(ReasonKind::UnknownValue, format!("signature algorithm {} is not ECDSA P-384 with SHA-384 (1)", r.signature_algo()));
+        f.add(
+            ReasonKind::UnknownValue,
+            format!(
+                "signature algorithm {} is not ECDSA P-384 with SHA-384 (1)",
+                r.signature_algo()
+            ),
+        );
     }
     let key_info = r.key_info();
     if key_info.0 & KeyInfo::RESERVED_MASK != 0 {
-        f.add(ReasonKind::UnknownValue, format!("reserved key-info bits are set ({:#x})", key_info.0));
+        f.add(
+            ReasonKind::UnknownValue,
+            format!("reserved key-info bits are set ({:#x})", key_info.0),
+        );
     }
     let policy = r.policy();
     if policy.0 & GuestPolicy::RESERVED_MASK != 0 {
-        f.add(ReasonKind::UnknownValue, format!("reserved guest policy bits 63:26 are set ({:#018x})", policy.0));
+        f.add(
+            ReasonKind::UnknownValue,
+            format!(
+                "reserved guest policy bits 63:26 are set ({:#018x})",
+                policy.0
+            ),
+        );
     }
     if policy.0 & GuestPolicy::MUST_BE_ONE == 0 {
-        f.add(ReasonKind::UnknownValue, "guest policy bit 17 must be one and is zero");
+        f.add(
+            ReasonKind::UnknownValue,
+            "guest policy bit 17 must be one and is zero",
+        );
     }
     let pi = r.platform_info();
     if pi.0 & PlatformInfo::RESERVED_MASK != 0 {
-        f.add(ReasonKind::UnknownValue, format!("reserved platform info bits are set ({:#018x})", pi.0));
+        f.add(
+            ReasonKind::UnknownValue,
+            format!("reserved platform info bits are set ({:#018x})", pi.0),
+        );
     }
     if r.vmpl() > 3 {
-        f.add(ReasonKind::UnknownValue, format!("VMPL {} does not exist (0..=3)", r.vmpl()));
+        f.add(
+            ReasonKind::UnknownValue,
+            format!("VMPL {} does not exist (0..=3)", r.vmpl()),
+        );
     }
     let layout = vek.product.tcb_layout();
     for (name, tcb) in [
@@ -539,21 +716,39 @@ fn check_report_structure(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {
         ("launch", r.launch_tcb()),
     ] {
         if tcb.0 & TcbVersion::reserved_mask(layout) != 0 {
-            f.add(ReasonKind::UnknownValue, format!("{name} TCB {:#018x} sets bytes the {} layout reserves", tcb.0, vek.product));
+            f.add(
+                ReasonKind::UnknownValue,
+                format!(
+                    "{name} TCB {:#018x} sets bytes the {} layout reserves",
+                    tcb.0, vek.product
+                ),
+            );
         }
     }
     for field in r.nonzero_reserved_fields() {
-        f.add(ReasonKind::UnknownValue, format!("reserved field {field} is not zero"));
+        f.add(
+            ReasonKind::UnknownValue,
+            format!("reserved field {field} is not zero"),
+        );
     }
     if r.signature().reserved.iter().any(|b| *b != 0) {
-        f.add(ReasonKind::UnknownValue, "reserved bytes of the signature area are not zero");
+        f.add(
+            ReasonKind::UnknownValue,
+            "reserved bytes of the signature area are not zero",
+        );
     }
     if let Some((fam, model, _)) = r.cpuid() {
         match Product::from_cpuid(fam, model) {
-            None => f.add(ReasonKind::UnknownValue, format!("CPUID family {fam:#04x} model {model:#04x} is not a known SNP product")),
+            None => f.add(
+                ReasonKind::UnknownValue,
+                format!("CPUID family {fam:#04x} model {model:#04x} is not a known SNP product"),
+            ),
             Some(p) if p != vek.product => f.add(
                 ReasonKind::KeyBinding,
-                format!("report says it comes from a {p} CPU but was signed by a {} key", vek.product),
+                format!(
+                    "report says it comes from a {p} CPU but was signed by a {} key",
+                    vek.product
+                ),
             ),
             Some(_) => {}
         }
@@ -562,10 +757,16 @@ fn check_report_structure(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {
 
 fn check_signature(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {
     match r.signature().to_p384_fixed() {
-        None => f.add(ReasonKind::Signature, "report signature components do not fit P-384 (high bytes set)"),
+        None => f.add(
+            ReasonKind::Signature,
+            "report signature components do not fit P-384 (high bytes set)",
+        ),
         Some(sig) => {
             if !vek.key.verify_fixed(r.signed_bytes(), &sig) {
-                f.add(ReasonKind::Signature, format!("report signature does not verify with the {} key", vek.kind));
+                f.add(
+                    ReasonKind::Signature,
+                    format!("report signature does not verify with the {} key", vek.kind),
+                );
             }
         }
     }
@@ -575,27 +776,46 @@ fn check_key_binding(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {
     let ki = r.key_info();
     match (ki.signing_key(), vek.kind) {
         (SigningKey::Vcek, SignerKind::Vcek) | (SigningKey::Vlek, SignerKind::Vlek) => {}
-        (SigningKey::None, _) => f.add(ReasonKind::Signature, "report says it is unsigned (SIGNING_KEY = 7)"),
-        (SigningKey::Reserved(v), _) => f.add(ReasonKind::UnknownValue, format!("SIGNING_KEY value {v} is reserved")),
-        (said, used) => f.add(ReasonKind::KeyBinding, format!("report says it was signed by the {said} but the certificate is a {used}")),
+        (SigningKey::None, _) => f.add(
+            ReasonKind::Signature,
+            "report says it is unsigned (SIGNING_KEY = 7)",
+        ),
+        (SigningKey::Reserved(v), _) => f.add(
+            ReasonKind::UnknownValue,
+            format!("SIGNING_KEY value {v} is reserved"),
+        ),
+        (said, used) => f.add(
+            ReasonKind::KeyBinding,
+            format!("report says it was signed by the {said} but the certificate is a {used}"),
+        ),
     }
     let reported = r.reported_tcb().decode(vek.product.tcb_layout());
     if reported != vek.claims.tcb {
         f.add(
             ReasonKind::KeyBinding,
-            format!("reported TCB ({reported}) differs from the TCB the {} certifies ({})", vek.kind, vek.claims.tcb),
+            format!(
+                "reported TCB ({reported}) differs from the TCB the {} certifies ({})",
+                vek.kind, vek.claims.tcb
+            ),
         );
     }
     if let Some(hwid) = &vek.claims.hwid {
         if ki.mask_chip_key() {
-            f.add(ReasonKind::KeyBinding, "chip ID is masked in the report, so it cannot be bound to the VCEK's hwID");
+            f.add(
+                ReasonKind::KeyBinding,
+                "chip ID is masked in the report, so it cannot be bound to the VCEK's hwID",
+            );
         } else {
             let chip = r.chip_id();
             let (head, tail) = chip.split_at(hwid.len().min(chip.len()));
             if head != hwid.as_slice() || tail.iter().any(|b| *b != 0) {
                 f.add(
                     ReasonKind::KeyBinding,
-                    format!("chip ID {} does not match the VCEK's hwID {}", hex::encode(chip), hex::encode(hwid)),
+                    format!(
+                        "chip ID {} does not match the VCEK's hwID {}",
+                        hex::encode(chip),
+                        hex::encode(hwid)
+                    ),
                 );
             }
         }
@@ -606,51 +826,104 @@ fn check_key_binding(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {
 fn check_policy(r: &SnpReport, product: Product, p: &SnpPolicy, f: &mut Findings) {
     if let Check::Require(list) = &p.measurements {
         if !list.iter().any(|m| m == r.measurement()) {
-            f.add(ReasonKind::Policy, format!("measurement not in policy: {}", hex::encode(r.measurement())));
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "measurement not in policy: {}",
+                    hex::encode(r.measurement())
+                ),
+            );
         }
     }
     if let Check::Require(min) = &p.min_tcb {
         let have = r.reported_tcb().decode(product.tcb_layout());
         for (name, h, need) in min.shortfalls(&have) {
-            f.add(ReasonKind::Policy, format!("TCB {name}={h} below minimum {need}"));
+            f.add(
+                ReasonKind::Policy,
+                format!("TCB {name}={h} below minimum {need}"),
+            );
         }
     }
     if let Check::Require(v) = p.vmpl {
         if r.vmpl() != v {
-            f.add(ReasonKind::Policy, format!("report comes from VMPL {}, policy requires VMPL {v}", r.vmpl()));
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "report comes from VMPL {}, policy requires VMPL {v}",
+                    r.vmpl()
+                ),
+            );
         }
     }
     if let Check::Require(d) = &p.report_data {
         if d != r.report_data() {
-            f.add(ReasonKind::Policy, format!("report_data {} is not the expected {}", hex::encode(r.report_data()), hex::encode(d)));
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "report_data {} is not the expected {}",
+                    hex::encode(r.report_data()),
+                    hex::encode(d)
+                ),
+            );
         }
     }
     if let Check::Require(d) = &p.host_data {
         if d != r.host_data() {
-            f.add(ReasonKind::Policy, format!("host_data {} is not the expected {}", hex::encode(r.host_data()), hex::encode(d)));
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "host_data {} is not the expected {}",
+                    hex::encode(r.host_data()),
+                    hex::encode(d)
+                ),
+            );
         }
     }
     if let Check::Require(list) = &p.id_key_digests {
         if !list.iter().any(|d| d == r.id_key_digest()) {
-            f.add(ReasonKind::Policy, format!("ID key digest {} is not in the policy", hex::encode(r.id_key_digest())));
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "ID key digest {} is not in the policy",
+                    hex::encode(r.id_key_digest())
+                ),
+            );
         }
     }
     if let Check::Require(list) = &p.author_key_digests {
         if !r.key_info().author_key_en() {
-            f.add(ReasonKind::Policy, "policy requires an author key but the report has none (AUTHOR_KEY_EN = 0)");
+            f.add(
+                ReasonKind::Policy,
+                "policy requires an author key but the report has none (AUTHOR_KEY_EN = 0)",
+            );
         } else if !list.iter().any(|d| d == r.author_key_digest()) {
-            f.add(ReasonKind::Policy, format!("author key digest {} is not in the policy", hex::encode(r.author_key_digest())));
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "author key digest {} is not in the policy",
+                    hex::encode(r.author_key_digest())
+                ),
+            );
         }
     }
     if p.smt == SmtRule::Forbidden && r.platform_info().smt_enabled() {
-        f.add(ReasonKind::Policy, "SMT is enabled on the platform and the policy forbids it");
+        f.add(
+            ReasonKind::Policy,
+            "SMT is enabled on the platform and the policy forbids it",
+        );
     }
     let gp = r.policy();
     if gp.debug_allowed() && !p.allow_debug {
-        f.add(ReasonKind::Policy, "debug bit set: the guest policy lets the host debug (read and write) guest memory");
+        f.add(
+            ReasonKind::Policy,
+            "debug bit set: the guest policy lets the host debug (read and write) guest memory",
+        );
     }
     if gp.migrate_ma() && !p.allow_migration_agent {
-        f.add(ReasonKind::Policy, "guest policy allows a migration agent, which the policy forbids");
+        f.add(
+            ReasonKind::Policy,
+            "guest policy allows a migration agent, which the policy forbids",
+        );
     }
 }
 
@@ -664,11 +937,24 @@ mod tests {
         assert_eq!(store.arks.len(), 3);
         assert_eq!(store.intermediates.len(), 6);
         for a in &store.arks {
-            assert!(is_self_signed(&a.cert), "{} self-signature", a.cert.subject_cn);
+            assert!(
+                is_self_signed(&a.cert),
+                "{} self-signature",
+                a.cert.subject_cn
+            );
         }
         for i in &store.intermediates {
-            let ark = store.arks.iter().find(|a| Some(a.product) == i.product).unwrap();
-            assert!(i.cert.signed_by(&ark.cert), "{} signed by {}", i.cert.subject_cn, ark.cert.subject_cn);
+            let ark = store
+                .arks
+                .iter()
+                .find(|a| Some(a.product) == i.product)
+                .unwrap();
+            assert!(
+                i.cert.signed_by(&ark.cert),
+                "{} signed by {}",
+                i.cert.subject_cn,
+                ark.cert.subject_cn
+            );
         }
     }
 

@@ -115,7 +115,11 @@ fn check_pss_sha384(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Result<(
         .map_err(|_| CertError::UnsupportedSignatureAlgorithm)?;
     let p = rsa::pkcs1::RsaPssParams::from_der(&der)
         .map_err(|_| CertError::UnsupportedSignatureAlgorithm)?;
-    let mgf_hash_ok = p.mask_gen.parameters.as_ref().is_some_and(|h| h.oid == OID_SHA384);
+    let mgf_hash_ok = p
+        .mask_gen
+        .parameters
+        .as_ref()
+        .is_some_and(|h| h.oid == OID_SHA384);
     if p.hash.oid == OID_SHA384
         && p.mask_gen.oid == OID_MGF1
         && mgf_hash_ok
@@ -147,7 +151,8 @@ impl Cert {
             .ok_or_else(|| CertError::Key("bit string has unused bits".into()))?;
         let key = if spki.algorithm.oid == OID_RSA_ENCRYPTION {
             SubjectKey::Rsa(
-                RsaPssSha384Key::from_pkcs1_der(key_bits).map_err(|e| CertError::Key(e.to_string()))?,
+                RsaPssSha384Key::from_pkcs1_der(key_bits)
+                    .map_err(|e| CertError::Key(e.to_string()))?,
             )
         } else if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
             let curve = spki
@@ -158,9 +163,15 @@ impl Cert {
             if curve != Some(OID_SECP384R1) {
                 return Err(CertError::Key("EC key is not on P-384".into()));
             }
-            SubjectKey::P384(P384Key::from_sec1(key_bits).map_err(|e: KeyError| CertError::Key(e.to_string()))?)
+            SubjectKey::P384(
+                P384Key::from_sec1(key_bits)
+                    .map_err(|e: KeyError| CertError::Key(e.to_string()))?,
+            )
         } else {
-            return Err(CertError::Key(format!("unsupported key algorithm {}", spki.algorithm.oid)));
+            return Err(CertError::Key(format!(
+                "unsupported key algorithm {}",
+                spki.algorithm.oid
+            )));
         };
         let signature = cert
             .signature
@@ -191,7 +202,8 @@ impl Cert {
     pub(crate) fn parse_many(bytes: &[u8]) -> Result<Vec<Cert>, CertError> {
         let trimmed = bytes.trim_ascii_start();
         if trimmed.starts_with(b"-----BEGIN") {
-            let text = std::str::from_utf8(trimmed).map_err(|_| CertError::Pem("not UTF-8".into()))?;
+            let text =
+                std::str::from_utf8(trimmed).map_err(|_| CertError::Pem("not UTF-8".into()))?;
             pem_blocks(text)?
                 .iter()
                 .map(|der| Cert::from_der(der))
@@ -229,7 +241,8 @@ pub(crate) fn pem_blocks(text: &str) -> Result<Vec<Vec<u8>>, CertError> {
             return Err(CertError::Pem("BEGIN CERTIFICATE without END".into()));
         };
         let block = &after[..end + end_marker.len()];
-        let (label, der) = der::pem::decode_vec(block.as_bytes()).map_err(|e| CertError::Pem(e.to_string()))?;
+        let (label, der) =
+            der::pem::decode_vec(block.as_bytes()).map_err(|e| CertError::Pem(e.to_string()))?;
         if label != "CERTIFICATE" {
             return Err(CertError::Pem(format!("unexpected PEM label {label}")));
         }

@@ -18,7 +18,11 @@ use serde_json::{json, Value};
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "cocoon-verify", version, about = "Verify confidential-VM attestation evidence offline")]
+#[command(
+    name = "cocoon-verify",
+    version,
+    about = "Verify confidential-VM attestation evidence offline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,8 @@ enum Command {
 struct UsageError(String);
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, UsageError> {
-    std::fs::read(path).map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 fn parse_time(at: Option<&str>) -> Result<UnixTime, UsageError> {
@@ -112,7 +117,8 @@ fn fields_json(r: &SnpReport, layout: TcbLayout) -> Value {
 }
 
 fn guess_layout(r: &SnpReport) -> TcbLayout {
-    r.product_from_cpuid().map_or(TcbLayout::MilanGenoa, Product::tcb_layout)
+    r.product_from_cpuid()
+        .map_or(TcbLayout::MilanGenoa, Product::tcb_layout)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -156,7 +162,10 @@ fn run_snp(
     };
     let result = SnpVerifier::new().verify(
         &report_bytes,
-        SnpCertificates { vek: &vek, chain: &chain_bytes },
+        SnpCertificates {
+            vek: &vek,
+            chain: &chain_bytes,
+        },
         &policy,
         now,
     );
@@ -165,7 +174,12 @@ fn run_snp(
     Ok(result.is_ok())
 }
 
-fn print_verdict(result: &Result<VerifiedSnp, Rejection>, parsed: Option<&SnpReport>, now: UnixTime, json_out: bool) {
+fn print_verdict(
+    result: &Result<VerifiedSnp, Rejection>,
+    parsed: Option<&SnpReport>,
+    now: UnixTime,
+    json_out: bool,
+) {
     let layout = match (result, parsed) {
         (Ok(v), _) => v.product().tcb_layout(),
         (Err(_), Some(r)) => guess_layout(r),
@@ -191,7 +205,12 @@ fn print_verdict(result: &Result<VerifiedSnp, Rejection>, parsed: Option<&SnpRep
     match result {
         Ok(v) => {
             let r = v.report();
-            println!("ACCEPTED: SEV-SNP report v{} signed by a {} {} chaining to AMD's pinned ARK", r.version(), v.product(), v.signer());
+            println!(
+                "ACCEPTED: SEV-SNP report v{} signed by a {} {} chaining to AMD's pinned ARK",
+                r.version(),
+                v.product(),
+                v.signer()
+            );
             println!("  measurement  {}", hex::encode(r.measurement()));
             println!("  report_data  {}", hex::encode(r.report_data()));
             println!("  reported_tcb {}", v.reported_tcb());
@@ -208,14 +227,25 @@ fn print_verdict(result: &Result<VerifiedSnp, Rejection>, parsed: Option<&SnpRep
 
 fn run_explain(file: &Path, product: Option<&str>) -> Result<(), UsageError> {
     let bytes = read(file, "report")?;
-    let report = SnpReport::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
+    let report =
+        SnpReport::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
     let layout = match product.map(str::to_ascii_lowercase).as_deref() {
         Some("milan") | Some("genoa") => TcbLayout::MilanGenoa,
         Some("turin") => TcbLayout::Turin,
-        Some(other) => return Err(UsageError(format!("--product {other:?}: expected milan, genoa or turin"))),
+        Some(other) => {
+            return Err(UsageError(format!(
+                "--product {other:?}: expected milan, genoa or turin"
+            )))
+        }
         None => guess_layout(&report),
     };
-    println!("{}", Explain { report: &report, layout });
+    println!(
+        "{}",
+        Explain {
+            report: &report,
+            layout
+        }
+    );
     Ok(())
 }
 
@@ -229,11 +259,33 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match &cli.command {
-        Command::Snp { report, cert, chain, measurements, policy, at, json } => {
-            run_snp(report, cert, chain.as_deref(), measurements, policy.as_deref(), at.as_deref(), *json)
-                .map(|accepted| if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Command::Snp {
+            report,
+            cert,
+            chain,
+            measurements,
+            policy,
+            at,
+            json,
+        } => run_snp(
+            report,
+            cert,
+            chain.as_deref(),
+            measurements,
+            policy.as_deref(),
+            at.as_deref(),
+            *json,
+        )
+        .map(|accepted| {
+            if accepted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
+        Command::Explain { file, product } => {
+            run_explain(file, product.as_deref()).map(|()| ExitCode::SUCCESS)
         }
-        Command::Explain { file, product } => run_explain(file, product.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     match outcome {
         Ok(code) => code,
