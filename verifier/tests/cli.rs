@@ -1,0 +1,254 @@
+//! The `cocoon-verify` binary as a user runs it: exit codes, text and JSON
+//! output, policy files, and usage errors, on real vectors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use cocoon_tests::vectors_dir;
+use serde_json::Value;
+
+const GENOA_MEASUREMENT: &str = "c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc";
+const AT: &str = "2025-10-01T08:00:00Z";
+
+fn v(rel: &str) -> String {
+    vectors_dir().join(rel).to_string_lossy().into_owned()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cocoon-verify"))
+        .args(args)
+        .output()
+        .expect("run cocoon-verify")
+}
+
+fn genoa_args() -> Vec<String> {
+    [
+        "snp",
+        "--report",
+        &v("snp/genoa-v5-oak/report.bin"),
+        "--cert",
+        &v("snp/genoa-v5-oak/vcek.der"),
+        "--at",
+        AT,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_owned(args: &[String]) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&refs)
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn accepted_report_exits_zero_with_json_fields() {
+    let mut args = genoa_args();
+    args.extend([
+        "--measurement".into(),
+        GENOA_MEASUREMENT.into(),
+        "--json".into(),
+    ]);
+    let out = run_owned(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json_of(&out);
+    assert_eq!(j["verdict"], "accepted");
+    assert_eq!(j["reasons"].as_array().unwrap().len(), 0);
+    let f = &j["fields"];
+    assert_eq!(f["version"], 5);
+    assert_eq!(f["measurement"], GENOA_MEASUREMENT);
+    assert_eq!(f["vmpl"], 0);
+    assert_eq!(f["policy"], "0x0000000000030000");
+    assert_eq!(f["reported_tcb"]["snp"], 25);
+    assert_eq!(f["reported_tcb"]["microcode"], 84);
+    assert!(f["chip_id"].as_str().unwrap().starts_with("d2421d97"));
+    assert!(f["report_data"].as_str().unwrap().starts_with("8100555a"));
+    assert_eq!(j["product"], "Genoa");
+}
+
+#[test]
+fn rejected_report_exits_one_with_reasons() {
+    let mut args = genoa_args();
+    args.extend(["--measurement".into(), "ab".repeat(48), "--json".into()]);
+    let out = run_owned(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let j = json_of(&out);
+    assert_eq!(j["verdict"], "rejected");
+    let reasons = j["reasons"].as_array().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("measurement not in policy")),
+        "{reasons:?}"
+    );
+    // Text mode says the same.
+    let mut args = genoa_args();
+    args.extend(["--measurement".into(), "ab".repeat(48)]);
+    let out = run_owned(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REJECTED"));
+}
+
+#[test]
+fn malformed_report_is_a_rejection_not_a_crash() {
+    let dir = tempdir();
+    let short = dir.join("short.bin");
+    std::fs::write(&short, [0u8; 100]).unwrap();
+    let out = run(&[
+        "snp",
+        "--report",
+        short.to_str().unwrap(),
+        "--cert",
+        &v("snp/genoa-v5-oak/vcek.der"),
+        "--measurement",
+        GENOA_MEASUREMENT,
+        "--at",
+        AT,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = json_of(&out);
+    assert!(
+        j["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("exactly 1184 bytes"),
+        "{j}"
+    );
+    assert!(j["fields"].is_null());
+    let garbage = dir.join("garbage.der");
+    std::fs::write(&garbage, b"not a certificate").unwrap();
+    let out = run(&[
+        "snp",
+        "--report",
+        &v("snp/genoa-v5-oak/report.bin"),
+        "--cert",
+        garbage.to_str().unwrap(),
+        "--measurement",
+        GENOA_MEASUREMENT,
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn policy_file_is_read_and_its_errors_are_usage_errors() {
+    let dir = tempdir();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n"
+        ),
+    )
+    .unwrap();
+    let mut args = genoa_args();
+    args.extend(["--policy".into(), policy.to_string_lossy().into_owned()]);
+    assert_eq!(run_owned(&args).status.code(), Some(0));
+
+    std::fs::write(&policy, "[snp]\nmeasurements = \"skip\"\n").unwrap();
+    let out = run_owned(&args);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let cases: Vec<Vec<String>> = vec![
+        vec![],
+        vec!["snp".into()],
+        vec!["frobnicate".into()],
+        genoa_args(), // no measurement, no policy
+        {
+            let mut a = genoa_args();
+            a.extend(["--measurement".into(), "zz".into()]);
+            a
+        },
+        {
+            let mut a = genoa_args();
+            a.extend([
+                "--measurement".into(),
+                GENOA_MEASUREMENT.into(),
+                "--at".into(),
+                "yesterday".into(),
+            ]);
+            a
+        },
+        vec![
+            "snp".into(),
+            "--report".into(),
+            "/nonexistent/report.bin".into(),
+            "--cert".into(),
+            "/nonexistent".into(),
+            "--measurement".into(),
+            GENOA_MEASUREMENT.into(),
+        ],
+        {
+            let mut a = genoa_args();
+            a.extend([
+                "--measurement".into(),
+                GENOA_MEASUREMENT.into(),
+                "--policy".into(),
+                "/nonexistent".into(),
+            ]);
+            a
+        },
+    ];
+    for args in cases {
+        let out = run_owned(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "args {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "args {args:?} printed no error");
+    }
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn explain_prints_fields_for_a_person() {
+    let out = run(&["explain", &v("snp/milan-v3-dstack/report.bin")]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("version 3"), "{text}");
+    assert!(text.contains("7f51e17f72a04d5422cb2c00998166536019a217376f3aa45a630e59c805a599847ff250dbffcd07e1ba639771d6f05d"));
+    assert!(
+        text.contains("bootloader=4 tee=0 snp=23 microcode=213"),
+        "{text}"
+    );
+    assert!(text.contains("UNVERIFIED"));
+    assert!(text.contains("(Milan)"));
+    let out = run(&["explain", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cocoon-verify-cli-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
