@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The verifier is what a client runs before sending key material: it must
+# not pull an async runtime, an ML runtime, OpenSSL, an HTTP client or any
+# other crate that does I/O. Checked over its normal dependency tree, with
+# and without default features.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+forbidden='^(tokio|tokio-[a-z-]+|mio|async-std|smol|tch|torch-sys|openssl|openssl-sys|native-tls|reqwest|hyper|hyper-util|ureq|curl|curl-sys|isahc|surf|socket2|vsock|rusqlite|redb)$'
+status=0
+for flags in "" "--no-default-features"; do
+  # shellcheck disable=SC2086
+  crates=$(cargo tree -q -e normal -p cocoon-verifier $flags --prefix none | awk '{print $1}' | sort -u)
+  bad=$(echo "$crates" | grep -E "$forbidden" || true)
+  if [ -n "$bad" ]; then
+    echo "cocoon-verifier ${flags:-(default features)} pulls forbidden crates:" >&2
+    echo "$bad" >&2
+    status=1
+  fi
+done
+[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate)"
+exit $status

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this script):
+# unit, integration and vector tests on both crypto backends, the CLI,
+# dependency rules, wasm32 build, a short fuzz run, then fmt, clippy, doc.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+ensure_toolchain
+need_vectors
+cd "$ROOT"
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+
+log "cargo test --workspace (aws-lc backend)"
+cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"
+cargo test --workspace --doc 2>&1 | tee -a "$LOG"
+
+log "vector suites on the pure-Rust backend (the one wasm32 uses)"
+cargo test -p cocoon-tests --no-default-features --test snp_vectors 2>&1 | tee -a "$LOG"
+cargo test -p cocoon-verifier --no-default-features --lib 2>&1 | tee -a "$LOG"
+
+log "dependency rules"
+bash "$ROOT/.ci/check-deps.sh"
+
+log "verifier builds for wasm32-unknown-unknown"
+if rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+  cargo build -q -p cocoon-verifier --no-default-features --target wasm32-unknown-unknown
+  echo "wasm32 build: ok"
+else
+  echo "wasm32 build: SKIPPED (the wasm32-unknown-unknown target cannot be installed on this machine)"
+fi
+
+if [ -x "$ROOT/.ci/fuzz.sh" ] || [ -f "$ROOT/.ci/fuzz.sh" ]; then
+  log "fuzzing briefly"
+  bash "$ROOT/.ci/fuzz.sh"
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
+
+passed=$(grep -oE 'test result: [a-z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -E 'test result:' "$LOG" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+echo
+echo "tests: $passed passed, $failed failed"
+[ "$failed" = 0 ]
