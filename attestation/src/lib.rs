@@ -6,7 +6,14 @@
 //! parser here returns a typed error on bad input and never panics.
 //!
 //! * [`snp`] — AMD SEV-SNP attestation reports (versions 2, 3 and 5).
+//! * [`collateral`] — Intel DCAP collateral for offline TDX verification.
+//! * [`bundle`] — the evidence bundle and the enclave's claims, with their
+//!   binding into report data.
+//! * [`cbor`] — strict CBOR helpers shared by the wire types.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bundle;
+pub mod cbor;
+pub mod collateral;
 pub mod snp;

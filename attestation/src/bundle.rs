@@ -1,0 +1,319 @@
+//! The evidence bundle and the enclave's claims.
+//!
+//! Owns the wire form (CBOR) of what an enclave publishes: platform evidence
+//! (an SNP report with its certificates, or a TDX quote with its collateral)
+//! plus the claims the enclave makes about itself (its HPKE and receipt
+//! keys, image, models, config, GPU evidence, epoch), and the binding of
+//! those claims into the hardware report:
+//!
+//! ```text
+//! report_data = SHA-512("cocoon-claims-v1" || claims_cbor)
+//! ```
+//!
+//! where `claims_cbor` is the exact byte string carried in the bundle. The
+//! verifier hashes those bytes, compares with the report, and only then
+//! decodes them. Decoding is strict: unknown keys, wrong sizes, trailing
+//! bytes and oversized inputs are errors.
+
+use ciborium::Value;
+use sha2::{Digest, Sha512};
+
+use crate::cbor::{self, CborError, MapReader};
+use crate::collateral::{CollateralError, TdxCollateral};
+
+/// Domain separator of the claims binding.
+pub const CLAIMS_DOMAIN: &[u8] = b"cocoon-claims-v1";
+/// Most bytes of a bundle accepted.
+pub const MAX_BUNDLE: usize = 2 << 20;
+/// Most bytes of encoded claims accepted.
+pub const MAX_CLAIMS: usize = 64 << 10;
+/// Bundle format version.
+pub const BUNDLE_VERSION: u64 = 1;
+
+/// One model the enclave serves, named with the SHA-256 of its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDigest {
+    /// The name clients ask for.
+    pub name: String,
+    /// SHA-256 of the model file.
+    pub sha256: [u8; 32],
+}
+
+/// What the enclave says about itself, bound into the hardware report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// HPKE public key requests are sealed to.
+    pub hpke_public_key: Vec<u8>,
+    /// Public key (SEC1) that signs usage receipts.
+    pub receipt_public_key: Vec<u8>,
+    /// Image release the enclave believes it runs (the measurement proves it).
+    pub image_id: String,
+    /// Models served.
+    pub model_digests: Vec<ModelDigest>,
+    /// SHA-256 of the enclave's configuration.
+    pub config_digest: [u8; 32],
+    /// SHA-256 of the GPU evidence taken at this epoch, when a GPU is used.
+    pub gpu_evidence_digest: Option<[u8; 32]>,
+    /// Attestation epoch (increases whenever the evidence is refreshed).
+    pub epoch: u64,
+    /// A nonce the client asked to be bound, if any.
+    pub client_nonce: Option<Vec<u8>>,
+}
+
+impl Claims {
+    /// Encode as canonical CBOR (fixed key order).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut e = vec![
+            (
+                "hpke_public_key",
+                Value::Bytes(self.hpke_public_key.clone()),
+            ),
+            (
+                "receipt_public_key",
+                Value::Bytes(self.receipt_public_key.clone()),
+            ),
+            ("image_id", Value::Text(self.image_id.clone())),
+            (
+                "model_digests",
+                Value::Array(
+                    self.model_digests
+                        .iter()
+                        .map(|m| {
+                            cbor::map(vec![
+                                ("name", Value::Text(m.name.clone())),
+                                ("sha256", Value::Bytes(m.sha256.to_vec())),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            ("config_digest", Value::Bytes(self.config_digest.to_vec())),
+            ("epoch", Value::Integer(self.epoch.into())),
+        ];
+        if let Some(d) = &self.gpu_evidence_digest {
+            e.push(("gpu_evidence_digest", Value::Bytes(d.to_vec())));
+        }
+        if let Some(n) = &self.client_nonce {
+            e.push(("client_nonce", Value::Bytes(n.clone())));
+        }
+        cbor::encode(&cbor::map(e))
+    }
+
+    /// Decode from CBOR, strictly.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Claims, CborError> {
+        let mut m = MapReader::new(cbor::decode(bytes, MAX_CLAIMS)?, "claims")?;
+        let models = match m.take("model_digests")? {
+            Value::Array(a) => a
+                .into_iter()
+                .map(|v| {
+                    let mut mm = MapReader::new(v, "claims.model_digests[]")?;
+                    let d = ModelDigest {
+                        name: mm.text("name")?,
+                        sha256: mm.array::<32>("sha256")?,
+                    };
+                    mm.finish()?;
+                    Ok(d)
+                })
+                .collect::<Result<Vec<_>, CborError>>()?,
+            _ => {
+                return Err(CborError::Invalid(
+                    "claims.model_digests".into(),
+                    "expected an array".into(),
+                ))
+            }
+        };
+        let gpu = match m.bytes_opt("gpu_evidence_digest")? {
+            None => None,
+            Some(b) => Some(<[u8; 32]>::try_from(b.as_slice()).map_err(|_| {
+                CborError::Invalid(
+                    "claims.gpu_evidence_digest".into(),
+                    "expected 32 bytes".into(),
+                )
+            })?),
+        };
+        let c = Claims {
+            hpke_public_key: m.bytes("hpke_public_key")?,
+            receipt_public_key: m.bytes("receipt_public_key")?,
+            image_id: m.text("image_id")?,
+            model_digests: models,
+            config_digest: m.array::<32>("config_digest")?,
+            gpu_evidence_digest: gpu,
+            epoch: m.u64("epoch")?,
+            client_nonce: m.bytes_opt("client_nonce")?,
+        };
+        m.finish()?;
+        Ok(c)
+    }
+}
+
+/// The report data that binds `claims_cbor`: SHA-512("cocoon-claims-v1" || claims_cbor).
+pub fn claims_report_data(claims_cbor: &[u8]) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(CLAIMS_DOMAIN);
+    h.update(claims_cbor);
+    h.finalize().into()
+}
+
+/// Hardware evidence of one platform kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlatformEvidence {
+    /// AMD SEV-SNP: the raw report, the VCEK/VLEK (DER or PEM), and
+    /// optionally the ASK/ASVK + ARK (PEM; empty for the bundled ones).
+    Snp {
+        /// Raw 1184-byte report.
+        report: Vec<u8>,
+        /// VCEK or VLEK certificate.
+        vek: Vec<u8>,
+        /// Intermediate and root certificates, or empty.
+        chain: Vec<u8>,
+    },
+    /// Intel TDX: the raw DCAP quote and its collateral.
+    Tdx {
+        /// Raw quote (v4 or v5).
+        quote: Vec<u8>,
+        /// Collateral for offline verification.
+        collateral: TdxCollateral,
+    },
+}
+
+/// Platform evidence plus the claims it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceBundle {
+    /// The hardware evidence.
+    pub platform: PlatformEvidence,
+    /// CBOR of [`Claims`], exactly the bytes that were hashed into report_data.
+    pub claims_cbor: Vec<u8>,
+}
+
+/// Why bytes are not a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// CBOR structure problem.
+    #[error("evidence bundle: {0}")]
+    Cbor(#[from] CborError),
+    /// Collateral problem.
+    #[error("evidence bundle: {0}")]
+    Collateral(#[from] CollateralError),
+    /// A version or platform type this build does not know.
+    #[error("evidence bundle: {0}")]
+    Unsupported(String),
+}
+
+impl EvidenceBundle {
+    /// Encode as CBOR.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let platform = match &self.platform {
+            PlatformEvidence::Snp { report, vek, chain } => cbor::map(vec![
+                ("type", Value::Text("snp".into())),
+                ("report", Value::Bytes(report.clone())),
+                ("vek", Value::Bytes(vek.clone())),
+                ("chain", Value::Bytes(chain.clone())),
+            ]),
+            PlatformEvidence::Tdx { quote, collateral } => cbor::map(vec![
+                ("type", Value::Text("tdx".into())),
+                ("quote", Value::Bytes(quote.clone())),
+                ("collateral", collateral.to_cbor_value()),
+            ]),
+        };
+        cbor::encode(&cbor::map(vec![
+            ("version", Value::Integer(BUNDLE_VERSION.into())),
+            ("platform", platform),
+            ("claims", Value::Bytes(self.claims_cbor.clone())),
+        ]))
+    }
+
+    /// Decode from CBOR, strictly.
+    pub fn from_cbor(bytes: &[u8]) -> Result<EvidenceBundle, BundleError> {
+        let mut m = MapReader::new(cbor::decode(bytes, MAX_BUNDLE)?, "bundle")?;
+        let version = m.u64("version")?;
+        if version != BUNDLE_VERSION {
+            return Err(BundleError::Unsupported(format!(
+                "bundle version {version} (this build reads {BUNDLE_VERSION})"
+            )));
+        }
+        let mut p = MapReader::new(m.take("platform")?, "bundle.platform")?;
+        let platform = match p.text("type")?.as_str() {
+            "snp" => PlatformEvidence::Snp {
+                report: p.bytes("report")?,
+                vek: p.bytes("vek")?,
+                chain: p.bytes("chain")?,
+            },
+            "tdx" => PlatformEvidence::Tdx {
+                quote: p.bytes("quote")?,
+                collateral: TdxCollateral::from_cbor_value(p.take("collateral")?)?,
+            },
+            other => return Err(BundleError::Unsupported(format!("platform type {other:?}"))),
+        };
+        p.finish()?;
+        let claims_cbor = m.bytes("claims")?;
+        m.finish()?;
+        Ok(EvidenceBundle {
+            platform,
+            claims_cbor,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            hpke_public_key: vec![1; 32],
+            receipt_public_key: vec![2; 65],
+            image_id: "cocoon-image-2026.11".into(),
+            model_digests: vec![ModelDigest {
+                name: "minilm".into(),
+                sha256: [3; 32],
+            }],
+            config_digest: [4; 32],
+            gpu_evidence_digest: None,
+            epoch: 7,
+            client_nonce: Some(vec![9; 16]),
+        }
+    }
+
+    #[test]
+    fn claims_round_trip_and_bind() {
+        let c = claims();
+        let bytes = c.to_cbor();
+        assert_eq!(Claims::from_cbor(&bytes).unwrap(), c);
+        assert_eq!(c.to_cbor(), bytes, "encoding is deterministic");
+        let rd = claims_report_data(&bytes);
+        let mut other = c.clone();
+        other.epoch = 8;
+        assert_ne!(claims_report_data(&other.to_cbor()), rd);
+    }
+
+    #[test]
+    fn bundle_round_trip_and_strictness() {
+        let b = EvidenceBundle {
+            platform: PlatformEvidence::Snp {
+                report: vec![0; 1184],
+                vek: vec![1, 2],
+                chain: vec![],
+            },
+            claims_cbor: claims().to_cbor(),
+        };
+        let bytes = b.to_cbor();
+        assert_eq!(EvidenceBundle::from_cbor(&bytes).unwrap(), b);
+        for cut in 0..bytes.len() {
+            assert!(EvidenceBundle::from_cbor(&bytes[..cut]).is_err());
+        }
+        let unknown = cbor::encode(&cbor::map(vec![
+            ("version", Value::Integer(1.into())),
+            (
+                "platform",
+                cbor::map(vec![("type", Value::Text("sev-es".into()))]),
+            ),
+            ("claims", Value::Bytes(vec![])),
+        ]));
+        assert!(matches!(
+            EvidenceBundle::from_cbor(&unknown),
+            Err(BundleError::Unsupported(_))
+        ));
+    }
+}
