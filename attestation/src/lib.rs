@@ -6,6 +6,8 @@
 //! parser here returns a typed error on bad input and never panics.
 //!
 //! * [`snp`] — AMD SEV-SNP attestation reports (versions 2, 3 and 5).
+//! * [`tdx`] — Intel TDX DCAP quotes (versions 4 and 5; SGX version 3 quotes
+//!   recognised) and the SGX extensions of PCK certificates.
 //! * [`collateral`] — Intel DCAP collateral for offline TDX verification.
 //! * [`bundle`] — the evidence bundle and the enclave's claims, with their
 //!   binding into report data.
@@ -17,3 +19,4 @@ pub mod bundle;
 pub mod cbor;
 pub mod collateral;
 pub mod snp;
+pub mod tdx;

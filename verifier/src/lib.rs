@@ -14,19 +14,28 @@
 //!
 //! * [`snp`] — AMD SEV-SNP: ARK → ASK/ASVK → VCEK/VLEK chains, the report
 //!   signature, VCEK extensions and the SNP policy.
+//! * [`tdx`] — Intel TDX quotes with bundled collateral (cryptographic core
+//!   by `dcap-qvl`, pinned to our Intel root), with [`tdx_tcb`] as an
+//!   independent TCB-level evaluation.
+//! * [`enclave`] — the evidence bundle: platform evidence plus claims bound
+//!   into its report data; [`verify`] returns a [`VerifiedEnclave`].
 //! * [`policy`] — reference values, each required or explicitly skipped, and
 //!   their TOML form.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod crypto;
+pub mod enclave;
 pub mod policy;
 pub mod snp;
+pub mod tdx;
+pub mod tdx_tcb;
 mod x509;
 
 use core::fmt;
 
-pub use policy::{Check, SnpPolicy};
+pub use enclave::{verify, VerifiedEnclave};
+pub use policy::{Check, Policy, SnpPolicy, TdxPolicy};
 pub use snp::{verify_snp, SnpVerifier, VerifiedSnp};
 pub use x509::CertError;
 
@@ -55,6 +64,13 @@ pub enum ReasonKind {
     UnknownValue,
     /// The evidence does not meet the policy.
     Policy,
+    /// Collateral (CRLs, TCB info, QE identity) is missing or unusable.
+    Collateral,
+    /// The platform's TCB level is not acceptable (no matching level, or a
+    /// status the policy does not allow).
+    Tcb,
+    /// The claims are not bound to the hardware report, or are malformed.
+    Claims,
 }
 
 /// One shortfall of the evidence.

@@ -317,6 +317,363 @@ impl fmt::Display for MinTcb {
     }
 }
 
+/// A TCB status from Intel's TCB info, after converging the platform, TDX
+/// module and QE levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TcbStatus {
+    /// Fully patched.
+    UpToDate,
+    /// Patched, but software hardening is needed.
+    SWHardeningNeeded,
+    /// Platform configuration is needed.
+    ConfigurationNeeded,
+    /// Configuration and software hardening are needed.
+    ConfigurationAndSWHardeningNeeded,
+    /// A newer TCB exists.
+    OutOfDate,
+    /// Out of date and configuration needed.
+    OutOfDateConfigurationNeeded,
+    /// The TCB is revoked: never acceptable.
+    Revoked,
+    /// A TD 1.5 launched on an out-of-date TCB that has since been updated
+    /// in place: relaunching the TD is advised.
+    TDRelaunchAdvised,
+    /// As [`TcbStatus::TDRelaunchAdvised`], with configuration needed.
+    TDRelaunchAdvisedConfigurationNeeded,
+}
+
+impl TcbStatus {
+    /// Every status.
+    pub const ALL: [TcbStatus; 9] = [
+        TcbStatus::UpToDate,
+        TcbStatus::SWHardeningNeeded,
+        TcbStatus::ConfigurationNeeded,
+        TcbStatus::ConfigurationAndSWHardeningNeeded,
+        TcbStatus::OutOfDate,
+        TcbStatus::OutOfDateConfigurationNeeded,
+        TcbStatus::Revoked,
+        TcbStatus::TDRelaunchAdvised,
+        TcbStatus::TDRelaunchAdvisedConfigurationNeeded,
+    ];
+    /// The name Intel's collateral uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcbStatus::UpToDate => "UpToDate",
+            TcbStatus::SWHardeningNeeded => "SWHardeningNeeded",
+            TcbStatus::ConfigurationNeeded => "ConfigurationNeeded",
+            TcbStatus::ConfigurationAndSWHardeningNeeded => "ConfigurationAndSWHardeningNeeded",
+            TcbStatus::OutOfDate => "OutOfDate",
+            TcbStatus::OutOfDateConfigurationNeeded => "OutOfDateConfigurationNeeded",
+            TcbStatus::Revoked => "Revoked",
+            TcbStatus::TDRelaunchAdvised => "TDRelaunchAdvised",
+            TcbStatus::TDRelaunchAdvisedConfigurationNeeded => {
+                "TDRelaunchAdvisedConfigurationNeeded"
+            }
+        }
+    }
+    /// Parse Intel's name.
+    pub fn from_name(s: &str) -> Option<TcbStatus> {
+        TcbStatus::ALL.into_iter().find(|t| t.name() == s)
+    }
+}
+
+impl fmt::Display for TcbStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a client requires of an Intel TDX quote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TdxPolicy {
+    /// Allowed MRTD values (the TD's initial contents: TDVF).
+    pub mrtd: Check<Vec<[u8; 48]>>,
+    /// Expected RTMR0..RTMR3.
+    pub rtmr: [Check<[u8; 48]>; 4],
+    /// Expected MRCONFIGID.
+    pub mrconfigid: Check<[u8; 48]>,
+    /// Expected MROWNER.
+    pub mrowner: Check<[u8; 48]>,
+    /// Expected MROWNERCONFIG.
+    pub mrownerconfig: Check<[u8; 48]>,
+    /// Expected TD attributes (8 bytes as in the report).
+    pub td_attributes: Check<[u8; 8]>,
+    /// Expected XFAM.
+    pub xfam: Check<[u8; 8]>,
+    /// Minimum TEE TCB SVN, component by component.
+    pub min_tee_tcb_svn: Check<[u8; 16]>,
+    /// Exact expected report data.
+    pub report_data: Check<[u8; 64]>,
+    /// TCB statuses accepted (never empty; `Revoked` is refused regardless).
+    pub allowed_tcb_statuses: Vec<TcbStatus>,
+    /// Oldest acceptable collateral, in seconds since the TCB info was issued.
+    pub max_collateral_age_secs: Check<u64>,
+    /// Accept TDs with the DEBUG attribute. Never in production.
+    pub allow_debug: bool,
+}
+
+impl TdxPolicy {
+    /// A strict policy pinned to the given MRTDs: UpToDate only, debug
+    /// forbidden, every other reference value explicitly skipped.
+    pub fn pinned_to_mrtd(mrtd: Vec<[u8; 48]>) -> TdxPolicy {
+        TdxPolicy {
+            mrtd: Check::Require(mrtd),
+            rtmr: [Check::Skip, Check::Skip, Check::Skip, Check::Skip],
+            mrconfigid: Check::Skip,
+            mrowner: Check::Skip,
+            mrownerconfig: Check::Skip,
+            td_attributes: Check::Skip,
+            xfam: Check::Skip,
+            min_tee_tcb_svn: Check::Skip,
+            report_data: Check::Skip,
+            allowed_tcb_statuses: vec![TcbStatus::UpToDate],
+            max_collateral_age_secs: Check::Skip,
+            allow_debug: false,
+        }
+    }
+
+    /// Read a TDX policy from a TOML table; `prefix` names it in errors.
+    pub fn from_table(t: &toml::Table, prefix: &str) -> Result<TdxPolicy, PolicyError> {
+        const KEYS: [&str; 14] = [
+            "mrtd",
+            "rtmr0",
+            "rtmr1",
+            "rtmr2",
+            "rtmr3",
+            "mrconfigid",
+            "mrowner",
+            "mrownerconfig",
+            "td_attributes",
+            "xfam",
+            "min_tee_tcb_svn",
+            "report_data",
+            "allowed_tcb_statuses",
+            "max_collateral_age_days",
+        ];
+        if let Some(k) = t
+            .keys()
+            .find(|k| !KEYS.contains(&k.as_str()) && k.as_str() != "allow_debug")
+        {
+            return Err(PolicyError::UnknownKey(format!("{prefix}.{k}")));
+        }
+        let key = |k: &str| format!("{prefix}.{k}");
+        let statuses = match t.get("allowed_tcb_statuses") {
+            None => return Err(PolicyError::Missing(key("allowed_tcb_statuses"))),
+            Some(toml::Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|v| {
+                    let s = v.as_str().unwrap_or_default();
+                    match TcbStatus::from_name(s) {
+                        Some(TcbStatus::Revoked) => Err(PolicyError::Invalid(
+                            key("allowed_tcb_statuses"),
+                            "Revoked can never be allowed".into(),
+                        )),
+                        Some(st) => Ok(st),
+                        None => Err(PolicyError::Invalid(
+                            key("allowed_tcb_statuses"),
+                            format!("unknown TCB status {v:?}"),
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => {
+                return Err(PolicyError::Invalid(
+                    key("allowed_tcb_statuses"),
+                    "must be a non-empty list such as [\"UpToDate\"]".into(),
+                ))
+            }
+        };
+        let h48 = |k: &str| check(t, &key(k), k, hex_value::<48>);
+        Ok(TdxPolicy {
+            mrtd: check(t, &key("mrtd"), "mrtd", hex_list::<48>)?,
+            rtmr: [h48("rtmr0")?, h48("rtmr1")?, h48("rtmr2")?, h48("rtmr3")?],
+            mrconfigid: h48("mrconfigid")?,
+            mrowner: h48("mrowner")?,
+            mrownerconfig: h48("mrownerconfig")?,
+            td_attributes: check(t, &key("td_attributes"), "td_attributes", hex_value::<8>)?,
+            xfam: check(t, &key("xfam"), "xfam", hex_value::<8>)?,
+            min_tee_tcb_svn: check(
+                t,
+                &key("min_tee_tcb_svn"),
+                "min_tee_tcb_svn",
+                hex_value::<16>,
+            )?,
+            report_data: check(t, &key("report_data"), "report_data", hex_value::<64>)?,
+            allowed_tcb_statuses: statuses,
+            max_collateral_age_secs: check(
+                t,
+                &key("max_collateral_age_days"),
+                "max_collateral_age_days",
+                |v| {
+                    v.as_integer()
+                        .and_then(|d| u64::try_from(d).ok())
+                        .filter(|d| *d > 0)
+                        .map(|d| d * 86_400)
+                        .ok_or_else(|| "must be a positive number of days".to_string())
+                },
+            )?,
+            allow_debug: flag(t, &key("allow_debug"), "allow_debug")?,
+        })
+    }
+}
+
+/// A whole policy file: the image release its reference values belong to,
+/// and one section per platform the client accepts. A platform without a
+/// section is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The image release the reference values were computed for.
+    pub release: String,
+    /// Requirements for SEV-SNP evidence, if SNP is accepted.
+    pub snp: Option<SnpPolicy>,
+    /// Requirements for TDX evidence, if TDX is accepted.
+    pub tdx: Option<TdxPolicy>,
+}
+
+impl Policy {
+    /// Parse a policy file:
+    ///
+    /// ```toml
+    /// release = "cocoon-image-2026.11.0"
+    /// [snp]   # optional
+    /// ...
+    /// [tdx]   # optional
+    /// ...
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
+        if let Some(k) = doc
+            .keys()
+            .find(|k| !["release", "snp", "tdx"].contains(&k.as_str()))
+        {
+            return Err(PolicyError::UnknownKey(k.clone()));
+        }
+        let release = match doc.get("release") {
+            Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => {
+                return Err(PolicyError::Invalid(
+                    "release".into(),
+                    "must name the image release".into(),
+                ))
+            }
+            None => return Err(PolicyError::Missing("release".into())),
+        };
+        let table = |k: &str| -> Result<Option<&toml::Table>, PolicyError> {
+            match doc.get(k) {
+                None => Ok(None),
+                Some(toml::Value::Table(t)) => Ok(Some(t)),
+                Some(_) => Err(PolicyError::Invalid(k.into(), "must be a table".into())),
+            }
+        };
+        let snp = table("snp")?
+            .map(|t| SnpPolicy::from_table(t, "snp"))
+            .transpose()?;
+        let tdx = table("tdx")?
+            .map(|t| TdxPolicy::from_table(t, "tdx"))
+            .transpose()?;
+        if snp.is_none() && tdx.is_none() {
+            return Err(PolicyError::Missing(
+                "[snp] or [tdx] (a policy that accepts no platform accepts nothing)".into(),
+            ));
+        }
+        Ok(Policy { release, snp, tdx })
+    }
+}
+
+fn toml_check<T>(c: &Check<T>, f: impl Fn(&T) -> String) -> String {
+    match c {
+        Check::Require(v) => f(v),
+        Check::Skip => "\"skip\"".into(),
+    }
+}
+
+fn toml_hex(b: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(b))
+}
+
+fn toml_hex_list<const N: usize>(l: &[[u8; N]]) -> String {
+    format!(
+        "[{}]",
+        l.iter().map(|b| toml_hex(b)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+impl SnpPolicy {
+    /// The `[snp]` table in TOML, as [`SnpPolicy::from_table`] reads it.
+    pub fn to_toml(&self) -> String {
+        let tcb = toml_check(&self.min_tcb, |t| {
+            let fmc = t.fmc.map(|f| format!("fmc = {f}, ")).unwrap_or_default();
+            format!(
+                "{{ {fmc}bootloader = {}, tee = {}, snp = {}, microcode = {} }}",
+                t.bootloader, t.tee, t.snp, t.microcode
+            )
+        });
+        format!(
+            "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nallow_debug = {}\nallow_migration_agent = {}\n",
+            toml_check(&self.measurements, |l| toml_hex_list(l)),
+            tcb,
+            toml_check(&self.vmpl, |v| v.to_string()),
+            toml_check(&self.report_data, |b| toml_hex(b)),
+            toml_check(&self.host_data, |b| toml_hex(b)),
+            toml_check(&self.id_key_digests, |l| toml_hex_list(l)),
+            toml_check(&self.author_key_digests, |l| toml_hex_list(l)),
+            match self.smt {
+                SmtRule::Allowed => "allowed",
+                SmtRule::Forbidden => "forbidden",
+            },
+            self.allow_debug,
+            self.allow_migration_agent,
+        )
+    }
+}
+
+impl TdxPolicy {
+    /// The `[tdx]` table in TOML, as [`TdxPolicy::from_table`] reads it.
+    pub fn to_toml(&self) -> String {
+        let mut s = format!(
+            "[tdx]\nmrtd = {}\n",
+            toml_check(&self.mrtd, |l| toml_hex_list(l))
+        );
+        for (i, r) in self.rtmr.iter().enumerate() {
+            s.push_str(&format!("rtmr{i} = {}\n", toml_check(r, |b| toml_hex(b))));
+        }
+        s.push_str(&format!(
+            "mrconfigid = {}\nmrowner = {}\nmrownerconfig = {}\ntd_attributes = {}\nxfam = {}\nmin_tee_tcb_svn = {}\nreport_data = {}\nallowed_tcb_statuses = [{}]\nmax_collateral_age_days = {}\nallow_debug = {}\n",
+            toml_check(&self.mrconfigid, |b| toml_hex(b)),
+            toml_check(&self.mrowner, |b| toml_hex(b)),
+            toml_check(&self.mrownerconfig, |b| toml_hex(b)),
+            toml_check(&self.td_attributes, |b| toml_hex(b)),
+            toml_check(&self.xfam, |b| toml_hex(b)),
+            toml_check(&self.min_tee_tcb_svn, |b| toml_hex(b)),
+            toml_check(&self.report_data, |b| toml_hex(b)),
+            self.allowed_tcb_statuses.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", "),
+            toml_check(&self.max_collateral_age_secs, |s| (s / 86_400).to_string()),
+            self.allow_debug,
+        ));
+        s
+    }
+}
+
+impl Policy {
+    /// The whole policy file in TOML, as [`Policy::from_toml`] reads it.
+    pub fn to_toml(&self) -> String {
+        let release = self.release.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut s = format!("# Reference values for image release {release}.\n# Each value is required, or \"skip\" to skip it on purpose.\nrelease = \"{release}\"\n");
+        if let Some(p) = &self.snp {
+            s.push('\n');
+            s.push_str(&p.to_toml());
+        }
+        if let Some(p) = &self.tdx {
+            s.push('\n');
+            s.push_str(&p.to_toml());
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +689,39 @@ id_key_digests = "skip"
 author_key_digests = "skip"
 smt = "allowed"
 "#;
+
+    #[test]
+    fn policies_round_trip_through_toml() {
+        let mut snp = SnpPolicy::from_toml(FULL).unwrap();
+        snp.min_tcb = Check::Require(MinTcb {
+            fmc: Some(1),
+            bootloader: 2,
+            tee: 3,
+            snp: 4,
+            microcode: 5,
+        });
+        snp.host_data = Check::Require([7; 32]);
+        let mut tdx = TdxPolicy::pinned_to_mrtd(vec![[1; 48], [2; 48]]);
+        tdx.rtmr[2] = Check::Require([3; 48]);
+        tdx.xfam = Check::Require([0xe7, 0, 6, 0, 0, 0, 0, 0]);
+        tdx.max_collateral_age_secs = Check::Require(30 * 86_400);
+        tdx.allowed_tcb_statuses.push(TcbStatus::OutOfDate);
+        let p = Policy {
+            release: "cocoon-image \"test\" 1".into(),
+            snp: Some(snp),
+            tdx: Some(tdx),
+        };
+        let text = p.to_toml();
+        assert_eq!(Policy::from_toml(&text).unwrap(), p, "{text}");
+        assert!(
+            Policy::from_toml("release = \"x\"\n").is_err(),
+            "a policy accepting no platform"
+        );
+        assert!(
+            Policy::from_toml(&text.replace("release = ", "# ")).is_err(),
+            "release is required"
+        );
+    }
 
     #[test]
     fn full_policy_parses() {

@@ -153,7 +153,7 @@ fn policy_file_is_read_and_its_errors_are_usage_errors() {
     std::fs::write(
         &policy,
         format!(
-            "[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n"
+            "release = \"cocoon-test-1\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n"
         ),
     )
     .unwrap();
@@ -161,7 +161,11 @@ fn policy_file_is_read_and_its_errors_are_usage_errors() {
     args.extend(["--policy".into(), policy.to_string_lossy().into_owned()]);
     assert_eq!(run_owned(&args).status.code(), Some(0));
 
-    std::fs::write(&policy, "[snp]\nmeasurements = \"skip\"\n").unwrap();
+    std::fs::write(
+        &policy,
+        "release = \"cocoon-test-1\"\n[snp]\nmeasurements = \"skip\"\n",
+    )
+    .unwrap();
     let out = run_owned(&args);
     assert_eq!(out.status.code(), Some(64));
     assert!(
@@ -251,4 +255,261 @@ fn tempdir() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+const TDX_AT: &str = "2025-07-19T10:00:34Z";
+
+fn tdx_mrtd() -> String {
+    let m = cocoon_tests::manifest();
+    let e = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "tdx/dcap-qvl/tdx_quote")
+        .unwrap();
+    e["expected"]["fields"]["body"]["mrtd"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn tdx_quote_with_json_collateral_is_accepted_with_fields() {
+    let out = run(&[
+        "tdx",
+        "--quote",
+        &v("tdx/dcap-qvl/tdx_quote"),
+        "--collateral",
+        &v("tdx/dcap-qvl/tdx_quote_collateral.json"),
+        "--mrtd",
+        &tdx_mrtd(),
+        "--at",
+        TDX_AT,
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j = json_of(&out);
+    assert_eq!(j["verdict"], "accepted");
+    let f = &j["fields"];
+    assert_eq!(f["version"], 4);
+    assert_eq!(f["mrtd"], tdx_mrtd());
+    assert_eq!(f["tcb_status"], "UpToDate");
+    for k in [
+        "rtmr0",
+        "rtmr1",
+        "rtmr2",
+        "rtmr3",
+        "report_data",
+        "td_attributes",
+    ] {
+        assert!(f[k].is_string(), "{k} missing: {f}");
+    }
+    assert_eq!(f["td_attributes"], "0000001000000000");
+}
+
+#[test]
+fn tdx_rejections_and_usage_errors() {
+    // No matching TCB level: rejected with that reason.
+    let out = run(&[
+        "tdx",
+        "--quote",
+        &v("tdx/dcap-qvl/tdx_quote_outdated"),
+        "--collateral",
+        &v("tdx/dcap-qvl/tdx_quote_outdated_collateral.json"),
+        "--mrtd",
+        &"00".repeat(48),
+        "--at",
+        "2026-03-20T10:41:14Z",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = json_of(&out);
+    assert!(
+        j["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("no matching TCB level")),
+        "{j}"
+    );
+    // Garbage collateral is a rejection; a missing file is a usage error.
+    let dir = tempdir();
+    let junk = dir.join("junk.cbor");
+    std::fs::write(&junk, [0xff, 0x00, 0x13]).unwrap();
+    let args = [
+        "tdx",
+        "--quote",
+        &v("tdx/dcap-qvl/tdx_quote"),
+        "--collateral",
+        junk.to_str().unwrap(),
+        "--mrtd",
+        &tdx_mrtd(),
+        "--at",
+        TDX_AT,
+    ];
+    assert_eq!(run(&args).status.code(), Some(1));
+    let args = [
+        "tdx",
+        "--quote",
+        "/nonexistent",
+        "--collateral",
+        junk.to_str().unwrap(),
+        "--mrtd",
+        &tdx_mrtd(),
+    ];
+    assert_eq!(run(&args).status.code(), Some(64));
+    let args = [
+        "tdx",
+        "--quote",
+        &v("tdx/dcap-qvl/tdx_quote"),
+        "--collateral",
+        junk.to_str().unwrap(),
+    ];
+    assert_eq!(
+        run(&args).status.code(),
+        Some(64),
+        "no policy is a usage error"
+    );
+}
+
+#[test]
+fn policy_init_pins_real_evidence_and_the_policy_verifies_it() {
+    let dir = tempdir();
+    // TDX quote.
+    let policy = dir.join("tdx-policy.toml");
+    let out = run(&[
+        "policy",
+        "init",
+        "--from",
+        &v("tdx/dcap-qvl/tdx_quote"),
+        "--release",
+        "cocoon-test-1",
+        "--out",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(
+        text.contains("release = \"cocoon-test-1\"") && text.contains(&tdx_mrtd()),
+        "{text}"
+    );
+    let out = run(&[
+        "tdx",
+        "--quote",
+        &v("tdx/dcap-qvl/tdx_quote"),
+        "--collateral",
+        &v("tdx/dcap-qvl/tdx_quote_collateral.json"),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--at",
+        TDX_AT,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // SNP report.
+    let policy = dir.join("snp-policy.toml");
+    let out = run(&[
+        "policy",
+        "init",
+        "--from",
+        &v("snp/genoa-v5-oak/report.bin"),
+        "--release",
+        "cocoon-test-1",
+        "--out",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let mut args = genoa_args();
+    args.extend(["--policy".into(), policy.to_string_lossy().into_owned()]);
+    let out = run_owned(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn bundle_with_unbound_claims_is_rejected() {
+    use cocoon_attestation::bundle::{Claims, EvidenceBundle, PlatformEvidence};
+    let dir = tempdir();
+    let claims = Claims {
+        hpke_public_key: vec![1; 32],
+        receipt_public_key: vec![2; 65],
+        image_id: "cocoon-test-1".into(),
+        model_digests: vec![],
+        config_digest: [0; 32],
+        gpu_evidence_digest: None,
+        epoch: 1,
+        client_nonce: None,
+    };
+    let bundle = EvidenceBundle {
+        platform: PlatformEvidence::Snp {
+            report: std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap(),
+            vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
+            chain: vec![],
+        },
+        claims_cbor: claims.to_cbor(),
+    };
+    let file = dir.join("bundle.cbor");
+    std::fs::write(&file, bundle.to_cbor()).unwrap();
+    let policy = dir.join("policy.toml");
+    let out = run(&[
+        "policy",
+        "init",
+        "--from",
+        file.to_str().unwrap(),
+        "--release",
+        "cocoon-test-1",
+        "--out",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(&[
+        "bundle",
+        file.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--at",
+        AT,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = json_of(&out);
+    let reasons = j["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0]
+            .as_str()
+            .unwrap()
+            .contains("claims are not bound"),
+        "{reasons:?}"
+    );
+    std::fs::write(&file, b"\xa1").unwrap();
+    assert_eq!(
+        run(&[
+            "bundle",
+            file.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap()
+        ])
+        .status
+        .code(),
+        Some(1)
+    );
 }

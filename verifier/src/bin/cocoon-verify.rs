@@ -9,10 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cocoon_attestation::bundle::{EvidenceBundle, PlatformEvidence};
+use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::snp::{Explain, Product, SnpReport, TcbLayout, TcbVersion};
-use cocoon_verifier::policy::parse_hex;
+use cocoon_attestation::tdx::Quote;
+use cocoon_verifier::enclave::VerifiedPlatform;
+use cocoon_verifier::policy::{parse_hex, Check, MinTcb};
 use cocoon_verifier::snp::SnpCertificates;
-use cocoon_verifier::{Rejection, SnpPolicy, SnpVerifier, UnixTime, VerifiedSnp};
+use cocoon_verifier::tdx::{verify_tdx, TcbFinding};
+use cocoon_verifier::{
+    Policy, ReasonKind, Rejection, SnpPolicy, SnpVerifier, TdxPolicy, UnixTime, VerifiedSnp,
+};
 use serde_json::{json, Value};
 
 const EX_USAGE: u8 = 64;
@@ -54,6 +61,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify an Intel TDX quote with its collateral against Intel's pinned root and a policy.
+    Tdx {
+        /// The raw DCAP quote (v4 or v5).
+        #[arg(long)]
+        quote: PathBuf,
+        /// Collateral: our CBOR, or the JSON layout dcap-qvl writes.
+        #[arg(long)]
+        collateral: PathBuf,
+        /// An allowed MRTD (96 hex digits); repeat for several.
+        #[arg(long = "mrtd", value_name = "HEX")]
+        mrtds: Vec<String>,
+        /// A policy file with a [tdx] table.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Verify as of this time (RFC 3339); default: now.
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify an evidence bundle (CBOR): platform evidence plus the claims bound into it.
+    Bundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Verify as of this time (RFC 3339); default: now.
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Print a report's fields for a person, without verifying anything.
     Explain {
         /// The raw attestation report.
@@ -61,6 +108,22 @@ enum Command {
         /// Decode TCB values for this product (milan, genoa, turin); default: from the report's CPUID, else Milan/Genoa layout.
         #[arg(long)]
         product: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Write a policy pinned to real evidence (a bundle, an SNP report or a TDX quote).
+    Init {
+        /// The evidence to pin to.
+        #[arg(long)]
+        from: PathBuf,
+        /// The image release these reference values belong to.
+        #[arg(long)]
+        release: String,
+        /// Where to write the policy; default: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -135,11 +198,9 @@ fn run_snp(
         (Some(_), false) => {
             return Err(UsageError("give measurements either in the policy file or with --measurement, not both".into()))
         }
-        (Some(p), true) => {
-            let text = String::from_utf8(read(p, "policy")?)
-                .map_err(|_| UsageError(format!("policy {} is not UTF-8 text", p.display())))?;
-            SnpPolicy::from_toml(&text).map_err(|e| UsageError(format!("policy {}: {e}", p.display())))?
-        }
+        (Some(p), true) => read_policy(p)?
+            .snp
+            .ok_or_else(|| UsageError(format!("policy {} has no [snp] table", p.display())))?,
         (None, false) => {
             let list = measurements
                 .iter()
@@ -225,6 +286,281 @@ fn print_verdict(
     }
 }
 
+fn td_fields(q: &Quote, finding: Option<&TcbFinding>) -> Value {
+    let Some(td) = q.td_report() else {
+        return json!({ "version": q.version(), "tee_type": q.tee_type().to_string() });
+    };
+    let [r0, r1, r2, r3] = td.rtmrs();
+    json!({
+        "version": q.version(),
+        "mrtd": hex::encode(td.mrtd()),
+        "rtmr0": hex::encode(r0),
+        "rtmr1": hex::encode(r1),
+        "rtmr2": hex::encode(r2),
+        "rtmr3": hex::encode(r3),
+        "mrconfigid": hex::encode(td.mrconfigid()),
+        "mrowner": hex::encode(td.mrowner()),
+        "mrownerconfig": hex::encode(td.mrownerconfig()),
+        "report_data": hex::encode(td.report_data()),
+        "td_attributes": hex::encode(td.td_attributes().0.to_le_bytes()),
+        "xfam": hex::encode(td.xfam().to_le_bytes()),
+        "tee_tcb_svn": hex::encode(td.tee_tcb_svn().components()),
+        "tcb_status": finding.map(|f| f.status.to_string()),
+        "advisory_ids": finding.map(|f| f.advisory_ids.clone()).unwrap_or_default(),
+    })
+}
+
+fn read_policy(path: &Path) -> Result<Policy, UsageError> {
+    let text = String::from_utf8(read(path, "policy")?)
+        .map_err(|_| UsageError(format!("policy {} is not UTF-8 text", path.display())))?;
+    Policy::from_toml(&text).map_err(|e| UsageError(format!("policy {}: {e}", path.display())))
+}
+
+fn verdict_json(accepted: bool, reasons: Vec<String>, fields: Value, now: UnixTime) -> Value {
+    json!({
+        "verdict": if accepted { "accepted" } else { "rejected" },
+        "reasons": reasons,
+        "fields": fields,
+        "verified_at": now.0,
+    })
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn run_tdx(
+    quote: &Path,
+    collateral: &Path,
+    mrtds: &[String],
+    policy: Option<&Path>,
+    at: Option<&str>,
+    json_out: bool,
+) -> Result<bool, UsageError> {
+    let policy = match (policy, mrtds.is_empty()) {
+        (Some(_), false) => {
+            return Err(UsageError(
+                "give MRTDs either in the policy file or with --mrtd, not both".into(),
+            ))
+        }
+        (Some(p), true) => read_policy(p)?
+            .tdx
+            .ok_or_else(|| UsageError(format!("policy {} has no [tdx] table", p.display())))?,
+        (None, false) => TdxPolicy::pinned_to_mrtd(
+            mrtds
+                .iter()
+                .map(|m| parse_hex::<48>(m).map_err(|e| UsageError(format!("--mrtd: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        (None, true) => {
+            return Err(UsageError(
+                "no policy: pass --mrtd HEX (repeatable) or --policy FILE".into(),
+            ))
+        }
+    };
+    let now = parse_time(at)?;
+    let quote_bytes = read(quote, "quote")?;
+    let coll_bytes = read(collateral, "collateral")?;
+    let parsed = Quote::parse_prefix(&quote_bytes).ok().map(|(q, _)| q);
+    let result = match TdxCollateral::from_bytes(&coll_bytes) {
+        Ok(c) => verify_tdx(&quote_bytes, &c, &policy, now),
+        Err(e) => Err((
+            Rejection::single(ReasonKind::Collateral, e.to_string()),
+            None,
+        )),
+    };
+    let finding = match &result {
+        Ok(v) => Some(TcbFinding {
+            status: v.tcb_status(),
+            advisory_ids: v.advisory_ids().to_vec(),
+        }),
+        Err((_, f)) => f.clone(),
+    };
+    let reasons: Vec<String> = match &result {
+        Ok(_) => Vec::new(),
+        Err((r, _)) => r.reasons().iter().map(|r| r.message.clone()).collect(),
+    };
+    if json_out {
+        let fields = parsed
+            .as_ref()
+            .map_or(Value::Null, |q| td_fields(q, finding.as_ref()));
+        print_json(&verdict_json(result.is_ok(), reasons, fields, now));
+    } else {
+        match &result {
+            Ok(v) => {
+                let td = v.td_report();
+                println!(
+                    "ACCEPTED: TDX quote v{} chaining to Intel's pinned SGX Root CA, TCB {}",
+                    v.quote().version(),
+                    v.tcb_status()
+                );
+                println!("  mrtd         {}", hex::encode(td.mrtd()));
+                println!("  report_data  {}", hex::encode(td.report_data()));
+                if !v.advisory_ids().is_empty() {
+                    println!("  advisories   {}", v.advisory_ids().join(", "));
+                }
+            }
+            Err(_) => {
+                println!("REJECTED: the evidence does not meet the policy");
+                if let Some(f) = &finding {
+                    println!("  (TCB status computed from the collateral: {})", f.status);
+                }
+                for r in &reasons {
+                    println!("  - {r}");
+                }
+            }
+        }
+    }
+    Ok(result.is_ok())
+}
+
+fn run_bundle(
+    file: &Path,
+    policy: &Path,
+    at: Option<&str>,
+    json_out: bool,
+) -> Result<bool, UsageError> {
+    let policy = read_policy(policy)?;
+    let now = parse_time(at)?;
+    let bytes = read(file, "bundle")?;
+    let result = cocoon_verifier::verify(&bytes, &policy, now);
+    let fields = match &result {
+        Ok(v) => {
+            let c = v.claims();
+            let mut f = match v.platform() {
+                VerifiedPlatform::Snp(s) => fields_json(s.report(), s.product().tcb_layout()),
+                VerifiedPlatform::Tdx(t) => td_fields(
+                    t.quote(),
+                    Some(&TcbFinding {
+                        status: t.tcb_status(),
+                        advisory_ids: t.advisory_ids().to_vec(),
+                    }),
+                ),
+                _ => Value::Null,
+            };
+            f["claims"] = json!({
+                "image_id": c.image_id,
+                "epoch": c.epoch,
+                "hpke_public_key": hex::encode(&c.hpke_public_key),
+                "receipt_public_key": hex::encode(&c.receipt_public_key),
+                "models": c.model_digests.iter().map(|m| json!({"name": m.name, "sha256": hex::encode(m.sha256)})).collect::<Vec<_>>(),
+                "config_digest": hex::encode(c.config_digest),
+                "gpu_evidence_digest": c.gpu_evidence_digest.map(hex::encode),
+            });
+            f["release"] = json!(v.release());
+            f
+        }
+        Err(_) => Value::Null,
+    };
+    let reasons: Vec<String> = result
+        .as_ref()
+        .err()
+        .map(|r| r.reasons().iter().map(|r| r.message.clone()).collect())
+        .unwrap_or_default();
+    if json_out {
+        print_json(&verdict_json(result.is_ok(), reasons, fields, now));
+    } else if let Ok(v) = &result {
+        println!(
+            "ACCEPTED: enclave of release {} (epoch {}), claims bound to the hardware report",
+            v.release(),
+            v.claims().epoch
+        );
+        println!("  image_id     {}", v.claims().image_id);
+        println!(
+            "  hpke key     {}",
+            hex::encode(&v.claims().hpke_public_key)
+        );
+        println!(
+            "  receipt key  {}",
+            hex::encode(&v.claims().receipt_public_key)
+        );
+    } else {
+        println!("REJECTED: the evidence does not meet the policy");
+        for r in &reasons {
+            println!("  - {r}");
+        }
+    }
+    Ok(result.is_ok())
+}
+
+fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(), UsageError> {
+    let bytes = read(from, "evidence")?;
+    let (report, quote) = match EvidenceBundle::from_cbor(&bytes) {
+        Ok(b) => match b.platform {
+            PlatformEvidence::Snp { report, .. } => (Some(report), None),
+            PlatformEvidence::Tdx { quote, .. } => (None, Some(quote)),
+            _ => {
+                return Err(UsageError(
+                    "the bundle holds evidence of a kind this tool does not know".into(),
+                ))
+            }
+        },
+        Err(_) if bytes.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(bytes), None),
+        Err(_) => (None, Some(bytes)),
+    };
+    let mut policy = Policy {
+        release: release.to_string(),
+        snp: None,
+        tdx: None,
+    };
+    if let Some(r) = report {
+        let r = SnpReport::parse(&r).map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
+        let tcb = r.reported_tcb().decode(guess_layout(&r));
+        let mut p = SnpPolicy::pinned_to_measurements(vec![*r.measurement()]);
+        p.min_tcb = Check::Require(MinTcb {
+            fmc: tcb.fmc,
+            bootloader: tcb.bootloader,
+            tee: tcb.tee,
+            snp: tcb.snp,
+            microcode: tcb.microcode,
+        });
+        p.vmpl = Check::Require(r.vmpl());
+        p.host_data = Check::Require(*r.host_data());
+        if r.id_key_digest().iter().any(|b| *b != 0) {
+            p.id_key_digests = Check::Require(vec![*r.id_key_digest()]);
+        }
+        if r.key_info().author_key_en() {
+            p.author_key_digests = Check::Require(vec![*r.author_key_digest()]);
+        }
+        policy.snp = Some(p);
+    }
+    if let Some(q) = quote {
+        let (q, _) = Quote::parse_prefix(&q).map_err(|e| {
+            UsageError(format!(
+                "{} is neither a bundle, an SNP report nor a TDX quote: {e}",
+                from.display()
+            ))
+        })?;
+        let td = q
+            .td_report()
+            .ok_or_else(|| UsageError(format!("{} is an SGX quote, not TDX", from.display())))?;
+        let mut p = TdxPolicy::pinned_to_mrtd(vec![*td.mrtd()]);
+        let [r0, r1, r2, _] = td.rtmrs();
+        // RTMR3 is extended at run time by the guest; it is not an image value.
+        p.rtmr = [
+            Check::Require(*r0),
+            Check::Require(*r1),
+            Check::Require(*r2),
+            Check::Skip,
+        ];
+        p.mrconfigid = Check::Require(*td.mrconfigid());
+        p.mrowner = Check::Require(*td.mrowner());
+        p.mrownerconfig = Check::Require(*td.mrownerconfig());
+        p.td_attributes = Check::Require(td.td_attributes().0.to_le_bytes());
+        p.xfam = Check::Require(td.xfam().to_le_bytes());
+        p.min_tee_tcb_svn = Check::Require(*td.tee_tcb_svn().components());
+        p.max_collateral_age_secs = Check::Require(30 * 86_400);
+        policy.tdx = Some(p);
+    }
+    let text = policy.to_toml();
+    match out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| UsageError(format!("cannot write {}: {e}", path.display())))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 fn run_explain(file: &Path, product: Option<&str>) -> Result<(), UsageError> {
     let bytes = read(file, "report")?;
     let report =
@@ -247,6 +583,14 @@ fn run_explain(file: &Path, product: Option<&str>) -> Result<(), UsageError> {
         }
     );
     Ok(())
+}
+
+fn verdict_code(accepted: bool) -> ExitCode {
+    if accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn main() -> ExitCode {
@@ -283,6 +627,31 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }),
+        Command::Tdx {
+            quote,
+            collateral,
+            mrtds,
+            policy,
+            at,
+            json,
+        } => run_tdx(
+            quote,
+            collateral,
+            mrtds,
+            policy.as_deref(),
+            at.as_deref(),
+            *json,
+        )
+        .map(verdict_code),
+        Command::Bundle {
+            file,
+            policy,
+            at,
+            json,
+        } => run_bundle(file, policy, at.as_deref(), *json).map(verdict_code),
+        Command::Policy {
+            command: PolicyCommand::Init { from, release, out },
+        } => run_policy_init(from, release, out.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Explain { file, product } => {
             run_explain(file, product.as_deref()).map(|()| ExitCode::SUCCESS)
         }

@@ -1,0 +1,117 @@
+//! Verifying an enclave's evidence bundle: platform evidence under the
+//! policy's section for that platform, and the claims bound into it.
+//!
+//! Owns [`VerifiedEnclave`], the only value the rest of the product accepts
+//! as proof that an enclave's keys may be trusted, and [`verify`]. The
+//! claims binding is always enforced, whatever the policy says:
+//! `report_data == SHA-512("cocoon-claims-v1" || claims_cbor)`.
+
+use cocoon_attestation::bundle::{claims_report_data, Claims, EvidenceBundle, PlatformEvidence};
+
+use crate::policy::Policy;
+use crate::snp::{SnpCertificates, SnpVerifier, VerifiedSnp};
+use crate::tdx::{verify_tdx, VerifiedTdx};
+use crate::{ReasonKind, Rejection, UnixTime};
+
+/// Which platform vouched for the enclave.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum VerifiedPlatform {
+    /// AMD SEV-SNP.
+    Snp(VerifiedSnp),
+    /// Intel TDX.
+    Tdx(VerifiedTdx),
+}
+
+/// An enclave whose platform evidence met the policy and whose claims are
+/// bound into that evidence. Only this crate builds it.
+#[derive(Debug, Clone)]
+pub struct VerifiedEnclave {
+    platform: VerifiedPlatform,
+    claims: Claims,
+    claims_cbor: Vec<u8>,
+    release: String,
+}
+
+impl VerifiedEnclave {
+    /// The verified platform evidence.
+    pub fn platform(&self) -> &VerifiedPlatform {
+        &self.platform
+    }
+    /// The enclave's claims (keys, image, models, epoch).
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+    /// The exact claims bytes that were bound.
+    pub fn claims_cbor(&self) -> &[u8] {
+        &self.claims_cbor
+    }
+    /// The image release the policy's reference values belong to.
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+}
+
+/// Verify an encoded evidence bundle under `policy` at time `now`.
+pub fn verify(bundle: &[u8], policy: &Policy, now: UnixTime) -> Result<VerifiedEnclave, Rejection> {
+    let bundle = EvidenceBundle::from_cbor(bundle)
+        .map_err(|e| Rejection::single(ReasonKind::Malformed, e.to_string()))?;
+    verify_bundle(&bundle, policy, now)
+}
+
+/// Verify a decoded evidence bundle under `policy` at time `now`.
+pub fn verify_bundle(
+    bundle: &EvidenceBundle,
+    policy: &Policy,
+    now: UnixTime,
+) -> Result<VerifiedEnclave, Rejection> {
+    let expected = claims_report_data(&bundle.claims_cbor);
+    let (platform, report_data) = match &bundle.platform {
+        PlatformEvidence::Snp { report, vek, chain } => {
+            let Some(p) = &policy.snp else {
+                return Err(Rejection::single(
+                    ReasonKind::Policy,
+                    "the policy has no [snp] section, so SEV-SNP evidence is not accepted",
+                ));
+            };
+            let v = SnpVerifier::new().verify(report, SnpCertificates { vek, chain }, p, now)?;
+            let rd = *v.report().report_data();
+            (VerifiedPlatform::Snp(v), rd)
+        }
+        PlatformEvidence::Tdx { quote, collateral } => {
+            let Some(p) = &policy.tdx else {
+                return Err(Rejection::single(
+                    ReasonKind::Policy,
+                    "the policy has no [tdx] section, so TDX evidence is not accepted",
+                ));
+            };
+            let v = verify_tdx(quote, collateral, p, now).map_err(|(r, _)| r)?;
+            let rd = *v.td_report().report_data();
+            (VerifiedPlatform::Tdx(v), rd)
+        }
+        _ => {
+            return Err(Rejection::single(
+                ReasonKind::UnknownValue,
+                "platform evidence of a kind this verifier does not know",
+            ))
+        }
+    };
+    if report_data != expected {
+        return Err(Rejection::single(
+            ReasonKind::Claims,
+            format!(
+                "the claims are not bound to the hardware report: report_data is {}, SHA-512(\"cocoon-claims-v1\" || claims) is {}",
+                hex::encode(report_data),
+                hex::encode(expected)
+            ),
+        ));
+    }
+    let claims = Claims::from_cbor(&bundle.claims_cbor)
+        .map_err(|e| Rejection::single(ReasonKind::Claims, format!("claims: {e}")))?;
+    Ok(VerifiedEnclave {
+        platform,
+        claims,
+        claims_cbor: bundle.claims_cbor.clone(),
+        release: policy.release.clone(),
+    })
+}

@@ -1,0 +1,476 @@
+//! Intel TDX quote verification.
+//!
+//! Owns the TDX verdict: the cryptographic core (quote signature by the
+//! attestation key, QE report signed by the PCK, QE report data binding the
+//! attestation key, PCK chain to Intel's SGX Root CA with the root and PCK
+//! CRLs, TCB info and QE identity signatures and validity at `now`, FMSPC
+//! match, TCB level matching with TDX module identities and the QE identity)
+//! is delegated to `dcap-qvl` (no default features; its PCCS client is not
+//! built), pinned to our bundled copy of Intel's root. Around it this module
+//! adds what a client needs and `dcap-qvl` leaves open: collateral that is
+//! missing is a rejection by name, the TCB status and advisories are judged
+//! by a [`TdxPolicy`] (OutOfDate is refused unless allowed, Revoked always),
+//! collateral age is bounded, every measurement register is compared, and a
+//! second, independent parse of the quote (`cocoon_attestation::tdx`) must
+//! agree with the one `dcap-qvl` verified.
+//!
+//! Reference: *Intel TDX DCAP Quoting Library API*, appendix "Quote Format";
+//! *Intel PCS API* for TCB info v3 and QE identity v2.
+
+use cocoon_attestation::collateral::TdxCollateral;
+use cocoon_attestation::tdx::{PckExtensions, Quote, TdReport, TeeType, SGX_EXTENSIONS_OID};
+use sha2::Digest;
+
+use crate::policy::{Check, TcbStatus, TdxPolicy};
+use crate::{Findings, ReasonKind, Rejection, UnixTime};
+
+/// Intel SGX Root CA (self-signed P-256, valid 2018-05-21..2049-12-31), the
+/// trust anchor of every PCK chain and collateral signing chain.
+const INTEL_ROOT_DER: &[u8] = include_bytes!("../roots/intel/sgx_root_ca.der");
+/// SHA-256 of [`INTEL_ROOT_DER`].
+pub const INTEL_ROOT_SHA256: &str =
+    "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3";
+
+/// A TDX quote that passed every check of a policy. Only this crate builds it.
+#[derive(Debug, Clone)]
+pub struct VerifiedTdx {
+    quote: Quote,
+    td: TdReport,
+    tcb_status: TcbStatus,
+    advisory_ids: Vec<String>,
+}
+
+impl VerifiedTdx {
+    /// The verified quote.
+    pub fn quote(&self) -> &Quote {
+        &self.quote
+    }
+    /// The TD report inside it.
+    pub fn td_report(&self) -> &TdReport {
+        &self.td
+    }
+    /// The converged TCB status.
+    pub fn tcb_status(&self) -> TcbStatus {
+        self.tcb_status
+    }
+    /// Intel security advisories that apply to this TCB level.
+    pub fn advisory_ids(&self) -> &[String] {
+        &self.advisory_ids
+    }
+}
+
+/// What the TCB evaluation found, whether or not the policy accepted it.
+/// Returned alongside a rejection so tools can show the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcbFinding {
+    /// Converged status.
+    pub status: TcbStatus,
+    /// Advisory IDs.
+    pub advisory_ids: Vec<String>,
+}
+
+/// The pinned Intel root, after checking its fingerprint.
+fn intel_root() -> Option<&'static [u8]> {
+    (hex::encode(sha2::Sha256::digest(INTEL_ROOT_DER)) == INTEL_ROOT_SHA256)
+        .then_some(INTEL_ROOT_DER)
+}
+
+fn classify(msg: &str) -> ReasonKind {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("expired")
+        || m.contains("in the future")
+        || m.contains("notvalidyet")
+        || m.contains("not valid yet")
+    {
+        ReasonKind::Expired
+    } else if m.contains("no matching tcb level")
+        || m.contains("below minimum")
+        || m.contains("tcb status is invalid")
+    {
+        ReasonKind::Tcb
+    } else if m.contains("signature") || m.contains("hash mismatch") {
+        ReasonKind::Signature
+    } else if m.contains("fmspc")
+        || m.contains("tcb info")
+        || m.contains("tcbinfo")
+        || m.contains("qe identity")
+        || m.contains("crl")
+    {
+        ReasonKind::Collateral
+    } else if m.contains("debug")
+        || m.contains("attributes")
+        || m.contains("sept_ve")
+        || m.contains("migration")
+        || m.contains("profiling")
+        || m.contains("service td")
+        || m.contains("servtd")
+    {
+        ReasonKind::Policy
+    } else if m.contains("decode") || m.contains("unsupported") || m.contains("parse") {
+        ReasonKind::Malformed
+    } else {
+        ReasonKind::Chain
+    }
+}
+
+fn to_dcap(c: &TdxCollateral, root_ca_crl: &[u8], pck_crl: &[u8]) -> dcap_qvl::QuoteCollateralV3 {
+    dcap_qvl::QuoteCollateralV3 {
+        pck_crl_issuer_chain: c.pck_crl_issuer_chain.clone(),
+        root_ca_crl: root_ca_crl.to_vec(),
+        pck_crl: pck_crl.to_vec(),
+        tcb_info_issuer_chain: c.tcb_info_issuer_chain.clone(),
+        tcb_info: c.tcb_info.clone(),
+        tcb_info_signature: c.tcb_info_signature.clone(),
+        qe_identity_issuer_chain: c.qe_identity_issuer_chain.clone(),
+        qe_identity: c.qe_identity.clone(),
+        qe_identity_signature: c.qe_identity_signature.clone(),
+        pck_certificate_chain: None,
+    }
+}
+
+/// The issue date of the TCB info, from its signed JSON.
+fn tcb_info_issue_date(c: &TdxCollateral) -> Option<UnixTime> {
+    let v: serde_json::Value = serde_json::from_str(&c.tcb_info).ok()?;
+    parse_rfc3339(v.get("issueDate")?.as_str()?)
+}
+
+/// Parse `YYYY-MM-DDTHH:MM:SSZ` (the form Intel's collateral uses).
+pub(crate) fn parse_rfc3339(s: &str) -> Option<UnixTime> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    if !s[19..].starts_with('Z') && !s[19..].starts_with('.') {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se)
+        .ok()
+        .map(UnixTime)
+}
+
+/// Verify a TDX quote with its collateral under `policy` at time `now`.
+///
+/// On rejection, the TCB finding is returned too when the cryptographic core
+/// got far enough to compute it (so a tool can say "OutOfDate, rejected by
+/// policy").
+pub fn verify_tdx(
+    quote_bytes: &[u8],
+    collateral: &TdxCollateral,
+    policy: &TdxPolicy,
+    now: UnixTime,
+) -> Result<VerifiedTdx, (Rejection, Option<TcbFinding>)> {
+    // Bytes after the declared signature data are not signed and are
+    // ignored (real quotes arrive in zero-padded buffers); they are never
+    // read as part of the quote.
+    let (quote, _unsigned_tail) = Quote::parse_prefix(quote_bytes).map_err(|e| {
+        (
+            Rejection::single(ReasonKind::Malformed, format!("quote: {e}")),
+            None,
+        )
+    })?;
+    let Some(td) = quote.td_report().cloned() else {
+        let kind = quote.tee_type();
+        return Err((
+            Rejection::single(
+                ReasonKind::UnknownValue,
+                format!("this is an {kind} quote, not a TDX quote"),
+            ),
+            None,
+        ));
+    };
+    debug_assert_eq!(quote.tee_type(), TeeType::Tdx);
+    let mut f = Findings::default();
+
+    // Collateral that must be present.
+    if collateral.root_ca_crl.is_none() {
+        f.add(ReasonKind::Collateral, "collateral has no Intel SGX Root CA CRL, so revocation of the PCK CA cannot be checked");
+    }
+    if collateral.pck_crl.is_none() {
+        f.add(
+            ReasonKind::Collateral,
+            "collateral has no PCK CRL, so revocation of the PCK certificate cannot be checked",
+        );
+    }
+    let Some(root) = intel_root() else {
+        f.add(
+            ReasonKind::Chain,
+            "the bundled Intel SGX Root CA does not match its pinned fingerprint",
+        );
+        return Err((f.into_rejection(), None));
+    };
+
+    // Our own TCB evaluation: reported even when the collateral is
+    // incomplete, and cross-checked against dcap-qvl when it runs.
+    let mut finding = None;
+    let mut own_eval_failed = false;
+    match pck_extensions(&quote).and_then(|pck| {
+        crate::tdx_tcb::evaluate(
+            &td,
+            &pck,
+            quote.qe_report().isvsvn(),
+            &collateral.tcb_info,
+            &collateral.qe_identity,
+        )
+    }) {
+        Ok(e) => {
+            finding = Some(TcbFinding {
+                status: e.status,
+                advisory_ids: e.advisory_ids,
+            })
+        }
+        Err(msg) => {
+            own_eval_failed = true;
+            f.add(classify(&msg), msg);
+        }
+    }
+    if let (Some(root_crl), Some(pck_crl)) = (&collateral.root_ca_crl, &collateral.pck_crl) {
+        let dcap = to_dcap(collateral, root_crl, pck_crl);
+        let verifier =
+            dcap_qvl::verify::QuoteVerifier::new(root.to_vec()).allow_debug(policy.allow_debug);
+        match verifier.verify(quote_bytes, &dcap, now.0) {
+            Ok(report) => {
+                match (TcbStatus::from_name(&report.status), &finding) {
+                    (Some(status), Some(own)) if own.status == status => {}
+                    (Some(status), own) => f.add(
+                        ReasonKind::Malformed,
+                        format!(
+                            "TCB evaluations disagree (dcap-qvl: {status}, ours: {}); refusing to guess",
+                            own.as_ref().map_or("none".to_string(), |o| o.status.to_string())
+                        ),
+                    ),
+                    (None, _) => f.add(ReasonKind::UnknownValue, format!("TCB status {:?} is not known", report.status)),
+                }
+                // The independent parse must agree with what dcap-qvl verified.
+                let agrees = report.report.as_td10().is_some_and(|r| {
+                    let [r0, r1, r2, r3] = td.rtmrs();
+                    r.mr_td == *td.mrtd()
+                        && r.report_data == *td.report_data()
+                        && [&r.rt_mr0, &r.rt_mr1, &r.rt_mr2, &r.rt_mr3] == [r0, r1, r2, r3]
+                        && r.mr_config_id == *td.mrconfigid()
+                        && r.mr_owner == *td.mrowner()
+                        && r.mr_owner_config == *td.mrownerconfig()
+                        && u64::from_le_bytes(r.td_attributes) == td.td_attributes().0
+                        && u64::from_le_bytes(r.xfam) == td.xfam()
+                        && r.tee_tcb_svn == *td.tee_tcb_svn().components()
+                });
+                if !agrees {
+                    f.add(
+                        ReasonKind::Malformed,
+                        "the two quote parsers disagree about the TD report; refusing to guess",
+                    );
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let kind = classify(&msg);
+                // Our own evaluation already said why the TCB does not match.
+                if !(own_eval_failed && kind == ReasonKind::Tcb) {
+                    f.add(kind, format!("Intel DCAP verification failed: {msg}"));
+                }
+            }
+        }
+    }
+
+    if let Some(t) = &finding {
+        if t.status == TcbStatus::Revoked {
+            f.add(ReasonKind::Tcb, "the platform's TCB is revoked");
+        } else if !policy.allowed_tcb_statuses.contains(&t.status) {
+            let adv = if t.advisory_ids.is_empty() {
+                String::new()
+            } else {
+                format!(" (advisories: {})", t.advisory_ids.join(", "))
+            };
+            f.add(
+                ReasonKind::Tcb,
+                format!("TCB status {} is not allowed by the policy{adv}", t.status),
+            );
+        }
+    }
+    if let Check::Require(max) = policy.max_collateral_age_secs {
+        match tcb_info_issue_date(collateral) {
+            Some(issued) if now.0.saturating_sub(issued.0) > max => f.add(
+                ReasonKind::Collateral,
+                format!("TCB info was issued {} days before the verification time; the policy allows {}", (now.0 - issued.0) / 86_400, max / 86_400),
+            ),
+            Some(_) => {}
+            None => f.add(ReasonKind::Collateral, "TCB info has no readable issueDate"),
+        }
+    }
+    check_td_policy(&td, policy, &mut f);
+
+    match (f.is_empty(), finding) {
+        (true, Some(t)) => Ok(VerifiedTdx {
+            quote,
+            td,
+            tcb_status: t.status,
+            advisory_ids: t.advisory_ids,
+        }),
+        (true, None) => Err((
+            Rejection::single(ReasonKind::Tcb, "no TCB status was established"),
+            None,
+        )),
+        (false, finding) => Err((f.into_rejection(), finding)),
+    }
+}
+
+/// The SGX extensions of the PCK leaf certificate carried in the quote.
+fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
+    use der::Decode;
+    let pem = std::str::from_utf8(quote.pck_cert_chain_pem())
+        .map_err(|_| "PCK certificate chain is not PEM text".to_string())?;
+    let start = pem
+        .find("-----BEGIN CERTIFICATE-----")
+        .ok_or("quote carries no PCK certificate")?;
+    let end_marker = "-----END CERTIFICATE-----";
+    let end = pem[start..]
+        .find(end_marker)
+        .ok_or("PCK certificate PEM is truncated")?
+        + start
+        + end_marker.len();
+    let (_, der) = der::pem::decode_vec(pem[start..end].as_bytes())
+        .map_err(|e| format!("PCK certificate PEM: {e}"))?;
+    let cert =
+        x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))?;
+    let ext = cert
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id.to_string() == SGX_EXTENSIONS_OID)
+        .ok_or("PCK certificate has no SGX extensions")?;
+    PckExtensions::from_der(ext.extn_value.as_bytes())
+        .map_err(|e| format!("PCK SGX extensions: {e}"))
+}
+
+fn check_td_policy(td: &TdReport, p: &TdxPolicy, f: &mut Findings) {
+    let want = |f: &mut Findings, name: &str, check: &Check<[u8; 48]>, have: &[u8; 48]| {
+        if let Check::Require(v) = check {
+            if v != have {
+                f.add(
+                    ReasonKind::Policy,
+                    format!(
+                        "{name} {} is not the expected {}",
+                        hex::encode(have),
+                        hex::encode(v)
+                    ),
+                );
+            }
+        }
+    };
+    if let Check::Require(list) = &p.mrtd {
+        if !list.iter().any(|m| m == td.mrtd()) {
+            f.add(
+                ReasonKind::Policy,
+                format!("MRTD not in policy: {}", hex::encode(td.mrtd())),
+            );
+        }
+    }
+    for (i, (check, have)) in p.rtmr.iter().zip(td.rtmrs()).enumerate() {
+        want(f, &format!("RTMR{i}"), check, have);
+    }
+    want(f, "MRCONFIGID", &p.mrconfigid, td.mrconfigid());
+    want(f, "MROWNER", &p.mrowner, td.mrowner());
+    want(f, "MROWNERCONFIG", &p.mrownerconfig, td.mrownerconfig());
+    let attrs = td.td_attributes();
+    if let Check::Require(a) = &p.td_attributes {
+        if u64::from_le_bytes(*a) != attrs.0 {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "TD attributes {:016x} are not the expected {}",
+                    attrs.0,
+                    hex::encode(a)
+                ),
+            );
+        }
+    }
+    if attrs.debug() && !p.allow_debug {
+        f.add(
+            ReasonKind::Policy,
+            "TD DEBUG attribute is set: the host can read and write the TD's memory",
+        );
+    }
+    if let Check::Require(x) = &p.xfam {
+        if u64::from_le_bytes(*x) != td.xfam() {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "XFAM {:016x} is not the expected {}",
+                    td.xfam(),
+                    hex::encode(x)
+                ),
+            );
+        }
+    }
+    if let Check::Require(min) = &p.min_tee_tcb_svn {
+        let have = td.tee_tcb_svn();
+        for (i, (h, m)) in have.components().iter().zip(min.iter()).enumerate() {
+            if h < m {
+                f.add(
+                    ReasonKind::Policy,
+                    format!("TEE TCB SVN component {i} is {h}, below the minimum {m}"),
+                );
+            }
+        }
+    }
+    if let Check::Require(d) = &p.report_data {
+        if d != td.report_data() {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "report_data {} is not the expected {}",
+                    hex::encode(td.report_data()),
+                    hex::encode(d)
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_root_matches() {
+        assert!(intel_root().is_some());
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(
+            parse_rfc3339("2025-07-19T10:00:34Z"),
+            Some(UnixTime(1_752_919_234))
+        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(UnixTime(0)));
+        assert_eq!(parse_rfc3339("2025-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(parse_rfc3339("2025-07-19T10:00:34+02:00"), None);
+    }
+}
