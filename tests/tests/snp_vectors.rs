@@ -89,7 +89,7 @@ fn pinned_policy(c: &Case) -> SnpPolicy {
 }
 
 fn verify(
-    c: &Case,
+    _case: &Case,
     report: &[u8],
     vek: &[u8],
     chain: &[u8],
@@ -290,24 +290,14 @@ fn manifest_negative_mutations_are_rejected() {
                 let mut b = c.report.clone();
                 b[off] ^= val;
                 variants.push(b);
-            } else if change.starts_with("set bit ") {
-                let bit: u32 = change["set bit ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+            } else if let Some(rest) = change.strip_prefix("set bit ") {
+                let bit: u32 = rest.split_whitespace().next().unwrap().parse().unwrap();
                 let off = hex_after(change, "of byte ");
                 let mut b = c.report.clone();
                 b[off] |= 1 << bit;
                 variants.push(b);
-            } else if change.starts_with("write u32 LE ") {
-                let val: u32 = change["write u32 LE ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+            } else if let Some(rest) = change.strip_prefix("write u32 LE ") {
+                let val: u32 = rest.split_whitespace().next().unwrap().parse().unwrap();
                 let off = hex_after(change, " at ");
                 let mut b = c.report.clone();
                 b[off..off + 4].copy_from_slice(&val.to_le_bytes());

@@ -18,9 +18,9 @@ use crate::{ReasonKind, Rejection, UnixTime};
 #[non_exhaustive]
 pub enum VerifiedPlatform {
     /// AMD SEV-SNP.
-    Snp(VerifiedSnp),
+    Snp(Box<VerifiedSnp>),
     /// Intel TDX.
-    Tdx(VerifiedTdx),
+    Tdx(Box<VerifiedTdx>),
 }
 
 /// An enclave whose platform evidence met the policy and whose claims are
@@ -76,7 +76,7 @@ pub fn verify_bundle(
             };
             let v = SnpVerifier::new().verify(report, SnpCertificates { vek, chain }, p, now)?;
             let rd = *v.report().report_data();
-            (VerifiedPlatform::Snp(v), rd)
+            (VerifiedPlatform::Snp(Box::new(v)), rd)
         }
         PlatformEvidence::Tdx { quote, collateral } => {
             let Some(p) = &policy.tdx else {
@@ -87,7 +87,7 @@ pub fn verify_bundle(
             };
             let v = verify_tdx(quote, collateral, p, now).map_err(|(r, _)| r)?;
             let rd = *v.td_report().report_data();
-            (VerifiedPlatform::Tdx(v), rd)
+            (VerifiedPlatform::Tdx(Box::new(v)), rd)
         }
         _ => {
             return Err(Rejection::single(

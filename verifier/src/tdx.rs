@@ -353,7 +353,7 @@ fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
         .ok_or("PCK certificate PEM is truncated")?
         + start
         + end_marker.len();
-    let (_, der) = der::pem::decode_vec(pem[start..end].as_bytes())
+    let (_, der) = der::pem::decode_vec(&pem.as_bytes()[start..end])
         .map_err(|e| format!("PCK certificate PEM: {e}"))?;
     let cert =
         x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))?;
