@@ -806,7 +806,9 @@ impl TdAttributes {
 
 /// The TEE TCB SVN of a TD report: one security version per TCB component
 /// of the TDX module, compared component by component with the
-/// `tdxtcbcomponents` of Intel's TCB info.
+/// `tdxtcbcomponents` of Intel's TCB info. Bytes 0 and 1 identify the TDX
+/// module; when the TCB info lists TDX module identities, Intel's quote
+/// verification judges them against those instead (the verifier's business).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TeeTcbSvn(pub [u8; 16]);
 
@@ -815,7 +817,8 @@ impl TeeTcbSvn {
     pub fn components(&self) -> &[u8; 16] {
         &self.0
     }
-    /// Byte 0: the TDX module's minor SVN.
+    /// Byte 0: the TDX module's minor SVN, compared with the `isvsvn` of the
+    /// module identity in Intel's TCB info.
     pub fn tdx_module_minor_svn(&self) -> u8 {
         self.0[0]
     }
@@ -823,10 +826,6 @@ impl TeeTcbSvn {
     /// identity after it (`TDX_01`, `TDX_03`, ...).
     pub fn tdx_module_major_svn(&self) -> u8 {
         self.0[1]
-    }
-    /// Byte 2: the SVN of the SEAM loader that loaded the TDX module.
-    pub fn seam_loader_svn(&self) -> u8 {
-        self.0[2]
     }
 }
 
@@ -1402,7 +1401,11 @@ impl Quote {
             &[
                 ("signature_data_len", 0, 4),
                 ("quote_signature", 4, ECDSA_P256_SIGNATURE_SIZE),
-                ("attestation_key", 68, ECDSA_P256_KEY_SIZE),
+                (
+                    "attestation_key",
+                    4 + ECDSA_P256_SIGNATURE_SIZE,
+                    ECDSA_P256_KEY_SIZE,
+                ),
             ],
         );
         if let Some(c) = self.layout.outer_cert_data {
@@ -1419,8 +1422,8 @@ impl Quote {
             self.layout.qe_report + ENCLAVE_REPORT_SIZE,
             &[
                 ("qe_report_signature", 0, ECDSA_P256_SIGNATURE_SIZE),
-                ("qe_auth_data_size", 64, 2),
-                ("qe_auth_data", 66, auth.len()),
+                ("qe_auth_data_size", ECDSA_P256_SIGNATURE_SIZE, 2),
+                ("qe_auth_data", ECDSA_P256_SIGNATURE_SIZE + 2, auth.len()),
             ],
         );
         push_table(
@@ -2294,7 +2297,6 @@ mod tests {
         let svn = TeeTcbSvn([6, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(svn.tdx_module_minor_svn(), 6);
         assert_eq!(svn.tdx_module_major_svn(), 1);
-        assert_eq!(svn.seam_loader_svn(), 3);
     }
 
     // ---- PCK extensions

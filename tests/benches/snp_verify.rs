@@ -22,9 +22,10 @@
 //! runs two rounds as a smoke test.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cocoon_attestation::snp::Product;
+use cocoon_tests::bench::{median, ms, time};
 use cocoon_tests::read_vector;
 use cocoon_verifier::snp::SnpCertificates;
 use cocoon_verifier::{verify_snp, SnpPolicy, SnpVerifier, UnixTime};
@@ -227,24 +228,6 @@ fn criterion_groups(c: &mut Criterion, cases: &[Case]) {
     }
 }
 
-/// Time one call.
-fn time(f: impl FnOnce() -> bool) -> Duration {
-    let t = Instant::now();
-    let ok = black_box(f());
-    let d = t.elapsed();
-    assert!(ok, "a verification failed inside the ratio loop");
-    d
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
 /// The goal: our full verification at least this many times faster
 /// than sev's signature checks, cold and warm.
 const GOAL: f64 = 3.0;
@@ -316,12 +299,7 @@ fn ratio_table(cases: &[Case], rounds: usize, measuring: bool) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    // criterion's own rule: only `--bench` without `--test` measures.
-    let measuring = has("--bench") && !has("--test");
-    let listing = has("--list");
-
+    let mode = cocoon_tests::bench::mode(300);
     let cases = cases();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -329,18 +307,7 @@ fn main() {
         .configure_from_args();
     criterion_groups(&mut c, &cases);
     c.final_summary();
-
-    let rounds = if listing {
-        0
-    } else if measuring {
-        std::env::var("COCOON_BENCH_ROUNDS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(300)
-    } else {
-        2
-    };
-    if rounds > 0 {
-        ratio_table(&cases, rounds, measuring);
+    if mode.rounds > 0 {
+        ratio_table(&cases, mode.rounds, mode.measuring);
     }
 }

@@ -56,3 +56,73 @@ pub fn entries_of_kind(kind: &str) -> Vec<serde_json::Value> {
 pub fn unhex(s: &serde_json::Value) -> Vec<u8> {
     hex::decode(s.as_str().expect("hex string")).expect("valid hex")
 }
+
+/// Side-by-side timing for the benchmarks: interleaved rounds, medians, and
+/// the bench/test-mode switch criterion uses. Machines here are shared, so
+/// benchmarks report ratios of medians taken in the same run.
+pub mod bench {
+    use std::hint::black_box;
+    use std::time::{Duration, Instant};
+
+    /// How a bench binary was started.
+    pub struct Mode {
+        /// `cargo bench` (not `--test`, not `--list`): measure for real.
+        pub measuring: bool,
+        /// Rounds for the interleaved ratio loop (0 when listing).
+        pub rounds: usize,
+    }
+
+    /// Read the mode from the command line; `COCOON_BENCH_ROUNDS` overrides
+    /// the number of rounds when measuring.
+    pub fn mode(default_rounds: usize) -> Mode {
+        let args: Vec<String> = std::env::args().collect();
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        // criterion's own rule: only `--bench` without `--test` measures.
+        let measuring = has("--bench") && !has("--test");
+        let rounds = if has("--list") {
+            0
+        } else if measuring {
+            std::env::var("COCOON_BENCH_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(default_rounds)
+        } else {
+            2
+        };
+        Mode { measuring, rounds }
+    }
+
+    /// Time one call, which must succeed.
+    pub fn time(f: impl FnOnce() -> bool) -> Duration {
+        let t = Instant::now();
+        let ok = black_box(f());
+        let d = t.elapsed();
+        assert!(ok, "a verification failed inside the ratio loop");
+        d
+    }
+
+    /// Median of `v` (sorted in place).
+    pub fn median(v: &mut [Duration]) -> Duration {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    }
+
+    /// Run every path `rounds` times, rotating which goes first each round,
+    /// and return the median time of each path.
+    pub fn interleaved(rounds: usize, paths: &mut [&mut dyn FnMut() -> bool]) -> Vec<Duration> {
+        let n = paths.len();
+        let mut t: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); n];
+        for round in 0..rounds {
+            for k in 0..n {
+                let p = (k + round) % n;
+                t[p].push(time(&mut *paths[p]));
+            }
+        }
+        t.iter_mut().map(|v| median(v)).collect()
+    }
+
+    /// Milliseconds with three decimals.
+    pub fn ms(d: Duration) -> String {
+        format!("{:.3} ms", d.as_secs_f64() * 1e3)
+    }
+}

@@ -71,7 +71,9 @@ pub struct TcbFinding {
 
 /// The pinned Intel root, after checking its fingerprint.
 fn intel_root() -> Option<&'static [u8]> {
-    (hex::encode(sha2::Sha256::digest(INTEL_ROOT_DER)) == INTEL_ROOT_SHA256)
+    static PIN_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    PIN_OK
+        .get_or_init(|| hex::encode(sha2::Sha256::digest(INTEL_ROOT_DER)) == INTEL_ROOT_SHA256)
         .then_some(INTEL_ROOT_DER)
 }
 
@@ -342,19 +344,7 @@ pub fn verify_tdx(
 /// The SGX extensions of the PCK leaf certificate carried in the quote.
 fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
     use der::Decode;
-    let pem = std::str::from_utf8(quote.pck_cert_chain_pem())
-        .map_err(|_| "PCK certificate chain is not PEM text".to_string())?;
-    let start = pem
-        .find("-----BEGIN CERTIFICATE-----")
-        .ok_or("quote carries no PCK certificate")?;
-    let end_marker = "-----END CERTIFICATE-----";
-    let end = pem[start..]
-        .find(end_marker)
-        .ok_or("PCK certificate PEM is truncated")?
-        + start
-        + end_marker.len();
-    let (_, der) = der::pem::decode_vec(&pem.as_bytes()[start..end])
-        .map_err(|e| format!("PCK certificate PEM: {e}"))?;
+    let der = pck_leaf_der(quote.pck_cert_chain_pem())?;
     let cert =
         x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))?;
     let ext = cert
@@ -366,6 +356,58 @@ fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
         .ok_or("PCK certificate has no SGX extensions")?;
     PckExtensions::from_der(ext.extn_value.as_bytes())
         .map_err(|e| format!("PCK SGX extensions: {e}"))
+}
+
+/// The DER of the PCK leaf certificate: the first PEM block of the quote's
+/// certificate chain (RFC 7468), which must be the very block `dcap-qvl`
+/// verifies as the leaf (`pem::parse_many`, first block), so that our TCB
+/// evaluation reads the certificate whose signature was checked.
+///
+/// * Only that block is read. Bytes outside it (the NUL that usually ends
+///   the chain, the issuing CA and the root) are not: RFC 7468 section 2,
+///   "Data before the encapsulation boundaries are permitted, and parsers
+///   MUST NOT malfunction when processing such data".
+/// * Its label must be `CERTIFICATE` on both boundaries (RFC 7468 section 5).
+/// * Inside it, whitespace between base64 characters is ignored, as the
+///   lax grammar of RFC 7468 section 3 allows (`W`: SP, HT, CR, LF, VT, FF);
+///   the base64 itself is decoded strictly. The certificate's signature, not
+///   its line breaks, is what makes it genuine.
+fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle)
+    }
+    /// `rest` up to the next `marker`, and what follows the marker.
+    fn split<'a>(rest: &'a [u8], marker: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+        let at = find(rest, marker)?;
+        Some((&rest[..at], &rest[at + marker.len()..]))
+    }
+    const LABEL: &[u8] = b"CERTIFICATE";
+    let (_, rest) = split(chain, b"-----BEGIN ").ok_or("quote carries no PCK certificate")?;
+    let truncated = || "PCK certificate PEM is truncated".to_string();
+    let (label, rest) = split(rest, b"-----").ok_or_else(truncated)?;
+    let (body, rest) = split(rest, b"-----END ").ok_or_else(truncated)?;
+    let (end_label, _) = split(rest, b"-----").ok_or_else(truncated)?;
+    if label != LABEL || end_label != LABEL {
+        return Err(format!(
+            "the first PEM block of the PCK certificate chain is labelled {:?}/{:?}, not CERTIFICATE",
+            String::from_utf8_lossy(label),
+            String::from_utf8_lossy(end_label)
+        ));
+    }
+    // Re-wrap the base64 characters into the strict form and decode that.
+    let b64: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0B | 0x0C))
+        .collect();
+    let mut pem = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+    for line in b64.chunks(64) {
+        pem.extend_from_slice(line);
+        pem.push(b'\n');
+    }
+    pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    let (_, der) = der::pem::decode_vec(&pem).map_err(|e| format!("PCK certificate PEM: {e}"))?;
+    Ok(der)
 }
 
 fn check_td_policy(td: &TdReport, p: &TdxPolicy, f: &mut Findings) {
@@ -472,5 +514,44 @@ mod tests {
         assert_eq!(parse_rfc3339("2025-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("garbage"), None);
         assert_eq!(parse_rfc3339("2025-07-19T10:00:34+02:00"), None);
+    }
+
+    #[test]
+    fn pck_leaf_is_the_first_pem_block_read_as_rfc7468_allows() {
+        // DER 30 03 02 01 05 is "MAMCAQU=".
+        let der = vec![0x30, 0x03, 0x02, 0x01, 0x05];
+        let chain = |leaf: &[u8]| {
+            let mut c = b"\x01junk-----BEGIN CERTIFICATE-----\n".to_vec();
+            c.extend_from_slice(leaf);
+            c.extend_from_slice(
+                b"\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nAA\xFF\n",
+            );
+            c.extend_from_slice(b"-----END CERTIFICATE-----\n\0\x80");
+            c
+        };
+        // Anything outside the first block, UTF-8 or not, is not read.
+        assert_eq!(pck_leaf_der(&chain(b"MAMCAQU=")), Ok(der.clone()));
+        // Whitespace of the lax grammar inside the base64 is ignored...
+        assert_eq!(pck_leaf_der(&chain(b"MA\x0bMC \tAQ\r\n\x0cU=")), Ok(der));
+        // ... anything else is not base64.
+        for bad in [
+            &b"MAMCAQU"[..],
+            b"MAMC-AQU=",
+            b"MAMC:AQU=",
+            b"MAMC\xC2\xA0AQU=",
+        ] {
+            assert!(pck_leaf_der(&chain(bad)).is_err(), "{bad:?}");
+        }
+        // The label must be CERTIFICATE on both boundaries.
+        let relabel = String::from_utf8_lossy(&chain(b"MAMCAQU=")).replacen(
+            "CERTIFICATE",
+            "X509 CERTIFICATE",
+            2,
+        );
+        assert!(pck_leaf_der(relabel.as_bytes())
+            .unwrap_err()
+            .contains("labelled"));
+        assert!(pck_leaf_der(b"no PEM here").is_err());
+        assert!(pck_leaf_der(b"-----BEGIN CERTIFICATE-----\nMAMCAQU=\n").is_err());
     }
 }

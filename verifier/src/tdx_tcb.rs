@@ -14,8 +14,10 @@
 //! used to report one even when collateral is incomplete and to cross-check
 //! `dcap-qvl`'s verdict.
 
+use std::borrow::Cow;
+
 use cocoon_attestation::tdx::{PckExtensions, TdReport};
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::policy::TcbStatus;
 
@@ -28,38 +30,87 @@ pub struct TcbEvaluation {
     pub advisory_ids: Vec<String>,
 }
 
-fn svns(v: &Value, key: &str) -> Result<Vec<u8>, String> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .ok_or(format!("tcb level has no {key}"))?
-        .iter()
-        .map(|c| {
-            c.get("svn")
-                .and_then(Value::as_u64)
-                .and_then(|s| u8::try_from(s).ok())
-                .ok_or(format!("{key} entry has no svn"))
-        })
-        .collect()
+// The parts of Intel's JSON this module reads (PCS API: TCB info v3, QE
+// identity v2). Typed and borrowed: unknown members are ignored here because
+// the signature over the whole text is checked by the verifier.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TcbInfo<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    version: u32,
+    #[serde(borrow)]
+    fmspc: Cow<'a, str>,
+    #[serde(borrow)]
+    pce_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    tdx_module_identities: Vec<ModuleIdentity<'a>>,
+    #[serde(borrow)]
+    tcb_levels: Vec<PlatformLevel<'a>>,
 }
 
-fn status_of(level: &Value) -> Result<TcbStatus, String> {
-    let s = level
-        .get("tcbStatus")
-        .and_then(Value::as_str)
-        .ok_or("tcb level has no tcbStatus")?;
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlatformLevel<'a> {
+    tcb: PlatformTcb,
+    #[serde(borrow)]
+    tcb_status: Cow<'a, str>,
+    #[serde(default, rename = "advisoryIDs", borrow)]
+    advisory_ids: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct PlatformTcb {
+    sgxtcbcomponents: Vec<Component>,
+    pcesvn: u16,
+    #[serde(default)]
+    tdxtcbcomponents: Vec<Component>,
+}
+
+#[derive(Deserialize)]
+struct Component {
+    svn: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModuleIdentity<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    tcb_levels: Vec<SvnLevel<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SvnLevel<'a> {
+    tcb: IsvSvn,
+    #[serde(borrow)]
+    tcb_status: Cow<'a, str>,
+    #[serde(default, rename = "advisoryIDs", borrow)]
+    advisory_ids: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct IsvSvn {
+    isvsvn: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QeIdentity<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    tcb_levels: Vec<SvnLevel<'a>>,
+}
+
+fn status(s: &str) -> Result<TcbStatus, String> {
     TcbStatus::from_name(s).ok_or(format!("unknown tcbStatus {s:?}"))
 }
 
-fn advisories(level: &Value) -> Vec<String> {
-    level
-        .get("advisoryIDs")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+fn owned(a: &[Cow<'_, str>]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
 }
 
 fn merge(into: &mut TcbEvaluation, component: TcbStatus, adv: Vec<String>) {
@@ -80,40 +131,30 @@ fn merge(into: &mut TcbEvaluation, component: TcbStatus, adv: Vec<String>) {
 }
 
 fn platform_level(
-    info: &Value,
+    info: &TcbInfo<'_>,
     pck: &PckExtensions,
     tee_tcb_svn: &[u8; 16],
 ) -> Result<TcbEvaluation, String> {
-    let levels = info
-        .get("tcbLevels")
-        .and_then(Value::as_array)
-        .ok_or("TCB info has no tcbLevels")?;
     let skip = if tee_tcb_svn[1] > 0 { 2 } else { 0 };
-    for level in levels {
-        let tcb = level.get("tcb").ok_or("tcb level has no tcb")?;
-        let sgx = svns(tcb, "sgxtcbcomponents")?;
-        let tdx = svns(tcb, "tdxtcbcomponents")?;
-        let pcesvn = tcb
-            .get("pcesvn")
-            .and_then(Value::as_u64)
-            .ok_or("tcb level has no pcesvn")?;
-        if sgx.len() != 16 || tdx.len() != 16 {
+    for level in &info.tcb_levels {
+        let tcb = &level.tcb;
+        if tcb.sgxtcbcomponents.len() != 16 || tcb.tdxtcbcomponents.len() != 16 {
             return Err("a TCB level does not have 16 SGX and 16 TDX components".into());
         }
         let sgx_ok = pck
             .sgx_tcb_comp_svn
             .iter()
-            .zip(&sgx)
-            .all(|(have, need)| have >= need);
+            .zip(&tcb.sgxtcbcomponents)
+            .all(|(have, need)| *have >= need.svn);
         let tdx_ok = tee_tcb_svn
             .iter()
-            .zip(&tdx)
+            .zip(&tcb.tdxtcbcomponents)
             .skip(skip)
-            .all(|(have, need)| have >= need);
-        if sgx_ok && tdx_ok && u64::from(pck.pcesvn) >= pcesvn {
+            .all(|(have, need)| *have >= need.svn);
+        if sgx_ok && tdx_ok && pck.pcesvn >= tcb.pcesvn {
             let mut eval = TcbEvaluation {
-                status: status_of(level)?,
-                advisory_ids: advisories(level),
+                status: status(&level.tcb_status)?,
+                advisory_ids: owned(&level.advisory_ids),
             };
             if let Some((module_status, adv)) = module_level(info, tee_tcb_svn)? {
                 merge(&mut eval, module_status, adv);
@@ -125,7 +166,7 @@ fn platform_level(
 }
 
 fn module_level(
-    info: &Value,
+    info: &TcbInfo<'_>,
     tee_tcb_svn: &[u8; 16],
 ) -> Result<Option<(TcbStatus, Vec<String>)>, String> {
     if tee_tcb_svn[1] == 0 {
@@ -133,53 +174,25 @@ fn module_level(
     }
     let id = format!("TDX_{:02X}", tee_tcb_svn[1]);
     let identity = info
-        .get("tdxModuleIdentities")
-        .and_then(Value::as_array)
-        .and_then(|ids| {
-            ids.iter().find(|m| {
-                m.get("id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(&id))
-            })
-        })
+        .tdx_module_identities
+        .iter()
+        .find(|m| m.id.eq_ignore_ascii_case(&id))
         .ok_or(format!("TCB info has no TDX module identity {id}"))?;
-    let levels = identity
-        .get("tcbLevels")
-        .and_then(Value::as_array)
-        .ok_or("module identity has no tcbLevels")?;
-    for level in levels {
-        let need = level
-            .get("tcb")
-            .and_then(|t| t.get("isvsvn"))
-            .and_then(Value::as_u64)
-            .ok_or("module level has no isvsvn")?;
-        if u64::from(tee_tcb_svn[0]) >= need {
-            return Ok(Some((status_of(level)?, advisories(level))));
-        }
-    }
-    Err(format!(
-        "TDX module {id} SVN {} is below every module TCB level",
-        tee_tcb_svn[0]
-    ))
+    level_for_svn(&identity.tcb_levels, u16::from(tee_tcb_svn[0]))
+        .map(Some)
+        .map_err(|_| {
+            format!(
+                "TDX module {id} SVN {} is below every module TCB level",
+                tee_tcb_svn[0]
+            )
+        })
 }
 
-fn qe_level(qe_identity: &Value, qe_isvsvn: u16) -> Result<(TcbStatus, Vec<String>), String> {
-    let levels = qe_identity
-        .get("tcbLevels")
-        .and_then(Value::as_array)
-        .ok_or("QE identity has no tcbLevels")?;
-    for level in levels {
-        let need = level
-            .get("tcb")
-            .and_then(|t| t.get("isvsvn"))
-            .and_then(Value::as_u64)
-            .ok_or("QE level has no isvsvn")?;
-        if u64::from(qe_isvsvn) >= need {
-            return Ok((status_of(level)?, advisories(level)));
-        }
-    }
-    Err(format!(
-        "QE ISVSVN {qe_isvsvn} is below every QE identity level"
+fn level_for_svn(levels: &[SvnLevel<'_>], svn: u16) -> Result<(TcbStatus, Vec<String>), ()> {
+    let level = levels.iter().find(|l| svn >= l.tcb.isvsvn).ok_or(())?;
+    Ok((
+        status(&level.tcb_status).map_err(|_| ())?,
+        owned(&level.advisory_ids),
     ))
 }
 
@@ -193,43 +206,31 @@ pub fn evaluate(
     tcb_info_json: &str,
     qe_identity_json: &str,
 ) -> Result<TcbEvaluation, String> {
-    let info: Value =
-        serde_json::from_str(tcb_info_json).map_err(|e| format!("TCB info is not JSON: {e}"))?;
-    if info.get("id").and_then(Value::as_str) != Some("TDX")
-        || info
-            .get("version")
-            .and_then(Value::as_u64)
-            .is_none_or(|v| v < 3)
-    {
+    let info: TcbInfo<'_> =
+        serde_json::from_str(tcb_info_json).map_err(|e| format!("TCB info: {e}"))?;
+    if info.id != "TDX" || info.version < 3 {
         return Err("TCB info is not a TDX TCB info (id \"TDX\", version 3 or later)".into());
     }
-    let fmspc = info
-        .get("fmspc")
-        .and_then(Value::as_str)
-        .and_then(|s| hex::decode(s).ok());
-    if fmspc.as_deref() != Some(&pck.fmspc[..]) {
+    if hex::decode(info.fmspc.as_ref()).ok().as_deref() != Some(&pck.fmspc[..]) {
         return Err(format!(
             "TCB info is for FMSPC {}, the PCK certificate says {}",
-            info.get("fmspc").and_then(Value::as_str).unwrap_or("?"),
+            info.fmspc,
             hex::encode(pck.fmspc)
         ));
     }
-    let pce_id = info
-        .get("pceId")
-        .and_then(Value::as_str)
-        .and_then(|s| hex::decode(s).ok());
-    if pce_id.as_deref() != Some(&pck.pceid[..]) {
+    if hex::decode(info.pce_id.as_ref()).ok().as_deref() != Some(&pck.pceid[..]) {
         return Err("TCB info is for another PCE ID".into());
     }
-    let qe: Value = serde_json::from_str(qe_identity_json)
-        .map_err(|e| format!("QE identity is not JSON: {e}"))?;
-    if qe.get("id").and_then(Value::as_str) != Some("TD_QE") {
+    let qe: QeIdentity<'_> =
+        serde_json::from_str(qe_identity_json).map_err(|e| format!("QE identity: {e}"))?;
+    if qe.id != "TD_QE" {
         return Err("QE identity is not the TD QE's (id \"TD_QE\")".into());
     }
 
     let launch_svn = *td.tee_tcb_svn().components();
     let mut eval = platform_level(&info, pck, &launch_svn)?;
-    let (qe_status, qe_adv) = qe_level(&qe, qe_isvsvn)?;
+    let (qe_status, qe_adv) = level_for_svn(&qe.tcb_levels, qe_isvsvn)
+        .map_err(|_| format!("QE ISVSVN {qe_isvsvn} is below every QE identity level"))?;
     merge(&mut eval, qe_status, qe_adv);
     if let Some(current) = td.tee_tcb_svn_2() {
         let mut cur = platform_level(&info, pck, current.components())?;
