@@ -90,13 +90,20 @@ fn classify(msg: &str) -> ReasonKind {
         || m.contains("tcb status is invalid")
     {
         ReasonKind::Tcb
+    } else if m.contains("crl") || m.contains("revocationstatus") {
+        // A CRL that is not the one its slot needs (signed by another CA,
+        // or none for the PCK's issuer): the collateral is unusable, even
+        // when what failed is the CRL's signature.
+        ReasonKind::Collateral
+    } else if m.contains("vendor id") {
+        // Checked before any signature: not Intel's quoting enclave.
+        ReasonKind::UnknownValue
     } else if m.contains("signature") || m.contains("hash mismatch") {
         ReasonKind::Signature
     } else if m.contains("fmspc")
         || m.contains("tcb info")
         || m.contains("tcbinfo")
         || m.contains("qe identity")
-        || m.contains("crl")
     {
         ReasonKind::Collateral
     } else if m.contains("debug")
