@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Build the seed corpus of every fuzz target from the shared attestation
+# vectors. The corpus is never committed (/fuzz/corpus/*/ is git-ignored).
+#
+#   fuzz/seed.sh            # vectors at ../shared/vectors (relative to the repo root)
+#   COCOON_VECTORS=/path/to/vectors fuzz/seed.sh
+#
+# Seeds are named after the vector they come from, so re-running only
+# refreshes them; inputs libFuzzer added to the corpus are left alone.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+vectors="${COCOON_VECTORS:-../shared/vectors}"
+if [[ ! -f "$vectors/manifest.json" || ! -d "$vectors/snp" ]]; then
+    echo "fuzz/seed.sh: attestation vectors not found at '$vectors' (resolved from $repo_root)." >&2
+    echo "fuzz/seed.sh: check out shared/ beside the repository, or set COCOON_VECTORS to the vectors directory." >&2
+    exit 1
+fi
+snp="$vectors/snp"
+corpus="$repo_root/fuzz/corpus"
+mkdir -p "$corpus/snp_report" "$corpus/snp_verify" "$corpus/certificates"
+
+# put DEST SRC...: DEST becomes the concatenation of the SRCs, writable
+# (the vectors are read-only; libFuzzer and re-runs must be able to replace it).
+put() {
+    local dest="$1"
+    shift
+    rm -f "$dest"
+    cat "$@" >"$dest"
+}
+
+need() {
+    if [[ ! -f "$1" ]]; then
+        echo "fuzz/seed.sh: expected vector file $1 is missing" >&2
+        exit 1
+    fi
+}
+
+# name  report                                VCEK/VLEK                               AMD chain (ASK/ASVK + ARK, PEM)
+cases=(
+    "genoa-v5-oak               genoa-v5-oak/report.bin               genoa-v5-oak/vcek.der               amd-roots/ask_ark_genoa.pem"
+    "milan-v2-gsg               milan-v2-gsg/attestation.bin          milan-v2-gsg/vcek.der               amd-roots/ask_ark_milan.pem"
+    "milan-v2-idblock-trustee   milan-v2-idblock-trustee/report.bin   milan-v2-idblock-trustee/vcek.der   amd-roots/ask_ark_milan.pem"
+    "milan-v3-dstack            milan-v3-dstack/report.bin            milan-v3-dstack/vcek.pem            amd-roots/ask_ark_milan.pem"
+    "milan-v3-oak-oc-release    milan-v3-oak-oc-release/report.bin    milan-v3-oak-oc-release/vcek.der    amd-roots/ask_ark_milan.pem"
+    "milan-v3-vlek-trustee      milan-v3-vlek-trustee/report.bin      milan-v3-vlek-trustee/vlek.der      amd-roots/ask_ark_milan_vlek.pem"
+    "turin-chain-virtee         -                                     turin-chain-virtee/vcek_turin.der   turin-chain-virtee/cert_chain_turin.pem"
+)
+
+n_report=0 n_verify=0 n_cert=0
+for line in "${cases[@]}"; do
+    read -r name report vek chain <<<"$line"
+    need "$snp/$vek"
+    need "$snp/$chain"
+    vek_ext="${vek##*.}"
+    if [[ "$report" != "-" ]]; then
+        need "$snp/$report"
+        put "$corpus/snp_report/$name.bin" "$snp/$report"
+        n_report=$((n_report + 1))
+        # snp_verify: report ‖ VCEK/VLEK.
+        put "$corpus/snp_verify/$name+$vek_ext" "$snp/$report" "$snp/$vek"
+        n_verify=$((n_verify + 1))
+    fi
+    # certificates, mode 1: the VCEK/VLEK alone.
+    put "$corpus/certificates/$name.$vek_ext" "$snp/$vek"
+    n_cert=$((n_cert + 1))
+    # certificates, mode 2: the VCEK/VLEK as DER followed by its AMD chain.
+    if [[ "$vek_ext" == "der" ]]; then
+        put "$corpus/certificates/$name+chain" "$snp/$vek" "$snp/$chain"
+    else
+        # PEM: base64-decode the one CERTIFICATE block (coreutils only, no openssl).
+        rm -f "$corpus/certificates/$name+chain"
+        { sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$snp/$vek" |
+            grep -v -- '-----' | tr -d ' \r\n' | base64 -d
+          cat "$snp/$chain"; } >"$corpus/certificates/$name+chain"
+    fi
+    n_cert=$((n_cert + 1))
+done
+
+# Also seed the PEM chains (ASK/ASVK + ARK) and the lone dstack ASK on their own.
+for pem in "$snp"/amd-roots/*.pem "$snp/milan-v3-dstack/ask.pem"; do
+    need "$pem"
+    put "$corpus/certificates/$(basename "$(dirname "$pem")")-$(basename "$pem")" "$pem"
+    n_cert=$((n_cert + 1))
+done
+# The dstack report container (not a bare report: exercises WrongLength).
+if [[ -f "$snp/milan-v3-dstack/sev_snp_attestation.bin" ]]; then
+    put "$corpus/snp_report/milan-v3-dstack-container.bin" "$snp/milan-v3-dstack/sev_snp_attestation.bin"
+    n_report=$((n_report + 1))
+fi
+
+# tdx_quote: every TDX (and the one SGX) quote vector, as it is (several are
+# padded after the quote, which exercises Quote::parse_prefix).
+mkdir -p "$corpus/tdx_quote"
+n_tdx=0
+for q in tdx/dcap-qvl/tdx_quote tdx/dcap-qvl/tdx_quote_outdated tdx/dcap-qvl/sgx_quote \
+    tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat tdx/go-tdx-guest/quote_v5_sample.dat \
+    tdx/trustee-gnr/tdx_quote_6.dat measure/tdx/gtg-ccel/cos-113-tdx-quote.dat; do
+    need "$vectors/$q"
+    put "$corpus/tdx_quote/$(tr '/' '-' <<<"$q")" "$vectors/$q"
+    n_tdx=$((n_tdx + 1))
+done
+
+# tdx_collateral: the dcap-qvl collateral JSON as it is; Intel PCS response
+# pairs (TCB info, NUL, QE identity), which the target splits at the NUL;
+# and one CBOR collateral (written below).
+mkdir -p "$corpus/tdx_collateral" "$corpus/bundle"
+n_coll=0
+for j in tdx/dcap-qvl/tdx_quote_collateral.json tdx/dcap-qvl/tdx_quote_outdated_collateral.json \
+    tdx/dcap-qvl/sgx_quote_collateral.json; do
+    need "$vectors/$j"
+    put "$corpus/tdx_collateral/$(tr '/' '-' <<<"$j")" "$vectors/$j"
+    n_coll=$((n_coll + 1))
+done
+# name                 TCB info response                          QE identity response
+pairs=(
+    "gtg-spr-e4          tdx/go-tdx-guest/sample_tcbInfo_response    tdx/go-tdx-guest/sample_qeIdentity_response"
+    "gtg-v5              tdx/go-tdx-guest/sample_tcbinfo_response_v5 tdx/go-tdx-guest/sample_qeIdentity_response"
+    "trustee-gnr         tdx/trustee-gnr/tcbInfo.json                tdx/trustee-gnr/enclaveIdentity.json"
+)
+for line in "${pairs[@]}"; do
+    read -r name tcb qe <<<"$line"
+    need "$vectors/$tcb"
+    need "$vectors/$qe"
+    rm -f "$corpus/tdx_collateral/pcs-$name"
+    { cat "$vectors/$tcb"; printf '\0'; cat "$vectors/$qe"; } >"$corpus/tdx_collateral/pcs-$name"
+    n_coll=$((n_coll + 1))
+done
+
+# CBOR (RFC 8949), written with printf: enough of it for maps with text keys,
+# text and byte strings and small unsigned integers.
+# cbor_head MAJOR LENGTH: the head of an item of major type MAJOR.
+cbor_head() {
+    local m=$(($1 << 5)) n=$2
+    if ((n < 24)); then
+        printf "\\x$(printf %02x $((m | n)))"
+    elif ((n < 0x100)); then
+        printf "\\x$(printf %02x $((m | 24)))\\x$(printf %02x "$n")"
+    elif ((n < 0x10000)); then
+        printf "\\x$(printf %02x $((m | 25)))\\x$(printf %02x $((n >> 8)))\\x$(printf %02x $((n & 255)))"
+    else
+        printf "\\x$(printf %02x $((m | 26)))"
+        printf "\\x$(printf %02x $((n >> 24 & 255)))\\x$(printf %02x $((n >> 16 & 255)))"
+        printf "\\x$(printf %02x $((n >> 8 & 255)))\\x$(printf %02x $((n & 255)))"
+    fi
+}
+cbor_map() { cbor_head 5 "$1"; }                     # a map of N pairs follows
+cbor_uint() { cbor_head 0 "$1"; }
+cbor_text() { cbor_head 3 "${#1}"; printf '%s' "$1"; } # ASCII text
+cbor_text_file() { cbor_head 3 "$(wc -c <"$1")"; cat "$1"; }
+cbor_bytes_file() { cbor_head 2 "$(wc -c <"$1")"; cat "$1"; }
+cbor_zeros() { cbor_head 2 "$1"; head -c "$1" /dev/zero; } # N zero bytes
+# The CBOR collateral: real chains and CRLs; whole PCS responses stand in
+# for the signed members (the decoder reads them as text, nothing more).
+gtg="$vectors/tdx/go-tdx-guest"
+for f in tcb_info_issuer_chain.pem pck_crl_issuer_chain.pem sample_tcbInfo_response \
+    sample_qeIdentity_response rootcrl.der pckcrl; do
+    need "$gtg/$f"
+done
+collateral_cbor() {
+    cbor_map 9
+    cbor_text pck_crl_issuer_chain; cbor_text_file "$gtg/pck_crl_issuer_chain.pem"
+    cbor_text tcb_info_issuer_chain; cbor_text_file "$gtg/tcb_info_issuer_chain.pem"
+    cbor_text tcb_info; cbor_text_file "$gtg/sample_tcbInfo_response"
+    cbor_text tcb_info_signature; cbor_zeros 64
+    cbor_text qe_identity_issuer_chain; cbor_text_file "$gtg/tcb_info_issuer_chain.pem"
+    cbor_text qe_identity; cbor_text_file "$gtg/sample_qeIdentity_response"
+    cbor_text qe_identity_signature; cbor_zeros 64
+    cbor_text root_ca_crl; cbor_bytes_file "$gtg/rootcrl.der"
+    cbor_text pck_crl; cbor_bytes_file "$gtg/pckcrl"
+}
+rm -f "$corpus/tdx_collateral/collateral.cbor"
+collateral_cbor >"$corpus/tdx_collateral/collateral.cbor"
+n_coll=$((n_coll + 1))
+
+# bundle: claims, and bundles around real SNP and TDX evidence.
+claims_cbor() {
+    cbor_map 7
+    cbor_text hpke_public_key; cbor_zeros 32
+    cbor_text receipt_public_key; cbor_zeros 65
+    cbor_text image_id; cbor_text "cocoon-image-2026.11"
+    cbor_text model_digests; cbor_head 4 1
+    cbor_map 2; cbor_text name; cbor_text minilm; cbor_text sha256; cbor_zeros 32
+    cbor_text config_digest; cbor_zeros 32
+    cbor_text epoch; cbor_uint 7
+    cbor_text client_nonce; cbor_zeros 16
+}
+tmp="$(mktemp)"
+trap 'rm -f "$tmp"' EXIT
+claims_cbor >"$tmp"
+put "$corpus/bundle/claims.cbor" "$tmp"
+need "$snp/genoa-v5-oak/report.bin"
+need "$snp/genoa-v5-oak/vcek.der"
+need "$snp/amd-roots/ask_ark_genoa.pem"
+need "$vectors/tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat"
+rm -f "$corpus/bundle/snp-genoa-v5-oak.cbor" "$corpus/bundle/tdx-gtg-spr-e4.cbor"
+{
+    cbor_map 3
+    cbor_text version; cbor_uint 1
+    cbor_text platform; cbor_map 4
+    cbor_text type; cbor_text snp
+    cbor_text report; cbor_bytes_file "$snp/genoa-v5-oak/report.bin"
+    cbor_text vek; cbor_bytes_file "$snp/genoa-v5-oak/vcek.der"
+    cbor_text chain; cbor_bytes_file "$snp/amd-roots/ask_ark_genoa.pem"
+    cbor_text claims; cbor_bytes_file "$tmp"
+} >"$corpus/bundle/snp-genoa-v5-oak.cbor"
+{
+    cbor_map 3
+    cbor_text version; cbor_uint 1
+    cbor_text platform; cbor_map 3
+    cbor_text type; cbor_text tdx
+    cbor_text quote; cbor_bytes_file "$vectors/tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat"
+    cbor_text collateral; collateral_cbor
+    cbor_text claims; cbor_bytes_file "$tmp"
+} >"$corpus/bundle/tdx-gtg-spr-e4.cbor"
+n_bundle=3
+
+echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

@@ -1,0 +1,312 @@
+//! The bodies of Cocoon's fuzz targets.
+//!
+//! Each function takes arbitrary bytes and must return normally for every
+//! input: a panic is a bug in `cocoon-attestation` or `cocoon-verifier` (or,
+//! for the few `assert!`s below, a broken invariant of their public API).
+//! The `fuzz_targets/*.rs` binaries are one-line wrappers around these, so
+//! the same code also runs as a plain test over the corpus
+//! (`tests/replay.rs`) where cargo-fuzz is not available.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::sync::OnceLock;
+
+use cocoon_attestation::snp::{
+    Explain, Product, SnpReport, TcbLayout, TcbVersion, FIELD_RANGES, REPORT_SIZE, SIGNED_LEN,
+    SUPPORTED_VERSIONS,
+};
+use cocoon_verifier::snp::SnpCertificates;
+use cocoon_verifier::{verify_snp, Rejection, SnpPolicy, UnixTime, VerifiedSnp};
+
+mod evidence;
+mod tdx;
+pub use evidence::{bundle, tdx_collateral};
+pub use tdx::tdx_quote;
+
+/// The verification time every target uses: 2025-10-01T08:00:00Z.
+pub const NOW: UnixTime = UnixTime(1_759_305_600);
+
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name of its `fuzz_targets/<name>.rs` binary.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("snp_report", snp_report),
+    ("snp_verify", snp_verify),
+    ("certificates", certificates),
+    ("tdx_quote", tdx_quote),
+    ("tdx_collateral", tdx_collateral),
+    ("bundle", bundle),
+];
+
+/// `snp_report`: parse the input as an SNP report; when it parses, call every
+/// accessor and render [`Explain`] under both TCB layouts.
+pub fn snp_report(data: &[u8]) {
+    let report = match SnpReport::parse(data) {
+        Ok(r) => r,
+        Err(e) => {
+            black_box(e.to_string());
+            return;
+        }
+    };
+    exercise_report(&report, data);
+}
+
+/// `snp_verify`: the first [`REPORT_SIZE`] bytes are the report, the rest is
+/// the VCEK/VLEK (DER or PEM); verified against the bundled AMD roots (no
+/// supplied chain) under a policy pinned to an all-zero measurement.
+pub fn snp_verify(data: &[u8]) {
+    let (report, vek) = data.split_at(data.len().min(REPORT_SIZE));
+    verify(report, vek, &[]);
+}
+
+/// `certificates`: the certificate parser and chain logic behind a report
+/// that always parses (version 2, all other bytes zero).
+///
+/// 1. The whole input is the VCEK/VLEK (DER or PEM), with no chain.
+/// 2. When the input starts with one complete DER SEQUENCE and has bytes
+///    after it, that SEQUENCE is the VCEK/VLEK and the rest is the supplied
+///    ASK/ARK chain (PEM or DER). The seeds put a real VCEK/VLEK first and a
+///    real AMD chain after it, so this fuzzes the chain with a real VCEK.
+pub fn certificates(data: &[u8]) {
+    let report = dummy_report();
+    verify(report, data, &[]);
+    if let Some(n) = der_element_len(data) {
+        let (vek, chain) = data.split_at(n);
+        if !chain.is_empty() {
+            verify(report, vek, chain);
+        }
+    }
+}
+
+/// A report that `SnpReport::parse` accepts: version 2, everything else zero.
+fn dummy_report() -> &'static [u8] {
+    static REPORT: OnceLock<Vec<u8>> = OnceLock::new();
+    REPORT.get_or_init(|| {
+        let mut r = vec![0u8; REPORT_SIZE];
+        r[..4].copy_from_slice(&2u32.to_le_bytes());
+        r
+    })
+}
+
+fn policy() -> &'static SnpPolicy {
+    static POLICY: OnceLock<SnpPolicy> = OnceLock::new();
+    POLICY.get_or_init(|| SnpPolicy::pinned_to_measurements(vec![[0u8; 48]]))
+}
+
+fn verify(report: &[u8], vek: &[u8], chain: &[u8]) {
+    match verify_snp(report, SnpCertificates { vek, chain }, policy(), NOW) {
+        Ok(v) => accepted(&v),
+        Err(r) => rejected(&r),
+    }
+}
+
+fn accepted(v: &VerifiedSnp) {
+    // The policy pins the measurement to all zeros and a fuzzer cannot forge
+    // an AMD signature; no seed has a zero measurement. Acceptance therefore
+    // means a signature or policy bypass: fail loudly.
+    panic!(
+        "verification accepted a fuzzed report (product {}, signer {}, measurement {}): signature or policy bypass",
+        v.product(),
+        v.signer(),
+        hex_string(v.report().measurement())
+    );
+}
+
+fn rejected(r: &Rejection) {
+    // "Nothing fails open": every rejection must say why.
+    assert!(!r.reasons().is_empty(), "a Rejection without reasons");
+    for reason in r.reasons() {
+        black_box(reason.kind);
+        assert!(!reason.message.is_empty(), "a Reason with an empty message");
+    }
+    black_box(r.to_string());
+}
+
+/// Length of the DER TLV at the start of `data` when it is a SEQUENCE that
+/// fits in `data`; `None` otherwise. Never panics.
+fn der_element_len(data: &[u8]) -> Option<usize> {
+    let (&tag, rest) = data.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2usize)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for &b in rest.get(..n)? {
+            len = len.checked_mul(256)?.checked_add(usize::from(b))?;
+        }
+        (len, 2 + n)
+    };
+    let total = header.checked_add(len)?;
+    (total <= data.len()).then_some(total)
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The bytes [`FIELD_RANGES`] gives for `name`.
+fn field<'a>(data: &'a [u8], name: &str) -> &'a [u8] {
+    let (_, off, len) = FIELD_RANGES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .unwrap_or_else(|| panic!("FIELD_RANGES has no {name}"));
+    data.get(*off..off + len)
+        .unwrap_or_else(|| panic!("FIELD_RANGES {name} lies outside the report"))
+}
+
+fn exercise_tcb(tcb: TcbVersion) {
+    for layout in [TcbLayout::MilanGenoa, TcbLayout::Turin] {
+        let parts = tcb.decode(layout);
+        black_box(parts.to_string());
+        black_box(TcbVersion::reserved_mask(layout));
+    }
+}
+
+fn exercise_report(r: &SnpReport, data: &[u8]) {
+    // Invariants of a successful parse.
+    assert_eq!(&r.as_bytes()[..], data, "as_bytes differs from the input");
+    assert_eq!(r.signed_bytes(), &data[..SIGNED_LEN], "signed_bytes");
+    assert!(
+        SUPPORTED_VERSIONS.contains(&r.version()),
+        "unsupported version accepted"
+    );
+    for (name, got) in [
+        ("family_id", &r.family_id()[..]),
+        ("image_id", &r.image_id()[..]),
+        ("report_data", &r.report_data()[..]),
+        ("measurement", &r.measurement()[..]),
+        ("host_data", &r.host_data()[..]),
+        ("id_key_digest", &r.id_key_digest()[..]),
+        ("author_key_digest", &r.author_key_digest()[..]),
+        ("report_id", &r.report_id()[..]),
+        ("report_id_ma", &r.report_id_ma()[..]),
+        ("chip_id", &r.chip_id()[..]),
+        ("signature", &r.raw().signature[..]),
+    ] {
+        assert_eq!(
+            got,
+            field(data, name),
+            "{name} accessor differs from FIELD_RANGES"
+        );
+    }
+    assert_eq!(r.cpuid().is_some(), r.version() >= 3, "cpuid presence");
+    assert_eq!(
+        r.launch_mit_vector().is_some(),
+        r.version() >= 5,
+        "mit vector presence"
+    );
+    assert_eq!(
+        r.current_mit_vector().is_some(),
+        r.version() >= 5,
+        "mit vector presence"
+    );
+
+    // Every accessor.
+    black_box(r.raw().clone());
+    black_box(r.guest_svn());
+    let p = r.policy();
+    black_box((
+        p.abi_minor(),
+        p.abi_major(),
+        p.smt_allowed(),
+        p.migrate_ma(),
+        p.debug_allowed(),
+        p.single_socket(),
+        p.cxl_allowed(),
+        p.mem_aes_256_xts(),
+        p.rapl_disabled(),
+        p.ciphertext_hiding(),
+        p.page_swap_disabled(),
+    ));
+    black_box(r.vmpl());
+    black_box(r.signature_algo());
+    let pi = r.platform_info();
+    black_box((
+        pi.smt_enabled(),
+        pi.tsme_enabled(),
+        pi.ecc_enabled(),
+        pi.rapl_disabled(),
+        pi.ciphertext_hiding_enabled(),
+        pi.alias_check_complete(),
+        pi.tio_enabled(),
+    ));
+    let k = r.key_info();
+    black_box((k.author_key_en(), k.mask_chip_key()));
+    black_box(k.signing_key().to_string());
+    for tcb in [
+        r.current_tcb(),
+        r.reported_tcb(),
+        r.committed_tcb(),
+        r.launch_tcb(),
+    ] {
+        exercise_tcb(tcb);
+    }
+    black_box(r.cpuid());
+    if let Some(product) = r.product_from_cpuid() {
+        black_box((product.name(), product.tcb_layout(), product.to_string()));
+    }
+    for product in Product::ALL {
+        black_box(product.tcb_layout());
+    }
+    black_box(r.current_firmware().to_string());
+    black_box(r.committed_firmware().to_string());
+    black_box(r.launch_mit_vector());
+    black_box(r.current_mit_vector());
+    let sig = r.signature();
+    if let Some(fixed) = sig.to_p384_fixed() {
+        // r and s are little-endian in the report, big-endian in `fixed`.
+        assert_eq!(fixed[47], sig.r[0], "r byte order");
+        assert_eq!(fixed[95], sig.s[0], "s byte order");
+    }
+    black_box(r.nonzero_reserved_fields());
+    black_box(format!("{r:?}"));
+    black_box(r.clone() == *r);
+
+    // The explanation under both layouts.
+    let measurement = hex_string(r.measurement());
+    for layout in [TcbLayout::MilanGenoa, TcbLayout::Turin] {
+        let text = Explain { report: r, layout }.to_string();
+        assert!(text.contains(&measurement), "Explain omits the measurement");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(der_element_len(&[0x30, 0x00]), Some(2));
+        assert_eq!(der_element_len(&[0x30, 0x01, 0xAA, 0xBB]), Some(3));
+        assert_eq!(der_element_len(&[0x30, 0x02, 0xAA]), None);
+        assert_eq!(der_element_len(&[0x30, 0x81, 0x01, 0xAA]), Some(4));
+        assert_eq!(der_element_len(&[0x30, 0x82, 0x00]), None);
+        assert_eq!(der_element_len(&[0x30, 0x80]), None);
+        assert_eq!(der_element_len(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+        assert_eq!(der_element_len(&[0x31, 0x00]), None);
+        assert_eq!(der_element_len(&[]), None);
+    }
+
+    #[test]
+    fn targets_survive_trivial_inputs() {
+        for (_, f) in TARGETS {
+            f(&[]);
+            f(&[0x30]);
+            f(dummy_report());
+        }
+        snp_report(dummy_report());
+    }
+}
