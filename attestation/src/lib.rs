@@ -9,6 +9,8 @@
 //! * [`tdx`] — Intel TDX DCAP quotes (versions 4 and 5; SGX version 3 quotes
 //!   recognised) and the SGX extensions of PCK certificates.
 //! * [`collateral`] — Intel DCAP collateral for offline TDX verification.
+//! * [`pcs`] — collateral service URLs, the fetcher trait and a cache that
+//!   never serves expired collateral (sans-IO; the host agent does the HTTP).
 //! * [`bundle`] — the evidence bundle and the enclave's claims, with their
 //!   binding into report data.
 //! * [`cbor`] — strict CBOR helpers shared by the wire types.
@@ -18,5 +20,6 @@
 pub mod bundle;
 pub mod cbor;
 pub mod collateral;
+pub mod pcs;
 pub mod snp;
 pub mod tdx;
