@@ -81,7 +81,7 @@ pub trait CollateralFetcher {
 pub fn valid_until(c: &TdxCollateral) -> Option<u64> {
     let json_next = |text: &str| -> Option<u64> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        rfc3339(v.get("nextUpdate")?.as_str()?)
+        rfc3339_to_unix(v.get("nextUpdate")?.as_str()?)
     };
     let crls = [c.root_ca_crl.as_deref()?, c.pck_crl.as_deref()?];
     let mut until = json_next(&c.tcb_info)?.min(json_next(&c.qe_identity)?);
@@ -172,8 +172,10 @@ pub enum CacheError<E: std::error::Error> {
     Incomplete,
 }
 
-/// Parse `YYYY-MM-DDTHH:MM:SSZ` into seconds since the epoch.
-fn rfc3339(s: &str) -> Option<u64> {
+/// Parse `YYYY-MM-DDTHH:MM:SSZ` (the form Intel's collateral uses; fractional
+/// seconds allowed) into seconds since the epoch. Offsets other than `Z` are
+/// refused.
+pub fn rfc3339_to_unix(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(10) != Some(&b'T') || !s.ends_with('Z') {
         return None;
@@ -291,7 +293,11 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(rfc3339("2025-07-19T10:00:34Z"), Some(1_752_919_234));
-        assert_eq!(rfc3339("2025-07-19"), None);
+        assert_eq!(rfc3339_to_unix("2025-07-19T10:00:34Z"), Some(1_752_919_234));
+        assert_eq!(rfc3339_to_unix("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_to_unix("2025-13-01T00:00:00Z"), None);
+        assert_eq!(rfc3339_to_unix("2025-07-19"), None);
+        assert_eq!(rfc3339_to_unix("garbage-and-more-text"), None);
+        assert_eq!(rfc3339_to_unix("2025-07-19T10:00:34+02:00"), None);
     }
 }

@@ -140,47 +140,7 @@ fn to_dcap(c: &TdxCollateral, root_ca_crl: &[u8], pck_crl: &[u8]) -> dcap_qvl::Q
 /// The issue date of the TCB info, from its signed JSON.
 fn tcb_info_issue_date(c: &TdxCollateral) -> Option<UnixTime> {
     let v: serde_json::Value = serde_json::from_str(&c.tcb_info).ok()?;
-    parse_rfc3339(v.get("issueDate")?.as_str()?)
-}
-
-/// Parse `YYYY-MM-DDTHH:MM:SSZ` (the form Intel's collateral uses).
-pub(crate) fn parse_rfc3339(s: &str) -> Option<UnixTime> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    if !s[19..].starts_with('Z') && !s[19..].starts_with('.') {
-        return None;
-    }
-    // Days from civil (Howard Hinnant).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se)
-        .ok()
-        .map(UnixTime)
+    cocoon_attestation::pcs::rfc3339_to_unix(v.get("issueDate")?.as_str()?).map(UnixTime)
 }
 
 /// Verify a TDX quote with its collateral under `policy` at time `now`.
@@ -509,18 +469,6 @@ mod tests {
     #[test]
     fn pinned_root_matches() {
         assert!(intel_root().is_some());
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(
-            parse_rfc3339("2025-07-19T10:00:34Z"),
-            Some(UnixTime(1_752_919_234))
-        );
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(UnixTime(0)));
-        assert_eq!(parse_rfc3339("2025-13-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339("garbage"), None);
-        assert_eq!(parse_rfc3339("2025-07-19T10:00:34+02:00"), None);
     }
 
     #[test]

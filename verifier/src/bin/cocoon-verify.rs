@@ -134,6 +134,14 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, UsageError> {
         .map_err(|e| UsageError(format!("cannot read {what} {}: {e}", path.display())))
 }
 
+/// Decode repeated 48-byte hex arguments.
+fn hex48_args(values: &[String], flag: &str) -> Result<Vec<[u8; 48]>, UsageError> {
+    values
+        .iter()
+        .map(|m| parse_hex::<48>(m).map_err(|e| UsageError(format!("{flag}: {e}"))))
+        .collect()
+}
+
 fn parse_time(at: Option<&str>) -> Result<UnixTime, UsageError> {
     let t = match at {
         Some(s) => humantime::parse_rfc3339_weak(s)
@@ -202,11 +210,7 @@ fn run_snp(
             .snp
             .ok_or_else(|| UsageError(format!("policy {} has no [snp] table", p.display())))?,
         (None, false) => {
-            let list = measurements
-                .iter()
-                .map(|m| parse_hex::<48>(m).map_err(|e| UsageError(format!("--measurement: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?;
-            SnpPolicy::pinned_to_measurements(list)
+            SnpPolicy::pinned_to_measurements(hex48_args(measurements, "--measurement")?)
         }
         (None, true) => {
             return Err(UsageError(
@@ -346,12 +350,7 @@ fn run_tdx(
         (Some(p), true) => read_policy(p)?
             .tdx
             .ok_or_else(|| UsageError(format!("policy {} has no [tdx] table", p.display())))?,
-        (None, false) => TdxPolicy::pinned_to_mrtd(
-            mrtds
-                .iter()
-                .map(|m| parse_hex::<48>(m).map_err(|e| UsageError(format!("--mrtd: {e}"))))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        (None, false) => TdxPolicy::pinned_to_mrtd(hex48_args(mrtds, "--mrtd")?),
         (None, true) => {
             return Err(UsageError(
                 "no policy: pass --mrtd HEX (repeatable) or --policy FILE".into(),
