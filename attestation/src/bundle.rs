@@ -168,6 +168,15 @@ pub enum PlatformEvidence {
         /// Intermediate and root certificates, or empty.
         chain: Vec<u8>,
     },
+    /// The simulated TEE (NOT confidential): a CBOR
+    /// [`SimulatedReport`](crate::simulated::SimulatedReport) and its ECDSA
+    /// P-256/SHA-256 signature (r || s) by the key inside it.
+    Simulated {
+        /// CBOR of the simulated report (the signed bytes).
+        report: Vec<u8>,
+        /// 64-byte fixed-width signature.
+        signature: Vec<u8>,
+    },
     /// Intel TDX: the raw DCAP quote and its collateral.
     Tdx {
         /// Raw quote (v4 or v5).
@@ -211,6 +220,11 @@ impl EvidenceBundle {
                 ("vek", Value::Bytes(vek.clone())),
                 ("chain", Value::Bytes(chain.clone())),
             ]),
+            PlatformEvidence::Simulated { report, signature } => cbor::map(vec![
+                ("type", Value::Text("simulated".into())),
+                ("report", Value::Bytes(report.clone())),
+                ("signature", Value::Bytes(signature.clone())),
+            ]),
             PlatformEvidence::Tdx { quote, collateral } => cbor::map(vec![
                 ("type", Value::Text("tdx".into())),
                 ("quote", Value::Bytes(quote.clone())),
@@ -239,6 +253,10 @@ impl EvidenceBundle {
                 report: p.bytes("report")?,
                 vek: p.bytes("vek")?,
                 chain: p.bytes("chain")?,
+            },
+            "simulated" => PlatformEvidence::Simulated {
+                report: p.bytes("report")?,
+                signature: p.bytes("signature")?,
             },
             "tdx" => PlatformEvidence::Tdx {
                 quote: p.bytes("quote")?,

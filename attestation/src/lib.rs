@@ -13,6 +13,8 @@
 //!   never serves expired collateral (sans-IO; the host agent does the HTTP).
 //! * [`bundle`] — the evidence bundle and the enclave's claims, with their
 //!   binding into report data.
+//! * [`simulated`] — the simulated TEE's report (not confidential; refused
+//!   by default).
 //! * [`cbor`] — strict CBOR helpers shared by the wire types.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,5 +23,6 @@ pub mod bundle;
 pub mod cbor;
 pub mod collateral;
 pub mod pcs;
+pub mod simulated;
 pub mod snp;
 pub mod tdx;

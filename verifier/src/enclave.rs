@@ -8,10 +8,12 @@
 
 use cocoon_attestation::bundle::{claims_report_data, Claims, EvidenceBundle, PlatformEvidence};
 
-use crate::policy::Policy;
+use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
+
+use crate::policy::{Check, Policy, SimulatedTeePolicy};
 use crate::snp::{SnpCertificates, SnpVerifier, VerifiedSnp};
 use crate::tdx::{verify_tdx, VerifiedTdx};
-use crate::{ReasonKind, Rejection, UnixTime};
+use crate::{Findings, ReasonKind, Rejection, UnixTime};
 
 /// Which platform vouched for the enclave.
 #[derive(Debug, Clone)]
@@ -21,6 +23,68 @@ pub enum VerifiedPlatform {
     Snp(Box<VerifiedSnp>),
     /// Intel TDX.
     Tdx(Box<VerifiedTdx>),
+    /// The simulated TEE, accepted only because the policy opted in by name.
+    /// NOT confidential.
+    Simulated(VerifiedSimulated),
+}
+
+/// A simulated report whose self-signature verified, accepted under a policy
+/// with the dangerous opt-in. It proves integrity in transit, nothing more.
+#[derive(Debug, Clone)]
+pub struct VerifiedSimulated {
+    report: SimulatedReport,
+}
+
+impl VerifiedSimulated {
+    /// The simulated report.
+    pub fn report(&self) -> &SimulatedReport {
+        &self.report
+    }
+}
+
+fn verify_simulated(
+    report: &[u8],
+    signature: &[u8],
+    p: &SimulatedTeePolicy,
+) -> Result<VerifiedSimulated, Rejection> {
+    use p256::ecdsa::signature::Verifier;
+    let r = SimulatedReport::from_cbor(report)
+        .map_err(|e| Rejection::single(ReasonKind::Malformed, format!("simulated report: {e}")))?;
+    let mut f = Findings::default();
+    if r.label != SIMULATED_LABEL {
+        f.add(
+            ReasonKind::UnknownValue,
+            format!(
+                "simulated report label {:?} is not {SIMULATED_LABEL:?}",
+                r.label
+            ),
+        );
+    }
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&r.public_key);
+    let sig = p256::ecdsa::Signature::from_slice(signature);
+    match (key, sig) {
+        (Ok(k), Ok(s)) if k.verify(report, &s).is_ok() => {}
+        _ => f.add(
+            ReasonKind::Signature,
+            "simulated report signature does not verify with the key inside it",
+        ),
+    }
+    if let Check::Require(list) = &p.measurements {
+        if !list.contains(&r.measurement) {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "simulated measurement not in policy: {}",
+                    hex::encode(r.measurement)
+                ),
+            );
+        }
+    }
+    if f.is_empty() {
+        Ok(VerifiedSimulated { report: r })
+    } else {
+        Err(f.into_rejection())
+    }
 }
 
 /// An enclave whose platform evidence met the policy and whose claims are
@@ -88,6 +152,21 @@ pub fn verify_bundle(
             let v = verify_tdx(quote, collateral, p, now).map_err(|(r, _)| r)?;
             let rd = *v.td_report().report_data();
             (VerifiedPlatform::Tdx(Box::new(v)), rd)
+        }
+        PlatformEvidence::Simulated { report, signature } => {
+            let Some(p) = &policy.simulated else {
+                return Err(Rejection::single(
+                    ReasonKind::Policy,
+                    format!(
+                        "simulated TEE evidence is NOT confidential (no hardware isolation; the host can read everything); it is accepted only by a policy with a [{}] table that sets {} = true",
+                        SimulatedTeePolicy::TABLE,
+                        SimulatedTeePolicy::OPT_IN
+                    ),
+                ));
+            };
+            let v = verify_simulated(report, signature, p)?;
+            let rd = v.report.report_data;
+            (VerifiedPlatform::Simulated(v), rd)
         }
         _ => {
             return Err(Rejection::single(

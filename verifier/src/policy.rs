@@ -518,6 +518,51 @@ impl TdxPolicy {
     }
 }
 
+/// Acceptance of the simulated TEE, which is NOT confidential. Only a policy
+/// file with a `[dangerous_simulated_tee]` table that sets
+/// `i_understand_this_is_not_confidential = true` has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimulatedTeePolicy {
+    /// Allowed simulated measurements (self-reported digests).
+    pub measurements: Check<Vec<[u8; 48]>>,
+}
+
+impl SimulatedTeePolicy {
+    /// The TOML table name: meant to look alarming in a review.
+    pub const TABLE: &'static str = "dangerous_simulated_tee";
+    /// The key that must be `true`.
+    pub const OPT_IN: &'static str = "i_understand_this_is_not_confidential";
+
+    fn from_table(t: &toml::Table) -> Result<SimulatedTeePolicy, PolicyError> {
+        let key = |k: &str| format!("{}.{k}", Self::TABLE);
+        if let Some(k) = t
+            .keys()
+            .find(|k| ![Self::OPT_IN, "measurements"].contains(&k.as_str()))
+        {
+            return Err(PolicyError::UnknownKey(key(k)));
+        }
+        if t.get(Self::OPT_IN) != Some(&toml::Value::Boolean(true)) {
+            return Err(PolicyError::Invalid(
+                key(Self::OPT_IN),
+                "must be true to accept simulated evidence, which is not confidential".into(),
+            ));
+        }
+        Ok(SimulatedTeePolicy {
+            measurements: check(t, &key("measurements"), "measurements", hex_list::<48>)?,
+        })
+    }
+
+    /// The table in TOML.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "# DANGER: accepts the simulated TEE. Nothing is confidential with it: the host\n# can read every prompt and answer. For demos and tests only.\n[{}]\n{} = true\nmeasurements = {}\n",
+            Self::TABLE,
+            Self::OPT_IN,
+            toml_check(&self.measurements, |l| toml_hex_list(l)),
+        )
+    }
+}
+
 /// A whole policy file: the image release its reference values belong to,
 /// and one section per platform the client accepts. A platform without a
 /// section is refused.
@@ -529,6 +574,8 @@ pub struct Policy {
     pub snp: Option<SnpPolicy>,
     /// Requirements for TDX evidence, if TDX is accepted.
     pub tdx: Option<TdxPolicy>,
+    /// Present only when the policy accepts the simulated TEE by name.
+    pub simulated: Option<SimulatedTeePolicy>,
 }
 
 impl Policy {
@@ -547,7 +594,7 @@ impl Policy {
             .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
         if let Some(k) = doc
             .keys()
-            .find(|k| !["release", "snp", "tdx"].contains(&k.as_str()))
+            .find(|k| !["release", "snp", "tdx", SimulatedTeePolicy::TABLE].contains(&k.as_str()))
         {
             return Err(PolicyError::UnknownKey(k.clone()));
         }
@@ -574,12 +621,20 @@ impl Policy {
         let tdx = table("tdx")?
             .map(|t| TdxPolicy::from_table(t, "tdx"))
             .transpose()?;
-        if snp.is_none() && tdx.is_none() {
+        let simulated = table(SimulatedTeePolicy::TABLE)?
+            .map(SimulatedTeePolicy::from_table)
+            .transpose()?;
+        if snp.is_none() && tdx.is_none() && simulated.is_none() {
             return Err(PolicyError::Missing(
                 "[snp] or [tdx] (a policy that accepts no platform accepts nothing)".into(),
             ));
         }
-        Ok(Policy { release, snp, tdx })
+        Ok(Policy {
+            release,
+            snp,
+            tdx,
+            simulated,
+        })
     }
 }
 
@@ -670,6 +725,10 @@ impl Policy {
             s.push('\n');
             s.push_str(&p.to_toml());
         }
+        if let Some(p) = &self.simulated {
+            s.push('\n');
+            s.push_str(&p.to_toml());
+        }
         s
     }
 }
@@ -710,6 +769,9 @@ smt = "allowed"
             release: "cocoon-image \"test\" 1".into(),
             snp: Some(snp),
             tdx: Some(tdx),
+            simulated: Some(SimulatedTeePolicy {
+                measurements: Check::Skip,
+            }),
         };
         let text = p.to_toml();
         assert_eq!(Policy::from_toml(&text).unwrap(), p, "{text}");

@@ -11,10 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cocoon_attestation::bundle::{EvidenceBundle, PlatformEvidence};
 use cocoon_attestation::collateral::TdxCollateral;
+use cocoon_attestation::simulated::SimulatedReport;
 use cocoon_attestation::snp::{Explain, Product, SnpReport, TcbLayout, TcbVersion};
 use cocoon_attestation::tdx::Quote;
 use cocoon_verifier::enclave::VerifiedPlatform;
-use cocoon_verifier::policy::{parse_hex, Check, MinTcb};
+use cocoon_verifier::policy::{parse_hex, Check, MinTcb, SimulatedTeePolicy};
 use cocoon_verifier::snp::SnpCertificates;
 use cocoon_verifier::tdx::{verify_tdx, TcbFinding};
 use cocoon_verifier::{
@@ -435,6 +436,12 @@ fn run_bundle(
                         advisory_ids: t.advisory_ids().to_vec(),
                     }),
                 ),
+                VerifiedPlatform::Simulated(s) => json!({
+                    "platform": "SIMULATED TEE - NOT CONFIDENTIAL",
+                    "label": s.report().label,
+                    "measurement": hex::encode(s.report().measurement),
+                    "report_data": hex::encode(s.report().report_data),
+                }),
                 _ => Value::Null,
             };
             f["claims"] = json!({
@@ -459,6 +466,9 @@ fn run_bundle(
     if json_out {
         print_json(&verdict_json(result.is_ok(), reasons, fields, now));
     } else if let Ok(v) = &result {
+        if let VerifiedPlatform::Simulated(_) = v.platform() {
+            println!("WARNING: SIMULATED TEE - NOT CONFIDENTIAL. Accepted only because the policy opted in by name.");
+        }
         println!(
             "ACCEPTED: enclave of release {} (epoch {}), claims bound to the hardware report",
             v.release(),
@@ -484,10 +494,25 @@ fn run_bundle(
 
 fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(), UsageError> {
     let bytes = read(from, "evidence")?;
+    let mut policy = Policy {
+        release: release.to_string(),
+        snp: None,
+        tdx: None,
+        simulated: None,
+    };
     let (report, quote) = match EvidenceBundle::from_cbor(&bytes) {
         Ok(b) => match b.platform {
             PlatformEvidence::Snp { report, .. } => (Some(report), None),
             PlatformEvidence::Tdx { quote, .. } => (None, Some(quote)),
+            PlatformEvidence::Simulated { report, .. } => {
+                let r = SimulatedReport::from_cbor(&report)
+                    .map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
+                eprintln!("cocoon-verify: WARNING: this is simulated evidence; the policy written accepts a TEE that is NOT confidential");
+                policy.simulated = Some(SimulatedTeePolicy {
+                    measurements: Check::Require(vec![r.measurement]),
+                });
+                (None, None)
+            }
             _ => {
                 return Err(UsageError(
                     "the bundle holds evidence of a kind this tool does not know".into(),
@@ -496,11 +521,6 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         },
         Err(_) if bytes.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(bytes), None),
         Err(_) => (None, Some(bytes)),
-    };
-    let mut policy = Policy {
-        release: release.to_string(),
-        snp: None,
-        tdx: None,
     };
     if let Some(r) = report {
         let r = SnpReport::parse(&r).map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
