@@ -27,7 +27,7 @@ use crate::{Findings, ReasonKind, Rejection, UnixTime};
 /// Intel SGX Root CA (self-signed P-256, valid 2018-05-21..2049-12-31), the
 /// trust anchor of every PCK chain and collateral signing chain.
 const INTEL_ROOT_DER: &[u8] = include_bytes!("../roots/intel/sgx_root_ca.der");
-/// SHA-256 of [`INTEL_ROOT_DER`].
+/// SHA-256 of the bundled Intel SGX Root CA (DER).
 pub const INTEL_ROOT_SHA256: &str =
     "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3";
 

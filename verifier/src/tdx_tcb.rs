@@ -6,7 +6,7 @@
 //! SGX components and PCESVN are met by the PCK certificate and whose 16 TDX
 //! components are met by TEE_TCB_SVN, skipping components 0 and 1 when a
 //! TDX module version is present), the TDX module identity level
-//! (`TDX_<TEE_TCB_SVN[1] as hex>`, matched on TEE_TCB_SVN[0]), the QE level
+//! (`TDX_<TEE_TCB_SVN[1] as hex>`, matched on `TEE_TCB_SVN[0]`), the QE level
 //! (first level with isvsvn ≤ the QE's), and converging them as Intel's QVL
 //! does (module or QE OutOfDate makes UpToDate OutOfDate; Revoked wins; a TD
 //! 1.5 whose current TCB is better than its launch TCB is "relaunch
