@@ -52,7 +52,7 @@ enum Command {
         /// An allowed launch measurement (96 hex digits); repeat for several.
         #[arg(long = "measurement", value_name = "HEX")]
         measurements: Vec<String>,
-        /// A policy file (TOML with an [snp] table).
+        /// A policy file (TOML) with an `[snp]` table.
         #[arg(long)]
         policy: Option<PathBuf>,
         /// Verify as of this time (RFC 3339, e.g. 2025-10-01T08:00:00Z); default: now.
@@ -73,7 +73,7 @@ enum Command {
         /// An allowed MRTD (96 hex digits); repeat for several.
         #[arg(long = "mrtd", value_name = "HEX")]
         mrtds: Vec<String>,
-        /// A policy file with a [tdx] table.
+        /// A policy file (TOML) with a `[tdx]` table.
         #[arg(long)]
         policy: Option<PathBuf>,
         /// Verify as of this time (RFC 3339); default: now.
