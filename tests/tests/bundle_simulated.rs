@@ -3,7 +3,9 @@
 //! claims that were bound, and simulated evidence is refused unless the
 //! policy opts in by name.
 
-use cocoon_attestation::bundle::{claims_report_data, Claims, EvidenceBundle, ModelDigest, PlatformEvidence};
+use cocoon_attestation::bundle::{
+    claims_report_data, Claims, EvidenceBundle, ModelDigest, PlatformEvidence,
+};
 use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
 use cocoon_verifier::enclave::VerifiedPlatform;
 use cocoon_verifier::{verify, Policy, ReasonKind, UnixTime};
@@ -18,7 +20,10 @@ fn claims(epoch: u64) -> Claims {
         hpke_public_key: vec![7; 32],
         receipt_public_key: vec![4; 65],
         image_id: "cocoon-dev".into(),
-        model_digests: vec![ModelDigest { name: "all-minilm-l6-v2".into(), sha256: [9; 32] }],
+        model_digests: vec![ModelDigest {
+            name: "all-minilm-l6-v2".into(),
+            sha256: [9; 32],
+        }],
         config_digest: [3; 32],
         gpu_evidence_digest: None,
         epoch,
@@ -33,7 +38,11 @@ fn simulated_bundle(claims_cbor: &[u8], key: &SigningKey) -> (Vec<u8>, Vec<u8>) 
         label: SIMULATED_LABEL.into(),
         measurement: MEASUREMENT,
         report_data: claims_report_data(claims_cbor),
-        public_key: key.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
+        public_key: key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec(),
     }
     .to_cbor();
     let sig: Signature = key.sign(&report);
@@ -41,7 +50,11 @@ fn simulated_bundle(claims_cbor: &[u8], key: &SigningKey) -> (Vec<u8>, Vec<u8>) 
 }
 
 fn bundle(report: Vec<u8>, signature: Vec<u8>, claims_cbor: Vec<u8>) -> Vec<u8> {
-    EvidenceBundle { platform: PlatformEvidence::Simulated { report, signature }, claims_cbor }.to_cbor()
+    EvidenceBundle {
+        platform: PlatformEvidence::Simulated { report, signature },
+        claims_cbor,
+    }
+    .to_cbor()
 }
 
 fn opted_in(measurement: &str) -> Policy {
@@ -75,7 +88,12 @@ fn bound_claims_are_accepted_with_the_opt_in() {
     let key = key();
     let c = claims(1).to_cbor();
     let (r, s) = simulated_bundle(&c, &key);
-    let v = verify(&bundle(r, s, c.clone()), &opted_in(&format!("[\"{}\"]", hex::encode(MEASUREMENT))), NOW).unwrap();
+    let v = verify(
+        &bundle(r, s, c.clone()),
+        &opted_in(&format!("[\"{}\"]", hex::encode(MEASUREMENT))),
+        NOW,
+    )
+    .unwrap();
     assert_eq!(v.claims(), &claims(1));
     assert_eq!(v.claims_cbor(), c.as_slice());
     assert_eq!(v.release(), "cocoon-dev");
@@ -89,20 +107,32 @@ fn swapped_tampered_or_unpinned_evidence_is_rejected() {
     let (r, s) = simulated_bundle(&c1, &key);
     let policy = opted_in("\"skip\"");
     // Claims from another epoch (e.g. a host replaying old keys) are not bound.
-    let rej = verify(&bundle(r.clone(), s.clone(), claims(2).to_cbor()), &policy, NOW).unwrap_err();
+    let rej = verify(
+        &bundle(r.clone(), s.clone(), claims(2).to_cbor()),
+        &policy,
+        NOW,
+    )
+    .unwrap_err();
     assert!(rej.has(ReasonKind::Claims), "{rej}");
     // A flipped report byte breaks the signature (or the report's structure).
     for at in 0..r.len() {
         let mut t = r.clone();
         t[at] ^= 1;
-        assert!(verify(&bundle(t, s.clone(), c1.clone()), &policy, NOW).is_err(), "flip at {at} accepted");
+        assert!(
+            verify(&bundle(t, s.clone(), c1.clone()), &policy, NOW).is_err(),
+            "flip at {at} accepted"
+        );
     }
     // Another key's signature.
     let other = key_sig_by_other(&r);
-    assert!(verify(&bundle(r.clone(), other, c1.clone()), &policy, NOW).unwrap_err().has(ReasonKind::Signature));
+    assert!(verify(&bundle(r.clone(), other, c1.clone()), &policy, NOW)
+        .unwrap_err()
+        .has(ReasonKind::Signature));
     // A measurement the policy does not list.
     let pinned = opted_in(&format!("[\"{}\"]", "00".repeat(48)));
-    assert!(verify(&bundle(r, s, c1), &pinned, NOW).unwrap_err().has(ReasonKind::Policy));
+    assert!(verify(&bundle(r, s, c1), &pinned, NOW)
+        .unwrap_err()
+        .has(ReasonKind::Policy));
 }
 
 fn key_sig_by_other(report: &[u8]) -> Vec<u8> {
