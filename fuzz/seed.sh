@@ -217,4 +217,71 @@ rm -f "$corpus/bundle/snp-genoa-v5-oak.cbor" "$corpus/bundle/tdx-gtg-spr-e4.cbor
 } >"$corpus/bundle/tdx-gtg-spr-e4.cbor"
 n_bundle=3
 
+# The protocol targets need no vectors: their seeds are written here.
+ptmp="$(mktemp -d)"
+trap 'rm -f "$tmp"; rm -rf "$ptmp"' EXIT
+mkdir -p "$corpus/frame_decoder" "$corpus/sealed_request" "$corpus/receipt"
+# frame HEADER: length (u32 BE), stream id (u32 BE), type (u8); then the payload.
+frame() { # frame STREAM TYPE PAYLOAD_TEXT
+    local n=${#3}
+    printf "\\x$(printf %02x $((n >> 24 & 255)))\\x$(printf %02x $((n >> 16 & 255)))\\x$(printf %02x $((n >> 8 & 255)))\\x$(printf %02x $((n & 255)))"
+    printf "\\x00\\x00\\x00\\x$(printf %02x "$1")\\x$(printf %02x "$2")"
+    printf '%s' "$3"
+}
+frames() {
+    frame 0 6 ""                     # evidence request
+    frame 1 1 "sealed request bytes" # request
+    frame 1 2 "chunk 0"              # response chunk
+    frame 1 3 "receipt"              # receipt
+    frame 2 5 ""                     # cancel
+    frame 3 4 "model busy"           # error
+}
+# First byte: (bit 4: 256-byte decoder limit) | (push size - 1, 0 = all at once).
+{ printf '\x00'; frames; } >"$corpus/frame_decoder/all-types-whole"
+{ printf '\x02'; frames; } >"$corpus/frame_decoder/all-types-3-byte-pushes"
+{ printf '\x10'; frames; printf '\x00\x00\x01\x01\x00\x00\x00\x01\x02'; } >"$corpus/frame_decoder/over-small-limit"
+{ printf '\x00'; frame 1 1 "x"; printf '\x00\x10\x00\x01\x00\x00\x00\x01\x01'; } >"$corpus/frame_decoder/oversize-header"
+{ printf '\x00'; frame 1 9 "unknown type"; } >"$corpus/frame_decoder/unknown-type"
+{ printf '\x00'; frame 1 2 "cut"; printf '\x00\x00'; } >"$corpus/frame_decoder/truncated"
+# Billing metadata and a sealed request around it (enc and ciphertext are
+# zeros: the decoder does not look inside them).
+{
+    cbor_map 4
+    cbor_text model; cbor_text minilm
+    cbor_text max_tokens; cbor_uint 256
+    cbor_text price_quote_id; cbor_text quote-17
+    cbor_text client_account; cbor_zeros 32
+} >"$ptmp/meta"
+cp "$ptmp/meta" "$corpus/sealed_request/billing-meta"
+{
+    cbor_map 3
+    cbor_text enc; cbor_zeros 32
+    cbor_text meta; cbor_bytes_file "$ptmp/meta"
+    cbor_text ciphertext; cbor_zeros 48
+} >"$corpus/sealed_request/sealed-request"
+# A receipt payload, and a COSE_Sign1 (tag 18) around it with an ES256
+# protected header and a zero signature.
+{
+    cbor_map 9
+    cbor_text request_id; cbor_zeros 32
+    cbor_text model; cbor_text minilm
+    cbor_text prompt_tokens; cbor_uint 12
+    cbor_text completion_tokens; cbor_uint 30
+    cbor_text total_tokens; cbor_uint 42
+    cbor_text unit_price; cbor_map 2; cbor_text prompt; cbor_uint 100; cbor_text completion; cbor_uint 300
+    cbor_text time; cbor_uint 1795000000
+    cbor_text enclave_seq; cbor_uint 7
+    cbor_text client_account; cbor_zeros 32
+} >"$ptmp/payload"
+cp "$ptmp/payload" "$corpus/receipt/payload"
+printf '\xa1\x01\x26' >"$ptmp/protected"
+{
+    cbor_head 6 18; cbor_head 4 4
+    cbor_bytes_file "$ptmp/protected"
+    cbor_map 0
+    cbor_bytes_file "$ptmp/payload"
+    cbor_zeros 64
+} >"$corpus/receipt/cose-sign1-zero-signature"
+echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2 files (in fuzz/corpus/)"
+
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

@@ -20,8 +20,10 @@ use cocoon_verifier::snp::SnpCertificates;
 use cocoon_verifier::{verify_snp, Rejection, SnpPolicy, UnixTime, VerifiedSnp};
 
 mod evidence;
+mod protocol;
 mod tdx;
 pub use evidence::{bundle, tdx_collateral};
+pub use protocol::{frame_decoder, receipt, sealed_request};
 pub use tdx::tdx_quote;
 
 /// The verification time every target uses: 2025-10-01T08:00:00Z.
@@ -38,6 +40,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tdx_quote", tdx_quote),
     ("tdx_collateral", tdx_collateral),
     ("bundle", bundle),
+    ("frame_decoder", frame_decoder),
+    ("sealed_request", sealed_request),
+    ("receipt", receipt),
 ];
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every

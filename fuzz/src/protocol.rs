@@ -1,0 +1,164 @@
+//! The `frame_decoder`, `sealed_request` and `receipt` targets: the bytes of
+//! `cocoon-protocol` that an untrusted host (or a client, for the enclave)
+//! controls. Built without default features, so the response AEAD is the
+//! pure-Rust `aes-gcm` (no aws-lc C code under the sanitizer).
+
+use std::hint::black_box;
+use std::sync::OnceLock;
+
+use cocoon_protocol::frame::{encode, FrameDecoder, FrameError, HEADER_LEN, MAX_PAYLOAD};
+use cocoon_protocol::receipt::{verify_receipt, ReceiptSigner, ReceiptVerifier, UsageReceipt};
+use cocoon_protocol::seal::{
+    open_request, BillingMeta, EvidenceDigest, HpkeSecretKey, SealedRequest,
+};
+
+/// `frame_decoder`: the first byte picks how the rest is cut into pushes
+/// (its low 4 bits + 1 bytes per push, 0 meaning all at once) and whether a
+/// decoder with a 256-byte limit is used; the rest is the byte stream.
+/// Every frame that comes out must re-encode to exactly the bytes it came
+/// from, the decoder must never hold more than it was given, and the same
+/// stream pushed whole must give the same frames and the same verdict.
+pub fn frame_decoder(data: &[u8]) {
+    let Some((&ctl, stream)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(ctl & 0x0f);
+    let small = ctl & 0x10 != 0;
+    let new = || {
+        if small {
+            FrameDecoder::with_max_payload(256)
+        } else {
+            FrameDecoder::new()
+        }
+    };
+
+    let (frames, err) = decode(new(), stream, step);
+    let (whole, whole_err) = decode(new(), stream, 0);
+    assert_eq!(frames, whole, "frames depend on how the input was cut");
+    assert_eq!(err, whole_err, "verdict depends on how the input was cut");
+
+    // Frames are the input's prefix, byte for byte.
+    let mut again = Vec::new();
+    for f in &frames {
+        assert!(f.payload.len() <= if small { 256 } else { MAX_PAYLOAD });
+        again.extend_from_slice(&encode(f.stream_id, f.kind, &f.payload).expect("re-encode"));
+    }
+    assert!(
+        stream.starts_with(&again),
+        "re-encoded frames differ from the input"
+    );
+    if let Some(e) = err {
+        black_box(e.to_string());
+    }
+}
+
+fn decode(
+    mut d: FrameDecoder,
+    stream: &[u8],
+    step: usize,
+) -> (Vec<cocoon_protocol::frame::Frame>, Option<FrameError>) {
+    let mut frames = Vec::new();
+    let pieces: Box<dyn Iterator<Item = &[u8]>> = if step == 0 {
+        Box::new(std::iter::once(stream))
+    } else {
+        Box::new(stream.chunks(step))
+    };
+    let mut pushed = 0usize;
+    for piece in pieces {
+        pushed += piece.len();
+        if let Err(e) = d.push(piece) {
+            while let Ok(Some(f)) = d.next_frame() {
+                frames.push(f);
+            }
+            return (frames, Some(e));
+        }
+        assert!(
+            d.buffered() <= pushed,
+            "decoder holds more than it was given"
+        );
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+        assert!(
+            d.buffered() < HEADER_LEN + MAX_PAYLOAD,
+            "a whole frame left buffered"
+        );
+    }
+    let end = d.finish().err();
+    (frames, end)
+}
+
+fn enclave_key() -> &'static HpkeSecretKey {
+    static KEY: OnceLock<HpkeSecretKey> = OnceLock::new();
+    KEY.get_or_init(|| HpkeSecretKey::derive(b"cocoon-fuzz fixed enclave HPKE key ikm"))
+}
+
+/// `sealed_request`: the input as a sealed request's wire form
+/// ([`SealedRequest::from_cbor`]) and as billing metadata. What decodes
+/// must be canonical (re-encode to the input) and, as a request, must fail
+/// to open under a fixed enclave key (a fuzzer cannot forge AES-GCM).
+pub fn sealed_request(data: &[u8]) {
+    match BillingMeta::from_cbor(data) {
+        Ok(m) => assert_eq!(m.to_cbor(), data, "billing metadata not canonical"),
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
+    let r = match SealedRequest::from_cbor(data) {
+        Ok(r) => r,
+        Err(e) => {
+            black_box(e.to_string());
+            return;
+        }
+    };
+    assert_eq!(r.to_cbor(), data, "sealed request not canonical");
+    assert!(
+        r.billing_meta().is_ok(),
+        "decoded request with bad metadata"
+    );
+    black_box(r.request_id());
+    let opened = open_request(enclave_key(), &EvidenceDigest([0; 32]), &r);
+    assert!(opened.is_err(), "a fuzzed request opened: AEAD bypass");
+}
+
+fn receipt_signer() -> &'static (ReceiptSigner, Vec<u8>) {
+    static KEY: OnceLock<(ReceiptSigner, Vec<u8>)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let s = ReceiptSigner::from_scalar(&[0x42; 32]).expect("fixed receipt key");
+        let pk = s.public_key_sec1();
+        (s, pk)
+    })
+}
+
+/// `receipt`: (1) the input as a signed receipt, verified with a fixed key
+/// (COSE parsing, header checks, signature; acceptance would be a forgery);
+/// (2) the input as a receipt *payload*: decoded strictly, and when it
+/// decodes, signed with the fixed key and verified back to the same value.
+pub fn receipt(data: &[u8]) {
+    let (signer, pk) = receipt_signer();
+    match verify_receipt(data, pk) {
+        Ok(r) => panic!("a fuzzed receipt verified under the fixed key: {r:?}"),
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
+    match UsageReceipt::from_cbor(data) {
+        Ok(r) => {
+            assert_eq!(r.to_cbor(), data, "receipt payload not canonical");
+            let signed = signer.sign(&r).expect("a decoded receipt signs");
+            let back = ReceiptVerifier::new(pk)
+                .expect("fixed key")
+                .verify(&signed)
+                .expect("own signature verifies");
+            assert_eq!(back, r);
+            black_box(r.charge_nanoton());
+        }
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
+}

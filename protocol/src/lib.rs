@@ -1,0 +1,75 @@
+//! Cocoon's wire protocol, sans IO.
+//!
+//! This crate owns the bytes that travel between a client, the untrusted
+//! host agent and the enclave, and the cryptography that makes them safe to
+//! hand to the host. It reads no socket, no file and no clock (time is an
+//! argument), and every decoder returns a typed error on bad input instead
+//! of panicking. The evidence bundle and the claims are not defined here:
+//! they come from `cocoon-attestation` ([`cocoon_attestation::bundle`]), as
+//! do the strict CBOR helpers every decoder here uses.
+//!
+//! * [`seal`] — a request sealed with HPKE (RFC 9180, base mode) to the HPKE
+//!   key the enclave's attested claims name, with the billing metadata the
+//!   host may see ([`seal::BillingMeta`]) bound as associated data.
+//! * [`stream`] — the response: AEAD chunks under keys exported from the
+//!   request's HPKE context, numbered and closed by a final chunk, so a host
+//!   cannot reorder, replay, drop or cut them unnoticed.
+//! * [`receipt`] — usage receipts, COSE_Sign1 (ES256) signed inside the
+//!   enclave, verified by the client and by the host's ledger.
+//! * [`frame`] — host ↔ enclave framing: length-prefixed, bounded, stream
+//!   ids, and an incremental decoder.
+//!
+//! The flow, with the functions that do each step:
+//!
+//! ```text
+//! client                                 host (sees only ciphertext + meta)     enclave
+//! seal_request(pk, digest, meta, body) ─► SealedRequest::from_cbor, billing_meta ─► open_request(sk, digest, ..)
+//! ClientSession::response_opener()                                               EnclaveSession::response_sealer(rng)
+//!   open_chunk() ... finish()         ◄─ forwards chunks                      ◄─ seal_chunk(data, last)
+//! verify_receipt(bytes, attested key) ◄─ verify_receipt + ledger             ◄─ ReceiptSigner::sign(&UsageReceipt)
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod chunk_aead;
+pub mod frame;
+pub mod receipt;
+pub mod seal;
+pub mod stream;
+
+/// The random-number traits the key generation and sealing functions take
+/// (`rand_core` 0.6, as `hpke` and `p256` use it). A caller on a normal OS
+/// passes `&mut rand_core::OsRng`; tests may pass a seeded generator.
+pub use rand_core;
+
+/// Identifies one request everywhere: SHA-256 of the sealed request's wire
+/// bytes ([`seal::SealedRequest::to_cbor`]).
+///
+/// The host, the enclave and the client compute it from the same bytes, so a
+/// receipt names exactly one sealed request; the ledger refuses a second
+/// receipt for the same id, which is what makes a replayed request
+/// unbillable.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub [u8; 32]);
+
+impl RequestId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
