@@ -21,7 +21,7 @@ log "dependency rules"
 bash "$ROOT/.ci/check-deps.sh"
 
 log "verifier builds for wasm32-unknown-unknown"
-if rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
+if rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || timeout 180 rustup target add wasm32-unknown-unknown >/dev/null 2>&1; then
   cargo build -q -p cocoon-verifier --no-default-features --target wasm32-unknown-unknown
   echo "wasm32 build: ok"
 else
