@@ -22,7 +22,6 @@ ensure_toolchain() {
   fi
   local missing=()
   command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (needed to build aws-lc)"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
