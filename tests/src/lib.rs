@@ -126,3 +126,74 @@ pub mod bench {
         format!("{:.3} ms", d.as_secs_f64() * 1e3)
     }
 }
+
+/// Base64 and PEM as the mutation suites need them: decode a PEM chain to
+/// DER, re-armour DER, and the alphabet for flipping characters in place.
+pub mod pem {
+    /// The standard base64 alphabet (RFC 4648 §4).
+    pub const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Decode base64 text (padding and non-alphabet characters must already
+    /// be removed, except `=` which is skipped). Panics on other characters:
+    /// test input only.
+    pub fn decode_base64(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut acc = 0u32;
+        let mut bits = 0;
+        for ch in s.bytes().filter(|b| *b != b'=') {
+            let v = B64.iter().position(|a| *a == ch).expect("base64 character");
+            acc = acc << 6 | v as u32;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+
+    /// The DER of every CERTIFICATE block of a PEM text.
+    pub fn certificates(text: &str) -> Vec<Vec<u8>> {
+        text.split("-----BEGIN CERTIFICATE-----")
+            .skip(1)
+            .map(|blk| {
+                let body: String = blk
+                    .split("-----END CERTIFICATE-----")
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                decode_base64(&body)
+            })
+            .collect()
+    }
+
+    /// Armour DER certificates as PEM (64-character lines).
+    pub fn to_pem(ders: &[Vec<u8>]) -> String {
+        let mut s = String::new();
+        for d in ders {
+            let mut b64 = String::new();
+            for chunk in d.chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+                for i in 0..4 {
+                    if i <= chunk.len() {
+                        b64.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+                    } else {
+                        b64.push('=');
+                    }
+                }
+            }
+            s.push_str("-----BEGIN CERTIFICATE-----\n");
+            for line in b64.as_bytes().chunks(64) {
+                s.push_str(std::str::from_utf8(line).unwrap_or_default());
+                s.push('\n');
+            }
+            s.push_str("-----END CERTIFICATE-----\n");
+        }
+        s
+    }
+}

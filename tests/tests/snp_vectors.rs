@@ -395,13 +395,13 @@ fn a_bit_flip_anywhere_in_a_certificate_is_rejected() {
     // Each certificate of a supplied chain (as DER inside PEM).
     let c = &cases()[0];
     let text = String::from_utf8(c.chain.clone()).unwrap();
-    let ders = pem_ders(&text);
+    let ders = cocoon_tests::pem::certificates(&text);
     assert_eq!(ders.len(), 2);
     for idx in 0..2 {
         for at in (0..ders[idx].len()).step_by(5) {
             let mut d = ders.clone();
             d[idx][at] ^= 0x01;
-            let chain = to_pem(&d);
+            let chain = cocoon_tests::pem::to_pem(&d);
             let res = verify(
                 c,
                 &c.report,
@@ -419,66 +419,6 @@ fn a_bit_flip_anywhere_in_a_certificate_is_rejected() {
             );
         }
     }
-}
-
-fn pem_ders(text: &str) -> Vec<Vec<u8>> {
-    text.split("-----BEGIN CERTIFICATE-----")
-        .skip(1)
-        .map(|blk| {
-            let body: String = blk
-                .split("-----END CERTIFICATE-----")
-                .next()
-                .unwrap()
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            base64_decode(&body)
-        })
-        .collect()
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for ch in s.bytes().filter(|b| *b != b'=') {
-        acc = acc << 6 | A.iter().position(|a| *a == ch).unwrap() as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
-}
-
-fn to_pem(ders: &[Vec<u8>]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for d in ders {
-        let mut b64 = String::new();
-        for chunk in d.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    b64.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    b64.push('=');
-                }
-            }
-        }
-        s.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            s.push_str(std::str::from_utf8(line).unwrap());
-            s.push('\n');
-        }
-        s.push_str("-----END CERTIFICATE-----\n");
-    }
-    s
 }
 
 #[test]

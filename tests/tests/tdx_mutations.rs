@@ -224,7 +224,7 @@ fn signature_value_range(der: &[u8]) -> std::ops::Range<usize> {
     at + h + 1..at + h + l
 }
 
-const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+use cocoon_tests::pem::{decode_base64, B64};
 
 /// One PEM block of the quote's chain: where its base64 characters are in
 /// the quote, and the DER byte each covers.
@@ -258,20 +258,7 @@ fn pem_blocks(c: &Case) -> Vec<PemBlock> {
                 b64.push(ch);
             }
         }
-        let der = {
-            let mut acc = 0u32;
-            let mut bits = 0;
-            let mut der = Vec::new();
-            for ch in b64.bytes().filter(|b| *b != b'=') {
-                acc = acc << 6 | B64.iter().position(|a| *a == ch).unwrap() as u32;
-                bits += 6;
-                if bits >= 8 {
-                    bits -= 8;
-                    der.push((acc >> bits) as u8);
-                }
-            }
-            der
-        };
+        let der = decode_base64(&b64);
         out.push(PemBlock { chars, der });
         from = end;
     }
