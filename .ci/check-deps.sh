@@ -17,5 +17,15 @@ for flags in "" "--no-default-features"; do
     status=1
   fi
 done
-[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate)"
+# The enclave is the trusted computing base: no HTTP server or client, no
+# OpenSSL, no database (DESIGN.md: "the enclave never pulls an HTTP server").
+enclave_forbidden='^(hyper|hyper-util|axum|tower-http|warp|actix-web|reqwest|ureq|curl|curl-sys|openssl|openssl-sys|native-tls|rusqlite|redb)$'
+crates=$(cargo tree -q -e normal -p cocoon-enclave --prefix none | awk '{print $1}' | sort -u)
+bad=$(echo "$crates" | grep -E "$enclave_forbidden" || true)
+if [ -n "$bad" ]; then
+  echo "cocoon-enclave pulls forbidden crates:" >&2
+  echo "$bad" >&2
+  status=1
+fi
+[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate; enclave no HTTP, OpenSSL or database crate)"
 exit $status

@@ -282,6 +282,38 @@ printf '\xa1\x01\x26' >"$ptmp/protected"
     cbor_bytes_file "$ptmp/payload"
     cbor_zeros 64
 } >"$corpus/receipt/cose-sign1-zero-signature"
-echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2 files (in fuzz/corpus/)"
+# Plaintext messages (request bodies, response events) and host API bodies.
+mkdir -p "$corpus/message" "$corpus/api"
+{
+    cbor_map 2
+    cbor_text kind; cbor_text chat
+    cbor_text messages; cbor_head 4 1
+    cbor_map 2; cbor_text role; cbor_text user; cbor_text content; cbor_text "hello"
+} >"$corpus/message/chat-request"
+{
+    cbor_map 2
+    cbor_text kind; cbor_text embeddings
+    cbor_text inputs; cbor_head 4 2; cbor_text a; cbor_text "b c"
+} >"$corpus/message/embeddings-request"
+{ cbor_map 1; cbor_text text; cbor_text "piece"; } >"$corpus/message/text-event"
+{
+    cbor_map 1; cbor_text embedding
+    cbor_map 2; cbor_text index; cbor_uint 1; cbor_text vector; cbor_zeros 8
+} >"$corpus/message/embedding-event"
+{
+    cbor_map 1; cbor_text end
+    cbor_map 2; cbor_text finish; cbor_text stop
+    cbor_text receipt; cbor_bytes_file "$corpus/receipt/cose-sign1-zero-signature"
+} >"$corpus/message/end-event"
+{ cbor_head 4 2; cbor_zeros 3; cbor_bytes_file "$corpus/bundle/claims.cbor"; } >"$corpus/api/evidence-list"
+{
+    cbor_head 4 1
+    cbor_map 3
+    cbor_text ledger_seq; cbor_uint 4
+    cbor_text receipt; cbor_bytes_file "$corpus/receipt/cose-sign1-zero-signature"
+    cbor_text receipt_public_key; cbor_zeros 65
+} >"$corpus/api/receipt-list"
+{ printf '\x03'; printf '\x00\x00\x00\x05hello\x00\x00\x00\x00\x00\x00\x00\x03abc'; } >"$corpus/api/chunk-records"
+echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3 files (in fuzz/corpus/)"
 
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

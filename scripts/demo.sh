@@ -1,27 +1,115 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: verify a real AMD SEV-SNP report
-# (Genoa, from Project Oak's public test data) with its VCEK against AMD's
-# pinned roots, under a policy pinned to its launch measurement, and print
-# the verdict. Then show what a rejection looks like.
+# The main job on an embedded default, on one machine:
+#   1. a host agent (cocoon-host), an enclave (cocoon-enclave on the
+#      SIMULATED TEE: NOT CONFIDENTIAL, for demos only) and a client
+#      (cocoon-client) that verifies the enclave's evidence, seals a question
+#      to it, streams the sealed answer back and checks the signed receipt;
+#   2. the same client under the default policy, refusing the simulated TEE;
+#   3. the verifier on real hardware evidence: an AMD SEV-SNP report (Genoa)
+#      checked against AMD's pinned roots, then a rejection.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
 need_vectors
 cd "$ROOT"
-log "building cocoon-verify (release)"
-cargo build --release -q -p cocoon-verifier --bin cocoon-verify
-BIN="$ROOT/target/release/cocoon-verify"
-V="$COCOON_VECTORS/snp"
+log "building cocoon-enclave, cocoon-host, cocoon-client, cocoon-verify (release; the first build takes a few minutes)"
+cargo build --release -q -p cocoon-enclave -p cocoon-host -p cocoon-client -p cocoon-verifier --bins
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
-log "verifying snp/genoa-v5-oak/report.bin as of 2025-10-01 (the vector's verification time)"
-"$BIN" snp --report "$V/genoa-v5-oak/report.bin" --cert "$V/genoa-v5-oak/vcek.der" \
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_ready() { # file, seconds -> the ready line
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    if grep -q '^ready ' "$1" 2>/dev/null; then grep -m1 '^ready ' "$1"; return 0; fi
+    sleep 0.1
+  done
+  echo "error: no ready line in $1 after $2 s:" >&2
+  cat "$1" >&2
+  return 1
+}
+
+log "starting the enclave on the SIMULATED TEE (NOT CONFIDENTIAL: no hardware isolation, demo only)"
+"$BIN/cocoon-enclave" --tee simulated --listen "unix:$WORK/enclave.sock" 2>"$WORK/enclave.log" &
+PIDS+=($!)
+wait_ready "$WORK/enclave.log" 30 >/dev/null
+grep -m1 "NOT CONFIDENTIAL" "$WORK/enclave.log" >&2 || true
+
+# The host agent verifies its enclave too (it must trust the receipt key it
+# bills by), so it needs a policy that names the simulated TEE's opt-in.
+cat >"$WORK/simulated-policy.toml" <<'TOML'
+release = "cocoon-dev-unmeasured"
+
+# DANGER: accepts the simulated TEE. Nothing is confidential with it: the
+# host can read every prompt and answer. For demos and tests only.
+[dangerous_simulated_tee]
+i_understand_this_is_not_confidential = true
+measurements = "skip"
+TOML
+cat >"$WORK/default-policy.toml" <<'TOML'
+# A policy for real hardware: SEV-SNP guests of one measured image, and no
+# [dangerous_simulated_tee] table, so simulated evidence is refused.
+release = "cocoon-image-2026.11.0"
+
+[snp]
+measurements = ["c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc"]
+min_tcb = "skip"
+vmpl = 0
+report_data = "skip"
+host_data = "skip"
+id_key_digests = "skip"
+author_key_digests = "skip"
+smt = "allowed"
+TOML
+
+log "starting the host agent (public API and loopback-only operator API on free ports)"
+"$BIN/cocoon-host" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  --enclave "unix:$WORK/enclave.sock" --policy "$WORK/simulated-policy.toml" \
+  --ledger "$WORK/ledger.sqlite" 2>"$WORK/host.log" &
+PIDS+=($!)
+ready=$(wait_ready "$WORK/host.log" 30)
+HOST="http://$(sed -E 's/.*listen=([^ ]+).*/\1/' <<<"$ready")"
+ADMIN="http://$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$ready")"
+
+QUESTION="${COCOON_DEMO_QUESTION:-What does a confidential VM protect, and from whom?}"
+log "client: verify the enclave, seal the question, stream the answer, check the receipt"
+echo "question: $QUESTION" >&2
+"$BIN/cocoon-client" chat --provider "$HOST" --policy "$WORK/simulated-policy.toml" \
+  --account-key "$WORK/account.key" --max-tokens 64 "$QUESTION"
+echo
+
+log "the host's ledger now holds the receipt it verified before releasing the answer's last chunk"
+if command -v curl >/dev/null 2>&1; then
+  curl -s "$ADMIN/admin/ledger/export?after=0" | head -c 600
+  echo
+fi
+
+log "the same client under the default policy refuses the simulated TEE and sends nothing"
+set +e
+"$BIN/cocoon-client" chat --provider "$HOST" --policy "$WORK/default-policy.toml" \
+  --account-key "$WORK/account.key" "this question is never sent"
+code=$?
+set -e
+[ "$code" = 1 ] || { echo "expected exit status 1 for a refused provider, got $code" >&2; exit 1; }
+
+V="$COCOON_VECTORS/snp"
+log "the verifier on real hardware evidence: snp/genoa-v5-oak/report.bin, as of 2025-10-01"
+"$BIN/cocoon-verify" snp --report "$V/genoa-v5-oak/report.bin" --cert "$V/genoa-v5-oak/vcek.der" \
   --measurement c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc \
   --at 2025-10-01T08:00:00Z
 
 log "a Milan report checked against a measurement it does not have; its guest policy also allows debugging"
 set +e
-"$BIN" snp --report "$V/milan-v2-gsg/attestation.bin" --cert "$V/milan-v2-gsg/vcek.der" \
+"$BIN/cocoon-verify" snp --report "$V/milan-v2-gsg/attestation.bin" --cert "$V/milan-v2-gsg/vcek.der" \
   --measurement "$(printf 'ab%.0s' {1..48})" --at 2025-10-01T08:00:00Z
 code=$?
 set -e
 [ "$code" = 1 ] || { echo "expected exit status 1 for a rejection, got $code" >&2; exit 1; }
-log "done: exit status 0 means accepted, 1 rejected, 64 a usage error"
+log "done. Exit status 0 means accepted, 1 rejected, 64 a usage error."
+log "the answer above came from cocoon-enclave's deterministic test backend (NOT A MODEL); real models come with the tch backend"

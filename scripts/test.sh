@@ -8,6 +8,10 @@ need_vectors
 cd "$ROOT"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
+# No incremental caches: a clean CI clone gains nothing from them and they
+# are the largest part of a debug target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+log "disk free before the build: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ')"
 
 log "cargo test --workspace (aws-lc backend)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"
@@ -31,6 +35,9 @@ fi
 if [ -x "$ROOT/.ci/fuzz.sh" ] || [ -f "$ROOT/.ci/fuzz.sh" ]; then
   log "fuzzing briefly"
   bash "$ROOT/.ci/fuzz.sh"
+  # The sanitizer build is only needed again for another fuzz run; a CI
+  # clone (COCOON_PRUNE=1, set by .ci/run) gives its disk back.
+  if [ "${COCOON_PRUNE:-0}" = 1 ]; then rm -rf "$ROOT/fuzz/target"; fi
 fi
 
 log "cargo fmt --check"
@@ -40,6 +47,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 
+log "disk free after the suite: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ')"
 passed=$(grep -oE 'test result: [a-z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -E 'test result:' "$LOG" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo

@@ -23,7 +23,7 @@ mod evidence;
 mod protocol;
 mod tdx;
 pub use evidence::{bundle, tdx_collateral};
-pub use protocol::{frame_decoder, receipt, sealed_request};
+pub use protocol::{api, frame_decoder, message, receipt, sealed_request};
 pub use tdx::tdx_quote;
 
 /// The verification time every target uses: 2025-10-01T08:00:00Z.
@@ -43,6 +43,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("frame_decoder", frame_decoder),
     ("sealed_request", sealed_request),
     ("receipt", receipt),
+    ("message", message),
+    ("api", api),
 ];
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every

@@ -162,3 +162,66 @@ pub fn receipt(data: &[u8]) {
         }
     }
 }
+
+/// `message`: the plaintext formats the enclave decodes from a client
+/// (request body) and the client decodes from the enclave (response
+/// events), each under both values of the chunk's last flag. Whatever
+/// decodes must re-encode to exactly the input (canonical), and an `end`
+/// event must decode only as a last chunk.
+pub fn message(data: &[u8]) {
+    use cocoon_protocol::message::{InferenceRequest, ResponseEvent};
+    match InferenceRequest::from_cbor(data) {
+        Ok(r) => assert_eq!(r.to_cbor(), data, "request body not canonical"),
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
+    for last in [false, true] {
+        match ResponseEvent::decode(data, last) {
+            Ok(ev) => {
+                assert_eq!(ev.to_cbor(), data, "event not canonical");
+                assert_eq!(ev.is_end(), last, "end event outside the last chunk");
+            }
+            Err(e) => {
+                black_box(e.to_string());
+            }
+        }
+    }
+}
+
+/// `api`: the host API bodies a client decodes (evidence list, receipt
+/// list) and the chunk-record stream of a response, cut at every step the
+/// first byte picks. Records that come out must re-encode to the input's
+/// prefix.
+pub fn api(data: &[u8]) {
+    use cocoon_protocol::api::{
+        encode_chunk_record, ChunkRecordDecoder, EvidenceList, ReceiptList,
+    };
+    if let Ok(l) = EvidenceList::from_cbor(data) {
+        assert_eq!(EvidenceList::from_cbor(&l.to_cbor()).as_ref(), Ok(&l));
+    }
+    if let Ok(l) = ReceiptList::from_cbor(data) {
+        assert_eq!(ReceiptList::from_cbor(&l.to_cbor()).as_ref(), Ok(&l));
+    }
+    let Some((&ctl, body)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(ctl) + 1;
+    let mut d = ChunkRecordDecoder::new();
+    let mut again = Vec::new();
+    'feed: for piece in body.chunks(step) {
+        d.push(piece);
+        loop {
+            match d.next_record() {
+                Ok(Some(r)) => encode_chunk_record(&r, &mut again).expect("decoded record re-encodes"),
+                Ok(None) => break,
+                Err(e) => {
+                    black_box(e.to_string());
+                    break 'feed;
+                }
+            }
+        }
+    }
+    assert_eq!(&body[..again.len()], &again[..], "records are not the input's prefix");
+    black_box(d.finish().is_ok());
+}

@@ -18,6 +18,14 @@
 //!   enclave, verified by the client and by the host's ledger.
 //! * [`frame`] — host ↔ enclave framing: length-prefixed, bounded, stream
 //!   ids, and an incremental decoder.
+//! * [`message`] — the plaintext inside: the request body (chat or
+//!   embeddings) and the response events, the last of which carries the
+//!   receipt.
+//! * [`account`] — client accounts: the id the billing metadata names and
+//!   the signatures with which an account authorises a request or reads its
+//!   receipts.
+//! * [`api`] — the host agent's HTTP API: paths, headers, and the bodies
+//!   (evidence list, chunk records, receipt list).
 //!
 //! The flow, with the functions that do each step:
 //!
@@ -31,8 +39,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod account;
+pub mod api;
 mod chunk_aead;
 pub mod frame;
+pub mod message;
 pub mod receipt;
 pub mod seal;
 pub mod stream;

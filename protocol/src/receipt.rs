@@ -198,6 +198,107 @@ impl UsageReceipt {
     }
 }
 
+/// What a request's billing metadata lets its receipt say: the same request
+/// id, account and model, and no more completion tokens than were paid
+/// for. The client and the host's ledger both hold a receipt to this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingExpectation {
+    /// The request's id.
+    pub request_id: RequestId,
+    /// The paying account from the billing metadata.
+    pub account: [u8; 32],
+    /// The model from the billing metadata.
+    pub model: String,
+    /// The completion-token limit from the billing metadata.
+    pub max_tokens: u32,
+}
+
+impl BillingExpectation {
+    /// The expectations a request's billing metadata sets.
+    pub fn of(request_id: RequestId, meta: &crate::seal::BillingMeta) -> BillingExpectation {
+        BillingExpectation {
+            request_id,
+            account: meta.client_account,
+            model: meta.model.clone(),
+            max_tokens: meta.max_tokens,
+        }
+    }
+}
+
+/// How a genuine receipt differs from what its request allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiptMismatch {
+    /// It names another request.
+    #[error("receipt is for request {got}, not {expected}")]
+    WrongRequest {
+        /// The request it should name.
+        expected: RequestId,
+        /// The request it names.
+        got: RequestId,
+    },
+    /// It bills another account.
+    #[error("receipt bills account {}, not {}", hex32(got), hex32(expected))]
+    WrongAccount {
+        /// The account it should bill.
+        expected: [u8; 32],
+        /// The account it bills.
+        got: [u8; 32],
+    },
+    /// It names another model.
+    #[error("receipt names model {got:?}, not {expected:?}")]
+    WrongModel {
+        /// The model asked for.
+        expected: String,
+        /// The model it names.
+        got: String,
+    },
+    /// More completion tokens than the request paid for.
+    #[error("receipt bills {got} completion tokens, more than the {max} paid for")]
+    TooManyTokens {
+        /// The request's limit.
+        max: u32,
+        /// What the receipt bills.
+        got: u64,
+    },
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl UsageReceipt {
+    /// Check this (already verified) receipt against its request's billing
+    /// metadata: request id, account, model, then the token limit.
+    pub fn matches(&self, e: &BillingExpectation) -> Result<(), ReceiptMismatch> {
+        if self.request_id != e.request_id {
+            return Err(ReceiptMismatch::WrongRequest {
+                expected: e.request_id,
+                got: self.request_id,
+            });
+        }
+        if self.client_account != e.account {
+            return Err(ReceiptMismatch::WrongAccount {
+                expected: e.account,
+                got: self.client_account,
+            });
+        }
+        if self.model != e.model {
+            return Err(ReceiptMismatch::WrongModel {
+                expected: e.model.clone(),
+                got: self.model.clone(),
+            });
+        }
+        if self.completion_tokens > u64::from(e.max_tokens) {
+            return Err(ReceiptMismatch::TooManyTokens {
+                max: e.max_tokens,
+                got: self.completion_tokens,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The only protected header a receipt may have.
 fn protected_header() -> coset::Header {
     HeaderBuilder::new()

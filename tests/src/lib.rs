@@ -57,6 +57,8 @@ pub fn unhex(s: &serde_json::Value) -> Vec<u8> {
     hex::decode(s.as_str().expect("hex string")).expect("valid hex")
 }
 
+pub mod procs;
+
 /// Side-by-side timing for the benchmarks: interleaved rounds, medians, and
 /// the bench/test-mode switch criterion uses. Machines here are shared, so
 /// benchmarks report ratios of medians taken in the same run.

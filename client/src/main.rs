@@ -1,0 +1,536 @@
+//! `cocoon-client`: ask a provider's verified enclave a question
+//! (`chat`), or run a local OpenAI-compatible endpoint over it (`serve`).
+//!
+//! Exit codes (sysexits): 0 ok, 1 verification or protocol failure, 64
+//! usage error (bad arguments, unreadable policy or key file), 69 the
+//! provider is unreachable.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use cocoon_client::serve::ServeOptions;
+use cocoon_client::{
+    AttestedEnclave, Client, ClientError, ClientOptions, Completed, ResponsePart, VerifiedProvider,
+    SIMULATED_TEE_WARNING,
+};
+use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_verifier::Policy;
+use serde_json::{json, Value};
+
+const EX_FAILURE: u8 = 1;
+const EX_USAGE: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+
+/// Talk to a Cocoon provider: verify its enclaves' evidence under a policy,
+/// send requests only they can read, and check the signed usage receipts.
+#[derive(Parser)]
+#[command(name = "cocoon-client", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify the provider, ask one question, stream the answer to stdout,
+    /// and print the verified receipt.
+    Chat(ChatArgs),
+    /// Verify the provider, then serve an OpenAI-compatible API locally
+    /// (GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The provider's host agent, e.g. https://provider.example:8443
+    #[arg(long, value_name = "URL")]
+    provider: String,
+    /// Policy file (TOML) listing the reference values evidence must meet.
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// Account key file (hex P-256 scalar, mode 0600); created if missing.
+    /// Default: $HOME/.config/cocoon/account.key
+    #[arg(long, value_name = "FILE")]
+    account_key: Option<PathBuf>,
+    /// Price quote to request at (default: the provider's list price).
+    #[arg(long, value_name = "ID", default_value = "list")]
+    price_quote_id: String,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Model to ask (default: the first model the verified evidence lists).
+    #[arg(long)]
+    model: Option<String>,
+    /// Most completion tokens to generate and pay for.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+    /// A system message sent before the question.
+    #[arg(long)]
+    system: Option<String>,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// The question.
+    question: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address to listen on (port 0 picks a free port; the `ready` line on
+    /// stderr names the real one).
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    listen: SocketAddr,
+    /// Look at the provider's evidence again at most this often, before a
+    /// request (seconds).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    evidence_refresh: u64,
+    /// Completion-token limit for requests that name none.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: u32,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+    kind: &'static str,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EX_USAGE,
+            message: message.into(),
+            kind: "usage",
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let (code, kind) = if e.is_unreachable() {
+            (EX_UNAVAILABLE, "unreachable")
+        } else if e.is_verification_failure() {
+            (EX_FAILURE, "verification")
+        } else {
+            (EX_FAILURE, "protocol")
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+            kind,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let (json_mode, result) = match cli.command {
+        Command::Chat(a) => (a.json, chat(a).await),
+        Command::Serve(a) => (false, serve(a).await),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if json_mode {
+                println!(
+                    "{}",
+                    json!({"error": {"message": f.message, "kind": f.kind}})
+                );
+            } else {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn default_account_path() -> Result<PathBuf, Failure> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(&h).join(".config/cocoon/account.key"))
+        .ok_or_else(|| Failure::usage("HOME is not set: pass --account-key FILE"))
+}
+
+fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
+    let url = reqwest::Url::parse(&common.provider)
+        .map_err(|e| Failure::usage(format!("--provider {}: {e}", common.provider)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Failure::usage(format!(
+            "--provider {}: must be an http:// or https:// URL",
+            common.provider
+        )));
+    }
+    let text = std::fs::read_to_string(&common.policy)
+        .map_err(|e| Failure::usage(format!("policy file {}: {e}", common.policy.display())))?;
+    let policy = Policy::from_toml(&text)
+        .map_err(|e| Failure::usage(format!("policy file {}: {e}", common.policy.display())))?;
+    let path = match &common.account_key {
+        Some(p) => p.clone(),
+        None => default_account_path()?,
+    };
+    let (account, created) = cocoon_client::load_or_create_account_key(&path)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    if created {
+        eprintln!(
+            "created a new account key in {} (keep it: it is who pays)",
+            path.display()
+        );
+    }
+    eprintln!("account {} ({})", account.id(), path.display());
+    let mut options = options;
+    options.price_quote_id = common.price_quote_id.clone();
+    Ok(Client::with_options(url.as_str(), policy, account, options))
+}
+
+fn enclave_json(e: &AttestedEnclave) -> Value {
+    let c = e.claims();
+    json!({
+        "platform": e.platform().as_str(),
+        "confidential": e.platform().is_confidential(),
+        "image_id": c.image_id,
+        "models": c.model_digests.iter().map(|m| json!({"name": m.name, "sha256": hex::encode(m.sha256)})).collect::<Vec<_>>(),
+        "evidence_digest": hex::encode(e.evidence_digest().as_bytes()),
+        "receipt_public_key": hex::encode(e.receipt_public_key()),
+        "config_digest": hex::encode(c.config_digest),
+        "gpu_evidence_digest": c.gpu_evidence_digest.map(hex::encode),
+        "epoch": c.epoch,
+    })
+}
+
+fn print_verified(client: &Client, p: &VerifiedProvider) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "provider        {}", client.provider());
+    let _ = writeln!(e, "policy release  {}", p.release());
+    let _ = writeln!(
+        e,
+        "verified        {} of {} enclave(s) at {}",
+        p.enclaves().len(),
+        p.enclaves().len() + p.rejected().len(),
+        utc(p.verified_at().0)
+    );
+    for a in p.enclaves() {
+        let c = a.claims();
+        let _ = writeln!(e, "enclave #{}", a.bundle_index());
+        let _ = writeln!(e, "  platform        {}", a.platform());
+        if !a.platform().is_confidential() {
+            let _ = writeln!(e, "  !!! {SIMULATED_TEE_WARNING} !!!");
+        }
+        let _ = writeln!(e, "  image_id        {}", c.image_id);
+        for m in &c.model_digests {
+            let _ = writeln!(
+                e,
+                "  model           {} (sha256 {})",
+                m.name,
+                hex::encode(m.sha256)
+            );
+        }
+        let _ = writeln!(
+            e,
+            "  evidence digest {}",
+            hex::encode(a.evidence_digest().as_bytes())
+        );
+        let _ = writeln!(
+            e,
+            "  receipt key     {}",
+            hex::encode(a.receipt_public_key())
+        );
+        let _ = writeln!(e, "  config digest   {}", hex::encode(c.config_digest));
+        let _ = writeln!(
+            e,
+            "  gpu evidence    {}",
+            c.gpu_evidence_digest
+                .map(hex::encode)
+                .unwrap_or_else(|| "none".into())
+        );
+        let _ = writeln!(e, "  epoch           {}", c.epoch);
+    }
+    for r in p.rejected() {
+        let _ = writeln!(e, "{r}");
+    }
+}
+
+fn receipt_json(c: &Completed) -> Value {
+    let r = &c.receipt;
+    json!({
+        "request_id": r.request_id.to_string(),
+        "model": r.model,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.total_tokens,
+        "unit_price_nanoton": {"prompt": r.unit_price.prompt, "completion": r.unit_price.completion},
+        "charge_nanoton": r.charge_nanoton().map(|n| n.to_string()),
+        "enclave_seq": r.enclave_seq,
+        "time": r.time,
+        "client_account": hex::encode(r.client_account),
+        "signature_verified_with_attested_key": true,
+        "cose_sign1_base64": base64::engine::general_purpose::STANDARD.encode(&c.receipt_bytes),
+    })
+}
+
+fn print_receipt(c: &Completed) {
+    let r = &c.receipt;
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "receipt");
+    let _ = writeln!(e, "  request id      {}", r.request_id);
+    let _ = writeln!(e, "  model           {}", r.model);
+    let _ = writeln!(
+        e,
+        "  tokens          prompt {}, completion {}, total {}",
+        r.prompt_tokens, r.completion_tokens, r.total_tokens
+    );
+    let _ = writeln!(
+        e,
+        "  prices          prompt {} nanoton/token, completion {} nanoton/token",
+        r.unit_price.prompt, r.unit_price.completion
+    );
+    let _ = writeln!(
+        e,
+        "  charge          {} nanoton",
+        r.charge_nanoton()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "overflow".into())
+    );
+    let _ = writeln!(e, "  enclave_seq     {}", r.enclave_seq);
+    let _ = writeln!(e, "  time            {} ({})", r.time, utc(r.time));
+    let _ = writeln!(e, "  finish          {}", finish_text(&c.finish));
+    let _ = writeln!(e, "  signature verified with the attested receipt key");
+}
+
+fn finish_text(f: &FinishReason) -> String {
+    match f {
+        FinishReason::Stop => "stop".into(),
+        FinishReason::Length => "length (max tokens reached)".into(),
+        FinishReason::Error(m) => format!("error: {m}"),
+    }
+}
+
+async fn chat(a: ChatArgs) -> Result<(), Failure> {
+    let client = setup(&a.common, ClientOptions::default())?;
+    let provider = client.verify().await?;
+    if a.json {
+        for e in provider.enclaves() {
+            if !e.platform().is_confidential() {
+                eprintln!("!!! {SIMULATED_TEE_WARNING} !!!");
+                break;
+            }
+        }
+    } else {
+        print_verified(&client, &provider);
+    }
+    let model = match a.model {
+        Some(m) => m,
+        None => {
+            let m = provider
+                .models()
+                .into_iter()
+                .next()
+                .ok_or_else(|| Failure {
+                    code: EX_FAILURE,
+                    message: "the verified enclaves serve no model".into(),
+                    kind: "protocol",
+                })?;
+            if !a.json {
+                eprintln!(
+                    "model           {m} (the first the evidence lists; choose with --model)"
+                );
+            }
+            m
+        }
+    };
+    let mut messages = Vec::new();
+    if let Some(s) = a.system {
+        messages.push(ChatMessage {
+            role: Role::System,
+            content: s,
+        });
+    }
+    messages.push(ChatMessage {
+        role: Role::User,
+        content: a.question,
+    });
+    let mut stream = client.chat(&model, messages, a.max_tokens).await?;
+    let enclave = stream.enclave().clone();
+    let mut answer = String::new();
+    let mut out = std::io::stdout();
+    let completed = loop {
+        let part = stream.next().await.map_err(|e| {
+            if !a.json && !answer.is_empty() {
+                println!();
+            }
+            Failure::from(ClientError::from(e))
+        })?;
+        match part {
+            Some(ResponsePart::Text(t)) => {
+                if !a.json {
+                    let _ = out.write_all(t.as_bytes());
+                    let _ = out.flush();
+                }
+                answer.push_str(&t);
+            }
+            Some(ResponsePart::Completed(c)) => break *c,
+            Some(_) => {}
+            None => {
+                return Err(Failure::from(ClientError::from(
+                    cocoon_client::ResponseError::Ended,
+                )))
+            }
+        }
+    };
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "provider": client.provider(),
+                "enclave": enclave_json(&enclave),
+                "model": model,
+                "answer": answer,
+                "finish": match &completed.finish {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                    FinishReason::Error(_) => "error",
+                },
+                "usage": {
+                    "prompt_tokens": completed.usage.prompt_tokens,
+                    "completion_tokens": completed.usage.completion_tokens,
+                    "total_tokens": completed.usage.total_tokens,
+                },
+                "evidence_digest": hex::encode(completed.evidence_digest.as_bytes()),
+                "receipt": receipt_json(&completed),
+            })
+        );
+    } else {
+        if !answer.ends_with('\n') {
+            println!();
+        }
+        print_receipt(&completed);
+    }
+    if let FinishReason::Error(m) = &completed.finish {
+        return Err(Failure {
+            code: EX_FAILURE,
+            message: format!("the enclave could not serve the request: {m}"),
+            kind: "enclave",
+        });
+    }
+    Ok(())
+}
+
+async fn serve(a: ServeArgs) -> Result<(), Failure> {
+    let mut options = ClientOptions::default();
+    options.evidence_refresh = Duration::from_secs(a.evidence_refresh);
+    let client = setup(&a.common, options)?;
+    let provider = client.verify().await?;
+    print_verified(&client, &provider);
+    if !a.listen.ip().is_loopback() {
+        eprintln!(
+            "WARNING: listening on {}: anyone who can reach it can send requests paid by this account",
+            a.listen
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| Failure {
+            code: EX_FAILURE,
+            message: format!("cannot listen on {}: {e}", a.listen),
+            kind: "listen",
+        })?;
+    let addr = listener.local_addr().map_err(|e| Failure {
+        code: EX_FAILURE,
+        message: format!("listener address: {e}"),
+        kind: "listen",
+    })?;
+    eprintln!("ready listen={addr}");
+    let mut serve_options = ServeOptions::default();
+    serve_options.default_max_tokens = a.default_max_tokens;
+    cocoon_client::serve::run(listener, client, serve_options, shutdown_signal())
+        .await
+        .map_err(|e| Failure {
+            code: EX_FAILURE,
+            message: format!("serving: {e}"),
+            kind: "listen",
+        })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("shutting down");
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (proleptic Gregorian, UTC).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+}

@@ -1,0 +1,563 @@
+//! A local OpenAI-compatible endpoint over a [`Client`]: programs that
+//! speak the OpenAI API talk to `127.0.0.1`, and every request goes sealed
+//! to a verified enclave, with its answer and receipt checked.
+//!
+//! Owns the translation between OpenAI's JSON (chat completions, streamed
+//! as server-sent events, embeddings, models) and the SDK, and the mapping
+//! of SDK errors to OpenAI-style errors
+//! (`{"error": {"message", "type", "code"}}`): `400` bad request, `404`
+//! unknown model, `429` rate limited by the provider, `502` the provider
+//! or the response failed, `503` the provider's evidence does not verify
+//! (the message lists every rejection). Verification and re-verification
+//! are the [`Client`]'s: each request first calls
+//! [`Client::ensure_verified`].
+//!
+//! Every answer carries a `"cocoon"` object: the signed receipt (base64),
+//! the request id and evidence digest (hex) and the platform. Token counts
+//! in `usage` come from the verified receipt.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::{unix_now, Client, ClientError};
+use crate::response::{Completed, ResponsePart, ResponseStream};
+
+/// Settings of the endpoint; start from `ServeOptions::default()`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Completion-token limit when a request names none (default 256).
+    pub default_max_tokens: u32,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            default_max_tokens: 256,
+        }
+    }
+}
+
+struct AppState {
+    client: Client,
+    options: ServeOptions,
+}
+
+/// The endpoint's routes: `GET /v1/models`, `POST /v1/chat/completions`,
+/// `POST /v1/embeddings`.
+pub fn router(client: Client, options: ServeOptions) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
+        .fallback(not_found)
+        .with_state(Arc::new(AppState { client, options }))
+}
+
+/// Serve on `listener` until `shutdown` completes, then let requests in
+/// flight finish. The caller verifies the provider first (the CLI prints
+/// `ready` only after that).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    client: Client,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Server-sent events are small writes: send them at once (no Nagle).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(client, options))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An OpenAI-style error.
+struct ApiErr {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiErr {
+    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiErr {
+        ApiErr {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let mut r = json_response(self.status, &self.body());
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+impl From<ClientError> for ApiErr {
+    fn from(e: ClientError) -> ApiErr {
+        let message = e.to_string();
+        let (status, kind, code) = match &e {
+            ClientError::Verification(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_not_verified",
+                "attestation_failed",
+            ),
+            ClientError::EvidenceUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_not_verified",
+                "evidence_unavailable",
+            ),
+            ClientError::ModelNotServed { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            ClientError::InvalidRequest(_) | ClientError::Seal(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+            ),
+            ClientError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limited",
+            ),
+            ClientError::Unreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "provider_error",
+                "provider_unreachable",
+            ),
+            ClientError::Response(_) => (
+                StatusCode::BAD_GATEWAY,
+                "provider_error",
+                "response_verification_failed",
+            ),
+            ClientError::EnclaveFailed { .. } => {
+                (StatusCode::BAD_GATEWAY, "provider_error", "enclave_error")
+            }
+            _ => (StatusCode::BAD_GATEWAY, "provider_error", "provider_error"),
+        };
+        let retry_after = match &e {
+            ClientError::RateLimited { retry_after, .. } => retry_after.map(|d| d.as_secs()),
+            _ => None,
+        };
+        ApiErr {
+            status,
+            kind,
+            code,
+            message,
+            retry_after,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn not_found() -> ApiErr {
+    ApiErr {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        code: "unknown_url",
+        message: "unknown path; this endpoint serves GET /v1/models, POST /v1/chat/completions and POST /v1/embeddings".into(),
+        retry_after: None,
+    }
+}
+
+async fn models(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr> {
+    let provider = app.client.ensure_verified().await?;
+    let mut data: Vec<Value> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for e in provider.enclaves() {
+        for m in &e.claims().model_digests {
+            if seen.contains(&m.name.as_str()) {
+                continue;
+            }
+            seen.push(&m.name);
+            data.push(json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "cocoon",
+                "cocoon": {
+                    "sha256": hex::encode(m.sha256),
+                    "platform": e.platform().as_str(),
+                    "evidence_digest": hex::encode(e.evidence_digest().as_bytes()),
+                    "image_id": e.claims().image_id,
+                },
+            }));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": data}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    n: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct InMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiErr::bad_request("invalid_json", format!("invalid request body: {e}")))
+}
+
+fn to_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr> {
+    input
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                // OpenAI's newer name for system instructions.
+                "developer" => Role::System,
+                r => Role::from_name(r).ok_or_else(|| {
+                    ApiErr::bad_request(
+                        "invalid_role",
+                        format!(
+                            "messages[{i}].role {r:?} is not supported (system, developer, user, assistant)"
+                        ),
+                    )
+                })?,
+            };
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => s.push_str(&t),
+                            (k, _) => {
+                                return Err(ApiErr::bad_request(
+                                    "unsupported_content",
+                                    format!("messages[{i}]: content of type {k:?} is not supported (text only)"),
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+            };
+            Ok(ChatMessage { role, content })
+        })
+        .collect()
+}
+
+fn finish_name(f: &FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Error(_) => "error",
+    }
+}
+
+fn usage_json(c: &Completed) -> Value {
+    json!({
+        "prompt_tokens": c.usage.prompt_tokens,
+        "completion_tokens": c.usage.completion_tokens,
+        "total_tokens": c.usage.total_tokens,
+    })
+}
+
+/// The `"cocoon"` extension object.
+fn cocoon_json(c: &Completed) -> Value {
+    json!({
+        "receipt": base64::engine::general_purpose::STANDARD.encode(&c.receipt_bytes),
+        "request_id": c.request_id.to_string(),
+        "evidence_digest": hex::encode(c.evidence_digest.as_bytes()),
+        "platform": c.platform.as_str(),
+        "confidential": c.platform.is_confidential(),
+        "receipt_verified": true,
+        "enclave_seq": c.receipt.enclave_seq,
+        "charge_nanoton": c.receipt.charge_nanoton().map(|n| n.to_string()),
+    })
+}
+
+fn enclave_failed(c: &Completed) -> Option<ApiErr> {
+    match &c.finish {
+        FinishReason::Error(m) => Some(ApiErr {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "provider_error",
+            code: "enclave_error",
+            message: format!("the enclave could not serve the request: {m}"),
+            retry_after: None,
+        }),
+        _ => None,
+    }
+}
+
+async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiErr> {
+    let req: ChatRequest = parse_json(&body)?;
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiErr::bad_request(
+            "unsupported_parameter",
+            "only n = 1 is supported",
+        ));
+    }
+    let messages = to_messages(req.messages)?;
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(app.options.default_max_tokens);
+    let stream = app.client.chat(&req.model, messages, max_tokens).await?;
+    let id = format!("chatcmpl-{}", stream.request_id());
+    let created = unix_now().0;
+    if req.stream.unwrap_or(false) {
+        return Ok(sse_response(stream, id, created, req.model));
+    }
+    let (text, completed) = stream.collect_text().await.map_err(ClientError::from)?;
+    if let Some(e) = enclave_failed(&completed) {
+        return Err(e);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_name(&completed.finish),
+            }],
+            "usage": usage_json(&completed),
+            "cocoon": cocoon_json(&completed),
+        }),
+    ))
+}
+
+enum SsePhase {
+    Start,
+    Reading,
+    Done,
+    Finished,
+}
+
+struct SseState {
+    stream: ResponseStream,
+    phase: SsePhase,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl SseState {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    }
+
+    fn error_event(&mut self, e: ApiErr) -> Event {
+        self.phase = SsePhase::Finished;
+        Event::default().event("error").data(e.body().to_string())
+    }
+
+    async fn next_event(&mut self) -> Option<Event> {
+        match self.phase {
+            SsePhase::Start => {
+                self.phase = SsePhase::Reading;
+                let c = self.chunk(json!({"role": "assistant", "content": ""}), None);
+                Some(Event::default().data(c.to_string()))
+            }
+            SsePhase::Reading => loop {
+                match self.stream.next().await {
+                    Ok(Some(ResponsePart::Text(t))) => {
+                        if t.is_empty() {
+                            continue;
+                        }
+                        let c = self.chunk(json!({"content": t}), None);
+                        return Some(Event::default().data(c.to_string()));
+                    }
+                    Ok(Some(ResponsePart::Completed(c))) => {
+                        if let Some(e) = enclave_failed(&c) {
+                            return Some(self.error_event(e));
+                        }
+                        self.phase = SsePhase::Done;
+                        let mut v = self.chunk(json!({}), Some(finish_name(&c.finish)));
+                        v["usage"] = usage_json(&c);
+                        v["cocoon"] = cocoon_json(&c);
+                        return Some(Event::default().data(v.to_string()));
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        let e =
+                            ApiErr::from(ClientError::from(crate::response::ResponseError::Ended));
+                        return Some(self.error_event(e));
+                    }
+                    Err(e) => {
+                        tracing::warn!(request = %self.id, "response refused mid-stream: {e}");
+                        return Some(self.error_event(ApiErr::from(ClientError::from(e))));
+                    }
+                }
+            },
+            SsePhase::Done => {
+                self.phase = SsePhase::Finished;
+                Some(Event::default().data("[DONE]"))
+            }
+            SsePhase::Finished => None,
+        }
+    }
+}
+
+fn sse_response(stream: ResponseStream, id: String, created: u64, model: String) -> Response {
+    let state = SseState {
+        stream,
+        phase: SsePhase::Start,
+        id,
+        created,
+        model,
+    };
+    let events = futures_util::stream::unfold(state, |mut s| async move {
+        s.next_event()
+            .await
+            .map(|e| (Ok::<Event, std::convert::Infallible>(e), s))
+    });
+    Sse::new(events).into_response()
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiErr> {
+    let req: EmbeddingsRequest = parse_json(&body)?;
+    let inputs = match req.input {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(()),
+            })
+            .collect::<Result<Vec<_>, ()>>()
+            .map_err(|()| {
+                ApiErr::bad_request(
+                    "invalid_input",
+                    "input must be a string or an array of strings (token arrays are not supported)",
+                )
+            })?,
+        _ => {
+            return Err(ApiErr::bad_request(
+                "invalid_input",
+                "input must be a string or an array of strings",
+            ))
+        }
+    };
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiErr::bad_request(
+                "invalid_encoding_format",
+                format!("encoding_format {other:?} is not supported (float, base64)"),
+            ))
+        }
+    };
+    let result = app.client.embeddings(&req.model, inputs).await?;
+    let data: Vec<Value> = result
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let c = &result.completed;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": c.usage.prompt_tokens, "total_tokens": c.usage.total_tokens},
+            "cocoon": cocoon_json(c),
+        }),
+    ))
+}

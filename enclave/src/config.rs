@@ -1,0 +1,372 @@
+//! The enclave's configuration: a small TOML file, every field optional.
+//!
+//! Owns the fields, their defaults, their validation and the canonical TOML
+//! form ([`EnclaveConfig::to_canonical_toml`]). The claims' `config_digest`
+//! is SHA-256 of that canonical form, so it describes the configuration the
+//! enclave actually runs (whether read from a file, left at the defaults or
+//! built in code) and does not change with comments or formatting.
+//!
+//! ```toml
+//! image_id = "cocoon-dev-unmeasured"
+//! listen = "vsock:5000"                  # or "unix:/run/cocoon.sock"
+//! max_concurrent = 64                    # requests running at once
+//! max_streams_per_connection = 1024      # open streams per host connection
+//! replay_window = 1048576                # request ids remembered since boot
+//! backend = "deterministic-test"
+//! test_backend_reply_tokens = 48
+//!
+//! [prices."cocoon-deterministic-test"]   # nanoton per token
+//! prompt = 1
+//! completion = 2
+//! ```
+//!
+//! Unknown keys are errors. This module reads no file except in
+//! [`EnclaveConfig::load`] and knows nothing of sockets or keys.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use cocoon_protocol::receipt::UnitPrice;
+use cocoon_protocol::seal::MAX_MODEL_NAME;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::backend::DeterministicTestBackend;
+use crate::transport::ListenAddr;
+
+/// The image id an enclave reports when none is configured: says plainly
+/// that no measured image release backs it.
+pub const DEFAULT_IMAGE_ID: &str = "cocoon-dev-unmeasured";
+/// Default for [`EnclaveConfig::max_concurrent`].
+pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+/// Default for [`EnclaveConfig::max_streams_per_connection`].
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 1024;
+/// Default for [`EnclaveConfig::replay_window`].
+pub const DEFAULT_REPLAY_WINDOW: usize = 1 << 20;
+/// Default for [`EnclaveConfig::test_backend_reply_tokens`].
+pub const DEFAULT_TEST_BACKEND_REPLY_TOKENS: u32 = 48;
+
+/// Upper bounds that keep a typo from exhausting the guest's memory.
+const MAX_MAX_CONCURRENT: usize = 4096;
+const MAX_STREAMS_LIMIT: usize = 1 << 16;
+const MAX_REPLAY_WINDOW: usize = 1 << 24;
+const MAX_IMAGE_ID: usize = 128;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("config {origin}: {message}")]
+    Parse {
+        /// The file, or "(inline)".
+        origin: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value out of its allowed range.
+    #[error("config: {field}: {reason}")]
+    Invalid {
+        /// The key.
+        field: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+/// Which inference backend serves requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// [`DeterministicTestBackend`]: NOT A MODEL.
+    #[default]
+    DeterministicTest,
+}
+
+impl BackendKind {
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::DeterministicTest => "deterministic-test",
+        }
+    }
+}
+
+/// Price of one model, nanoton per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Per prompt token.
+    pub prompt: u64,
+    /// Per completion token.
+    pub completion: u64,
+}
+
+impl From<Price> for UnitPrice {
+    fn from(p: Price) -> UnitPrice {
+        UnitPrice {
+            prompt: p.prompt,
+            completion: p.completion,
+        }
+    }
+}
+
+/// The enclave's configuration. See the [module docs](self) for the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnclaveConfig {
+    /// The image release the enclave says it runs (the measurement is what
+    /// proves it).
+    pub image_id: String,
+    /// Where to listen, unless the command line says otherwise.
+    pub listen: Option<ListenAddr>,
+    /// Most requests running at once across all connections.
+    pub max_concurrent: usize,
+    /// Most open streams on one host connection; more get an error frame.
+    pub max_streams_per_connection: usize,
+    /// How many request ids (since boot) are remembered to refuse replays;
+    /// the oldest is forgotten first.
+    pub replay_window: usize,
+    /// The inference backend.
+    pub backend: BackendKind,
+    /// Reply length, in words, of the deterministic test backend.
+    pub test_backend_reply_tokens: u32,
+    /// Price per model; a served model without an entry is billed at 0.
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Default for EnclaveConfig {
+    fn default() -> Self {
+        EnclaveConfig {
+            image_id: DEFAULT_IMAGE_ID.into(),
+            listen: None,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            backend: BackendKind::DeterministicTest,
+            test_backend_reply_tokens: DEFAULT_TEST_BACKEND_REPLY_TOKENS,
+            prices: BTreeMap::from([(
+                DeterministicTestBackend::MODEL.to_owned(),
+                Price {
+                    prompt: 1,
+                    completion: 2,
+                },
+            )]),
+        }
+    }
+}
+
+impl EnclaveConfig {
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<EnclaveConfig, ConfigError> {
+        Self::parse(text, "(inline)")
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<EnclaveConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<EnclaveConfig, ConfigError> {
+        let c: EnclaveConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.into(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check every value is in range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: field.into(),
+            reason,
+        };
+        if self.image_id.is_empty()
+            || self.image_id.len() > MAX_IMAGE_ID
+            || self.image_id.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "image_id",
+                format!("must be 1 to {MAX_IMAGE_ID} bytes of printable text"),
+            ));
+        }
+        let ranges = [
+            ("max_concurrent", self.max_concurrent, MAX_MAX_CONCURRENT),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection,
+                MAX_STREAMS_LIMIT,
+            ),
+            ("replay_window", self.replay_window, MAX_REPLAY_WINDOW),
+        ];
+        for (field, value, max) in ranges {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("{value} is out of range (1 to {max})"),
+                ));
+            }
+        }
+        for model in self.prices.keys() {
+            if model.is_empty() || model.len() > MAX_MODEL_NAME {
+                return Err(invalid(
+                    "prices",
+                    format!("model name {model:?} must be 1 to {MAX_MODEL_NAME} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The price of `model`, if the table has one.
+    pub fn price(&self, model: &str) -> Option<UnitPrice> {
+        self.prices.get(model).copied().map(UnitPrice::from)
+    }
+
+    /// The canonical TOML of this configuration: every key, in the order of
+    /// the module docs, prices sorted by model name, integers in decimal,
+    /// strings quoted with `\"`, `\\` and `\uXXXX` escapes only, `\n` line
+    /// ends. Parsing it gives back an equal configuration.
+    pub fn to_canonical_toml(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = writeln!(s, "image_id = {}", quote(&self.image_id));
+        if let Some(l) = &self.listen {
+            let _ = writeln!(s, "listen = {}", quote(&l.to_string()));
+        }
+        let _ = writeln!(s, "max_concurrent = {}", self.max_concurrent);
+        let _ = writeln!(
+            s,
+            "max_streams_per_connection = {}",
+            self.max_streams_per_connection
+        );
+        let _ = writeln!(s, "replay_window = {}", self.replay_window);
+        let _ = writeln!(s, "backend = {}", quote(self.backend.as_str()));
+        let _ = writeln!(
+            s,
+            "test_backend_reply_tokens = {}",
+            self.test_backend_reply_tokens
+        );
+        for (model, p) in &self.prices {
+            let _ = write!(
+                s,
+                "\n[prices.{}]\nprompt = {}\ncompletion = {}\n",
+                quote(model),
+                p.prompt,
+                p.completion
+            );
+        }
+        s
+    }
+
+    /// SHA-256 of [`to_canonical_toml`](EnclaveConfig::to_canonical_toml):
+    /// the claims' `config_digest`.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.to_canonical_toml().as_bytes()).into()
+    }
+}
+
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_and_canonical_form_round_trips() {
+        let d = EnclaveConfig::from_toml("").unwrap();
+        assert_eq!(d, EnclaveConfig::default());
+        assert_eq!(d.max_concurrent, 64);
+        assert_eq!(d.test_backend_reply_tokens, 48);
+        assert_eq!(d.image_id, "cocoon-dev-unmeasured");
+        let canon = d.to_canonical_toml();
+        assert_eq!(EnclaveConfig::from_toml(&canon).unwrap(), d);
+        assert!(
+            canon.contains("[prices.\"cocoon-deterministic-test\"]"),
+            "{canon}"
+        );
+
+        let custom = EnclaveConfig::from_toml(
+            "# comment\nimage_id = \"img \\\"q\\\" \\\\ x\"\nlisten = \"unix:/tmp/x y.sock\"\nmax_concurrent = 3\ntest_backend_reply_tokens = 1000\n[prices.\"a.b\"]\nprompt = 5\ncompletion = 7\n[prices.m]\nprompt = 0\ncompletion = 1\n[prices.\"tab\\tin name\"]\nprompt = 0\ncompletion = 0\n",
+        )
+        .unwrap();
+        assert_eq!(custom.max_concurrent, 3);
+        assert_eq!(custom.image_id, "img \"q\" \\ x");
+        assert!(custom.prices.contains_key("tab\tin name"));
+        assert_eq!(
+            custom.listen,
+            Some(ListenAddr::Unix("/tmp/x y.sock".into()))
+        );
+        assert_eq!(
+            custom.price("a.b"),
+            Some(UnitPrice {
+                prompt: 5,
+                completion: 7
+            })
+        );
+        assert_eq!(custom.price("cocoon-deterministic-test"), None);
+        let canon = custom.to_canonical_toml();
+        assert_eq!(EnclaveConfig::from_toml(&canon).unwrap(), custom);
+        assert_ne!(custom.digest(), d.digest());
+        // Formatting does not change the digest; values do.
+        let spaced =
+            EnclaveConfig::from_toml("\n\n  max_concurrent   =   64 # same as default\n").unwrap();
+        assert_eq!(spaced.digest(), d.digest());
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_ranges_are_refused() {
+        for bad in [
+            "max_concurent = 3",
+            "max_concurrent = \"3\"",
+            "max_concurrent = 0",
+            "max_concurrent = 100000",
+            "replay_window = 0",
+            "max_streams_per_connection = 0",
+            "image_id = \"\"",
+            "backend = \"tch\"",
+            "listen = \"tcp:1\"",
+            "[prices.m]\nprompt = 1",
+            "[prices.m]\nprompt = 1\ncompletion = 1\nextra = 2",
+            "[prices.m]\nprompt = -1\ncompletion = 1",
+        ] {
+            let e = EnclaveConfig::from_toml(bad).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{bad}");
+        }
+        let e = EnclaveConfig::from_toml("max_concurrent = 0").unwrap_err();
+        assert!(e.to_string().contains("max_concurrent"), "{e}");
+        let e = EnclaveConfig::load(Path::new("/nonexistent/enclave.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/enclave.toml"), "{e}");
+    }
+}

@@ -1,0 +1,41 @@
+//! The Cocoon enclave: the guest runtime that runs as PID 1 of the measured
+//! image and is the trusted computing base of the network.
+//!
+//! It creates its keys at boot, publishes them in claims bound into platform
+//! evidence, opens the HPKE-sealed requests the untrusted host forwards, runs
+//! inference, and streams back AEAD-sealed responses that end with a signed
+//! usage receipt. It never logs or exposes plaintext: logs carry request ids,
+//! sizes, model names, token counts and error kinds only. It serves no HTTP;
+//! the host talks to it in `cocoon_protocol::frame` frames over vsock (a Unix
+//! socket in tests).
+//!
+//! * [`attest`] — attestation providers: who turns report data into platform
+//!   evidence (the loudly named simulator for now).
+//! * [`backend`] — inference backends: the trait a model implements and the
+//!   deterministic test backend (NOT A MODEL).
+//! * [`config`] — the enclave's TOML configuration and its canonical form,
+//!   whose digest goes into the claims.
+//! * [`transport`] — listen addresses and the listener that yields host
+//!   connections (vsock or Unix socket).
+//! * [`server`] — [`Enclave`]: keys, claims and evidence made at boot, and
+//!   the frame protocol served on every host connection.
+//!
+//! The wire formats (frames, sealed requests, response chunks, receipts,
+//! request bodies and response events) live in `cocoon-protocol`; the
+//! evidence bundle and claims in `cocoon-attestation`. This crate uses them
+//! and defines none of them.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod attest;
+pub mod backend;
+pub mod config;
+mod replay;
+pub mod server;
+pub mod transport;
+
+pub use attest::{AttestError, AttestationProvider, SimulatedProvider};
+pub use backend::{BackendError, ChatOutcome, DeterministicTestBackend, Finish, InferenceBackend};
+pub use config::{ConfigError, EnclaveConfig};
+pub use server::{Enclave, EnclaveError};
+pub use transport::{Connection, ListenAddr, Listener, TransportError};

@@ -1,0 +1,200 @@
+//! `cocoon-enclave`: the guest runtime. Boots the enclave (keys, claims,
+//! evidence), listens for the host on vsock or a Unix socket, and serves
+//! sealed requests until SIGTERM or SIGINT, then drains in-flight requests
+//! for up to 10 s and exits 0.
+//!
+//! Exit codes (sysexits): 64 usage, 70 boot failure, 71 cannot listen,
+//! 78 bad configuration.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use cocoon_enclave::config::BackendKind;
+use cocoon_enclave::{
+    DeterministicTestBackend, Enclave, EnclaveConfig, InferenceBackend, ListenAddr, Listener,
+    SimulatedProvider,
+};
+use tracing::{error, info};
+
+const EX_USAGE: u8 = 64;
+const EX_SOFTWARE: u8 = 70;
+const EX_OSERR: u8 = 71;
+const EX_CONFIG: u8 = 78;
+/// How long the runtime waits for abandoned work after `serve` returned.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The Cocoon enclave runtime (PID 1 of the guest image).
+#[derive(Debug, Parser)]
+#[command(name = "cocoon-enclave", version)]
+struct Cli {
+    /// Where to listen for the host: unix:PATH, vsock:PORT or vsock:CID:PORT.
+    /// Overrides `listen` in the config file.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+
+    /// Configuration file (TOML). Without it the defaults are used.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Attestation provider (required). The only one in this build is
+    /// `simulated`, which is NOT CONFIDENTIAL (no hardware isolation; for
+    /// tests and demos). configfs-tsm (SEV-SNP and TDX) comes with the guest
+    /// image issue.
+    #[arg(long, value_name = "PROVIDER")]
+    tee: Option<String>,
+
+    /// Also print the evidence digest (hex) on its own line to stdout once
+    /// listening, for scripts. Keys are made at boot, so it changes on every
+    /// start.
+    #[arg(long)]
+    print_evidence_digest: bool,
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("cocoon-enclave: {msg}\nTry 'cocoon-enclave --help'.");
+    ExitCode::from(EX_USAGE)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.tee.as_deref() {
+        Some("simulated") => {}
+        Some(other) => {
+            return usage(&format!(
+                "--tee {other:?} is not available in this build: the only provider is 'simulated' (NOT confidential); configfs-tsm comes with the guest image"
+            ))
+        }
+        None => return usage("--tee is required (the only provider in this build is 'simulated', which is NOT confidential)"),
+    }
+    init_logging();
+    // A panic message could quote data being processed: print where, not what.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "unknown location".into());
+        eprintln!("cocoon-enclave: internal error (panic) at {at}; message withheld");
+    }));
+
+    let config = match &cli.config {
+        Some(path) => match EnclaveConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cocoon-enclave: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+        None => EnclaveConfig::default(),
+    };
+    let listen = match (&cli.listen, &config.listen) {
+        (Some(s), _) => match s.parse::<ListenAddr>() {
+            Ok(a) => a,
+            Err(e) => return usage(&e.to_string()),
+        },
+        (None, Some(a)) => a.clone(),
+        (None, None) => {
+            return usage("no listen address: pass --listen or set `listen` in the config")
+        }
+    };
+
+    eprintln!(
+        "cocoon-enclave: SIMULATED TEE — NOT CONFIDENTIAL: there is no hardware isolation; the host can read every prompt, response and key. For tests and demos only."
+    );
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cocoon-enclave: cannot start the async runtime: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let code = runtime.block_on(run(config, listen, cli.print_evidence_digest));
+    // Requests abandoned at the drain deadline may still hold blocking
+    // threads; do not wait for them.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    code
+}
+
+async fn run(config: EnclaveConfig, listen: ListenAddr, print_digest: bool) -> ExitCode {
+    let canonical = config.to_canonical_toml();
+    let mut rng = rand_core::OsRng;
+    let provider = match SimulatedProvider::new(canonical.as_bytes(), &mut rng) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            error!(error = %e, "attestation provider failed");
+            eprintln!("cocoon-enclave: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let backend: Arc<dyn InferenceBackend> = match config.backend {
+        BackendKind::DeterministicTest => Arc::new(DeterministicTestBackend::new(
+            config.test_backend_reply_tokens,
+        )),
+        _ => {
+            eprintln!(
+                "cocoon-enclave: backend {:?} is not built in",
+                config.backend
+            );
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let enclave = match Enclave::new(config, provider, backend, &mut rng) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("cocoon-enclave: boot failed: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    let listener = match Listener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cocoon-enclave: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cocoon-enclave: cannot watch SIGTERM: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let digest = hex::encode(enclave.evidence_digest().0);
+    eprintln!("ready listen={listen} evidence_digest={digest}");
+    if print_digest {
+        println!("{digest}");
+    }
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+    };
+    enclave.serve(listener, shutdown).await;
+    info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -1,0 +1,6 @@
+//! Fuzz target `message`: see [`cocoon_fuzz::message`] for what it feeds where.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| cocoon_fuzz::message(data));

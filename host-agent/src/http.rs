@@ -1,0 +1,449 @@
+//! The public HTTP API, as `cocoon_protocol::api` documents it:
+//! `GET /v1/evidence`, `POST /v1/requests`, `GET /v1/receipts`, and the
+//! probes `/live`, `/ready`, `/metrics`.
+//!
+//! Owns request admission: the body limit, decoding the sealed request, the
+//! routing headers, the account signature, the per-account limits, the
+//! replay check, and turning every refusal into a status with a one-line
+//! `text/plain` reason. Forwarding and the receipt rule are `relay`'s. The
+//! handlers log request ids, sizes, accounts and models, never a body.
+//!
+//! Checks run cheapest first: draining (`503`), body size (`413`),
+//! decoding (`400`), headers (`400`), no verified enclave (`503`), unknown
+//! evidence digest (`409`), account signature (`401`), replay (`409`),
+//! account limits (`429`; after the replay check, so nobody can spend an
+//! account's allowance by replaying its requests), a free stream on the
+//! enclave (`503`).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cocoon_protocol::account::{verify_receipts_query, verify_request_auth, AccountId};
+use cocoon_protocol::api::{
+    ReceiptList, ACCOUNT_KEY_HEADER, ACCOUNT_SIGNATURE_HEADER, ACCOUNT_TIME_HEADER,
+    CBOR_CONTENT_TYPE, CHUNKS_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_PATH, LIVE_PATH,
+    MAX_RECEIPTS_PER_PAGE, METRICS_PATH, READY_PATH, RECEIPTS_PATH, REQUESTS_PATH,
+};
+use cocoon_protocol::seal::{EvidenceDigest, SealedRequest};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::metrics::Outcome;
+use crate::relay::{pump, Exchange, Expected, Head};
+use crate::App;
+
+/// A refused request: status, metrics outcome, one-line reason, and for
+/// `429`/`503` when to retry.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// How it is counted.
+    pub outcome: Outcome,
+    /// One line, no request content.
+    pub reason: String,
+    /// Seconds for `retry-after`.
+    pub retry_after: Option<u64>,
+}
+
+impl Refusal {
+    /// A refusal without `retry-after`.
+    pub fn new(status: StatusCode, outcome: Outcome, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            outcome,
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Refusal {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+/// A one-line `text/plain` answer.
+pub(crate) fn text(status: StatusCode, reason: &str) -> Response {
+    let mut line = reason.replace(['\n', '\r'], " ");
+    line.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        line,
+    )
+        .into_response()
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut r = text(self.status, &self.reason);
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+/// The public router.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    probes(Router::new())
+        .route(EVIDENCE_PATH, get(evidence))
+        .route(REQUESTS_PATH, post(submit))
+        .route(RECEIPTS_PATH, get(receipts))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// `/live`, `/ready`, `/metrics`.
+pub(crate) fn probes(r: Router<Arc<App>>) -> Router<Arc<App>> {
+    r.route(LIVE_PATH, get(live))
+        .route(READY_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics))
+}
+
+pub(crate) async fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn live() -> Response {
+    text(StatusCode::OK, "live")
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    if app.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if app.broker.ready_count() == 0 {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no enclave with verified evidence yet",
+        )
+    } else {
+        text(StatusCode::OK, "ready")
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(app.ledger.stats()),
+    )
+        .into_response()
+}
+
+async fn evidence(State(app): State<Arc<App>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CBOR_CONTENT_TYPE)],
+        app.broker.evidence_list().to_cbor(),
+    )
+        .into_response()
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn hex_header(
+    h: &HeaderMap,
+    name: &str,
+    status: StatusCode,
+    outcome: Outcome,
+) -> Result<Vec<u8>, Refusal> {
+    let v = header_str(h, name)
+        .ok_or_else(|| Refusal::new(status, outcome, format!("missing {name} header")))?;
+    hex::decode(v).map_err(|_| Refusal::new(status, outcome, format!("{name} is not hex")))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    match admit_and_forward(&app, &headers, body).await {
+        Ok(r) => r,
+        Err(refusal) => {
+            app.metrics
+                .request(refusal.outcome, refusal.status.as_u16());
+            info!(status = refusal.status.as_u16(), reason = %refusal.reason, "request refused");
+            refusal.into_response()
+        }
+    }
+}
+
+async fn admit_and_forward(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    let unavailable = |reason: &str| {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::Unavailable,
+            reason,
+        )
+    };
+    if app.is_draining() {
+        return Err(unavailable("draining").retry_after(1));
+    }
+
+    // Body, bounded.
+    let limit = app.limits.max_request_bytes;
+    let too_large = |got: String| {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::TooLarge,
+            format!("request body of {got} bytes is over the {limit}-byte limit"),
+        )
+    };
+    if let Some(len) =
+        header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large(len.to_string()));
+        }
+    }
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(too_large("more than that".into()))
+        }
+        Err(_) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Outcome::BadRequest,
+                "could not read the request body",
+            ))
+        }
+    };
+    app.metrics.add_bytes_in(bytes.len());
+
+    // The sealed request and its billing metadata.
+    let bad = |reason: String| Refusal::new(StatusCode::BAD_REQUEST, Outcome::BadRequest, reason);
+    let sealed = SealedRequest::from_cbor(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = sealed.billing_meta().map_err(|e| bad(e.to_string()))?;
+    let request_id = sealed.request_id();
+    let account = AccountId(meta.client_account);
+
+    // Routing.
+    let digest_bytes = hex_header(
+        headers,
+        EVIDENCE_DIGEST_HEADER,
+        StatusCode::BAD_REQUEST,
+        Outcome::BadRequest,
+    )?;
+    let digest = EvidenceDigest(
+        digest_bytes
+            .try_into()
+            .map_err(|_| bad(format!("{EVIDENCE_DIGEST_HEADER} must be 32 bytes of hex")))?,
+    );
+    if app.broker.ready_count() == 0 {
+        return Err(unavailable("no enclave with verified evidence is ready").retry_after(1));
+    }
+    let Some(ready) = app.broker.route(&digest) else {
+        return Err(Refusal::new(
+            StatusCode::CONFLICT,
+            Outcome::UnknownEvidence,
+            format!(
+                "evidence {} is not served here; fetch /v1/evidence again",
+                hex::encode(digest.0)
+            ),
+        ));
+    };
+
+    // The paying account authorised exactly this request.
+    let unauthorized =
+        |reason: String| Refusal::new(StatusCode::UNAUTHORIZED, Outcome::Unauthorized, reason);
+    let pk = hex_header(
+        headers,
+        ACCOUNT_KEY_HEADER,
+        StatusCode::UNAUTHORIZED,
+        Outcome::Unauthorized,
+    )?;
+    let sig = hex_header(
+        headers,
+        ACCOUNT_SIGNATURE_HEADER,
+        StatusCode::UNAUTHORIZED,
+        Outcome::Unauthorized,
+    )?;
+    verify_request_auth(&pk, &account, &request_id, &sig)
+        .map_err(|e| unauthorized(e.to_string()))?;
+
+    // Replay: in flight now, or already billed.
+    let replayed = || Refusal::new(StatusCode::CONFLICT, Outcome::Replayed, "replayed request");
+    let replay_guard = app.mark_in_flight(request_id).ok_or_else(replayed)?;
+    match app.ledger.contains(request_id).await {
+        Ok(false) => {}
+        Ok(true) => return Err(replayed()),
+        Err(e) => {
+            warn!(error = %e, "ledger read failed");
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Outcome::Internal,
+                "the ledger cannot be read",
+            ));
+        }
+    }
+
+    // Account limits (after the replay check, so replaying someone's
+    // request cannot spend their allowance).
+    let account_permit = app.limiter.admit(account, Instant::now()).map_err(|l| {
+        Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Outcome::RateLimited,
+            l.reason,
+        )
+        .retry_after(l.retry_after_secs)
+    })?;
+
+    // A stream on the enclave.
+    let permit = tokio::time::timeout(
+        app.limits.queue_timeout,
+        ready.permits().clone().acquire_owned(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| unavailable("the enclave is busy").retry_after(1))?;
+    // Counted in flight before the drain check, so a drain that starts now
+    // either refuses this request or waits for it.
+    let in_flight = app.in_flight_guard();
+    if app.is_draining() {
+        return Err(unavailable("draining").retry_after(1));
+    }
+    info!(
+        request_id = %request_id,
+        account = %account,
+        model = %meta.model,
+        max_tokens = meta.max_tokens,
+        bytes = bytes.len(),
+        enclave = ready.label(),
+        "forwarding request"
+    );
+    let stream = ready.connection().open_stream(&bytes).await.map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            Outcome::EnclaveError,
+            format!("could not forward to the enclave: {e}"),
+        )
+    })?;
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let exchange = Exchange {
+        app: app.clone(),
+        ready,
+        stream,
+        expected: Expected::of(request_id, &meta),
+        sent_at: tokio::time::Instant::now(),
+        _guards: crate::RequestGuards {
+            _permit: permit,
+            _account: account_permit,
+            _in_flight: in_flight,
+            _replay: replay_guard,
+        },
+    };
+    tokio::spawn(pump(exchange, head_tx));
+    match head_rx.await {
+        Ok(Head::Stream(rx)) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+            });
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, CHUNKS_CONTENT_TYPE)],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        }
+        Ok(Head::Fail(r)) => Err(r),
+        Err(_) => Err(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Outcome::Internal,
+            "the request ended without an answer",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiptsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn receipts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<ReceiptsQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad query: {}", e.body_text()),
+            )
+        }
+    };
+    let auth = || -> Result<AccountId, String> {
+        let pk = header_str(&headers, ACCOUNT_KEY_HEADER)
+            .and_then(|v| hex::decode(v).ok())
+            .ok_or(format!("missing or non-hex {ACCOUNT_KEY_HEADER} header"))?;
+        let time = header_str(&headers, ACCOUNT_TIME_HEADER)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(format!(
+                "missing or non-decimal {ACCOUNT_TIME_HEADER} header"
+            ))?;
+        let sig = header_str(&headers, ACCOUNT_SIGNATURE_HEADER)
+            .and_then(|v| hex::decode(v).ok())
+            .ok_or(format!(
+                "missing or non-hex {ACCOUNT_SIGNATURE_HEADER} header"
+            ))?;
+        verify_receipts_query(
+            &pk,
+            time,
+            &sig,
+            unix_now(),
+            app.limits.receipts_query_max_skew_secs,
+        )
+        .map_err(|e| e.to_string())
+    };
+    let account = match auth() {
+        Ok(a) => a,
+        Err(reason) => return text(StatusCode::UNAUTHORIZED, &reason),
+    };
+    let limit = q
+        .limit
+        .unwrap_or(MAX_RECEIPTS_PER_PAGE)
+        .min(MAX_RECEIPTS_PER_PAGE);
+    match app.ledger.receipts_for(account.0, q.after, limit).await {
+        Ok(entries) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, CBOR_CONTENT_TYPE)],
+            ReceiptList(entries).to_cbor(),
+        )
+            .into_response(),
+        Err(e) => {
+            warn!(error = %e, "ledger read failed");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the ledger cannot be read",
+            )
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! `cocoon-host`: the provider's daemon. Untrusted by design.
+//!
+//! It carries sealed requests from clients to the enclaves behind it and
+//! their sealed response chunks back, and keeps the billing ledger. It
+//! only ever holds what it may see: the readable billing metadata of a
+//! [`cocoon_protocol::seal::SealedRequest`], opaque ciphertext, sealed
+//! chunks (forwarded unchanged) and signed usage receipts. It never holds a
+//! key that opens anything, and it logs request ids, sizes, accounts and
+//! models, never ciphertext.
+//!
+//! * [`config`] — addresses, limits and timeouts, the config file.
+//! * [`broker`] — connections to the enclaves (Unix socket or vsock),
+//!   frame multiplexing with backpressure, evidence verification under the
+//!   host's policy, routing by evidence digest, reconnects.
+//! * [`relay`] — one request through an enclave: receipt checks, and the
+//!   rule that the final chunk goes out only after the receipt is durably
+//!   in the ledger.
+//! * [`ledger`] — SQLite (WAL, `synchronous=FULL`) with group commit.
+//! * [`ratelimit`] — per-account token bucket and stream cap.
+//! * [`metrics`] — Prometheus text exposition.
+//! * `http` and `admin` — the public API and the operator endpoints (on a
+//!   separate listener).
+//!
+//! The service is started with [`start`] (or [`run`]), which takes its
+//! listening sockets and a [`HostConfig`], so tests bind port 0. A drain
+//! (SIGTERM in the binary, [`Running::drain`], or `POST /admin/drain`)
+//! turns `/ready` and new requests to `503`, lets in-flight streams finish
+//! within `drain_timeout`, closes the enclave connections and the ledger,
+//! and ends the service.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub(crate) mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod ratelimit;
+pub mod relay;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cocoon_protocol::RequestId;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+pub use config::{EnclaveAddr, HostConfig, Limits};
+pub use http::Refusal;
+
+use broker::Broker;
+use ledger::{Ledger, LedgerError, LedgerOptions};
+use metrics::Metrics;
+use ratelimit::{AccountLimiter, AccountPermit};
+
+/// How long the HTTP servers get to close their connections once the
+/// in-flight streams are done (or cut).
+const SERVER_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the service could not start or did not end cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A socket or task failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The sockets the service answers on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public API.
+    pub public: TcpListener,
+    /// The operator endpoints (keep it on loopback or a private network).
+    pub admin: TcpListener,
+}
+
+/// State shared by the handlers and the pumps.
+pub(crate) struct App {
+    pub(crate) limits: Limits,
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) limiter: Arc<AccountLimiter>,
+    pub(crate) metrics: Arc<Metrics>,
+    draining: watch::Sender<bool>,
+    in_flight: watch::Sender<usize>,
+    /// Cuts every in-flight stream (drain deadline passed).
+    pub(crate) hard_stop: watch::Sender<bool>,
+    in_flight_ids: Mutex<HashSet<RequestId>>,
+}
+
+impl App {
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub(crate) fn begin_drain(&self) {
+        if !self.draining.send_replace(true) {
+            info!(
+                in_flight = *self.in_flight.borrow(),
+                "drain started: refusing new requests"
+            );
+        }
+    }
+
+    /// Mark a request id as in flight; `None` if it already is.
+    pub(crate) fn mark_in_flight(self: &Arc<Self>, id: RequestId) -> Option<ReplayGuard> {
+        let mut ids = self.in_flight_ids.lock().ok()?;
+        if !ids.insert(id) {
+            return None;
+        }
+        Some(ReplayGuard {
+            app: self.clone(),
+            id,
+        })
+    }
+
+    pub(crate) fn in_flight_guard(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.send_modify(|n| *n += 1);
+        self.metrics.set_in_flight(*self.in_flight.borrow());
+        InFlightGuard { app: self.clone() }
+    }
+}
+
+/// Removes a request id from the in-flight set when the request ends
+/// (after its receipt, if any, is committed).
+pub(crate) struct ReplayGuard {
+    app: Arc<App>,
+    id: RequestId,
+}
+
+impl Drop for ReplayGuard {
+    fn drop(&mut self) {
+        if let Ok(mut ids) = self.app.in_flight_ids.lock() {
+            ids.remove(&self.id);
+        }
+    }
+}
+
+/// Counts a forwarded request until it ends.
+pub(crate) struct InFlightGuard {
+    app: Arc<App>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.app.in_flight.send_modify(|n| *n = n.saturating_sub(1));
+        self.app.metrics.set_in_flight(*self.app.in_flight.borrow());
+    }
+}
+
+/// What a forwarded request holds until it ends.
+pub(crate) struct RequestGuards {
+    pub(crate) _permit: OwnedSemaphorePermit,
+    pub(crate) _account: AccountPermit,
+    pub(crate) _in_flight: InFlightGuard,
+    pub(crate) _replay: ReplayGuard,
+}
+
+/// A started service.
+pub struct Running {
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    app: Arc<App>,
+    task: JoinHandle<Result<(), HostError>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("public_addr", &self.public_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The public API's address (the real port when bound to port 0).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// The operator endpoints' address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Whether at least one enclave is verified and the host is not
+    /// draining.
+    pub fn is_ready(&self) -> bool {
+        !self.app.is_draining() && self.app.broker.ready_count() > 0
+    }
+
+    /// Resolves once at least one enclave's evidence is verified.
+    pub async fn wait_ready(&self) {
+        let mut w = self.app.broker.ready_watch();
+        let _ = w.wait_for(|n| *n > 0).await;
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.app.is_draining()
+    }
+
+    /// Resolves once a drain has started (by [`Running::drain`], the admin
+    /// endpoint, or a server failure).
+    pub async fn draining(&self) {
+        let mut w = self.app.draining.subscribe();
+        let _ = w.wait_for(|d| *d).await;
+    }
+
+    /// Start the drain (idempotent); the service ends when it is done.
+    pub fn drain(&self) {
+        self.app.begin_drain();
+    }
+
+    /// Wait for the service to end (after a drain).
+    pub async fn join(self) -> Result<(), HostError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(HostError::Io(format!("service task failed: {e}"))),
+        }
+    }
+}
+
+/// Start the service on `listeners`: open the ledger, start the enclave
+/// supervisors and both HTTP servers. Returns once everything is running;
+/// enclaves become ready in the background ([`Running::wait_ready`]).
+pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, HostError> {
+    config.limits.validate()?;
+    let io = |e: std::io::Error| HostError::Io(e.to_string());
+    let public_addr = listeners.public.local_addr().map_err(io)?;
+    let admin_addr = listeners.admin.local_addr().map_err(io)?;
+    let path = config.ledger_path.clone();
+    let options = LedgerOptions {
+        max_batch: config.limits.ledger_max_batch,
+    };
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&path, options))
+        .await
+        .map_err(|e| HostError::Io(format!("ledger open task failed: {e}")))??;
+    let metrics = Arc::new(Metrics::new(config.enclaves.iter().map(|a| a.to_string())));
+    let broker = Broker::new(
+        &config.enclaves,
+        config.policy.clone(),
+        config.limits.clone(),
+        metrics.clone(),
+    );
+    let limits = config.limits;
+    let app = Arc::new(App {
+        limiter: Arc::new(AccountLimiter::new(
+            limits.account_requests_per_second,
+            limits.account_burst,
+            limits.account_max_streams,
+            limits.max_tracked_accounts,
+        )),
+        limits,
+        broker: broker.clone(),
+        ledger: Arc::new(ledger),
+        metrics,
+        draining: watch::channel(false).0,
+        in_flight: watch::channel(0).0,
+        hard_stop: watch::channel(false).0,
+        in_flight_ids: Mutex::new(HashSet::new()),
+    });
+    let (server_stop, server_stop_rx) = watch::channel(false);
+    let public = tokio::spawn(serve(
+        listeners.public,
+        http::router(app.clone()),
+        server_stop_rx.clone(),
+    ));
+    let admin = tokio::spawn(serve(
+        listeners.admin,
+        admin::router(app.clone()),
+        server_stop_rx,
+    ));
+    let (broker_stop, broker_stop_rx) = watch::channel(false);
+    let supervisors = broker.spawn(broker_stop_rx);
+    info!(%public_addr, %admin_addr, enclaves = config.enclaves.len(), "cocoon-host started");
+    let task = tokio::spawn(lifecycle(
+        app.clone(),
+        public,
+        admin,
+        server_stop,
+        broker_stop,
+        supervisors,
+    ));
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        app,
+        task,
+    })
+}
+
+/// Start the service and run it until `shutdown` resolves (then drain) or
+/// a drain started otherwise completes.
+pub async fn run(
+    listeners: Listeners,
+    config: HostConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), HostError> {
+    let running = start(listeners, config).await?;
+    let Running { app, mut task, .. } = running;
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => app.begin_drain(),
+        r = &mut task => return r.map_err(|e| HostError::Io(e.to_string()))?,
+    }
+    task.await.map_err(|e| HostError::Io(e.to_string()))?
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    // Small writes (chunk records) must leave at once: without TCP_NODELAY,
+    // Nagle's algorithm and the peer's delayed ACK add ~40 ms per response.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+async fn all_done(in_flight: &mut watch::Receiver<usize>) {
+    let _ = in_flight.wait_for(|n| *n == 0).await;
+}
+
+async fn lifecycle(
+    app: Arc<App>,
+    mut public: JoinHandle<std::io::Result<()>>,
+    mut admin: JoinHandle<std::io::Result<()>>,
+    server_stop: watch::Sender<bool>,
+    broker_stop: watch::Sender<bool>,
+    supervisors: Vec<JoinHandle<()>>,
+) -> Result<(), HostError> {
+    let mut draining = app.draining.subscribe();
+    let mut failure = None;
+    tokio::select! {
+        _ = broker::until_true(&mut draining) => {}
+        r = &mut public => failure = Some(format!("public server ended: {r:?}")),
+        r = &mut admin => failure = Some(format!("admin server ended: {r:?}")),
+    }
+    if let Some(f) = &failure {
+        error!(reason = %f, "server failed; shutting down");
+        app.begin_drain();
+    }
+
+    // In-flight streams run to completion, up to the drain timeout.
+    let mut in_flight = app.in_flight.subscribe();
+    let waited = tokio::time::timeout(app.limits.drain_timeout, all_done(&mut in_flight))
+        .await
+        .is_ok();
+    if !waited {
+        warn!(
+            in_flight = *app.in_flight.borrow(),
+            "drain timeout passed; cutting the remaining streams"
+        );
+        app.hard_stop.send_replace(true);
+        let _ = tokio::time::timeout(SERVER_CLOSE_GRACE, all_done(&mut in_flight)).await;
+    }
+
+    // Stop the HTTP servers (they close idle connections and finish open
+    // responses, which have all ended by now).
+    server_stop.send_replace(true);
+    let servers = async {
+        if !public.is_finished() {
+            let _ = (&mut public).await;
+        }
+        if !admin.is_finished() {
+            let _ = (&mut admin).await;
+        }
+    };
+    if tokio::time::timeout(SERVER_CLOSE_GRACE, servers)
+        .await
+        .is_err()
+    {
+        warn!("HTTP connections did not close in time; aborting them");
+        public.abort();
+        admin.abort();
+    }
+
+    // Enclave connections, then the ledger.
+    broker_stop.send_replace(true);
+    for s in supervisors {
+        let _ = tokio::time::timeout(SERVER_CLOSE_GRACE, s).await;
+    }
+    let ledger = app.ledger.clone();
+    let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
+    info!("drained; ledger closed");
+    match failure {
+        Some(f) => Err(HostError::Io(f)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,262 @@
+//! `cocoon-host`: the provider daemon's command line.
+//!
+//! Reads the config file and the verifier policy, applies the flags on top,
+//! binds both listeners, starts the service, prints
+//! `ready listen=<addr> admin=<addr>` to stderr once it listens and an
+//! enclave's evidence verified, drains on SIGTERM/SIGINT and exits 0.
+//!
+//! Exit codes (sysexits): 64 usage (bad flags, a required setting
+//! missing), 66 a config or policy file cannot be read, 78 a config or
+//! policy file is invalid, 69 a listener cannot be bound, 74 the ledger
+//! cannot be opened, 70 anything else.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cocoon_host::config::{FileConfig, LimitsFile, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+use cocoon_host::{EnclaveAddr, HostConfig, HostError, Limits, Listeners};
+use cocoon_verifier::Policy;
+
+const EX_USAGE: u8 = 64;
+const EX_NOINPUT: u8 = 66;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
+const EX_IOERR: u8 = 74;
+const EX_CONFIG: u8 = 78;
+
+/// The Cocoon provider daemon: HTTP API for sealed requests, enclave
+/// broker, billing ledger. Flags override the config file.
+#[derive(Debug, Parser)]
+#[command(name = "cocoon-host", version)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Public API address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Operator endpoints address [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Enclave address, unix:/path or vsock:CID:PORT (repeatable; replaces
+    /// the config file's list).
+    #[arg(long = "enclave", value_name = "ADDR")]
+    enclaves: Vec<EnclaveAddr>,
+    /// Verifier policy file (cocoon-verifier TOML).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Ledger file (SQLite; created if missing).
+    #[arg(long, value_name = "PATH")]
+    ledger: Option<PathBuf>,
+    /// Largest request body in bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_request_bytes: Option<usize>,
+    /// Concurrent streams per enclave.
+    #[arg(long, value_name = "N")]
+    max_streams_per_enclave: Option<usize>,
+    /// Requests per second per account (sustained).
+    #[arg(long, value_name = "RATE")]
+    account_rps: Option<f64>,
+    /// Requests per account above the rate at once.
+    #[arg(long, value_name = "N")]
+    account_burst: Option<u32>,
+    /// Concurrent streams per account.
+    #[arg(long, value_name = "N")]
+    account_max_streams: Option<u32>,
+    /// Seconds to wait for an enclave's first frame.
+    #[arg(long, value_name = "SECS")]
+    first_frame_timeout: Option<f64>,
+    /// Seconds allowed between two frames of a stream.
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<f64>,
+    /// Seconds a whole request may take.
+    #[arg(long, value_name = "SECS")]
+    total_timeout: Option<f64>,
+    /// Seconds in-flight streams may run after a drain starts.
+    #[arg(long, value_name = "SECS")]
+    drain_timeout: Option<f64>,
+    /// Log filter (tracing-subscriber syntax); RUST_LOG wins if set.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    log: String,
+}
+
+struct Failure(u8, String);
+
+fn read(path: &PathBuf, what: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Failure(
+            EX_NOINPUT,
+            format!("cannot read {what} {}: {e}", path.display()),
+        )
+    })
+}
+
+fn configure(cli: &Cli) -> Result<(HostConfig, SocketAddr, SocketAddr), Failure> {
+    let file = match &cli.config {
+        Some(p) => FileConfig::from_toml(&read(p, "config file")?)
+            .map_err(|e| Failure(EX_CONFIG, format!("{}: {e}", p.display())))?,
+        None => FileConfig::default(),
+    };
+    let usage = |e: String| Failure(EX_USAGE, e);
+    let parse_addr = |s: &str| s.parse::<SocketAddr>().map_err(|e| usage(e.to_string()));
+    let listen = match cli.listen.or(file.listen) {
+        Some(a) => a,
+        None => parse_addr(DEFAULT_LISTEN)?,
+    };
+    let admin_listen = match cli.admin_listen.or(file.admin_listen) {
+        Some(a) => a,
+        None => parse_addr(DEFAULT_ADMIN_LISTEN)?,
+    };
+    let enclaves = if cli.enclaves.is_empty() {
+        file.enclaves.clone()
+    } else {
+        cli.enclaves.clone()
+    };
+    if enclaves.is_empty() {
+        return Err(usage(
+            "at least one --enclave (or `enclaves` in the config file) is required".into(),
+        ));
+    }
+    let policy_path = cli
+        .policy
+        .clone()
+        .or(file.policy.clone())
+        .ok_or_else(|| usage("--policy (or `policy` in the config file) is required".into()))?;
+    let policy = Policy::from_toml(&read(&policy_path, "policy file")?)
+        .map_err(|e| Failure(EX_CONFIG, format!("{}: {e}", policy_path.display())))?;
+    let ledger_path = cli
+        .ledger
+        .clone()
+        .or(file.ledger.clone())
+        .ok_or_else(|| usage("--ledger (or `ledger` in the config file) is required".into()))?;
+    let limits = file
+        .limits
+        .apply(Limits::default())
+        .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    let flags = LimitsFile {
+        max_request_bytes: cli.max_request_bytes,
+        max_streams_per_enclave: cli.max_streams_per_enclave,
+        account_requests_per_second: cli.account_rps,
+        account_burst: cli.account_burst,
+        account_max_streams: cli.account_max_streams,
+        first_frame_timeout_secs: cli.first_frame_timeout,
+        idle_timeout_secs: cli.idle_timeout,
+        total_timeout_secs: cli.total_timeout,
+        drain_timeout_secs: cli.drain_timeout,
+        ..LimitsFile::default()
+    };
+    let limits = flags.apply(limits).map_err(|e| usage(e.to_string()))?;
+    Ok((
+        HostConfig {
+            enclaves,
+            policy,
+            ledger_path,
+            limits,
+        },
+        listen,
+        admin_listen,
+    ))
+}
+
+async fn serve(config: HostConfig, listen: SocketAddr, admin: SocketAddr) -> Result<(), Failure> {
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Failure(
+                EX_UNAVAILABLE,
+                format!("cannot listen on {addr} ({what}): {e}"),
+            )
+        })
+    };
+    let listeners = Listeners {
+        public: bind("public", listen).await?,
+        admin: bind("admin", admin).await?,
+    };
+    let running = cocoon_host::start(listeners, config)
+        .await
+        .map_err(|e| match e {
+            HostError::Ledger(e) => Failure(EX_IOERR, e.to_string()),
+            HostError::Config(e) => Failure(EX_CONFIG, e.to_string()),
+            other => Failure(EX_SOFTWARE, other.to_string()),
+        })?;
+    let (public_addr, admin_addr) = (running.public_addr(), running.admin_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure(EX_SOFTWARE, format!("cannot watch SIGTERM: {e}")))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Failure(EX_SOFTWARE, format!("cannot watch SIGINT: {e}")))?;
+    let mut announced = false;
+    let running_ref = &running;
+    loop {
+        tokio::select! {
+            _ = running_ref.wait_ready(), if !announced => {
+                eprintln!("ready listen={public_addr} admin={admin_addr}");
+                announced = true;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: draining");
+                break;
+            }
+            _ = running_ref.draining() => break,
+        }
+    }
+    running.drain();
+    running
+        .join()
+        .await
+        .map_err(|e| Failure(EX_SOFTWARE, e.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log));
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("cocoon-host: --log {:?}: {e}", cli.log);
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let (config, listen, admin) = match configure(&cli) {
+        Ok(c) => c,
+        Err(Failure(code, msg)) => {
+            eprintln!("cocoon-host: {msg}");
+            return ExitCode::from(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cocoon-host: cannot start the runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    match rt.block_on(serve(config, listen, admin)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("cocoon-host: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

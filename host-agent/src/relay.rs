@@ -1,0 +1,551 @@
+//! One request's way through an enclave and back: the frames of its stream,
+//! the usage receipt, and what the client is sent.
+//!
+//! Owns the receipt checks ([`check_receipt`]: signature under the
+//! enclave's attested key, then request id, account, model and token limit
+//! against the request's billing metadata) and the pump task that moves a
+//! stream's chunks to the client as chunk records. The rule it enforces:
+//! **the final chunk goes out only after the enclave's receipt for this
+//! request verified and was durably committed to the ledger.** A final
+//! chunk without a committed receipt is withheld and the body ends there
+//! (the client's `ResponseOpener` reports a truncated stream), which is
+//! logged and counted. Chunk bytes are forwarded unchanged and never
+//! inspected beyond the clear flags byte.
+//!
+//! Before anything was forwarded, a failure becomes an HTTP status instead
+//! (`502`, `504`, or `409` when the enclave's evidence changed under the
+//! request, see [`crate::broker::Broker::evidence_still_current`]). When
+//! the client goes away the enclave is sent `Cancel`, and the pump waits
+//! `cancel_grace` for a receipt of the work already done, which is still
+//! billed.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use cocoon_protocol::account::AccountId;
+use cocoon_protocol::api::encode_chunk_record;
+use cocoon_protocol::frame::FrameType;
+use cocoon_protocol::receipt::{ReceiptError, ReceiptMismatch, ReceiptVerifier, UsageReceipt};
+use cocoon_protocol::RequestId;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::broker::{
+    chunk_is_last, sanitize_reason, until_true, EnclaveStream, ReadyEnclave, StreamEnd,
+};
+use crate::http::Refusal;
+use crate::ledger::{AppendError, LedgerEntry};
+use crate::metrics::Outcome;
+use crate::{App, RequestGuards};
+
+/// Chunk records buffered between the pump and the HTTP body.
+const BODY_BUFFER: usize = 4;
+
+/// What the request's billing metadata lets its receipt say (the one
+/// definition lives in `cocoon_protocol::receipt`).
+pub type Expected = cocoon_protocol::receipt::BillingExpectation;
+
+/// Why a receipt was not accepted (and the final chunk withheld).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiptRefusal {
+    /// Not a well-formed receipt.
+    #[error("receipt malformed: {0}")]
+    Malformed(ReceiptError),
+    /// The signature does not verify under the enclave's attested key.
+    #[error("receipt signature does not verify under the enclave's attested receipt key")]
+    BadSignature,
+    /// It names another request.
+    #[error("receipt names request {got}, not {expected}")]
+    WrongRequest {
+        /// This request.
+        expected: RequestId,
+        /// The receipt's.
+        got: RequestId,
+    },
+    /// It bills another account.
+    #[error("receipt bills account {got}, not the request's account {expected}")]
+    WrongAccount {
+        /// The request's account.
+        expected: AccountId,
+        /// The receipt's.
+        got: AccountId,
+    },
+    /// It names another model.
+    #[error("receipt names model {got:?}, the request asked for {expected:?}")]
+    WrongModel {
+        /// The request's model.
+        expected: String,
+        /// The receipt's.
+        got: String,
+    },
+    /// More completion tokens than the client allowed.
+    #[error(
+        "receipt bills {completion} completion tokens, more than the request's max_tokens {max}"
+    )]
+    TokensOverLimit {
+        /// Billed.
+        completion: u64,
+        /// Allowed.
+        max: u32,
+    },
+    /// The ledger refused it (duplicate) or could not commit it.
+    #[error("ledger: {0}")]
+    Ledger(AppendError),
+    /// The final chunk came without a receipt before it.
+    #[error("the enclave sent the final chunk without a usage receipt")]
+    Missing,
+    /// A second receipt on one stream.
+    #[error("the enclave sent a second receipt on one stream")]
+    Second,
+}
+
+impl ReceiptRefusal {
+    /// The metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReceiptRefusal::Malformed(_) => "malformed",
+            ReceiptRefusal::BadSignature => "bad_signature",
+            ReceiptRefusal::WrongRequest { .. } => "wrong_request",
+            ReceiptRefusal::WrongAccount { .. } => "wrong_account",
+            ReceiptRefusal::WrongModel { .. } => "wrong_model",
+            ReceiptRefusal::TokensOverLimit { .. } => "tokens_over_limit",
+            ReceiptRefusal::Ledger(AppendError::DuplicateRequest(_))
+            | ReceiptRefusal::Ledger(AppendError::DuplicateEnclaveSeq(_)) => "duplicate",
+            ReceiptRefusal::Ledger(_) => "ledger_error",
+            ReceiptRefusal::Missing => "missing",
+            ReceiptRefusal::Second => "second_receipt",
+        }
+    }
+}
+
+/// Verify a receipt under the enclave's attested key and check it against
+/// what the request's billing metadata allows.
+pub fn check_receipt(
+    verifier: &ReceiptVerifier,
+    bytes: &[u8],
+    expected: &Expected,
+) -> Result<UsageReceipt, ReceiptRefusal> {
+    let r = verifier.verify(bytes).map_err(|e| match e {
+        ReceiptError::BadSignature => ReceiptRefusal::BadSignature,
+        other => ReceiptRefusal::Malformed(other),
+    })?;
+    r.matches(expected).map_err(|m| match m {
+        ReceiptMismatch::WrongRequest { expected, got } => {
+            ReceiptRefusal::WrongRequest { expected, got }
+        }
+        ReceiptMismatch::WrongAccount { expected, got } => ReceiptRefusal::WrongAccount {
+            expected: AccountId(expected),
+            got: AccountId(got),
+        },
+        ReceiptMismatch::WrongModel { expected, got } => {
+            ReceiptRefusal::WrongModel { expected, got }
+        }
+        ReceiptMismatch::TooManyTokens { max, got } => ReceiptRefusal::TokensOverLimit {
+            completion: got,
+            max,
+        },
+        other => ReceiptRefusal::Malformed(ReceiptError::Inconsistent(other.to_string())),
+    })?;
+    Ok(r)
+}
+
+/// What the HTTP handler answers.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// `200`, with this body of chunk records.
+    Stream(mpsc::Receiver<Bytes>),
+    /// An error status.
+    Fail(Refusal),
+}
+
+/// Everything one forwarded request holds until it ends.
+pub(crate) struct Exchange {
+    pub app: Arc<App>,
+    pub ready: Arc<ReadyEnclave>,
+    pub stream: EnclaveStream,
+    pub expected: Expected,
+    pub sent_at: Instant,
+    pub _guards: RequestGuards,
+}
+
+#[derive(Debug)]
+enum End {
+    Complete,
+    Refused(ReceiptRefusal),
+    EnclaveError(String),
+    Violation(String),
+    Timeout(&'static str),
+    Lost,
+    Stalled,
+    ClientGone,
+    Shutdown,
+}
+
+struct Pump {
+    ex: Exchange,
+    head: Option<oneshot::Sender<Head>>,
+    body: Option<mpsc::Sender<Bytes>>,
+    receipt_seq: Option<u64>,
+    gone_at: Option<Instant>,
+    frames: u64,
+    chunks: u64,
+    bytes_out: usize,
+    hard_stop: watch::Receiver<bool>,
+}
+
+async fn client_closed(
+    head: &mut Option<oneshot::Sender<Head>>,
+    body: &Option<mpsc::Sender<Bytes>>,
+) {
+    if let Some(h) = head.as_mut() {
+        h.closed().await
+    } else if let Some(b) = body {
+        b.closed().await
+    } else {
+        std::future::pending().await
+    }
+}
+
+/// Run one exchange to its end; the HTTP handler waits on `head`.
+pub(crate) async fn pump(ex: Exchange, head: oneshot::Sender<Head>) {
+    let hard_stop = ex.app.hard_stop.subscribe();
+    let mut p = Pump {
+        ex,
+        head: Some(head),
+        body: None,
+        receipt_seq: None,
+        gone_at: None,
+        frames: 0,
+        chunks: 0,
+        bytes_out: 0,
+        hard_stop,
+    };
+    let end = p.run().await;
+    p.finish(end).await;
+}
+
+impl Pump {
+    fn client_gone(&mut self, why: &str) {
+        if self.gone_at.is_none() {
+            info!(request_id = %self.ex.expected.request_id, why, "client went away; cancelling the enclave stream");
+            self.gone_at = Some(Instant::now());
+            self.body = None;
+            self.ex.stream.cancel();
+        }
+    }
+
+    async fn run(&mut self) -> End {
+        let app = self.ex.app.clone();
+        let limits = &app.limits;
+        let deadline = self.ex.sent_at + limits.total_timeout;
+        let first_deadline = self.ex.sent_at + limits.first_frame_timeout;
+        loop {
+            let until = match self.gone_at {
+                Some(at) => at + limits.cancel_grace,
+                None if self.frames == 0 => first_deadline,
+                None => Instant::now() + limits.idle_timeout,
+            }
+            .min(deadline);
+            let next = tokio::select! {
+                biased;
+                _ = until_true(&mut self.hard_stop) => return End::Shutdown,
+                _ = client_closed(&mut self.head, &self.body), if self.gone_at.is_none() => {
+                    self.client_gone("connection closed");
+                    continue;
+                }
+                r = tokio::time::timeout_at(until, self.ex.stream.next()) => r,
+            };
+            let frame = match next {
+                Err(_) if self.gone_at.is_some() => return End::ClientGone,
+                Err(_) if self.frames == 0 => return End::Timeout("first frame"),
+                Err(_) if Instant::now() >= deadline => return End::Timeout("end of the response"),
+                Err(_) => return End::Timeout("next frame"),
+                Ok(Err(StreamEnd::ConnectionLost)) => return End::Lost,
+                Ok(Err(StreamEnd::Stalled)) => return End::Stalled,
+                Ok(Ok(f)) => f,
+            };
+            self.frames += 1;
+            match frame.kind {
+                FrameType::ResponseChunk => {
+                    let Some(last) = chunk_is_last(&frame.payload) else {
+                        return End::Violation(
+                            "a response chunk shorter than its 9-byte header".into(),
+                        );
+                    };
+                    if last && self.receipt_seq.is_none() {
+                        return End::Refused(ReceiptRefusal::Missing);
+                    }
+                    if let Some(end) = self.forward(&frame.payload).await {
+                        return end;
+                    }
+                    if last {
+                        return if self.gone_at.is_some() {
+                            End::ClientGone
+                        } else {
+                            End::Complete
+                        };
+                    }
+                }
+                FrameType::Receipt => {
+                    if self.receipt_seq.is_some() {
+                        return End::Refused(ReceiptRefusal::Second);
+                    }
+                    match self.accept_receipt(frame.payload).await {
+                        Ok(seq) => self.receipt_seq = Some(seq),
+                        Err(r) => return End::Refused(r),
+                    }
+                }
+                FrameType::Error => return End::EnclaveError(sanitize_reason(&frame.payload)),
+                other => {
+                    return End::Violation(format!(
+                        "unexpected {other:?} frame on a request stream"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Send one chunk to the client (unless it is gone). `Some` ends the
+    /// exchange.
+    async fn forward(&mut self, chunk: &[u8]) -> Option<End> {
+        if self.gone_at.is_some() {
+            return None;
+        }
+        let mut record = Vec::with_capacity(chunk.len() + 4);
+        if let Err(e) = encode_chunk_record(chunk, &mut record) {
+            return Some(End::Violation(e.to_string()));
+        }
+        if let Some(head) = self.head.take() {
+            let (tx, rx) = mpsc::channel(BODY_BUFFER);
+            if head.send(Head::Stream(rx)).is_err() {
+                self.client_gone("gone before the response started");
+                return None;
+            }
+            self.body = Some(tx);
+        }
+        let body = self.body.clone()?;
+        let len = record.len();
+        let limit = Instant::now() + self.ex.app.limits.idle_timeout;
+        let sent = tokio::select! {
+            r = tokio::time::timeout_at(limit, body.send(Bytes::from(record))) => r,
+            _ = until_true(&mut self.hard_stop) => return Some(End::Shutdown),
+        };
+        match sent {
+            Ok(Ok(())) => {
+                self.chunks += 1;
+                self.bytes_out += len;
+                self.ex.app.metrics.add_bytes_out(len);
+            }
+            Ok(Err(_)) => self.client_gone("connection closed"),
+            Err(_) => self.client_gone("stopped reading"),
+        }
+        None
+    }
+
+    async fn accept_receipt(&mut self, bytes: Vec<u8>) -> Result<u64, ReceiptRefusal> {
+        let r = check_receipt(self.ex.ready.receipt_verifier(), &bytes, &self.ex.expected)?;
+        let entry =
+            LedgerEntry::from_verified(&r, bytes, self.ex.ready.receipt_public_key().to_vec());
+        let t = std::time::Instant::now();
+        let seq = self
+            .ex
+            .app
+            .ledger
+            .append(entry)
+            .await
+            .map_err(ReceiptRefusal::Ledger)?;
+        self.ex.app.metrics.receipt_appended(t.elapsed());
+        info!(
+            request_id = %r.request_id,
+            account = %AccountId(r.client_account),
+            model = %r.model,
+            prompt_tokens = r.prompt_tokens,
+            completion_tokens = r.completion_tokens,
+            enclave_seq = r.enclave_seq,
+            ledger_seq = seq,
+            "receipt committed"
+        );
+        Ok(seq)
+    }
+
+    async fn finish(mut self, end: End) {
+        let app = self.ex.app.clone();
+        let rid = self.ex.expected.request_id;
+        let enclave = self.ex.ready.label().to_string();
+        if let End::Refused(r) = &end {
+            app.metrics.receipt_refused(r.label());
+            warn!(request_id = %rid, account = %AccountId(self.ex.expected.account), enclave, reason = %r, "receipt refused; final chunk withheld");
+        }
+        if self.gone_at.is_some() {
+            // Whatever the enclave did after the client left, the client
+            // got nothing more; 499 (client closed request) when no status
+            // was ever sent.
+            let status = if self.head.is_some() { 499 } else { 200 };
+            app.metrics.request(Outcome::ClientGone, status);
+            info!(request_id = %rid, enclave, chunks = self.chunks, ledger_seq = ?self.receipt_seq, "request ended after the client went away");
+            return;
+        }
+        if let Some(head) = self.head.take() {
+            // Nothing was forwarded: answer with a status.
+            let refusal = match end {
+                End::EnclaveError(reason) => {
+                    if app.broker.evidence_still_current(&self.ex.ready).await {
+                        Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            Outcome::EnclaveError,
+                            format!("the enclave refused the request: {reason}"),
+                        )
+                    } else {
+                        Refusal::new(
+                            StatusCode::CONFLICT,
+                            Outcome::UnknownEvidence,
+                            format!(
+                                "evidence {} is no longer current at this host (the enclave restarted or rotated its keys); fetch /v1/evidence again",
+                                hex::encode(self.ex.ready.digest().0)
+                            ),
+                        )
+                    }
+                }
+                End::Refused(r) => Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::EnclaveError,
+                    format!(
+                        "the enclave's usage receipt was refused ({r}); no response is forwarded"
+                    ),
+                ),
+                End::Violation(v) => Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::EnclaveError,
+                    format!("enclave protocol violation: {v}"),
+                ),
+                End::Timeout(what) => Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Outcome::Timeout,
+                    format!("timed out waiting for the enclave's {what}"),
+                ),
+                End::Lost | End::Stalled => Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::EnclaveError,
+                    "the enclave connection was lost before it answered".to_string(),
+                ),
+                End::Shutdown => Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Outcome::Unavailable,
+                    "the host is shutting down".to_string(),
+                ),
+                End::ClientGone | End::Complete => Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::ClientGone,
+                    "the client went away".to_string(),
+                ),
+            };
+            if head.send(Head::Fail(refusal)).is_err() {
+                app.metrics.request(Outcome::ClientGone, 499);
+            }
+            return;
+        }
+        // The response had started (status 200): count how it ended.
+        let (outcome, detail) = match &end {
+            End::Complete => (Outcome::Ok, String::new()),
+            End::ClientGone => (Outcome::ClientGone, String::new()),
+            End::Refused(r) => (Outcome::Truncated, r.to_string()),
+            End::EnclaveError(e) => (Outcome::Truncated, format!("enclave error: {e}")),
+            End::Violation(v) => (Outcome::Truncated, format!("protocol violation: {v}")),
+            End::Timeout(w) => (Outcome::Truncated, format!("timed out waiting for {w}")),
+            End::Lost => (Outcome::Truncated, "enclave connection lost".into()),
+            End::Stalled => (Outcome::Truncated, "client stalled".into()),
+            End::Shutdown => (Outcome::Truncated, "host shut down".into()),
+        };
+        app.metrics.request(outcome, 200);
+        if outcome == Outcome::Ok {
+            info!(request_id = %rid, enclave, chunks = self.chunks, bytes = self.bytes_out, ledger_seq = ?self.receipt_seq, "response complete");
+        } else {
+            warn!(request_id = %rid, enclave, chunks = self.chunks, outcome = outcome.as_str(), detail, "response ended early");
+        }
+        // Guards (stream permit, account slot, in-flight count, replay
+        // marker) are released when `self` drops here.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice};
+
+    fn receipt() -> UsageReceipt {
+        UsageReceipt {
+            request_id: RequestId([1; 32]),
+            model: "m".into(),
+            prompt_tokens: 3,
+            completion_tokens: 10,
+            total_tokens: 13,
+            unit_price: UnitPrice {
+                prompt: 1,
+                completion: 2,
+            },
+            time: 1,
+            enclave_seq: 1,
+            client_account: [7; 32],
+        }
+    }
+
+    #[test]
+    fn receipt_checks() {
+        let signer = ReceiptSigner::from_scalar(&[5; 32]).unwrap();
+        let other = ReceiptSigner::from_scalar(&[6; 32]).unwrap();
+        let v = ReceiptVerifier::new(&signer.public_key_sec1()).unwrap();
+        let exp = Expected {
+            request_id: RequestId([1; 32]),
+            account: [7; 32],
+            model: "m".into(),
+            max_tokens: 10,
+        };
+        let ok = signer.sign(&receipt()).unwrap();
+        assert_eq!(check_receipt(&v, &ok, &exp).unwrap(), receipt());
+        let forged = other.sign(&receipt()).unwrap();
+        assert_eq!(
+            check_receipt(&v, &forged, &exp).unwrap_err().label(),
+            "bad_signature"
+        );
+        let mut r = receipt();
+        r.request_id = RequestId([2; 32]);
+        assert_eq!(
+            check_receipt(&v, &signer.sign(&r).unwrap(), &exp)
+                .unwrap_err()
+                .label(),
+            "wrong_request"
+        );
+        let mut r = receipt();
+        r.client_account = [8; 32];
+        assert_eq!(
+            check_receipt(&v, &signer.sign(&r).unwrap(), &exp)
+                .unwrap_err()
+                .label(),
+            "wrong_account"
+        );
+        let mut r = receipt();
+        r.model = "other".into();
+        assert_eq!(
+            check_receipt(&v, &signer.sign(&r).unwrap(), &exp)
+                .unwrap_err()
+                .label(),
+            "wrong_model"
+        );
+        let mut r = receipt();
+        r.completion_tokens = 11;
+        r.total_tokens = 14;
+        assert_eq!(
+            check_receipt(&v, &signer.sign(&r).unwrap(), &exp)
+                .unwrap_err()
+                .label(),
+            "tokens_over_limit"
+        );
+        assert_eq!(
+            check_receipt(&v, b"garbage", &exp).unwrap_err().label(),
+            "malformed"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The real `cocoon-host` binary against the test enclave: the ready line,
+//! a request end to end, drain on SIGTERM with exit 0, exit codes for
+//! usage errors, and a SIGKILL that loses no acknowledged receipt.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cocoon-host");
+
+struct Host {
+    child: Child,
+    public: SocketAddr,
+    admin: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_host(dir: &Path, enclave: &TestEnclave, extra: &[&str]) -> Host {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, simulated_policy_toml()).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--enclave")
+        .arg(format!("unix:{}", enclave.path.display()))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--ledger")
+        .arg(dir.join("ledger.sqlite"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Owned by `Host` from here, so a panic below still kills it.
+    let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut host = Host {
+        child,
+        public: unset,
+        admin: unset,
+        stderr: rx,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = vec![];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = host
+            .stderr
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no ready line; stderr so far: {seen:#?}"));
+        if let Some(rest) = line.strip_prefix("ready ") {
+            for kv in rest.split(' ') {
+                match kv.split_once('=') {
+                    Some(("listen", v)) => host.public = v.parse().unwrap(),
+                    Some(("admin", v)) => host.admin = v.parse().unwrap(),
+                    _ => {}
+                }
+            }
+            assert_ne!(host.public, unset, "{line}");
+            assert_ne!(host.admin, unset, "{line}");
+            return host;
+        }
+        seen.push(line);
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(std::time::Instant::now() < end, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_and_drains_on_sigterm() {
+    let dir = TempDir::new("bin");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let mut host = spawn_host(dir.path(), &enclave, &[]);
+    assert_ne!(host.public.port(), 0, "the real port is printed");
+    assert_ne!(host.admin.port(), 0);
+    let t = &fetch_targets(host.public).await[0];
+    let account = new_account();
+    let (sealed, session) = seal(t, &account, 16, b"hello from the binary test");
+    let r = post(host.public, t, &account, &sealed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let opened = open_body(&r.body, session, &t.receipt_public_key);
+    assert_eq!(opened.finished, Ok(()));
+    let export = http(host.admin, "GET", "/admin/ledger/export", &[], b"").await;
+    assert_eq!(export.text().lines().count(), 1);
+
+    signal(&host.child, "TERM");
+    let st = wait_exit(&mut host.child, 20);
+    assert_eq!(st.code(), Some(0), "exit status {st:?}");
+    let mut logs = vec![];
+    while let Ok(l) = host.stderr.recv_timeout(Duration::from_secs(5)) {
+        logs.push(l);
+    }
+    let joined = logs.join("\n");
+    assert!(joined.contains("drained"), "{joined}");
+    // Logs name the request; they never carry its ciphertext.
+    assert!(
+        joined.contains(&sealed.request_id().to_string()),
+        "{joined}"
+    );
+    assert!(!joined.contains(&hex::encode(&sealed.ciphertext[..16])));
+
+    let conn = rusqlite::Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM receipts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_receipt() {
+    let dir = TempDir::new("bin-kill");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let mut host = spawn_host(dir.path(), &enclave, &[]);
+    let t = &fetch_targets(host.public).await[0];
+    let account = new_account();
+    let mut acknowledged = vec![];
+    for i in 0..8 {
+        let (sealed, session) = seal(t, &account, 16, format!("q{i}").as_bytes());
+        let r = post(host.public, t, &account, &sealed).await;
+        // The final chunk (with the receipt) arrived: the host had
+        // committed the receipt before sending it.
+        assert_eq!(
+            open_body(&r.body, session, &t.receipt_public_key).finished,
+            Ok(())
+        );
+        acknowledged.push(sealed.request_id());
+    }
+    signal(&host.child, "KILL");
+    let st = wait_exit(&mut host.child, 10);
+    assert_eq!(st.code(), None, "killed by a signal");
+
+    let conn = rusqlite::Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+    for id in &acknowledged {
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM receipts WHERE request_id = ?1",
+                [&id.0[..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "request {id}");
+    }
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM receipts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(total, acknowledged.len() as i64);
+}
+
+#[test]
+fn usage_errors_exit_with_sysexits_codes() {
+    let dir = TempDir::new("bin-usage");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    // No enclave, no policy, no ledger.
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--enclave"));
+    // A malformed flag value.
+    let o = run(&["--enclave", "tcp:1.2.3.4:1"]);
+    assert_eq!(o.status.code(), Some(64));
+    let o = run(&["--listen", "not-an-address"]);
+    assert_eq!(o.status.code(), Some(64));
+    let o = run(&["--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(64));
+    // A policy file that is missing, then one that is invalid.
+    let ledger = dir.path().join("l.sqlite");
+    let ledger = ledger.to_str().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let o = run(&[
+        "--enclave",
+        "unix:/nonexistent",
+        "--ledger",
+        ledger,
+        "--policy",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(66));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "release = \"x\"\n").unwrap();
+    let o = run(&[
+        "--enclave",
+        "unix:/nonexistent",
+        "--ledger",
+        ledger,
+        "--policy",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(78));
+    // A limit over the maximum.
+    std::fs::write(&bad, simulated_policy_toml()).unwrap();
+    let o = run(&[
+        "--enclave",
+        "unix:/nonexistent",
+        "--ledger",
+        ledger,
+        "--policy",
+        bad.to_str().unwrap(),
+        "--max-request-bytes",
+        "99999999",
+    ]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("max_request_bytes"));
+    // --help is not an error.
+    assert_eq!(run(&["--help"]).status.code(), Some(0));
+}

@@ -1,0 +1,428 @@
+//! What travels *inside* the encryption: the request body a client seals
+//! and the events the enclave streams back.
+//!
+//! Owns the plaintext formats only. Sealing is [`crate::seal`], chunking and
+//! the response AEAD are [`crate::stream`]; the host never sees these bytes.
+//! The model name, the completion-token limit and the paying account are
+//! not repeated here: they are in the billing metadata
+//! ([`crate::seal::BillingMeta`]), which the AEAD authenticates, so the
+//! enclave takes them from there and there is one place they live.
+//!
+//! # Request body (canonical CBOR)
+//!
+//! ```text
+//! {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant", "content": text}, ...]}
+//! {"kind": "embeddings", "inputs": [text, ...]}
+//! ```
+//!
+//! # Response events
+//!
+//! Every response chunk's data is exactly one [`ResponseEvent`] in
+//! canonical CBOR, a map with one key:
+//!
+//! ```text
+//! {"text": text}                                   a piece of the completion
+//! {"embedding": {"index": uint, "vector": bytes}}  one embedding, f32 little-endian
+//! {"end": {"finish": "stop"|"length"|"error", "error": text (only with "error"),
+//!          "receipt": bytes}}                      the signed usage receipt
+//! ```
+//!
+//! `end` is in the stream's final chunk and nowhere else, and the final
+//! chunk carries nothing but `end`: [`ResponseEvent::decode`] takes the
+//! chunk's `last` flag and refuses either kind of mismatch, so a client
+//! that reaches the end of a stream always holds the enclave's receipt.
+
+use ciborium::Value;
+use cocoon_attestation::cbor::{self, CborError, MapReader};
+
+use crate::receipt::MAX_RECEIPT;
+use crate::seal::MAX_REQUEST_PLAINTEXT;
+use crate::stream::MAX_CHUNK_DATA;
+
+/// Most messages in one chat request.
+pub const MAX_MESSAGES: usize = 256;
+/// Most inputs in one embeddings request.
+pub const MAX_EMBEDDING_INPUTS: usize = 256;
+/// Most dimensions of one embedding vector.
+pub const MAX_EMBEDDING_DIM: usize = 16_384;
+/// Most bytes of an error message in an `end` event.
+pub const MAX_ERROR_TEXT: usize = 1024;
+
+/// Why bytes are not a valid request body or response event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// Not the CBOR structure this module defines.
+    #[error("message: {0}")]
+    Cbor(#[from] CborError),
+    /// Well-formed, but breaks a rule of the format.
+    #[error("message: {0}")]
+    Invalid(String),
+    /// Not in canonical encoding.
+    #[error("message: {0} is not in canonical encoding")]
+    NotCanonical(&'static str),
+}
+
+/// Who said a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions for the model.
+    System,
+    /// The person asking.
+    User,
+    /// The model's earlier answers.
+    Assistant,
+}
+
+impl Role {
+    /// The wire name (as in OpenAI's API).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+
+    /// The role with this wire name.
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::System, Role::User, Role::Assistant]
+            .into_iter()
+            .find(|r| r.as_str() == name)
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+/// The sealed body of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InferenceRequest {
+    /// A chat completion.
+    Chat {
+        /// The conversation so far.
+        messages: Vec<ChatMessage>,
+    },
+    /// Embeddings of each input.
+    Embeddings {
+        /// The texts to embed.
+        inputs: Vec<String>,
+    },
+}
+
+impl InferenceRequest {
+    /// Canonical CBOR.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        cbor::encode(&self.to_value())
+    }
+
+    fn to_value(&self) -> Value {
+        match self {
+            InferenceRequest::Chat { messages } => cbor::map(vec![
+                ("kind", Value::Text("chat".into())),
+                (
+                    "messages",
+                    Value::Array(
+                        messages
+                            .iter()
+                            .map(|m| {
+                                cbor::map(vec![
+                                    ("role", Value::Text(m.role.as_str().into())),
+                                    ("content", Value::Text(m.content.clone())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ]),
+            InferenceRequest::Embeddings { inputs } => cbor::map(vec![
+                ("kind", Value::Text("embeddings".into())),
+                (
+                    "inputs",
+                    Value::Array(inputs.iter().cloned().map(Value::Text).collect()),
+                ),
+            ]),
+        }
+    }
+
+    /// Decode strictly: unknown kinds or keys, empty or oversized lists and
+    /// non-canonical encodings are errors.
+    pub fn from_cbor(bytes: &[u8]) -> Result<InferenceRequest, MessageError> {
+        let mut m = MapReader::new(cbor::decode(bytes, MAX_REQUEST_PLAINTEXT)?, "request")?;
+        let kind = m.text("kind")?;
+        let req = match kind.as_str() {
+            "chat" => {
+                let items = array(m.take("messages")?, "request.messages", MAX_MESSAGES)?;
+                let mut messages = Vec::with_capacity(items.len());
+                for item in items {
+                    let mut mm = MapReader::new(item, "request.messages[]")?;
+                    let role = mm.text("role")?;
+                    let role = Role::from_name(&role).ok_or_else(|| {
+                        MessageError::Invalid(format!("unknown chat role {role:?}"))
+                    })?;
+                    let content = mm.text("content")?;
+                    mm.finish()?;
+                    messages.push(ChatMessage { role, content });
+                }
+                InferenceRequest::Chat { messages }
+            }
+            "embeddings" => {
+                let items = array(m.take("inputs")?, "request.inputs", MAX_EMBEDDING_INPUTS)?;
+                let inputs = items
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Text(t) => Ok(t),
+                        _ => Err(MessageError::Invalid(
+                            "request.inputs: every input must be text".into(),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                InferenceRequest::Embeddings { inputs }
+            }
+            other => {
+                return Err(MessageError::Invalid(format!(
+                    "unknown request kind {other:?} (expected \"chat\" or \"embeddings\")"
+                )))
+            }
+        };
+        m.finish()?;
+        if req.to_cbor() != bytes {
+            return Err(MessageError::NotCanonical("request"));
+        }
+        Ok(req)
+    }
+}
+
+fn array(v: Value, what: &str, max: usize) -> Result<Vec<Value>, MessageError> {
+    let Value::Array(items) = v else {
+        return Err(MessageError::Invalid(format!("{what}: expected an array")));
+    };
+    if items.is_empty() {
+        return Err(MessageError::Invalid(format!("{what}: must not be empty")));
+    }
+    if items.len() > max {
+        return Err(MessageError::Invalid(format!(
+            "{what}: {} entries, more than the limit of {max}",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+/// Why a response ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model finished on its own.
+    Stop,
+    /// The completion reached the `max_tokens` the client paid for.
+    Length,
+    /// The enclave could not serve the request (unknown model, bad body,
+    /// backend failure); the text says why and never quotes the request.
+    Error(String),
+}
+
+/// One event of a response stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ResponseEvent {
+    /// A piece of the completion text.
+    Text(String),
+    /// The embedding of input number `index`.
+    Embedding {
+        /// Which input (0-based).
+        index: u32,
+        /// The vector.
+        vector: Vec<f32>,
+    },
+    /// The end of the response, with the enclave's signed usage receipt
+    /// (COSE_Sign1, [`crate::receipt`]).
+    End {
+        /// Why the response ended.
+        finish: FinishReason,
+        /// The signed receipt.
+        receipt: Vec<u8>,
+    },
+}
+
+impl ResponseEvent {
+    /// Canonical CBOR (one chunk's data).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let v = match self {
+            ResponseEvent::Text(t) => cbor::map(vec![("text", Value::Text(t.clone()))]),
+            ResponseEvent::Embedding { index, vector } => {
+                let mut bytes = Vec::with_capacity(vector.len() * 4);
+                for x in vector {
+                    bytes.extend_from_slice(&x.to_le_bytes());
+                }
+                cbor::map(vec![(
+                    "embedding",
+                    cbor::map(vec![
+                        ("index", Value::Integer((*index).into())),
+                        ("vector", Value::Bytes(bytes)),
+                    ]),
+                )])
+            }
+            ResponseEvent::End { finish, receipt } => {
+                let mut end = vec![];
+                match finish {
+                    FinishReason::Stop => end.push(("finish", Value::Text("stop".into()))),
+                    FinishReason::Length => end.push(("finish", Value::Text("length".into()))),
+                    FinishReason::Error(e) => {
+                        end.push(("finish", Value::Text("error".into())));
+                        end.push(("error", Value::Text(e.clone())));
+                    }
+                }
+                end.push(("receipt", Value::Bytes(receipt.clone())));
+                cbor::map(vec![("end", cbor::map(end))])
+            }
+        };
+        cbor::encode(&v)
+    }
+
+    /// Whether this event may only appear in a stream's final chunk.
+    pub fn is_end(&self) -> bool {
+        matches!(self, ResponseEvent::End { .. })
+    }
+
+    /// Decode one chunk's data. `last` is the chunk's final flag: `end` must
+    /// be in the final chunk and only there.
+    pub fn decode(data: &[u8], last: bool) -> Result<ResponseEvent, MessageError> {
+        let mut m = MapReader::new(cbor::decode(data, MAX_CHUNK_DATA)?, "event")?;
+        let ev = if let Some(v) = m.take_opt("text") {
+            let Value::Text(t) = v else {
+                return Err(MessageError::Invalid("event.text: expected text".into()));
+            };
+            ResponseEvent::Text(t)
+        } else if let Some(v) = m.take_opt("embedding") {
+            let mut e = MapReader::new(v, "event.embedding")?;
+            let index = u32::try_from(e.u64("index")?).map_err(|_| {
+                MessageError::Invalid("event.embedding.index: does not fit in 32 bits".into())
+            })?;
+            let bytes = e.bytes("vector")?;
+            e.finish()?;
+            if bytes.len() % 4 != 0 || bytes.len() / 4 > MAX_EMBEDDING_DIM {
+                return Err(MessageError::Invalid(format!(
+                    "event.embedding.vector: {} bytes is not a whole number of f32 values up to {MAX_EMBEDDING_DIM}",
+                    bytes.len()
+                )));
+            }
+            let vector = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            ResponseEvent::Embedding { index, vector }
+        } else if let Some(v) = m.take_opt("end") {
+            let mut e = MapReader::new(v, "event.end")?;
+            let finish = match e.text("finish")?.as_str() {
+                "stop" => FinishReason::Stop,
+                "length" => FinishReason::Length,
+                "error" => {
+                    let text = e.text("error")?;
+                    if text.len() > MAX_ERROR_TEXT {
+                        return Err(MessageError::Invalid(format!(
+                            "event.end.error: {} bytes, more than {MAX_ERROR_TEXT}",
+                            text.len()
+                        )));
+                    }
+                    FinishReason::Error(text)
+                }
+                other => {
+                    return Err(MessageError::Invalid(format!(
+                        "event.end.finish: unknown reason {other:?}"
+                    )))
+                }
+            };
+            let receipt = e.bytes("receipt")?;
+            e.finish()?;
+            if receipt.len() > MAX_RECEIPT {
+                return Err(MessageError::Invalid(format!(
+                    "event.end.receipt: {} bytes, more than {MAX_RECEIPT}",
+                    receipt.len()
+                )));
+            }
+            ResponseEvent::End { finish, receipt }
+        } else {
+            return Err(MessageError::Invalid(
+                "event: expected one of \"text\", \"embedding\", \"end\"".into(),
+            ));
+        };
+        m.finish()?;
+        if ev.to_cbor() != data {
+            return Err(MessageError::NotCanonical("event"));
+        }
+        match (ev.is_end(), last) {
+            (true, false) => Err(MessageError::Invalid(
+                "an end event in a chunk that is not the stream's last".into(),
+            )),
+            (false, true) => Err(MessageError::Invalid(
+                "the stream's last chunk does not carry the end event and receipt".into(),
+            )),
+            _ => Ok(ev),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_refuse_cuts() {
+        for req in [
+            InferenceRequest::Chat {
+                messages: vec![
+                    ChatMessage {
+                        role: Role::System,
+                        content: "be brief".into(),
+                    },
+                    ChatMessage {
+                        role: Role::User,
+                        content: "hello".into(),
+                    },
+                ],
+            },
+            InferenceRequest::Embeddings {
+                inputs: vec!["a".into(), "b c".into()],
+            },
+        ] {
+            let b = req.to_cbor();
+            assert_eq!(InferenceRequest::from_cbor(&b).unwrap(), req);
+            for cut in 0..b.len() {
+                assert!(InferenceRequest::from_cbor(&b[..cut]).is_err());
+            }
+        }
+        let empty = InferenceRequest::Chat { messages: vec![] }.to_cbor();
+        assert!(InferenceRequest::from_cbor(&empty).is_err());
+    }
+
+    #[test]
+    fn end_only_in_last_chunk() {
+        let end = ResponseEvent::End {
+            finish: FinishReason::Error("unknown model".into()),
+            receipt: vec![1, 2, 3],
+        };
+        let text = ResponseEvent::Text("hi".into());
+        let emb = ResponseEvent::Embedding {
+            index: 3,
+            vector: vec![0.5, -1.25],
+        };
+        assert_eq!(ResponseEvent::decode(&end.to_cbor(), true).unwrap(), end);
+        assert!(ResponseEvent::decode(&end.to_cbor(), false).is_err());
+        assert_eq!(ResponseEvent::decode(&text.to_cbor(), false).unwrap(), text);
+        assert!(ResponseEvent::decode(&text.to_cbor(), true).is_err());
+        assert_eq!(ResponseEvent::decode(&emb.to_cbor(), false).unwrap(), emb);
+        for ev in [end, text, emb] {
+            let b = ev.to_cbor();
+            for cut in 0..b.len() {
+                assert!(ResponseEvent::decode(&b[..cut], ev.is_end()).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! A whole provider on loopback, from the real binaries: `cocoon-enclave`
+//! (simulated TEE, Unix socket) and `cocoon-host` (HTTP on 127.0.0.1:0, SQLite
+//! ledger), plus a client SDK configured with a policy that opts into the
+//! simulated TEE by its dangerous name.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use cocoon_protocol::account::AccountKey;
+use cocoon_protocol::rand_core::OsRng;
+use cocoon_tests::procs::{bin, field, Proc, TempDir};
+use cocoon_verifier::policy::{Check, Policy, SimulatedTeePolicy};
+
+pub const READY: Duration = Duration::from_secs(60);
+
+/// The policy a demo client uses: accepts the simulated TEE (NOT
+/// confidential), any self-reported measurement.
+pub fn simulated_policy() -> Policy {
+    Policy {
+        release: "cocoon-dev-unmeasured".into(),
+        snp: None,
+        tdx: None,
+        simulated: Some(SimulatedTeePolicy {
+            measurements: Check::Skip,
+        }),
+    }
+}
+
+/// The policy a client gets by default: real TEEs only (here: none
+/// configured, so nothing is accepted).
+pub fn default_policy() -> Policy {
+    Policy {
+        release: "cocoon-dev-unmeasured".into(),
+        snp: None,
+        tdx: None,
+        simulated: None,
+    }
+}
+
+pub struct Enclave {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub evidence_digest: String,
+}
+
+pub fn start_enclave(dir: &TempDir, name: &str, reply_tokens: u32) -> Enclave {
+    let socket = dir.path().join(format!("{name}.sock"));
+    let config = dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = {reply_tokens}\nmax_concurrent = 256\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("cocoon-enclave"));
+    cmd.arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--config")
+        .arg(&config)
+        .args(["--tee", "simulated"]);
+    let mut proc = Proc::spawn(name, cmd);
+    let line = proc.wait_for("ready ", READY);
+    let evidence_digest = field(&line, "evidence_digest")
+        .expect("evidence_digest in the ready line")
+        .to_string();
+    Enclave {
+        proc,
+        socket,
+        evidence_digest,
+    }
+}
+
+pub struct Host {
+    pub proc: Proc,
+    pub url: String,
+    pub admin: String,
+    pub ledger: PathBuf,
+}
+
+pub fn host_command(dir: &TempDir, enclaves: &[&PathBuf], listen: &str, extra: &[&str]) -> Command {
+    let policy = dir.path().join("host-policy.toml");
+    std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
+    let mut cmd = Command::new(bin("cocoon-host"));
+    cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"));
+    for e in enclaves {
+        cmd.arg("--enclave").arg(format!("unix:{}", e.display()));
+    }
+    cmd.args(extra);
+    cmd
+}
+
+pub fn start_host(dir: &TempDir, enclaves: &[&PathBuf], extra: &[&str]) -> Host {
+    start_host_on(dir, enclaves, "127.0.0.1:0", extra)
+}
+
+pub fn start_host_on(dir: &TempDir, enclaves: &[&PathBuf], listen: &str, extra: &[&str]) -> Host {
+    let mut proc = Proc::spawn("cocoon-host", host_command(dir, enclaves, listen, extra));
+    let line = proc.wait_for("ready ", READY);
+    let url = format!("http://{}", field(&line, "listen").expect("listen="));
+    let admin = format!("http://{}", field(&line, "admin").expect("admin="));
+    Host {
+        proc,
+        url,
+        admin,
+        ledger: dir.path().join("ledger.db"),
+    }
+}
+
+pub fn account() -> AccountKey {
+    AccountKey::generate(&mut OsRng)
+}
+
+/// A blocking GET on loopback, for admin endpoints and metrics. It runs on
+/// its own thread and runtime, so it may be called from inside async tests.
+pub fn get(url: &str) -> (u16, String) {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reqwest::get(&url).await.expect("GET");
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        })
+    })
+    .join()
+    .expect("GET thread")
+}
+
+/// The request ids in the host's ledger export (NDJSON).
+pub fn ledger_request_ids(admin: &str) -> Vec<String> {
+    let (status, body) = get(&format!("{admin}/admin/ledger/export?after=0"));
+    assert_eq!(status, 200, "ledger export: {body}");
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("NDJSON line");
+            v["request_id"].as_str().expect("request_id").to_string()
+        })
+        .collect()
+}
