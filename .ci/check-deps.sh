@@ -17,9 +17,11 @@ for flags in "" "--no-default-features"; do
     status=1
   fi
 done
-# The enclave is the trusted computing base: no HTTP server or client, no
+# The enclave is the trusted computing base: no HTTP server, no TLS or
 # OpenSSL, no database (DESIGN.md: "the enclave never pulls an HTTP server").
-enclave_forbidden='^(hyper|hyper-util|axum|tower-http|warp|actix-web|reqwest|ureq|curl|curl-sys|openssl|openssl-sys|native-tls|rusqlite|redb)$'
+# hyper is allowed client-side only (the upstream backend talks plain HTTP to
+# a server inside the same guest): its server feature must stay off.
+enclave_forbidden='^(axum|tower-http|warp|actix-web|reqwest|ureq|curl|curl-sys|openssl|openssl-sys|native-tls|rustls|rusqlite|redb)$'
 crates=$(cargo tree -q -e normal -p cocoon-enclave --prefix none | awk '{print $1}' | sort -u)
 bad=$(echo "$crates" | grep -E "$enclave_forbidden" || true)
 if [ -n "$bad" ]; then
@@ -27,5 +29,11 @@ if [ -n "$bad" ]; then
   echo "$bad" >&2
   status=1
 fi
-[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate; enclave no HTTP, OpenSSL or database crate)"
+server=$(cargo tree -q -p cocoon-enclave -e features -i hyper 2>/dev/null | grep -oE 'hyper(-util)? feature "(server[a-z0-9-]*)"' | sort -u || true)
+if [ -n "$server" ]; then
+  echo "cocoon-enclave enables an HTTP server:" >&2
+  echo "$server" >&2
+  status=1
+fi
+[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate; enclave no HTTP server, TLS, OpenSSL or database crate)"
 exit $status

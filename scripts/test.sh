@@ -5,6 +5,9 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
 need_vectors
+# libtorch (pinned PyTorch in a venv cached outside the clone) and the real
+# model the tests use: installed and exported once, then reused.
+source "$ROOT/scripts/torch-env.sh"
 cd "$ROOT"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT

@@ -20,6 +20,36 @@
 //! completion = 2
 //! ```
 //!
+//! The real backends (`backend = "tch"` or `"upstream"`) name their models;
+//! every file is checked against its SHA-256 before it is used, and the
+//! model digests go into the claims (the rest into the config digest):
+//!
+//! ```toml
+//! backend = "tch"
+//! device = "auto"                        # "cpu", "cuda" or "auto"
+//! max_batch = 32                         # sequences per forward pass
+//!
+//! [models.all-minilm-l6-v2]              # the name clients ask for
+//! kind = "embedding"
+//! path = "/models/minilm/model.pt"       # TorchScript
+//! sha256 = "…64 hex digits…"
+//! tokenizer = "/models/minilm/tokenizer.json"
+//! tokenizer_sha256 = "…"
+//! max_input_tokens = 512
+//!
+//! # backend = "upstream": an OpenAI-compatible server inside the guest
+//! [upstream]
+//! url = "http://127.0.0.1:8000"
+//! timeout_secs = 300
+//! [upstream.models.llama]                # name clients ask for
+//! served_name = "meta-llama/Llama-3.1-8B" # name the upstream knows (default: same)
+//! sha256 = "…"                           # digest of the weights it serves
+//! weights = "/models/llama.safetensors"  # optional: checked at boot
+//! tokenizer = "/models/llama/tokenizer.json"
+//! tokenizer_sha256 = "…"
+//! max_input_tokens = 8192
+//! ```
+//!
 //! Unknown keys are errors. This module reads no file except in
 //! [`EnclaveConfig::load`] and knows nothing of sockets or keys.
 
@@ -47,11 +77,16 @@ pub const DEFAULT_REPLAY_WINDOW: usize = 1 << 20;
 /// Default for [`EnclaveConfig::test_backend_reply_tokens`].
 pub const DEFAULT_TEST_BACKEND_REPLY_TOKENS: u32 = 48;
 
+/// Default for [`EnclaveConfig::max_batch`].
+pub const DEFAULT_MAX_BATCH: usize = 32;
+
 /// Upper bounds that keep a typo from exhausting the guest's memory.
 const MAX_MAX_CONCURRENT: usize = 4096;
 const MAX_STREAMS_LIMIT: usize = 1 << 16;
 const MAX_REPLAY_WINDOW: usize = 1 << 24;
 const MAX_IMAGE_ID: usize = 128;
+const MAX_MAX_BATCH: usize = 1024;
+const MAX_INPUT_TOKENS_LIMIT: u32 = 1 << 20;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +126,10 @@ pub enum BackendKind {
     /// [`DeterministicTestBackend`]: NOT A MODEL.
     #[default]
     DeterministicTest,
+    /// TorchScript models run in-process by libtorch (`[models]`).
+    Tch,
+    /// An OpenAI-compatible server inside the guest (`[upstream]`).
+    Upstream,
 }
 
 impl BackendKind {
@@ -98,8 +137,138 @@ impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::DeterministicTest => "deterministic-test",
+            BackendKind::Tch => "tch",
+            BackendKind::Upstream => "upstream",
         }
     }
+}
+
+/// A SHA-256 digest written as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sha256Hex(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(serde::de::Error::custom(
+                "a SHA-256 digest must be 64 lowercase hex digits",
+            ));
+        }
+        hex::decode_to_slice(&s, &mut out).map_err(|_| {
+            serde::de::Error::custom("a SHA-256 digest must be 64 lowercase hex digits")
+        })?;
+        Ok(Sha256Hex(out))
+    }
+}
+
+impl std::fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// What a model served by the tch backend computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ModelKind {
+    /// Sentence embeddings: `forward(input_ids, attention_mask)` gives one
+    /// vector per input (pooled and normalised inside the TorchScript).
+    Embedding,
+}
+
+impl ModelKind {
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Embedding => "embedding",
+        }
+    }
+}
+
+/// Where the tch backend runs its models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch sees one, the CPU otherwise.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device 0; boot fails when there is none.
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        }
+    }
+}
+
+fn default_max_input_tokens() -> u32 {
+    512
+}
+
+/// A model run by the tch backend (`[models.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// What it computes.
+    pub kind: ModelKind,
+    /// The TorchScript file.
+    pub path: String,
+    /// Its SHA-256 (the digest in the claims).
+    pub sha256: Sha256Hex,
+    /// The `tokenizer.json` (Hugging Face tokenizers format).
+    pub tokenizer: String,
+    /// Its SHA-256.
+    pub tokenizer_sha256: Sha256Hex,
+    /// Longest input, in tokens, the model accepts.
+    #[serde(default = "default_max_input_tokens")]
+    pub max_input_tokens: u32,
+}
+
+fn default_upstream_timeout() -> u64 {
+    300
+}
+
+/// The OpenAI-compatible server the upstream backend forwards to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://HOST:PORT` (plain HTTP: it runs inside the same guest).
+    pub url: String,
+    /// Most seconds one request may take.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_secs: u64,
+    /// The models it serves, by the name clients ask for.
+    pub models: BTreeMap<String, UpstreamModel>,
+}
+
+/// One model the upstream server serves (`[upstream.models.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamModel {
+    /// The name the upstream server knows it by (default: the same name).
+    pub served_name: Option<String>,
+    /// SHA-256 of the weights it serves (the digest in the claims).
+    pub sha256: Sha256Hex,
+    /// The weights file, checked against `sha256` at boot when given.
+    pub weights: Option<String>,
+    /// The tokenizer the enclave counts usage with.
+    pub tokenizer: String,
+    /// Its SHA-256.
+    pub tokenizer_sha256: Sha256Hex,
+    /// Longest prompt, in tokens.
+    #[serde(default = "default_max_input_tokens")]
+    pub max_input_tokens: u32,
 }
 
 /// Price of one model, nanoton per token.
@@ -143,6 +312,14 @@ pub struct EnclaveConfig {
     pub test_backend_reply_tokens: u32,
     /// Price per model; a served model without an entry is billed at 0.
     pub prices: BTreeMap<String, Price>,
+    /// Where the tch backend runs.
+    pub device: DeviceChoice,
+    /// Most sequences the tch backend runs in one forward pass.
+    pub max_batch: usize,
+    /// Models of the tch backend, by the name clients ask for.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// The upstream backend's server.
+    pub upstream: Option<UpstreamConfig>,
 }
 
 impl Default for EnclaveConfig {
@@ -162,6 +339,10 @@ impl Default for EnclaveConfig {
                     completion: 2,
                 },
             )]),
+            device: DeviceChoice::Auto,
+            max_batch: DEFAULT_MAX_BATCH,
+            models: BTreeMap::new(),
+            upstream: None,
         }
     }
 }
@@ -213,6 +394,7 @@ impl EnclaveConfig {
                 MAX_STREAMS_LIMIT,
             ),
             ("replay_window", self.replay_window, MAX_REPLAY_WINDOW),
+            ("max_batch", self.max_batch, MAX_MAX_BATCH),
         ];
         for (field, value, max) in ranges {
             if !(1..=max).contains(&value) {
@@ -230,7 +412,55 @@ impl EnclaveConfig {
                 ));
             }
         }
-        Ok(())
+        let name_ok = |name: &str| !name.is_empty() && name.len() <= MAX_MODEL_NAME;
+        for (name, m) in &self.models {
+            if !name_ok(name) {
+                return Err(invalid(
+                    "models",
+                    format!("model name {name:?} must be 1 to {MAX_MODEL_NAME} bytes"),
+                ));
+            }
+            check_tokens(
+                &format!("models.{name}.max_input_tokens"),
+                m.max_input_tokens,
+            )?;
+        }
+        if let Some(u) = &self.upstream {
+            crate::upstream::UpstreamUrl::parse(&u.url).map_err(|e| invalid("upstream.url", e))?;
+            if !(1..=86_400).contains(&u.timeout_secs) {
+                return Err(invalid(
+                    "upstream.timeout_secs",
+                    format!("{} is out of range (1 to 86400)", u.timeout_secs),
+                ));
+            }
+            for (name, m) in &u.models {
+                if !name_ok(name) || m.served_name.as_deref().is_some_and(|s| s.is_empty()) {
+                    return Err(invalid(
+                        "upstream.models",
+                        format!("model name {name:?} must be 1 to {MAX_MODEL_NAME} bytes"),
+                    ));
+                }
+                check_tokens(
+                    &format!("upstream.models.{name}.max_input_tokens"),
+                    m.max_input_tokens,
+                )?;
+            }
+        }
+        match self.backend {
+            BackendKind::Tch if self.models.is_empty() => Err(invalid(
+                "models",
+                "backend \"tch\" needs at least one [models.NAME] table".into(),
+            )),
+            BackendKind::Upstream
+                if self.upstream.as_ref().is_none_or(|u| u.models.is_empty()) =>
+            {
+                Err(invalid(
+                    "upstream",
+                    "backend \"upstream\" needs an [upstream] table with at least one [upstream.models.NAME]".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The price of `model`, if the table has one.
@@ -262,6 +492,8 @@ impl EnclaveConfig {
             "test_backend_reply_tokens = {}",
             self.test_backend_reply_tokens
         );
+        let _ = writeln!(s, "device = {}", quote(self.device.as_str()));
+        let _ = writeln!(s, "max_batch = {}", self.max_batch);
         for (model, p) in &self.prices {
             let _ = write!(
                 s,
@@ -271,6 +503,44 @@ impl EnclaveConfig {
                 p.completion
             );
         }
+        for (name, m) in &self.models {
+            let _ = write!(
+                s,
+                "\n[models.{}]\nkind = {}\npath = {}\nsha256 = \"{}\"\ntokenizer = {}\ntokenizer_sha256 = \"{}\"\nmax_input_tokens = {}\n",
+                quote(name),
+                quote(m.kind.as_str()),
+                quote(&m.path),
+                m.sha256,
+                quote(&m.tokenizer),
+                m.tokenizer_sha256,
+                m.max_input_tokens
+            );
+        }
+        if let Some(u) = &self.upstream {
+            let _ = write!(
+                s,
+                "\n[upstream]\nurl = {}\ntimeout_secs = {}\n",
+                quote(&u.url),
+                u.timeout_secs
+            );
+            for (name, m) in &u.models {
+                let _ = write!(s, "\n[upstream.models.{}]\n", quote(name));
+                if let Some(n) = &m.served_name {
+                    let _ = writeln!(s, "served_name = {}", quote(n));
+                }
+                let _ = writeln!(s, "sha256 = \"{}\"", m.sha256);
+                if let Some(w) = &m.weights {
+                    let _ = writeln!(s, "weights = {}", quote(w));
+                }
+                let _ = write!(
+                    s,
+                    "tokenizer = {}\ntokenizer_sha256 = \"{}\"\nmax_input_tokens = {}\n",
+                    quote(&m.tokenizer),
+                    m.tokenizer_sha256,
+                    m.max_input_tokens
+                );
+            }
+        }
         s
     }
 
@@ -278,6 +548,17 @@ impl EnclaveConfig {
     /// the claims' `config_digest`.
     pub fn digest(&self) -> [u8; 32] {
         Sha256::digest(self.to_canonical_toml().as_bytes()).into()
+    }
+}
+
+fn check_tokens(field: &str, value: u32) -> Result<(), ConfigError> {
+    if (1..=MAX_INPUT_TOKENS_LIMIT).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field: field.into(),
+            reason: format!("{value} is out of range (1 to {MAX_INPUT_TOKENS_LIMIT})"),
+        })
     }
 }
 
@@ -356,6 +637,12 @@ mod tests {
             "max_streams_per_connection = 0",
             "image_id = \"\"",
             "backend = \"tch\"",
+            "backend = \"upstream\"",
+            "backend = \"torch\"",
+            "max_batch = 0",
+            "device = \"tpu\"",
+            "[models.m]\nkind = \"embedding\"\npath = \"p\"\nsha256 = \"00\"\ntokenizer = \"t\"\ntokenizer_sha256 = \"00\"",
+            "[upstream]\nurl = \"https://x\"\n[upstream.models.m]\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\ntokenizer = \"t\"\ntokenizer_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
             "listen = \"tcp:1\"",
             "[prices.m]\nprompt = 1",
             "[prices.m]\nprompt = 1\ncompletion = 1\nextra = 2",

@@ -13,6 +13,12 @@
 //!   evidence (the loudly named simulator for now).
 //! * [`backend`] — inference backends: the trait a model implements and the
 //!   deterministic test backend (NOT A MODEL).
+//! * [`files`] — model files and tokenizers, read only after their SHA-256
+//!   matched the configuration.
+//! * `torch` (feature `tch`, on by default) — the tch backend: TorchScript
+//!   models in-process, CUDA when present, batched.
+//! * [`upstream`] — the upstream backend: an OpenAI-compatible server inside
+//!   the guest.
 //! * [`config`] — the enclave's TOML configuration and its canonical form,
 //!   whose digest goes into the claims.
 //! * [`transport`] — listen addresses and the listener that yields host
@@ -30,9 +36,13 @@
 pub mod attest;
 pub mod backend;
 pub mod config;
+pub mod files;
 mod replay;
 pub mod server;
+#[cfg(feature = "tch")]
+pub mod torch;
 pub mod transport;
+pub mod upstream;
 
 pub use attest::{AttestError, AttestationProvider, SimulatedProvider};
 pub use backend::{BackendError, ChatOutcome, DeterministicTestBackend, Finish, InferenceBackend};

@@ -141,13 +141,59 @@ async fn run(config: EnclaveConfig, listen: ListenAddr, print_digest: bool) -> E
         }
     };
     let backend: Arc<dyn InferenceBackend> = match config.backend {
-        BackendKind::DeterministicTest => Arc::new(DeterministicTestBackend::new(
-            config.test_backend_reply_tokens,
-        )),
+        BackendKind::DeterministicTest => {
+            eprintln!("cocoon-enclave: backend = deterministic-test: NOT A MODEL (fixed sentence and hashed words; for tests and demos)");
+            Arc::new(DeterministicTestBackend::new(
+                config.test_backend_reply_tokens,
+            ))
+        }
+        #[cfg(feature = "tch")]
+        BackendKind::Tch => {
+            // Reading and hashing hundreds of MB blocks: off the runtime.
+            let c = config.clone();
+            match tokio::task::spawn_blocking(move || cocoon_enclave::torch::TchBackend::load(&c))
+                .await
+            {
+                Ok(Ok(b)) => {
+                    info!(device = ?b.device(), "tch backend ready");
+                    Arc::new(b)
+                }
+                Ok(Err(e)) => {
+                    eprintln!("cocoon-enclave: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+                Err(_) => {
+                    eprintln!("cocoon-enclave: loading the models failed (internal error)");
+                    return ExitCode::from(EX_SOFTWARE);
+                }
+            }
+        }
+        BackendKind::Upstream => {
+            let c = config.clone();
+            let handle = tokio::runtime::Handle::current();
+            match tokio::task::spawn_blocking(move || {
+                cocoon_enclave::upstream::UpstreamBackend::load(&c, handle)
+            })
+            .await
+            {
+                Ok(Ok(b)) => Arc::new(b),
+                Ok(Err(e)) => {
+                    eprintln!("cocoon-enclave: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+                Err(_) => {
+                    eprintln!(
+                        "cocoon-enclave: checking the upstream models failed (internal error)"
+                    );
+                    return ExitCode::from(EX_SOFTWARE);
+                }
+            }
+        }
+        #[allow(unreachable_patterns)]
         _ => {
             eprintln!(
-                "cocoon-enclave: backend {:?} is not built in",
-                config.backend
+                "cocoon-enclave: backend {:?} is not built in (build cocoon-enclave with --features tch)",
+                config.backend.as_str()
             );
             return ExitCode::from(EX_CONFIG);
         }

@@ -57,6 +57,7 @@ pub fn unhex(s: &serde_json::Value) -> Vec<u8> {
     hex::decode(s.as_str().expect("hex string")).expect("valid hex")
 }
 
+pub mod models;
 pub mod procs;
 
 /// Side-by-side timing for the benchmarks: interleaved rounds, medians, and

@@ -46,21 +46,32 @@ pub struct Enclave {
 }
 
 pub fn start_enclave(dir: &TempDir, name: &str, reply_tokens: u32) -> Enclave {
+    start_enclave_with(
+        dir,
+        name,
+        &format!("image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = {reply_tokens}\nmax_concurrent = 256\n"),
+    )
+}
+
+/// The enclave command for a config file's text (written into `dir`).
+pub fn enclave_command(dir: &TempDir, name: &str, config_text: &str) -> (Command, PathBuf) {
     let socket = dir.path().join(format!("{name}.sock"));
     let config = dir.path().join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!("image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = {reply_tokens}\nmax_concurrent = 256\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let mut cmd = Command::new(bin("cocoon-enclave"));
     cmd.arg("--listen")
         .arg(format!("unix:{}", socket.display()))
         .arg("--config")
         .arg(&config)
         .args(["--tee", "simulated"]);
+    (cmd, socket)
+}
+
+/// Start an enclave with this config file text and wait until it listens.
+pub fn start_enclave_with(dir: &TempDir, name: &str, config_text: &str) -> Enclave {
+    let (cmd, socket) = enclave_command(dir, name, config_text);
     let mut proc = Proc::spawn(name, cmd);
-    let line = proc.wait_for("ready ", READY);
+    let line = proc.wait_for("ready listen=", READY);
     let evidence_digest = field(&line, "evidence_digest")
         .expect("evidence_digest in the ready line")
         .to_string();
