@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The main job on an embedded default, on one machine:
 #   1. a host agent (cocoon-host), an enclave (cocoon-enclave on the
-#      SIMULATED TEE: NOT CONFIDENTIAL, for demos only) and a client
-#      (cocoon-client) that verifies the enclave's evidence, seals a question
-#      to it, streams the sealed answer back and checks the signed receipt;
+#      SIMULATED TEE: NOT CONFIDENTIAL, for demos only) serving two real
+#      models with libtorch (SmolLM2-135M-Instruct for chat,
+#      all-MiniLM-L6-v2 for embeddings; installed and exported once by
+#      scripts/torch-env.sh) and a client (cocoon-client) that verifies the
+#      enclave's evidence, seals a question to it, streams the sealed answer
+#      back and checks the signed receipt;
 #   2. the same client under the default policy, refusing the simulated TEE;
 #   3. the verifier on real hardware evidence: an AMD SEV-SNP report (Genoa)
 #      checked against AMD's pinned roots, then a rejection.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
 need_vectors
+# Pinned PyTorch (libtorch for the enclave) and the two models: first run
+# only, cached in ~/.cache/cocoon.
+source "$ROOT/scripts/torch-env.sh"
 cd "$ROOT"
 log "building cocoon-enclave, cocoon-host, cocoon-client, cocoon-verify (release; the first build takes a few minutes)"
 cargo build --release -q -p cocoon-enclave -p cocoon-host -p cocoon-client -p cocoon-verifier --bins
@@ -35,8 +41,19 @@ wait_ready() { # file, seconds -> the ready line
   return 1
 }
 
+# The enclave's configuration: both models, each file named with the
+# SHA-256 the enclave checks before loading it (and publishes in its claims).
+{
+  printf 'image_id = "cocoon-dev-unmeasured"\nbackend = "tch"\ndevice = "auto"\n\n'
+  printf '[prices.smollm2-135m-instruct]\nprompt = 1\ncompletion = 4\n\n'
+  printf '[prices.all-minilm-l6-v2]\nprompt = 1\ncompletion = 0\n\n'
+  cat "$COCOON_CHAT_MODEL_DIR/model.toml"
+  echo
+  cat "$COCOON_MODEL_DIR/model.toml"
+} >"$WORK/enclave.toml"
+
 log "starting the enclave on the SIMULATED TEE (NOT CONFIDENTIAL: no hardware isolation, demo only)"
-"$BIN/cocoon-enclave" --tee simulated --listen "unix:$WORK/enclave.sock" 2>"$WORK/enclave.log" &
+"$BIN/cocoon-enclave" --tee simulated --listen "unix:$WORK/enclave.sock" --config "$WORK/enclave.toml" 2>"$WORK/enclave.log" &
 PIDS+=($!)
 wait_ready "$WORK/enclave.log" 30 >/dev/null
 grep -m1 "NOT CONFIDENTIAL" "$WORK/enclave.log" >&2 || true
@@ -77,11 +94,11 @@ ready=$(wait_ready "$WORK/host.log" 30)
 HOST="http://$(sed -E 's/.*listen=([^ ]+).*/\1/' <<<"$ready")"
 ADMIN="http://$(sed -E 's/.*admin=([^ ]+).*/\1/' <<<"$ready")"
 
-QUESTION="${COCOON_DEMO_QUESTION:-What does a confidential VM protect, and from whom?}"
+QUESTION="${COCOON_DEMO_QUESTION:-What is the capital of France? Answer in one sentence.}"
 log "client: verify the enclave, seal the question, stream the answer, check the receipt"
 echo "question: $QUESTION" >&2
 "$BIN/cocoon-client" chat --provider "$HOST" --policy "$WORK/simulated-policy.toml" \
-  --account-key "$WORK/account.key" --max-tokens 64 "$QUESTION"
+  --account-key "$WORK/account.key" --model smollm2-135m-instruct --max-tokens 64 "$QUESTION"
 echo
 
 log "the host's ledger now holds the receipt it verified before releasing the answer's last chunk"
@@ -112,4 +129,4 @@ code=$?
 set -e
 [ "$code" = 1 ] || { echo "expected exit status 1 for a rejection, got $code" >&2; exit 1; }
 log "done. Exit status 0 means accepted, 1 rejected, 64 a usage error."
-log "the answer above came from cocoon-enclave's deterministic test backend (NOT A MODEL); real models come with the tch backend"
+log "the answer above came from SmolLM2-135M-Instruct (135M parameters, greedy decoding) run by libtorch inside cocoon-enclave; the enclave's TEE was SIMULATED"

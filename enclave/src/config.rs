@@ -177,6 +177,11 @@ pub enum ModelKind {
     /// Sentence embeddings: `forward(input_ids, attention_mask)` gives one
     /// vector per input (pooled and normalised inside the TorchScript).
     Embedding,
+    /// A chat (causal) language model with a key/value cache:
+    /// `forward(ids, past_k, past_v)` gives the last position's logits and
+    /// the grown cache; `cache_shape()` gives `[layers, kv heads, head dim]`.
+    /// Prompts use the ChatML template.
+    Chat,
 }
 
 impl ModelKind {
@@ -184,6 +189,7 @@ impl ModelKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Embedding => "embedding",
+            ModelKind::Chat => "chat",
         }
     }
 }
@@ -233,6 +239,9 @@ pub struct ModelConfig {
     /// Longest input, in tokens, the model accepts.
     #[serde(default = "default_max_input_tokens")]
     pub max_input_tokens: u32,
+    /// Chat models: the system message put first when a conversation has
+    /// none (the model's own template's default).
+    pub system_prompt: Option<String>,
 }
 
 fn default_upstream_timeout() -> u64 {
@@ -424,6 +433,12 @@ impl EnclaveConfig {
                 &format!("models.{name}.max_input_tokens"),
                 m.max_input_tokens,
             )?;
+            if m.system_prompt.is_some() && m.kind != ModelKind::Chat {
+                return Err(invalid(
+                    &format!("models.{name}.system_prompt"),
+                    "only chat models have a system prompt".into(),
+                ));
+            }
         }
         if let Some(u) = &self.upstream {
             crate::upstream::UpstreamUrl::parse(&u.url).map_err(|e| invalid("upstream.url", e))?;
@@ -515,6 +530,9 @@ impl EnclaveConfig {
                 m.tokenizer_sha256,
                 m.max_input_tokens
             );
+            if let Some(p) = &m.system_prompt {
+                let _ = writeln!(s, "system_prompt = {}", quote(p));
+            }
         }
         if let Some(u) = &self.upstream {
             let _ = write!(
@@ -655,5 +673,38 @@ mod tests {
         assert!(e.to_string().contains("max_concurrent"), "{e}");
         let e = EnclaveConfig::load(Path::new("/nonexistent/enclave.toml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/enclave.toml"), "{e}");
+    }
+
+    #[test]
+    fn model_and_upstream_tables_round_trip_through_the_canonical_form() {
+        let d = "ab".repeat(32);
+        let text = format!(
+            "backend = \"tch\"\ndevice = \"cpu\"\nmax_batch = 8\n\n[models.emb]\nkind = \"embedding\"\npath = \"/m/e.pt\"\nsha256 = \"{d}\"\ntokenizer = \"/m/t.json\"\ntokenizer_sha256 = \"{d}\"\n\n[models.\"chat model\"]\nkind = \"chat\"\npath = \"/m/c.pt\"\nsha256 = \"{d}\"\ntokenizer = \"/m/c.json\"\ntokenizer_sha256 = \"{d}\"\nmax_input_tokens = 2048\nsystem_prompt = \"Be \\\"brief\\\".\"\n\n[upstream]\nurl = \"http://127.0.0.1:8000/base\"\n[upstream.models.up]\nserved_name = \"org/up\"\nsha256 = \"{d}\"\nweights = \"/m/w\"\ntokenizer = \"/m/u.json\"\ntokenizer_sha256 = \"{d}\"\n"
+        );
+        let c = EnclaveConfig::from_toml(&text).unwrap();
+        assert_eq!(c.backend, BackendKind::Tch);
+        assert_eq!(c.models["emb"].max_input_tokens, 512);
+        assert_eq!(c.models["chat model"].kind, ModelKind::Chat);
+        assert_eq!(
+            c.models["chat model"].system_prompt.as_deref(),
+            Some("Be \"brief\".")
+        );
+        let u = c.upstream.as_ref().unwrap();
+        assert_eq!(u.timeout_secs, 300);
+        assert_eq!(u.models["up"].served_name.as_deref(), Some("org/up"));
+        let canon = c.to_canonical_toml();
+        assert_eq!(EnclaveConfig::from_toml(&canon).unwrap(), c, "{canon}");
+        // Every digest is part of the config digest.
+        let other = text.replacen(&d, &"cd".repeat(32), 1);
+        assert_ne!(
+            EnclaveConfig::from_toml(&other).unwrap().digest(),
+            c.digest()
+        );
+        // A system prompt on an embedding model is a mistake.
+        let bad = text.replace(
+            "tokenizer = \"/m/t.json\"",
+            "tokenizer = \"/m/t.json\"\nsystem_prompt = \"x\"",
+        );
+        assert!(EnclaveConfig::from_toml(&bad).is_err());
     }
 }

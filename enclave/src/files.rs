@@ -152,6 +152,27 @@ impl CheckedTokenizer {
             .map_err(|_| "the tokenizer could not encode the input".to_owned())
     }
 
+    /// Token ids of `text` as written, special-token markup (such as
+    /// ChatML's `<|im_start|>`) included, no tokens added.
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|_| "the tokenizer could not encode the input".to_owned())
+    }
+
+    /// The id of a token of the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|_| "the tokenizer could not decode the output".to_owned())
+    }
+
     /// Tokens in `text` alone (no special tokens): what usage counts.
     pub fn count(&self, text: &str) -> Result<u64, String> {
         self.inner

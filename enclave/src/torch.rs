@@ -10,24 +10,34 @@
 //! stays small), which is what pays on a GPU and, for short inputs, on the
 //! CPU too.
 //!
-//! Model contract (what `scripts/export-minilm.py` writes): an `embedding`
-//! model's `forward(input_ids: int64[B,T], attention_mask: int64[B,T])`
-//! returns `float[B,D]`, already pooled and normalised; padding positions
-//! have mask 0 and id 0.
+//! Model contracts:
+//! * `embedding` (what `scripts/export-minilm.py` writes):
+//!   `forward(input_ids: int64[B,T], attention_mask: int64[B,T])` returns
+//!   `float[B,D]`, already pooled and normalised; padding positions have
+//!   mask 0 and id 0.
+//! * `chat` (what `scripts/export-smollm2.py` writes): `cache_shape()`
+//!   returns `[L, KV, D]`; `forward(ids: int64[1,T], past_k, past_v:
+//!   float[L,KV,P,D])` returns `(logits float[1,V], keys, values)` with the
+//!   cache grown by T. The prompt is the conversation in the ChatML
+//!   template; decoding is greedy (deterministic, so a client can check an
+//!   answer against a reference run) and stops at `<|im_end|>` or
+//!   `<|endoftext|>` or `max_tokens`. Chat requests are not batched: each
+//!   runs its own decode loop and the model lock is taken per step, so
+//!   concurrent conversations interleave token by token.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cocoon_attestation::bundle::ModelDigest;
-use cocoon_protocol::message::ChatMessage;
-use tch::{CModule, Device, Kind, Tensor};
+use cocoon_protocol::message::{ChatMessage, Role};
+use tch::{CModule, Device, IValue, Kind, Tensor};
 use tracing::{error, info};
 
-use crate::backend::{BackendError, ChatOutcome, InferenceBackend};
+use crate::backend::{BackendError, ChatOutcome, Finish, InferenceBackend};
 use crate::config::{DeviceChoice, EnclaveConfig, ModelKind};
 use crate::files::{read_checked, CheckedTokenizer, LoadError};
 
@@ -37,12 +47,18 @@ struct Job {
     reply: mpsc::SyncSender<Result<Vec<Vec<f32>>, String>>,
 }
 
+enum Engine {
+    /// Forward passes run on the model's thread, batched.
+    Embedding(mpsc::Sender<Job>),
+    /// Decode loops run on the callers' threads.
+    Chat(Arc<ChatModel>),
+}
+
 struct Served {
     digest: [u8; 32],
-    kind: ModelKind,
     tokenizer: Arc<CheckedTokenizer>,
     max_input_tokens: u32,
-    queue: mpsc::Sender<Job>,
+    engine: Engine,
 }
 
 /// TorchScript models behind [`InferenceBackend`].
@@ -158,28 +174,49 @@ impl TchBackend {
     /// Check and load every model of `config.models` on `config.device`.
     pub fn load(config: &EnclaveConfig) -> Result<TchBackend, LoadError> {
         let device = pick_device(config.device)?;
+        // The decoder's shapes change at every step (the cache grows): the
+        // profiling executor would re-specialise the graph again and again.
+        // Plain execution measured as fast on the embedding model too.
+        tch::jit::set_graph_executor_optimize(false);
         let mut models = BTreeMap::new();
         for (name, m) in &config.models {
             let tokenizer = Arc::new(CheckedTokenizer::load(&m.tokenizer, &m.tokenizer_sha256)?);
             let bytes = read_checked("model file", &m.path, &m.sha256)?;
-            let (model, dim) = EmbeddingModel::load(&bytes, device, &m.path)?;
+            let engine = match m.kind {
+                ModelKind::Embedding => {
+                    let (model, dim) = EmbeddingModel::load(&bytes, device, &m.path)?;
+                    let (tx, rx) = mpsc::channel::<Job>();
+                    let max_batch = config.max_batch;
+                    let worker_name = name.clone();
+                    std::thread::Builder::new()
+                        .name(format!("tch-{name}"))
+                        .spawn(move || worker(&worker_name, model, rx, max_batch))
+                        .map_err(|e| {
+                            LoadError::Device(format!("cannot start the model thread: {e}"))
+                        })?;
+                    info!(model = %name, kind = "embedding", ?device, dim, sha256 = %m.sha256, "model loaded after its digest matched the configuration");
+                    Engine::Embedding(tx)
+                }
+                ModelKind::Chat => {
+                    let chat = ChatModel::load(
+                        &bytes,
+                        device,
+                        &m.path,
+                        &tokenizer,
+                        m.system_prompt.clone(),
+                    )?;
+                    info!(model = %name, kind = "chat", ?device, layers = chat.cache[0], sha256 = %m.sha256, "model loaded after its digest matched the configuration");
+                    Engine::Chat(Arc::new(chat))
+                }
+            };
             drop(bytes);
-            let (tx, rx) = mpsc::channel::<Job>();
-            let max_batch = config.max_batch;
-            let worker_name = name.clone();
-            std::thread::Builder::new()
-                .name(format!("tch-{name}"))
-                .spawn(move || worker(&worker_name, model, rx, max_batch))
-                .map_err(|e| LoadError::Device(format!("cannot start the model thread: {e}")))?;
-            info!(model = %name, kind = m.kind.as_str(), ?device, dim, sha256 = %m.sha256, "model loaded after its digest matched the configuration");
             models.insert(
                 name.clone(),
                 Served {
                     digest: m.sha256.0,
-                    kind: m.kind,
                     tokenizer,
                     max_input_tokens: m.max_input_tokens,
-                    queue: tx,
+                    engine,
                 },
             );
         }
@@ -195,6 +232,180 @@ impl TchBackend {
         self.models
             .get(model)
             .ok_or_else(|| BackendError::UnknownModel(model.into()))
+    }
+}
+
+/// A chat model: TorchScript decoder with a key/value cache.
+pub struct ChatModel {
+    module: Mutex<CModule>,
+    device: Device,
+    /// `[layers, kv heads, head dim]`.
+    cache: [i64; 3],
+    /// Token ids that end the answer.
+    stop: Vec<i64>,
+    system_prompt: Option<String>,
+}
+
+impl ChatModel {
+    /// Load from checked `bytes`, read its cache shape, and run one step.
+    pub fn load(
+        bytes: &[u8],
+        device: Device,
+        path: &str,
+        tokenizer: &CheckedTokenizer,
+        system_prompt: Option<String>,
+    ) -> Result<ChatModel, LoadError> {
+        let invalid = |message: String| LoadError::Invalid {
+            what: "model file",
+            path: path.into(),
+            message,
+        };
+        let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
+            .map_err(|e| invalid(e.to_string()))?;
+        module.set_eval();
+        let shape =
+            match module.method_is::<IValue>("cache_shape", &[]) {
+                Ok(IValue::IntList(v)) if v.len() == 3 && v.iter().all(|&x| x > 0) => {
+                    [v[0], v[1], v[2]]
+                }
+                _ => return Err(invalid(
+                    "it is not a chat decoder: no cache_shape() -> [layers, kv heads, head dim]"
+                        .into(),
+                )),
+            };
+        let stop: Vec<i64> = ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t))
+            .map(i64::from)
+            .collect();
+        if stop.is_empty() {
+            return Err(invalid(
+                "its tokenizer has no <|im_end|> or <|endoftext|> token (ChatML)".into(),
+            ));
+        }
+        let model = ChatModel {
+            module: Mutex::new(module),
+            device,
+            cache: shape,
+            stop,
+            system_prompt,
+        };
+        let (k, v) = model.empty_cache().map_err(|e| invalid(e.to_string()))?;
+        let _probe = model
+            .step(&[0], k, v)
+            .map_err(|e| invalid(format!("it does not behave as a chat decoder: {e}")))?;
+        Ok(model)
+    }
+
+    fn empty_cache(&self) -> Result<(Tensor, Tensor), tch::TchError> {
+        let [l, kv, d] = self.cache;
+        let k = Tensor::f_zeros([l, kv, 0, d], (Kind::Float, self.device))?;
+        let v = Tensor::f_zeros([l, kv, 0, d], (Kind::Float, self.device))?;
+        Ok((k, v))
+    }
+
+    /// Feed `ids` after the cache; the greedy next token and the grown cache.
+    fn step(&self, ids: &[i64], k: Tensor, v: Tensor) -> Result<(i64, Tensor, Tensor), String> {
+        let run = || -> Result<(i64, Tensor, Tensor), tch::TchError> {
+            let t = Tensor::from_slice(ids)
+                .f_view([1, ids.len() as i64])?
+                .f_to_device(self.device)?;
+            let out = {
+                let module = self.module.lock().unwrap_or_else(|p| p.into_inner());
+                tch::no_grad(|| {
+                    module.forward_is(&[IValue::Tensor(t), IValue::Tensor(k), IValue::Tensor(v)])
+                })?
+            };
+            let IValue::Tuple(mut parts) = out else {
+                return Err(tch::TchError::Kind("forward did not return a tuple".into()));
+            };
+            if parts.len() != 3 {
+                return Err(tch::TchError::Kind(
+                    "forward did not return 3 values".into(),
+                ));
+            }
+            let (IValue::Tensor(v), IValue::Tensor(k), IValue::Tensor(logits)) =
+                (parts.remove(2), parts.remove(1), parts.remove(0))
+            else {
+                return Err(tch::TchError::Kind("forward did not return tensors".into()));
+            };
+            let next = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
+            let next = next.f_int64_value(&[0])?;
+            Ok((next, k, v))
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(tch::TchError::Kind(m))) => Err(m),
+            Ok(Err(_)) => Err("libtorch reported an error in the forward pass".into()),
+            Err(_) => Err("libtorch panicked in the forward pass".into()),
+        }
+    }
+
+    /// The conversation in the ChatML template, ending with the assistant's
+    /// turn opened.
+    pub fn prompt(&self, messages: &[ChatMessage]) -> String {
+        let mut s = String::new();
+        if let (Some(system), Some(first)) = (&self.system_prompt, messages.first()) {
+            if first.role != Role::System {
+                s.push_str("<|im_start|>system\n");
+                s.push_str(system);
+                s.push_str("<|im_end|>\n");
+            }
+        }
+        for m in messages {
+            s.push_str("<|im_start|>");
+            s.push_str(m.role.as_str());
+            s.push('\n');
+            s.push_str(&m.content);
+            s.push_str("<|im_end|>\n");
+        }
+        s.push_str("<|im_start|>assistant\n");
+        s
+    }
+
+    /// Greedy decoding of up to `max_tokens` tokens after `prompt_ids`,
+    /// emitting text as it becomes valid UTF-8.
+    fn generate(
+        &self,
+        tokenizer: &CheckedTokenizer,
+        prompt_ids: &[i64],
+        max_tokens: u32,
+        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<(u64, Finish), BackendError> {
+        let failed = BackendError::Failed;
+        let (mut k, mut v) = self
+            .empty_cache()
+            .map_err(|_| failed("cannot allocate the key/value cache".into()))?;
+        let mut input: Vec<i64> = prompt_ids.to_vec();
+        let mut generated: Vec<u32> = Vec::new();
+        let mut sent = 0usize;
+        let mut delivered = 0u64;
+        while generated.len() < max_tokens as usize {
+            let (next, k2, v2) = self.step(&input, k, v).map_err(failed)?;
+            k = k2;
+            v = v2;
+            if self.stop.contains(&next) {
+                return Ok((delivered, Finish::Stop));
+            }
+            let Ok(id) = u32::try_from(next) else {
+                return Err(failed("the model produced an invalid token id".into()));
+            };
+            generated.push(id);
+            let text = tokenizer.decode(&generated).map_err(failed)?;
+            // A token may end inside a UTF-8 sequence: wait for the rest.
+            if !text.ends_with('\u{FFFD}') {
+                if let Some(piece) = text.get(sent..).filter(|p| !p.is_empty()) {
+                    if emit(piece).is_break() {
+                        return Ok((delivered, Finish::Stop));
+                    }
+                    sent = text.len();
+                }
+            }
+            delivered += 1;
+            input.clear();
+            input.push(next);
+        }
+        Ok((delivered, Finish::Length))
     }
 }
 
@@ -274,21 +485,44 @@ impl InferenceBackend for TchBackend {
     fn chat(
         &self,
         model: &str,
-        _messages: &[ChatMessage],
-        _max_tokens: u32,
-        _emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        messages: &[ChatMessage],
+        max_tokens: u32,
+        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError> {
         let s = self.served(model)?;
-        match s.kind {
-            ModelKind::Embedding => Err(BackendError::Unsupported {
+        let Engine::Chat(chat) = &s.engine else {
+            return Err(BackendError::Unsupported {
                 model: model.into(),
                 operation: "chat",
-            }),
+            });
+        };
+        let ids = s
+            .tokenizer
+            .ids(&chat.prompt(messages))
+            .map_err(BackendError::Failed)?;
+        if ids.len() as u64 > u64::from(s.max_input_tokens) {
+            return Err(BackendError::TooLong {
+                tokens: ids.len() as u64,
+                limit: u64::from(s.max_input_tokens),
+            });
         }
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let (completion_tokens, finish) = chat.generate(&s.tokenizer, &ids, max_tokens, emit)?;
+        Ok(ChatOutcome {
+            prompt_tokens: ids.len() as u64,
+            completion_tokens,
+            finish,
+        })
     }
 
     fn embed(&self, model: &str, inputs: &[String]) -> Result<(Vec<Vec<f32>>, u64), BackendError> {
         let s = self.served(model)?;
+        let Engine::Embedding(queue) = &s.engine else {
+            return Err(BackendError::Unsupported {
+                model: model.into(),
+                operation: "embeddings",
+            });
+        };
         let mut seqs = Vec::with_capacity(inputs.len());
         let mut tokens = 0u64;
         for input in inputs {
@@ -306,7 +540,7 @@ impl InferenceBackend for TchBackend {
             return Ok((Vec::new(), 0));
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        s.queue
+        queue
             .send(Job { seqs, reply: tx })
             .map_err(|_| BackendError::Failed("the model's worker thread has stopped".into()))?;
         let vectors = rx

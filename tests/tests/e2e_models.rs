@@ -24,7 +24,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use cocoon_client::{Client, ClientError, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
-use cocoon_tests::models::{max_abs_diff, model_dir, model_toml, reference};
+use cocoon_tests::models::{
+    chat_model_toml, chat_reference, max_abs_diff, model_dir, model_toml, reference,
+};
 use cocoon_tests::procs::TempDir;
 use common::*;
 use sha2::Digest;
@@ -140,6 +142,80 @@ fn embeddings_over_the_sealed_path_equal_the_python_reference() {
                     completed.usage.prompt_tokens, 0,
                     "a refused input is not billed"
                 );
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_real_chat_model_answers_over_the_sealed_path_as_in_python() {
+    let want = chat_reference();
+    let dir = TempDir::new("e2e-chat");
+    let config = format!(
+        "{}\n[prices.smollm2-135m-instruct]\nprompt = 1\ncompletion = 4\n\n{}",
+        tch_config(&model_toml()),
+        chat_model_toml()
+    );
+    let enclave = start_enclave_with(&dir, "enclave", &config);
+    let host = start_host(&dir, &[&enclave.socket], &[]);
+    let client = Client::new(&host.url, simulated_policy(), account());
+    rt().block_on(async {
+        let provider = client.verify().await.expect("verified");
+        let mut models = provider.models();
+        models.sort();
+        assert_eq!(models, ["all-minilm-l6-v2", "smollm2-135m-instruct"]);
+        let started = Instant::now();
+        let mut stream = client
+            .chat("smollm2-135m-instruct", ask(&want.prompt), want.max_tokens)
+            .await
+            .expect("accepted");
+        let mut pieces = Vec::new();
+        let done = loop {
+            match stream.next().await.expect("authentic") {
+                Some(ResponsePart::Text(t)) => pieces.push(t),
+                Some(ResponsePart::Completed(d)) => break *d,
+                Some(other) => panic!("unexpected part {other:?}"),
+                None => panic!("stream ended without its receipt"),
+            }
+        };
+        let text = pieces.concat();
+        eprintln!(
+            "answer {text:?} in {:?}, {} pieces",
+            started.elapsed(),
+            pieces.len()
+        );
+        // Greedy decoding: the same answer, token for token, as Python.
+        assert_eq!(text, want.answer);
+        assert!(pieces.len() > 1, "streamed token by token: {pieces:?}");
+        assert_eq!(done.usage.prompt_tokens, want.prompt_tokens);
+        assert_eq!(done.usage.completion_tokens, want.answer_tokens);
+        let finish = if want.stopped {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        assert_eq!(done.finish, finish);
+        assert_eq!(done.receipt.unit_price.completion, 4);
+
+        // max_tokens cuts the answer, and the receipt says so.
+        let (short, d) = client
+            .chat("smollm2-135m-instruct", ask(&want.prompt), 3)
+            .await
+            .unwrap()
+            .collect_text()
+            .await
+            .unwrap();
+        assert!(want.answer.starts_with(&short), "{short:?}");
+        assert_eq!(d.finish, FinishReason::Length);
+        assert_eq!(d.usage.completion_tokens, 3);
+        // The chat model does not embed.
+        match client
+            .embeddings("smollm2-135m-instruct", vec!["x".into()])
+            .await
+        {
+            Err(ClientError::EnclaveFailed { message, .. }) => {
+                assert!(message.contains("does not support embeddings"), "{message}")
             }
             other => panic!("{other:?}"),
         }

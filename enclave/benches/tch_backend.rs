@@ -1,0 +1,161 @@
+//! The tch backend against bare libtorch on the same inputs, in one run.
+//!
+//! * embeddings: `TchBackend::embed` (tokenize, queue to the model thread,
+//!   forward, split) against `EmbeddingModel::forward` on ids tokenized
+//!   beforehand; ratio goal ≤ 1.05;
+//! * chat: `TchBackend::chat` (template, tokenize, greedy decode with the
+//!   key/value cache, detokenize per token, emit): tokens per second.
+//!
+//! Needs the exported models (`source scripts/torch-env.sh`). Prints
+//! ratios, not absolute times; run with `cargo bench -p cocoon-enclave`.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use cocoon_enclave::config::EnclaveConfig;
+use cocoon_enclave::files::{read_checked, CheckedTokenizer};
+use cocoon_enclave::torch::{pick_device, EmbeddingModel, TchBackend};
+use cocoon_enclave::InferenceBackend;
+use cocoon_protocol::message::{ChatMessage, Role};
+
+fn model_toml(var: &str) -> String {
+    let dir = std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} is not set: run `source scripts/torch-env.sh` first"));
+    std::fs::read_to_string(format!("{dir}/model.toml")).expect("model.toml")
+}
+
+fn time(f: &mut impl FnMut()) -> Duration {
+    let s = Instant::now();
+    f();
+    s.elapsed()
+}
+
+/// Median of `rounds` timings of `f`, after a warm-up.
+fn median(rounds: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<Duration> = (0..rounds).map(|_| time(&mut f)).collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+/// Median ratio b/a over `rounds` rounds that time `a` then `b` back to
+/// back, so load from elsewhere hits both alike.
+fn ratio(rounds: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        a();
+        b();
+    }
+    let mut r: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let ta = time(&mut a);
+            let tb = time(&mut b);
+            tb.as_secs_f64() / ta.as_secs_f64()
+        })
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let text = format!(
+        "backend = \"tch\"\ndevice = \"auto\"\n\n{}\n{}",
+        model_toml("COCOON_MODEL_DIR"),
+        model_toml("COCOON_CHAT_MODEL_DIR")
+    );
+    let config = EnclaveConfig::from_toml(&text).expect("config");
+    let backend = TchBackend::load(&config).expect("models load");
+    let device = pick_device(config.device).unwrap();
+    println!(
+        "device: {device:?}, libtorch threads: {}",
+        tch::get_num_threads()
+    );
+
+    // --- embeddings -------------------------------------------------------
+    let m = &config.models["all-minilm-l6-v2"];
+    let tok = CheckedTokenizer::load(&m.tokenizer, &m.tokenizer_sha256).unwrap();
+    let bytes = read_checked("model file", &m.path, &m.sha256).unwrap();
+    let (bare, _) = EmbeddingModel::load(&bytes, device, &m.path).unwrap();
+    for (label, input) in [
+        (
+            "16 tokens",
+            "Confidential inference reads this prompt only inside the enclave.",
+        ),
+        (
+            "128 tokens",
+            &"attestation evidence binds the session key to the measured image. ".repeat(11),
+        ),
+    ] {
+        let ids: Vec<i64> = tok
+            .model_ids(input)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let inputs = vec![input.to_owned()];
+        let r = ratio(
+            60,
+            || {
+                bare.forward(std::slice::from_ref(&ids)).unwrap();
+            },
+            || {
+                backend.embed("all-minilm-l6-v2", &inputs).unwrap();
+            },
+        );
+        println!(
+            "embeddings, one input of {label} ({} ids): backend / bare forward = {r:.3} (median of 60 paired rounds)",
+            ids.len()
+        );
+    }
+    // A batch of 32 short inputs in one request against 32 bare forwards
+    // of one: what batching buys.
+    let inputs: Vec<String> = (0..32)
+        .map(|i| format!("input number {i} for the batch"))
+        .collect();
+    let ids: Vec<Vec<i64>> = inputs
+        .iter()
+        .map(|s| {
+            tok.model_ids(s)
+                .unwrap()
+                .into_iter()
+                .map(i64::from)
+                .collect()
+        })
+        .collect();
+    let r = ratio(
+        10,
+        || {
+            for s in &ids {
+                bare.forward(std::slice::from_ref(s)).unwrap();
+            }
+        },
+        || {
+            backend.embed("all-minilm-l6-v2", &inputs).unwrap();
+        },
+    );
+    println!("embeddings, 32 inputs: backend batched / 32 bare single forwards = {r:.3}");
+
+    // --- chat ---------------------------------------------------------------
+    let messages = vec![ChatMessage {
+        role: Role::User,
+        content: "Write a short story about a lighthouse keeper.".into(),
+    }];
+    let max_tokens = 48;
+    let mut produced = 0u64;
+    let t_chat = median(5, || {
+        let o = backend
+            .chat("smollm2-135m-instruct", &messages, max_tokens, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        produced = o.completion_tokens;
+    });
+    println!(
+        "chat: {produced} tokens in the median run, {:.1} tokens/s through TchBackend::chat (prompt prefill included)",
+        produced as f64 / t_chat.as_secs_f64()
+    );
+}
