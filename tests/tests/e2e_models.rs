@@ -57,7 +57,19 @@ fn embeddings_over_the_sealed_path_equal_the_python_reference() {
     let reference = reference();
     let dir = TempDir::new("e2e-tch");
     let enclave = start_enclave_with(&dir, "enclave", &tch_config(&model_toml()));
-    let host = start_host(&dir, &[&enclave.socket], &["--account-max-streams", "64"]);
+    // 24 requests in a burst: above the default per-account rate limit.
+    let host = start_host(
+        &dir,
+        &[&enclave.socket],
+        &[
+            "--account-max-streams",
+            "64",
+            "--account-rps",
+            "1000",
+            "--account-burst",
+            "1000",
+        ],
+    );
     let client = Client::new(&host.url, simulated_policy(), account());
     rt().block_on(async {
         let provider = client.verify().await.expect("verified");
