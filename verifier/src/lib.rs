@@ -26,6 +26,7 @@
 
 mod crypto;
 pub mod enclave;
+pub mod nvidia;
 pub mod policy;
 pub mod snp;
 pub mod tdx;

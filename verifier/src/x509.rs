@@ -24,6 +24,9 @@ const OID_MGF1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.
 const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 /// id-ecPublicKey.
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// ecdsa-with-SHA384 (RFC 5758 §3.2).
+pub(crate) const OID_ECDSA_SHA384: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 /// secp384r1.
 const OID_SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
@@ -40,6 +43,11 @@ pub enum CertError {
     /// The signature algorithm is not RSASSA-PSS with SHA-384, MGF1-SHA-384, salt 48.
     #[error("signature algorithm is not RSASSA-PSS/SHA-384/MGF1-SHA-384/salt 48 as AMD's key hierarchy uses")]
     UnsupportedSignatureAlgorithm,
+    /// The signature algorithm is not ecdsa-with-SHA384 (without parameters).
+    #[error(
+        "signature algorithm is not ecdsa-with-SHA384 as NVIDIA's certificate hierarchies use"
+    )]
+    NotEcdsaSha384,
     /// The inner and outer signature algorithms differ (RFC 5280 §4.1.1.2).
     #[error("signatureAlgorithm differs from tbsCertificate.signature")]
     AlgorithmMismatch,
@@ -54,8 +62,19 @@ pub(crate) enum SubjectKey {
     P384(P384Key),
 }
 
+/// How the issuer signed a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigAlg {
+    /// RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48 (AMD).
+    RsaPssSha384,
+    /// ECDSA with SHA-384 (NVIDIA device and RIM hierarchies).
+    EcdsaSha384,
+}
+
 /// A parsed certificate.
 pub(crate) struct Cert {
+    /// The issuer's signature algorithm (checked when parsed).
+    pub sig_alg: SigAlg,
     /// The DER as received.
     pub der: Vec<u8>,
     /// The exact bytes the issuer signed.
@@ -67,7 +86,8 @@ pub(crate) struct Cert {
     pub subject_cn: String,
     pub not_before: UnixTime,
     pub not_after: UnixTime,
-    /// The signature value (RSASSA-PSS, checked above).
+    /// The signature value: RSASSA-PSS bytes, or for ECDSA the fixed
+    /// big-endian `r || s` converted from the DER `Ecdsa-Sig-Value`.
     pub signature: Vec<u8>,
     pub key: SubjectKey,
     /// (OID, critical, extnValue contents).
@@ -132,9 +152,28 @@ fn check_pss_sha384(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Result<(
     }
 }
 
+/// ecdsa-with-SHA384 carries no parameters (RFC 5758 §3.2).
+fn check_ecdsa_sha384(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Result<(), CertError> {
+    if alg.oid == OID_ECDSA_SHA384 && alg.parameters.is_none() {
+        Ok(())
+    } else {
+        Err(CertError::NotEcdsaSha384)
+    }
+}
+
 impl Cert {
-    /// Parse one DER certificate.
+    /// Parse one DER certificate signed with RSASSA-PSS/SHA-384 (AMD).
     pub(crate) fn from_der(der: &[u8]) -> Result<Cert, CertError> {
+        Self::from_der_as(der, SigAlg::RsaPssSha384)
+    }
+
+    /// Parse one DER certificate signed with ecdsa-with-SHA384 (NVIDIA).
+    pub(crate) fn from_der_ecdsa(der: &[u8]) -> Result<Cert, CertError> {
+        Self::from_der_as(der, SigAlg::EcdsaSha384)
+    }
+
+    /// Parse one DER certificate whose signature algorithm must be `alg`.
+    fn from_der_as(der: &[u8], alg: SigAlg) -> Result<Cert, CertError> {
         let bad = |e: der::Error| CertError::Der(e.to_string());
         let cert = Certificate::from_der(der).map_err(bad)?;
         let raw = RawCert::from_der(der).map_err(bad)?;
@@ -143,7 +182,10 @@ impl Cert {
         if t.signature != cert.signature_algorithm {
             return Err(CertError::AlgorithmMismatch);
         }
-        check_pss_sha384(&cert.signature_algorithm)?;
+        match alg {
+            SigAlg::RsaPssSha384 => check_pss_sha384(&cert.signature_algorithm)?,
+            SigAlg::EcdsaSha384 => check_ecdsa_sha384(&cert.signature_algorithm)?,
+        }
         let spki = &t.subject_public_key_info;
         let key_bits = spki
             .subject_public_key
@@ -176,8 +218,16 @@ impl Cert {
         let signature = cert
             .signature
             .as_bytes()
-            .ok_or_else(|| CertError::Der("signature bit string has unused bits".into()))?
-            .to_vec();
+            .ok_or_else(|| CertError::Der("signature bit string has unused bits".into()))?;
+        let signature = match alg {
+            SigAlg::RsaPssSha384 => signature.to_vec(),
+            SigAlg::EcdsaSha384 => p384::ecdsa::Signature::from_der(signature)
+                .map_err(|_| {
+                    CertError::Der("ECDSA signature is not a P-384 Ecdsa-Sig-Value".into())
+                })?
+                .to_bytes()
+                .to_vec(),
+        };
         let extensions = t
             .extensions
             .iter()
@@ -185,6 +235,7 @@ impl Cert {
             .map(|e| (e.extn_id, e.critical, e.extn_value.as_bytes().to_vec()))
             .collect();
         Ok(Cert {
+            sig_alg: alg,
             der: der.to_vec(),
             tbs,
             issuer: t.issuer.to_der().map_err(bad)?,
@@ -198,26 +249,69 @@ impl Cert {
         })
     }
 
-    /// Parse DER, or PEM with one or more `CERTIFICATE` blocks.
+    /// Parse DER, or PEM with one or more `CERTIFICATE` blocks (RSASSA-PSS).
     pub(crate) fn parse_many(bytes: &[u8]) -> Result<Vec<Cert>, CertError> {
+        Self::parse_many_as(bytes, SigAlg::RsaPssSha384)
+    }
+
+    /// Parse DER, or PEM with one or more `CERTIFICATE` blocks, each signed
+    /// with `alg`.
+    pub(crate) fn parse_many_as(bytes: &[u8], alg: SigAlg) -> Result<Vec<Cert>, CertError> {
         let trimmed = bytes.trim_ascii_start();
         if trimmed.starts_with(b"-----BEGIN") {
             let text =
                 std::str::from_utf8(trimmed).map_err(|_| CertError::Pem("not UTF-8".into()))?;
             pem_blocks(text)?
                 .iter()
-                .map(|der| Cert::from_der(der))
+                .map(|der| Cert::from_der_as(der, alg))
                 .collect()
         } else {
-            Ok(vec![Cert::from_der(bytes)?])
+            Ok(vec![Cert::from_der_as(bytes, alg)?])
         }
     }
 
     /// Verify that `issuer_key` signed this certificate.
     pub(crate) fn signed_by(&self, issuer: &Cert) -> bool {
-        match &issuer.key {
-            SubjectKey::Rsa(k) => k.verify(&self.tbs, &self.signature),
-            SubjectKey::P384(_) => false,
+        match (&issuer.key, self.sig_alg) {
+            (SubjectKey::Rsa(k), SigAlg::RsaPssSha384) => k.verify(&self.tbs, &self.signature),
+            (SubjectKey::P384(k), SigAlg::EcdsaSha384) => {
+                <&[u8; 96]>::try_from(self.signature.as_slice())
+                    .is_ok_and(|sig| k.verify_fixed(&self.tbs, sig))
+            }
+            _ => false,
+        }
+    }
+
+    /// The basicConstraints extension (RFC 5280 §4.2.1.9): `Some((cA,
+    /// pathLenConstraint))`, `None` when absent; an unparsable one is an
+    /// error.
+    pub(crate) fn basic_constraints(&self) -> Result<Option<(bool, Option<u8>)>, CertError> {
+        use x509_cert::ext::pkix::BasicConstraints;
+        const OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+        match self.extension(&OID) {
+            None => Ok(None),
+            Some(v) => {
+                let bc = BasicConstraints::from_der(v)
+                    .map_err(|e| CertError::Der(format!("basicConstraints: {e}")))?;
+                Ok(Some((bc.ca, bc.path_len_constraint)))
+            }
+        }
+    }
+
+    /// Whether keyUsage (RFC 5280 §4.2.1.3), when present, allows `bit`
+    /// (0 = digitalSignature, 5 = keyCertSign). `None` when absent.
+    pub(crate) fn key_usage_allows(&self, bit: u8) -> Result<Option<bool>, CertError> {
+        const OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+        match self.extension(&OID) {
+            None => Ok(None),
+            Some(v) => {
+                let bits = BitStringRef::from_der(v)
+                    .map_err(|e| CertError::Der(format!("keyUsage: {e}")))?;
+                let raw = bits.raw_bytes();
+                let byte = usize::from(bit / 8);
+                let set = raw.get(byte).is_some_and(|b| b & (0x80 >> (bit % 8)) != 0);
+                Ok(Some(set))
+            }
         }
     }
 

@@ -1,0 +1,202 @@
+//! ECDSA P-384 certificate chains to a pinned NVIDIA root.
+//!
+//! Owns the two NVIDIA trust anchors this crate bundles (the device identity
+//! root for GPU and NVSwitch attestation keys, the CoRIM signing root for
+//! reference integrity manifests), each pinned by the SHA-256 of its DER, and
+//! the path check both hierarchies share: every link signed with
+//! ecdsa-with-SHA384 by the next certificate, names chained byte for byte,
+//! issuers marked as CAs (RFC 5280 §4.2.1.9) allowed to sign certificates
+//! (§4.2.1.3) within their path-length limits, and every certificate valid
+//! at the caller's time.
+
+use crate::crypto::sha256;
+use crate::x509::Cert;
+use crate::{ReasonKind, UnixTime};
+
+/// A bundled NVIDIA root.
+pub(crate) struct Root {
+    pub name: &'static str,
+    der: &'static [u8],
+    sha256: &'static str,
+}
+
+/// "NVIDIA Device Identity CA": the top of every GPU (GH100) and NVSwitch
+/// (LS10) attestation key chain. Public, as published in NVIDIA's nvtrust
+/// local verifier.
+pub(crate) const DEVICE_ROOT: Root = Root {
+    name: "NVIDIA Device Identity CA",
+    der: include_bytes!("../../roots/nvidia/device_identity_ca.der"),
+    sha256: "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48",
+};
+
+/// "NVIDIA CoRIM signing Root CA": the top of the chains embedded in driver
+/// and VBIOS reference integrity manifests.
+#[allow(dead_code)] // used by the RIM verifier (next step)
+pub(crate) const RIM_ROOT: Root = Root {
+    name: "NVIDIA CoRIM signing Root CA",
+    der: include_bytes!("../../roots/nvidia/corim_signing_root_ca.der"),
+    sha256: "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1",
+};
+
+impl Root {
+    /// The parsed root, after checking its pin. A bundled root that does not
+    /// match its pin or does not parse is a build defect; it is reported as
+    /// a chain failure rather than a panic.
+    pub(crate) fn cert(&self) -> Result<Cert, String> {
+        if hex::encode(sha256(self.der)) != self.sha256 {
+            return Err(format!("bundled root {} does not match its pin", self.name));
+        }
+        Cert::from_der_ecdsa(self.der).map_err(|e| format!("bundled root {}: {e}", self.name))
+    }
+}
+
+/// One shortfall of a chain.
+pub(crate) type ChainProblem = (ReasonKind, String);
+
+/// Longest chain accepted (NVIDIA's device chains have five certificates,
+/// RIM chains four).
+pub(crate) const MAX_CHAIN: usize = 8;
+
+/// Check `chain` (leaf first; the root itself may or may not be included at
+/// the end) up to `root` at time `now`. `what` names the chain in messages.
+/// Returns every problem found; an empty list means the chain is good.
+pub(crate) fn check_chain(
+    what: &str,
+    chain: &[Cert],
+    root: &Root,
+    now: UnixTime,
+) -> Vec<ChainProblem> {
+    let mut problems = Vec::new();
+    let root_cert = match root.cert() {
+        Ok(c) => c,
+        Err(e) => return vec![(ReasonKind::Chain, e)],
+    };
+    if chain.is_empty() {
+        return vec![(ReasonKind::Chain, format!("{what}: no certificates"))];
+    }
+    if chain.len() > MAX_CHAIN {
+        return vec![(
+            ReasonKind::Chain,
+            format!(
+                "{what}: {} certificates, more than the {MAX_CHAIN} accepted",
+                chain.len()
+            ),
+        )];
+    }
+    // The supplied chain may end with the root; it must then be the pinned
+    // root byte for byte (a different self-signed certificate with the same
+    // name is not our root).
+    let mut path: Vec<&Cert> = chain.iter().collect();
+    if let Some(last) = path.last() {
+        if last.subject == last.issuer && last.subject == root_cert.subject {
+            if last.der != root_cert.der {
+                problems.push((
+                    ReasonKind::Chain,
+                    format!(
+                        "{what}: ends with a certificate named {} that is not the pinned {}",
+                        last.subject_cn, root.name
+                    ),
+                ));
+                return problems;
+            }
+            path.pop();
+        }
+    }
+    if path.is_empty() {
+        return vec![(
+            ReasonKind::Chain,
+            format!("{what}: holds only the root, no leaf"),
+        )];
+    }
+    path.push(&root_cert);
+    for (i, pair) in path.windows(2).enumerate() {
+        let (child, issuer) = (pair[0], pair[1]);
+        if child.issuer != issuer.subject {
+            problems.push((
+                ReasonKind::Chain,
+                format!(
+                    "{what}: certificate {i} ({}) is not issued by the next one ({})",
+                    child.subject_cn, issuer.subject_cn
+                ),
+            ));
+        } else if !child.signed_by(issuer) {
+            problems.push((
+                ReasonKind::Chain,
+                format!(
+                    "{what}: the signature on certificate {i} ({}) does not verify with {}'s key",
+                    child.subject_cn, issuer.subject_cn
+                ),
+            ));
+        }
+        // Certificates between `issuer` and the leaf that are not
+        // self-issued count against pathLenConstraint (§4.2.1.9).
+        let below = i;
+        match issuer.basic_constraints() {
+            Ok(Some((true, limit))) => {
+                if let Some(limit) = limit {
+                    if below > usize::from(limit) {
+                        problems.push((
+                            ReasonKind::Chain,
+                            format!(
+                                "{what}: {} allows {limit} intermediate certificates below it, the chain has {below}",
+                                issuer.subject_cn
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(_) => problems.push((
+                ReasonKind::Chain,
+                format!(
+                    "{what}: {} issues a certificate but is not marked as a CA",
+                    issuer.subject_cn
+                ),
+            )),
+            Err(e) => problems.push((ReasonKind::Certificate, format!("{what}: {e}"))),
+        }
+        match issuer.key_usage_allows(5) {
+            Ok(Some(false)) => problems.push((
+                ReasonKind::Chain,
+                format!(
+                    "{what}: {}'s key usage does not allow signing certificates",
+                    issuer.subject_cn
+                ),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push((ReasonKind::Certificate, format!("{what}: {e}"))),
+        }
+    }
+    for c in &path {
+        if now < c.not_before || now > c.not_after {
+            problems.push((
+                ReasonKind::Expired,
+                format!(
+                    "{what}: {} is valid from {} to {} (unix), not at {}",
+                    c.subject_cn, c.not_before.0, c.not_after.0, now.0
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// Parse a PEM bundle (or one DER certificate) of ECDSA P-384 certificates.
+pub(crate) fn parse_chain(what: &str, bytes: &[u8]) -> Result<Vec<Cert>, ChainProblem> {
+    Cert::parse_many_as(bytes, crate::x509::SigAlg::EcdsaSha384)
+        .map_err(|e| (ReasonKind::Certificate, format!("{what}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_roots_match_their_pins_and_are_self_signed() {
+        for root in [DEVICE_ROOT, RIM_ROOT] {
+            let c = root.cert().unwrap();
+            assert_eq!(c.subject, c.issuer, "{}", root.name);
+            assert!(c.signed_by(&c), "{}", root.name);
+            assert_eq!(c.subject_cn, root.name);
+        }
+    }
+}
