@@ -8,6 +8,7 @@
 //! * [`snp`] — AMD SEV-SNP attestation reports (versions 2, 3 and 5).
 //! * [`tdx`] — Intel TDX DCAP quotes (versions 4 and 5; SGX version 3 quotes
 //!   recognised) and the SGX extensions of PCK certificates.
+//! * [`nvidia`] — NVIDIA GPU and NVSwitch SPDM attestation reports.
 //! * [`collateral`] — Intel DCAP collateral for offline TDX verification.
 //! * [`pcs`] — collateral service URLs, the fetcher trait and a cache that
 //!   never serves expired collateral (sans-IO; the host agent does the HTTP).
@@ -22,6 +23,7 @@
 pub mod bundle;
 pub mod cbor;
 pub mod collateral;
+pub mod nvidia;
 pub mod pcs;
 pub mod simulated;
 pub mod snp;

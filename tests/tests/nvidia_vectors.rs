@@ -54,3 +54,310 @@ fn a_device_chain_missing_a_link_is_refused() {
     let r = verify_device_chain(cocoon_tests::pem::to_pem(&other).as_bytes(), AT).unwrap_err();
     assert!(r.has(ReasonKind::Chain), "{r}");
 }
+
+use cocoon_attestation::nvidia::SpdmReport;
+use cocoon_verifier::nvidia::{verify_device, DeviceExpectations, DeviceKind};
+
+/// (report, chain) pairs of the single-device vectors that must verify.
+const VALID: [(&str, &str); 3] = [
+    (
+        "nvidia/h100-nvtrust-sample/hopperAttestationReport.txt",
+        "nvidia/h100-nvtrust-sample/hopperCertChain.txt",
+    ),
+    (
+        "nvidia/h100-535-vbios-rim/hopperAttestationReport.txt",
+        "nvidia/h100-535-vbios-rim/hopperCertChain.txt",
+    ),
+    (
+        "nvidia/nvswitch-ls10/switchAttestationReport.txt",
+        "nvidia/nvswitch-ls10/switchCertChain.txt",
+    ),
+];
+
+fn entry(path: &str) -> serde_json::Value {
+    cocoon_tests::manifest()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in the manifest"))
+        .clone()
+}
+
+fn report_bytes(path: &str) -> Vec<u8> {
+    hex::decode(String::from_utf8(read_vector(path)).unwrap().trim()).unwrap()
+}
+
+fn nonce_of(e: &serde_json::Value) -> [u8; 32] {
+    let n = cocoon_tests::unhex(&e["expected"]["fields"]["request"]["nonce"]);
+    n.try_into().unwrap()
+}
+
+#[test]
+fn single_device_reports_verify_with_the_manifest_fields() {
+    for (report, chain) in VALID {
+        let e = entry(report);
+        let fields = &e["expected"]["fields"];
+        let bytes = report_bytes(report);
+        let parsed = SpdmReport::parse(&bytes).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            fields["decoded_length"].as_u64().unwrap()
+        );
+        assert_eq!(
+            parsed.blocks().len() as u64,
+            fields["response"]["number_of_blocks"].as_u64().unwrap()
+        );
+        assert_eq!(
+            parsed.record_len() as u64,
+            fields["response"]["measurement_record_length"]
+                .as_u64()
+                .unwrap()
+        );
+        assert_eq!(
+            hex::encode(parsed.responder_nonce()),
+            fields["response"]["responder_nonce"].as_str().unwrap()
+        );
+        assert_eq!(
+            parsed.opaque_data().len() as u64,
+            fields["response"]["opaque_data_length"].as_u64().unwrap()
+        );
+        let nonce = nonce_of(&e);
+        let expect = DeviceExpectations {
+            nonce: Some(&nonce),
+            golden: None,
+        };
+        let v = verify_device(&bytes, &read_vector(chain), &expect, AT)
+            .unwrap_or_else(|r| panic!("{report}: {r}"));
+        assert_eq!(v.nonce(), &nonce);
+        assert_eq!(v.blocks(), parsed.blocks().len());
+        let opaque = &fields["opaque"];
+        if let Some(driver) = opaque["driver_version"].as_str() {
+            assert_eq!(v.kind(), DeviceKind::Gpu);
+            assert_eq!(v.driver_version(), Some(driver));
+            assert_eq!(v.vbios_version(), opaque["vbios_version_str"].as_str());
+            assert_eq!(v.model(), "GH100");
+        } else {
+            assert_eq!(v.kind(), DeviceKind::Switch);
+            assert_eq!(v.model(), "LS_10");
+        }
+    }
+}
+
+#[test]
+fn the_invalid_signature_vector_is_rejected_for_its_signature() {
+    let report = "nvidia/negative/hopperAttestationReportInvalidSignature.txt";
+    let e = entry(report);
+    let nonce = nonce_of(&e);
+    let expect = DeviceExpectations {
+        nonce: Some(&nonce),
+        golden: None,
+    };
+    let r = verify_device(
+        &report_bytes(report),
+        &read_vector("nvidia/negative/hopperCertChainExpired.txt"),
+        &expect,
+        AT,
+    )
+    .unwrap_err();
+    assert!(r.has(ReasonKind::Signature), "{r}");
+    // The report also names an FWID that is not the one in this chain's
+    // leaf: it was not produced by this device's firmware. Nothing else
+    // (chain, nonce, structure) is wrong.
+    assert!(
+        r.reasons()
+            .iter()
+            .all(|x| matches!(x.kind, ReasonKind::Signature | ReasonKind::KeyBinding)),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_wrong_nonce_is_a_nonce_mismatch() {
+    let (report, chain) = VALID[1];
+    let zero = [0u8; 32];
+    let expect = DeviceExpectations {
+        nonce: Some(&zero),
+        golden: None,
+    };
+    let r = verify_device(&report_bytes(report), &read_vector(chain), &expect, AT).unwrap_err();
+    assert!(
+        r.reasons()
+            .iter()
+            .any(|x| x.message.contains("nonce mismatch")),
+        "{r}"
+    );
+}
+
+#[test]
+fn manifest_mutations_are_rejected() {
+    for (report, chain) in VALID.iter().chain(
+        [(
+            "nvidia/negative/hopperAttestationReportInvalidSignature.txt",
+            "nvidia/negative/hopperCertChainExpired.txt",
+        )]
+        .iter(),
+    ) {
+        let e = entry(report);
+        let nonce = nonce_of(&e);
+        let expect = DeviceExpectations {
+            nonce: Some(&nonce),
+            golden: None,
+        };
+        let good = report_bytes(report);
+        let chain = read_vector(chain);
+        for m in e["expected"]["negative_mutations"].as_array().unwrap() {
+            let offset = m["offset"].as_str().unwrap();
+            if offset == "text" {
+                let text = read_vector(report);
+                for extra in [&b"0"[..], b"g"] {
+                    let mut t = text.trim_ascii().to_vec();
+                    t.extend_from_slice(extra);
+                    assert!(
+                        SpdmReport::parse_hex(&t).is_err(),
+                        "{report}: appended {extra:?}"
+                    );
+                }
+                continue;
+            }
+            let at: usize = offset
+                .trim_start_matches("byte ")
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let mut bad = good.clone();
+            bad[at] ^= 1;
+            let r = verify_device(&bad, &chain, &expect, AT).unwrap_err();
+            assert!(r.has(ReasonKind::Signature), "{report} byte {at}: {r}");
+            if at == 4 {
+                assert!(
+                    r.reasons()
+                        .iter()
+                        .any(|x| x.message.contains("nonce mismatch")),
+                    "{r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_measurement_block_and_every_signature_byte_is_covered() {
+    let (report, chain) = VALID[0];
+    let nonce = nonce_of(&entry(report));
+    let expect = DeviceExpectations {
+        nonce: Some(&nonce),
+        golden: None,
+    };
+    let good = report_bytes(report);
+    let chain = read_vector(chain);
+    let parsed = SpdmReport::parse(&good).unwrap();
+    let mut flips = 0;
+    // Every byte of every measurement value, every byte of the opaque data
+    // and of the signature: a flip is a signature failure (or a parse error
+    // where the flip breaks the structure).
+    let mut offsets: Vec<usize> = parsed
+        .blocks()
+        .iter()
+        .flat_map(|b| b.value.clone())
+        .collect();
+    let sig_at = parsed.signed_bytes().len();
+    offsets.extend(sig_at..good.len());
+    let opaque_at = sig_at - parsed.opaque_data().len();
+    offsets.extend(opaque_at..sig_at);
+    for at in offsets {
+        let mut bad = good.clone();
+        bad[at] ^= 0x80;
+        let r = verify_device(&bad, &chain, &expect, AT).unwrap_err();
+        assert!(
+            r.has(ReasonKind::Signature) || r.has(ReasonKind::Malformed),
+            "byte {at}: {r}"
+        );
+        flips += 1;
+    }
+    assert!(flips > 64 * 48);
+    // Headers of every block: index, specification, sizes.
+    for b in parsed.blocks() {
+        for at in b.value.start - 7..b.value.start {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            assert!(
+                verify_device(&bad, &chain, &expect, AT).is_err(),
+                "block {} header byte {at}",
+                b.index
+            );
+        }
+    }
+}
+
+#[test]
+fn the_8_gpu_and_4_switch_protected_pcie_sets_verify() {
+    for (file, count, kind) in [
+        (
+            "nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json",
+            8,
+            DeviceKind::Gpu,
+        ),
+        (
+            "nvidia/hgx-8xh100-ppcie-nvtrust/switch_evidence.json",
+            4,
+            DeviceKind::Switch,
+        ),
+    ] {
+        let items: Vec<serde_json::Value> = serde_json::from_slice(&read_vector(file)).unwrap();
+        assert_eq!(items.len(), count);
+        let e = entry(file);
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let report = cocoon_tests::pem::decode_base64(item["evidence"].as_str().unwrap());
+            let chain = cocoon_tests::pem::decode_base64(item["certificate"].as_str().unwrap());
+            let nonce: [u8; 32] = hex::decode(item["nonce"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let expect = DeviceExpectations {
+                nonce: Some(&nonce),
+                golden: None,
+            };
+            let v = verify_device(&report, &chain, &expect, AT)
+                .unwrap_or_else(|r| panic!("{file}[{i}]: {r}"));
+            assert_eq!(v.kind(), kind);
+            let want = &e["expected"]["items"][i];
+            assert_eq!(
+                v.blocks() as u64,
+                want["number_of_blocks"].as_u64().unwrap()
+            );
+            if kind == DeviceKind::Gpu {
+                assert_eq!(v.driver_version(), want["json"]["driver_version"].as_str());
+                assert_eq!(v.vbios_version(), want["json"]["vbios_version"].as_str());
+                assert_eq!(
+                    v.feature_mode(),
+                    Some(cocoon_attestation::nvidia::FeatureMode::ProtectedPcie)
+                );
+            } else {
+                assert_eq!(
+                    v.vbios_version(),
+                    want["opaque"]["vbios_version_ascii"].as_str()
+                );
+            }
+            assert!(
+                want["leaf_subject"]
+                    .as_str()
+                    .unwrap()
+                    .contains(v.device_id()),
+                "{}",
+                v.device_id()
+            );
+            ids.insert(v.device_id().to_string());
+            // Another device's chain does not verify this report.
+            let other = &items[(i + 1) % items.len()];
+            let other_chain =
+                cocoon_tests::pem::decode_base64(other["certificate"].as_str().unwrap());
+            let r = verify_device(&report, &other_chain, &expect, AT).unwrap_err();
+            assert!(r.has(ReasonKind::Signature), "{r}");
+        }
+        assert_eq!(ids.len(), count, "every device has its own identity");
+    }
+}

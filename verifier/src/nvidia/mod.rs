@@ -1,8 +1,12 @@
 //! NVIDIA confidential-computing evidence: H100 GPUs and LS10 NVSwitches.
 //!
 //! * `chain` — the pinned NVIDIA roots and ECDSA P-384 chain checks.
+//! * [`device`] — one GPU's or NVSwitch's SPDM evidence.
 
 pub(crate) mod chain;
+pub mod device;
+
+pub use device::{verify_device, DeviceExpectations, DeviceKind, Golden, VerifiedDevice};
 
 use crate::{Findings, Rejection, UnixTime};
 

@@ -1,0 +1,653 @@
+//! NVIDIA GPU and NVSwitch attestation reports: SPDM 1.1 GET_MEASUREMENTS.
+//!
+//! An H100 in confidential-computing mode (and an LS10 NVSwitch in a
+//! protected-PCIe system) answers the driver's attestation request with an
+//! SPDM exchange. The report the driver returns is the request followed by
+//! the response, byte for byte:
+//!
+//! ```text
+//! GET_MEASUREMENTS request (DSP0274 1.1 §10.11.1, 37 bytes)
+//!   0  SPDMVersion (0x11)        1  RequestResponseCode (0xE0)
+//!   2  Param1 (bit 0: signature requested)
+//!   3  Param2 (0xFF: all measurements)
+//!   4  Nonce[32]                36  SlotIDParam
+//! MEASUREMENTS response (DSP0274 1.1 §10.11.2)
+//!   0  SPDMVersion (0x11)        1  RequestResponseCode (0x60)
+//!   2  Param1                    3  Param2 (slot)
+//!   4  NumberOfBlocks            5  MeasurementRecordLength (3 bytes, LE)
+//!   8  MeasurementRecord         then Nonce[32], OpaqueDataLength (u16 LE),
+//!      OpaqueData, Signature (ECDSA P-384: r || s, 96 bytes)
+//! ```
+//!
+//! Each measurement block (§10.11.2, Table "Measurement block format") is
+//! `Index, MeasurementSpecification (bit 0 = DMTF), MeasurementSize (u16
+//! LE), Measurement`, and a DMTF measurement is `DMTFSpecMeasurementValueType,
+//! DMTFSpecMeasurementValueSize (u16 LE), DMTFSpecMeasurementValue`.
+//!
+//! The opaque data is NVIDIA's: a list of `type (u16 LE), length (u16 LE),
+//! value` fields (driver version, VBIOS version, FWID, measurement counts,
+//! switch PDIs, feature flag, ...). Types this module does not know are kept
+//! as raw fields: they are signed, shown, and never used for a decision.
+//!
+//! The signature covers request || response up to the signature (SPDM 1.1
+//! signs the transcript L1 directly; 1.2's signing context is not used at
+//! 1.1). This module parses and never verifies; it never panics on input.
+
+use core::fmt;
+use core::ops::Range;
+
+/// SPDM version this parser accepts (1.1).
+pub const SPDM_VERSION_11: u8 = 0x11;
+/// GET_MEASUREMENTS request code.
+pub const GET_MEASUREMENTS: u8 = 0xE0;
+/// MEASUREMENTS response code.
+pub const MEASUREMENTS: u8 = 0x60;
+/// Size of the GET_MEASUREMENTS request with a nonce (1.1).
+pub const REQUEST_SIZE: usize = 37;
+/// ECDSA P-384 signature size (r || s).
+pub const SIGNATURE_SIZE: usize = 96;
+/// Largest report accepted (the driver's buffer is 8 KiB).
+pub const MAX_REPORT: usize = 0x2000;
+/// Offset of the response within a report.
+const RESP: usize = REQUEST_SIZE;
+/// Offset of the measurement record within a report.
+pub const RECORD_OFFSET: usize = RESP + 8;
+
+/// Why bytes are not an NVIDIA SPDM report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpdmError {
+    /// Fewer bytes than the structure needs.
+    #[error("report truncated: {what} needs bytes {need:?}, report has {have}")]
+    Truncated {
+        /// The structure being read.
+        what: &'static str,
+        /// The byte range needed.
+        need: Range<usize>,
+        /// Bytes available.
+        have: usize,
+    },
+    /// More bytes than any driver returns.
+    #[error("report is {0} bytes, more than the {MAX_REPORT} accepted")]
+    TooLarge(usize),
+    /// Bytes after the signature.
+    #[error("{0} bytes after the signature")]
+    Trailing(usize),
+    /// A fixed field holds an unexpected value.
+    #[error("{field} is {value:#04x}, expected {expected}")]
+    Field {
+        /// Field name.
+        field: &'static str,
+        /// Value found.
+        value: u32,
+        /// What the spec requires.
+        expected: &'static str,
+    },
+    /// The measurement record is inconsistent.
+    #[error("measurement record: {0}")]
+    Record(String),
+    /// The opaque data is inconsistent.
+    #[error("opaque data: {0}")]
+    Opaque(String),
+    /// The hex text form is broken.
+    #[error("hex text: {0}")]
+    Hex(String),
+}
+
+/// One SPDM measurement block with a DMTF measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeasurementBlock {
+    /// Block index (1-based in NVIDIA's reports).
+    pub index: u8,
+    /// DMTFSpecMeasurementValueType: bit 7 set means a raw bit stream,
+    /// clear means a digest; bits 0-6 name what was measured.
+    pub value_type: u8,
+    /// Where the measurement value lies in the report.
+    pub value: Range<usize>,
+}
+
+/// One opaque-data field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpaqueField {
+    /// Field type (see [`OpaqueField::name`]).
+    pub kind: u16,
+    /// Where its value lies in the report.
+    pub value: Range<usize>,
+}
+
+impl OpaqueField {
+    /// NVIDIA's name for the field type, or `None` for a type this module
+    /// does not know.
+    pub fn name(&self) -> Option<&'static str> {
+        opaque_name(self.kind)
+    }
+}
+
+/// Opaque-data field types (NVIDIA's `OPAQUE_FIELD_ID_*`).
+pub mod opaque {
+    /// Driver version, NUL-terminated ASCII.
+    pub const DRIVER_VERSION: u16 = 3;
+    /// GPU info.
+    pub const GPU_INFO: u16 = 4;
+    /// VBIOS version: 8 bytes (GPU) or ASCII (NVSwitch).
+    pub const VBIOS_VERSION: u16 = 6;
+    /// NVDEC0 status.
+    pub const NVDEC0_STATUS: u16 = 11;
+    /// Measurement counts, u32 LE each.
+    pub const MSRSCNT: u16 = 12;
+    /// Chip SKU, ASCII.
+    pub const CHIP_SKU: u16 = 15;
+    /// Project, ASCII.
+    pub const PROJECT: u16 = 17;
+    /// Project SKU, ASCII.
+    pub const PROJECT_SKU: u16 = 18;
+    /// FWID: SHA-384 of the firmware that holds the attestation key.
+    pub const FWID: u16 = 20;
+    /// Protected-PCIe status.
+    pub const PROTECTED_PCIE_STATUS: u16 = 21;
+    /// PDIs of the NVSwitches (GPU) or the switch's own PDI, 8 bytes each.
+    pub const SWITCH_PDI: u16 = 22;
+    /// Opaque-data layout version.
+    pub const OPAQUE_DATA_VERSION: u16 = 34;
+    /// Chip info, ASCII.
+    pub const CHIP_INFO: u16 = 35;
+    /// Feature flag: 0 single-GPU passthrough, 1 multi-GPU passthrough,
+    /// 2 protected PCIe.
+    pub const FEATURE_FLAG: u16 = 36;
+}
+
+fn opaque_name(kind: u16) -> Option<&'static str> {
+    Some(match kind {
+        1 => "CERT_ISSUER_NAME",
+        2 => "CERT_AUTHORITY_KEY_IDENTIFIER",
+        3 => "DRIVER_VERSION",
+        4 => "GPU_INFO",
+        5 => "SKU",
+        6 => "VBIOS_VERSION",
+        7 => "MANUFACTURER_ID",
+        8 => "TAMPER_DETECTION",
+        9 => "SMC",
+        10 => "VPR",
+        11 => "NVDEC0_STATUS",
+        12 => "MSRSCNT",
+        13 => "CPRINFO",
+        14 => "BOARD_ID",
+        15 => "CHIP_SKU",
+        16 => "CHIP_SKU_MOD",
+        17 => "PROJECT",
+        18 => "PROJECT_SKU",
+        19 => "PROJECT_SKU_MOD",
+        20 => "FWID",
+        21 => "PROTECTED_PCIE_STATUS",
+        22 => "SWITCH_PDI",
+        23 => "FLOORSWEPT_PORTS",
+        24 => "POSITION_ID",
+        25 => "LOCK_SWITCH_STATUS",
+        32 => "GPU_LINK_CONN",
+        33 => "SYS_ENABLE_STATUS",
+        34 => "OPAQUE_DATA_VERSION",
+        35 => "CHIP_INFO",
+        36 => "FEATURE_FLAG",
+        _ => return None,
+    })
+}
+
+/// The multi-GPU mode a GPU reports in its feature flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureMode {
+    /// Single GPU passthrough.
+    SinglePassthrough,
+    /// Multi-GPU passthrough.
+    MultiPassthrough,
+    /// Protected PCIe (GPUs and NVSwitches attested together).
+    ProtectedPcie,
+}
+
+/// A parsed GPU or NVSwitch attestation report. Holds the bytes; every
+/// accessor reads from them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SpdmReport {
+    bytes: Vec<u8>,
+    blocks: Vec<MeasurementBlock>,
+    opaque: Vec<OpaqueField>,
+    responder_nonce: Range<usize>,
+    opaque_range: Range<usize>,
+    signature_at: usize,
+}
+
+impl fmt::Debug for SpdmReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpdmReport")
+            .field("len", &self.bytes.len())
+            .field("blocks", &self.blocks.len())
+            .field("opaque_fields", &self.opaque.len())
+            .finish()
+    }
+}
+
+fn get<'a>(bytes: &'a [u8], what: &'static str, r: Range<usize>) -> Result<&'a [u8], SpdmError> {
+    bytes.get(r.clone()).ok_or(SpdmError::Truncated {
+        what,
+        need: r,
+        have: bytes.len(),
+    })
+}
+
+fn u16_le(b: &[u8]) -> u16 {
+    u16::from_le_bytes([
+        b.first().copied().unwrap_or(0),
+        b.get(1).copied().unwrap_or(0),
+    ])
+}
+
+fn expect(
+    field: &'static str,
+    value: u8,
+    want: u8,
+    expected: &'static str,
+) -> Result<(), SpdmError> {
+    if value == want {
+        Ok(())
+    } else {
+        Err(SpdmError::Field {
+            field,
+            value: u32::from(value),
+            expected,
+        })
+    }
+}
+
+impl SpdmReport {
+    /// Parse request || response bytes.
+    pub fn parse(bytes: &[u8]) -> Result<SpdmReport, SpdmError> {
+        if bytes.len() > MAX_REPORT {
+            return Err(SpdmError::TooLarge(bytes.len()));
+        }
+        let req = get(bytes, "GET_MEASUREMENTS request", 0..REQUEST_SIZE)?;
+        expect(
+            "request SPDMVersion",
+            req[0],
+            SPDM_VERSION_11,
+            "0x11 (SPDM 1.1)",
+        )?;
+        expect(
+            "request code",
+            req[1],
+            GET_MEASUREMENTS,
+            "0xe0 (GET_MEASUREMENTS)",
+        )?;
+        if req[2] & 1 == 0 {
+            return Err(SpdmError::Field {
+                field: "request Param1",
+                value: u32::from(req[2]),
+                expected: "bit 0 set (signature requested)",
+            });
+        }
+        let head = get(bytes, "MEASUREMENTS header", RESP..RECORD_OFFSET)?;
+        expect(
+            "response SPDMVersion",
+            head[0],
+            SPDM_VERSION_11,
+            "0x11 (SPDM 1.1)",
+        )?;
+        expect(
+            "response code",
+            head[1],
+            MEASUREMENTS,
+            "0x60 (MEASUREMENTS)",
+        )?;
+        let number_of_blocks = head[4];
+        let record_len =
+            usize::from(head[5]) | usize::from(head[6]) << 8 | usize::from(head[7]) << 16;
+        let record_end = RECORD_OFFSET + record_len;
+        get(bytes, "measurement record", RECORD_OFFSET..record_end)?;
+        let blocks = parse_record(bytes, RECORD_OFFSET..record_end, number_of_blocks)?;
+        let responder_nonce = record_end..record_end + 32;
+        get(bytes, "responder nonce", responder_nonce.clone())?;
+        let len_at = responder_nonce.end;
+        let opaque_len = usize::from(u16_le(get(bytes, "OpaqueDataLength", len_at..len_at + 2)?));
+        let opaque_range = len_at + 2..len_at + 2 + opaque_len;
+        get(bytes, "opaque data", opaque_range.clone())?;
+        let opaque = parse_opaque(bytes, opaque_range.clone())?;
+        let signature_at = opaque_range.end;
+        get(
+            bytes,
+            "signature",
+            signature_at..signature_at + SIGNATURE_SIZE,
+        )?;
+        let extra = bytes.len() - (signature_at + SIGNATURE_SIZE);
+        if extra != 0 {
+            return Err(SpdmError::Trailing(extra));
+        }
+        Ok(SpdmReport {
+            bytes: bytes.to_vec(),
+            blocks,
+            opaque,
+            responder_nonce,
+            opaque_range,
+            signature_at,
+        })
+    }
+
+    /// Parse the hex text form NVIDIA's tools write (whitespace around it
+    /// is ignored; anything else that is not a hex digit is an error).
+    pub fn parse_hex(text: &[u8]) -> Result<SpdmReport, SpdmError> {
+        let trimmed = text.trim_ascii();
+        if trimmed.len() > 2 * MAX_REPORT {
+            return Err(SpdmError::TooLarge(trimmed.len() / 2));
+        }
+        let bytes = hex::decode(trimmed).map_err(|e| SpdmError::Hex(e.to_string()))?;
+        Self::parse(&bytes)
+    }
+
+    /// The whole report.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    /// The bytes the signature covers: request || response up to the
+    /// signature.
+    pub fn signed_bytes(&self) -> &[u8] {
+        &self.bytes[..self.signature_at]
+    }
+    /// The ECDSA P-384 signature, big-endian r || s.
+    pub fn signature(&self) -> &[u8] {
+        &self.bytes[self.signature_at..]
+    }
+    /// The requester's nonce (what the verifier compares with its own).
+    pub fn request_nonce(&self) -> &[u8] {
+        &self.bytes[4..36]
+    }
+    /// The requested slot.
+    pub fn slot_id(&self) -> u8 {
+        self.bytes[36]
+    }
+    /// The request's Param2 (measurement operation; 0xFF = all).
+    pub fn request_param2(&self) -> u8 {
+        self.bytes[3]
+    }
+    /// The responder's nonce.
+    pub fn responder_nonce(&self) -> &[u8] {
+        &self.bytes[self.responder_nonce.clone()]
+    }
+    /// The response's Param1 and Param2.
+    pub fn response_params(&self) -> (u8, u8) {
+        (self.bytes[RESP + 2], self.bytes[RESP + 3])
+    }
+    /// The measurement blocks, in report order.
+    pub fn blocks(&self) -> &[MeasurementBlock] {
+        &self.blocks
+    }
+    /// The value of a measurement block.
+    pub fn value(&self, block: &MeasurementBlock) -> &[u8] {
+        &self.bytes[block.value.clone()]
+    }
+    /// The measurement block with this index.
+    pub fn block(&self, index: u8) -> Option<&MeasurementBlock> {
+        self.blocks.iter().find(|b| b.index == index)
+    }
+    /// Where the measurement record lies.
+    pub fn record_len(&self) -> usize {
+        self.responder_nonce.start - RECORD_OFFSET
+    }
+    /// The opaque data, raw.
+    pub fn opaque_data(&self) -> &[u8] {
+        &self.bytes[self.opaque_range.clone()]
+    }
+    /// The opaque fields, in report order.
+    pub fn opaque_fields(&self) -> &[OpaqueField] {
+        &self.opaque
+    }
+    /// The value of the (first) opaque field of this type.
+    pub fn opaque_value(&self, kind: u16) -> Option<&[u8]> {
+        self.opaque
+            .iter()
+            .find(|f| f.kind == kind)
+            .map(|f| &self.bytes[f.value.clone()])
+    }
+    /// The driver version ("550.90.07"), when reported (GPUs only).
+    pub fn driver_version(&self) -> Option<String> {
+        self.opaque_value(opaque::DRIVER_VERSION).map(ascii_z)
+    }
+    /// The VBIOS version as NVIDIA prints it ("96.00.9F.00.01"): GPUs
+    /// report 8 bytes (a little-endian u64 whose low 32 bits are the first
+    /// four parts and bits 32-39 the fifth), NVSwitches ASCII.
+    pub fn vbios_version(&self) -> Option<String> {
+        let v = self.opaque_value(opaque::VBIOS_VERSION)?;
+        if v.len() == 8 && !v.iter().all(|b| b.is_ascii_graphic()) {
+            Some(format!(
+                "{:02X}.{:02X}.{:02X}.{:02X}.{:02X}",
+                v[3], v[2], v[1], v[0], v[4]
+            ))
+        } else {
+            Some(ascii_z(v))
+        }
+    }
+    /// The FWID (SHA-384 of the firmware holding the attestation key), when
+    /// reported.
+    pub fn fwid(&self) -> Option<&[u8]> {
+        self.opaque_value(opaque::FWID)
+    }
+    /// The feature flag, when reported; `Err` with the raw value when it is
+    /// not one NVIDIA defines.
+    pub fn feature_mode(&self) -> Option<Result<FeatureMode, u32>> {
+        let v = self.opaque_value(opaque::FEATURE_FLAG)?;
+        let mut raw = 0u32;
+        for (i, b) in v.iter().take(4).enumerate() {
+            raw |= u32::from(*b) << (8 * i);
+        }
+        Some(match (v.len() <= 4, raw) {
+            (true, 0) => Ok(FeatureMode::SinglePassthrough),
+            (true, 1) => Ok(FeatureMode::MultiPassthrough),
+            (true, 2) => Ok(FeatureMode::ProtectedPcie),
+            _ => Err(raw),
+        })
+    }
+    /// The 8-byte PDIs listed in the SWITCH_PDI field.
+    pub fn switch_pdis(&self) -> Vec<[u8; 8]> {
+        self.opaque_value(opaque::SWITCH_PDI)
+            .map(|v| {
+                v.chunks_exact(8)
+                    .filter_map(|c| <[u8; 8]>::try_from(c).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// Chip info ("GH100"), when reported.
+    pub fn chip_info(&self) -> Option<String> {
+        self.opaque_value(opaque::CHIP_INFO).map(ascii_z)
+    }
+    /// Project (board) name, when reported.
+    pub fn project(&self) -> Option<String> {
+        self.opaque_value(opaque::PROJECT).map(ascii_z)
+    }
+}
+
+/// ASCII up to the first NUL, non-printable bytes replaced.
+fn ascii_z(v: &[u8]) -> String {
+    v.iter()
+        .take_while(|b| **b != 0)
+        .map(|b| {
+            if b.is_ascii_graphic() || *b == b' ' {
+                char::from(*b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+fn parse_record(
+    bytes: &[u8],
+    record: Range<usize>,
+    expected: u8,
+) -> Result<Vec<MeasurementBlock>, SpdmError> {
+    let mut blocks = Vec::with_capacity(usize::from(expected));
+    let mut at = record.start;
+    while at < record.end {
+        if blocks.len() == usize::from(expected) {
+            return Err(SpdmError::Record(format!(
+                "bytes left after the {expected} blocks NumberOfBlocks announces"
+            )));
+        }
+        let head = bytes
+            .get(at..at + 4)
+            .filter(|_| at + 4 <= record.end)
+            .ok_or_else(|| {
+                SpdmError::Record(format!("block header at {at} runs past the record"))
+            })?;
+        let (index, spec, size) = (head[0], head[1], usize::from(u16_le(&head[2..4])));
+        if spec & 1 == 0 {
+            return Err(SpdmError::Record(format!(
+                "block {index}: MeasurementSpecification {spec:#04x} is not DMTF"
+            )));
+        }
+        let body = at + 4..at + 4 + size;
+        if body.end > record.end {
+            return Err(SpdmError::Record(format!(
+                "block {index} runs past the record"
+            )));
+        }
+        let b = &bytes[body.clone()];
+        if b.len() < 3 {
+            return Err(SpdmError::Record(format!(
+                "block {index}: DMTF header truncated"
+            )));
+        }
+        let value_size = usize::from(u16_le(&b[1..3]));
+        if value_size + 3 != size {
+            return Err(SpdmError::Record(format!(
+                "block {index}: DMTF value size {value_size} does not fill MeasurementSize {size}"
+            )));
+        }
+        if blocks.iter().any(|x: &MeasurementBlock| x.index == index) {
+            return Err(SpdmError::Record(format!(
+                "block index {index} appears twice"
+            )));
+        }
+        blocks.push(MeasurementBlock {
+            index,
+            value_type: b[0],
+            value: body.start + 3..body.end,
+        });
+        at = body.end;
+    }
+    if blocks.len() != usize::from(expected) {
+        return Err(SpdmError::Record(format!(
+            "NumberOfBlocks says {expected}, the record holds {}",
+            blocks.len()
+        )));
+    }
+    Ok(blocks)
+}
+
+fn parse_opaque(bytes: &[u8], range: Range<usize>) -> Result<Vec<OpaqueField>, SpdmError> {
+    let mut out = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        if at + 4 > range.end {
+            return Err(SpdmError::Opaque(format!(
+                "field header at {at} runs past the opaque data"
+            )));
+        }
+        let kind = u16_le(&bytes[at..at + 2]);
+        let len = usize::from(u16_le(&bytes[at + 2..at + 4]));
+        let value = at + 4..at + 4 + len;
+        if value.end > range.end {
+            return Err(SpdmError::Opaque(format!(
+                "field {kind} ({}) of {len} bytes runs past the opaque data",
+                opaque_name(kind).unwrap_or("unknown")
+            )));
+        }
+        if opaque_name(kind).is_some() && out.iter().any(|f: &OpaqueField| f.kind == kind) {
+            return Err(SpdmError::Opaque(format!(
+                "field {} appears twice",
+                opaque_name(kind).unwrap_or("?")
+            )));
+        }
+        out.push(OpaqueField {
+            kind,
+            value: value.clone(),
+        });
+        at = value.end;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small well-formed report: two blocks, two opaque fields.
+    fn sample() -> Vec<u8> {
+        let mut b = vec![0x11, 0xE0, 1, 0xFF];
+        b.extend([7u8; 32]);
+        b.push(0);
+        let mut record = Vec::new();
+        for index in [1u8, 2] {
+            record.extend([index, 1, 51, 0, 1, 48, 0]);
+            record.extend([index; 48]);
+        }
+        b.extend([0x11, 0x60, 0, 0, 2]);
+        b.extend(&(record.len() as u32).to_le_bytes()[..3]);
+        b.extend(&record);
+        b.extend([9u8; 32]);
+        let mut opaque = Vec::new();
+        opaque.extend(3u16.to_le_bytes());
+        opaque.extend(10u16.to_le_bytes());
+        opaque.extend(b"550.90.07\0");
+        opaque.extend(6u16.to_le_bytes());
+        opaque.extend(8u16.to_le_bytes());
+        opaque.extend([0x00, 0x9f, 0x00, 0x96, 0x01, 0, 0, 0]);
+        b.extend((opaque.len() as u16).to_le_bytes());
+        b.extend(opaque);
+        b.extend([0xAB; 96]);
+        b
+    }
+
+    #[test]
+    fn parses_a_well_formed_report() {
+        let r = SpdmReport::parse(&sample()).unwrap();
+        assert_eq!(r.blocks().len(), 2);
+        assert_eq!(r.value(&r.blocks()[1]), &[2u8; 48]);
+        assert_eq!(r.request_nonce(), &[7u8; 32]);
+        assert_eq!(r.responder_nonce(), &[9u8; 32]);
+        assert_eq!(r.driver_version().as_deref(), Some("550.90.07"));
+        assert_eq!(r.vbios_version().as_deref(), Some("96.00.9F.00.01"));
+        assert_eq!(r.signature(), &[0xAB; 96]);
+        assert_eq!(r.signed_bytes().len() + 96, sample().len());
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_an_error() {
+        let s = sample();
+        for n in 0..s.len() {
+            assert!(SpdmReport::parse(&s[..n]).is_err(), "prefix {n}");
+        }
+        let mut long = s.clone();
+        long.push(0);
+        assert_eq!(SpdmReport::parse(&long), Err(SpdmError::Trailing(1)));
+    }
+
+    #[test]
+    fn inconsistent_records_are_errors() {
+        let mut s = sample();
+        s[RESP + 4] = 3; // NumberOfBlocks
+        assert!(matches!(SpdmReport::parse(&s), Err(SpdmError::Record(_))));
+        let mut s = sample();
+        s[RECORD_OFFSET + 55] = 1; // second block's index = first's
+        assert!(matches!(SpdmReport::parse(&s), Err(SpdmError::Record(_))));
+        let mut s = sample();
+        s[RECORD_OFFSET + 5] = 47; // DMTF size no longer fills the block
+        assert!(matches!(SpdmReport::parse(&s), Err(SpdmError::Record(_))));
+        let mut s = sample();
+        s[0] = 0x12;
+        assert!(matches!(
+            SpdmReport::parse(&s),
+            Err(SpdmError::Field { .. })
+        ));
+        assert!(matches!(
+            SpdmReport::parse_hex(b"11e0zz"),
+            Err(SpdmError::Hex(_))
+        ));
+    }
+}

@@ -1,0 +1,402 @@
+//! One GPU's or NVSwitch's SPDM evidence: signature, chain, nonce, FWID and
+//! the comparison of its measurements with reference values.
+//!
+//! Extract → expect → compare: the report is parsed by
+//! `cocoon_attestation::nvidia`, the attestation key's chain is checked up to
+//! the pinned NVIDIA Device Identity CA, the ECDSA P-384 signature over the
+//! exact request || response bytes is checked with the chain's leaf, the
+//! request nonce is compared with the caller's, the firmware ID in the
+//! report is compared with the one in the leaf certificate's TCG DICE
+//! TcbInfo extension, and the measurement blocks are compared with the
+//! golden values of the driver and VBIOS reference integrity manifests.
+
+use cocoon_attestation::nvidia::{FeatureMode, SpdmReport};
+use der::asn1::ObjectIdentifier;
+
+use super::chain::{self, DEVICE_ROOT};
+use crate::x509::{Cert, SubjectKey};
+use crate::{Findings, ReasonKind, Rejection, UnixTime};
+
+/// What kind of device the evidence comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A GPU (its report names a driver version).
+    Gpu,
+    /// An NVSwitch (no driver version; a switch PDI).
+    Switch,
+}
+
+/// A golden measurement from a reference integrity manifest: block
+/// `index` (0-based, as the RIMs number them; SPDM block `index + 1`) must
+/// equal one of `alternatives`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Golden {
+    /// RIM measurement index (0-based).
+    pub index: u32,
+    /// Accepted values.
+    pub alternatives: Vec<Vec<u8>>,
+    /// Which manifest it comes from ("driver RIM 550.90.07"), for messages.
+    pub source: String,
+}
+
+/// A device whose evidence verified. Only this crate builds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDevice {
+    kind: DeviceKind,
+    model: String,
+    driver_version: Option<String>,
+    vbios_version: Option<String>,
+    nonce: [u8; 32],
+    fwid: Option<Vec<u8>>,
+    feature_mode: Option<FeatureMode>,
+    leaf_serial: String,
+    measurements_compared: usize,
+    blocks: usize,
+    chain_der: Vec<Vec<u8>>,
+}
+
+impl VerifiedDevice {
+    /// GPU or NVSwitch.
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+    /// Chip model from the attestation key's certificate ("GH100", "LS_10").
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+    /// Driver version the GPU reported (GPUs only).
+    pub fn driver_version(&self) -> Option<&str> {
+        self.driver_version.as_deref()
+    }
+    /// VBIOS version the device reported.
+    pub fn vbios_version(&self) -> Option<&str> {
+        self.vbios_version.as_deref()
+    }
+    /// The request nonce (equal to the caller's, when one was given).
+    pub fn nonce(&self) -> &[u8; 32] {
+        &self.nonce
+    }
+    /// The firmware ID, when reported.
+    pub fn fwid(&self) -> Option<&[u8]> {
+        self.fwid.as_deref()
+    }
+    /// The feature flag (single, multi-GPU passthrough, protected PCIe).
+    pub fn feature_mode(&self) -> Option<FeatureMode> {
+        self.feature_mode
+    }
+    /// The device identity: the serialNumber attribute of the leaf's
+    /// subject (hex, as NVIDIA prints it).
+    pub fn device_id(&self) -> &str {
+        &self.leaf_serial
+    }
+    /// How many measurement blocks were compared with golden values.
+    pub fn measurements_compared(&self) -> usize {
+        self.measurements_compared
+    }
+    /// How many measurement blocks the report holds.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+    /// The attestation key's chain (DER, leaf first, root excluded), for
+    /// revocation checks.
+    pub fn chain_der(&self) -> &[Vec<u8>] {
+        &self.chain_der
+    }
+}
+
+/// What one device's evidence must satisfy.
+pub struct DeviceExpectations<'a> {
+    /// The nonce the verifier asked for; `None` skips the nonce check (only
+    /// for evidence recorded elsewhere, never for live sessions).
+    pub nonce: Option<&'a [u8; 32]>,
+    /// Golden measurements; `None` skips the comparison.
+    pub golden: Option<&'a [Golden]>,
+}
+
+/// TCG DICE TcbInfo (TCG DICE Attestation Architecture §6.1.1).
+const OID_DICE_TCB_INFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.133.5.4.1");
+/// X.520 serialNumber.
+const OID_SERIAL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.5");
+
+/// Verify one device's report (binary, request || response) with its
+/// certificate chain (PEM, leaf first) at `now`.
+pub fn verify_device(
+    report: &[u8],
+    chain_pem: &[u8],
+    expect: &DeviceExpectations<'_>,
+    now: UnixTime,
+) -> Result<VerifiedDevice, Rejection> {
+    let mut f = Findings::default();
+    let parsed = SpdmReport::parse(report);
+    let certs = chain::parse_chain("device certificate chain", chain_pem);
+    let (report, certs) = match (parsed, certs) {
+        (Ok(r), Ok(c)) => (r, c),
+        (parsed, certs) => {
+            if let Err(e) = parsed {
+                f.add(ReasonKind::Malformed, format!("attestation report: {e}"));
+            }
+            if let Err((kind, msg)) = certs {
+                f.add(kind, msg);
+            }
+            return Err(f.into_rejection());
+        }
+    };
+    for (kind, msg) in chain::check_chain("device certificate chain", &certs, &DEVICE_ROOT, now) {
+        f.add(kind, msg);
+    }
+    let Some(leaf) = certs.first() else {
+        f.add(ReasonKind::Certificate, "device certificate chain is empty");
+        return Err(f.into_rejection());
+    };
+    match &leaf.key {
+        SubjectKey::P384(k) => {
+            let ok = <&[u8; 96]>::try_from(report.signature())
+                .is_ok_and(|sig| k.verify_fixed(report.signed_bytes(), sig));
+            if !ok {
+                f.add(
+                    ReasonKind::Signature,
+                    format!(
+                        "the SPDM signature does not verify with the attestation key of {}",
+                        leaf.subject_cn
+                    ),
+                );
+            }
+        }
+        SubjectKey::Rsa(_) => f.add(
+            ReasonKind::Certificate,
+            "the attestation key is RSA; NVIDIA devices sign with P-384",
+        ),
+    }
+    if let Some(want) = expect.nonce {
+        if report.request_nonce() != want.as_slice() {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "nonce mismatch: the report answers nonce {}, the verifier asked for {}",
+                    hex::encode(report.request_nonce()),
+                    hex::encode(want)
+                ),
+            );
+        }
+    }
+    if report.request_param2() != 0xFF {
+        f.add(
+            ReasonKind::Policy,
+            format!(
+                "the request asked for measurement {} only, not all measurements (0xff)",
+                report.request_param2()
+            ),
+        );
+    }
+    for b in report.blocks() {
+        if b.value_type & 0x80 != 0 {
+            f.add(
+                ReasonKind::UnknownValue,
+                format!(
+                    "measurement block {} is a raw bit stream, not a digest",
+                    b.index
+                ),
+            );
+        }
+    }
+    // The report's FWID must be the firmware the attestation key's
+    // certificate was issued to (older firmware does not report one).
+    if let Some(fwid) = report.fwid() {
+        match leaf_fwid(leaf) {
+            Ok(Some(cert_fwid)) if cert_fwid == fwid => {}
+            Ok(Some(cert_fwid)) => f.add(
+                ReasonKind::KeyBinding,
+                format!(
+                    "the report's FWID {} is not the FWID {} in the attestation key's certificate",
+                    hex::encode(fwid),
+                    hex::encode(cert_fwid)
+                ),
+            ),
+            Ok(None) => f.add(
+                ReasonKind::KeyBinding,
+                "the report carries an FWID but the attestation key's certificate has no TCG DICE TcbInfo FWID",
+            ),
+            Err(e) => f.add(ReasonKind::Certificate, format!("leaf TcbInfo extension: {e}")),
+        }
+    }
+    let kind = if report.driver_version().is_some() {
+        DeviceKind::Gpu
+    } else {
+        DeviceKind::Switch
+    };
+    let feature_mode = match report.feature_mode() {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(raw)) => {
+            f.add(
+                ReasonKind::UnknownValue,
+                format!("feature flag {raw} is not one NVIDIA defines (0, 1, 2)"),
+            );
+            None
+        }
+    };
+    let mut compared = 0;
+    if let Some(golden) = expect.golden {
+        compared = compare_measurements(&report, golden, &mut f);
+    }
+    let model = leaf
+        .subject_cn
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !f.is_empty() {
+        return Err(f.into_rejection());
+    }
+    let mut nonce = [0u8; 32];
+    nonce.copy_from_slice(report.request_nonce());
+    Ok(VerifiedDevice {
+        kind,
+        model,
+        driver_version: report.driver_version(),
+        vbios_version: report.vbios_version(),
+        nonce,
+        fwid: report.fwid().map(<[u8]>::to_vec),
+        feature_mode,
+        leaf_serial: leaf_serial(leaf),
+        measurements_compared: compared,
+        blocks: report.blocks().len(),
+        chain_der: certs
+            .iter()
+            .filter(|c| c.subject != c.issuer)
+            .map(|c| c.der.clone())
+            .collect(),
+    })
+}
+
+/// Compare measurement blocks with golden values: every golden index must
+/// be present in the report with one of its values. Returns how many were
+/// compared.
+pub(crate) fn compare_measurements(
+    report: &SpdmReport,
+    golden: &[Golden],
+    f: &mut Findings,
+) -> usize {
+    let mut compared = 0;
+    for g in golden {
+        let block = u8::try_from(g.index + 1).ok().and_then(|i| report.block(i));
+        let Some(block) = block else {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "measurement {} of the {} is not in the report",
+                    g.index, g.source
+                ),
+            );
+            continue;
+        };
+        compared += 1;
+        let value = report.value(block);
+        if !g.alternatives.iter().any(|a| a.as_slice() == value) {
+            f.add(
+                ReasonKind::Policy,
+                format!(
+                    "measurement mismatch at index {}: the report has {}, the {} allows {}",
+                    g.index,
+                    hex::encode(value),
+                    g.source,
+                    g.alternatives
+                        .iter()
+                        .map(hex::encode)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            );
+        }
+    }
+    compared
+}
+
+fn leaf_serial(leaf: &Cert) -> String {
+    use der::Decode;
+    let Ok(cert) = x509_cert::Certificate::from_der(&leaf.der) else {
+        return String::new();
+    };
+    for rdn in cert.tbs_certificate.subject.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid == OID_SERIAL_NUMBER {
+                if let Ok(s) = atv.value.decode_as::<der::asn1::PrintableStringRef<'_>>() {
+                    return s.as_str().to_string();
+                }
+                if let Ok(s) = atv.value.decode_as::<der::asn1::Utf8StringRef<'_>>() {
+                    return s.as_str().to_string();
+                }
+            }
+        }
+    }
+    String::new()
+}
+
+/// The FWID digest in the leaf's extension 2.23.133.5.4.1 (the OID TCG
+/// DICE assigns to TcbInfo, TCG DICE Attestation Architecture §6.1.1).
+///
+/// Two layouts are read: the DICE one, `SEQUENCE { ..., fwids [6]
+/// IMPLICIT SEQUENCE OF FWID, ... }`, and the one NVIDIA's GH100 and LS10
+/// leaf certificates carry (seen in every vector), `SEQUENCE { INTEGER,
+/// SubjectPublicKeyInfo, FWID }`; in both `FWID ::= SEQUENCE { hashAlg
+/// OBJECT IDENTIFIER, digest OCTET STRING }` and the first FWID is taken.
+fn leaf_fwid(leaf: &Cert) -> Result<Option<Vec<u8>>, String> {
+    let Some(ext) = leaf.extension(&OID_DICE_TCB_INFO) else {
+        return Ok(None);
+    };
+    let (tag, body, rest) = tlv(ext)?;
+    if tag != 0x30 || !rest.is_empty() {
+        return Err("the 2.23.133.5.4.1 extension is not one SEQUENCE".into());
+    }
+    let mut items = body;
+    while !items.is_empty() {
+        let (tag, value, rest) = tlv(items)?;
+        items = rest;
+        let fwid = match tag {
+            // DICE: fwids [6] IMPLICIT SEQUENCE OF FWID; take the first.
+            0xA6 => {
+                let (t, first, _) = tlv(value)?;
+                if t != 0x30 {
+                    return Err("FWID is not a SEQUENCE".into());
+                }
+                first
+            }
+            // NVIDIA: an FWID SEQUENCE directly (OID first; the SPKI
+            // SEQUENCE starts with a SEQUENCE and is skipped).
+            0x30 if value.first() == Some(&0x06) => value,
+            _ => continue,
+        };
+        let (t, _oid, rest) = tlv(fwid)?;
+        if t != 0x06 {
+            return Err("FWID hashAlg is not an OID".into());
+        }
+        let (t, digest, _) = tlv(rest)?;
+        if t != 0x04 {
+            return Err("FWID digest is not an OCTET STRING".into());
+        }
+        return Ok(Some(digest.to_vec()));
+    }
+    Ok(None)
+}
+
+/// One DER TLV with a single-byte tag: (tag, value, rest).
+fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
+    let (&tag, rest) = b.split_first().ok_or("truncated DER")?;
+    let (&first, rest) = rest.split_first().ok_or("truncated DER length")?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 3 || rest.len() < n {
+            return Err("unsupported DER length".into());
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |a, b| a << 8 | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return Err("DER value runs past its container".into());
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
