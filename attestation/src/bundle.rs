@@ -20,6 +20,7 @@ use sha2::{Digest, Sha512};
 
 use crate::cbor::{self, CborError, MapReader};
 use crate::collateral::{CollateralError, TdxCollateral};
+use crate::nvidia::GpuCollateral;
 
 /// Domain separator of the claims binding.
 pub const CLAIMS_DOMAIN: &[u8] = b"cocoon-claims-v1";
@@ -193,6 +194,18 @@ pub struct EvidenceBundle {
     pub platform: PlatformEvidence,
     /// CBOR of [`Claims`], exactly the bytes that were hashed into report_data.
     pub claims_cbor: Vec<u8>,
+    /// GPU evidence, when the enclave uses GPUs.
+    pub gpu: Option<GpuBundle>,
+}
+
+/// GPU evidence in a bundle: the exact bytes whose SHA-256 the claims carry,
+/// plus NVIDIA-signed collateral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuBundle {
+    /// CBOR of [`GpuEvidence`](crate::nvidia::GpuEvidence).
+    pub evidence_cbor: Vec<u8>,
+    /// RIMs and OCSP responses.
+    pub collateral: GpuCollateral,
 }
 
 /// Why bytes are not a bundle.
@@ -231,11 +244,21 @@ impl EvidenceBundle {
                 ("collateral", collateral.to_cbor_value()),
             ]),
         };
-        cbor::encode(&cbor::map(vec![
+        let mut entries = vec![
             ("version", Value::Integer(BUNDLE_VERSION.into())),
             ("platform", platform),
             ("claims", Value::Bytes(self.claims_cbor.clone())),
-        ]))
+        ];
+        if let Some(g) = &self.gpu {
+            entries.push((
+                "gpu",
+                cbor::map(vec![
+                    ("evidence", Value::Bytes(g.evidence_cbor.clone())),
+                    ("collateral", g.collateral.to_cbor_value()),
+                ]),
+            ));
+        }
+        cbor::encode(&cbor::map(entries))
     }
 
     /// Decode from CBOR, strictly.
@@ -266,10 +289,23 @@ impl EvidenceBundle {
         };
         p.finish()?;
         let claims_cbor = m.bytes("claims")?;
+        let gpu = match m.take_opt("gpu") {
+            None => None,
+            Some(v) => {
+                let mut g = MapReader::new(v, "bundle.gpu")?;
+                let b = GpuBundle {
+                    evidence_cbor: g.bytes("evidence")?,
+                    collateral: GpuCollateral::from_cbor_value(g.take("collateral")?)?,
+                };
+                g.finish()?;
+                Some(b)
+            }
+        };
         m.finish()?;
         Ok(EvidenceBundle {
             platform,
             claims_cbor,
+            gpu,
         })
     }
 }
@@ -315,6 +351,13 @@ mod tests {
                 chain: vec![],
             },
             claims_cbor: claims().to_cbor(),
+            gpu: Some(GpuBundle {
+                evidence_cbor: vec![0xA0],
+                collateral: GpuCollateral {
+                    rims: vec![b"<x/>".to_vec()],
+                    ocsp: vec![vec![0x30, 0]],
+                },
+            }),
         };
         let bytes = b.to_cbor();
         assert_eq!(EvidenceBundle::from_cbor(&bytes).unwrap(), b);

@@ -651,3 +651,174 @@ mod tests {
         ));
     }
 }
+
+/// Domain separator of the GPU nonce.
+pub const GPU_NONCE_DOMAIN: &[u8] = b"cocoon-gpu-nonce-v1";
+/// Most devices in one evidence set (8 GPUs and 4 NVSwitches on an HGX
+/// board, with room).
+pub const MAX_DEVICES: usize = 32;
+/// Most bytes of an encoded evidence set.
+pub const MAX_GPU_EVIDENCE: usize = 1 << 20;
+
+/// The nonce an enclave asks its GPUs to sign at an attestation epoch:
+/// `SHA-256("cocoon-gpu-nonce-v1" || hpke_public_key || epoch (u64 BE))`.
+/// It names the enclave's fresh HPKE key, which exists only inside this
+/// VM, so GPU evidence cannot be replayed into another enclave or epoch.
+pub fn session_nonce(hpke_public_key: &[u8], epoch: u64) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(GPU_NONCE_DOMAIN);
+    h.update(hpke_public_key);
+    h.update(epoch.to_be_bytes());
+    h.finalize().into()
+}
+
+/// One device's evidence as the driver returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEvidence {
+    /// SPDM GET_MEASUREMENTS request || response.
+    pub report: Vec<u8>,
+    /// The attestation key's certificate chain (PEM, leaf first).
+    pub cert_chain: Vec<u8>,
+}
+
+/// The GPU evidence an enclave takes at an epoch; its SHA-256 (over
+/// [`GpuEvidence::to_cbor`]) is `Claims::gpu_evidence_digest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuEvidence {
+    /// The nonce every report must answer ([`session_nonce`]).
+    pub nonce: [u8; 32],
+    /// Confidential-computing mode as the enclave read it from the driver.
+    pub cc_enabled: bool,
+    /// Developer-tools mode (CC without protections), as read from the driver.
+    pub devtools: bool,
+    /// GPUs and NVSwitches.
+    pub devices: Vec<DeviceEvidence>,
+}
+
+/// NVIDIA-signed collateral for GPU evidence: reference integrity manifests
+/// and OCSP responses. Not bound into the claims: its own signatures make
+/// it trustworthy, and the host may refresh it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GpuCollateral {
+    /// Driver and VBIOS RIMs (SWID XML).
+    pub rims: Vec<Vec<u8>>,
+    /// OCSP responses (DER) for device and RIM certificates.
+    pub ocsp: Vec<Vec<u8>>,
+}
+
+use crate::cbor::{self, CborError, MapReader};
+use ciborium::Value;
+
+fn byte_list(v: Value, what: &str, max: usize) -> Result<Vec<Vec<u8>>, CborError> {
+    match v {
+        Value::Array(a) if a.len() <= max => {
+            a.into_iter().map(|x| cbor::as_bytes(x, what)).collect()
+        }
+        Value::Array(_) => Err(CborError::Invalid(
+            what.into(),
+            format!("more than {max} entries"),
+        )),
+        _ => Err(CborError::Invalid(what.into(), "expected an array".into())),
+    }
+}
+
+impl GpuEvidence {
+    /// Encode as canonical CBOR (fixed key order).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        cbor::encode(&cbor::map(vec![
+            ("nonce", Value::Bytes(self.nonce.to_vec())),
+            ("cc_enabled", Value::Bool(self.cc_enabled)),
+            ("devtools", Value::Bool(self.devtools)),
+            (
+                "devices",
+                Value::Array(
+                    self.devices
+                        .iter()
+                        .map(|d| {
+                            cbor::map(vec![
+                                ("report", Value::Bytes(d.report.clone())),
+                                ("cert_chain", Value::Bytes(d.cert_chain.clone())),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+        ]))
+    }
+
+    /// SHA-256 of the encoding: what the claims carry.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.to_cbor()).into()
+    }
+
+    /// Decode strictly.
+    pub fn from_cbor(bytes: &[u8]) -> Result<GpuEvidence, CborError> {
+        let mut m = MapReader::new(cbor::decode(bytes, MAX_GPU_EVIDENCE)?, "gpu_evidence")?;
+        let flag = |m: &mut MapReader, k: &str| match m.take(k)? {
+            Value::Bool(b) => Ok(b),
+            _ => Err(CborError::Invalid(
+                format!("gpu_evidence.{k}"),
+                "expected a boolean".into(),
+            )),
+        };
+        let nonce = m.array::<32>("nonce")?;
+        let cc_enabled = flag(&mut m, "cc_enabled")?;
+        let devtools = flag(&mut m, "devtools")?;
+        let devices = match m.take("devices")? {
+            Value::Array(a) if a.len() <= MAX_DEVICES => a
+                .into_iter()
+                .map(|v| {
+                    let mut d = MapReader::new(v, "gpu_evidence.devices[]")?;
+                    let e = DeviceEvidence {
+                        report: d.bytes("report")?,
+                        cert_chain: d.bytes("cert_chain")?,
+                    };
+                    d.finish()?;
+                    Ok(e)
+                })
+                .collect::<Result<Vec<_>, CborError>>()?,
+            _ => {
+                return Err(CborError::Invalid(
+                    "gpu_evidence.devices".into(),
+                    format!("expected an array of at most {MAX_DEVICES}"),
+                ))
+            }
+        };
+        m.finish()?;
+        Ok(GpuEvidence {
+            nonce,
+            cc_enabled,
+            devtools,
+            devices,
+        })
+    }
+}
+
+impl GpuCollateral {
+    /// Encode as a CBOR value (inside a bundle).
+    pub fn to_cbor_value(&self) -> Value {
+        cbor::map(vec![
+            (
+                "rims",
+                Value::Array(self.rims.iter().cloned().map(Value::Bytes).collect()),
+            ),
+            (
+                "ocsp",
+                Value::Array(self.ocsp.iter().cloned().map(Value::Bytes).collect()),
+            ),
+        ])
+    }
+
+    /// Decode a CBOR value strictly.
+    pub fn from_cbor_value(v: Value) -> Result<GpuCollateral, CborError> {
+        let mut m = MapReader::new(v, "gpu_collateral")?;
+        let c = GpuCollateral {
+            rims: byte_list(m.take("rims")?, "gpu_collateral.rims", 4 * MAX_DEVICES)?,
+            ocsp: byte_list(m.take("ocsp")?, "gpu_collateral.ocsp", 16 * MAX_DEVICES)?,
+        };
+        m.finish()?;
+        Ok(c)
+    }
+}

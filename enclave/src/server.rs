@@ -239,6 +239,7 @@ impl Enclave {
         let bundle = EvidenceBundle {
             platform,
             claims_cbor,
+            gpu: None,
         };
         let bundle_cbor = bundle.to_cbor();
         if bundle_cbor.len() > frame::MAX_PAYLOAD {

@@ -53,6 +53,7 @@ fn bundle(report: Vec<u8>, signature: Vec<u8>, claims_cbor: Vec<u8>) -> Vec<u8> 
     EvidenceBundle {
         platform: PlatformEvidence::Simulated { report, signature },
         claims_cbor,
+        gpu: None,
     }
     .to_cbor()
 }

@@ -54,6 +54,7 @@ impl Enclave {
                 vek: vec![],
                 chain: vec![],
             },
+            gpu: None,
             claims_cbor: claims.to_cbor(),
         };
         Enclave {

@@ -518,6 +518,249 @@ impl TdxPolicy {
     }
 }
 
+/// A dotted version ("550.90.07", "96.00.9F.00.01"), compared part by part
+/// as numbers (decimal for drivers, hexadecimal for VBIOS versions, as
+/// NVIDIA prints them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DottedVersion {
+    text: String,
+    parts: Vec<u64>,
+}
+
+impl DottedVersion {
+    /// Parse a driver version (decimal parts).
+    pub fn driver(s: &str) -> Result<DottedVersion, String> {
+        Self::parse(s, 10)
+    }
+    /// Parse a VBIOS version (hexadecimal parts).
+    pub fn vbios(s: &str) -> Result<DottedVersion, String> {
+        Self::parse(s, 16)
+    }
+    fn parse(s: &str, radix: u32) -> Result<DottedVersion, String> {
+        let parts = s
+            .split('.')
+            .map(|p| {
+                if p.is_empty() || p.len() > 8 {
+                    return Err(format!("{s:?} is not a dotted version"));
+                }
+                u64::from_str_radix(p, radix).map_err(|_| format!("{s:?} is not a dotted version"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DottedVersion {
+            text: s.to_string(),
+            parts,
+        })
+    }
+    /// The version as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+    /// Whether `self` is at least `min` (missing parts count as 0).
+    pub fn at_least(&self, min: &DottedVersion) -> bool {
+        let n = self.parts.len().max(min.parts.len());
+        for i in 0..n {
+            let a = self.parts.get(i).copied().unwrap_or(0);
+            let b = min.parts.get(i).copied().unwrap_or(0);
+            if a != b {
+                return a > b;
+            }
+        }
+        true
+    }
+}
+
+/// How revocation of NVIDIA certificates (device attestation keys and RIM
+/// signers) is judged from OCSP responses carried as collateral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRule {
+    /// A response without nextUpdate must be younger than this.
+    pub max_age_secs: u64,
+    /// Accept certificates on hold (OCSP `certificateHold`), which NVIDIA
+    /// uses for certificates under investigation.
+    pub allow_certificate_hold: bool,
+}
+
+/// What a client requires of the GPUs (and NVSwitches) of an enclave.
+///
+/// TOML form (every key must be present; `"skip"` skips it):
+///
+/// ```toml
+/// [gpu]
+/// gpus = 1                       # exact number of GPUs, or "skip"
+/// switches = 0                   # exact number of NVSwitches, or "skip"
+/// models = ["GH100"]             # or "skip"
+/// min_driver = "550.90.07"       # or "skip"
+/// min_vbios = "96.00.9F.00.01"   # or "skip"
+/// cc_mode = "on"                 # or "skip"
+/// rims = "required"              # measurements must match driver and VBIOS RIMs; or "skip"
+/// revocation = { max_age_hours = 168, allow_certificate_hold = false }  # or "skip"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuPolicy {
+    /// Exact number of GPUs.
+    pub gpus: Check<u32>,
+    /// Exact number of NVSwitches.
+    pub switches: Check<u32>,
+    /// Allowed chip models (from the attestation key's certificate).
+    pub models: Check<Vec<String>>,
+    /// Minimum driver version.
+    pub min_driver: Check<DottedVersion>,
+    /// Minimum VBIOS version (GPUs; NVSwitch VBIOS versions are matched by
+    /// their RIMs).
+    pub min_vbios: Check<DottedVersion>,
+    /// Confidential-computing mode on (and developer-tools mode off), as the
+    /// measured enclave read it from the driver when it took the evidence.
+    pub cc_mode: Check<()>,
+    /// Every measurement must match the driver and VBIOS RIMs.
+    pub rims: Check<()>,
+    /// Revocation through OCSP responses.
+    pub revocation: Check<RevocationRule>,
+}
+
+impl GpuPolicy {
+    /// The strictest policy for `gpus` H100 GPUs without NVSwitches: CC mode
+    /// on, RIMs and revocation required, versions skipped.
+    pub fn h100(gpus: u32) -> GpuPolicy {
+        GpuPolicy {
+            gpus: Check::Require(gpus),
+            switches: Check::Require(0),
+            models: Check::Require(vec!["GH100".into()]),
+            min_driver: Check::Skip,
+            min_vbios: Check::Skip,
+            cc_mode: Check::Require(()),
+            rims: Check::Require(()),
+            revocation: Check::Require(RevocationRule {
+                max_age_secs: 7 * 86_400,
+                allow_certificate_hold: false,
+            }),
+        }
+    }
+
+    /// Read a GPU policy from a TOML table; `prefix` names it in errors.
+    pub fn from_table(t: &toml::Table, prefix: &str) -> Result<GpuPolicy, PolicyError> {
+        const KEYS: [&str; 8] = [
+            "gpus",
+            "switches",
+            "models",
+            "min_driver",
+            "min_vbios",
+            "cc_mode",
+            "rims",
+            "revocation",
+        ];
+        if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(PolicyError::UnknownKey(format!("{prefix}.{k}")));
+        }
+        let key = |k: &str| format!("{prefix}.{k}");
+        let count = |v: &toml::Value| {
+            v.as_integer()
+                .and_then(|i| u32::try_from(i).ok())
+                .filter(|i| *i <= 64)
+                .ok_or_else(|| "must be an integer 0..=64".to_string())
+        };
+        let word = |w: &'static str| {
+            move |v: &toml::Value| {
+                if v.as_str() == Some(w) {
+                    Ok(())
+                } else {
+                    Err(format!("must be \"{w}\" or \"skip\""))
+                }
+            }
+        };
+        let version = |f: fn(&str) -> Result<DottedVersion, String>| {
+            move |v: &toml::Value| {
+                v.as_str()
+                    .ok_or("must be a dotted version string".to_string())
+                    .and_then(f)
+            }
+        };
+        Ok(GpuPolicy {
+            gpus: check(t, &key("gpus"), "gpus", count)?,
+            switches: check(t, &key("switches"), "switches", count)?,
+            models: check(t, &key("models"), "models", |v| {
+                let arr = v
+                    .as_array()
+                    .ok_or("must be a list of model names or \"skip\"")?;
+                if arr.is_empty() {
+                    return Err(
+                        "an empty list would reject everything; list models or write \"skip\""
+                            .into(),
+                    );
+                }
+                arr.iter()
+                    .map(|m| {
+                        m.as_str()
+                            .map(str::to_string)
+                            .ok_or("model names are strings".to_string())
+                    })
+                    .collect()
+            })?,
+            min_driver: check(
+                t,
+                &key("min_driver"),
+                "min_driver",
+                version(DottedVersion::driver),
+            )?,
+            min_vbios: check(
+                t,
+                &key("min_vbios"),
+                "min_vbios",
+                version(DottedVersion::vbios),
+            )?,
+            cc_mode: check(t, &key("cc_mode"), "cc_mode", word("on"))?,
+            rims: check(t, &key("rims"), "rims", word("required"))?,
+            revocation: check(t, &key("revocation"), "revocation", |v| {
+                let r = v.as_table().ok_or(
+                    "must be { max_age_hours = N, allow_certificate_hold = false } or \"skip\"",
+                )?;
+                if let Some(k) = r
+                    .keys()
+                    .find(|k| !["max_age_hours", "allow_certificate_hold"].contains(&k.as_str()))
+                {
+                    return Err(format!("unknown key {k}"));
+                }
+                let hours = r
+                    .get("max_age_hours")
+                    .and_then(toml::Value::as_integer)
+                    .and_then(|h| u64::try_from(h).ok())
+                    .filter(|h| (1..=24 * 365).contains(h))
+                    .ok_or("max_age_hours must be 1..=8760")?;
+                let hold = match r.get("allow_certificate_hold") {
+                    None => false,
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(_) => return Err("allow_certificate_hold must be true or false".into()),
+                };
+                Ok(RevocationRule {
+                    max_age_secs: hours * 3600,
+                    allow_certificate_hold: hold,
+                })
+            })?,
+        })
+    }
+
+    /// The `[gpu]` table in TOML, as [`GpuPolicy::from_table`] reads it.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "[gpu]\ngpus = {}\nswitches = {}\nmodels = {}\nmin_driver = {}\nmin_vbios = {}\ncc_mode = {}\nrims = {}\nrevocation = {}\n",
+            toml_check(&self.gpus, |n| n.to_string()),
+            toml_check(&self.switches, |n| n.to_string()),
+            toml_check(&self.models, |m| format!(
+                "[{}]",
+                m.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ")
+            )),
+            toml_check(&self.min_driver, |v| format!("{:?}", v.as_str())),
+            toml_check(&self.min_vbios, |v| format!("{:?}", v.as_str())),
+            toml_check(&self.cc_mode, |()| "\"on\"".into()),
+            toml_check(&self.rims, |()| "\"required\"".into()),
+            toml_check(&self.revocation, |r| format!(
+                "{{ max_age_hours = {}, allow_certificate_hold = {} }}",
+                r.max_age_secs / 3600,
+                r.allow_certificate_hold
+            )),
+        )
+    }
+}
+
 /// Acceptance of the simulated TEE, which is NOT confidential. Only a policy
 /// file with a `[dangerous_simulated_tee]` table that sets
 /// `i_understand_this_is_not_confidential = true` has one.
@@ -576,6 +819,10 @@ pub struct Policy {
     pub tdx: Option<TdxPolicy>,
     /// Present only when the policy accepts the simulated TEE by name.
     pub simulated: Option<SimulatedTeePolicy>,
+    /// Requirements for GPU evidence. Absent: the policy asks nothing of
+    /// GPUs (GPU evidence an enclave carries is still checked for its
+    /// signatures, chains and binding).
+    pub gpu: Option<GpuPolicy>,
 }
 
 impl Policy {
@@ -592,10 +839,9 @@ impl Policy {
         let doc: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
-        if let Some(k) = doc
-            .keys()
-            .find(|k| !["release", "snp", "tdx", SimulatedTeePolicy::TABLE].contains(&k.as_str()))
-        {
+        if let Some(k) = doc.keys().find(|k| {
+            !["release", "snp", "tdx", "gpu", SimulatedTeePolicy::TABLE].contains(&k.as_str())
+        }) {
             return Err(PolicyError::UnknownKey(k.clone()));
         }
         let release = match doc.get("release") {
@@ -624,6 +870,9 @@ impl Policy {
         let simulated = table(SimulatedTeePolicy::TABLE)?
             .map(SimulatedTeePolicy::from_table)
             .transpose()?;
+        let gpu = table("gpu")?
+            .map(|t| GpuPolicy::from_table(t, "gpu"))
+            .transpose()?;
         if snp.is_none() && tdx.is_none() && simulated.is_none() {
             return Err(PolicyError::Missing(
                 "[snp] or [tdx] (a policy that accepts no platform accepts nothing)".into(),
@@ -634,6 +883,7 @@ impl Policy {
             snp,
             tdx,
             simulated,
+            gpu,
         })
     }
 }
@@ -729,6 +979,10 @@ impl Policy {
             s.push('\n');
             s.push_str(&p.to_toml());
         }
+        if let Some(p) = &self.gpu {
+            s.push('\n');
+            s.push_str(&p.to_toml());
+        }
         s
     }
 }
@@ -769,6 +1023,7 @@ smt = "allowed"
             release: "cocoon-image \"test\" 1".into(),
             snp: Some(snp),
             tdx: Some(tdx),
+            gpu: None,
             simulated: Some(SimulatedTeePolicy {
                 measurements: Check::Skip,
             }),
@@ -814,5 +1069,78 @@ smt = "allowed"
             "[]",
         );
         assert!(SnpPolicy::from_toml(&empty).is_err());
+    }
+}
+
+#[cfg(test)]
+mod gpu_tests {
+    use super::*;
+
+    const BASE: &str = "release = \"r\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n";
+
+    #[test]
+    fn gpu_policy_round_trips_and_every_key_is_required() {
+        let mut g = GpuPolicy::h100(8);
+        g.min_driver = Check::Require(DottedVersion::driver("550.90.07").unwrap());
+        g.min_vbios = Check::Require(DottedVersion::vbios("96.00.9F.00.01").unwrap());
+        let text = format!("{BASE}\n{}", g.to_toml());
+        let p = Policy::from_toml(&text).unwrap();
+        assert_eq!(p.gpu.as_ref(), Some(&g));
+        assert_eq!(Policy::from_toml(&p.to_toml()).unwrap(), p);
+        let mut skipped = g.clone();
+        skipped.revocation = Check::Skip;
+        skipped.rims = Check::Skip;
+        let p = Policy::from_toml(&format!("{BASE}\n{}", skipped.to_toml())).unwrap();
+        assert_eq!(p.gpu, Some(skipped));
+        for key in [
+            "gpus",
+            "switches",
+            "models",
+            "min_driver",
+            "min_vbios",
+            "cc_mode",
+            "rims",
+            "revocation",
+        ] {
+            let without: String = g
+                .to_toml()
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{key} =")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(
+                Policy::from_toml(&format!("{BASE}\n{without}")),
+                Err(PolicyError::Missing(format!("gpu.{key}"))),
+                "{key}"
+            );
+        }
+        let typo = format!("{BASE}\n{}cc_mod = \"on\"\n", g.to_toml());
+        assert!(matches!(
+            Policy::from_toml(&typo),
+            Err(PolicyError::UnknownKey(_))
+        ));
+        let bad = format!(
+            "{BASE}\n{}",
+            g.to_toml().replace("cc_mode = \"on\"", "cc_mode = \"off\"")
+        );
+        assert!(matches!(
+            Policy::from_toml(&bad),
+            Err(PolicyError::Invalid(..))
+        ));
+    }
+
+    #[test]
+    fn versions_compare_part_by_part() {
+        let v = |s| DottedVersion::driver(s).unwrap();
+        assert!(v("550.90.07").at_least(&v("550.90.07")));
+        assert!(v("550.144.03").at_least(&v("550.90.07")));
+        assert!(!v("535.86.09").at_least(&v("550.90.07")));
+        assert!(v("590.12").at_least(&v("590.12.0")));
+        let b = |s| DottedVersion::vbios(s).unwrap();
+        assert!(b("96.00.A5.00.01").at_least(&b("96.00.9F.00.01")));
+        assert!(!b("96.00.5E.00.01").at_least(&b("96.00.9F.00.01")));
+        assert!(DottedVersion::driver("5x.1").is_err());
+        assert!(DottedVersion::driver("").is_err());
+        assert!(DottedVersion::driver("1..2").is_err());
     }
 }

@@ -464,6 +464,7 @@ fn bundle_with_unbound_claims_is_rejected() {
             vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
             chain: vec![],
         },
+        gpu: None,
         claims_cbor: claims.to_cbor(),
     };
     let file = dir.join("bundle.cbor");

@@ -98,6 +98,7 @@ fn bundle_bytes(report: Vec<u8>, signature: Vec<u8>, claims_cbor: Vec<u8>) -> Ve
     EvidenceBundle {
         platform: PlatformEvidence::Simulated { report, signature },
         claims_cbor,
+        gpu: None,
     }
     .to_cbor()
 }

@@ -177,6 +177,7 @@ fn make_keys(epoch: u64) -> Keys {
             report,
             signature: sig.to_bytes().to_vec(),
         },
+        gpu: None,
         claims_cbor: claims_cbor.clone(),
     }
     .to_cbor();

@@ -22,6 +22,7 @@ pub fn simulated_policy() -> Policy {
         release: "cocoon-dev-unmeasured".into(),
         snp: None,
         tdx: None,
+        gpu: None,
         simulated: Some(SimulatedTeePolicy {
             measurements: Check::Skip,
         }),
@@ -36,6 +37,7 @@ pub fn default_policy() -> Policy {
         snp: None,
         tdx: None,
         simulated: None,
+        gpu: None,
     }
 }
 

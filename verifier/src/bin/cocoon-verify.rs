@@ -499,6 +499,7 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         snp: None,
         tdx: None,
         simulated: None,
+        gpu: None,
     };
     let (report, quote) = match EvidenceBundle::from_cbor(&bytes) {
         Ok(b) => match b.platform {
