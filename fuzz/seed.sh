@@ -314,6 +314,81 @@ mkdir -p "$corpus/message" "$corpus/api"
     cbor_text receipt_public_key; cbor_zeros 65
 } >"$corpus/api/receipt-list"
 { printf '\x03'; printf '\x00\x00\x00\x05hello\x00\x00\x00\x00\x00\x00\x00\x03abc'; } >"$corpus/api/chunk-records"
-echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3 files (in fuzz/corpus/)"
+# OCSP responses (RFC 6960) about NVIDIA's Device Identity CA: shaped like
+# real ones (right CertID and ResponderID), but signed by a test key, so the
+# target must reject them at the signature. Written by the verifier's OCSP
+# test PKI code; plus a tryLater and a bare successful status.
+mkdir -p "$corpus/ocsp"
+hex_bytes() { # hex_bytes HEX: the bytes it spells (whitespace ignored)
+    local h i
+    h="$(printf '%s' "$1" | tr -d ' \n')"
+    for ((i = 0; i < ${#h}; i += 2)); do printf "\\x${h:i:2}"; done
+}
+hex_bytes "
+308201950a0100a082018e3082018a06092b06010505073001010482017b308201773081fea1373035312230200603550403
+0c194e564944494120446576696365204964656e74697479204341310f300d060355040a0c064e5649444941180f32303235
+313030313037303030305a3081b13081ae308185300d0609608648016503040202050004304136e1670d50cca9ec47097e7a
+edbf9eeea0870b9d2824160e179ddfe0dfaa32dae76e1cc1ced67320042471685e01d80430caf2995c609f0c5f443308d6c9
+b5ca90138c3adee0f0c7076cec3fed65c1b6c2c7b7dc8425843e799af7b07dcbaeba5202102d3670b1ca100411c1fec0e82a
+065b548000180f32303235313030313037303030305aa011180f32303235313030323038303030305a300a06082a8648ce3d
+04030303680030650230151d2f21479158a39bd75cfa32707f651bb3a313bb030e0dd9188bdfe96b9512e15aa8e075cdec0e
+19b610db33cfa5830231008c00b84eff5b95bf6f5cdd5e6f2f8841435d352957e97cec4e8412d6fcac558550e67d0de0293b
+57165fe386e9a3f617
+" >"$corpus/ocsp/good-by-issuer-forged"
+hex_bytes "
+3082037b0a0100a08203743082037006092b0601050507300101048203613082035d3081e0a1163014311230100603550403
+0c09526573706f6e646572180f32303235313030313037303030305a3081b43081b1308185300d0609608648016503040202
+050004304136e1670d50cca9ec47097e7aedbf9eeea0870b9d2824160e179ddfe0dfaa32dae76e1cc1ced67320042471685e
+01d80430caf2995c609f0c5f443308d6c9b5ca90138c3adee0f0c7076cec3fed65c1b6c2c7b7dc8425843e799af7b07dcbae
+ba5202102d3670b1ca100411c1fec0e82a065b54a116180f32303235303933303038303030305aa0030a0106180f32303235
+313030313037303030305a300a06082a8648ce3d04030303670030640230618b757accd77cf6e41a87d841d2c733eea0cfad
+e0452229f5d77c347b9a167b0f6303d7c94e0d3933fa16bec910579d02305f39aaa57c1564a7c3662812076df83014cdd7e4
+f1c27fd5f0e14ddb793074702d028f46f0879babd438295adebce0eba0820201308201fd308201f93082017fa00302010202
+0103300a06082a8648ce3d0403033041311b3019060355040a0c124e564944494120436f72706f726174696f6e3122302006
+035504030c194e564944494120446576696365204964656e74697479204341301e170d3235303933303038303030305a170d
+3235313033313038303030305a30143112301006035504030c09526573706f6e6465723076301006072a8648ce3d02010605
+2b81040022036200043ae4c40a7b1506027070b9038b92e2a36c4285474a81a86f5d254d5367607722b8a2c9c9de81ca4cc2
+6732c0e6a19467e92f6f2711b2872ee7a58aa7e49bfd9d04fab7c94ebfc42551453b05275875391d4c6694226016fd744777
+4aeeba7837a3783076301d0603551d0e041604146602a9d3af2b1b537b5028ecf6ad846b4886303c301f0603551d23041830
+1680146602a9d3af2b1b537b5028ecf6ad846b4886303c300c0603551d130101ff04023000300e0603551d0f0101ff040403
+0206c030160603551d250101ff040c300a06082b06010505070309300a06082a8648ce3d0403030368003065023048058c92
+3a2f5df831c79bb58480620534df5dae156d9c8f6bbda62cd8db72140fe0a79a74fc70bdadeff4f46708b49002310080d8ba
+9fd69d14e1bafcc3ef9dda8b02220d4c8072a05dbebeca665656ac637e0482d2773355118b00e93e199d77d837
+" >"$corpus/ocsp/on-hold-by-delegated-responder-forged"
+hex_bytes "3003 0a01 03" >"$corpus/ocsp/try-later"
+hex_bytes "3003 0a01 00" >"$corpus/ocsp/successful-without-bytes"
+echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, ocsp 4 files (in fuzz/corpus/)"
+
+# spdm_report: each NVIDIA report (hex text decoded to bytes) followed by its
+# PEM chain; one hex-text report as it is.
+mkdir -p "$corpus/spdm_report" "$corpus/gpu_evidence"
+nv="$vectors/nvidia"
+n_spdm=0
+unhex() { local h; h="$(tr -d ' \r\n' <"$1" | sed 's/../\\x&/g')"; printf "$h"; }
+for pair in "h100-nvtrust-sample/hopperAttestationReport.txt h100-nvtrust-sample/hopperCertChain.txt" \
+    "h100-535-vbios-rim/hopperAttestationReport.txt h100-535-vbios-rim/hopperCertChain.txt" \
+    "nvswitch-ls10/switchAttestationReport.txt nvswitch-ls10/switchCertChain.txt" \
+    "negative/hopperAttestationReportInvalidSignature.txt negative/hopperCertChainExpired.txt"; do
+    read -r report chain <<<"$pair"
+    need "$nv/$report"
+    need "$nv/$chain"
+    rm -f "$corpus/spdm_report/$(tr '/' '-' <<<"$report")"
+    { unhex "$nv/$report"; cat "$nv/$chain"; } >"$corpus/spdm_report/$(tr '/' '-' <<<"$report")"
+    n_spdm=$((n_spdm + 1))
+done
+put "$corpus/spdm_report/hex-text" "$nv/h100-nvtrust-sample/hopperAttestationReport.txt"
+# gpu_evidence: a CBOR evidence set around one real report and chain.
+rm -f "$corpus/gpu_evidence/one-h100.cbor"
+unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt" >"$tmp"
+{
+    cbor_map 4
+    cbor_text nonce; cbor_zeros 32
+    cbor_text cc_enabled; printf '\xf5'
+    cbor_text devtools; printf '\xf4'
+    cbor_text devices; cbor_head 4 1
+    cbor_map 2; cbor_text report; cbor_bytes_file "$tmp"
+    cbor_text cert_chain; cbor_bytes_file "$nv/h100-nvtrust-sample/hopperCertChain.txt"
+} >"$corpus/gpu_evidence/one-h100.cbor"
+echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 1)), gpu_evidence 1 files (in fuzz/corpus/)"
 
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

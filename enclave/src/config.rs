@@ -50,6 +50,19 @@
 //! max_input_tokens = 8192
 //! ```
 //!
+//! GPUs: with a `[gpu]` table the enclave takes NVIDIA confidential-computing
+//! evidence from every GPU at boot, for a nonce derived from its fresh HPKE
+//! key and epoch, and binds its digest into the claims. Without one it
+//! claims no GPU.
+//!
+//! ```toml
+//! [gpu]
+//! evidence = "nvml"                                  # the driver's NVML library
+//! library = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"   # optional; default: found by the loader
+//! rims = ["/config/NV_GPU_DRIVER_GH100_550.90.07.xml"]     # optional collateral carried in the bundle
+//! ocsp = ["/config/ocsp/device-brom.der"]                  # optional collateral
+//! ```
+//!
 //! Unknown keys are errors. This module reads no file except in
 //! [`EnclaveConfig::load`] and knows nothing of sockets or keys.
 
@@ -299,6 +312,33 @@ impl From<Price> for UnitPrice {
     }
 }
 
+/// Where GPU evidence comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuEvidenceSource {
+    /// NVIDIA's NVML library (`libnvidia-ml.so.1`) from the guest's driver.
+    Nvml,
+}
+
+/// The `[gpu]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    /// Where the evidence comes from.
+    pub evidence: GpuEvidenceSource,
+    /// The NVML library to load; default: `libnvidia-ml.so.1` from the
+    /// loader's search path.
+    #[serde(default)]
+    pub library: Option<String>,
+    /// Reference integrity manifests (driver and VBIOS) to carry in the
+    /// bundle as collateral.
+    #[serde(default)]
+    pub rims: Vec<String>,
+    /// OCSP responses (DER) to carry in the bundle as collateral.
+    #[serde(default)]
+    pub ocsp: Vec<String>,
+}
+
 /// The enclave's configuration. See the [module docs](self) for the file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -329,6 +369,8 @@ pub struct EnclaveConfig {
     pub models: BTreeMap<String, ModelConfig>,
     /// The upstream backend's server.
     pub upstream: Option<UpstreamConfig>,
+    /// GPU evidence, when the enclave uses GPUs.
+    pub gpu: Option<GpuConfig>,
 }
 
 impl Default for EnclaveConfig {
@@ -352,6 +394,7 @@ impl Default for EnclaveConfig {
             max_batch: DEFAULT_MAX_BATCH,
             models: BTreeMap::new(),
             upstream: None,
+            gpu: None,
         }
     }
 }
@@ -558,6 +601,17 @@ impl EnclaveConfig {
                     m.max_input_tokens
                 );
             }
+        }
+        if let Some(g) = &self.gpu {
+            let list = |l: &[String]| l.iter().map(|x| quote(x)).collect::<Vec<_>>().join(", ");
+            let source = match g.evidence {
+                GpuEvidenceSource::Nvml => "nvml",
+            };
+            let _ = write!(s, "\n[gpu]\nevidence = {}\n", quote(source));
+            if let Some(lib) = &g.library {
+                let _ = writeln!(s, "library = {}", quote(lib));
+            }
+            let _ = writeln!(s, "rims = [{}]\nocsp = [{}]", list(&g.rims), list(&g.ocsp));
         }
         s
     }

@@ -37,6 +37,7 @@ pub mod attest;
 pub mod backend;
 pub mod config;
 pub mod files;
+pub mod gpu;
 mod replay;
 pub mod server;
 #[cfg(feature = "tch")]

@@ -198,7 +198,17 @@ async fn run(config: EnclaveConfig, listen: ListenAddr, print_digest: bool) -> E
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let enclave = match Enclave::new(config, provider, backend, &mut rng) {
+    let gpu = match &config.gpu {
+        None => None,
+        Some(g) => match cocoon_enclave::gpu::GpuSetup::from_config(g) {
+            Ok(setup) => Some(setup),
+            Err(e) => {
+                eprintln!("cocoon-enclave: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+    };
+    let enclave = match Enclave::with_gpu(config, provider, backend, gpu.as_ref(), &mut rng) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             eprintln!("cocoon-enclave: boot failed: {e}");

@@ -106,6 +106,9 @@ pub enum EnclaveError {
     /// The backend's model list cannot go into the claims.
     #[error("backend models: {0}")]
     Models(String),
+    /// GPU evidence could not be taken.
+    #[error("{0}")]
+    Gpu(String),
     /// The claims or the bundle are too large for the wire.
     #[error("{what} is {len} bytes, more than the {max}-byte limit; serve fewer models or shorter names")]
     TooLarge {
@@ -183,6 +186,18 @@ impl Enclave {
         backend: Arc<dyn InferenceBackend>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Enclave, EnclaveError> {
+        Self::with_gpu(config, provider, backend, None, rng)
+    }
+
+    /// As [`Enclave::new`], and with `gpu` take GPU evidence for this
+    /// boot's session nonce and bind it into the claims.
+    pub fn with_gpu(
+        config: EnclaveConfig,
+        provider: Arc<dyn AttestationProvider>,
+        backend: Arc<dyn InferenceBackend>,
+        gpu: Option<&crate::gpu::GpuSetup>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<Enclave, EnclaveError> {
         config.validate()?;
         let models: Vec<ModelDigest> = backend.models();
         if models.is_empty() {
@@ -216,14 +231,26 @@ impl Enclave {
         }
         let hpke_sk = HpkeSecretKey::generate(rng);
         let receipt_signer = ReceiptSigner::generate(rng);
+        let hpke_public_key = hpke_sk.public_key().to_bytes().to_vec();
+        let epoch = unix_now();
+        let gpu_bundle = match gpu {
+            Some(g) => {
+                let (b, digest) = g
+                    .take(&hpke_public_key, epoch)
+                    .map_err(|e| EnclaveError::Gpu(e.to_string()))?;
+                info!(provider = g.provider_name(), evidence_digest = %hex::encode(digest), "GPU evidence taken for this boot's nonce");
+                Some((b, digest))
+            }
+            None => None,
+        };
         let claims = Claims {
-            hpke_public_key: hpke_sk.public_key().to_bytes().to_vec(),
+            hpke_public_key,
             receipt_public_key: receipt_signer.public_key_sec1(),
             image_id: config.image_id.clone(),
             model_digests: models,
             config_digest: config.digest(),
-            gpu_evidence_digest: None,
-            epoch: unix_now(),
+            gpu_evidence_digest: gpu_bundle.as_ref().map(|(_, d)| *d),
+            epoch,
             client_nonce: None,
         };
         let claims_cbor = claims.to_cbor();
@@ -239,7 +266,7 @@ impl Enclave {
         let bundle = EvidenceBundle {
             platform,
             claims_cbor,
-            gpu: None,
+            gpu: gpu_bundle.map(|(b, _)| b),
         };
         let bundle_cbor = bundle.to_cbor();
         if bundle_cbor.len() > frame::MAX_PAYLOAD {

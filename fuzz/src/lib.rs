@@ -20,9 +20,11 @@ use cocoon_verifier::snp::SnpCertificates;
 use cocoon_verifier::{verify_snp, Rejection, SnpPolicy, UnixTime, VerifiedSnp};
 
 mod evidence;
+mod nvidia;
 mod protocol;
 mod tdx;
 pub use evidence::{bundle, tdx_collateral};
+pub use nvidia::{gpu_evidence, spdm_report};
 pub use protocol::{api, frame_decoder, message, receipt, sealed_request};
 pub use tdx::tdx_quote;
 
@@ -45,6 +47,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("receipt", receipt),
     ("message", message),
     ("api", api),
+    ("spdm_report", spdm_report),
+    ("gpu_evidence", gpu_evidence),
+    ("ocsp", ocsp),
 ];
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every
@@ -84,6 +89,22 @@ pub fn certificates(data: &[u8]) {
         if !chain.is_empty() {
             verify(report, vek, chain);
         }
+    }
+}
+
+/// `ocsp`: the input as an OCSP response (RFC 6960) about NVIDIA's Device
+/// Identity CA, as if issued by itself, checked at [`NOW`]
+/// ([`cocoon_verifier::nvidia::ocsp::check_ocsp`]). No input can be
+/// accepted, whatever status it claims: that would need a signature by
+/// NVIDIA's root key (or a responder it delegated to).
+pub fn ocsp(data: &[u8]) {
+    const ROOT: &[u8] = include_bytes!("../../verifier/roots/nvidia/device_identity_ca.der");
+    match cocoon_verifier::nvidia::ocsp::check_ocsp(ROOT, ROOT, data, NOW, 7 * 86_400) {
+        Ok(v) => panic!(
+            "a fuzzed OCSP response was accepted (status {}, responder {}): signature or responder bypass",
+            v.status, v.responder
+        ),
+        Err(r) => rejected(&r),
     }
 }
 

@@ -361,3 +361,208 @@ fn the_8_gpu_and_4_switch_protected_pcie_sets_verify() {
         assert_eq!(ids.len(), count, "every device has its own identity");
     }
 }
+
+mod rims {
+    use super::*;
+    use cocoon_attestation::nvidia::GpuCollateral;
+    use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
+    use cocoon_verifier::nvidia::rim::{parse_rim_unverified, verify_rim, RimMeasurement};
+    use cocoon_verifier::nvidia::Golden;
+    use cocoon_verifier::policy::{Check, GpuPolicy};
+
+    const VBIOS_RIM: &str = "nvidia/h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag";
+    const MISMATCH_RIM: &str =
+        "nvidia/h100-535-vbios-rim/NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml";
+    const SWITCH_RIM: &str =
+        "nvidia/nvswitch-ls10/switchVBIOSRim_NV_SWITCH_BIOS_5612_0002_890_9610550001.xml";
+
+    fn golden(ms: &[RimMeasurement], source: &str) -> Vec<Golden> {
+        ms.iter()
+            .filter(|m| m.active)
+            .map(|m| Golden {
+                index: m.index,
+                alternatives: m.alternatives.iter().map(|a| a.to_vec()).collect(),
+                source: source.into(),
+            })
+            .collect()
+    }
+
+    fn only_rims() -> GpuPolicy {
+        GpuPolicy {
+            gpus: Check::Skip,
+            switches: Check::Skip,
+            models: Check::Skip,
+            min_driver: Check::Skip,
+            min_vbios: Check::Skip,
+            cc_mode: Check::Skip,
+            rims: Check::Require(()),
+            revocation: Check::Skip,
+        }
+    }
+
+    #[test]
+    fn the_h100_report_matches_its_vbios_rim() {
+        let rim = verify_rim(&read_vector(VBIOS_RIM), AT).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(rim.version(), "96.00.5E.00.01");
+        let g = golden(rim.measurements(), "VBIOS RIM");
+        assert!(!g.is_empty());
+        let (report, chain) = VALID[1];
+        let nonce = nonce_of(&entry(report));
+        let expect = DeviceExpectations {
+            nonce: Some(&nonce),
+            golden: Some(&g),
+        };
+        let v = verify_device(&report_bytes(report), &read_vector(chain), &expect, AT)
+            .unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(v.measurements_compared(), g.len());
+        assert_eq!(v.vbios_version(), Some(rim.version()));
+    }
+
+    #[test]
+    fn the_mismatch_vbios_rim_is_signed_but_does_not_match_the_report() {
+        // The manifest guessed its XML signature would fail (content edited
+        // upstream); it verifies: NVIDIA signed it (a later L3 GH100 002
+        // chain), with other measurements for the same VBIOS version.
+        let rim = verify_rim(&read_vector(MISMATCH_RIM), AT).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(rim.version(), "96.00.5E.00.01");
+        // Parsed without the signature (as upstream's test does) it says the same.
+        let info = parse_rim_unverified(&read_vector(MISMATCH_RIM)).unwrap();
+        assert_eq!(info.measurements, rim.measurements());
+        let g = golden(rim.measurements(), "mismatch VBIOS RIM");
+        let (report, chain) = VALID[1];
+        let nonce = nonce_of(&entry(report));
+        let expect = DeviceExpectations {
+            nonce: Some(&nonce),
+            golden: Some(&g),
+        };
+        let r = verify_device(&report_bytes(report), &read_vector(chain), &expect, AT).unwrap_err();
+        assert!(
+            r.reasons()
+                .iter()
+                .any(|x| x.message.contains("measurement mismatch")),
+            "{r}"
+        );
+        assert!(
+            !r.has(ReasonKind::Signature),
+            "only measurements are wrong: {r}"
+        );
+    }
+
+    /// 2026-06-01T00:00:00Z: the LS10 RIM's L4 signer is valid 2026-05-20..2028-05-20.
+    const AT_SWITCH: UnixTime = UnixTime(1_780_272_000);
+
+    #[test]
+    fn with_both_vbios_rims_the_matching_one_is_used() {
+        let (report, chain) = VALID[1];
+        let report = report_bytes(report);
+        let chain = read_vector(chain);
+        let devices = [DeviceInput {
+            report: &report,
+            cert_chain: &chain,
+        }];
+        // The mismatching RIM first: the matching one is still found; a
+        // driver RIM for 535.86.09 is not in the vectors, so that stays the
+        // only shortfall.
+        let collateral = GpuCollateral {
+            rims: vec![read_vector(MISMATCH_RIM), read_vector(VBIOS_RIM)],
+            ocsp: vec![],
+        };
+        let r = verify_gpus(&devices, &collateral, &only_rims(), None, None, AT).unwrap_err();
+        assert_eq!(r.reasons().len(), 1, "{r}");
+        assert!(
+            r.reasons()[0].message.contains("no verified driver RIM"),
+            "{r}"
+        );
+        // Only the mismatching one: its mismatches are reported.
+        let collateral = GpuCollateral {
+            rims: vec![read_vector(MISMATCH_RIM)],
+            ocsp: vec![],
+        };
+        let r = verify_gpus(&devices, &collateral, &only_rims(), None, None, AT).unwrap_err();
+        assert!(
+            r.reasons()
+                .iter()
+                .any(|x| x.message.contains("measurement mismatch")),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn the_nvswitch_verifies_against_its_rim_through_the_policy() {
+        let (report, chain) = VALID[2];
+        let report = report_bytes(report);
+        let chain = read_vector(chain);
+        let devices = [DeviceInput {
+            report: &report,
+            cert_chain: &chain,
+        }];
+        let collateral = GpuCollateral {
+            rims: vec![read_vector(SWITCH_RIM)],
+            ocsp: vec![],
+        };
+        let v = verify_gpus(&devices, &collateral, &only_rims(), None, None, AT_SWITCH)
+            .unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(
+            v.rims_used(),
+            &[("LS10".to_string(), "96.10.55.00.01".to_string())]
+        );
+        assert!(v.devices()[0].measurements_compared() > 0);
+        // Before the RIM signer's window the RIM is unusable.
+        let r = verify_gpus(&devices, &collateral, &only_rims(), None, None, AT).unwrap_err();
+        assert!(r.to_string().contains("not at"), "{r}");
+        // Without the RIM the same policy refuses it, naming what is missing.
+        let r = verify_gpus(
+            &devices,
+            &GpuCollateral::default(),
+            &only_rims(),
+            None,
+            None,
+            AT_SWITCH,
+        )
+        .unwrap_err();
+        assert!(r.has(ReasonKind::Collateral), "{r}");
+    }
+
+    #[test]
+    fn a_gpu_needs_both_a_driver_and_a_vbios_rim() {
+        // The 535 H100 with only its VBIOS RIM (and an unrelated driver RIM).
+        let (report, chain) = VALID[1];
+        let report = report_bytes(report);
+        let chain = read_vector(chain);
+        let devices = [DeviceInput {
+            report: &report,
+            cert_chain: &chain,
+        }];
+        let collateral = GpuCollateral {
+            rims: vec![
+                read_vector(VBIOS_RIM),
+                read_vector("nvidia/rim/NV_GPU_DRIVER_GH100_550.144.03.xml"),
+            ],
+            ocsp: vec![],
+        };
+        let r = verify_gpus(&devices, &collateral, &only_rims(), None, None, AT).unwrap_err();
+        assert_eq!(r.reasons().len(), 1, "{r}");
+        assert!(
+            r.reasons()[0]
+                .message
+                .contains("no verified driver RIM for GH100 535.86.09"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn negative_rims_are_rejected_for_their_reason() {
+        let sig = verify_rim(
+            &read_vector("nvidia/negative/incorrect_signature_driver_rim.xml"),
+            AT,
+        )
+        .unwrap_err();
+        assert!(sig.has(ReasonKind::Signature), "{sig}");
+        let chain = verify_rim(
+            &read_vector("nvidia/negative/incorrect_cert_chain_driver_rim.xml"),
+            AT,
+        )
+        .unwrap_err();
+        assert!(chain.has(ReasonKind::Chain), "{chain}");
+    }
+}

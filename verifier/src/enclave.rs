@@ -10,7 +10,10 @@ use cocoon_attestation::bundle::{claims_report_data, Claims, EvidenceBundle, Pla
 
 use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
 
-use crate::policy::{Check, Policy, SimulatedTeePolicy};
+use cocoon_attestation::nvidia::{session_nonce, GpuEvidence};
+
+use crate::nvidia::gpus::{verify_gpus, CcState, DeviceInput, VerifiedGpus};
+use crate::policy::{Check, GpuPolicy, Policy, SimulatedTeePolicy};
 use crate::snp::{SnpCertificates, SnpVerifier, VerifiedSnp};
 use crate::tdx::{verify_tdx, VerifiedTdx};
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
@@ -95,6 +98,7 @@ pub struct VerifiedEnclave {
     claims: Claims,
     claims_cbor: Vec<u8>,
     release: String,
+    gpus: Option<VerifiedGpus>,
 }
 
 impl VerifiedEnclave {
@@ -114,6 +118,106 @@ impl VerifiedEnclave {
     pub fn release(&self) -> &str {
         &self.release
     }
+    /// The enclave's GPUs, when it carries GPU evidence (verified and
+    /// bound to these claims).
+    pub fn gpus(&self) -> Option<&VerifiedGpus> {
+        self.gpus.as_ref()
+    }
+}
+
+/// Check the bundle's GPU evidence against the claims and the policy.
+///
+/// The evidence must be the exact bytes whose SHA-256 the claims carry,
+/// every report must answer the session nonce derived from the claims'
+/// HPKE key and epoch, and the set must meet `[gpu]`. Without a `[gpu]`
+/// table, carried GPU evidence is still checked for signatures, chains and
+/// binding; with one, an enclave without GPU evidence passes only when the
+/// table says `gpus = 0`.
+fn verify_gpu_binding(
+    bundle: &EvidenceBundle,
+    claims: &Claims,
+    policy: Option<&GpuPolicy>,
+    now: UnixTime,
+) -> Result<Option<VerifiedGpus>, Rejection> {
+    let (digest, carried) = match (&claims.gpu_evidence_digest, &bundle.gpu) {
+        (None, None) => {
+            return match policy {
+                Some(p) if p.gpus != Check::Require(0) => Err(Rejection::single(
+                    ReasonKind::Policy,
+                    "the enclave carries no GPU evidence, and the policy's [gpu] table does not say gpus = 0",
+                )),
+                _ => Ok(None),
+            }
+        }
+        (None, Some(_)) => {
+            return Err(Rejection::single(
+                ReasonKind::Claims,
+                "the bundle carries GPU evidence the claims do not name: it is not bound to this enclave",
+            ))
+        }
+        (Some(_), None) => {
+            return Err(Rejection::single(
+                ReasonKind::Claims,
+                "the claims name GPU evidence, but the bundle does not carry it",
+            ))
+        }
+        (Some(d), Some(g)) => (d, g),
+    };
+    let have = crate::crypto::sha256(&carried.evidence_cbor);
+    if &have != digest {
+        return Err(Rejection::single(
+            ReasonKind::Claims,
+            format!(
+                "the GPU evidence is not the one bound into the claims: its SHA-256 is {}, the claims say {}",
+                hex::encode(have),
+                hex::encode(digest)
+            ),
+        ));
+    }
+    let set = GpuEvidence::from_cbor(&carried.evidence_cbor)
+        .map_err(|e| Rejection::single(ReasonKind::Malformed, format!("GPU evidence: {e}")))?;
+    let nonce = session_nonce(&claims.hpke_public_key, claims.epoch);
+    if set.nonce != nonce {
+        return Err(Rejection::single(
+            ReasonKind::Claims,
+            format!(
+                "the GPU evidence was taken for nonce {}, not this enclave's session nonce {}",
+                hex::encode(set.nonce),
+                hex::encode(nonce)
+            ),
+        ));
+    }
+    let integrity_only = GpuPolicy {
+        gpus: Check::Skip,
+        switches: Check::Skip,
+        models: Check::Skip,
+        min_driver: Check::Skip,
+        min_vbios: Check::Skip,
+        cc_mode: Check::Skip,
+        rims: Check::Skip,
+        revocation: Check::Skip,
+    };
+    let inputs: Vec<DeviceInput<'_>> = set
+        .devices
+        .iter()
+        .map(|d| DeviceInput {
+            report: &d.report,
+            cert_chain: &d.cert_chain,
+        })
+        .collect();
+    let cc = CcState {
+        cc_enabled: set.cc_enabled,
+        devtools: set.devtools,
+    };
+    verify_gpus(
+        &inputs,
+        &carried.collateral,
+        policy.unwrap_or(&integrity_only),
+        Some(&nonce),
+        Some(cc),
+        now,
+    )
+    .map(Some)
 }
 
 /// Verify an encoded evidence bundle under `policy` at time `now`.
@@ -187,10 +291,12 @@ pub fn verify_bundle(
     }
     let claims = Claims::from_cbor(&bundle.claims_cbor)
         .map_err(|e| Rejection::single(ReasonKind::Claims, format!("claims: {e}")))?;
+    let gpus = verify_gpu_binding(bundle, &claims, policy.gpu.as_ref(), now)?;
     Ok(VerifiedEnclave {
         platform,
         claims,
         claims_cbor: bundle.claims_cbor.clone(),
         release: policy.release.clone(),
+        gpus,
     })
 }

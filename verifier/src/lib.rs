@@ -72,6 +72,8 @@ pub enum ReasonKind {
     Tcb,
     /// The claims are not bound to the hardware report, or are malformed.
     Claims,
+    /// A certificate is revoked (or its status is unknown to its issuer).
+    Revoked,
 }
 
 /// One shortfall of the evidence.

@@ -645,7 +645,7 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
     let fingerprint = sha256(&vek.der);
     let key = match vek.key {
         SubjectKey::P384(k) => k,
-        SubjectKey::Rsa(_) => {
+        SubjectKey::Rsa(_) | SubjectKey::P256(_) => {
             return Err(Rejection::single(
                 ReasonKind::Certificate,
                 "the VCEK/VLEK does not carry a P-384 key",

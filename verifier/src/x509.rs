@@ -9,7 +9,7 @@ use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier};
 use der::{Decode, Encode};
 use x509_cert::Certificate;
 
-use crate::crypto::{KeyError, P384Key, RsaPssSha384Key};
+use crate::crypto::{KeyError, P256Key, P384Key, RsaPssSha384Key};
 use crate::UnixTime;
 
 /// rsaEncryption.
@@ -29,6 +29,8 @@ pub(crate) const OID_ECDSA_SHA384: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 /// secp384r1.
 const OID_SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// secp256r1 (prime256v1).
+const OID_SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 
 /// Why bytes are not a usable certificate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +62,10 @@ pub enum CertError {
 pub(crate) enum SubjectKey {
     Rsa(RsaPssSha384Key),
     P384(P384Key),
+    /// A P-256 key. No certificate hierarchy this crate checks is signed
+    /// with one; it is parsed so that a delegated OCSP responder with a
+    /// P-256 key can be used (`nvidia::ocsp`).
+    P256(P256Key),
 }
 
 /// How the issuer signed a certificate.
@@ -84,6 +90,12 @@ pub(crate) struct Cert {
     pub subject: Vec<u8>,
     /// Subject common name, for messages.
     pub subject_cn: String,
+    /// Contents octets of the serialNumber INTEGER, as encoded (DER, so
+    /// minimal; compared byte for byte).
+    pub serial: Vec<u8>,
+    /// The subjectPublicKey BIT STRING's bytes, without the unused-bits
+    /// octet (what RFC 6960 §4.1.1 issuerKeyHash and §4.2.1 KeyHash hash).
+    pub public_key: Vec<u8>,
     pub not_before: UnixTime,
     pub not_after: UnixTime,
     /// The signature value: RSASSA-PSS bytes, or for ECDSA the fixed
@@ -202,13 +214,19 @@ impl Cert {
                 .parameters
                 .as_ref()
                 .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
-            if curve != Some(OID_SECP384R1) {
-                return Err(CertError::Key("EC key is not on P-384".into()));
+            if curve == Some(OID_SECP384R1) {
+                SubjectKey::P384(
+                    P384Key::from_sec1(key_bits)
+                        .map_err(|e: KeyError| CertError::Key(e.to_string()))?,
+                )
+            } else if curve == Some(OID_SECP256R1) {
+                SubjectKey::P256(
+                    P256Key::from_sec1(key_bits)
+                        .map_err(|e: KeyError| CertError::Key(e.to_string()))?,
+                )
+            } else {
+                return Err(CertError::Key("EC key is not on P-384 or P-256".into()));
             }
-            SubjectKey::P384(
-                P384Key::from_sec1(key_bits)
-                    .map_err(|e: KeyError| CertError::Key(e.to_string()))?,
-            )
         } else {
             return Err(CertError::Key(format!(
                 "unsupported key algorithm {}",
@@ -234,6 +252,8 @@ impl Cert {
             .flatten()
             .map(|e| (e.extn_id, e.critical, e.extn_value.as_bytes().to_vec()))
             .collect();
+        let serial = t.serial_number.to_der().map_err(bad)?;
+        let serial = AnyRef::from_der(&serial).map_err(bad)?.value().to_vec();
         Ok(Cert {
             sig_alg: alg,
             der: der.to_vec(),
@@ -241,6 +261,8 @@ impl Cert {
             issuer: t.issuer.to_der().map_err(bad)?,
             subject: t.subject.to_der().map_err(bad)?,
             subject_cn: common_name(&t.subject),
+            serial,
+            public_key: key_bits.to_vec(),
             not_before: UnixTime(t.validity.not_before.to_unix_duration().as_secs()),
             not_after: UnixTime(t.validity.not_after.to_unix_duration().as_secs()),
             signature,

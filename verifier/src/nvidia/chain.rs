@@ -31,7 +31,6 @@ pub(crate) const DEVICE_ROOT: Root = Root {
 
 /// "NVIDIA CoRIM signing Root CA": the top of the chains embedded in driver
 /// and VBIOS reference integrity manifests.
-#[allow(dead_code)] // used by the RIM verifier (next step)
 pub(crate) const RIM_ROOT: Root = Root {
     name: "NVIDIA CoRIM signing Root CA",
     der: include_bytes!("../../roots/nvidia/corim_signing_root_ca.der"),

@@ -93,6 +93,9 @@ impl VerifiedDevice {
     pub fn measurements_compared(&self) -> usize {
         self.measurements_compared
     }
+    pub(crate) fn set_measurements_compared(&mut self, n: usize) {
+        self.measurements_compared = n;
+    }
     /// How many measurement blocks the report holds.
     pub fn blocks(&self) -> usize {
         self.blocks
@@ -162,9 +165,9 @@ pub fn verify_device(
                 );
             }
         }
-        SubjectKey::Rsa(_) => f.add(
+        SubjectKey::Rsa(_) | SubjectKey::P256(_) => f.add(
             ReasonKind::Certificate,
-            "the attestation key is RSA; NVIDIA devices sign with P-384",
+            "the attestation key is not on P-384; NVIDIA devices sign with P-384",
         ),
     }
     if let Some(want) = expect.nonce {

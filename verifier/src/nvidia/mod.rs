@@ -2,9 +2,16 @@
 //!
 //! * `chain` — the pinned NVIDIA roots and ECDSA P-384 chain checks.
 //! * [`device`] — one GPU's or NVSwitch's SPDM evidence.
+//! * [`gpus`] — a whole evidence set under a GPU policy (RIMs, OCSP).
+//! * [`rim`] — reference integrity manifests (SWID tags, XML signatures).
+//! * [`ocsp`] — OCSP responses carried as revocation collateral.
 
 pub(crate) mod chain;
 pub mod device;
+pub mod gpus;
+pub mod ocsp;
+pub mod rim;
+mod xml;
 
 pub use device::{verify_device, DeviceExpectations, DeviceKind, Golden, VerifiedDevice};
 

@@ -23,6 +23,8 @@ use cocoon_verifier::{
 };
 use serde_json::{json, Value};
 
+mod gpu_cmd;
+
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
@@ -74,6 +76,36 @@ enum Command {
         #[arg(long = "mrtd", value_name = "HEX")]
         mrtds: Vec<String>,
         /// A policy file (TOML) with a `[tdx]` table.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Verify as of this time (RFC 3339); default: now.
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify NVIDIA GPU / NVSwitch attestation evidence against NVIDIA's pinned roots.
+    Gpu {
+        /// Evidence: hex text of one report, a JSON array of evidence items, or a CBOR evidence set.
+        #[arg(long)]
+        evidence: PathBuf,
+        /// The device certificate chain (PEM), for hex-text evidence.
+        #[arg(long)]
+        cert_chain: Option<PathBuf>,
+        /// A driver reference integrity manifest (SWID XML); repeatable.
+        #[arg(long = "driver-rim")]
+        driver_rims: Vec<PathBuf>,
+        /// A VBIOS reference integrity manifest (SWID XML); repeatable.
+        #[arg(long = "vbios-rim")]
+        vbios_rims: Vec<PathBuf>,
+        /// An OCSP response (DER) for a device or RIM certificate; repeatable.
+        #[arg(long = "ocsp")]
+        ocsp: Vec<PathBuf>,
+        /// The nonce the reports must answer (64 hex digits).
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+        /// A policy file (TOML) with a `[gpu]` table.
         #[arg(long)]
         policy: Option<PathBuf>,
         /// Verify as of this time (RFC 3339); default: now.
@@ -662,6 +694,28 @@ fn main() -> ExitCode {
             at.as_deref(),
             *json,
         )
+        .map(verdict_code),
+        Command::Gpu {
+            evidence,
+            cert_chain,
+            driver_rims,
+            vbios_rims,
+            ocsp,
+            nonce,
+            policy,
+            at,
+            json,
+        } => gpu_cmd::run_gpu(&gpu_cmd::GpuArgs {
+            evidence,
+            cert_chain: cert_chain.as_deref(),
+            driver_rims,
+            vbios_rims,
+            ocsp,
+            nonce: nonce.as_deref(),
+            policy: policy.as_deref(),
+            at: at.as_deref(),
+            json: *json,
+        })
         .map(verdict_code),
         Command::Bundle {
             file,

@@ -1,0 +1,127 @@
+//! GPU evidence at boot: the nonce bound to this enclave's keys, the
+//! evidence every GPU signs for it, and the collateral carried beside it.
+//!
+//! The nonce is `SHA-256("cocoon-gpu-nonce-v1" || hpke_public_key ||
+//! epoch)` ([`session_nonce`]): the HPKE key is made at this boot and never
+//! leaves the VM, so the evidence cannot be replayed into another enclave
+//! or epoch. The evidence set's SHA-256 goes into the claims, and the claims
+//! into the hardware report, so a client that verifies the bundle knows the
+//! GPUs that will see its data.
+
+use std::sync::Arc;
+
+use cocoon_attestation::bundle::GpuBundle;
+use cocoon_attestation::nvidia::{session_nonce, DeviceEvidence, GpuCollateral, GpuEvidence};
+use cocoon_gpu_evidence::{GpuEvidenceError, GpuEvidenceProvider, NvmlProvider};
+
+use crate::config::{GpuConfig, GpuEvidenceSource};
+
+/// Why GPU evidence could not be set up or taken.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// The driver interface failed.
+    #[error("GPU evidence: {0}")]
+    Provider(#[from] GpuEvidenceError),
+    /// A collateral file could not be read.
+    #[error("GPU collateral {path}: {source}")]
+    Collateral {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The driver returned no GPU.
+    #[error("GPU evidence: the driver reports no GPU, but the configuration has a [gpu] table")]
+    NoGpu,
+}
+
+/// A GPU evidence source with the collateral to carry.
+#[derive(Clone)]
+pub struct GpuSetup {
+    provider: Arc<dyn GpuEvidenceProvider>,
+    collateral: GpuCollateral,
+}
+
+impl std::fmt::Debug for GpuSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuSetup")
+            .field("provider", &self.provider.name())
+            .field("rims", &self.collateral.rims.len())
+            .field("ocsp", &self.collateral.ocsp.len())
+            .finish()
+    }
+}
+
+impl GpuSetup {
+    /// Open the configured provider and read the collateral files.
+    pub fn from_config(c: &GpuConfig) -> Result<GpuSetup, GpuError> {
+        let provider: Arc<dyn GpuEvidenceProvider> = match c.evidence {
+            GpuEvidenceSource::Nvml => Arc::new(match &c.library {
+                Some(path) => NvmlProvider::open_path(std::path::Path::new(path))?,
+                None => NvmlProvider::open()?,
+            }),
+        };
+        let read = |p: &String| {
+            std::fs::read(p).map_err(|source| GpuError::Collateral {
+                path: p.clone(),
+                source,
+            })
+        };
+        let collateral = GpuCollateral {
+            rims: c.rims.iter().map(read).collect::<Result<_, _>>()?,
+            ocsp: c.ocsp.iter().map(read).collect::<Result<_, _>>()?,
+        };
+        Ok(GpuSetup {
+            provider,
+            collateral,
+        })
+    }
+
+    /// A setup over any provider (tests, other drivers).
+    pub fn new(provider: Arc<dyn GpuEvidenceProvider>, collateral: GpuCollateral) -> GpuSetup {
+        GpuSetup {
+            provider,
+            collateral,
+        }
+    }
+
+    /// The provider's name, for logs.
+    pub fn provider_name(&self) -> &str {
+        self.provider.name()
+    }
+
+    /// Take evidence for the session nonce of (`hpke_public_key`, `epoch`)
+    /// and return the bundle section and its digest for the claims.
+    pub fn take(
+        &self,
+        hpke_public_key: &[u8],
+        epoch: u64,
+    ) -> Result<(GpuBundle, [u8; 32]), GpuError> {
+        let nonce = session_nonce(hpke_public_key, epoch);
+        let e = self.provider.collect(nonce)?;
+        if e.devices.is_empty() {
+            return Err(GpuError::NoGpu);
+        }
+        let set = GpuEvidence {
+            nonce,
+            cc_enabled: e.cc_enabled,
+            devtools: e.dev_tools_mode,
+            devices: e
+                .devices
+                .into_iter()
+                .map(|d| DeviceEvidence {
+                    report: d.report,
+                    cert_chain: d.cert_chain,
+                })
+                .collect(),
+        };
+        let digest = set.digest();
+        Ok((
+            GpuBundle {
+                evidence_cbor: set.to_cbor(),
+                collateral: self.collateral.clone(),
+            },
+            digest,
+        ))
+    }
+}

@@ -1,0 +1,6 @@
+//! Fuzz target `ocsp`: see [`cocoon_fuzz::ocsp`] for what it feeds where.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| cocoon_fuzz::ocsp(data));

@@ -1,0 +1,207 @@
+//! NVIDIA GPU evidence verification beside platform-only verification, in
+//! the same run, as ratios of medians.
+//!
+//! Paths (each a full verification from bytes):
+//! * platform: one SEV-SNP report (Genoa, `verify_snp`, cold: a fresh
+//!   verifier, so the AMD chain is checked too) — what a client pays
+//!   without GPUs.
+//! * raw P-384: one bare ECDSA P-384/SHA-384 signature check of the same
+//!   SPDM transcript with `p384` (the primitive's cost).
+//! * gpu: one H100 report with its 5-certificate chain (`verify_device`:
+//!   parse, chain of four ECDSA P-384 links, the SPDM signature, nonce,
+//!   FWID).
+//! * gpu+rims: the H100 with its VBIOS RIM checked (XML signature, RIM
+//!   chain) and its measurements compared (`verify_gpus`).
+//! * hgx: the 8-GPU + 4-NVSwitch protected-PCIe set (`verify_gpus`).
+//! * bundle 1 GPU / bundle hgx: platform then GPU set, as `verify_bundle`
+//!   runs them.
+//!
+//! Run with `cargo bench -p cocoon-tests --bench gpu_verify`;
+//! `COCOON_BENCH_ROUNDS` sets the rounds (default 100). Under
+//! `cargo test --benches` each path runs twice as a smoke test.
+
+use cocoon_attestation::nvidia::{GpuCollateral, SpdmReport};
+use cocoon_tests::bench::{interleaved, mode, ms};
+use cocoon_tests::read_vector;
+use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
+use cocoon_verifier::nvidia::{verify_device, DeviceExpectations};
+use cocoon_verifier::policy::{Check, GpuPolicy};
+use cocoon_verifier::snp::SnpCertificates;
+use cocoon_verifier::{verify_snp, SnpPolicy, UnixTime};
+
+/// 2024-06-01T00:00:00Z: inside the windows of the SNP, device and RIM certificates.
+const AT: UnixTime = UnixTime(1_717_200_000);
+
+fn skip_all() -> GpuPolicy {
+    GpuPolicy {
+        gpus: Check::Skip,
+        switches: Check::Skip,
+        models: Check::Skip,
+        min_driver: Check::Skip,
+        min_vbios: Check::Skip,
+        cc_mode: Check::Skip,
+        rims: Check::Skip,
+        revocation: Check::Skip,
+    }
+}
+
+fn main() {
+    let m = mode(100);
+    if m.rounds == 0 {
+        return;
+    }
+    // Platform: Genoa SNP report, cold.
+    let snp_report = read_vector("snp/genoa-v5-oak/report.bin");
+    let vcek = read_vector("snp/genoa-v5-oak/vcek.der");
+    let measurement = cocoon_attestation::snp::SnpReport::parse(&snp_report)
+        .expect("report")
+        .measurement()
+        .to_owned();
+    let snp_policy = SnpPolicy::pinned_to_measurements(vec![measurement]);
+    // The SNP vector's VCEK is valid at this later time; the GPU paths use AT.
+    let snp_at = UnixTime(1_759_305_600);
+    let platform = || {
+        verify_snp(
+            &snp_report,
+            SnpCertificates {
+                vek: &vcek,
+                chain: &[],
+            },
+            &snp_policy,
+            snp_at,
+        )
+        .is_ok()
+    };
+
+    // One H100 (the 535 driver sample, which has a matching VBIOS RIM).
+    let h100 = hex::decode(
+        String::from_utf8(read_vector(
+            "nvidia/h100-535-vbios-rim/hopperAttestationReport.txt",
+        ))
+        .expect("text")
+        .trim(),
+    )
+    .expect("hex");
+    let h100_chain = read_vector("nvidia/h100-535-vbios-rim/hopperCertChain.txt");
+    let parsed = SpdmReport::parse(&h100).expect("report");
+    let nonce: [u8; 32] = parsed.request_nonce().try_into().expect("32 bytes");
+    let expect = DeviceExpectations {
+        nonce: Some(&nonce),
+        golden: None,
+    };
+    let gpu = || verify_device(&h100, &h100_chain, &expect, AT).is_ok();
+
+    // The bare primitive: one P-384 signature over the same transcript.
+    let leaf_pem = String::from_utf8(h100_chain.clone()).expect("PEM");
+    let leaf_der = cocoon_tests::pem::certificates(&leaf_pem).remove(0);
+    let leaf_key = {
+        use der::Decode;
+        let cert = x509_cert::Certificate::from_der(&leaf_der).expect("leaf");
+        p384::ecdsa::VerifyingKey::from_sec1_bytes(
+            cert.tbs_certificate
+                .subject_public_key_info
+                .subject_public_key
+                .raw_bytes(),
+        )
+        .expect("P-384 key")
+    };
+    let sig = p384::ecdsa::Signature::from_slice(parsed.signature()).expect("signature");
+    let raw = || {
+        use p384::ecdsa::signature::Verifier;
+        leaf_key.verify(parsed.signed_bytes(), &sig).is_ok()
+    };
+
+    // The same H100 with its VBIOS RIM.
+    let rim_collateral = GpuCollateral {
+        rims: vec![read_vector(
+            "nvidia/h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag",
+        )],
+        ocsp: vec![],
+    };
+    let mut rims_policy = skip_all();
+    rims_policy.rims = Check::Require(());
+    let one = [DeviceInput {
+        report: &h100,
+        cert_chain: &h100_chain,
+    }];
+
+    // The HGX set: 8 GPUs and 4 NVSwitches.
+    let load = |file: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_slice(&read_vector(file)).expect("JSON");
+        items
+            .iter()
+            .map(|i| {
+                (
+                    cocoon_tests::pem::decode_base64(i["evidence"].as_str().expect("evidence")),
+                    cocoon_tests::pem::decode_base64(
+                        i["certificate"].as_str().expect("certificate"),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let mut hgx = load("nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json");
+    hgx.extend(load("nvidia/hgx-8xh100-ppcie-nvtrust/switch_evidence.json"));
+    let hgx_nonce: [u8; 32] = SpdmReport::parse(&hgx[0].0)
+        .expect("report")
+        .request_nonce()
+        .try_into()
+        .expect("32");
+    let hgx_inputs: Vec<DeviceInput<'_>> = hgx
+        .iter()
+        .map(|(r, c)| DeviceInput {
+            report: r,
+            cert_chain: c,
+        })
+        .collect();
+    let none = GpuCollateral::default();
+    let policy = skip_all();
+    let hgx_set = || verify_gpus(&hgx_inputs, &none, &policy, Some(&hgx_nonce), None, AT).is_ok();
+
+    let mut p_platform = platform;
+    let mut p_raw = raw;
+    let mut p_gpu = gpu;
+    let mut p_gpu_rims =
+        || verify_gpus(&one, &rim_collateral, &rims_policy, Some(&nonce), None, AT).is_ok();
+    let mut p_hgx = hgx_set;
+    let mut p_bundle_1 = || {
+        platform()
+            && verify_gpus(&one, &rim_collateral, &rims_policy, Some(&nonce), None, AT).is_ok()
+    };
+    let mut p_bundle_hgx = || platform() && hgx_set();
+    let t = interleaved(
+        m.rounds,
+        &mut [
+            &mut p_platform,
+            &mut p_raw,
+            &mut p_gpu,
+            &mut p_gpu_rims,
+            &mut p_hgx,
+            &mut p_bundle_1,
+            &mut p_bundle_hgx,
+        ],
+    );
+    let r = |a: usize, b: usize| t[a].as_secs_f64() / t[b].as_secs_f64();
+    println!("gpu_verify ({} rounds, medians, one run):", m.rounds);
+    for (i, name) in [
+        "platform only (SNP, cold)",
+        "raw P-384 verify of the SPDM transcript",
+        "1 H100 (chain + SPDM signature)",
+        "1 H100 + VBIOS RIM (XML signature, chain, 58 measurements)",
+        "HGX: 8 H100 + 4 NVSwitch",
+        "bundle: platform + 1 H100 with RIM",
+        "bundle: platform + HGX set",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!("  {name:<60} {}", ms(t[i]));
+    }
+    println!("  ratio 1 H100 / platform only             {:.2}", r(2, 0));
+    println!("  ratio 1 H100 / raw P-384 verify          {:.2}", r(2, 1));
+    println!("  ratio 1 H100 + RIM / platform only       {:.2}", r(3, 0));
+    println!("  ratio HGX set / platform only            {:.2}", r(4, 0));
+    println!("  ratio bundle (1 H100 + RIM) / platform   {:.2}", r(5, 0));
+    println!("  ratio bundle (HGX) / platform            {:.2}", r(6, 0));
+}

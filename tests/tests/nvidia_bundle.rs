@@ -1,0 +1,169 @@
+//! GPU evidence inside an evidence bundle: bound to the claims by digest and
+//! to the enclave's session by nonce, checked under the policy's `[gpu]`
+//! table. The platform is the simulated TEE (opted in by name); the GPU
+//! reports are the real recorded H100 ones from the vectors.
+//!
+//! A real report can never answer a fresh session nonce (that needs the
+//! GPU), so every bundle here that carries GPU evidence must be rejected:
+//! each test shows one binding rule doing its job. Evidence that answers the
+//! right nonce verifies in `nvidia_vectors.rs` (same code, `verify_gpus`).
+
+use cocoon_attestation::bundle::{
+    claims_report_data, Claims, EvidenceBundle, GpuBundle, ModelDigest, PlatformEvidence,
+};
+use cocoon_attestation::nvidia::{session_nonce, DeviceEvidence, GpuCollateral, GpuEvidence};
+use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
+use cocoon_tests::read_vector;
+use cocoon_verifier::{verify, Policy, ReasonKind, UnixTime};
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+
+const NOW: UnixTime = UnixTime(1_790_000_000);
+
+fn claims(gpu: Option<[u8; 32]>) -> Claims {
+    Claims {
+        hpke_public_key: vec![7; 32],
+        receipt_public_key: vec![4; 65],
+        image_id: "cocoon-dev".into(),
+        model_digests: vec![ModelDigest {
+            name: "m".into(),
+            sha256: [9; 32],
+        }],
+        config_digest: [3; 32],
+        gpu_evidence_digest: gpu,
+        epoch: 42,
+        client_nonce: None,
+    }
+}
+
+fn bundle(claims: &Claims, gpu: Option<GpuBundle>) -> Vec<u8> {
+    let claims_cbor = claims.to_cbor();
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let report = SimulatedReport {
+        label: SIMULATED_LABEL.into(),
+        measurement: [0x5a; 48],
+        report_data: claims_report_data(&claims_cbor),
+        public_key: key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec(),
+    }
+    .to_cbor();
+    let sig: Signature = key.sign(&report);
+    EvidenceBundle {
+        platform: PlatformEvidence::Simulated {
+            report,
+            signature: sig.to_bytes().to_vec(),
+        },
+        claims_cbor,
+        gpu,
+    }
+    .to_cbor()
+}
+
+fn policy(gpu_table: &str) -> Policy {
+    Policy::from_toml(&format!(
+        "release = \"cocoon-dev\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n{gpu_table}"
+    ))
+    .unwrap()
+}
+
+const STRICT_GPU: &str = "[gpu]\ngpus = 1\nswitches = 0\nmodels = [\"GH100\"]\nmin_driver = \"skip\"\nmin_vbios = \"skip\"\ncc_mode = \"on\"\nrims = \"skip\"\nrevocation = \"skip\"\n";
+const NO_GPU: &str = "[gpu]\ngpus = 0\nswitches = \"skip\"\nmodels = \"skip\"\nmin_driver = \"skip\"\nmin_vbios = \"skip\"\ncc_mode = \"skip\"\nrims = \"skip\"\nrevocation = \"skip\"\n";
+
+/// A real H100 report and chain, in an evidence set claiming `nonce`.
+fn h100_set(nonce: [u8; 32]) -> GpuEvidence {
+    let report = hex::decode(
+        String::from_utf8(read_vector(
+            "nvidia/h100-nvtrust-sample/hopperAttestationReport.txt",
+        ))
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    GpuEvidence {
+        nonce,
+        cc_enabled: true,
+        devtools: false,
+        devices: vec![DeviceEvidence {
+            report,
+            cert_chain: read_vector("nvidia/h100-nvtrust-sample/hopperCertChain.txt"),
+        }],
+    }
+}
+
+fn carried(set: &GpuEvidence) -> GpuBundle {
+    GpuBundle {
+        evidence_cbor: set.to_cbor(),
+        collateral: GpuCollateral::default(),
+    }
+}
+
+#[test]
+fn an_enclave_without_gpus_passes_only_a_policy_that_says_gpus_0() {
+    let b = bundle(&claims(None), None);
+    assert!(verify(&b, &policy(""), NOW).unwrap().gpus().is_none());
+    assert!(verify(&b, &policy(NO_GPU), NOW).is_ok());
+    let r = verify(&b, &policy(STRICT_GPU), NOW).unwrap_err();
+    assert!(r.has(ReasonKind::Policy), "{r}");
+}
+
+#[test]
+fn gpu_evidence_the_claims_do_not_name_is_refused() {
+    let c = claims(None);
+    let set = h100_set(session_nonce(&c.hpke_public_key, c.epoch));
+    let r = verify(&bundle(&c, Some(carried(&set))), &policy(""), NOW).unwrap_err();
+    assert!(r.has(ReasonKind::Claims), "{r}");
+}
+
+#[test]
+fn claims_naming_gpu_evidence_the_bundle_lacks_are_refused() {
+    let r = verify(&bundle(&claims(Some([1; 32])), None), &policy(""), NOW).unwrap_err();
+    assert!(r.has(ReasonKind::Claims), "{r}");
+}
+
+#[test]
+fn gpu_evidence_other_than_the_bound_one_is_refused() {
+    let base = claims(None);
+    let set = h100_set(session_nonce(&base.hpke_public_key, base.epoch));
+    let c = claims(Some(set.digest()));
+    // Swap in other evidence (one flipped byte in the report) after binding.
+    let mut other = set.clone();
+    other.devices[0].report[100] ^= 1;
+    let r = verify(&bundle(&c, Some(carried(&other))), &policy(""), NOW).unwrap_err();
+    assert!(r.has(ReasonKind::Claims), "{r}");
+    assert!(
+        r.to_string().contains("not the one bound into the claims"),
+        "{r}"
+    );
+}
+
+#[test]
+fn evidence_taken_for_another_nonce_is_refused() {
+    // The recorded evidence set, honestly labelled with the nonce it answers:
+    // not this enclave's session nonce, so it is a replay.
+    let recorded_nonce: [u8; 32] =
+        hex::decode("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
+            .unwrap()
+            .try_into()
+            .unwrap();
+    let set = h100_set(recorded_nonce);
+    let c = claims(Some(set.digest()));
+    let r = verify(&bundle(&c, Some(carried(&set))), &policy(STRICT_GPU), NOW).unwrap_err();
+    assert!(r.has(ReasonKind::Claims), "{r}");
+    assert!(r.to_string().contains("session nonce"), "{r}");
+}
+
+#[test]
+fn reports_that_do_not_answer_the_session_nonce_are_refused() {
+    // The set claims the session nonce, but the GPU signed another one.
+    let base = claims(None);
+    let set = h100_set(session_nonce(&base.hpke_public_key, base.epoch));
+    let c = claims(Some(set.digest()));
+    let r = verify(&bundle(&c, Some(carried(&set))), &policy(STRICT_GPU), NOW).unwrap_err();
+    assert!(r.to_string().contains("nonce mismatch"), "{r}");
+    // Whatever the policy, the nonce is checked.
+    let r = verify(&bundle(&c, Some(carried(&set))), &policy(""), NOW).unwrap_err();
+    assert!(r.to_string().contains("nonce mismatch"), "{r}");
+}

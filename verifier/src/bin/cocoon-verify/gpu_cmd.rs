@@ -1,0 +1,264 @@
+//! `cocoon-verify gpu`: NVIDIA GPU and NVSwitch evidence from files.
+//!
+//! Evidence formats read (detected from the content):
+//! * hex text of one SPDM request || response (NVIDIA's sample
+//!   `hopperAttestationReport.txt`), with `--cert-chain` (PEM);
+//! * a JSON array of `{ "evidence": base64, "certificate": base64 PEM, ... }`
+//!   items (NVIDIA's protected-PCIe verifier format; GPUs and NVSwitches);
+//! * our CBOR evidence set (`GpuEvidence`, as an enclave takes it), which
+//!   also says whether CC mode was on.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use cocoon_attestation::nvidia::{GpuCollateral, GpuEvidence};
+use cocoon_verifier::nvidia::gpus::{verify_gpus, CcState, DeviceInput, VerifiedGpus};
+use cocoon_verifier::nvidia::DeviceKind;
+use cocoon_verifier::policy::{parse_hex, Check, GpuPolicy, RevocationRule};
+use cocoon_verifier::{Rejection, UnixTime};
+use serde_json::{json, Value};
+
+use crate::{parse_time, print_json, read, read_policy, verdict_json, UsageError};
+
+/// Arguments of `cocoon-verify gpu`.
+pub struct GpuArgs<'a> {
+    pub evidence: &'a Path,
+    pub cert_chain: Option<&'a Path>,
+    pub driver_rims: &'a [PathBuf],
+    pub vbios_rims: &'a [PathBuf],
+    pub ocsp: &'a [PathBuf],
+    pub nonce: Option<&'a str>,
+    pub policy: Option<&'a Path>,
+    pub at: Option<&'a str>,
+    pub json: bool,
+}
+
+struct Loaded {
+    devices: Vec<(Vec<u8>, Vec<u8>)>,
+    cc: Option<CcState>,
+    format: &'static str,
+}
+
+fn load_evidence(bytes: &[u8], chain: Option<&[u8]>) -> Result<Loaded, UsageError> {
+    let text = bytes.trim_ascii();
+    if text.first() == Some(&b'[') {
+        let items: Vec<Value> = serde_json::from_slice(text).map_err(|e| {
+            UsageError(format!("evidence: not a JSON array of evidence items: {e}"))
+        })?;
+        let b64 = |item: &Value, k: &str, i: usize| -> Result<Vec<u8>, UsageError> {
+            let s = item[k]
+                .as_str()
+                .ok_or_else(|| UsageError(format!("evidence item {i}: no \"{k}\" string")))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| UsageError(format!("evidence item {i}: \"{k}\" is not base64: {e}")))
+        };
+        let devices = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| Ok((b64(item, "evidence", i)?, b64(item, "certificate", i)?)))
+            .collect::<Result<Vec<_>, UsageError>>()?;
+        if chain.is_some() {
+            return Err(UsageError(
+                "--cert-chain is not used with JSON evidence: each item carries its own certificate".into(),
+            ));
+        }
+        return Ok(Loaded {
+            devices,
+            cc: None,
+            format: "JSON evidence items",
+        });
+    }
+    if !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit) {
+        let report =
+            hex::decode(text).map_err(|e| UsageError(format!("evidence: hex text: {e}")))?;
+        let chain = chain.ok_or_else(|| {
+            UsageError("hex-text evidence needs --cert-chain FILE (the device's PEM chain)".into())
+        })?;
+        return Ok(Loaded {
+            devices: vec![(report, chain.to_vec())],
+            cc: None,
+            format: "hex text",
+        });
+    }
+    match GpuEvidence::from_cbor(bytes) {
+        Ok(set) => {
+            if chain.is_some() {
+                return Err(UsageError(
+                    "--cert-chain is not used with an evidence set: each device carries its own chain".into(),
+                ));
+            }
+            Ok(Loaded {
+                devices: set
+                    .devices
+                    .into_iter()
+                    .map(|d| (d.report, d.cert_chain))
+                    .collect(),
+                cc: Some(CcState {
+                    cc_enabled: set.cc_enabled,
+                    devtools: set.devtools,
+                }),
+                format: "CBOR evidence set",
+            })
+        }
+        Err(e) => Err(UsageError(format!(
+            "evidence is neither hex text, a JSON array of items, nor a CBOR evidence set ({e})"
+        ))),
+    }
+}
+
+fn device_json(d: &cocoon_verifier::nvidia::VerifiedDevice) -> Value {
+    json!({
+        "kind": match d.kind() { DeviceKind::Gpu => "gpu", DeviceKind::Switch => "nvswitch" },
+        "model": d.model(),
+        "device_id": d.device_id(),
+        "driver_version": d.driver_version(),
+        "vbios_version": d.vbios_version(),
+        "nonce": hex::encode(d.nonce()),
+        "fwid": d.fwid().map(hex::encode),
+        "feature_mode": d.feature_mode().map(|m| format!("{m:?}")),
+        "measurement_blocks": d.blocks(),
+        "measurements_compared": d.measurements_compared(),
+    })
+}
+
+/// Run the command; `Ok(true)` when accepted.
+pub fn run_gpu(a: &GpuArgs<'_>) -> Result<bool, UsageError> {
+    let now: UnixTime = parse_time(a.at)?;
+    let chain = a
+        .cert_chain
+        .map(|p| read(p, "certificate chain"))
+        .transpose()?;
+    let loaded = load_evidence(&read(a.evidence, "evidence")?, chain.as_deref())?;
+    let mut collateral = GpuCollateral::default();
+    for p in a.driver_rims.iter().chain(a.vbios_rims) {
+        collateral.rims.push(read(p, "RIM")?);
+    }
+    for p in a.ocsp {
+        collateral.ocsp.push(read(p, "OCSP response")?);
+    }
+    let policy = match a.policy {
+        Some(p) => read_policy(p)?
+            .gpu
+            .ok_or_else(|| UsageError(format!("policy {} has no [gpu] table", p.display())))?,
+        None => GpuPolicy {
+            gpus: Check::Skip,
+            switches: Check::Skip,
+            models: Check::Skip,
+            min_driver: Check::Skip,
+            min_vbios: Check::Skip,
+            cc_mode: Check::Skip,
+            rims: if collateral.rims.is_empty() {
+                Check::Skip
+            } else {
+                Check::Require(())
+            },
+            revocation: if collateral.ocsp.is_empty() {
+                Check::Skip
+            } else {
+                Check::Require(RevocationRule {
+                    max_age_secs: 7 * 86_400,
+                    allow_certificate_hold: false,
+                })
+            },
+        },
+    };
+    let nonce = a
+        .nonce
+        .map(|n| parse_hex::<32>(n).map_err(|e| UsageError(format!("--nonce: {e}"))))
+        .transpose()?;
+    let inputs: Vec<DeviceInput<'_>> = loaded
+        .devices
+        .iter()
+        .map(|(report, cert_chain)| DeviceInput { report, cert_chain })
+        .collect();
+    let result: Result<VerifiedGpus, Rejection> = verify_gpus(
+        &inputs,
+        &collateral,
+        &policy,
+        nonce.as_ref(),
+        loaded.cc,
+        now,
+    );
+    let mut not_checked = Vec::new();
+    if nonce.is_none() {
+        not_checked.push("nonce (no --nonce: the evidence may be genuine but old or replayed)");
+    }
+    if policy.rims == Check::Skip {
+        not_checked.push(
+            "measurements against RIMs (no --driver-rim/--vbios-rim, or skipped by the policy)",
+        );
+    }
+    if policy.revocation == Check::Skip {
+        not_checked.push("revocation (no --ocsp responses, or skipped by the policy)");
+    }
+    if policy.cc_mode == Check::Skip {
+        not_checked.push("CC mode (only an enclave's evidence set carries it)");
+    }
+    if a.json {
+        let fields = match &result {
+            Ok(v) => json!({
+                "format": loaded.format,
+                "devices": v.devices().iter().map(device_json).collect::<Vec<_>>(),
+                "rims_used": v.rims_used().iter().map(|(p, v)| format!("{p} {v}")).collect::<Vec<_>>(),
+                "revocation_checked": v.revocation_checked(),
+                "not_checked": not_checked,
+            }),
+            Err(_) => {
+                json!({ "format": loaded.format, "devices_given": loaded.devices.len(), "not_checked": not_checked })
+            }
+        };
+        let reasons = result
+            .as_ref()
+            .err()
+            .map(|r| r.reasons().iter().map(|r| r.message.clone()).collect())
+            .unwrap_or_default();
+        print_json(&verdict_json(result.is_ok(), reasons, fields, now));
+        return Ok(result.is_ok());
+    }
+    match &result {
+        Ok(v) => {
+            println!(
+                "ACCEPTED: {} device(s) from {}, each signed by a key chaining to NVIDIA's pinned Device Identity CA",
+                v.devices().len(),
+                loaded.format
+            );
+            for (i, d) in v.devices().iter().enumerate() {
+                println!(
+                    "  [{i}] {} {} id {} driver {} vbios {} ({} blocks, {} compared with RIMs)",
+                    match d.kind() {
+                        DeviceKind::Gpu => "GPU",
+                        DeviceKind::Switch => "NVSwitch",
+                    },
+                    d.model(),
+                    d.device_id(),
+                    d.driver_version().unwrap_or("-"),
+                    d.vbios_version().unwrap_or("-"),
+                    d.blocks(),
+                    d.measurements_compared()
+                );
+            }
+            for (p, ver) in v.rims_used() {
+                println!(
+                    "  RIM {p} {ver}: signature and chain to NVIDIA's pinned CoRIM root verified"
+                );
+            }
+            if v.revocation_checked() > 0 {
+                println!(
+                    "  revocation: {} certificates good per OCSP",
+                    v.revocation_checked()
+                );
+            }
+        }
+        Err(r) => {
+            println!("REJECTED: the GPU evidence does not meet the policy");
+            for reason in r.reasons() {
+                println!("  - {reason}");
+            }
+        }
+    }
+    for n in &not_checked {
+        println!("  NOT CHECKED: {n}");
+    }
+    Ok(result.is_ok())
+}

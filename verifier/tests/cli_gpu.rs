@@ -1,0 +1,232 @@
+//! `cocoon-verify gpu` as a user runs it on the NVIDIA vectors: exit codes
+//! (0 accepted, 1 rejected, 64 usage), text and JSON, every input format.
+
+use std::process::{Command, Output};
+
+use cocoon_tests::vectors_dir;
+use serde_json::Value;
+
+const AT: &str = "2024-06-01T00:00:00Z";
+const NONCE_535: &str = "27a328247bf7935c993341cf587be6f05986ccce4fe7ba2c54100bd616a58f66";
+const NONCE_HGX: &str = "4760e30534a0621357d458b1a7936551b5dc4cd1e69718adf7ed9fb0252a537e";
+
+fn v(rel: &str) -> String {
+    vectors_dir().join(rel).to_string_lossy().into_owned()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cocoon-verify"))
+        .arg("gpu")
+        .args(args)
+        .output()
+        .expect("run cocoon-verify")
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn a_hex_report_with_its_chain_and_vbios_rim() {
+    let report = v("nvidia/h100-535-vbios-rim/hopperAttestationReport.txt");
+    let chain = v("nvidia/h100-535-vbios-rim/hopperCertChain.txt");
+    let out = run(&[
+        "--evidence",
+        &report,
+        "--cert-chain",
+        &chain,
+        "--nonce",
+        NONCE_535,
+        "--at",
+        AT,
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j = json(&out);
+    assert_eq!(j["verdict"], "accepted");
+    let d = &j["fields"]["devices"][0];
+    assert_eq!(d["kind"], "gpu");
+    assert_eq!(d["model"], "GH100");
+    assert_eq!(d["driver_version"], "535.86.09");
+    assert_eq!(d["vbios_version"], "96.00.5E.00.01");
+    assert_eq!(d["measurement_blocks"], 64);
+    assert!(j["fields"]["not_checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().starts_with("measurements")));
+    // A RIM makes the comparison required: the VBIOS RIM matches, but a GPU
+    // also needs its driver's RIM, which the vectors do not have.
+    let rim = v("nvidia/h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag");
+    let out = run(&[
+        "--evidence",
+        &report,
+        "--cert-chain",
+        &chain,
+        "--vbios-rim",
+        &rim,
+        "--nonce",
+        NONCE_535,
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no verified driver RIM for GH100 535.86.09"),
+        "{text}"
+    );
+    // A wrong nonce is a rejection with exit 1.
+    let out = run(&[
+        "--evidence",
+        &report,
+        "--cert-chain",
+        &chain,
+        "--nonce",
+        &"00".repeat(32),
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nonce mismatch"));
+}
+
+#[test]
+fn the_switch_with_its_rim_is_accepted() {
+    let out = run(&[
+        "--evidence",
+        &v("nvidia/nvswitch-ls10/switchAttestationReport.txt"),
+        "--cert-chain",
+        &v("nvidia/nvswitch-ls10/switchCertChain.txt"),
+        "--vbios-rim",
+        &v("nvidia/nvswitch-ls10/switchVBIOSRim_NV_SWITCH_BIOS_5612_0002_890_9610550001.xml"),
+        "--at",
+        "2026-06-01T00:00:00Z",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("ACCEPTED"), "{text}");
+    assert!(text.contains("RIM LS10 96.10.55.00.01"), "{text}");
+    assert!(text.contains("NOT CHECKED: nonce"), "{text}");
+}
+
+#[test]
+fn the_hgx_json_sets_are_accepted_under_a_policy() {
+    let dir = std::env::temp_dir().join(format!("cocoon-cli-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "release = \"r\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n[gpu]\ngpus = 8\nswitches = 0\nmodels = [\"GH100\"]\nmin_driver = \"590.0\"\nmin_vbios = \"96.00.A0.00.00\"\ncc_mode = \"skip\"\nrims = \"skip\"\nrevocation = \"skip\"\n",
+    )
+    .unwrap();
+    let gpus = v("nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json");
+    let p = policy.to_string_lossy().into_owned();
+    let out = run(&[
+        "--evidence",
+        &gpus,
+        "--nonce",
+        NONCE_HGX,
+        "--policy",
+        &p,
+        "--at",
+        AT,
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let j = json(&out);
+    assert_eq!(j["fields"]["devices"].as_array().unwrap().len(), 8);
+    assert_eq!(j["fields"]["devices"][7]["feature_mode"], "ProtectedPcie");
+    // The switches under the same policy: not GPUs, so the count fails.
+    let switches = v("nvidia/hgx-8xh100-ppcie-nvtrust/switch_evidence.json");
+    let out = run(&[
+        "--evidence",
+        &switches,
+        "--nonce",
+        NONCE_HGX,
+        "--policy",
+        &p,
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 GPUs attested, the policy requires 8"));
+    // A policy asking for CC mode cannot be met by bare evidence files.
+    let strict = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("cc_mode = \"skip\"", "cc_mode = \"on\"");
+    std::fs::write(&policy, strict).unwrap();
+    let out = run(&[
+        "--evidence",
+        &gpus,
+        "--nonce",
+        NONCE_HGX,
+        "--policy",
+        &p,
+        "--at",
+        AT,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not say whether CC mode is on"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_invalid_signature_vector_exits_one() {
+    let out = run(&[
+        "--evidence",
+        &v("nvidia/negative/hopperAttestationReportInvalidSignature.txt"),
+        "--cert-chain",
+        &v("nvidia/negative/hopperCertChainExpired.txt"),
+        "--at",
+        AT,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = json(&out);
+    assert_eq!(j["verdict"], "rejected");
+    assert!(j["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("SPDM signature does not verify"));
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let report = v("nvidia/h100-nvtrust-sample/hopperAttestationReport.txt");
+    // Hex evidence without a chain.
+    let out = run(&["--evidence", &report, "--at", AT]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cert-chain"));
+    // A missing file, a bad nonce, garbage evidence.
+    assert_eq!(
+        run(&["--evidence", "/nonexistent/file"]).status.code(),
+        Some(64)
+    );
+    let chain = v("nvidia/h100-nvtrust-sample/hopperCertChain.txt");
+    assert_eq!(
+        run(&[
+            "--evidence",
+            &report,
+            "--cert-chain",
+            &chain,
+            "--nonce",
+            "xyz"
+        ])
+        .status
+        .code(),
+        Some(64)
+    );
+    assert_eq!(run(&["--evidence", &chain]).status.code(), Some(64));
+}
