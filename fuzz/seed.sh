@@ -389,6 +389,17 @@ unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt" >"$tmp"
     cbor_map 2; cbor_text report; cbor_bytes_file "$tmp"
     cbor_text cert_chain; cbor_bytes_file "$nv/h100-nvtrust-sample/hopperCertChain.txt"
 } >"$corpus/gpu_evidence/one-h100.cbor"
-echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 1)), gpu_evidence 1 files (in fuzz/corpus/)"
+# rim: every RIM in the vectors.
+mkdir -p "$corpus/rim"
+n_rim=0
+for r in rim/NV_GPU_DRIVER_GH100_550.144.03.xml h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag \
+    h100-535-vbios-rim/NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml \
+    nvswitch-ls10/switchVBIOSRim_NV_SWITCH_BIOS_5612_0002_890_9610550001.xml \
+    negative/incorrect_signature_driver_rim.xml negative/incorrect_cert_chain_driver_rim.xml; do
+    need "$nv/$r"
+    put "$corpus/rim/$(tr '/' '-' <<<"$r")" "$nv/$r"
+    n_rim=$((n_rim + 1))
+done
+echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 1)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
 
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

@@ -21,7 +21,7 @@ cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"
 cargo test --workspace --doc 2>&1 | tee -a "$LOG"
 
 log "vector suites on the pure-Rust backend (the one wasm32 uses)"
-cargo test -p cocoon-tests --no-default-features --test snp_vectors 2>&1 | tee -a "$LOG"
+cargo test -p cocoon-tests --no-default-features --test snp_vectors --test nvidia_vectors --test nvidia_rim 2>&1 | tee -a "$LOG"
 cargo test -p cocoon-verifier --no-default-features --lib 2>&1 | tee -a "$LOG"
 
 log "dependency rules"

@@ -24,7 +24,7 @@ mod nvidia;
 mod protocol;
 mod tdx;
 pub use evidence::{bundle, tdx_collateral};
-pub use nvidia::{gpu_evidence, spdm_report};
+pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{api, frame_decoder, message, receipt, sealed_request};
 pub use tdx::tdx_quote;
 
@@ -50,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("spdm_report", spdm_report),
     ("gpu_evidence", gpu_evidence),
     ("ocsp", ocsp),
+    ("rim", rim),
 ];
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every

@@ -89,3 +89,22 @@ pub fn gpu_evidence(data: &[u8]) {
         }
     }
 }
+
+/// `rim`: the input as a reference integrity manifest (SWID XML with an
+/// enveloped XML signature), parsed without and then with verification at
+/// [`NOW`]. A RIM that verifies must say what the unverified parse says.
+/// Seeds: the vectors' RIMs (valid, edited and with a foreign chain).
+pub fn rim(data: &[u8]) {
+    use cocoon_verifier::nvidia::rim::{parse_rim_unverified, verify_rim};
+    let info = parse_rim_unverified(data);
+    match verify_rim(data, NOW) {
+        Ok(v) => {
+            let info = info.expect("a RIM that verifies also parses");
+            assert_eq!(v.measurements(), info.measurements.as_slice());
+            black_box((v.tag_id(), v.version(), v.signer_chain_der().len()));
+        }
+        Err(r) => {
+            black_box(r.to_string());
+        }
+    }
+}

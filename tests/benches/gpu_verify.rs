@@ -6,7 +6,8 @@
 //!   verifier, so the AMD chain is checked too) — what a client pays
 //!   without GPUs.
 //! * raw P-384: one bare ECDSA P-384/SHA-384 signature check of the same
-//!   SPDM transcript with `p384` (the primitive's cost).
+//!   SPDM transcript, with `p384` (RustCrypto) and with `aws-lc-rs` (the
+//!   backend our verifier uses natively): the primitive's cost.
 //! * gpu: one H100 report with its 5-certificate chain (`verify_device`:
 //!   parse, chain of four ECDSA P-384 links, the SPDM signature, nonce,
 //!   FWID).
@@ -24,7 +25,8 @@ use cocoon_attestation::nvidia::{GpuCollateral, SpdmReport};
 use cocoon_tests::bench::{interleaved, mode, ms};
 use cocoon_tests::read_vector;
 use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
-use cocoon_verifier::nvidia::{verify_device, DeviceExpectations};
+use cocoon_verifier::nvidia::rim::verify_rim;
+use cocoon_verifier::nvidia::{verify_device, DeviceExpectations, Golden};
 use cocoon_verifier::policy::{Check, GpuPolicy};
 use cocoon_verifier::snp::SnpCertificates;
 use cocoon_verifier::{verify_snp, SnpPolicy, UnixTime};
@@ -106,24 +108,47 @@ fn main() {
         .expect("P-384 key")
     };
     let sig = p384::ecdsa::Signature::from_slice(parsed.signature()).expect("signature");
+    let leaf_point = leaf_key.to_encoded_point(false);
+    let aws_key = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED,
+        leaf_point.as_bytes(),
+    );
+    let raw_aws = || {
+        aws_key
+            .verify(parsed.signed_bytes(), parsed.signature())
+            .is_ok()
+    };
     let raw = || {
         use p384::ecdsa::signature::Verifier;
         leaf_key.verify(parsed.signed_bytes(), &sig).is_ok()
     };
 
-    // The same H100 with its VBIOS RIM.
-    let rim_collateral = GpuCollateral {
-        rims: vec![read_vector(
-            "nvidia/h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag",
-        )],
-        ocsp: vec![],
+    // The same H100 with its VBIOS RIM: the RIM verified (XML signature,
+    // chain) and its active measurements compared. (verify_gpus with
+    // rims = "required" would also want the driver RIM for 535.86.09,
+    // which the vectors do not have.)
+    let rim_xml = read_vector("nvidia/h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag");
+    let gpu_with_rim = || {
+        let Ok(rim) = verify_rim(&rim_xml, AT) else {
+            return false;
+        };
+        let golden: Vec<Golden> = rim
+            .measurements()
+            .iter()
+            .filter(|m| m.active)
+            .map(|m| Golden {
+                index: m.index,
+                alternatives: m.alternatives.iter().map(|a| a.to_vec()).collect(),
+                source: "VBIOS RIM".into(),
+            })
+            .collect();
+        let expect = DeviceExpectations {
+            nonce: Some(&nonce),
+            golden: Some(&golden),
+        };
+        verify_device(&h100, &h100_chain, &expect, AT)
+            .is_ok_and(|v| v.measurements_compared() == golden.len())
     };
-    let mut rims_policy = skip_all();
-    rims_policy.rims = Check::Require(());
-    let one = [DeviceInput {
-        report: &h100,
-        cert_chain: &h100_chain,
-    }];
 
     // The HGX set: 8 GPUs and 4 NVSwitches.
     let load = |file: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -161,15 +186,23 @@ fn main() {
 
     let mut p_platform = platform;
     let mut p_raw = raw;
+    let mut p_raw_aws = raw_aws;
     let mut p_gpu = gpu;
-    let mut p_gpu_rims =
-        || verify_gpus(&one, &rim_collateral, &rims_policy, Some(&nonce), None, AT).is_ok();
+    let mut p_gpu_rims = gpu_with_rim;
     let mut p_hgx = hgx_set;
-    let mut p_bundle_1 = || {
-        platform()
-            && verify_gpus(&one, &rim_collateral, &rims_policy, Some(&nonce), None, AT).is_ok()
-    };
+    let mut p_bundle_1 = || platform() && gpu_with_rim();
     let mut p_bundle_hgx = || platform() && hgx_set();
+    // Every path must succeed before it is timed.
+    for (name, ok) in [
+        ("platform", p_platform()),
+        ("raw", p_raw()),
+        ("raw aws-lc", p_raw_aws()),
+        ("gpu", p_gpu()),
+        ("gpu+rim", p_gpu_rims()),
+        ("hgx", p_hgx()),
+    ] {
+        assert!(ok, "bench path {name} does not verify");
+    }
     let t = interleaved(
         m.rounds,
         &mut [
@@ -180,6 +213,7 @@ fn main() {
             &mut p_hgx,
             &mut p_bundle_1,
             &mut p_bundle_hgx,
+            &mut p_raw_aws,
         ],
     );
     let r = |a: usize, b: usize| t[a].as_secs_f64() / t[b].as_secs_f64();
@@ -192,6 +226,7 @@ fn main() {
         "HGX: 8 H100 + 4 NVSwitch",
         "bundle: platform + 1 H100 with RIM",
         "bundle: platform + HGX set",
+        "raw P-384 verify, aws-lc-rs",
     ]
     .iter()
     .enumerate()
@@ -199,7 +234,11 @@ fn main() {
         println!("  {name:<60} {}", ms(t[i]));
     }
     println!("  ratio 1 H100 / platform only             {:.2}", r(2, 0));
-    println!("  ratio 1 H100 / raw P-384 verify          {:.2}", r(2, 1));
+    println!("  ratio 1 H100 / raw P-384 verify (p384)   {:.2}", r(2, 1));
+    println!(
+        "  ratio 1 H100 / raw P-384 verify (aws-lc) {:.2}  (5 signatures: 4 chain links + SPDM)",
+        r(2, 7)
+    );
     println!("  ratio 1 H100 + RIM / platform only       {:.2}", r(3, 0));
     println!("  ratio HGX set / platform only            {:.2}", r(4, 0));
     println!("  ratio bundle (1 H100 + RIM) / platform   {:.2}", r(5, 0));

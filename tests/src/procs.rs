@@ -137,6 +137,20 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Wait up to `timeout` for the process to exit by itself (killed
+    /// after that, and `None`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
     /// Send SIGTERM (via `kill(1)`) and wait up to `timeout` for the exit
     /// status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
