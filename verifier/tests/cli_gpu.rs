@@ -230,3 +230,108 @@ fn usage_errors_exit_64() {
     );
     assert_eq!(run(&["--evidence", &chain]).status.code(), Some(64));
 }
+
+#[test]
+fn policy_init_pins_the_gpus_of_a_bundle() {
+    use cocoon_attestation::bundle::{Claims, EvidenceBundle, GpuBundle, PlatformEvidence};
+    use cocoon_attestation::nvidia::{DeviceEvidence, GpuCollateral, GpuEvidence};
+    let dir = std::env::temp_dir().join(format!("cocoon-cli-gpu-init-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let items: Vec<Value> = serde_json::from_slice(
+        &std::fs::read(v("nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json")).unwrap(),
+    )
+    .unwrap();
+    let devices = items
+        .iter()
+        .map(|i| DeviceEvidence {
+            report: cocoon_tests::pem::decode_base64(i["evidence"].as_str().unwrap()),
+            cert_chain: cocoon_tests::pem::decode_base64(i["certificate"].as_str().unwrap()),
+        })
+        .collect();
+    let set = GpuEvidence {
+        nonce: [0; 32],
+        cc_enabled: true,
+        devtools: false,
+        devices,
+    };
+    let claims = Claims {
+        hpke_public_key: vec![1; 32],
+        receipt_public_key: vec![2; 65],
+        image_id: "cocoon-test-1".into(),
+        model_digests: vec![],
+        config_digest: [0; 32],
+        gpu_evidence_digest: Some(set.digest()),
+        epoch: 1,
+        client_nonce: None,
+    };
+    let bundle = EvidenceBundle {
+        platform: PlatformEvidence::Snp {
+            report: std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap(),
+            vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
+            chain: vec![],
+        },
+        claims_cbor: claims.to_cbor(),
+        gpu: Some(GpuBundle {
+            evidence_cbor: set.to_cbor(),
+            collateral: GpuCollateral::default(),
+        }),
+    };
+    let file = dir.join("bundle.cbor");
+    std::fs::write(&file, bundle.to_cbor()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cocoon-verify"))
+        .args([
+            "policy",
+            "init",
+            "--from",
+            file.to_str().unwrap(),
+            "--release",
+            "r1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let policy =
+        cocoon_verifier::Policy::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let g = policy.gpu.expect("a [gpu] table");
+    use cocoon_verifier::policy::Check;
+    assert_eq!(g.gpus, Check::Require(8));
+    assert_eq!(g.switches, Check::Require(0));
+    assert_eq!(g.models, Check::Require(vec!["GH100".to_string()]));
+    assert_eq!(g.min_driver.required().map(|v| v.as_str()), Some("590.12"));
+    assert_eq!(
+        g.min_vbios.required().map(|v| v.as_str()),
+        Some("96.00.A5.00.01")
+    );
+    assert_eq!(g.rims, Check::Require(()));
+    // A device whose signature fails is never pinned.
+    let mut bad = set.clone();
+    bad.devices[3].report[200] ^= 1;
+    let bundle = EvidenceBundle {
+        gpu: Some(GpuBundle {
+            evidence_cbor: bad.to_cbor(),
+            collateral: GpuCollateral::default(),
+        }),
+        ..bundle
+    };
+    std::fs::write(&file, bundle.to_cbor()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cocoon-verify"))
+        .args([
+            "policy",
+            "init",
+            "--from",
+            file.to_str().unwrap(),
+            "--release",
+            "r1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GPU device 3 does not verify"));
+    std::fs::remove_dir_all(&dir).ok();
+}

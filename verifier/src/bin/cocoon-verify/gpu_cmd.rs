@@ -262,3 +262,78 @@ pub fn run_gpu(a: &GpuArgs<'_>) -> Result<bool, UsageError> {
     }
     Ok(result.is_ok())
 }
+
+/// The `[gpu]` table `policy init` writes for a bundle: `gpus = 0` for an
+/// enclave without GPU evidence; otherwise pinned to what its devices
+/// report (counts, models, at least these driver and VBIOS versions, CC
+/// mode on, RIMs and revocation required). The evidence must verify (chain
+/// and signature; its nonce is checked against the claims when the bundle
+/// is verified) before a policy is pinned to it.
+pub fn policy_from_bundle(
+    b: &cocoon_attestation::bundle::EvidenceBundle,
+) -> Result<GpuPolicy, UsageError> {
+    use cocoon_verifier::nvidia::{verify_device, DeviceExpectations};
+    use cocoon_verifier::policy::DottedVersion;
+    let Some(g) = &b.gpu else {
+        return Ok(GpuPolicy {
+            gpus: Check::Require(0),
+            switches: Check::Skip,
+            models: Check::Skip,
+            min_driver: Check::Skip,
+            min_vbios: Check::Skip,
+            cc_mode: Check::Skip,
+            rims: Check::Skip,
+            revocation: Check::Skip,
+        });
+    };
+    let set = GpuEvidence::from_cbor(&g.evidence_cbor)
+        .map_err(|e| UsageError(format!("the bundle's GPU evidence: {e}")))?;
+    let now = parse_time(None)?;
+    let expect = DeviceExpectations {
+        nonce: None,
+        golden: None,
+    };
+    let mut devices = Vec::new();
+    for (i, d) in set.devices.iter().enumerate() {
+        devices.push(
+            verify_device(&d.report, &d.cert_chain, &expect, now).map_err(|r| {
+                UsageError(format!(
+                    "GPU device {i} does not verify, so no policy is pinned to it: {r}"
+                ))
+            })?,
+        );
+    }
+    let gpus: Vec<_> = devices
+        .iter()
+        .filter(|d| d.kind() == DeviceKind::Gpu)
+        .collect();
+    let mut models: Vec<String> = gpus.iter().map(|d| d.model().to_string()).collect();
+    models.sort();
+    models.dedup();
+    let lowest = |f: fn(&str) -> Result<DottedVersion, String>, versions: Vec<Option<&str>>| {
+        versions
+            .into_iter()
+            .filter_map(|v| v.and_then(|v| f(v).ok()))
+            .reduce(|a, b| if a.at_least(&b) { b } else { a })
+            .map_or(Check::Skip, Check::Require)
+    };
+    let drivers = gpus.iter().map(|d| d.driver_version()).collect();
+    let vbioses = gpus.iter().map(|d| d.vbios_version()).collect();
+    Ok(GpuPolicy {
+        gpus: Check::Require(gpus.len() as u32),
+        switches: Check::Require((devices.len() - gpus.len()) as u32),
+        models: if models.is_empty() {
+            Check::Skip
+        } else {
+            Check::Require(models)
+        },
+        min_driver: lowest(DottedVersion::driver, drivers),
+        min_vbios: lowest(DottedVersion::vbios, vbioses),
+        cc_mode: Check::Require(()),
+        rims: Check::Require(()),
+        revocation: Check::Require(RevocationRule {
+            max_age_secs: 7 * 86_400,
+            allow_certificate_hold: false,
+        }),
+    })
+}

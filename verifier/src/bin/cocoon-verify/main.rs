@@ -534,24 +534,27 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         gpu: None,
     };
     let (report, quote) = match EvidenceBundle::from_cbor(&bytes) {
-        Ok(b) => match b.platform {
-            PlatformEvidence::Snp { report, .. } => (Some(report), None),
-            PlatformEvidence::Tdx { quote, .. } => (None, Some(quote)),
-            PlatformEvidence::Simulated { report, .. } => {
-                let r = SimulatedReport::from_cbor(&report)
-                    .map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
-                eprintln!("cocoon-verify: WARNING: this is simulated evidence; the policy written accepts a TEE that is NOT confidential");
-                policy.simulated = Some(SimulatedTeePolicy {
-                    measurements: Check::Require(vec![r.measurement]),
-                });
-                (None, None)
+        Ok(b) => {
+            policy.gpu = Some(gpu_cmd::policy_from_bundle(&b)?);
+            match b.platform {
+                PlatformEvidence::Snp { report, .. } => (Some(report), None),
+                PlatformEvidence::Tdx { quote, .. } => (None, Some(quote)),
+                PlatformEvidence::Simulated { report, .. } => {
+                    let r = SimulatedReport::from_cbor(&report)
+                        .map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
+                    eprintln!("cocoon-verify: WARNING: this is simulated evidence; the policy written accepts a TEE that is NOT confidential");
+                    policy.simulated = Some(SimulatedTeePolicy {
+                        measurements: Check::Require(vec![r.measurement]),
+                    });
+                    (None, None)
+                }
+                _ => {
+                    return Err(UsageError(
+                        "the bundle holds evidence of a kind this tool does not know".into(),
+                    ))
+                }
             }
-            _ => {
-                return Err(UsageError(
-                    "the bundle holds evidence of a kind this tool does not know".into(),
-                ))
-            }
-        },
+        }
         Err(_) if bytes.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(bytes), None),
         Err(_) => (None, Some(bytes)),
     };
