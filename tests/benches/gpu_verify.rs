@@ -27,25 +27,12 @@ use cocoon_tests::read_vector;
 use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
 use cocoon_verifier::nvidia::rim::verify_rim;
 use cocoon_verifier::nvidia::{verify_device, DeviceExpectations, Golden};
-use cocoon_verifier::policy::{Check, GpuPolicy};
+use cocoon_verifier::policy::GpuPolicy;
 use cocoon_verifier::snp::SnpCertificates;
 use cocoon_verifier::{verify_snp, SnpPolicy, UnixTime};
 
 /// 2024-06-01T00:00:00Z: inside the windows of the SNP, device and RIM certificates.
 const AT: UnixTime = UnixTime(1_717_200_000);
-
-fn skip_all() -> GpuPolicy {
-    GpuPolicy {
-        gpus: Check::Skip,
-        switches: Check::Skip,
-        models: Check::Skip,
-        min_driver: Check::Skip,
-        min_vbios: Check::Skip,
-        cc_mode: Check::Skip,
-        rims: Check::Skip,
-        revocation: Check::Skip,
-    }
-}
 
 fn main() {
     let m = mode(100);
@@ -132,16 +119,7 @@ fn main() {
         let Ok(rim) = verify_rim(&rim_xml, AT) else {
             return false;
         };
-        let golden: Vec<Golden> = rim
-            .measurements()
-            .iter()
-            .filter(|m| m.active)
-            .map(|m| Golden {
-                index: m.index,
-                alternatives: m.alternatives.iter().map(|a| a.to_vec()).collect(),
-                source: "VBIOS RIM".into(),
-            })
-            .collect();
+        let golden = Golden::from_rim(&rim, "VBIOS RIM");
         let expect = DeviceExpectations {
             nonce: Some(&nonce),
             golden: Some(&golden),
@@ -181,7 +159,7 @@ fn main() {
         })
         .collect();
     let none = GpuCollateral::default();
-    let policy = skip_all();
+    let policy = GpuPolicy::integrity_only();
     let hgx_set = || verify_gpus(&hgx_inputs, &none, &policy, Some(&hgx_nonce), None, AT).is_ok();
 
     let mut p_platform = platform;

@@ -57,6 +57,30 @@ pub fn unhex(s: &serde_json::Value) -> Vec<u8> {
     hex::decode(s.as_str().expect("hex string")).expect("valid hex")
 }
 
+/// The TEST DOUBLE of NVIDIA's NVML library (`cocoon-fake-nvml`, a
+/// cdylib), found beside the running test binary (cargo builds it before
+/// the tests of a crate that names it as a dev-dependency).
+pub fn fake_nvml_library() -> PathBuf {
+    let name = format!(
+        "{}cocoon_fake_nvml{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|dir| dir.join(&name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found near {}: build it with `cargo build -p cocoon-fake-nvml` \
+                 (cargo test builds it as a dev-dependency)",
+                exe.display()
+            )
+        })
+}
+
 pub mod models;
 pub mod procs;
 

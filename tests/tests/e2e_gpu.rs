@@ -16,23 +16,7 @@ use std::time::Duration;
 use cocoon_tests::procs::{Proc, TempDir};
 
 fn fake_library() -> PathBuf {
-    let name = format!(
-        "{}cocoon_fake_nvml{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|dir| dir.join(&name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found near {}: cargo test builds it (dev-dependency)",
-                exe.display()
-            )
-        })
+    cocoon_tests::fake_nvml_library()
 }
 
 fn boot(dir: &TempDir, name: &str, gpu_table: &str) -> (Option<i32>, String) {

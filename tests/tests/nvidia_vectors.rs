@@ -366,7 +366,7 @@ mod rims {
     use super::*;
     use cocoon_attestation::nvidia::GpuCollateral;
     use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
-    use cocoon_verifier::nvidia::rim::{parse_rim_unverified, verify_rim, RimMeasurement};
+    use cocoon_verifier::nvidia::rim::{parse_rim_unverified, verify_rim};
     use cocoon_verifier::nvidia::Golden;
     use cocoon_verifier::policy::{Check, GpuPolicy};
 
@@ -376,27 +376,10 @@ mod rims {
     const SWITCH_RIM: &str =
         "nvidia/nvswitch-ls10/switchVBIOSRim_NV_SWITCH_BIOS_5612_0002_890_9610550001.xml";
 
-    fn golden(ms: &[RimMeasurement], source: &str) -> Vec<Golden> {
-        ms.iter()
-            .filter(|m| m.active)
-            .map(|m| Golden {
-                index: m.index,
-                alternatives: m.alternatives.iter().map(|a| a.to_vec()).collect(),
-                source: source.into(),
-            })
-            .collect()
-    }
-
     fn only_rims() -> GpuPolicy {
         GpuPolicy {
-            gpus: Check::Skip,
-            switches: Check::Skip,
-            models: Check::Skip,
-            min_driver: Check::Skip,
-            min_vbios: Check::Skip,
-            cc_mode: Check::Skip,
             rims: Check::Require(()),
-            revocation: Check::Skip,
+            ..GpuPolicy::integrity_only()
         }
     }
 
@@ -404,7 +387,7 @@ mod rims {
     fn the_h100_report_matches_its_vbios_rim() {
         let rim = verify_rim(&read_vector(VBIOS_RIM), AT).unwrap_or_else(|r| panic!("{r}"));
         assert_eq!(rim.version(), "96.00.5E.00.01");
-        let g = golden(rim.measurements(), "VBIOS RIM");
+        let g = Golden::from_rim(&rim, "VBIOS RIM");
         assert!(!g.is_empty());
         let (report, chain) = VALID[1];
         let nonce = nonce_of(&entry(report));
@@ -428,7 +411,7 @@ mod rims {
         // Parsed without the signature (as upstream's test does) it says the same.
         let info = parse_rim_unverified(&read_vector(MISMATCH_RIM)).unwrap();
         assert_eq!(info.measurements, rim.measurements());
-        let g = golden(rim.measurements(), "mismatch VBIOS RIM");
+        let g = Golden::from_rim(&rim, "mismatch VBIOS RIM");
         let (report, chain) = VALID[1];
         let nonce = nonce_of(&entry(report));
         let expect = DeviceExpectations {
@@ -565,4 +548,58 @@ mod rims {
         .unwrap_err();
         assert!(chain.has(ReasonKind::Chain), "{chain}");
     }
+}
+
+#[test]
+fn required_revocation_without_ocsp_responses_names_every_certificate() {
+    use cocoon_attestation::nvidia::GpuCollateral;
+    use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
+    use cocoon_verifier::policy::{Check, GpuPolicy, RevocationRule};
+    let (report, chain) = VALID[0];
+    let report = report_bytes(report);
+    let chain = read_vector(chain);
+    let devices = [DeviceInput {
+        report: &report,
+        cert_chain: &chain,
+    }];
+    let policy = GpuPolicy {
+        revocation: Check::Require(RevocationRule {
+            max_age_secs: 86_400,
+            allow_certificate_hold: false,
+        }),
+        ..GpuPolicy::integrity_only()
+    };
+    let r = verify_gpus(&devices, &GpuCollateral::default(), &policy, None, None, AT).unwrap_err();
+    // The leaf is made by the device at boot and has no OCSP status; the
+    // three certificates above it (BROM, provisioner ICA, GH100 identity)
+    // each need a response.
+    assert_eq!(r.reasons().len(), 3, "{r}");
+    assert!(
+        r.reasons().iter().all(|x| x.kind == ReasonKind::Collateral),
+        "{r}"
+    );
+    for cn in [
+        "GH100 A01 GSP BROM",
+        "NVIDIA GH100 Provisioner ICA 1",
+        "NVIDIA GH100 Identity",
+    ] {
+        assert!(r.to_string().contains(cn), "{cn}: {r}");
+    }
+    // Garbage in place of a response is named as the problem.
+    let junk = GpuCollateral {
+        rims: vec![],
+        ocsp: vec![vec![0x30, 0x03, 0x0a, 0x01, 0x03]],
+    };
+    let r = verify_gpus(&devices, &junk, &policy, None, None, AT).unwrap_err();
+    assert!(r.to_string().contains("tryLater"), "{r}");
+    // Skipped, the same evidence passes.
+    assert!(verify_gpus(
+        &devices,
+        &GpuCollateral::default(),
+        &GpuPolicy::integrity_only(),
+        None,
+        None,
+        AT
+    )
+    .is_ok());
 }

@@ -187,16 +187,7 @@ fn verify_gpu_binding(
             ),
         ));
     }
-    let integrity_only = GpuPolicy {
-        gpus: Check::Skip,
-        switches: Check::Skip,
-        models: Check::Skip,
-        min_driver: Check::Skip,
-        min_vbios: Check::Skip,
-        cc_mode: Check::Skip,
-        rims: Check::Skip,
-        revocation: Check::Skip,
-    };
+    let integrity_only = GpuPolicy::integrity_only();
     let inputs: Vec<DeviceInput<'_>> = set
         .devices
         .iter()

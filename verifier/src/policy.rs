@@ -618,6 +618,21 @@ pub struct GpuPolicy {
 }
 
 impl GpuPolicy {
+    /// Every requirement skipped: carried GPU evidence is still checked for
+    /// its signatures, chains and nonce, nothing more.
+    pub fn integrity_only() -> GpuPolicy {
+        GpuPolicy {
+            gpus: Check::Skip,
+            switches: Check::Skip,
+            models: Check::Skip,
+            min_driver: Check::Skip,
+            min_vbios: Check::Skip,
+            cc_mode: Check::Skip,
+            rims: Check::Skip,
+            revocation: Check::Skip,
+        }
+    }
+
     /// The strictest policy for `gpus` H100 GPUs without NVSwitches: CC mode
     /// on, RIMs and revocation required, versions skipped.
     pub fn h100(gpus: u32) -> GpuPolicy {

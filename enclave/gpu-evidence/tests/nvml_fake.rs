@@ -31,24 +31,7 @@ fn evidence_file() -> PathBuf {
 
 /// The double's cdylib: beside the test binary (deps/) or one level up.
 fn fake_library() -> PathBuf {
-    let name = format!(
-        "{}cocoon_fake_nvml{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|dir| dir.join(&name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found near {}: build it with `cargo build -p cocoon-fake-nvml` \
-                 (cargo test builds it as a dev-dependency)",
-                exe.display()
-            )
-        })
+    cocoon_tests::fake_nvml_library()
 }
 
 /// Configure the double (under the ENV lock, held by the caller until the

@@ -39,6 +39,21 @@ pub struct Golden {
     pub source: String,
 }
 
+impl Golden {
+    /// The active measurements of a verified RIM, as golden values.
+    pub fn from_rim(rim: &super::rim::VerifiedRim, source: &str) -> Vec<Golden> {
+        rim.measurements()
+            .iter()
+            .filter(|m| m.active)
+            .map(|m| Golden {
+                index: m.index,
+                alternatives: m.alternatives.iter().map(|a| a.to_vec()).collect(),
+                source: source.to_string(),
+            })
+            .collect()
+    }
+}
+
 /// A device whose evidence verified. Only this crate builds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedDevice {

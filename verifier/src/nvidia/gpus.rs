@@ -320,16 +320,7 @@ fn compare_with_rims(
         let mut first_failure: Option<Findings> = None;
         let mut picked = None;
         for rim in &candidates {
-            let golden: Vec<Golden> = rim
-                .measurements()
-                .iter()
-                .filter(|m| m.active)
-                .map(|m| Golden {
-                    index: m.index,
-                    alternatives: m.alternatives.iter().map(|a| a.to_vec()).collect(),
-                    source: source.clone(),
-                })
-                .collect();
+            let golden = Golden::from_rim(rim, &source);
             let mut sub = Findings::default();
             compare_measurements(report, &golden, &mut sub);
             if sub.is_empty() {

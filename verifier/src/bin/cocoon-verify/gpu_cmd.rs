@@ -142,12 +142,6 @@ pub fn run_gpu(a: &GpuArgs<'_>) -> Result<bool, UsageError> {
             .gpu
             .ok_or_else(|| UsageError(format!("policy {} has no [gpu] table", p.display())))?,
         None => GpuPolicy {
-            gpus: Check::Skip,
-            switches: Check::Skip,
-            models: Check::Skip,
-            min_driver: Check::Skip,
-            min_vbios: Check::Skip,
-            cc_mode: Check::Skip,
             rims: if collateral.rims.is_empty() {
                 Check::Skip
             } else {
@@ -161,6 +155,7 @@ pub fn run_gpu(a: &GpuArgs<'_>) -> Result<bool, UsageError> {
                     allow_certificate_hold: false,
                 })
             },
+            ..GpuPolicy::integrity_only()
         },
     };
     let nonce = a
@@ -277,13 +272,7 @@ pub fn policy_from_bundle(
     let Some(g) = &b.gpu else {
         return Ok(GpuPolicy {
             gpus: Check::Require(0),
-            switches: Check::Skip,
-            models: Check::Skip,
-            min_driver: Check::Skip,
-            min_vbios: Check::Skip,
-            cc_mode: Check::Skip,
-            rims: Check::Skip,
-            revocation: Check::Skip,
+            ..GpuPolicy::integrity_only()
         });
     };
     let set = GpuEvidence::from_cbor(&g.evidence_cbor)
