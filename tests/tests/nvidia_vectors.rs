@@ -603,3 +603,60 @@ fn required_revocation_without_ocsp_responses_names_every_certificate() {
     )
     .is_ok());
 }
+
+#[test]
+fn a_link_verified_for_one_device_does_not_vouch_for_an_altered_copy() {
+    use cocoon_attestation::nvidia::GpuCollateral;
+    use cocoon_verifier::nvidia::gpus::{verify_gpus, DeviceInput};
+    use cocoon_verifier::policy::GpuPolicy;
+    // Two GPUs of the HGX set share their provisioner ICA and identity
+    // certificates; alter the second one's ICA signature (last byte of its
+    // DER): that device must fail although the first verified the link.
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&read_vector(
+        "nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json",
+    ))
+    .unwrap();
+    let report =
+        |i: usize| cocoon_tests::pem::decode_base64(items[i]["evidence"].as_str().unwrap());
+    let chain =
+        |i: usize| cocoon_tests::pem::decode_base64(items[i]["certificate"].as_str().unwrap());
+    let mut ders = cocoon_tests::pem::certificates(std::str::from_utf8(&chain(1)).unwrap());
+    let last = ders[2].len() - 1;
+    ders[2][last] ^= 1;
+    let altered = cocoon_tests::pem::to_pem(&ders).into_bytes();
+    let (r0, c0, r1) = (report(0), chain(0), report(1));
+    let nonce: [u8; 32] = SpdmReport::parse(&r0)
+        .unwrap()
+        .request_nonce()
+        .try_into()
+        .unwrap();
+    let devices = [
+        DeviceInput {
+            report: &r0,
+            cert_chain: &c0,
+        },
+        DeviceInput {
+            report: &r1,
+            cert_chain: &altered,
+        },
+    ];
+    let r = verify_gpus(
+        &devices,
+        &GpuCollateral::default(),
+        &GpuPolicy::integrity_only(),
+        Some(&nonce),
+        None,
+        AT,
+    )
+    .unwrap_err();
+    assert!(
+        r.reasons()
+            .iter()
+            .all(|x| x.message.starts_with("device 1:")),
+        "{r}"
+    );
+    assert!(
+        r.has(ReasonKind::Chain) || r.has(ReasonKind::Certificate),
+        "{r}"
+    );
+}

@@ -56,6 +56,14 @@ pub(crate) type ChainProblem = (ReasonKind, String);
 /// RIM chains four).
 pub(crate) const MAX_CHAIN: usize = 8;
 
+/// Certificate links whose signature already verified during one call that
+/// checks many chains (an HGX board's devices share their upper links), by
+/// SHA-256 of the child's and the issuer's DER. Only the signature check is
+/// skipped for a remembered link; names, CA flags, key usage, path lengths
+/// and validity are checked every time.
+#[derive(Default)]
+pub(crate) struct LinkMemo(std::collections::HashSet<([u8; 32], [u8; 32])>);
+
 /// Check `chain` (leaf first; the root itself may or may not be included at
 /// the end) up to `root` at time `now`. `what` names the chain in messages.
 /// Returns every problem found; an empty list means the chain is good.
@@ -64,6 +72,17 @@ pub(crate) fn check_chain(
     chain: &[Cert],
     root: &Root,
     now: UnixTime,
+) -> Vec<ChainProblem> {
+    check_chain_memo(what, chain, root, now, &mut LinkMemo::default())
+}
+
+/// [`check_chain`] with links already verified in `memo` not verified again.
+pub(crate) fn check_chain_memo(
+    what: &str,
+    chain: &[Cert],
+    root: &Root,
+    now: UnixTime,
+    memo: &mut LinkMemo,
 ) -> Vec<ChainProblem> {
     let mut problems = Vec::new();
     let root_cert = match root.cert() {
@@ -118,7 +137,7 @@ pub(crate) fn check_chain(
                     child.subject_cn, issuer.subject_cn
                 ),
             ));
-        } else if !child.signed_by(issuer) {
+        } else if !signed_by_memo(child, issuer, memo) {
             problems.push((
                 ReasonKind::Chain,
                 format!(
@@ -177,6 +196,18 @@ pub(crate) fn check_chain(
         }
     }
     problems
+}
+
+fn signed_by_memo(child: &Cert, issuer: &Cert, memo: &mut LinkMemo) -> bool {
+    let link = (sha256(&child.der), sha256(&issuer.der));
+    if memo.0.contains(&link) {
+        return true;
+    }
+    let ok = child.signed_by(issuer);
+    if ok {
+        memo.0.insert(link);
+    }
+    ok
 }
 
 /// Parse a PEM bundle (or one DER certificate) of ECDSA P-384 certificates.

@@ -144,6 +144,24 @@ pub fn verify_device(
     expect: &DeviceExpectations<'_>,
     now: UnixTime,
 ) -> Result<VerifiedDevice, Rejection> {
+    verify_device_memo(
+        report,
+        chain_pem,
+        expect,
+        now,
+        &mut chain::LinkMemo::default(),
+    )
+}
+
+/// [`verify_device`], with certificate links already verified in `memo`
+/// (by an earlier device of the same set) not verified again.
+pub(crate) fn verify_device_memo(
+    report: &[u8],
+    chain_pem: &[u8],
+    expect: &DeviceExpectations<'_>,
+    now: UnixTime,
+    memo: &mut chain::LinkMemo,
+) -> Result<VerifiedDevice, Rejection> {
     let mut f = Findings::default();
     let parsed = SpdmReport::parse(report);
     let certs = chain::parse_chain("device certificate chain", chain_pem);
@@ -159,7 +177,9 @@ pub fn verify_device(
             return Err(f.into_rejection());
         }
     };
-    for (kind, msg) in chain::check_chain("device certificate chain", &certs, &DEVICE_ROOT, now) {
+    for (kind, msg) in
+        chain::check_chain_memo("device certificate chain", &certs, &DEVICE_ROOT, now, memo)
+    {
         f.add(kind, msg);
     }
     let Some(leaf) = certs.first() else {

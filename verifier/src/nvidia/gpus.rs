@@ -20,8 +20,10 @@
 
 use cocoon_attestation::nvidia::{GpuCollateral, SpdmReport};
 
+use super::chain::LinkMemo;
 use super::device::{
-    compare_measurements, verify_device, DeviceExpectations, DeviceKind, Golden, VerifiedDevice,
+    compare_measurements, verify_device_memo, DeviceExpectations, DeviceKind, Golden,
+    VerifiedDevice,
 };
 use super::ocsp::{check_response, CertStatus, RevocationReason};
 use super::rim::{verify_rim, VerifiedRim};
@@ -110,12 +112,13 @@ pub fn verify_gpus(
     let mut verified = Vec::with_capacity(devices.len());
     let mut used: Vec<(String, String)> = Vec::new();
     let mut revocation_checked = 0;
+    let mut memo = LinkMemo::default();
     for (i, d) in devices.iter().enumerate() {
         let expect = DeviceExpectations {
             nonce,
             golden: None,
         };
-        let mut v = match verify_device(d.report, d.cert_chain, &expect, now) {
+        let mut v = match verify_device_memo(d.report, d.cert_chain, &expect, now, &mut memo) {
             Ok(v) => v,
             Err(r) => {
                 for reason in r.reasons() {
