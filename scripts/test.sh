@@ -16,6 +16,13 @@ trap 'rm -f "$LOG"' EXIT
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 log "disk free before the build: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ')"
 
+log "guest image: boot tools, then two builds compared byte for byte"
+bash "$ROOT/scripts/image-deps.sh"
+bash "$ROOT/images/reproduce.sh"
+# The rebuild was only for the comparison.
+rm -rf "$ROOT/images/out/image-rebuild"
+export COCOON_IMAGE_DIR="$ROOT/images/out/image"
+
 log "cargo test --workspace (aws-lc backend)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"
 cargo test --workspace --doc 2>&1 | tee -a "$LOG"

@@ -38,6 +38,7 @@ pub mod backend;
 pub mod config;
 pub mod files;
 pub mod gpu;
+pub mod init;
 mod replay;
 pub mod server;
 #[cfg(feature = "tch")]

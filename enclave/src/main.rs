@@ -60,6 +60,22 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // In the guest image the kernel starts this binary as /init.
+    let pid1 = cocoon_enclave::init::is_pid1();
+    if pid1 {
+        if let Err(e) = cocoon_enclave::init::prepare() {
+            eprintln!("cocoon-init: {e}");
+            cocoon_enclave::init::power_off(false);
+        }
+    }
+    let code = enclave_main();
+    if pid1 {
+        cocoon_enclave::init::power_off(code == ExitCode::SUCCESS);
+    }
+    code
+}
+
+fn enclave_main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

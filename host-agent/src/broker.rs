@@ -116,7 +116,64 @@ async fn connect(addr: &EnclaveAddr) -> std::io::Result<BoxIo> {
         EnclaveAddr::Vsock { cid, port } => Ok(Box::new(
             tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid, *port)).await?,
         )),
+        EnclaveAddr::HybridVsock { path, port } => {
+            Ok(Box::new(hybrid_vsock_connect(path, *port).await?))
+        }
     }
+}
+
+/// The longest reply line a hybrid-vsock device may send (`OK 4294967295`).
+const HYBRID_REPLY_MAX: usize = 32;
+
+/// Connects to guest port `port` through a hybrid-vsock Unix socket: writes
+/// `CONNECT <port>\n`, then reads the reply one byte at a time (so that no
+/// byte of the guest's stream is consumed) up to the newline; anything but
+/// `OK <number>` is an error naming what came back.
+pub async fn hybrid_vsock_connect(
+    path: &std::path::Path,
+    port: u32,
+) -> std::io::Result<tokio::net::UnixStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path).await?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let mut line = Vec::with_capacity(HYBRID_REPLY_MAX);
+    loop {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!(
+                    "hybrid vsock {}: closed before answering CONNECT {port} (nothing listens on that guest port yet?)",
+                    path.display()
+                ),
+            ));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        if line.len() == HYBRID_REPLY_MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("hybrid vsock {}: reply line too long", path.display()),
+            ));
+        }
+        line.push(b[0]);
+    }
+    let ok = std::str::from_utf8(&line)
+        .ok()
+        .and_then(|l| l.strip_prefix("OK "))
+        .is_some_and(|n| n.parse::<u32>().is_ok());
+    if !ok {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "hybrid vsock {}: CONNECT {port} answered {:?}, not \"OK <port>\"",
+                path.display(),
+                String::from_utf8_lossy(&line)
+            ),
+        ));
+    }
+    Ok(s)
 }
 
 /// Why a stream ended without a final frame.

@@ -56,6 +56,17 @@ pub enum EnclaveAddr {
         /// The port the enclave listens on.
         port: u32,
     },
+    /// Vsock through a user-space device (`vhost-device-vsock`, Firecracker
+    /// style "hybrid vsock"): the host connects to this Unix socket, writes
+    /// `CONNECT <port>\n` and reads `OK <n>\n`; from then on the stream is
+    /// the guest's vsock connection. Used where the host kernel has no
+    /// `/dev/vhost-vsock` (the test machines; `cocoon-host launch` picks it).
+    HybridVsock {
+        /// The device's Unix socket (its `uds-path`).
+        path: PathBuf,
+        /// The guest port.
+        port: u32,
+    },
 }
 
 impl FromStr for EnclaveAddr {
@@ -72,6 +83,21 @@ impl FromStr for EnclaveAddr {
             }
             return Ok(EnclaveAddr::Unix(PathBuf::from(path)));
         }
+        if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
+            let (path, port) = rest.rsplit_once(':').ok_or_else(|| {
+                invalid(format!("{s:?}: expected hybrid-vsock:/path/to/socket:PORT"))
+            })?;
+            if path.is_empty() {
+                return Err(invalid(format!("{s:?}: the socket path is empty")));
+            }
+            let port = port
+                .parse::<u32>()
+                .map_err(|_| invalid(format!("{s:?}: port {port:?} is not a u32")))?;
+            return Ok(EnclaveAddr::HybridVsock {
+                path: PathBuf::from(path),
+                port,
+            });
+        }
         if let Some(rest) = s.strip_prefix("vsock:") {
             let (cid, port) = rest
                 .split_once(':')
@@ -86,7 +112,7 @@ impl FromStr for EnclaveAddr {
             });
         }
         Err(invalid(format!(
-            "{s:?}: expected unix:/path/to/socket or vsock:CID:PORT"
+            "{s:?}: expected unix:/path/to/socket, vsock:CID:PORT or hybrid-vsock:/path/to/socket:PORT"
         )))
     }
 }
@@ -96,6 +122,9 @@ impl fmt::Display for EnclaveAddr {
         match self {
             EnclaveAddr::Unix(p) => write!(f, "unix:{}", p.display()),
             EnclaveAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            EnclaveAddr::HybridVsock { path, port } => {
+                write!(f, "hybrid-vsock:{}:{port}", path.display())
+            }
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod ratelimit;
 pub mod relay;
+pub mod vm;
 
 use std::collections::HashSet;
 use std::future::Future;

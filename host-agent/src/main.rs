@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cocoon_host::config::{FileConfig, LimitsFile, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
-use cocoon_host::{EnclaveAddr, HostConfig, HostError, Limits, Listeners};
+use cocoon_host::{vm, EnclaveAddr, HostConfig, HostError, Limits, Listeners};
 use cocoon_verifier::Policy;
 
 const EX_USAGE: u8 = 64;
@@ -33,54 +33,179 @@ const EX_CONFIG: u8 = 78;
 #[command(name = "cocoon-host", version)]
 struct Cli {
     /// Config file (TOML).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Public API address [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Operator endpoints address [default: 127.0.0.1:8081].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
     /// Enclave address, unix:/path or vsock:CID:PORT (repeatable; replaces
     /// the config file's list).
-    #[arg(long = "enclave", value_name = "ADDR")]
+    #[arg(long = "enclave", global = true, value_name = "ADDR")]
     enclaves: Vec<EnclaveAddr>,
     /// Verifier policy file (cocoon-verifier TOML).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Ledger file (SQLite; created if missing).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     ledger: Option<PathBuf>,
     /// Largest request body in bytes.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, global = true, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
     /// Concurrent streams per enclave.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     max_streams_per_enclave: Option<usize>,
     /// Requests per second per account (sustained).
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, global = true, value_name = "RATE")]
     account_rps: Option<f64>,
     /// Requests per account above the rate at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     account_burst: Option<u32>,
     /// Concurrent streams per account.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     account_max_streams: Option<u32>,
     /// Seconds to wait for an enclave's first frame.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     first_frame_timeout: Option<f64>,
     /// Seconds allowed between two frames of a stream.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     idle_timeout: Option<f64>,
     /// Seconds a whole request may take.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     total_timeout: Option<f64>,
     /// Seconds in-flight streams may run after a drain starts.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     drain_timeout: Option<f64>,
     /// Log filter (tracing-subscriber syntax); RUST_LOG wins if set.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
+    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
     log: String,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Boots the guest image under QEMU, supervises it (restarting it when
+    /// it ends) and serves with the broker connected to it over vsock. The
+    /// serve flags (--policy, --ledger, --listen ...) apply as without a
+    /// subcommand; --enclave is not allowed (the VM is the enclave).
+    Launch(LaunchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LaunchArgs {
+    /// Image directory (images/build.sh output: vmlinuz, initrd.cpio,
+    /// cmdline.txt, image.env, SHA256SUMS).
+    #[arg(long, value_name = "DIR")]
+    image: PathBuf,
+    /// Kind of guest: snp, tdx, or none (no TEE: the enclave runs the
+    /// SIMULATED provider, NOT CONFIDENTIAL; tests only).
+    #[arg(long, value_name = "KIND")]
+    tee: vm::Tee,
+    /// Measured firmware for snp/tdx (images/firmware: OVMF AmdSev, TDVF).
+    #[arg(long, value_name = "FILE")]
+    firmware: Option<PathBuf>,
+    /// vCPUs (part of the SNP launch digest: publish measurements for it).
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory_mib: u32,
+    /// Guest vsock context id (kernel vhost-vsock).
+    #[arg(long, default_value_t = 16)]
+    cid: u32,
+    /// QEMU binary (9.1+ for SNP, 10.1+ for TDX).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// kvm, tcg or auto (kvm when /dev/kvm opens; snp/tdx need kvm).
+    #[arg(long, default_value = "auto")]
+    accel: String,
+    /// vsock device: kernel (/dev/vhost-vsock), user (vhost-device-vsock)
+    /// or auto (kernel when /dev/vhost-vsock exists).
+    #[arg(long, default_value = "auto")]
+    vsock: String,
+    /// The vhost-device-vsock binary for --vsock user.
+    #[arg(long, value_name = "PATH")]
+    vhost_device_vsock: Option<PathBuf>,
+    /// A GPU to pass through with VFIO (PCI address; repeatable).
+    #[arg(long = "gpu", value_name = "BDF")]
+    gpus: Vec<String>,
+    /// TDX: the host's quote generation service (CID:PORT or a Unix path).
+    #[arg(long, value_name = "ADDR")]
+    qgs: Option<String>,
+    /// Directory for the VM's sockets and serial log.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
+    let usage = |e: String| Failure(EX_USAGE, e);
+    let image = vm::Image::load(&l.image).map_err(|e| Failure(EX_NOINPUT, e))?;
+    let accel = match l.accel.as_str() {
+        "kvm" => vm::Accel::Kvm,
+        "tcg" => vm::Accel::Tcg,
+        "auto" if vm::kvm_works(&l.qemu) => vm::Accel::Kvm,
+        "auto" => vm::Accel::Tcg,
+        other => {
+            return Err(usage(format!(
+                "--accel {other:?}: expected kvm, tcg or auto"
+            )))
+        }
+    };
+    let vsock = match l.vsock.as_str() {
+        "kernel" => vm::VsockDevice::Kernel,
+        "auto" if std::path::Path::new("/dev/vhost-vsock").exists() => vm::VsockDevice::Kernel,
+        "user" | "auto" => {
+            let binary = match &l.vhost_device_vsock {
+                Some(b) => b.clone(),
+                None => find_in_path("vhost-device-vsock").ok_or_else(|| {
+                    usage("no /dev/vhost-vsock and no vhost-device-vsock binary: `cargo install vhost-device-vsock --version 0.3.0` or pass --vhost-device-vsock".into())
+                })?,
+            };
+            vm::VsockDevice::User { binary }
+        }
+        other => {
+            return Err(usage(format!(
+                "--vsock {other:?}: expected kernel, user or auto"
+            )))
+        }
+    };
+    let run_dir = l
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("cocoon-vm-{}", std::process::id())));
+    if l.tee == vm::Tee::None {
+        eprintln!("cocoon-host: --tee none: the guest has NO TEE and its enclave runs the SIMULATED provider (NOT CONFIDENTIAL). For tests only; the default policy refuses it.");
+    }
+    if accel == vm::Accel::Tcg {
+        eprintln!("cocoon-host: the VM runs under QEMU's software emulation (TCG), slowly: --accel tcg, or /dev/kvm is missing or cannot run a guest");
+    }
+    Ok(vm::VmConfig {
+        tee: l.tee,
+        accel,
+        image,
+        firmware: l.firmware.clone(),
+        vcpus: l.vcpus,
+        memory_mib: l.memory_mib,
+        cid: l.cid,
+        qemu: l.qemu.clone(),
+        vsock,
+        gpus: l.gpus.clone(),
+        qgs: l.qgs.clone(),
+        run_dir,
+    })
 }
 
 struct Failure(u8, String);
@@ -94,7 +219,10 @@ fn read(path: &PathBuf, what: &str) -> Result<String, Failure> {
     })
 }
 
-fn configure(cli: &Cli) -> Result<(HostConfig, SocketAddr, SocketAddr), Failure> {
+fn configure(
+    cli: &Cli,
+    vm_addr: Option<EnclaveAddr>,
+) -> Result<(HostConfig, SocketAddr, SocketAddr), Failure> {
     let file = match &cli.config {
         Some(p) => FileConfig::from_toml(&read(p, "config file")?)
             .map_err(|e| Failure(EX_CONFIG, format!("{}: {e}", p.display())))?,
@@ -110,7 +238,14 @@ fn configure(cli: &Cli) -> Result<(HostConfig, SocketAddr, SocketAddr), Failure>
         Some(a) => a,
         None => parse_addr(DEFAULT_ADMIN_LISTEN)?,
     };
-    let enclaves = if cli.enclaves.is_empty() {
+    let enclaves = if let Some(addr) = vm_addr {
+        if !cli.enclaves.is_empty() {
+            return Err(usage(
+                "launch: --enclave is not allowed (the launched VM is the enclave)".into(),
+            ));
+        }
+        vec![addr]
+    } else if cli.enclaves.is_empty() {
         file.enclaves.clone()
     } else {
         cli.enclaves.clone()
@@ -161,7 +296,27 @@ fn configure(cli: &Cli) -> Result<(HostConfig, SocketAddr, SocketAddr), Failure>
     ))
 }
 
-async fn serve(config: HostConfig, listen: SocketAddr, admin: SocketAddr) -> Result<(), Failure> {
+async fn serve(
+    config: HostConfig,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    vm: Option<vm::Supervisor>,
+) -> Result<(), Failure> {
+    let (stop_vm, stop_rx) = tokio::sync::watch::channel(false);
+    let vm_task = vm.map(|v| tokio::spawn(v.run(stop_rx)));
+    let result = serve_inner(config, listen, admin).await;
+    let _ = stop_vm.send(true);
+    if let Some(t) = vm_task {
+        let _ = t.await;
+    }
+    result
+}
+
+async fn serve_inner(
+    config: HostConfig,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<(), Failure> {
     let bind = |what: &'static str, addr: SocketAddr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             Failure(
@@ -235,7 +390,20 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (config, listen, admin) = match configure(&cli) {
+    let supervisor = match &cli.cmd {
+        None => None,
+        Some(Cmd::Launch(l)) => match vm_config(l)
+            .and_then(|c| vm::Supervisor::new(c).map_err(|e| Failure(EX_CONFIG, e)))
+        {
+            Ok(s) => Some(s),
+            Err(Failure(code, msg)) => {
+                eprintln!("cocoon-host: {msg}");
+                return ExitCode::from(code);
+            }
+        },
+    };
+    let vm_addr = supervisor.as_ref().map(|s| s.plan().enclave_addr.clone());
+    let (config, listen, admin) = match configure(&cli, vm_addr) {
         Ok(c) => c,
         Err(Failure(code, msg)) => {
             eprintln!("cocoon-host: {msg}");
@@ -252,7 +420,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    match rt.block_on(serve(config, listen, admin)) {
+    match rt.block_on(serve(config, listen, admin, supervisor)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, msg)) => {
             eprintln!("cocoon-host: {msg}");

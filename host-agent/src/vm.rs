@@ -1,0 +1,667 @@
+//! `cocoon-host launch`: runs the guest image under QEMU and keeps it
+//! running.
+//!
+//! Owns the QEMU command line for each kind of guest ([`qemu_args`]), the
+//! choice of vsock device, and [`Supervisor`], which starts QEMU (and, where
+//! the host kernel has no `/dev/vhost-vsock`, the user-space vsock device
+//! `vhost-device-vsock`), restarts both when the VM ends, and stops them on
+//! shutdown. The broker reaches the enclave at [`VmPlan::enclave_addr`]; it
+//! verifies the evidence of every boot afresh, so a restarted VM is trusted
+//! only after its new evidence passes the policy.
+//!
+//! Guests:
+//! - `snp`: KVM, `sev-snp-guest` with `kernel-hashes=on` (the SEV hashes
+//!   table puts the kernel, initrd and command line into the launch digest),
+//!   memfd private memory, the AmdSev OVMF build as `-bios` (QEMU 9.1 or
+//!   later);
+//! - `tdx`: KVM, a `tdx-guest` object and TDVF as `-bios`; the kernel,
+//!   initrd and command line are measured into RTMR1/RTMR2 by TDVF (QEMU
+//!   10.1 or later); optional `quote-generation-socket` to the host's QGS;
+//! - `none`: no TEE at all, for tests. The enclave inside runs the
+//!   **simulated** provider (NOT CONFIDENTIAL) and the default policy
+//!   refuses it. KVM when `/dev/kvm` works, else TCG.
+//!
+//! Optional VFIO passthrough of GPUs (`--gpu 0000:41:00.0`) adds `vfio-pci`
+//! devices and, for the TEE kinds, the large 64-bit MMIO window an H100's
+//! BARs need.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::EnclaveAddr;
+
+/// Which kind of guest to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tee {
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
+    /// No TEE (tests only; the enclave runs the simulated provider).
+    None,
+}
+
+impl std::str::FromStr for Tee {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tee, String> {
+        match s {
+            "snp" => Ok(Tee::Snp),
+            "tdx" => Ok(Tee::Tdx),
+            "none" => Ok(Tee::None),
+            other => Err(format!("--tee {other:?}: expected snp, tdx or none")),
+        }
+    }
+}
+
+/// How the VM is accelerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation (`/dev/kvm`).
+    Kvm,
+    /// QEMU's software emulation (slow; tests on machines without KVM).
+    Tcg,
+}
+
+/// How the guest's vsock reaches the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockDevice {
+    /// The kernel's vhost-vsock (`/dev/vhost-vsock`): the host dials
+    /// `vsock:CID:PORT`.
+    Kernel,
+    /// `vhost-device-vsock` (user space) over a vhost-user socket: the host
+    /// dials the device's Unix socket (hybrid vsock). Needs shared guest
+    /// memory (memfd).
+    User {
+        /// The `vhost-device-vsock` binary.
+        binary: PathBuf,
+    },
+}
+
+/// The files of a built image (`images/build.sh` output).
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The measured kernel command line.
+    pub cmdline: String,
+    /// Release name.
+    pub release: String,
+    /// The enclave's vsock port.
+    pub port: u32,
+}
+
+impl Image {
+    /// Reads an image directory: `vmlinuz`, `initrd.cpio`, `cmdline.txt`,
+    /// `image.env` (and checks them against `SHA256SUMS` when present, so a
+    /// partly replaced image is refused before it boots).
+    pub fn load(dir: &Path) -> Result<Image, String> {
+        let read = |name: &str| {
+            std::fs::read(dir.join(name))
+                .map_err(|e| format!("image {}: cannot read {name}: {e}", dir.display()))
+        };
+        let cmdline = String::from_utf8(read("cmdline.txt")?)
+            .map_err(|_| format!("image {}: cmdline.txt is not UTF-8", dir.display()))?;
+        let env = String::from_utf8(read("image.env")?)
+            .map_err(|_| format!("image {}: image.env is not UTF-8", dir.display()))?;
+        let get = |key: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+                .map(str::to_string)
+                .ok_or_else(|| format!("image {}: image.env has no {key}", dir.display()))
+        };
+        let release = get("IMAGE_RELEASE")?;
+        let port = get("ENCLAVE_VSOCK_PORT")?
+            .parse::<u32>()
+            .map_err(|_| format!("image {}: ENCLAVE_VSOCK_PORT is not a u32", dir.display()))?;
+        if let Ok(sums) = std::fs::read_to_string(dir.join("SHA256SUMS")) {
+            use sha2::Digest as _;
+            for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+                let (want, name) = line.split_once("  ").ok_or_else(|| {
+                    format!(
+                        "image {}: SHA256SUMS line {line:?} is malformed",
+                        dir.display()
+                    )
+                })?;
+                let got = hex::encode(sha2::Sha256::digest(read(name.trim())?));
+                if got != want.trim() {
+                    return Err(format!(
+                        "image {}: {name} has SHA-256 {got}, SHA256SUMS says {want}: refusing to boot it",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        Ok(Image {
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.cpio"),
+            cmdline,
+            release,
+            port,
+        })
+    }
+}
+
+/// Everything that decides the QEMU command line.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kind of guest.
+    pub tee: Tee,
+    /// Acceleration.
+    pub accel: Accel,
+    /// The image.
+    pub image: Image,
+    /// Firmware (`-bios`): the AmdSev OVMF build for SNP, TDVF for TDX; the
+    /// measurement depends on it. Not used for `none`.
+    pub firmware: Option<PathBuf>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// The guest's vsock context id (kernel vhost-vsock only; 3 or more).
+    pub cid: u32,
+    /// QEMU binary.
+    pub qemu: PathBuf,
+    /// vsock device.
+    pub vsock: VsockDevice,
+    /// GPUs to pass through (PCI addresses bound to vfio-pci).
+    pub gpus: Vec<String>,
+    /// TDX: the host's Quote Generation Service socket (vsock CID:port or a
+    /// Unix path), if quotes are made by a QGS on this host.
+    pub qgs: Option<String>,
+    /// Where sockets, the serial log and the pid files go.
+    pub run_dir: PathBuf,
+}
+
+/// The files and address of one planned VM.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    /// QEMU's arguments.
+    pub qemu_args: Vec<String>,
+    /// `vhost-device-vsock`'s arguments, when the user-space device is used.
+    pub vsock_args: Option<Vec<String>>,
+    /// Where the broker reaches the enclave.
+    pub enclave_addr: EnclaveAddr,
+    /// The guest's serial console log.
+    pub serial_log: PathBuf,
+    /// The vhost-user socket (user-space vsock only).
+    pub vhost_socket: Option<PathBuf>,
+}
+
+/// The kernel command line for this VM: the image's own for SNP and TDX
+/// (it is measured; changing it changes the launch digest), and for `none`
+/// the same line with the enclave's `--tee` set to `simulated`, because a
+/// VM without a TEE has no hardware to attest with.
+pub fn cmdline_for(tee: Tee, image_cmdline: &str) -> Result<String, String> {
+    if tee != Tee::None {
+        return Ok(image_cmdline.to_string());
+    }
+    let (kernel, init) = image_cmdline
+        .split_once(" -- ")
+        .ok_or("the image's command line has no \" -- \" before the enclave's arguments")?;
+    let mut args: Vec<&str> = init.split_whitespace().collect();
+    match args.iter().position(|a| *a == "--tee") {
+        Some(i) if i + 1 < args.len() => args[i + 1] = "simulated",
+        _ => return Err("the image's command line does not pass --tee to the enclave".into()),
+    }
+    Ok(format!("{kernel} -- {}", args.join(" ")))
+}
+
+/// Plans a VM: QEMU's arguments, the vsock device's and the enclave address.
+pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
+    if c.vcpus == 0 || c.memory_mib < 256 {
+        return Err("a guest needs at least 1 vCPU and 256 MiB of memory".into());
+    }
+    if c.tee != Tee::None && c.accel != Accel::Kvm {
+        return Err(format!(
+            "--tee {:?} needs KVM (SEV-SNP and TDX guests cannot run under TCG)",
+            c.tee
+        ));
+    }
+    if c.tee != Tee::None && c.firmware.is_none() {
+        return Err(
+            "--tee snp|tdx needs --firmware (the measured OVMF/TDVF build from images/firmware)"
+                .into(),
+        );
+    }
+    let s = |x: &str| x.to_string();
+    let serial_log = c.run_dir.join("serial.log");
+    let mut a: Vec<String> = vec![
+        s("-nodefaults"),
+        s("-nographic"),
+        s("-no-reboot"),
+        s("-monitor"),
+        s("none"),
+        s("-serial"),
+        format!("file:{}", serial_log.display()),
+        s("-smp"),
+        c.vcpus.to_string(),
+        s("-m"),
+        format!("{}M", c.memory_mib),
+    ];
+    let mem = format!(
+        "memory-backend-memfd,id=ram0,size={}M,share=on",
+        c.memory_mib
+    );
+    match c.tee {
+        Tee::None => {
+            let accel = match c.accel {
+                Accel::Kvm => "kvm",
+                Accel::Tcg => "tcg",
+            };
+            a.extend([
+                s("-machine"),
+                format!("q35,accel={accel},memory-backend=ram0"),
+                s("-object"),
+                mem,
+                s("-cpu"),
+                s(if c.accel == Accel::Kvm { "host" } else { "max" }),
+            ]);
+        }
+        Tee::Snp => {
+            a.extend([
+                s("-machine"),
+                s("q35,accel=kvm,confidential-guest-support=sev0,memory-backend=ram0,vmport=off"),
+                s("-object"),
+                mem,
+                s("-object"),
+                s("sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on"),
+                s("-cpu"),
+                s("EPYC-v4"),
+            ]);
+        }
+        Tee::Tdx => {
+            let mut obj = s("tdx-guest,id=tdx0");
+            if let Some(q) = &c.qgs {
+                let addr = match q.split_once(':') {
+                    Some((cid, port)) if cid.parse::<u32>().is_ok() => {
+                        format!("{{\"type\":\"vsock\",\"cid\":\"{cid}\",\"port\":\"{port}\"}}")
+                    }
+                    _ => format!("{{\"type\":\"unix\",\"path\":\"{q}\"}}"),
+                };
+                obj = format!("{{\"qom-type\":\"tdx-guest\",\"id\":\"tdx0\",\"quote-generation-socket\":{addr}}}");
+            }
+            a.extend([
+                s("-machine"),
+                s("q35,accel=kvm,kernel-irqchip=split,confidential-guest-support=tdx0,memory-backend=ram0"),
+                s("-object"),
+                mem,
+                s("-object"),
+                obj,
+                s("-cpu"),
+                s("host"),
+            ]);
+        }
+    }
+    if let Some(fw) = &c.firmware {
+        if c.tee != Tee::None {
+            a.extend([s("-bios"), fw.display().to_string()]);
+        }
+    }
+    a.extend([
+        s("-kernel"),
+        c.image.kernel.display().to_string(),
+        s("-initrd"),
+        c.image.initrd.display().to_string(),
+        s("-append"),
+        cmdline_for(c.tee, &c.image.cmdline)?,
+    ]);
+    let (vsock_args, enclave_addr, vhost_socket) = match &c.vsock {
+        VsockDevice::Kernel => {
+            if c.cid < 3 {
+                return Err(format!("guest CID {} is reserved; use 3 or more", c.cid));
+            }
+            a.extend([s("-device"), format!("vhost-vsock-pci,guest-cid={}", c.cid)]);
+            (
+                None,
+                EnclaveAddr::Vsock {
+                    cid: c.cid,
+                    port: c.image.port,
+                },
+                None,
+            )
+        }
+        VsockDevice::User { .. } => {
+            let vhost = c.run_dir.join("vhost-vsock.sock");
+            let uds = c.run_dir.join("vsock.sock");
+            a.extend([
+                s("-chardev"),
+                format!("socket,id=vsock0,path={}", vhost.display()),
+                s("-device"),
+                s("vhost-user-vsock-pci,chardev=vsock0"),
+            ]);
+            let cid = c.cid.max(3);
+            (
+                Some(vec![
+                    s("--vm"),
+                    format!(
+                        "guest-cid={cid},socket={},uds-path={}",
+                        vhost.display(),
+                        uds.display()
+                    ),
+                ]),
+                EnclaveAddr::HybridVsock {
+                    path: uds,
+                    port: c.image.port,
+                },
+                Some(vhost),
+            )
+        }
+    };
+    for gpu in &c.gpus {
+        if !gpu
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(format!(
+                "--gpu {gpu:?} is not a PCI address like 0000:41:00.0"
+            ));
+        }
+        a.extend([s("-device"), format!("vfio-pci,host={gpu}")]);
+    }
+    if !c.gpus.is_empty() && c.tee != Tee::None {
+        // An H100's 64-bit BARs do not fit OVMF's default MMIO window.
+        a.extend([s("-fw_cfg"), s("name=opt/ovmf/X-PciMmio64Mb,string=262144")]);
+    }
+    Ok(VmPlan {
+        qemu_args: a,
+        vsock_args,
+        enclave_addr,
+        serial_log,
+        vhost_socket,
+    })
+}
+
+/// Whether KVM works for QEMU here: `/dev/kvm` opens for reading and
+/// writing, and a probe VM (`qemu -accel kvm -cpu host`, no disks, 64 MiB)
+/// is still running after [`KVM_PROBE`]. Some hosts expose a `/dev/kvm`
+/// that opens but cannot run a guest (a nested, paravirtual KVM whose MSR
+/// writes fail makes QEMU abort at once); those get TCG. Blocking: call it
+/// before the runtime starts.
+pub fn kvm_works(qemu: &Path) -> bool {
+    let opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !opens {
+        return false;
+    }
+    let child = std::process::Command::new(qemu)
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-no-reboot",
+            "-machine",
+            "q35,accel=kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "64",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let deadline = Instant::now() + KVM_PROBE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    true
+}
+
+/// How long the KVM probe VM must survive.
+pub const KVM_PROBE: Duration = Duration::from_millis(1500);
+
+/// Starts the VM, restarts it when it ends (backing off while it keeps
+/// failing quickly), and stops it when `stop` turns true.
+#[derive(Debug)]
+pub struct Supervisor {
+    config: VmConfig,
+    plan: VmPlan,
+}
+
+/// A VM run that lasted at least this long resets the restart back-off.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// The longest pause between two restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Supervisor {
+    /// A supervisor for `config` (the plan is made now, so a bad
+    /// configuration fails before anything starts).
+    pub fn new(config: VmConfig) -> Result<Supervisor, String> {
+        std::fs::create_dir_all(&config.run_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.run_dir.display()))?;
+        let plan = plan(&config)?;
+        Ok(Supervisor { config, plan })
+    }
+
+    /// The plan (command lines, enclave address).
+    pub fn plan(&self) -> &VmPlan {
+        &self.plan
+    }
+
+    /// Runs until `stop` is true: starts the VM, waits for it, restarts it.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        let mut boots = 0u64;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            boots += 1;
+            let started = Instant::now();
+            match self.start().await {
+                Ok((mut qemu, mut device)) => {
+                    tracing::info!(boot = boots, release = %self.config.image.release, tee = ?self.config.tee, "VM started");
+                    let ended = tokio::select! {
+                        status = qemu.wait() => Some(status),
+                        _ = stop.changed() => None,
+                    };
+                    match ended {
+                        Some(status) => {
+                            let tail = serial_tail(&self.plan.serial_log);
+                            tracing::warn!(boot = boots, status = ?status.ok(), ran_ms = started.elapsed().as_millis() as u64, serial_tail = %tail, "VM ended; restarting");
+                        }
+                        None => {
+                            tracing::info!("stopping the VM");
+                            let _ = qemu.kill().await;
+                        }
+                    }
+                    if let Some(d) = device.as_mut() {
+                        let _ = d.kill().await;
+                    }
+                }
+                Err(e) => tracing::error!(boot = boots, error = %e, "cannot start the VM"),
+            }
+            if *stop.borrow() {
+                return;
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff = Duration::from_secs(1);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn start(&self) -> Result<(Child, Option<Child>), String> {
+        let mut device = None;
+        if let (VsockDevice::User { binary }, Some(args), Some(sock)) = (
+            &self.config.vsock,
+            &self.plan.vsock_args,
+            &self.plan.vhost_socket,
+        ) {
+            let _ = std::fs::remove_file(sock);
+            if let EnclaveAddr::HybridVsock { path, .. } = &self.plan.enclave_addr {
+                let _ = std::fs::remove_file(path);
+            }
+            let child = Command::new(binary)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+            // QEMU connects to the device's socket at start: wait for it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sock.exists() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not create {}",
+                        binary.display(),
+                        sock.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            device = Some(child);
+        }
+        let qemu = Command::new(&self.config.qemu)
+            .args(&self.plan.qemu_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.config.qemu.display()))?;
+        Ok((qemu, device))
+    }
+}
+
+/// The last lines of the serial log, for the log line of a VM that ended.
+fn serial_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(tee: Tee) -> VmConfig {
+        VmConfig {
+            tee,
+            accel: if tee == Tee::None {
+                Accel::Tcg
+            } else {
+                Accel::Kvm
+            },
+            image: Image {
+                kernel: "/img/vmlinuz".into(),
+                initrd: "/img/initrd.cpio".into(),
+                cmdline:
+                    "console=ttyS0 panic=-1 -- --tee configfs-tsm --config /etc/cocoon/enclave.toml"
+                        .into(),
+                release: "r".into(),
+                port: 5000,
+            },
+            firmware: Some("/fw/OVMF.fd".into()),
+            vcpus: 2,
+            memory_mib: 1024,
+            cid: 7,
+            qemu: "qemu-system-x86_64".into(),
+            vsock: VsockDevice::Kernel,
+            gpus: vec![],
+            qgs: None,
+            run_dir: "/run/vm".into(),
+        }
+    }
+
+    fn joined(p: &VmPlan) -> String {
+        p.qemu_args.join(" ")
+    }
+
+    #[test]
+    fn snp_uses_kernel_hashes_memfd_and_the_measured_cmdline() {
+        let p = plan(&config(Tee::Snp)).unwrap();
+        let j = joined(&p);
+        assert!(j.contains("sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on"));
+        assert!(j.contains("confidential-guest-support=sev0"));
+        assert!(j.contains("memory-backend-memfd,id=ram0,size=1024M"));
+        assert!(j.contains("-bios /fw/OVMF.fd"));
+        assert!(j.contains("--tee configfs-tsm"), "{j}");
+        assert_eq!(p.enclave_addr, EnclaveAddr::Vsock { cid: 7, port: 5000 });
+    }
+
+    #[test]
+    fn tdx_uses_the_tdx_guest_object_and_a_qgs_when_given() {
+        let mut c = config(Tee::Tdx);
+        c.qgs = Some("2:4050".into());
+        c.gpus = vec!["0000:41:00.0".into()];
+        let j = joined(&plan(&c).unwrap());
+        assert!(j.contains("confidential-guest-support=tdx0"));
+        assert!(j.contains("kernel-irqchip=split"));
+        assert!(j.contains(
+            "\"quote-generation-socket\":{\"type\":\"vsock\",\"cid\":\"2\",\"port\":\"4050\"}"
+        ));
+        assert!(j.contains("vfio-pci,host=0000:41:00.0"));
+        assert!(j.contains("X-PciMmio64Mb"));
+    }
+
+    #[test]
+    fn none_swaps_in_the_simulated_provider_and_user_vsock() {
+        let mut c = config(Tee::None);
+        c.vsock = VsockDevice::User {
+            binary: "vhost-device-vsock".into(),
+        };
+        let p = plan(&c).unwrap();
+        let j = joined(&p);
+        assert!(j.contains("--tee simulated"), "{j}");
+        assert!(!j.contains("-bios"));
+        assert!(j.contains("accel=tcg"));
+        assert!(j.contains("vhost-user-vsock-pci,chardev=vsock0"));
+        assert_eq!(
+            p.enclave_addr,
+            EnclaveAddr::HybridVsock {
+                path: "/run/vm/vsock.sock".into(),
+                port: 5000
+            }
+        );
+        let v = p.vsock_args.unwrap().join(" ");
+        assert!(v.contains("uds-path=/run/vm/vsock.sock"), "{v}");
+    }
+
+    #[test]
+    fn refusals() {
+        let mut c = config(Tee::Snp);
+        c.accel = Accel::Tcg;
+        assert!(plan(&c).unwrap_err().contains("needs KVM"));
+        let mut c = config(Tee::Tdx);
+        c.firmware = None;
+        assert!(plan(&c).unwrap_err().contains("--firmware"));
+        let mut c = config(Tee::Snp);
+        c.gpus = vec!["0000:41:00.0,x-evil=1".into()];
+        assert!(plan(&c).is_err());
+        let mut c = config(Tee::None);
+        c.image.cmdline = "console=ttyS0".into();
+        assert!(plan(&c).is_err());
+        let mut c = config(Tee::Snp);
+        c.cid = 2;
+        assert!(plan(&c).is_err());
+    }
+}

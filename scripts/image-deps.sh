@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# What booting the guest image needs on a host without a TEE (CI, a
+# developer's machine): QEMU from Debian, and vhost-device-vsock (the
+# rust-vmm user-space vsock device) where the kernel has no
+# /dev/vhost-vsock. Installs only what is missing.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  log "installing qemu-system-x86 (Debian)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+fi
+if [ ! -e /dev/vhost-vsock ] && ! command -v vhost-device-vsock >/dev/null 2>&1 \
+   && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/vhost-device-vsock" ]; then
+  log "installing vhost-device-vsock 0.3.0 from crates.io (about 4 minutes, once)"
+  cargo install --locked vhost-device-vsock --version 0.3.0
+fi
+echo "image boot tools: $(qemu-system-x86_64 --version | head -1); vsock: $( [ -e /dev/vhost-vsock ] && echo /dev/vhost-vsock || echo vhost-device-vsock)"
