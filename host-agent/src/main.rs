@@ -26,6 +26,8 @@ const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
 const EX_IOERR: u8 = 74;
 const EX_CONFIG: u8 = 78;
+/// Longest pause between two connects to a launched VM's enclave.
+const LAUNCH_RECONNECT_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The Cocoon provider daemon: HTTP API for sealed requests, enclave
 /// broker, billing ledger. Flags override the config file.
@@ -156,7 +158,9 @@ fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
     let accel = match l.accel.as_str() {
         "kvm" => vm::Accel::Kvm,
         "tcg" => vm::Accel::Tcg,
-        "auto" if vm::kvm_works(&l.qemu) => vm::Accel::Kvm,
+        // SEV-SNP and TDX exist only under KVM: no probe, QEMU says why if
+        // KVM cannot start the guest.
+        "auto" if l.tee != vm::Tee::None || vm::kvm_works(&l.qemu) => vm::Accel::Kvm,
         "auto" => vm::Accel::Tcg,
         other => {
             return Err(usage(format!(
@@ -238,6 +242,7 @@ fn configure(
         Some(a) => a,
         None => parse_addr(DEFAULT_ADMIN_LISTEN)?,
     };
+    let launching = vm_addr.is_some();
     let enclaves = if let Some(addr) = vm_addr {
         if !cli.enclaves.is_empty() {
             return Err(usage(
@@ -283,7 +288,16 @@ fn configure(
         drain_timeout_secs: cli.drain_timeout,
         ..LimitsFile::default()
     };
-    let limits = flags.apply(limits).map_err(|e| usage(e.to_string()))?;
+    let mut limits = flags.apply(limits).map_err(|e| usage(e.to_string()))?;
+    if launching {
+        // The launched VM is on this host and a connect attempt costs a
+        // Unix-socket round trip: retry often while it boots, so the broker
+        // reaches the enclave soon after it listens.
+        limits.reconnect_backoff_max = limits.reconnect_backoff_max.min(LAUNCH_RECONNECT_MAX);
+        limits.reconnect_backoff_min = limits
+            .reconnect_backoff_min
+            .min(limits.reconnect_backoff_max);
+    }
     Ok((
         HostConfig {
             enclaves,

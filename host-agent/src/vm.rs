@@ -45,6 +45,17 @@ pub enum Tee {
     None,
 }
 
+impl Tee {
+    /// The name on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tee::Snp => "snp",
+            Tee::Tdx => "tdx",
+            Tee::None => "none",
+        }
+    }
+}
+
 impl std::str::FromStr for Tee {
     type Err = String;
     fn from_str(s: &str) -> Result<Tee, String> {
@@ -219,8 +230,8 @@ pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
     }
     if c.tee != Tee::None && c.accel != Accel::Kvm {
         return Err(format!(
-            "--tee {:?} needs KVM (SEV-SNP and TDX guests cannot run under TCG)",
-            c.tee
+            "--tee {} needs KVM (SEV-SNP and TDX guests cannot run under TCG)",
+            c.tee.as_str()
         ));
     }
     if c.tee != Tee::None && c.firmware.is_none() {
@@ -471,7 +482,7 @@ impl Supervisor {
             let started = Instant::now();
             match self.start().await {
                 Ok((mut qemu, mut device)) => {
-                    tracing::info!(boot = boots, release = %self.config.image.release, tee = ?self.config.tee, "VM started");
+                    tracing::info!(boot = boots, release = %self.config.image.release, tee = self.config.tee.as_str(), "VM started");
                     let ended = tokio::select! {
                         status = qemu.wait() => Some(status),
                         _ = stop.changed() => None,
