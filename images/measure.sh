@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Computes the launch measurements of a built image with the measured
+# firmware, offline, and writes them as verifier policy fragments:
+#   OUT/policy-snp-<vcpus>vcpu.toml   ([snp] table, SEV-SNP launch digest)
+#   OUT/policy-tdx-<mem>mib.toml      ([tdx] table, MRTD + RTMR1/2, labelled unverified)
+# The vCPU count and type (SNP) and the guest memory size (TDX: QEMU puts
+# the initrd at an address that depends on it) are part of the values:
+# publish one fragment per VM shape you launch.
+#
+# Usage: images/measure.sh [--image DIR] [--firmware DIR] [--vcpus N] [--vcpu-type T] [--memory-mib M]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IMG="$ROOT/images/out/image"; FW="$ROOT/images/out/firmware"
+VCPUS=2; VCPU_TYPE=EPYC-v4; MEM=2048
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --image) IMG="$2"; shift 2 ;;
+    --firmware) FW="$2"; shift 2 ;;
+    --vcpus) VCPUS="$2"; shift 2 ;;
+    --vcpu-type) VCPU_TYPE="$2"; shift 2 ;;
+    --memory-mib) MEM="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "images/measure.sh: unknown argument $1" >&2; exit 64 ;;
+  esac
+done
+for f in "$IMG/vmlinuz" "$IMG/initrd.cpio" "$IMG/cmdline.txt" "$IMG/image.env" "$FW/OVMF-AmdSev.fd" "$FW/OVMF-IntelTdx.fd"; do
+  [ -f "$f" ] || { echo "images/measure.sh: $f is missing (images/build.sh, images/firmware/build.sh)" >&2; exit 66; }
+done
+# shellcheck source=/dev/null
+source "$IMG/image.env"
+measure() { (cd "$ROOT" && cargo run --locked -q -p cocoon-measure -- "$@"); }
+measure snp --ovmf "$FW/OVMF-AmdSev.fd" --vcpus "$VCPUS" --vcpu-type "$VCPU_TYPE" \
+  --guest-features 0x1 --vmm-type qemu \
+  --kernel "$IMG/vmlinuz" --initrd "$IMG/initrd.cpio" --append "$(cat "$IMG/cmdline.txt")" \
+  --policy-fragment --release "$IMAGE_RELEASE" > "$IMG/policy-snp-${VCPUS}vcpu.toml"
+measure tdx --firmware "$FW/OVMF-IntelTdx.fd" \
+  --kernel "$IMG/vmlinuz" --initrd "$IMG/initrd.cpio" --memory-mib "$MEM" --append "$(cat "$IMG/cmdline.txt")" \
+  --policy-fragment --release "$IMAGE_RELEASE" > "$IMG/policy-tdx-${MEM}mib.toml"
+echo "SNP ($VCPUS x $VCPU_TYPE): $(grep '^measurements' "$IMG/policy-snp-${VCPUS}vcpu.toml")"
+echo "TDX ($MEM MiB): $(grep '^mrtd' "$IMG/policy-tdx-${MEM}mib.toml")"
+echo "fragments: $IMG/policy-snp-${VCPUS}vcpu.toml $IMG/policy-tdx-${MEM}mib.toml"
