@@ -23,7 +23,7 @@ mod evidence;
 mod nvidia;
 mod protocol;
 mod tdx;
-pub use evidence::{bundle, tdx_collateral};
+pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{api, frame_decoder, message, receipt, sealed_request};
 pub use tdx::tdx_quote;
@@ -51,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gpu_evidence", gpu_evidence),
     ("ocsp", ocsp),
     ("rim", rim),
+    ("snp_cert_table", snp_cert_table),
 ];
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every
