@@ -402,4 +402,72 @@ for r in rim/NV_GPU_DRIVER_GH100_550.144.03.xml h100-535-vbios-rim/1010_0200_882
 done
 echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 1)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
 
+# snp_cert_table: certificate tables (GHCB "SNP Extended Guest Request") as a
+# host hands them to its guest: 24-byte entries (GUID in RFC 4122 byte order,
+# offset u32 LE, length u32 LE), an all-zero terminator, then the DER
+# certificates; one padded to 16 KiB as the Linux driver hands it out.
+mkdir -p "$corpus/snp_cert_table"
+le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)); }
+guid() { hex_bytes "$(tr -d '-' <<<"$1")"; }
+pem_der() { # pem_der FILE N: the DER of the Nth (from 1) certificate in FILE
+    awk -v n="$2" '/-----BEGIN CERTIFICATE-----/{i++; next} /-----END CERTIFICATE-----/{next} i==n' "$1" |
+        tr -d ' \r\n' | base64 -d
+}
+cert_table() { # cert_table OUT (GUID FILE)...: a table naming each FILE
+    local out="$1"
+    shift
+    local n=$(($# / 2)) offset args=("$@") i
+    offset=$(((n + 1) * 24))
+    rm -f "$out"
+    {
+        for ((i = 0; i < ${#args[@]}; i += 2)); do
+            local size
+            size=$(wc -c <"${args[i + 1]}")
+            guid "${args[i]}"
+            printf "$(le32 "$offset")$(le32 "$size")"
+            offset=$((offset + size))
+        done
+        head -c 24 /dev/zero
+        for ((i = 1; i < ${#args[@]}; i += 2)); do cat "${args[i]}"; done
+    } >"$out"
+}
+VCEK=63da758d-e664-4564-adc5-f4b93be8accd VLEK=a8074bc2-a25a-483e-aae6-39c045a0b8a1
+ASK=4ab7b379-bbac-4fe4-a02f-05aef327c782 ARK=c0b406a4-a803-4952-9743-3fb6014cd0ae
+pem_der "$snp/amd-roots/ask_ark_milan.pem" 1 >"$ptmp/ask.der"
+pem_der "$snp/amd-roots/ask_ark_milan.pem" 2 >"$ptmp/ark.der"
+pem_der "$snp/amd-roots/ask_ark_milan_vlek.pem" 1 >"$ptmp/asvk.der"
+cert_table "$corpus/snp_cert_table/milan-vcek-ask-ark" \
+    "$VCEK" "$snp/milan-v2-gsg/vcek.der" "$ASK" "$ptmp/ask.der" "$ARK" "$ptmp/ark.der"
+cert_table "$ptmp/padded" "$VCEK" "$snp/genoa-v5-oak/vcek.der"
+{ cat "$ptmp/padded"; head -c $((16384 - $(wc -c <"$ptmp/padded"))) /dev/zero; } >"$ptmp/padded16k"
+put "$corpus/snp_cert_table/genoa-vcek-only-16k" "$ptmp/padded16k"
+cert_table "$corpus/snp_cert_table/milan-vlek-asvk-ark" \
+    "$ASK" "$ptmp/asvk.der" "$VLEK" "$snp/milan-v3-vlek-trustee/vlek.der" "$ARK" "$ptmp/ark.der"
+head -c 24 /dev/zero >"$corpus/snp_cert_table/empty"
+echo "fuzz/seed.sh: snp_cert_table 4 files (in fuzz/corpus/)"
+
+# initramfs: small newc archives like the guest image's (a directory, an
+# executable, a device node, a symlink, then the trailer and block padding).
+mkdir -p "$corpus/initramfs"
+python3 - "$corpus/initramfs" <<'PY'
+import sys
+def hdr(ino, mode, size, name, rdev=(0, 0)):
+    f = [ino, mode, 0, 0, 2 if mode >> 12 == 4 else 1, 1795392000, size, 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+    h = b"070701" + b"".join(b"%08X" % v for v in f) + name.encode() + b"\0"
+    return h + b"\0" * (-len(h) % 4)
+def archive(entries):
+    out = b""
+    for i, (mode, name, data, rdev) in enumerate(entries, 1):
+        out += hdr(i, mode, len(data), name, rdev) + data + b"\0" * (-len(data) % 4)
+    out += hdr(0, 0, 0, "TRAILER!!!")
+    return out + b"\0" * (-len(out) % 512)
+d = sys.argv[1]
+open(d + "/image", "wb").write(archive([
+    (0o40755, "dev", b"", (0, 0)), (0o20600, "dev/console", b"", (5, 1)),
+    (0o40755, "etc", b"", (0, 0)), (0o100644, "etc/enclave.toml", b'listen = "vsock:5000"\n', (0, 0)),
+    (0o100755, "init", b"\x7fELF" + b"\0" * 60, (0, 0)), (0o120777, "lib64", b"lib", (0, 0))]))
+open(d + "/empty", "wb").write(archive([]))
+PY
+echo "fuzz/seed.sh: initramfs 2 files (in fuzz/corpus/)"
+
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

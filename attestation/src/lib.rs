@@ -6,6 +6,8 @@
 //! parser here returns a typed error on bad input and never panics.
 //!
 //! * [`snp`] — AMD SEV-SNP attestation reports (versions 2, 3 and 5).
+//! * [`snp_certs`] — the SEV-SNP certificate table (GUID-keyed VCEK/VLEK,
+//!   ASK, ARK) a host hands its guest beside a report.
 //! * [`tdx`] — Intel TDX DCAP quotes (versions 4 and 5; SGX version 3 quotes
 //!   recognised) and the SGX extensions of PCK certificates.
 //! * [`nvidia`] — NVIDIA GPU and NVSwitch SPDM attestation reports.
@@ -27,4 +29,5 @@ pub mod nvidia;
 pub mod pcs;
 pub mod simulated;
 pub mod snp;
+pub mod snp_certs;
 pub mod tdx;

@@ -1,13 +1,25 @@
 //! Attestation providers: the enclave's only way to obtain platform evidence.
 //!
 //! Owns the [`AttestationProvider`] trait (report data in, platform evidence
-//! out) and its implementations. For now that is [`SimulatedProvider`], which
-//! is **not confidential**: it signs its own report with a key it made at
-//! start-up, so its evidence only shows the report was not altered on the
-//! way. Hardware providers (configfs-tsm, `/dev/sev-guest`,
-//! `/dev/tdx_guest`) come with the image issue and fit the same trait: each
-//! asks its device for a report over the given 64 bytes and returns the
-//! matching [`PlatformEvidence`] variant.
+//! out), its implementations, and the choice among them ([`TeeChoice`],
+//! [`open_hardware`]):
+//!
+//! * [`ConfigfsTsmProvider`] — Linux configfs-tsm
+//!   (`/sys/kernel/config/tsm/report`, Linux 6.7+), for SEV-SNP and TDX. The
+//!   preferred interface.
+//! * [`SevGuestProvider`] — `SNP_GET_EXT_REPORT` on `/dev/sev-guest`, for
+//!   SNP guests whose kernel lacks configfs-tsm.
+//! * [`TdxGuestProvider`] — `/dev/tdx_guest`, which yields only a TDREPORT
+//!   (not verifiable off the machine); it always refuses and says why.
+//! * [`SimulatedProvider`] — **not confidential**: it signs its own report
+//!   with a key it made at start-up, so its evidence only shows the report
+//!   was not altered on the way. It is never chosen automatically.
+//!
+//! Every hardware provider checks that the report data inside the answer is
+//! the 64 bytes it asked for, and builds SNP evidence from the report plus
+//! the host's certificate table, or TDX evidence from the quote plus the
+//! configured collateral ([`TdxCollateralSource`]). The device `ioctl`s live
+//! in `cocoon-guest-device`; this crate stays free of `unsafe`.
 //!
 //! This module does not decide what goes into report data (the server binds
 //! the claims with `claims_report_data`), and it never verifies evidence
@@ -22,6 +34,14 @@ use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha384};
+
+mod configfs_tsm;
+mod device;
+mod platform;
+
+pub use configfs_tsm::{ConfigfsTsmProvider, DEFAULT_ROOT as DEFAULT_TSM_ROOT};
+pub use device::{SevGuestProvider, TdxGuestProvider};
+pub use platform::TdxCollateralSource;
 
 /// Why a provider cannot produce evidence.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +74,125 @@ pub enum AttestError {
 /// the claims. `evidence` may block (hardware providers talk to a device) and
 /// is called at boot and whenever the evidence is refreshed.
 pub trait AttestationProvider: Send + Sync {
-    /// A short name for logs and errors: `"simulated"`, later
-    /// `"configfs-tsm"`, `"sev-guest"`, `"tdx-guest"`.
+    /// A short name for logs and errors: `"simulated"`, `"configfs-tsm"`,
+    /// `"sev-guest"` or `"tdx-guest"`.
     fn kind(&self) -> &'static str;
 
     /// Platform evidence whose report data is exactly `report_data`.
     fn evidence(&self, report_data: &[u8; 64]) -> Result<PlatformEvidence, AttestError>;
+}
+
+/// Which provider the operator asked for (`--tee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TeeChoice {
+    /// [`SimulatedProvider`]: NOT CONFIDENTIAL, only when named.
+    Simulated,
+    /// [`ConfigfsTsmProvider`].
+    ConfigfsTsm,
+    /// [`SevGuestProvider`].
+    SevGuest,
+    /// [`TdxGuestProvider`].
+    TdxGuest,
+    /// The first hardware interface present: configfs-tsm, then
+    /// `/dev/sev-guest`, then `/dev/tdx_guest`. Never the simulator.
+    Auto,
+}
+
+impl TeeChoice {
+    /// Every name `--tee` accepts.
+    pub const NAMES: &'static str = "configfs-tsm, sev-guest, tdx-guest, auto, simulated";
+}
+
+impl std::str::FromStr for TeeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TeeChoice, String> {
+        match s {
+            "simulated" => Ok(TeeChoice::Simulated),
+            "configfs-tsm" => Ok(TeeChoice::ConfigfsTsm),
+            "sev-guest" => Ok(TeeChoice::SevGuest),
+            "tdx-guest" => Ok(TeeChoice::TdxGuest),
+            "auto" => Ok(TeeChoice::Auto),
+            other => Err(format!(
+                "unknown TEE provider {other:?} (choose one of: {})",
+                TeeChoice::NAMES
+            )),
+        }
+    }
+}
+
+/// Where the hardware providers look, and what they are configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwareOptions {
+    /// The configfs-tsm report root ([`DEFAULT_TSM_ROOT`]).
+    pub tsm_root: std::path::PathBuf,
+    /// The SEV guest device.
+    pub sev_guest: std::path::PathBuf,
+    /// The TDX guest device.
+    pub tdx_guest: std::path::PathBuf,
+    /// TDX collateral.
+    pub tdx_collateral: TdxCollateralSource,
+}
+
+impl Default for HardwareOptions {
+    fn default() -> Self {
+        HardwareOptions {
+            tsm_root: DEFAULT_TSM_ROOT.into(),
+            sev_guest: cocoon_guest_device::sev_guest::DEVICE.into(),
+            tdx_guest: cocoon_guest_device::tdx_guest::DEVICE.into(),
+            tdx_collateral: TdxCollateralSource::none(),
+        }
+    }
+}
+
+/// What [`TeeChoice::Auto`] picks on this machine: the first of
+/// configfs-tsm, `/dev/sev-guest`, `/dev/tdx_guest` that exists, or `None`.
+pub fn detect_hardware(opts: &HardwareOptions) -> Option<TeeChoice> {
+    if opts.tsm_root.is_dir() {
+        Some(TeeChoice::ConfigfsTsm)
+    } else if opts.sev_guest.exists() {
+        Some(TeeChoice::SevGuest)
+    } else if opts.tdx_guest.exists() {
+        Some(TeeChoice::TdxGuest)
+    } else {
+        None
+    }
+}
+
+/// Open the hardware provider `choice` names ([`TeeChoice::Auto`] resolved
+/// by [`detect_hardware`]). [`TeeChoice::Simulated`] is refused here: the
+/// simulator is made only where it is named, with [`SimulatedProvider::new`].
+pub fn open_hardware(
+    choice: TeeChoice,
+    opts: &HardwareOptions,
+) -> Result<std::sync::Arc<dyn AttestationProvider>, AttestError> {
+    let choice = match choice {
+        TeeChoice::Auto => detect_hardware(opts).ok_or_else(|| AttestError::Platform {
+            provider: "auto",
+            reason: format!(
+                "no confidential-computing interface found (looked for {}, {} and {}): this is not an SEV-SNP or TDX guest, or its drivers are not loaded. The simulated TEE is never chosen automatically; name it with --tee simulated for tests (NOT confidential)",
+                opts.tsm_root.display(),
+                opts.sev_guest.display(),
+                opts.tdx_guest.display()
+            ),
+        })?,
+        c => c,
+    };
+    let provider: std::sync::Arc<dyn AttestationProvider> = match choice {
+        TeeChoice::ConfigfsTsm => std::sync::Arc::new(ConfigfsTsmProvider::new(
+            opts.tsm_root.clone(),
+            opts.tdx_collateral.clone(),
+        )?),
+        TeeChoice::SevGuest => std::sync::Arc::new(SevGuestProvider::open(&opts.sev_guest)?),
+        TeeChoice::TdxGuest => std::sync::Arc::new(TdxGuestProvider::open(&opts.tdx_guest)?),
+        TeeChoice::Simulated | TeeChoice::Auto => {
+            return Err(AttestError::Platform {
+                provider: SimulatedProvider::KIND,
+                reason: "the simulated TEE is not hardware; it is made only where named".into(),
+            })
+        }
+    };
+    Ok(provider)
 }
 
 /// The simulated TEE: a P-256 key made at start-up signs a
@@ -224,6 +357,70 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(key.verify(&tampered, &sig).is_err());
+    }
+
+    #[test]
+    fn auto_picks_hardware_in_order_and_never_the_simulator() {
+        let dir = std::env::temp_dir().join(format!("cocoon-detect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut opts = HardwareOptions {
+            tsm_root: dir.join("tsm/report"),
+            sev_guest: dir.join("sev-guest"),
+            tdx_guest: dir.join("tdx_guest"),
+            tdx_collateral: TdxCollateralSource::none(),
+        };
+        assert_eq!(detect_hardware(&opts), None);
+        let e = open_hardware(TeeChoice::Auto, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("never chosen automatically"), "{e}");
+        std::fs::write(&opts.tdx_guest, b"").unwrap();
+        assert_eq!(detect_hardware(&opts), Some(TeeChoice::TdxGuest));
+        std::fs::write(&opts.sev_guest, b"").unwrap();
+        assert_eq!(detect_hardware(&opts), Some(TeeChoice::SevGuest));
+        std::fs::create_dir_all(&opts.tsm_root).unwrap();
+        assert_eq!(detect_hardware(&opts), Some(TeeChoice::ConfigfsTsm));
+        let p = open_hardware(TeeChoice::Auto, &opts).unwrap();
+        assert_eq!(p.kind(), "configfs-tsm");
+        assert!(open_hardware(TeeChoice::Simulated, &opts).is_err());
+        opts.tsm_root = dir.join("absent");
+        let e = open_hardware(TeeChoice::ConfigfsTsm, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("Linux 6.7"), "{e}");
+        for (name, choice) in [
+            ("simulated", TeeChoice::Simulated),
+            ("configfs-tsm", TeeChoice::ConfigfsTsm),
+            ("sev-guest", TeeChoice::SevGuest),
+            ("tdx-guest", TeeChoice::TdxGuest),
+            ("auto", TeeChoice::Auto),
+        ] {
+            assert_eq!(name.parse::<TeeChoice>(), Ok(choice));
+        }
+        assert!("sgx"
+            .parse::<TeeChoice>()
+            .unwrap_err()
+            .contains("configfs-tsm"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tdx_guest_device_always_refuses_and_says_why() {
+        // /dev/null stands in for the device: the ioctl fails (ENOTTY), and
+        // the refusal still explains that a quote needs configfs-tsm.
+        let p = TdxGuestProvider::open(Path::new("/dev/null")).unwrap();
+        let e = p.evidence(&[0; 64]).unwrap_err().to_string();
+        assert!(e.contains("TDX_CMD_GET_REPORT0"), "{e}");
+        assert!(e.contains("configfs-tsm (Linux 6.7 or later"), "{e}");
+        let e = SevGuestProvider::open(Path::new("/dev/null"))
+            .unwrap()
+            .evidence(&[0; 64])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SNP_GET_EXT_REPORT on /dev/null"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,23 @@
 //! ocsp = ["/config/ocsp/device-brom.der"]                  # optional collateral
 //! ```
 //!
+//! TDX: a guest can produce only the quote; the Intel DCAP collateral that
+//! verifies it (PCK CRL, TCB info, QE identity) comes from Intel PCS through
+//! the host, as a file the enclave reads at every attestation:
+//!
+//! ```toml
+//! [tdx]
+//! collateral = "/run/cocoon/tdx-collateral.json"   # dcap-qvl JSON or CBOR
+//! ```
+//!
+//! Only the *path* is part of the canonical form (and so of the config
+//! digest), like the `[gpu]` collateral paths: the file's contents are
+//! signed by Intel, checked by every verifier, and replaced by the host
+//! before they expire (days), so measuring them would change the config
+//! digest with every refresh and pin nothing a verifier does not already
+//! check. Without the table, TDX evidence is refused with a message naming
+//! the key.
+//!
 //! Unknown keys are errors. This module reads no file except in
 //! [`EnclaveConfig::load`] and knows nothing of sockets or keys.
 
@@ -339,6 +356,16 @@ pub struct GpuConfig {
     pub ocsp: Vec<String>,
 }
 
+/// The `[tdx]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxConfig {
+    /// File holding the Intel DCAP collateral for this platform's quotes
+    /// (`dcap-qvl` JSON or CBOR), kept fresh by the host. Its path is in the
+    /// config digest; its contents are not (see the [module docs](self)).
+    pub collateral: Option<String>,
+}
+
 /// The enclave's configuration. See the [module docs](self) for the file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -371,6 +398,8 @@ pub struct EnclaveConfig {
     pub upstream: Option<UpstreamConfig>,
     /// GPU evidence, when the enclave uses GPUs.
     pub gpu: Option<GpuConfig>,
+    /// TDX settings (the collateral file).
+    pub tdx: Option<TdxConfig>,
 }
 
 impl Default for EnclaveConfig {
@@ -395,6 +424,7 @@ impl Default for EnclaveConfig {
             models: BTreeMap::new(),
             upstream: None,
             gpu: None,
+            tdx: None,
         }
     }
 }
@@ -613,6 +643,12 @@ impl EnclaveConfig {
             }
             let _ = writeln!(s, "rims = [{}]\nocsp = [{}]", list(&g.rims), list(&g.ocsp));
         }
+        if let Some(t) = &self.tdx {
+            let _ = write!(s, "\n[tdx]\n");
+            if let Some(c) = &t.collateral {
+                let _ = writeln!(s, "collateral = {}", quote(c));
+            }
+        }
         s
     }
 
@@ -727,6 +763,28 @@ mod tests {
         assert!(e.to_string().contains("max_concurrent"), "{e}");
         let e = EnclaveConfig::load(Path::new("/nonexistent/enclave.toml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/enclave.toml"), "{e}");
+    }
+
+    #[test]
+    fn tdx_collateral_path_is_in_the_canonical_form() {
+        let c = EnclaveConfig::from_toml("[tdx]\ncollateral = \"/run/c.json\"\n").unwrap();
+        assert_eq!(
+            c.tdx.as_ref().unwrap().collateral.as_deref(),
+            Some("/run/c.json")
+        );
+        let canon = c.to_canonical_toml();
+        assert!(
+            canon.ends_with("\n[tdx]\ncollateral = \"/run/c.json\"\n"),
+            "{canon}"
+        );
+        assert_eq!(EnclaveConfig::from_toml(&canon).unwrap(), c);
+        assert_ne!(c.digest(), EnclaveConfig::default().digest());
+        let empty = EnclaveConfig::from_toml("[tdx]\n").unwrap();
+        assert_eq!(
+            EnclaveConfig::from_toml(&empty.to_canonical_toml()).unwrap(),
+            empty
+        );
+        assert!(EnclaveConfig::from_toml("[tdx]\ncolateral = \"x\"").is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! socket in tests).
 //!
 //! * [`attest`] — attestation providers: who turns report data into platform
-//!   evidence (the loudly named simulator for now).
+//!   evidence (configfs-tsm, `/dev/sev-guest`, `/dev/tdx_guest`, and the
+//!   loudly named simulator).
 //! * [`backend`] — inference backends: the trait a model implements and the
 //!   deterministic test backend (NOT A MODEL).
 //! * [`files`] — model files and tokenizers, read only after their SHA-256
@@ -46,7 +47,9 @@ pub mod torch;
 pub mod transport;
 pub mod upstream;
 
-pub use attest::{AttestError, AttestationProvider, SimulatedProvider};
+pub use attest::{
+    AttestError, AttestationProvider, ConfigfsTsmProvider, SimulatedProvider, TeeChoice,
+};
 pub use backend::{BackendError, ChatOutcome, DeterministicTestBackend, Finish, InferenceBackend};
 pub use config::{ConfigError, EnclaveConfig};
 pub use server::{Enclave, EnclaveError};

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use cocoon_enclave::attest::{open_hardware, HardwareOptions, TdxCollateralSource};
 use cocoon_enclave::config::BackendKind;
 use cocoon_enclave::{
-    DeterministicTestBackend, Enclave, EnclaveConfig, InferenceBackend, ListenAddr, Listener,
-    SimulatedProvider,
+    AttestationProvider, DeterministicTestBackend, Enclave, EnclaveConfig, InferenceBackend,
+    ListenAddr, Listener, SimulatedProvider, TeeChoice,
 };
 use tracing::{error, info};
 
@@ -40,12 +41,24 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Attestation provider (required). The only one in this build is
-    /// `simulated`, which is NOT CONFIDENTIAL (no hardware isolation; for
-    /// tests and demos). configfs-tsm (SEV-SNP and TDX) comes with the guest
-    /// image issue.
-    #[arg(long, value_name = "PROVIDER")]
+    /// Attestation provider (required):
+    /// `configfs-tsm` — Linux 6.7+ /sys/kernel/config/tsm/report (SEV-SNP
+    /// and TDX; TDX also needs `[tdx] collateral` in the config);
+    /// `sev-guest` — SNP_GET_EXT_REPORT on /dev/sev-guest (older SNP guests);
+    /// `tdx-guest` — /dev/tdx_guest gives only a TDREPORT, so this refuses
+    /// to boot and says why (a quote needs configfs-tsm);
+    /// `auto` — the first of configfs-tsm, /dev/sev-guest, /dev/tdx_guest
+    /// present (never the simulator);
+    /// `simulated` — NOT CONFIDENTIAL (no hardware isolation; for tests and
+    /// demos only).
+    #[arg(long, value_name = "PROVIDER", verbatim_doc_comment)]
     tee: Option<String>,
+
+    /// TEST HOOK: the configfs-tsm report root to use instead of
+    /// /sys/kernel/config/tsm/report (also COCOON_TSM_ROOT; the flag wins).
+    /// For test doubles of configfs only; a real guest never needs it.
+    #[arg(long, value_name = "DIR")]
+    tsm_root: Option<PathBuf>,
 
     /// Also print the evidence digest (hex) on its own line to stdout once
     /// listening, for scripts. Keys are made at boot, so it changes on every
@@ -84,15 +97,18 @@ fn enclave_main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.tee.as_deref() {
-        Some("simulated") => {}
-        Some(other) => {
+    let tee = match cli.tee.as_deref() {
+        Some(name) => match name.parse::<TeeChoice>() {
+            Ok(t) => t,
+            Err(e) => return usage(&format!("--tee: {e}")),
+        },
+        None => {
             return usage(&format!(
-                "--tee {other:?} is not available in this build: the only provider is 'simulated' (NOT confidential); configfs-tsm comes with the guest image"
+                "--tee is required (one of: {}; 'simulated' is NOT confidential)",
+                TeeChoice::NAMES
             ))
         }
-        None => return usage("--tee is required (the only provider in this build is 'simulated', which is NOT confidential)"),
-    }
+    };
     init_logging();
     // A panic message could quote data being processed: print where, not what.
     std::panic::set_hook(Box::new(|info| {
@@ -124,9 +140,22 @@ fn enclave_main() -> ExitCode {
         }
     };
 
-    eprintln!(
-        "cocoon-enclave: SIMULATED TEE — NOT CONFIDENTIAL: there is no hardware isolation; the host can read every prompt, response and key. For tests and demos only."
-    );
+    if tee == TeeChoice::Simulated {
+        eprintln!(
+            "cocoon-enclave: SIMULATED TEE — NOT CONFIDENTIAL: there is no hardware isolation; the host can read every prompt, response and key. For tests and demos only."
+        );
+    }
+    let mut hardware = HardwareOptions::default();
+    if let Some(root) = cli
+        .tsm_root
+        .clone()
+        .or_else(|| std::env::var_os("COCOON_TSM_ROOT").map(PathBuf::from))
+    {
+        hardware.tsm_root = root;
+    }
+    if let Some(path) = config.tdx.as_ref().and_then(|t| t.collateral.as_ref()) {
+        hardware.tdx_collateral = TdxCollateralSource::file(path);
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,18 +167,40 @@ fn enclave_main() -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     };
-    let code = runtime.block_on(run(config, listen, cli.print_evidence_digest));
+    let code = runtime.block_on(run(
+        config,
+        listen,
+        tee,
+        hardware,
+        cli.print_evidence_digest,
+    ));
     // Requests abandoned at the drain deadline may still hold blocking
     // threads; do not wait for them.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     code
 }
 
-async fn run(config: EnclaveConfig, listen: ListenAddr, print_digest: bool) -> ExitCode {
+async fn run(
+    config: EnclaveConfig,
+    listen: ListenAddr,
+    tee: TeeChoice,
+    hardware: HardwareOptions,
+    print_digest: bool,
+) -> ExitCode {
     let canonical = config.to_canonical_toml();
     let mut rng = rand_core::OsRng;
-    let provider = match SimulatedProvider::new(canonical.as_bytes(), &mut rng) {
-        Ok(p) => Arc::new(p),
+    let provider: Result<Arc<dyn AttestationProvider>, _> = match tee {
+        TeeChoice::Simulated => SimulatedProvider::new(canonical.as_bytes(), &mut rng)
+            .map(|p| Arc::new(p) as Arc<dyn AttestationProvider>),
+        hw => open_hardware(hw, &hardware),
+    };
+    let provider = match provider {
+        Ok(p) => {
+            if tee != TeeChoice::Simulated {
+                info!(provider = p.kind(), "attestation provider ready");
+            }
+            p
+        }
         Err(e) => {
             error!(error = %e, "attestation provider failed");
             eprintln!("cocoon-enclave: {e}");

@@ -1089,13 +1089,26 @@ fn the_binary_refuses_usage_errors_with_exit_64() {
         assert!(!err.trim().is_empty(), "{args:?}: a message");
         assert!(!err.contains("ready "), "{args:?}");
     }
+    // A hardware provider whose interface is absent: a boot failure (70)
+    // that says what is missing, and no simulated-TEE banner.
     let out = Command::new(bin)
-        .args(["--tee", "configfs-tsm", "--listen", "vsock:5000"])
+        .args([
+            "--tee",
+            "configfs-tsm",
+            "--tsm-root",
+            "/nonexistent/tsm/report",
+            "--listen",
+            "vsock:5000",
+        ])
         .output()
         .unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("configfs-tsm comes with the guest image")
+        err.contains("/nonexistent/tsm/report is not a directory: configfs-tsm needs Linux 6.7"),
+        "{err}"
     );
+    assert!(!err.contains("SIMULATED"), "{err}");
     let help = Command::new(bin).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
     let help = String::from_utf8_lossy(&help.stdout);

@@ -7,6 +7,7 @@ use std::hint::black_box;
 
 use cocoon_attestation::bundle::{claims_report_data, Claims, EvidenceBundle, PlatformEvidence};
 use cocoon_attestation::collateral::TdxCollateral;
+use cocoon_attestation::snp_certs::{encode, CertTable, Guid};
 
 use crate::hex_string;
 
@@ -144,4 +145,32 @@ fn claims(data: &[u8]) {
             black_box(e.to_string());
         }
     }
+}
+
+/// `snp_cert_table`: the input as the SEV-SNP certificate table a host
+/// hands its guest (configfs-tsm `auxblob`, the `SNP_GET_EXT_REPORT`
+/// certificate buffer). Every offset and length must stay inside the input;
+/// a table that parses must encode to bytes that parse to the same entries,
+/// and every certificate it names must lie within the input. Seeds: tables
+/// around the vectors' VCEK/VLEK, ASK and ARK (page-padded, and VEK only).
+pub fn snp_cert_table(data: &[u8]) {
+    let table = match CertTable::parse(data) {
+        Ok(t) => t,
+        Err(e) => {
+            black_box(e.to_string());
+            return;
+        }
+    };
+    let base = data.as_ptr() as usize;
+    for (guid, cert) in table.entries() {
+        let at = cert.as_ptr() as usize;
+        assert!(at >= base && at + cert.len() <= base + data.len());
+        assert_eq!(table.get(*guid), Some(*cert));
+        black_box((guid.to_string(), guid.name()));
+    }
+    black_box(table.get(Guid::VCEK));
+    black_box(table.describe());
+    let again = encode(table.entries()).expect("a parsed table encodes");
+    let reparsed = CertTable::parse(&again).expect("an encoded table parses");
+    assert_eq!(reparsed.entries(), table.entries());
 }

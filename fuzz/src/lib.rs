@@ -23,7 +23,7 @@ mod evidence;
 mod nvidia;
 mod protocol;
 mod tdx;
-pub use evidence::{bundle, tdx_collateral};
+pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{api, frame_decoder, message, receipt, sealed_request};
 pub use tdx::tdx_quote;
@@ -51,7 +51,39 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("gpu_evidence", gpu_evidence),
     ("ocsp", ocsp),
     ("rim", rim),
+    ("snp_cert_table", snp_cert_table),
+    ("initramfs", initramfs),
 ];
+
+/// `initramfs`: the input as a newc cpio archive (the guest image's
+/// initramfs, as an auditor downloads it). When it parses, writing the
+/// entries back must give an archive that parses to the same entries
+/// (paths, kinds, contents, permissions).
+pub fn initramfs(data: &[u8]) {
+    let entries = match cocoon_image::read_newc(data) {
+        Ok(e) => e,
+        Err(e) => {
+            std::hint::black_box(e.to_string());
+            return;
+        }
+    };
+    let plain: Vec<cocoon_image::Entry> = entries.into_iter().map(|r| r.entry).collect();
+    // The writer refuses what the reader accepts but an image must not hold
+    // (duplicates, unclean paths); it must not panic on it.
+    let Ok(bytes) = cocoon_image::write_newc(plain.clone(), 0) else {
+        return;
+    };
+    let back = cocoon_image::read_newc(&bytes).expect("what the writer wrote parses");
+    let mut want: Vec<&cocoon_image::Entry> = plain.iter().collect();
+    want.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
+    for w in want {
+        let got = back
+            .iter()
+            .find(|r| r.entry.path == w.path)
+            .expect("every entry is written back");
+        assert_eq!(&got.entry, w, "entry {} changed on a round trip", w.path);
+    }
+}
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every
 /// accessor and render [`Explain`] under both TCB layouts.
