@@ -1,7 +1,7 @@
 //! `cocoon-host launch`: runs the guest image under QEMU and keeps it
 //! running.
 //!
-//! Owns the QEMU command line for each kind of guest ([`qemu_args`]), the
+//! Owns the QEMU command line for each kind of guest ([`plan`]), the
 //! choice of vsock device, and [`Supervisor`], which starts QEMU (and, where
 //! the host kernel has no `/dev/vhost-vsock`, the user-space vsock device
 //! `vhost-device-vsock`), restarts both when the VM ends, and stops them on
