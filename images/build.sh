@@ -2,6 +2,7 @@
 # Builds the Cocoon guest image from the pinned inputs in images/image.lock:
 #
 #   OUT/vmlinuz      Debian's kernel (bzImage), byte for byte from the package
+#   OUT/vmlinux      the same kernel uncompressed (no-TEE launches under TCG)
 #   OUT/initrd.cpio  newc initramfs: /init = static cocoon-enclave, the
 #                    decompressed modules PID 1 loads, /etc/cocoon/enclave.toml
 #   OUT/cmdline.txt  the measured kernel command line
@@ -50,13 +51,14 @@ need() {
       case "$tool" in
         xz) pkgs+=(xz-utils) ;;
         dpkg-deb) pkgs+=(dpkg) ;;
+        od) pkgs+=(coreutils) ;;
         *) pkgs+=("$tool") ;;
       esac
     done
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
 }
-need xz dpkg-deb sha256sum
+need xz zstd dpkg-deb sha256sum od
 
 # 1. The kernel package, checked against the lock before anything reads it.
 mkdir -p "$CACHE"
@@ -138,12 +140,27 @@ step "packing the initramfs"
     --char-dev dev/console:5:1:600 --char-dev dev/null:1:3:666
 )
 cp "$WORK/deb/boot/vmlinuz-$KERNEL_RELEASE" "$OUT/vmlinuz"
+# The same kernel uncompressed (ELF, PVH entry), for launches without a TEE
+# only: under TCG, decompressing the bzImage costs about a second. SNP and
+# TDX boot vmlinuz through OVMF/TDVF, which is what their measurements
+# cover. The payload's place is in the bzImage's setup header (Linux boot
+# protocol 2.08+: setup_sects at 0x1f1, payload_offset at 0x248,
+# payload_length at 0x24c); its last 4 bytes are the decompressed size.
+u8at() { od -An -tu1 -j"$2" -N1 "$1" | tr -d ' '; }
+u32at() { od -An -tu4 -j"$2" -N4 "$1" | tr -d ' '; }
+setup_sects=$(u8at "$OUT/vmlinuz" $((0x1f1)))
+[ "$setup_sects" = 0 ] && setup_sects=4
+payload_at=$(( (setup_sects + 1) * 512 + $(u32at "$OUT/vmlinuz" $((0x248))) ))
+payload_len=$(u32at "$OUT/vmlinuz" $((0x24c)))
+tail -c +$((payload_at + 1)) "$OUT/vmlinuz" | head -c $((payload_len - 4)) | zstd -dq > "$OUT/vmlinux"
+[ "$(head -c 4 "$OUT/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] \
+  || { echo "images/build.sh: the kernel's payload did not decompress to an ELF image" >&2; exit 1; }
 printf '%s' "$KERNEL_CMDLINE" > "$OUT/cmdline.txt"
 cat > "$OUT/image.env" <<EOF
 IMAGE_RELEASE=$IMAGE_RELEASE
 KERNEL_RELEASE=$KERNEL_RELEASE
 ENCLAVE_VSOCK_PORT=$ENCLAVE_VSOCK_PORT
 EOF
-(cd "$OUT" && sha256sum vmlinuz initrd.cpio cmdline.txt image.env > SHA256SUMS)
+(cd "$OUT" && sha256sum vmlinuz vmlinux initrd.cpio cmdline.txt image.env > SHA256SUMS)
 step "image $IMAGE_RELEASE written to $OUT"
 cat "$OUT/SHA256SUMS"

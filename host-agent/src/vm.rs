@@ -95,8 +95,12 @@ pub enum VsockDevice {
 /// The files of a built image (`images/build.sh` output).
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// The kernel.
+    /// The kernel (bzImage): what SNP and TDX boot and measure.
     pub kernel: PathBuf,
+    /// The same kernel uncompressed (ELF with a PVH entry), when the image
+    /// has it: booted only without a TEE, where it saves the decompression
+    /// (about a second under TCG).
+    pub kernel_elf: Option<PathBuf>,
     /// The initramfs.
     pub initrd: PathBuf,
     /// The measured kernel command line.
@@ -150,6 +154,7 @@ impl Image {
         }
         Ok(Image {
             kernel: dir.join("vmlinuz"),
+            kernel_elf: Some(dir.join("vmlinux")).filter(|p| p.is_file()),
             initrd: dir.join("initrd.cpio"),
             cmdline,
             release,
@@ -314,9 +319,13 @@ pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
             a.extend([s("-bios"), fw.display().to_string()]);
         }
     }
+    let kernel = match (&c.image.kernel_elf, c.tee) {
+        (Some(elf), Tee::None) => elf,
+        _ => &c.image.kernel,
+    };
     a.extend([
         s("-kernel"),
-        c.image.kernel.display().to_string(),
+        kernel.display().to_string(),
         s("-initrd"),
         c.image.initrd.display().to_string(),
         s("-append"),
@@ -584,6 +593,7 @@ mod tests {
             },
             image: Image {
                 kernel: "/img/vmlinuz".into(),
+                kernel_elf: Some("/img/vmlinux".into()),
                 initrd: "/img/initrd.cpio".into(),
                 cmdline:
                     "console=ttyS0 panic=-1 -- --tee configfs-tsm --config /etc/cocoon/enclave.toml"
@@ -616,6 +626,10 @@ mod tests {
         assert!(j.contains("memory-backend-memfd,id=ram0,size=1024M"));
         assert!(j.contains("-bios /fw/OVMF.fd"));
         assert!(j.contains("--tee configfs-tsm"), "{j}");
+        assert!(
+            j.contains("-kernel /img/vmlinuz"),
+            "SNP boots the measured bzImage: {j}"
+        );
         assert_eq!(p.enclave_addr, EnclaveAddr::Vsock { cid: 7, port: 5000 });
     }
 
@@ -643,6 +657,7 @@ mod tests {
         let p = plan(&c).unwrap();
         let j = joined(&p);
         assert!(j.contains("--tee simulated"), "{j}");
+        assert!(j.contains("-kernel /img/vmlinux"), "{j}");
         assert!(!j.contains("-bios"));
         assert!(j.contains("accel=tcg"));
         assert!(j.contains("vhost-user-vsock-pci,chardev=vsock0"));
