@@ -152,7 +152,8 @@ setup_sects=$(u8at "$OUT/vmlinuz" $((0x1f1)))
 [ "$setup_sects" = 0 ] && setup_sects=4
 payload_at=$(( (setup_sects + 1) * 512 + $(u32at "$OUT/vmlinuz" $((0x248))) ))
 payload_len=$(u32at "$OUT/vmlinuz" $((0x24c)))
-tail -c +$((payload_at + 1)) "$OUT/vmlinuz" | head -c $((payload_len - 4)) | zstd -dq > "$OUT/vmlinux"
+dd if="$OUT/vmlinuz" bs=64K iflag=skip_bytes,count_bytes skip="$payload_at" \
+  count=$((payload_len - 4)) status=none | zstd -dq > "$OUT/vmlinux"
 [ "$(head -c 4 "$OUT/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] \
   || { echo "images/build.sh: the kernel's payload did not decompress to an ELF image" >&2; exit 1; }
 printf '%s' "$KERNEL_CMDLINE" > "$OUT/cmdline.txt"

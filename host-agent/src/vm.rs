@@ -134,7 +134,8 @@ impl Image {
         let port = get("ENCLAVE_VSOCK_PORT")?
             .parse::<u32>()
             .map_err(|_| format!("image {}: ENCLAVE_VSOCK_PORT is not a u32", dir.display()))?;
-        if let Ok(sums) = std::fs::read_to_string(dir.join("SHA256SUMS")) {
+        let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).ok();
+        if let Some(sums) = &sums {
             use sha2::Digest as _;
             for line in sums.lines().filter(|l| !l.trim().is_empty()) {
                 let (want, name) = line.split_once("  ").ok_or_else(|| {
@@ -154,7 +155,13 @@ impl Image {
         }
         Ok(Image {
             kernel: dir.join("vmlinuz"),
-            kernel_elf: Some(dir.join("vmlinux")).filter(|p| p.is_file()),
+            kernel_elf: Some(dir.join("vmlinux")).filter(|p| {
+                // With SHA256SUMS, only a listed (and so checked) ELF kernel.
+                p.is_file()
+                    && sums
+                        .as_ref()
+                        .is_none_or(|s| s.lines().any(|l| l.ends_with("  vmlinux")))
+            }),
             initrd: dir.join("initrd.cpio"),
             cmdline,
             release,
