@@ -241,15 +241,17 @@ frames() {
 { printf '\x02'; frames; } >"$corpus/frame_decoder/all-types-3-byte-pushes"
 { printf '\x10'; frames; printf '\x00\x00\x01\x01\x00\x00\x00\x01\x02'; } >"$corpus/frame_decoder/over-small-limit"
 { printf '\x00'; frame 1 1 "x"; printf '\x00\x10\x00\x01\x00\x00\x00\x01\x01'; } >"$corpus/frame_decoder/oversize-header"
-{ printf '\x00'; frame 1 9 "unknown type"; } >"$corpus/frame_decoder/unknown-type"
+{ printf '\x00'; frame 1 99 "unknown type"; } >"$corpus/frame_decoder/unknown-type"
 { printf '\x00'; frame 1 2 "cut"; printf '\x00\x00'; } >"$corpus/frame_decoder/truncated"
 # Billing metadata and a sealed request around it (enc and ciphertext are
 # zeros: the decoder does not look inside them).
 {
-    cbor_map 4
+    cbor_map 6
     cbor_text model; cbor_text minilm
     cbor_text max_tokens; cbor_uint 256
     cbor_text price_quote_id; cbor_text quote-17
+    cbor_text unit_price; cbor_map 3; cbor_text prompt; cbor_uint 100; cbor_text cached; cbor_uint 25; cbor_text completion; cbor_uint 300
+    cbor_text multiplier_milli; cbor_uint 1000
     cbor_text client_account; cbor_zeros 32
 } >"$ptmp/meta"
 cp "$ptmp/meta" "$corpus/sealed_request/billing-meta"
@@ -262,13 +264,15 @@ cp "$ptmp/meta" "$corpus/sealed_request/billing-meta"
 # A receipt payload, and a COSE_Sign1 (tag 18) around it with an ES256
 # protected header and a zero signature.
 {
-    cbor_map 9
+    cbor_map 11
     cbor_text request_id; cbor_zeros 32
     cbor_text model; cbor_text minilm
     cbor_text prompt_tokens; cbor_uint 12
+    cbor_text cached_tokens; cbor_uint 2
     cbor_text completion_tokens; cbor_uint 30
     cbor_text total_tokens; cbor_uint 42
-    cbor_text unit_price; cbor_map 2; cbor_text prompt; cbor_uint 100; cbor_text completion; cbor_uint 300
+    cbor_text unit_price; cbor_map 3; cbor_text prompt; cbor_uint 100; cbor_text cached; cbor_uint 25; cbor_text completion; cbor_uint 300
+    cbor_text multiplier_milli; cbor_uint 1000
     cbor_text time; cbor_uint 1795000000
     cbor_text enclave_seq; cbor_uint 7
     cbor_text client_account; cbor_zeros 32
@@ -314,6 +318,31 @@ mkdir -p "$corpus/message" "$corpus/api"
     cbor_text receipt_public_key; cbor_zeros 65
 } >"$corpus/api/receipt-list"
 { printf '\x03'; printf '\x00\x00\x00\x05hello\x00\x00\x00\x00\x00\x00\x00\x03abc'; } >"$corpus/api/chunk-records"
+# Settlement: a price table, a sheet around it, an acknowledgement, a tab
+# update and a signed authorization (zero signatures: the decoders do not
+# check them).
+mkdir -p "$corpus/settlement"
+price_table() {
+    cbor_map 3
+    cbor_text models; cbor_map 1; cbor_text minilm
+    cbor_map 3; cbor_text prompt; cbor_uint 100; cbor_text cached; cbor_uint 25; cbor_text completion; cbor_uint 300
+    cbor_text min_multiplier_milli; cbor_uint 1000
+    cbor_text max_multiplier_milli; cbor_uint 3000
+}
+price_table >"$corpus/settlement/price-table"
+{
+    cbor_map 6
+    cbor_text quote_id; cbor_text q-1
+    cbor_text issued_at; cbor_uint 1795000000
+    cbor_text valid_until; cbor_uint 1795000060
+    cbor_text utilisation_milli; cbor_uint 120
+    cbor_text enclaves; cbor_head 4 1
+    cbor_map 3; cbor_text evidence_digest; cbor_zeros 32; cbor_text prices; price_table; cbor_text multiplier_milli; cbor_uint 1000
+    cbor_text settlement; printf '\xf6'
+} >"$corpus/settlement/price-sheet"
+head -c 128 /dev/zero | tr '\0' '\7' >"$corpus/settlement/ack-two"
+{ printf 'CCT1'; head -c 112 /dev/zero; } >"$corpus/settlement/tab-update-one"
+{ printf 'CCA1'; head -c 65 /dev/zero; printf '\x02'; head -c 32 /dev/zero | tr '\0' '\1'; head -c 72 /dev/zero; } >"$corpus/settlement/authorization"
 # OCSP responses (RFC 6960) about NVIDIA's Device Identity CA: shaped like
 # real ones (right CertID and ResponderID), but signed by a test key, so the
 # target must reject them at the signature. Written by the verifier's OCSP
@@ -357,7 +386,7 @@ f1c27fd5f0e14ddb793074702d028f46f0879babd438295adebce0eba0820201308201fd308201f9
 " >"$corpus/ocsp/on-hold-by-delegated-responder-forged"
 hex_bytes "3003 0a01 03" >"$corpus/ocsp/try-later"
 hex_bytes "3003 0a01 00" >"$corpus/ocsp/successful-without-bytes"
-echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, ocsp 4 files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, settlement 5, ocsp 4 files (in fuzz/corpus/)"
 
 # spdm_report: each NVIDIA report (hex text decoded to bytes) followed by its
 # PEM chain; one hex-text report as it is.

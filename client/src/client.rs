@@ -34,14 +34,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cocoon_protocol::account::{AccountError, AccountId, AccountKey};
 use cocoon_protocol::api::{
     ApiError, ReceiptList, ACCOUNT_KEY_HEADER, ACCOUNT_SIGNATURE_HEADER, ACCOUNT_TIME_HEADER,
-    CBOR_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_PATH, RECEIPTS_PATH, REQUESTS_PATH,
+    AUTHORIZATION_HEADER, CBOR_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_PATH, PRICES_PATH,
+    RECEIPTS_PATH, REQUESTS_PATH,
 };
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, MAX_EMBEDDING_INPUTS, MAX_MESSAGES};
+use cocoon_protocol::pricing::PriceSheet;
 use cocoon_protocol::rand_core::OsRng;
+use cocoon_protocol::receipt::UnitPrice;
 use cocoon_protocol::receipt::UsageReceipt;
 use cocoon_protocol::seal::{
     seal_request, BillingMeta, ClientSession, EvidenceDigest, SealError, SealedRequest,
 };
+use cocoon_protocol::settlement::{compress_p256, Authorization, ContractAddress};
 use cocoon_verifier::{Policy, UnixTime};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
@@ -67,9 +71,20 @@ const MAX_EVIDENCE_LIST: usize =
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
-    /// The price quote the billing metadata names (default `"list"`: the
-    /// provider's list price).
-    pub price_quote_id: String,
+    /// The most one request may cost, in nanoton: the worst case (every
+    /// prompt byte a token, all `max_tokens` produced) at the sheet's
+    /// prices must not exceed it, or the request is not sent. `None`: no
+    /// limit (default).
+    pub max_request_nanoton: Option<u128>,
+    /// The budget per attested enclave, in nanoton: the cap of the
+    /// authorization this client signs for each enclave's receipt key when
+    /// the provider settles on chain. The host refuses requests that could
+    /// pass it (`402`) and the payment contract never pays more (default
+    /// 1 TON).
+    pub budget_nanoton: u64,
+    /// Fetch `GET /v1/prices` again when the last sheet is older than this
+    /// (default 10 s).
+    pub price_refresh: Duration,
     /// Look at `GET /v1/evidence` again before a request when the last look
     /// is older than this (default 30 s).
     pub evidence_refresh: Duration,
@@ -82,7 +97,9 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> ClientOptions {
         ClientOptions {
-            price_quote_id: "list".into(),
+            max_request_nanoton: None,
+            budget_nanoton: 1_000_000_000,
+            price_refresh: Duration::from_secs(10),
             evidence_refresh: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
@@ -145,6 +162,17 @@ pub enum ClientError {
         /// The host's one-line reason.
         reason: String,
     },
+    /// The request could cost more than the client's per-request limit.
+    #[error("the request could cost up to {worst_case} nanoton at the provider's prices, more than the limit of {limit}")]
+    OverPrice {
+        /// Worst case.
+        worst_case: u128,
+        /// The limit.
+        limit: u128,
+    },
+    /// The provider's price sheet is unusable.
+    #[error("prices: {0}")]
+    Prices(String),
     /// The host answered `429`.
     #[error("rate limited by the provider: {reason}{}", .retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
     RateLimited {
@@ -258,6 +286,7 @@ struct Inner {
     account: AccountKey,
     options: ClientOptions,
     state: tokio::sync::Mutex<EvidenceState>,
+    prices: tokio::sync::Mutex<Option<(Instant, Arc<PriceSheet>)>>,
     next_enclave: AtomicUsize,
 }
 
@@ -289,6 +318,8 @@ pub(crate) fn unix_now() -> UnixTime {
 
 enum Attempt {
     Stream(Box<ResponseStream>),
+    /// 412: the offered prices were refused (stale sheet).
+    PriceMoved(String),
     /// 409, with the host's reason and the digest the request was sealed to.
     NotServed(String, EvidenceDigest),
 }
@@ -325,6 +356,7 @@ impl Client {
                 account,
                 options,
                 state: tokio::sync::Mutex::new(EvidenceState::default()),
+                prices: tokio::sync::Mutex::new(None),
                 next_enclave: AtomicUsize::new(0),
             }),
         }
@@ -522,11 +554,18 @@ impl Client {
         expecting: Expecting,
     ) -> Result<ResponseStream, ClientError> {
         let provider = self.refresh(false).await?;
-        match self
-            .send_once(&provider, model, max_tokens, body, expecting)
-            .await?
-        {
+        let mut attempt = self
+            .send_once(&provider, model, max_tokens, body, expecting, false)
+            .await?;
+        if let Attempt::PriceMoved(reason) = attempt {
+            tracing::info!(provider = %self.inner.base, %reason, "prices moved (412); fetching the price sheet again and retrying once");
+            attempt = self
+                .send_once(&provider, model, max_tokens, body, expecting, true)
+                .await?;
+        }
+        match attempt {
             Attempt::Stream(s) => Ok(*s),
+            Attempt::PriceMoved(reason) => Err(ClientError::Prices(reason)),
             Attempt::NotServed(reason, sealed_to) => {
                 tracing::info!(
                     provider = %self.inner.base,
@@ -546,10 +585,11 @@ impl Client {
                     return Err(ClientError::EvidenceNotServed { reason });
                 }
                 match self
-                    .send_once(&provider, model, max_tokens, body, expecting)
+                    .send_once(&provider, model, max_tokens, body, expecting, true)
                     .await?
                 {
                     Attempt::Stream(s) => Ok(*s),
+                    Attempt::PriceMoved(reason) => Err(ClientError::Prices(reason)),
                     Attempt::NotServed(reason, _) => Err(ClientError::EvidenceNotServed { reason }),
                 }
             }
@@ -579,21 +619,68 @@ impl Client {
         max_tokens: u32,
         body: &[u8],
         expecting: Expecting,
+        fresh_prices: bool,
     ) -> Result<Attempt, ClientError> {
         let enclave = self.pick(provider, model)?;
+        let digest = enclave.evidence_digest();
+        let mut sheet = self.price_sheet(fresh_prices).await?;
+        if sheet.entry(digest.as_bytes()).is_none() && !fresh_prices {
+            // A sheet from before the enclave (re)started.
+            sheet = self.price_sheet(true).await?;
+        }
+        let Some(entry) = sheet.entry(digest.as_bytes()) else {
+            // The host prices only the enclaves it serves: as a 409.
+            return Ok(Attempt::NotServed(
+                format!(
+                    "the price sheet has no entry for enclave {}",
+                    hex::encode(digest.as_bytes())
+                ),
+                digest,
+            ));
+        };
+        let (unit_price, multiplier_milli) = entry
+            .offer(model)
+            .map_err(|e| ClientError::Prices(e.to_string()))?;
+        let worst_case = worst_case_cost(&unit_price, body.len(), max_tokens);
+        if let Some(limit) = self.inner.options.max_request_nanoton {
+            if worst_case > limit {
+                return Err(ClientError::OverPrice { worst_case, limit });
+            }
+        }
         let meta = BillingMeta {
             model: model.to_string(),
             max_tokens,
-            price_quote_id: self.inner.options.price_quote_id.clone(),
+            price_quote_id: sheet.quote_id.clone(),
+            unit_price,
+            multiplier_milli,
             client_account: self.inner.account.id().0,
+        };
+        let authorization = match &sheet.settlement {
+            None => None,
+            Some(s) => {
+                let contract = ContractAddress::parse_raw(&s.contract)
+                    .map_err(|e| ClientError::Prices(format!("settlement contract: {e}")))?;
+                let enclave_key = compress_p256(enclave.receipt_public_key())
+                    .map_err(|e| ClientError::Prices(format!("receipt key: {e}")))?;
+                let auth = Authorization {
+                    contract,
+                    account: self.inner.account.id().0,
+                    enclave_key,
+                    cap: self.inner.options.budget_nanoton,
+                };
+                Some(hex::encode(
+                    self.inner.account.sign_authorization(&auth).to_bytes(),
+                ))
+            }
         };
         let (sealed, session) = seal_to(&enclave, &meta, body)?;
         let request_id = sealed.request_id();
         let url = self.url(REQUESTS_PATH);
-        let resp = self
-            .inner
-            .http
-            .post(&url)
+        let mut req = self.inner.http.post(&url);
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION_HEADER, a);
+        }
+        let resp = req
             .header(CONTENT_TYPE, CBOR_CONTENT_TYPE)
             .header(
                 EVIDENCE_DIGEST_HEADER,
@@ -618,6 +705,8 @@ impl Client {
                 account: self.inner.account.id(),
                 model: model.to_string(),
                 max_tokens,
+                unit_price,
+                multiplier_milli,
                 receipt_public_key: enclave.receipt_public_key().to_vec(),
             };
             let reader =
@@ -639,6 +728,9 @@ impl Client {
             StatusCode::CONFLICT => {
                 return Ok(Attempt::NotServed(reason, enclave.evidence_digest()))
             }
+            StatusCode::PRECONDITION_FAILED if !fresh_prices => {
+                return Ok(Attempt::PriceMoved(reason))
+            }
             StatusCode::TOO_MANY_REQUESTS => ClientError::RateLimited {
                 reason,
                 retry_after,
@@ -648,6 +740,41 @@ impl Client {
                 reason,
             },
         })
+    }
+
+    /// The provider's price sheet (`GET /v1/prices`), fetched again when
+    /// older than `price_refresh` or when `force`.
+    pub async fn price_sheet(&self, force: bool) -> Result<Arc<PriceSheet>, ClientError> {
+        let mut g = self.inner.prices.lock().await;
+        if let Some((at, sheet)) = g.as_ref() {
+            if !force && at.elapsed() < self.inner.options.price_refresh {
+                return Ok(sheet.clone());
+            }
+        }
+        let url = self.url(PRICES_PATH);
+        let resp = self
+            .inner
+            .http
+            .get(&url)
+            .timeout(LIST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| transport(&url, e))?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let reason = read_reason(resp).await;
+            return Err(ClientError::Prices(format!(
+                "GET {PRICES_PATH} answered {status}: {reason}"
+            )));
+        }
+        let bytes = read_capped(resp, cocoon_protocol::pricing::MAX_PRICE_SHEET)
+            .await
+            .map_err(|_| ClientError::Prices("the price sheet is too large or was cut".into()))?;
+        let sheet = Arc::new(
+            PriceSheet::from_cbor(&bytes).map_err(|e| ClientError::Prices(e.to_string()))?,
+        );
+        *g = Some((Instant::now(), sheet.clone()));
+        Ok(sheet)
     }
 
     /// This account's receipts from the host's ledger, after ledger
@@ -782,6 +909,22 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
+}
+
+/// Token allowance for the chat template and framing around a prompt, on
+/// top of one token per byte of the request body.
+pub const PROMPT_TOKEN_SLACK: u64 = 64;
+
+/// The most a request with a `body_len`-byte body can cost at `price`:
+/// every body byte a prompt token (plus [`PROMPT_TOKEN_SLACK`]), all
+/// `max_tokens` completion tokens.
+pub fn worst_case_cost(price: &UnitPrice, body_len: usize, max_tokens: u32) -> u128 {
+    price
+        .max_charge(
+            (body_len as u64).saturating_add(PROMPT_TOKEN_SLACK),
+            u64::from(max_tokens),
+        )
+        .unwrap_or(u128::MAX)
 }
 
 enum Capped {

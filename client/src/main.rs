@@ -57,9 +57,16 @@ struct Common {
     /// Default: $HOME/.config/cocoon/account.key
     #[arg(long, value_name = "FILE")]
     account_key: Option<PathBuf>,
-    /// Price quote to request at (default: the provider's list price).
-    #[arg(long, value_name = "ID", default_value = "list")]
-    price_quote_id: String,
+    /// The most one request may cost, in nanoton (worst case at the
+    /// provider's current prices); a dearer request is not sent.
+    #[arg(long, value_name = "NANOTON")]
+    max_price: Option<u128>,
+    /// Budget per attested enclave, in nanoton: the cap of the payment
+    /// authorization signed for its receipt key (providers that settle on
+    /// chain refuse requests that could pass it; the contract never pays
+    /// more).
+    #[arg(long, value_name = "NANOTON", default_value_t = 1_000_000_000)]
+    budget: u64,
 }
 
 #[derive(Args)]
@@ -207,7 +214,8 @@ fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
     }
     eprintln!("account {} ({})", account.id(), path.display());
     let mut options = options;
-    options.price_quote_id = common.price_quote_id.clone();
+    options.max_request_nanoton = common.max_price;
+    options.budget_nanoton = common.budget;
     Ok(Client::with_options(url.as_str(), policy, account, options))
 }
 
@@ -286,7 +294,9 @@ fn receipt_json(c: &Completed) -> Value {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "total_tokens": r.total_tokens,
-        "unit_price_nanoton": {"prompt": r.unit_price.prompt, "completion": r.unit_price.completion},
+        "cached_tokens": r.cached_tokens,
+        "unit_price_nanoton": {"prompt": r.unit_price.prompt, "cached": r.unit_price.cached, "completion": r.unit_price.completion},
+        "multiplier_milli": r.multiplier_milli,
         "charge_nanoton": r.charge_nanoton().map(|n| n.to_string()),
         "enclave_seq": r.enclave_seq,
         "time": r.time,
@@ -309,8 +319,12 @@ fn print_receipt(c: &Completed) {
     );
     let _ = writeln!(
         e,
-        "  prices          prompt {} nanoton/token, completion {} nanoton/token",
-        r.unit_price.prompt, r.unit_price.completion
+        "  prices          prompt {} / cached {} / completion {} nanoton per token (load multiplier {}.{:03}x)",
+        r.unit_price.prompt,
+        r.unit_price.cached,
+        r.unit_price.completion,
+        r.multiplier_milli / 1000,
+        r.multiplier_milli % 1000
     );
     let _ = writeln!(
         e,

@@ -8,7 +8,7 @@
 
 use cocoon_protocol::account::AccountId;
 use cocoon_protocol::receipt::{
-    verify_receipt, BillingExpectation, ReceiptError, ReceiptMismatch, UsageReceipt,
+    verify_receipt, BillingExpectation, ReceiptError, ReceiptMismatch, UnitPrice, UsageReceipt,
 };
 use cocoon_protocol::RequestId;
 
@@ -47,6 +47,9 @@ pub enum ReceiptProblem {
         /// The receipt's.
         got: String,
     },
+    /// It charges other prices than the request accepted.
+    #[error("receipt charges other prices than the request accepted: {0}")]
+    WrongPrice(String),
     /// It bills more completion tokens than the request allowed.
     #[error("receipt bills {got} completion tokens, more than the {max} the request allowed")]
     TooManyTokens {
@@ -83,6 +86,10 @@ pub(crate) struct ReceiptExpectation {
     pub account: AccountId,
     pub model: String,
     pub max_tokens: u32,
+    /// The prices the request accepted.
+    pub unit_price: UnitPrice,
+    /// The multiplier the request accepted.
+    pub multiplier_milli: u32,
     /// From the verified claims of the enclave the request was sealed to.
     pub receipt_public_key: Vec<u8>,
 }
@@ -122,8 +129,10 @@ pub(crate) fn check_receipt(
         account: expect.account.0,
         model: expect.model.clone(),
         max_tokens: expect.max_tokens,
+        unit_price: expect.unit_price,
+        multiplier_milli: expect.multiplier_milli,
     };
-    r.matches(&billing).map_err(|m| match m {
+    r.matches(&billing).map_err(|m| match m.clone() {
         ReceiptMismatch::WrongRequest { expected, got } => {
             ReceiptProblem::WrongRequest { expected, got }
         }
@@ -135,6 +144,7 @@ pub(crate) fn check_receipt(
             ReceiptProblem::WrongModel { expected, got }
         }
         ReceiptMismatch::TooManyTokens { max, got } => ReceiptProblem::TooManyTokens { max, got },
+        ReceiptMismatch::WrongPrice { .. } => ReceiptProblem::WrongPrice(m.to_string()),
         other => ReceiptProblem::Malformed(ReceiptError::Inconsistent(other.to_string())),
     })?;
     Ok(r)
@@ -144,19 +154,26 @@ pub(crate) fn check_receipt(
 mod tests {
     use super::*;
     use cocoon_protocol::rand_core::OsRng;
-    use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice};
+    use cocoon_protocol::receipt::ReceiptSigner;
+
+    fn price() -> UnitPrice {
+        UnitPrice {
+            prompt: 1,
+            cached: 1,
+            completion: 2,
+        }
+    }
 
     fn receipt() -> UsageReceipt {
         UsageReceipt {
             request_id: RequestId([1; 32]),
             model: "m".into(),
             prompt_tokens: 3,
+            cached_tokens: 0,
             completion_tokens: 5,
             total_tokens: 8,
-            unit_price: UnitPrice {
-                prompt: 1,
-                completion: 2,
-            },
+            unit_price: price(),
+            multiplier_milli: 1000,
             time: 10,
             enclave_seq: 1,
             client_account: [7; 32],
@@ -171,6 +188,8 @@ mod tests {
             account: AccountId([7; 32]),
             model: "m".into(),
             max_tokens: 5,
+            unit_price: price(),
+            multiplier_milli: 1000,
             receipt_public_key: signer.public_key_sec1(),
         };
         let ok = signer.sign(&receipt()).unwrap();
@@ -211,6 +230,18 @@ mod tests {
                     ..receipt()
                 },
                 |p| matches!(p, ReceiptProblem::TooManyTokens { max: 5, got: 6 }),
+            ),
+            (
+                UsageReceipt {
+                    multiplier_milli: 2000,
+                    unit_price: UnitPrice {
+                        prompt: 2,
+                        cached: 2,
+                        completion: 4,
+                    },
+                    ..receipt()
+                },
+                |p| matches!(p, ReceiptProblem::WrongPrice(_)),
             ),
         ];
         for (r, is) in cases {

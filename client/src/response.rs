@@ -490,6 +490,8 @@ mod tests {
             model: "m".into(),
             max_tokens: 10,
             price_quote_id: "list".into(),
+            unit_price: UnitPrice::default(),
+            multiplier_milli: 1000,
             client_account: [7; 32],
         };
         let (req, client) = seal_request(sk.public_key(), &d, &meta, b"q", &mut OsRng).unwrap();
@@ -500,6 +502,8 @@ mod tests {
             account: AccountId([7; 32]),
             model: "m".into(),
             max_tokens: 10,
+            unit_price: UnitPrice::default(),
+            multiplier_milli: 1000,
             receipt_public_key: signer.public_key_sec1(),
         };
         let opener = client.response_opener();
@@ -528,9 +532,11 @@ mod tests {
                 request_id: f.request_id,
                 model: "m".into(),
                 prompt_tokens: 1,
+                cached_tokens: 0,
                 completion_tokens: 2,
                 total_tokens: 3,
                 unit_price: UnitPrice::default(),
+                multiplier_milli: 1000,
                 time: 0,
                 enclave_seq: 0,
                 client_account: [7; 32],

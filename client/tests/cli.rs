@@ -99,7 +99,7 @@ async fn chat_verifies_streams_and_prints_the_receipt() {
         "verified        1 of 1 enclave(s)",
         &format!("model           {MODEL} (the first the evidence lists"),
         "tokens          prompt 5, completion 4, total 9",
-        "prices          prompt 100 nanoton/token, completion 300 nanoton/token",
+        "prices          prompt 100 / cached 100 / completion 300 nanoton per token (load multiplier 1.000x)",
         "charge          1700 nanoton",
         "enclave_seq     1",
         "finish          stop",

@@ -383,6 +383,31 @@ async fn bad_receipts_are_caught() {
         matches!(e, ResponseError::Receipt(ReceiptProblem::WrongModel { .. })),
         "{e}"
     );
+    // Genuine signature, but prices the request did not accept.
+    let (e, _) = expect_response_error(Misbehavior::Overcharge).await;
+    assert!(
+        matches!(e, ResponseError::Receipt(ReceiptProblem::WrongPrice(_))),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_dearer_than_the_limit_is_not_sent() {
+    let p = TestProvider::start().await;
+    let mut o = ClientOptions::default();
+    // "q" is a 1-byte prompt inside a small CBOR body; 16 completion tokens
+    // at 300 alone are 4800.
+    o.max_request_nanoton = Some(4_000);
+    let c = Client::with_options(&p.url, sim_policy(), AccountKey::generate(&mut OsRng), o);
+    let e = c.chat(MODEL, ask("q"), 16).await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::OverPrice { limit: 4_000, .. }),
+        "{e}"
+    );
+    assert_eq!(p.posts(), 0, "nothing was sent");
+    let sheet = c.price_sheet(false).await.unwrap();
+    let (price, m) = sheet.entry(&p.digest().0).unwrap().offer(MODEL).unwrap();
+    assert_eq!((price, m), (PRICE, 1000));
 }
 
 #[tokio::test]
@@ -493,9 +518,11 @@ async fn a_restart_that_swaps_in_unverifiable_evidence_stops_the_retry() {
     p.set(Misbehavior::SpliceClaims);
     let err = chat(&c, 16).await.unwrap_err();
     assert!(err.is_verification_failure(), "{err}");
+    // The fresh price sheet no longer lists the old enclave (so nothing is
+    // posted to it), and nothing is sent after the failed re-verification.
     assert_eq!(
         p.posts(),
-        1,
+        0,
         "nothing sent after the failed re-verification"
     );
     assert!(c.verified().await.is_none());

@@ -15,10 +15,20 @@
 //! backend = "deterministic-test"
 //! test_backend_reply_tokens = 48
 //!
-//! [prices."cocoon-deterministic-test"]   # nanoton per token
+//! [pricing]                             # bounds of the host's load multiplier
+//! min_multiplier_milli = 1000            # thousandths: 1000 = 1x
+//! max_multiplier_milli = 3000
+//!
+//! [prices."cocoon-deterministic-test"]   # base prices, nanoton per token
 //! prompt = 1
+//! cached = 1                             # prompt tokens served from a cache (default: = prompt)
 //! completion = 2
 //! ```
+//!
+//! The enclave charges a request exactly the prices the client accepted in
+//! its billing metadata, and refuses it unless they are these base prices
+//! scaled by a multiplier inside `[pricing]`'s bounds
+//! ([`cocoon_protocol::pricing`]).
 //!
 //! The real backends (`backend = "tch"` or `"upstream"`) name their models;
 //! every file is checked against its SHA-256 before it is used, and the
@@ -310,12 +320,15 @@ pub struct UpstreamModel {
     pub max_input_tokens: u32,
 }
 
-/// Price of one model, nanoton per token.
+/// Base price of one model, nanoton per token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
-    /// Per prompt token.
+    /// Per computed prompt token.
     pub prompt: u64,
+    /// Per prompt token served from a cache; default: the prompt price.
+    #[serde(default)]
+    pub cached: Option<u64>,
     /// Per completion token.
     pub completion: u64,
 }
@@ -324,7 +337,27 @@ impl From<Price> for UnitPrice {
     fn from(p: Price) -> UnitPrice {
         UnitPrice {
             prompt: p.prompt,
+            cached: p.cached.unwrap_or(p.prompt),
             completion: p.completion,
+        }
+    }
+}
+
+/// The `[pricing]` table: bounds of the load multiplier the host may apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Lowest multiplier, thousandths (default 1000).
+    pub min_multiplier_milli: u32,
+    /// Highest multiplier, thousandths (default 3000).
+    pub max_multiplier_milli: u32,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            min_multiplier_milli: 1000,
+            max_multiplier_milli: 3000,
         }
     }
 }
@@ -386,7 +419,9 @@ pub struct EnclaveConfig {
     pub backend: BackendKind,
     /// Reply length, in words, of the deterministic test backend.
     pub test_backend_reply_tokens: u32,
-    /// Price per model; a served model without an entry is billed at 0.
+    /// Bounds of the load multiplier.
+    pub pricing: PricingConfig,
+    /// Base price per model; a served model without an entry is billed at 0.
     pub prices: BTreeMap<String, Price>,
     /// Where the tch backend runs.
     pub device: DeviceChoice,
@@ -412,10 +447,12 @@ impl Default for EnclaveConfig {
             replay_window: DEFAULT_REPLAY_WINDOW,
             backend: BackendKind::DeterministicTest,
             test_backend_reply_tokens: DEFAULT_TEST_BACKEND_REPLY_TOKENS,
+            pricing: PricingConfig::default(),
             prices: BTreeMap::from([(
                 DeterministicTestBackend::MODEL.to_owned(),
                 Price {
                     prompt: 1,
+                    cached: Some(1),
                     completion: 2,
                 },
             )]),
@@ -445,10 +482,15 @@ impl EnclaveConfig {
     }
 
     fn parse(text: &str, origin: &str) -> Result<EnclaveConfig, ConfigError> {
-        let c: EnclaveConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut c: EnclaveConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.into(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        // One form for equal prices: an omitted cached price is the prompt
+        // price.
+        for p in c.prices.values_mut() {
+            p.cached = Some(p.cached.unwrap_or(p.prompt));
+        }
         c.validate()?;
         Ok(c)
     }
@@ -486,7 +528,29 @@ impl EnclaveConfig {
                 ));
             }
         }
-        for model in self.prices.keys() {
+        let p = self.pricing;
+        if p.min_multiplier_milli == 0
+            || p.min_multiplier_milli > p.max_multiplier_milli
+            || p.max_multiplier_milli > 100_000
+        {
+            return Err(invalid(
+                "pricing",
+                format!(
+                    "multiplier bounds [{}, {}] must satisfy 0 < min_multiplier_milli <= max_multiplier_milli <= 100000",
+                    p.min_multiplier_milli, p.max_multiplier_milli
+                ),
+            ));
+        }
+        for (model, price) in &self.prices {
+            if UnitPrice::from(*price)
+                .scaled(p.max_multiplier_milli)
+                .is_none()
+            {
+                return Err(invalid(
+                    "prices",
+                    format!("prices of {model:?} overflow at the highest multiplier"),
+                ));
+            }
             if model.is_empty() || model.len() > MAX_MODEL_NAME {
                 return Err(invalid(
                     "prices",
@@ -582,12 +646,19 @@ impl EnclaveConfig {
         );
         let _ = writeln!(s, "device = {}", quote(self.device.as_str()));
         let _ = writeln!(s, "max_batch = {}", self.max_batch);
+        let _ = write!(
+            s,
+            "\n[pricing]\nmin_multiplier_milli = {}\nmax_multiplier_milli = {}\n",
+            self.pricing.min_multiplier_milli, self.pricing.max_multiplier_milli
+        );
         for (model, p) in &self.prices {
+            let p = UnitPrice::from(*p);
             let _ = write!(
                 s,
-                "\n[prices.{}]\nprompt = {}\ncompletion = {}\n",
+                "\n[prices.{}]\nprompt = {}\ncached = {}\ncompletion = {}\n",
                 quote(model),
                 p.prompt,
+                p.cached,
                 p.completion
             );
         }
@@ -721,12 +792,39 @@ mod tests {
             custom.price("a.b"),
             Some(UnitPrice {
                 prompt: 5,
+                cached: 5,
                 completion: 7
             })
         );
         assert_eq!(custom.price("cocoon-deterministic-test"), None);
         let canon = custom.to_canonical_toml();
         assert_eq!(EnclaveConfig::from_toml(&canon).unwrap(), custom);
+        let priced = EnclaveConfig::from_toml(
+            "[pricing]\nmin_multiplier_milli = 500\nmax_multiplier_milli = 2000\n[prices.m]\nprompt = 4\ncached = 1\ncompletion = 9\n",
+        )
+        .unwrap();
+        assert_eq!(
+            priced.price("m"),
+            Some(UnitPrice {
+                prompt: 4,
+                cached: 1,
+                completion: 9
+            })
+        );
+        assert_eq!(priced.pricing.min_multiplier_milli, 500);
+        assert_eq!(
+            EnclaveConfig::from_toml(&priced.to_canonical_toml()).unwrap(),
+            priced
+        );
+        for bad in [
+            "[pricing]\nmin_multiplier_milli = 0",
+            "[pricing]\nmin_multiplier_milli = 3000\nmax_multiplier_milli = 2000",
+            "[pricing]\nmax_multiplier_milli = 100001",
+            "[pricing]\nfloor = 1",
+            "[prices.m]\nprompt = 18446744073709551615\ncompletion = 1",
+        ] {
+            assert!(EnclaveConfig::from_toml(bad).is_err(), "{bad}");
+        }
         assert_ne!(custom.digest(), d.digest());
         // Formatting does not change the digest; values do.
         let spaced =

@@ -42,6 +42,7 @@ pub mod gpu;
 pub mod init;
 mod replay;
 pub mod server;
+pub mod tabs;
 #[cfg(feature = "tch")]
 pub mod torch;
 pub mod transport;

@@ -47,7 +47,7 @@
 //!   that do not decode as frames: the connection is closed at once.
 //!   Closing a connection (either side) cancels its open streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -62,11 +62,13 @@ use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType, CONNECTION_ST
 use cocoon_protocol::message::{
     ChatMessage, FinishReason, InferenceRequest, ResponseEvent, MAX_EMBEDDING_DIM, MAX_ERROR_TEXT,
 };
+use cocoon_protocol::pricing::PriceTable;
 use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice, UsageReceipt};
 use cocoon_protocol::seal::{
     open_request, BillingMeta, EvidenceDigest, HpkeSecretKey, SealedRequest, MAX_MODEL_NAME,
 };
 use cocoon_protocol::stream::ResponseSealer;
+use cocoon_protocol::tabs::ReceiptAck;
 use rand_core::{CryptoRng, OsRng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -77,6 +79,7 @@ use crate::attest::{AttestError, AttestationProvider};
 use crate::backend::{Finish, InferenceBackend};
 use crate::config::{ConfigError, EnclaveConfig};
 use crate::replay::ReplayWindow;
+use crate::tabs::{Pending, TabBook, MAX_PENDING};
 use crate::transport::{Connection, Listener};
 
 /// How long [`Enclave::serve`] waits for in-flight requests after the
@@ -132,10 +135,15 @@ pub struct Enclave {
     evidence_digest: EvidenceDigest,
     bundle: EvidenceBundle,
     bundle_cbor: Vec<u8>,
-    /// Served models (from the claims) and their prices.
-    prices: HashMap<String, UnitPrice>,
+    /// Served models (from the claims), their base prices and the
+    /// multiplier bounds.
+    prices: PriceTable,
+    /// `prices` as the `PriceTable` frame's payload.
+    prices_cbor: Vec<u8>,
     /// The next receipt's `enclave_seq`.
     next_seq: AtomicU64,
+    /// Pending receipts and the accounts' tabs.
+    tabs: TabBook,
     replay: Mutex<ReplayWindow>,
     permits: Arc<Semaphore>,
     draining: AtomicBool,
@@ -205,7 +213,7 @@ impl Enclave {
                 "the backend serves no model; an enclave needs at least one".into(),
             ));
         }
-        let mut prices = HashMap::new();
+        let mut prices = BTreeMap::new();
         for m in &models {
             if m.name.is_empty() || m.name.len() > MAX_MODEL_NAME {
                 return Err(EnclaveError::Models(format!(
@@ -229,6 +237,15 @@ impl Enclave {
                 warn!(model = %model, "a price is configured for a model the backend does not serve");
             }
         }
+        let prices = PriceTable {
+            models: prices,
+            min_multiplier_milli: config.pricing.min_multiplier_milli,
+            max_multiplier_milli: config.pricing.max_multiplier_milli,
+        };
+        prices
+            .validate()
+            .map_err(|e| EnclaveError::Models(format!("price table: {e}")))?;
+        let prices_cbor = prices.to_cbor();
         let hpke_sk = HpkeSecretKey::generate(rng);
         let receipt_signer = ReceiptSigner::generate(rng);
         let hpke_public_key = hpke_sk.public_key().to_bytes().to_vec();
@@ -297,6 +314,8 @@ impl Enclave {
             bundle,
             bundle_cbor,
             prices,
+            prices_cbor,
+            tabs: TabBook::new(),
             next_seq: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         })
@@ -525,7 +544,46 @@ impl Enclave {
                 }
                 Ok(())
             }
-            FrameType::ResponseChunk | FrameType::Receipt | FrameType::EvidenceResponse => {
+            FrameType::ReceiptAck => {
+                if sid != CONNECTION_STREAM {
+                    return send_error(tx, sid, "receipt acknowledgements belong on stream 0")
+                        .await;
+                }
+                let ack = match ReceiptAck::from_bytes(&f.payload) {
+                    Ok(ack) => ack,
+                    Err(e) => {
+                        warn!(conn, error = %e, "malformed receipt acknowledgement");
+                        return send_error(
+                            tx,
+                            sid,
+                            &format!("malformed receipt acknowledgement: {e}"),
+                        )
+                        .await;
+                    }
+                };
+                let (update, counted) = self.tabs.acknowledge(&ack, &self.receipt_signer);
+                debug!(
+                    conn,
+                    acknowledged = ack.receipts.len(),
+                    counted,
+                    tabs = update.tabs.len(),
+                    pending = self.tabs.pending(),
+                    "receipts acknowledged"
+                );
+                send_now(tx, sid, FrameType::Tab, &update.to_bytes()).await
+            }
+            FrameType::PriceTableRequest => {
+                if sid != CONNECTION_STREAM {
+                    send_error(tx, sid, "price table requests belong on stream 0").await
+                } else {
+                    send_now(tx, sid, FrameType::PriceTable, &self.prices_cbor).await
+                }
+            }
+            FrameType::ResponseChunk
+            | FrameType::Receipt
+            | FrameType::EvidenceResponse
+            | FrameType::PriceTable
+            | FrameType::Tab => {
                 warn!(conn, stream = sid, kind = ?f.kind, "the host sent a frame only the enclave may send");
                 Err(ConnEnd::Violation("protocol violation"))
             }
@@ -634,7 +692,11 @@ impl Enclave {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
-            unit_price: self.prices.get(&meta.model).copied().unwrap_or_default(),
+            // No backend reuses a computed prompt prefix across requests
+            // yet, so no prompt token is served from a cache.
+            cached_tokens: 0,
+            unit_price: meta.unit_price,
+            multiplier_milli: meta.multiplier_milli,
             time: unix_now(),
             enclave_seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
             client_account: meta.client_account,
@@ -659,6 +721,22 @@ impl Enclave {
             error!(conn = s.conn, stream = s.id, %request_id, "sealing the final chunk failed");
             return s.fail("internal error: sealing the response failed");
         };
+        // Pending until the host acknowledges it as committed; the check in
+        // `UsageReceipt::check` (run by `sign`) bounds the charge to 64 bits.
+        let charge = receipt
+            .charge_nanoton()
+            .and_then(|c| u64::try_from(c).ok())
+            .unwrap_or(u64::MAX);
+        if self
+            .tabs
+            .add_pending(request_id, receipt.client_account, charge)
+            == Pending::DroppedOldest
+        {
+            warn!(
+                pending = MAX_PENDING,
+                "too many receipts wait for the host's acknowledgement; the oldest will never be charged"
+            );
+        }
         // The stream id is free once its last frames are queued; the host
         // commits the receipt before it sees the final chunk.
         s.close();
@@ -691,14 +769,20 @@ impl Enclave {
         body: &[u8],
         sealer: &mut ResponseSealer,
     ) -> Result<Usage, Abort> {
-        if !self.prices.contains_key(&meta.model) {
-            let mut served: Vec<&str> = self.prices.keys().map(String::as_str).collect();
+        if !self.prices.models.contains_key(&meta.model) {
+            let mut served: Vec<&str> = self.prices.models.keys().map(String::as_str).collect();
             served.sort_unstable();
             warn!(conn = s.conn, stream = s.id, model = %meta.model, error_kind = "unknown_model", "request refused");
             return Ok(Usage::failed(format!(
                 "model {:?} is not served by this enclave (it serves {})",
                 meta.model,
                 served.join(", ")
+            )));
+        }
+        if let Err(e) = self.prices.accept(meta) {
+            warn!(conn = s.conn, stream = s.id, model = %meta.model, error = %e, error_kind = "price", "request refused");
+            return Ok(Usage::failed(format!(
+                "the request's prices are refused by this enclave: {e}"
             )));
         }
         match InferenceRequest::from_cbor(body) {

@@ -326,11 +326,27 @@ impl Response {
     }
 }
 
+/// The default configuration's price of the test model (1, 1, 2 nanoton
+/// per token); the other test backends' models are unpriced (0).
+fn default_price(model: &str) -> UnitPrice {
+    if model == MODEL {
+        UnitPrice {
+            prompt: 1,
+            cached: 1,
+            completion: 2,
+        }
+    } else {
+        UnitPrice::default()
+    }
+}
+
 fn meta(model: &str, max_tokens: u32) -> BillingMeta {
     BillingMeta {
         model: model.into(),
         max_tokens,
         price_quote_id: "q-test-1".into(),
+        unit_price: default_price(model),
+        multiplier_milli: 1000,
         client_account: [0xac; 32],
     }
 }
@@ -429,7 +445,14 @@ async fn chat_streams_sealed_tokens_then_the_receipt_then_the_end() {
     let mut last_seq = 0;
     for (stream, prompt) in [(1u32, "what is a cocoon"), (2, "and a butterfly?")] {
         let messages = user(prompt);
-        let m = meta(MODEL, 256);
+        let m = BillingMeta {
+            unit_price: UnitPrice {
+                prompt: 11,
+                cached: 11,
+                completion: 13,
+            },
+            ..meta(MODEL, 256)
+        };
         let (req, session, id) = seal(&v, &m, &chat_body(&messages));
         let r = c.exchange(stream, &req, session).await;
         let (finish, receipt) = r.receipt(&v, id, &m);
@@ -452,6 +475,7 @@ async fn chat_streams_sealed_tokens_then_the_receipt_then_the_end() {
             receipt.unit_price,
             UnitPrice {
                 prompt: 11,
+                cached: 11,
                 completion: 13
             }
         );
@@ -501,6 +525,7 @@ async fn embeddings_are_streamed_one_per_input() {
         receipt.unit_price,
         UnitPrice {
             prompt: 1,
+            cached: 1,
             completion: 2
         }
     );

@@ -25,7 +25,7 @@ mod protocol;
 mod tdx;
 pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use nvidia::{gpu_evidence, rim, spdm_report};
-pub use protocol::{api, frame_decoder, message, receipt, sealed_request};
+pub use protocol::{api, frame_decoder, message, receipt, sealed_request, settlement};
 pub use tdx::tdx_quote;
 
 /// The verification time every target uses: 2025-10-01T08:00:00Z.

@@ -225,3 +225,45 @@ pub fn api(data: &[u8]) {
     assert_eq!(&body[..again.len()], &again[..], "records are not the input's prefix");
     black_box(d.finish().is_ok());
 }
+
+/// `settlement`: the bytes a host or an enclave takes from the other side
+/// for pricing and settlement: the price table (enclave → host), the price
+/// sheet (host → client), receipt acknowledgements (host → enclave), tab
+/// updates (enclave → host) and signed authorizations (client → host). Each
+/// must decode to something that re-encodes to exactly the input, or be
+/// refused without a panic.
+pub fn settlement(data: &[u8]) {
+    use cocoon_protocol::pricing::{PriceSheet, PriceTable};
+    use cocoon_protocol::settlement::{SignedAuthorization, SignedTab};
+    use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
+    match PriceTable::from_cbor(data) {
+        Ok(t) => {
+            assert_eq!(t.to_cbor(), data, "price table not canonical");
+            t.validate().expect("a decoded table is valid");
+        }
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
+    if let Ok(s) = PriceSheet::from_cbor(data) {
+        assert_eq!(s.to_cbor(), data, "price sheet not canonical");
+        for e in &s.enclaves {
+            for m in e.table.models.keys() {
+                black_box(e.offer(m).is_ok());
+            }
+        }
+    }
+    if let Ok(a) = ReceiptAck::from_bytes(data) {
+        assert_eq!(a.to_bytes(), data, "acknowledgement does not round-trip");
+    }
+    if let Ok(u) = TabUpdate::from_bytes(data) {
+        assert_eq!(u.to_bytes(), data, "tab update does not round-trip");
+    }
+    if let Ok(a) = SignedAuthorization::from_bytes(data) {
+        assert_eq!(&a.to_bytes()[..], data, "authorization does not round-trip");
+        black_box(a.verify(&[4; 65]).is_ok());
+    }
+    if let Ok(t) = SignedTab::from_bytes(data) {
+        assert_eq!(&t.to_bytes()[..], data, "tab does not round-trip");
+    }
+}

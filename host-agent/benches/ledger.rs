@@ -35,10 +35,14 @@ fn entry(run: u8, i: u64) -> LedgerEntry {
         prompt_tokens: 120,
         completion_tokens: 300,
         total_tokens: 420,
+        cached_tokens: 0,
         unit_price: UnitPrice {
             prompt: 100,
+            cached: 100,
             completion: 300,
         },
+        multiplier_milli: 1000,
+        charge: 120 * 100 + 300 * 300,
         enclave_seq: i,
         time: 1_800_000_000 + i,
         // A realistic receipt size (COSE_Sign1 of a UsageReceipt).

@@ -25,6 +25,17 @@
 //! unbounded control queue that the writer serves first. A semaphore per
 //! enclave bounds concurrent streams (`max_streams_per_enclave`).
 //!
+//! # Prices and tabs
+//!
+//! After verifying an enclave the supervisor asks it for its measured price
+//! table (stream 0) and publishes it with the enclave. The relay
+//! acknowledges every receipt it committed ([`ReadyEnclave::acknowledge`]);
+//! a per-connection task batches the acknowledgements into `ReceiptAck`
+//! frames, checks every signed tab the enclave sends back under the
+//! attested receipt key and stores it in the ledger. On every (re)connect
+//! it acknowledges again the committed receipts no stored tab counts yet
+//! (`cocoon_protocol::tabs` has the protocol).
+//!
 //! # Failure
 //!
 //! When the connection ends (EOF, I/O or framing error, a write that does
@@ -40,8 +51,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cocoon_protocol::api::EvidenceList;
 use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType, CONNECTION_STREAM};
+use cocoon_protocol::pricing::PriceTable;
 use cocoon_protocol::receipt::ReceiptVerifier;
 use cocoon_protocol::seal::EvidenceDigest;
+use cocoon_protocol::settlement::SignedTab;
+use cocoon_protocol::tabs::{ReceiptAck, TabUpdate, MAX_ACK_IDS};
+use cocoon_protocol::RequestId;
 use cocoon_verifier::{Policy, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -49,7 +64,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{EnclaveAddr, Limits};
+use crate::ledger::{Ledger, StoredTab};
 use crate::metrics::Metrics;
+
+/// How long acknowledgements gather before they are sent.
+const ACK_DELAY: Duration = Duration::from_millis(2);
 
 /// The least time between two evidence re-checks of one connection
 /// triggered by enclave errors.
@@ -207,6 +226,8 @@ struct Shared {
     label: Arc<str>,
     table: Mutex<StreamTable>,
     control: mpsc::UnboundedSender<Vec<u8>>,
+    /// `Tab` frames from the enclave (stream 0), whatever else waits there.
+    tabs: mpsc::UnboundedSender<Vec<u8>>,
     closed: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 }
@@ -250,6 +271,7 @@ pub struct EnclaveConnection {
     requests: mpsc::Sender<Vec<u8>>,
     evidence_lock: tokio::sync::Mutex<()>,
     stream_buffer: usize,
+    tab_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for EnclaveConnection {
@@ -267,6 +289,7 @@ impl EnclaveConnection {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (req_tx, req_rx) = mpsc::channel(limits.max_streams_per_enclave.max(1));
         let (closed, _) = watch::channel(false);
+        let (tabs_tx, tabs_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             label,
             table: Mutex::new(StreamTable {
@@ -275,6 +298,7 @@ impl EnclaveConnection {
                 closed: false,
             }),
             control: control_tx,
+            tabs: tabs_tx,
             closed,
             metrics,
         });
@@ -291,6 +315,7 @@ impl EnclaveConnection {
             requests: req_tx,
             evidence_lock: tokio::sync::Mutex::new(()),
             stream_buffer: limits.stream_buffer_frames.max(1),
+            tab_rx: Mutex::new(Some(tabs_rx)),
         })
     }
 
@@ -351,6 +376,46 @@ impl EnclaveConnection {
 
     /// Ask for the evidence bundle on stream 0 (one request at a time).
     pub async fn fetch_evidence(&self, timeout: Duration) -> Result<Vec<u8>, BrokerError> {
+        self.call(
+            FrameType::EvidenceRequest,
+            FrameType::EvidenceResponse,
+            "evidence",
+            timeout,
+        )
+        .await
+    }
+
+    /// Ask for the enclave's measured price table on stream 0.
+    pub async fn fetch_prices(&self, timeout: Duration) -> Result<PriceTable, BrokerError> {
+        let bytes = self
+            .call(
+                FrameType::PriceTableRequest,
+                FrameType::PriceTable,
+                "price table",
+                timeout,
+            )
+            .await?;
+        PriceTable::from_cbor(&bytes).map_err(|e| BrokerError::Protocol(e.to_string()))
+    }
+
+    /// Queue a `ReceiptAck` frame (stream 0).
+    fn send_ack(&self, ack: &ReceiptAck) -> Result<(), BrokerError> {
+        let bytes = frame::encode(CONNECTION_STREAM, FrameType::ReceiptAck, &ack.to_bytes())
+            .map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        self.shared
+            .control
+            .send(bytes)
+            .map_err(|_| BrokerError::ConnectionLost)
+    }
+
+    /// One request/response on stream 0 (one at a time).
+    async fn call(
+        &self,
+        ask: FrameType,
+        answer: FrameType,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BrokerError> {
         let _one_at_a_time = self.evidence_lock.lock().await;
         let (tx, mut rx) = mpsc::channel(2);
         {
@@ -371,7 +436,7 @@ impl EnclaveConnection {
             }
         }
         let _unregister = Unregister(&self.shared);
-        let req = frame::encode(CONNECTION_STREAM, FrameType::EvidenceRequest, &[])
+        let req = frame::encode(CONNECTION_STREAM, ask, &[])
             .map_err(|e| BrokerError::Protocol(e.to_string()))?;
         self.shared
             .control
@@ -379,13 +444,13 @@ impl EnclaveConnection {
             .map_err(|_| BrokerError::ConnectionLost)?;
         let f = tokio::time::timeout(timeout, rx.recv())
             .await
-            .map_err(|_| BrokerError::Timeout("evidence"))?
+            .map_err(|_| BrokerError::Timeout(what))?
             .ok_or(BrokerError::ConnectionLost)?;
         match f.kind {
-            FrameType::EvidenceResponse => Ok(f.payload),
+            k if k == answer => Ok(f.payload),
             FrameType::Error => Err(BrokerError::Enclave(sanitize_reason(&f.payload))),
             other => Err(BrokerError::Protocol(format!(
-                "{other:?} frame on stream 0 in answer to an evidence request"
+                "{other:?} frame on stream 0 in answer to a {what} request"
             ))),
         }
     }
@@ -501,6 +566,10 @@ async fn read_loop(mut rd: tokio::io::ReadHalf<BoxIo>, shared: Arc<Shared>, stal
                 Err(e) => break 'outer format!("framing error: {e}"),
             };
             let id = f.stream_id;
+            if id == CONNECTION_STREAM && f.kind == FrameType::Tab {
+                let _ = shared.tabs.send(f.payload);
+                continue;
+            }
             let tx = shared
                 .table
                 .lock()
@@ -582,6 +651,8 @@ pub struct ReadyEnclave {
     receipt_public_key: Vec<u8>,
     receipt_verifier: ReceiptVerifier,
     permits: Arc<Semaphore>,
+    prices: PriceTable,
+    acks: mpsc::UnboundedSender<(RequestId, [u8; 32])>,
 }
 
 impl std::fmt::Debug for ReadyEnclave {
@@ -622,6 +693,16 @@ impl ReadyEnclave {
     pub fn permits(&self) -> &Arc<Semaphore> {
         &self.permits
     }
+    /// Its measured price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+    /// The receipt of `request_id` (billing `account`) is durably in the
+    /// ledger: acknowledge it to the enclave (batched), so its tab counts
+    /// it.
+    pub fn acknowledge(&self, request_id: RequestId, account: [u8; 32]) {
+        let _ = self.acks.send((request_id, account));
+    }
 }
 
 #[derive(Default)]
@@ -647,6 +728,7 @@ pub struct Broker {
     policy: Policy,
     limits: Limits,
     metrics: Arc<Metrics>,
+    ledger: Arc<Ledger>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -685,6 +767,7 @@ impl Broker {
         policy: Policy,
         limits: Limits,
         metrics: Arc<Metrics>,
+        ledger: Arc<Ledger>,
     ) -> Arc<Broker> {
         let slots = addrs
             .iter()
@@ -710,6 +793,7 @@ impl Broker {
             policy,
             limits,
             metrics,
+            ledger,
         })
     }
 
@@ -738,6 +822,14 @@ impl Broker {
     /// Watch the number of ready enclaves.
     pub fn ready_watch(&self) -> watch::Receiver<usize> {
         self.ready.subscribe()
+    }
+
+    /// The ready enclaves, in configuration order.
+    pub fn ready_enclaves(&self) -> Vec<Arc<ReadyEnclave>> {
+        self.routes
+            .read()
+            .map(|r| r.by_slot.iter().flatten().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The bundles of the ready enclaves, in configuration order.
@@ -785,6 +877,8 @@ impl Broker {
         slot: &Slot,
         conn: &Arc<EnclaveConnection>,
         bundle: Vec<u8>,
+        prices: PriceTable,
+        acks: mpsc::UnboundedSender<(RequestId, [u8; 32])>,
     ) -> Result<Arc<ReadyEnclave>, BrokerError> {
         let v = cocoon_verifier::verify(&bundle, &self.policy, now_unix()).map_err(|r| {
             BrokerError::Rejected(
@@ -807,6 +901,8 @@ impl Broker {
             receipt_public_key,
             receipt_verifier,
             permits: slot.permits.clone(),
+            prices,
+            acks,
         }))
     }
 
@@ -821,14 +917,26 @@ impl Broker {
                 return None;
             }
         };
-        match self.verify_evidence(slot, conn, bundle) {
+        let current = self
+            .routes
+            .read()
+            .ok()
+            .and_then(|r| r.by_slot.get(slot.index).cloned().flatten());
+        let Some(same) = current.clone().filter(|c| Arc::ptr_eq(&c.conn, conn)) else {
+            conn.close("evidence refresh on a connection that is not served");
+            return None;
+        };
+        match self.verify_evidence(slot, conn, bundle, same.prices.clone(), same.acks.clone()) {
+            Ok(ready) if ready.receipt_public_key != same.receipt_public_key => {
+                // Tabs are per receipt key and connection: set everything up
+                // again on a fresh connection.
+                warn!(enclave = %slot.label, "the enclave's receipt key changed on a live connection; reconnecting");
+                self.publish(slot, None);
+                conn.close("receipt key changed");
+                None
+            }
             Ok(ready) => {
                 let digest = ready.digest;
-                let current = self
-                    .routes
-                    .read()
-                    .ok()
-                    .and_then(|r| r.by_slot.get(slot.index).cloned().flatten());
                 let changed = current.as_ref().map(|c| c.digest) != Some(digest)
                     || current.is_some_and(|c| !Arc::ptr_eq(&c.conn, conn));
                 if changed {
@@ -893,10 +1001,7 @@ impl Broker {
                 let conn =
                     EnclaveConnection::start(io, slot.label.clone(), limits, self.metrics.clone());
                 self.metrics.enclave_connected(&slot.label, true);
-                let established = match conn.fetch_evidence(limits.evidence_timeout).await {
-                    Ok(bundle) => self.verify_evidence(&slot, &conn, bundle),
-                    Err(e) => Err(e),
-                };
+                let established = self.establish(&slot, &conn).await;
                 match established {
                     Ok(ready) => {
                         info!(enclave = %slot.label, evidence = %hex::encode(ready.digest.0), "enclave verified; serving");
@@ -928,6 +1033,34 @@ impl Broker {
         self.publish(&slot, None);
     }
 
+    /// Evidence, then prices, then the acknowledgement/tab task.
+    async fn establish(
+        &self,
+        slot: &Slot,
+        conn: &Arc<EnclaveConnection>,
+    ) -> Result<Arc<ReadyEnclave>, BrokerError> {
+        let limits = &self.limits;
+        let bundle = conn.fetch_evidence(limits.evidence_timeout).await?;
+        let prices = conn.fetch_prices(limits.evidence_timeout).await?;
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let ready = self.verify_evidence(slot, conn, bundle, prices, acks_tx)?;
+        let tab_rx = conn
+            .tab_rx
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .ok_or(BrokerError::ConnectionLost)?;
+        tokio::spawn(tab_task(
+            conn.clone(),
+            slot.label.clone(),
+            ready.receipt_public_key.clone(),
+            self.ledger.clone(),
+            acks_rx,
+            tab_rx,
+        ));
+        Ok(ready)
+    }
+
     /// While the connection lives: refresh the evidence periodically.
     async fn serve(
         &self,
@@ -952,6 +1085,87 @@ impl Broker {
                 }
             }
         }
+    }
+}
+
+/// Per connection: re-acknowledge what the ledger holds uncounted, then
+/// batch acknowledgements into `ReceiptAck` frames, and store every tab the
+/// enclave signs (after checking it under the attested key).
+async fn tab_task(
+    conn: Arc<EnclaveConnection>,
+    label: Arc<str>,
+    key: Vec<u8>,
+    ledger: Arc<Ledger>,
+    mut acks: mpsc::UnboundedReceiver<(RequestId, [u8; 32])>,
+    mut tabs: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    match ledger.uncounted(key.clone()).await {
+        Ok(list) if !list.is_empty() => {
+            info!(enclave = %label, receipts = list.len(), "acknowledging committed receipts no stored tab counts yet");
+            for chunk in list.chunks(MAX_ACK_IDS) {
+                let ack = ReceiptAck {
+                    receipts: chunk.to_vec(),
+                };
+                if conn.send_ack(&ack).is_err() {
+                    return;
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(enclave = %label, error = %e, "could not read uncounted receipts"),
+    }
+    let mut batch: Vec<(RequestId, [u8; 32])> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            a = acks.recv() => {
+                let Some(a) = a else { return };
+                batch.push(a);
+                let deadline = tokio::time::Instant::now() + ACK_DELAY;
+                while batch.len() < MAX_ACK_IDS {
+                    match tokio::time::timeout_at(deadline, acks.recv()).await {
+                        Ok(Some(a)) => batch.push(a),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let ack = ReceiptAck { receipts: std::mem::take(&mut batch) };
+                if conn.send_ack(&ack).is_err() {
+                    return;
+                }
+            }
+            t = tabs.recv() => {
+                let Some(bytes) = t else { return };
+                let update = match TabUpdate::from_bytes(&bytes) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        warn!(enclave = %label, error = %e, "malformed tab update; closing the connection");
+                        conn.close("malformed tab update");
+                        return;
+                    }
+                };
+                let mut good = Vec::with_capacity(update.tabs.len());
+                for t in update.tabs {
+                    if t.tab.verify(&t.signature, &key).is_err() {
+                        warn!(enclave = %label, "a tab does not verify under the attested receipt key; closing the connection");
+                        conn.close("forged tab");
+                        return;
+                    }
+                    good.push(stored_tab(&t));
+                }
+                if let Err(e) = ledger.store_tabs(key.clone(), good).await {
+                    warn!(enclave = %label, error = %e, "could not store tabs; they are acknowledged again on the next connection");
+                }
+            }
+        }
+    }
+}
+
+fn stored_tab(t: &SignedTab) -> StoredTab {
+    StoredTab {
+        account: t.tab.account,
+        count: t.tab.count,
+        total: t.tab.total,
+        signed: t.to_bytes().to_vec(),
     }
 }
 

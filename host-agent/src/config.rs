@@ -295,6 +295,10 @@ pub struct HostConfig {
     pub ledger_path: PathBuf,
     /// Bounds and timeouts.
     pub limits: Limits,
+    /// The TON payment contract this host settles with; when set, requests
+    /// need the client's authorization of the enclave's receipt key
+    /// (`cocoon-authorization`) and stay within its cap.
+    pub settlement: Option<cocoon_protocol::settlement::ContractAddress>,
 }
 
 fn secs(field: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -400,6 +404,8 @@ pub struct FileConfig {
     pub policy: Option<PathBuf>,
     /// Ledger file.
     pub ledger: Option<PathBuf>,
+    /// The TON payment contract (raw address `0:<64 hex>`).
+    pub settlement_contract: Option<String>,
     /// Limits.
     #[serde(default)]
     pub limits: LimitsFile,

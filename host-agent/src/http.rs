@@ -31,7 +31,9 @@ use cocoon_protocol::api::{
     CBOR_CONTENT_TYPE, CHUNKS_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_PATH, LIVE_PATH,
     MAX_RECEIPTS_PER_PAGE, METRICS_PATH, READY_PATH, RECEIPTS_PATH, REQUESTS_PATH,
 };
+use cocoon_protocol::api::{AUTHORIZATION_HEADER, PRICES_PATH};
 use cocoon_protocol::seal::{EvidenceDigest, SealedRequest};
+use cocoon_protocol::settlement::{compress_p256, SignedAuthorization};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -101,6 +103,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(EVIDENCE_PATH, get(evidence))
         .route(REQUESTS_PATH, post(submit))
         .route(RECEIPTS_PATH, get(receipts))
+        .route(PRICES_PATH, get(prices))
         .fallback(not_found)
         .with_state(app)
 }
@@ -138,6 +141,23 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(app.ledger.stats()),
+    )
+        .into_response()
+}
+
+async fn prices(State(app): State<Arc<App>>) -> Response {
+    let now = unix_now();
+    let utilisation = app.pricing.publish(now);
+    let sheet = crate::pricing::sheet(
+        &app.broker.ready_enclaves(),
+        utilisation,
+        now,
+        app.settlement,
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CBOR_CONTENT_TYPE)],
+        sheet.to_cbor(),
     )
         .into_response()
 }
@@ -283,6 +303,18 @@ async fn admit_and_forward(
     verify_request_auth(&pk, &account, &request_id, &sig)
         .map_err(|e| unauthorized(e.to_string()))?;
 
+    // Prices: exactly the enclave's measured table under a multiplier the
+    // host published recently (the enclave checks the table again).
+    crate::pricing::check_prices(&ready, &meta, app.pricing.floor(unix_now())).map_err(
+        |reason| {
+            Refusal::new(
+                StatusCode::PRECONDITION_FAILED,
+                Outcome::PriceRefused,
+                reason,
+            )
+        },
+    )?;
+
     // Replay: in flight now, or already billed.
     let replayed = || Refusal::new(StatusCode::CONFLICT, Outcome::Replayed, "replayed request");
     let replay_guard = app.mark_in_flight(request_id).ok_or_else(replayed)?;
@@ -298,6 +330,15 @@ async fn admit_and_forward(
             ));
         }
     }
+
+    // Payment: on a settling host, the account's authorization of this
+    // enclave's key must leave room for the request's worst-case cost.
+    let reservation = match app.settlement {
+        None => None,
+        Some(contract) => {
+            Some(reserve(app, &ready, headers, &pk, &meta, bytes.len(), contract).await?)
+        }
+    };
 
     // Account limits (after the replay check, so replaying someone's
     // request cannot spend their allowance).
@@ -353,6 +394,7 @@ async fn admit_and_forward(
             _account: account_permit,
             _in_flight: in_flight,
             _replay: replay_guard,
+            reservation,
         },
     };
     tokio::spawn(pump(exchange, head_tx));
@@ -377,6 +419,95 @@ async fn admit_and_forward(
             "the request ended without an answer",
         )),
     }
+}
+
+/// Check the request's authorization header, store it, and reserve the
+/// request's worst-case cost under its cap.
+async fn reserve(
+    app: &Arc<App>,
+    ready: &crate::broker::ReadyEnclave,
+    headers: &HeaderMap,
+    client_key: &[u8],
+    meta: &cocoon_protocol::seal::BillingMeta,
+    sealed_len: usize,
+    contract: cocoon_protocol::settlement::ContractAddress,
+) -> Result<crate::Reservation, Refusal> {
+    let payment = |reason: String| {
+        Refusal::new(
+            StatusCode::PAYMENT_REQUIRED,
+            Outcome::PaymentRequired,
+            reason,
+        )
+    };
+    let raw = hex_header(
+        headers,
+        AUTHORIZATION_HEADER,
+        StatusCode::PAYMENT_REQUIRED,
+        Outcome::PaymentRequired,
+    )?;
+    let auth = SignedAuthorization::from_bytes(&raw)
+        .map_err(|e| payment(format!("{AUTHORIZATION_HEADER}: {e}")))?;
+    auth.verify(client_key)
+        .map_err(|e| payment(format!("{AUTHORIZATION_HEADER}: {e}")))?;
+    if auth.auth.account != meta.client_account {
+        return Err(payment("the authorization names another account".into()));
+    }
+    if auth.auth.contract != contract {
+        return Err(payment(format!(
+            "the authorization is for contract {}, this host settles with {contract}",
+            auth.auth.contract
+        )));
+    }
+    let key = ready.receipt_public_key().to_vec();
+    if compress_p256(&key).ok() != Some(auth.auth.enclave_key) {
+        return Err(payment(
+            "the authorization names another enclave receipt key than the one this request is sealed to".into(),
+        ));
+    }
+    let internal = |e: crate::ledger::LedgerError| {
+        warn!(error = %e, "ledger failed during payment admission");
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Outcome::Internal,
+            "the ledger cannot be used",
+        )
+    };
+    let cap = app
+        .ledger
+        .store_authorization(
+            key.clone(),
+            crate::ledger::StoredAuthorization {
+                account: meta.client_account,
+                cap: auth.auth.cap,
+                signed: auth.to_bytes().to_vec(),
+                client_public_key: client_key.to_vec(),
+            },
+        )
+        .await
+        .map_err(internal)?;
+    if !app.spend.known(&key, &meta.client_account) {
+        let committed = app
+            .ledger
+            .spent(key.clone(), meta.client_account)
+            .await
+            .map_err(internal)?;
+        app.spend.load(&key, &meta.client_account, committed);
+    }
+    let cost = crate::pricing::max_cost(meta, sealed_len);
+    app.spend
+        .reserve(&key, &meta.client_account, cost, cap)
+        .map_err(|spent| {
+            payment(format!(
+                "the authorization's cap of {cap} nanoton for this enclave would be passed: {spent} spent or reserved, this request may cost up to {cost}; sign a higher cap"
+            ))
+        })?;
+    Ok(crate::Reservation {
+        app: app.clone(),
+        key,
+        account: meta.client_account,
+        reserved: cost,
+        charged: std::sync::atomic::AtomicU64::new(0),
+    })
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,16 +42,34 @@
 //!   request_id BLOB NOT NULL UNIQUE,        -- SHA-256 of the sealed request
 //!   account BLOB NOT NULL,                  -- paying account id (32 bytes)
 //!   model TEXT NOT NULL,
-//!   prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-//!   total_tokens INTEGER NOT NULL,
-//!   prompt_price INTEGER NOT NULL,          -- nanoton per prompt token
+//!   prompt_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
+//!   completion_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
+//!   prompt_price INTEGER NOT NULL,          -- nanoton per computed prompt token
+//!   cached_price INTEGER NOT NULL,          -- nanoton per cached prompt token
 //!   completion_price INTEGER NOT NULL,      -- nanoton per completion token
+//!   multiplier_milli INTEGER NOT NULL,      -- load multiplier in the prices
+//!   charge INTEGER NOT NULL,                -- nanoton the receipt charges
 //!   enclave_seq INTEGER NOT NULL, time INTEGER NOT NULL,
 //!   receipt BLOB NOT NULL,                  -- the COSE_Sign1 bytes
 //!   receipt_public_key BLOB NOT NULL,       -- attested key that signed it
 //!   UNIQUE (receipt_public_key, enclave_seq));
 //! CREATE INDEX receipts_by_account ON receipts (account, ledger_seq);
+//! CREATE INDEX receipts_by_key ON receipts (receipt_public_key, account);
+//! -- the newest enclave-signed tab per (receipt key, account)
+//! CREATE TABLE tabs (receipt_public_key BLOB, account BLOB, count INTEGER,
+//!   total INTEGER, signed_tab BLOB, PRIMARY KEY (receipt_public_key, account));
+//! -- the highest client authorization per (receipt key, account)
+//! CREATE TABLE authorizations (receipt_public_key BLOB, account BLOB,
+//!   cap INTEGER, signed BLOB, client_public_key BLOB,
+//!   PRIMARY KEY (receipt_public_key, account));
+//! -- what settlement has claimed so far per (receipt key, account)
+//! CREATE TABLE claims (receipt_public_key BLOB, account BLOB,
+//!   count INTEGER, total INTEGER, PRIMARY KEY (receipt_public_key, account));
 //! ```
+//!
+//! The schema version is `PRAGMA user_version` = [`SCHEMA_VERSION`]; a
+//! ledger written by an older host is refused with a message, not migrated
+//! silently.
 //!
 //! Numbers are SQLite integers (signed 64-bit); a receipt whose counts or
 //! prices do not fit is refused ([`AppendError::OutOfRange`]).
@@ -73,6 +91,9 @@ const READER_POOL: usize = 4;
 /// How often the WAL is checkpointed into the main file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// `PRAGMA user_version` of the ledger this host writes.
+pub const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS receipts (
   ledger_seq INTEGER PRIMARY KEY,
@@ -80,10 +101,14 @@ CREATE TABLE IF NOT EXISTS receipts (
   account BLOB NOT NULL,
   model TEXT NOT NULL,
   prompt_tokens INTEGER NOT NULL,
+  cached_tokens INTEGER NOT NULL,
   completion_tokens INTEGER NOT NULL,
   total_tokens INTEGER NOT NULL,
   prompt_price INTEGER NOT NULL,
+  cached_price INTEGER NOT NULL,
   completion_price INTEGER NOT NULL,
+  multiplier_milli INTEGER NOT NULL,
+  charge INTEGER NOT NULL,
   enclave_seq INTEGER NOT NULL,
   time INTEGER NOT NULL,
   receipt BLOB NOT NULL,
@@ -91,6 +116,30 @@ CREATE TABLE IF NOT EXISTS receipts (
   UNIQUE (receipt_public_key, enclave_seq)
 );
 CREATE INDEX IF NOT EXISTS receipts_by_account ON receipts (account, ledger_seq);
+CREATE INDEX IF NOT EXISTS receipts_by_key ON receipts (receipt_public_key, account);
+CREATE TABLE IF NOT EXISTS tabs (
+  receipt_public_key BLOB NOT NULL,
+  account BLOB NOT NULL,
+  count INTEGER NOT NULL,
+  total INTEGER NOT NULL,
+  signed_tab BLOB NOT NULL,
+  PRIMARY KEY (receipt_public_key, account)
+);
+CREATE TABLE IF NOT EXISTS authorizations (
+  receipt_public_key BLOB NOT NULL,
+  account BLOB NOT NULL,
+  cap INTEGER NOT NULL,
+  signed BLOB NOT NULL,
+  client_public_key BLOB NOT NULL,
+  PRIMARY KEY (receipt_public_key, account)
+);
+CREATE TABLE IF NOT EXISTS claims (
+  receipt_public_key BLOB NOT NULL,
+  account BLOB NOT NULL,
+  count INTEGER NOT NULL,
+  total INTEGER NOT NULL,
+  PRIMARY KEY (receipt_public_key, account)
+);
 ";
 
 /// Why the ledger cannot be opened or read.
@@ -142,12 +191,18 @@ pub struct LedgerEntry {
     pub model: String,
     /// Prompt tokens.
     pub prompt_tokens: u64,
+    /// Of them, served from a cache.
+    pub cached_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
     /// Total tokens.
     pub total_tokens: u64,
     /// Unit prices in nanoton.
     pub unit_price: UnitPrice,
+    /// The load multiplier in those prices, thousandths.
+    pub multiplier_milli: u32,
+    /// What the receipt charges, nanoton.
+    pub charge: u64,
     /// The enclave's receipt counter.
     pub enclave_seq: u64,
     /// When the enclave finished (Unix seconds).
@@ -171,9 +226,17 @@ impl LedgerEntry {
             account: receipt.client_account,
             model: receipt.model.clone(),
             prompt_tokens: receipt.prompt_tokens,
+            cached_tokens: receipt.cached_tokens,
             completion_tokens: receipt.completion_tokens,
             total_tokens: receipt.total_tokens,
             unit_price: receipt.unit_price,
+            multiplier_milli: receipt.multiplier_milli,
+            // A verified receipt's charge fits 64 bits (`UsageReceipt`
+            // refuses one that does not).
+            charge: receipt
+                .charge_nanoton()
+                .and_then(|c| u64::try_from(c).ok())
+                .unwrap_or(u64::MAX),
             enclave_seq: receipt.enclave_seq,
             time: receipt.time,
             receipt: receipt_bytes,
@@ -201,10 +264,14 @@ impl StoredEntry {
             "account": hex::encode(e.account),
             "model": e.model,
             "prompt_tokens": e.prompt_tokens,
+            "cached_tokens": e.cached_tokens,
             "completion_tokens": e.completion_tokens,
             "total_tokens": e.total_tokens,
             "prompt_price": e.unit_price.prompt,
+            "cached_price": e.unit_price.cached,
             "completion_price": e.unit_price.completion,
+            "multiplier_milli": e.multiplier_milli,
+            "charge": e.charge,
             "enclave_seq": e.enclave_seq,
             "time": e.time,
             "receipt": hex::encode(&e.receipt),
@@ -212,6 +279,74 @@ impl StoredEntry {
         })
         .to_string()
     }
+}
+
+/// An enclave-signed tab as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTab {
+    /// The account.
+    pub account: [u8; 32],
+    /// Receipts counted.
+    pub count: u64,
+    /// Their charges, nanoton.
+    pub total: u64,
+    /// The signed tab (message ‖ signature).
+    pub signed: Vec<u8>,
+}
+
+/// A client's authorization as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAuthorization {
+    /// The account.
+    pub account: [u8; 32],
+    /// Its cap, nanoton.
+    pub cap: u64,
+    /// The signed authorization (message ‖ signature).
+    pub signed: Vec<u8>,
+    /// The client's public key (SEC1), to check it again.
+    pub client_public_key: Vec<u8>,
+}
+
+/// What one settlement run claimed for one (receipt key, account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRecord {
+    /// The receipt key (SEC1 as attested).
+    pub receipt_public_key: Vec<u8>,
+    /// The account.
+    pub account: [u8; 32],
+    /// The claimed tab's count.
+    pub count: u64,
+    /// The claimed tab's total.
+    pub total: u64,
+}
+
+/// One (receipt key, account) as settlement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementRow {
+    /// The receipt key (SEC1 as attested).
+    pub receipt_public_key: Vec<u8>,
+    /// The account.
+    pub account: [u8; 32],
+    /// Receipts in the ledger.
+    pub receipts: u64,
+    /// Their charges, nanoton (exact).
+    pub charged: u128,
+    /// The newest enclave-signed tab.
+    pub tab: Option<StoredTab>,
+    /// The highest client authorization.
+    pub authorization: Option<StoredAuthorization>,
+    /// Count of the last claimed tab.
+    pub claimed_count: u64,
+    /// Total of the last claimed tab.
+    pub claimed_total: u64,
+}
+
+fn blob32(v: Vec<u8>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if v.len() == 32 {
+        out.copy_from_slice(&v);
+    }
+    out
 }
 
 /// The result of the consistency check.
@@ -285,8 +420,13 @@ impl Default for LedgerOptions {
     }
 }
 
+/// A write other than an append, run on the writer thread in a
+/// transaction of its own.
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
 enum Op {
     Append(Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>),
+    Run(WriteJob),
     Close,
 }
 
@@ -342,7 +482,29 @@ impl Ledger {
             "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-65536;",
         )
         .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        let has_receipts: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'receipts'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            > 0;
+        if has_receipts && version != SCHEMA_VERSION {
+            return Err(LedgerError::Sqlite {
+                path: path.display().to_string(),
+                message: format!(
+                    "ledger schema version {version}, this host writes version {SCHEMA_VERSION}; \
+                     settle and archive it with the host that wrote it, then start a new ledger"
+                ),
+            });
+        }
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+            .map_err(err)?;
         let stats = Arc::new(LedgerStats::default());
         let (tx, rx) = mpsc::channel();
         let max_batch = options.max_batch.max(1);
@@ -501,7 +663,8 @@ impl Ledger {
             let mut st = c.prepare_cached(
                 "SELECT ledger_seq, request_id, account, model, prompt_tokens, completion_tokens, \
                  total_tokens, prompt_price, completion_price, enclave_seq, time, receipt, \
-                 receipt_public_key FROM receipts WHERE ledger_seq > ?1 ORDER BY ledger_seq LIMIT ?2",
+                 receipt_public_key, cached_tokens, cached_price, multiplier_milli, charge \
+                 FROM receipts WHERE ledger_seq > ?1 ORDER BY ledger_seq LIMIT ?2",
             )?;
             let rows = st.query_map(params![after, limit], |r| {
                 let rid: Vec<u8> = r.get(1)?;
@@ -521,12 +684,16 @@ impl Ledger {
                         account,
                         model: r.get(3)?,
                         prompt_tokens: u64_of(r.get(4)?),
+                        cached_tokens: u64_of(r.get(13)?),
                         completion_tokens: u64_of(r.get(5)?),
                         total_tokens: u64_of(r.get(6)?),
                         unit_price: UnitPrice {
                             prompt: u64_of(r.get(7)?),
+                            cached: u64_of(r.get(14)?),
                             completion: u64_of(r.get(8)?),
                         },
+                        multiplier_milli: u32::try_from(r.get::<_, i64>(15)?).unwrap_or(0),
+                        charge: u64_of(r.get(16)?),
                         enclave_seq: u64_of(r.get(9)?),
                         time: u64_of(r.get(10)?),
                         receipt: r.get(11)?,
@@ -535,6 +702,246 @@ impl Ledger {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    /// Run `f` in a transaction on the writer thread (after the appends
+    /// queued before it) and return its result once committed.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        let path = self.path.display().to_string();
+        let job: WriteJob = Box::new(move |conn: &mut Connection| {
+            let out = (|| {
+                let txn = conn.transaction()?;
+                let v = f(&txn)?;
+                txn.commit()?;
+                Ok(v)
+            })()
+            .map_err(|e: rusqlite::Error| LedgerError::Sqlite {
+                path,
+                message: e.to_string(),
+            });
+            let _ = tx.send(out);
+        });
+        {
+            let guard = self.tx.lock().map_err(|_| LedgerError::Closed)?;
+            let sender = guard.as_ref().ok_or(LedgerError::Closed)?;
+            sender.send(Op::Run(job)).map_err(|_| LedgerError::Closed)?;
+        }
+        rx.await.unwrap_or(Err(LedgerError::Closed))
+    }
+
+    /// Store enclave-signed tabs of one receipt key (already verified by
+    /// the caller), keeping per account the one with the highest count.
+    /// Returns how many rows moved forward.
+    pub async fn store_tabs(
+        &self,
+        receipt_public_key: Vec<u8>,
+        tabs: Vec<StoredTab>,
+    ) -> Result<usize, LedgerError> {
+        self.write(move |t| {
+            let mut st = t.prepare_cached(
+                "INSERT INTO tabs (receipt_public_key, account, count, total, signed_tab) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 count = excluded.count, total = excluded.total, signed_tab = excluded.signed_tab \
+                 WHERE excluded.count > tabs.count",
+            )?;
+            let mut moved = 0;
+            for tab in &tabs {
+                let (Ok(count), Ok(total)) = (i64::try_from(tab.count), i64::try_from(tab.total))
+                else {
+                    continue;
+                };
+                moved += st.execute(params![
+                    &receipt_public_key,
+                    &tab.account[..],
+                    count,
+                    total,
+                    &tab.signed
+                ])?;
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// Store a client's authorization for a receipt key when its cap is
+    /// higher than the stored one. Returns the cap now stored.
+    pub async fn store_authorization(
+        &self,
+        receipt_public_key: Vec<u8>,
+        auth: StoredAuthorization,
+    ) -> Result<u64, LedgerError> {
+        self.write(move |t| {
+            let cap = i64::try_from(auth.cap).unwrap_or(i64::MAX);
+            t.prepare_cached(
+                "INSERT INTO authorizations (receipt_public_key, account, cap, signed, client_public_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 cap = excluded.cap, signed = excluded.signed, client_public_key = excluded.client_public_key \
+                 WHERE excluded.cap > authorizations.cap",
+            )?
+            .execute(params![
+                &receipt_public_key,
+                &auth.account[..],
+                cap,
+                &auth.signed,
+                &auth.client_public_key
+            ])?;
+            t.query_row(
+                "SELECT cap FROM authorizations WHERE receipt_public_key = ?1 AND account = ?2",
+                params![&receipt_public_key, &auth.account[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(u64_of)
+        })
+        .await
+    }
+
+    /// Record what a settlement run claimed (count and total of the tab it
+    /// claimed), per receipt key and account; only moves forward.
+    pub async fn record_claims(&self, claims: Vec<ClaimRecord>) -> Result<(), LedgerError> {
+        self.write(move |t| {
+            let mut st = t.prepare_cached(
+                "INSERT INTO claims (receipt_public_key, account, count, total) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 count = excluded.count, total = excluded.total WHERE excluded.total > claims.total",
+            )?;
+            for c in &claims {
+                st.execute(params![
+                    &c.receipt_public_key,
+                    &c.account[..],
+                    i64::try_from(c.count).unwrap_or(i64::MAX),
+                    i64::try_from(c.total).unwrap_or(i64::MAX)
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The committed receipts of `receipt_public_key` that its stored tabs
+    /// do not count yet (all receipts of every account whose tab is behind
+    /// its ledger count), to acknowledge again.
+    pub async fn uncounted(
+        &self,
+        receipt_public_key: Vec<u8>,
+    ) -> Result<Vec<(RequestId, [u8; 32])>, LedgerError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.request_id, r.account FROM receipts r WHERE r.receipt_public_key = ?1 \
+                 AND r.account IN ( \
+                   SELECT g.account FROM (SELECT account, count(*) AS n FROM receipts \
+                     WHERE receipt_public_key = ?1 GROUP BY account) g \
+                   LEFT JOIN tabs t ON t.receipt_public_key = ?1 AND t.account = g.account \
+                   WHERE g.n > coalesce(t.count, 0)) \
+                 ORDER BY r.ledger_seq",
+            )?;
+            let rows = st.query_map([&receipt_public_key], |r| {
+                Ok((blob32(r.get(0)?), blob32(r.get(1)?)))
+            })?;
+            rows.map(|r| r.map(|(id, a)| (RequestId(id), a))).collect()
+        })
+        .await
+    }
+
+    /// Committed charges (nanoton) of one account under one receipt key.
+    pub async fn spent(
+        &self,
+        receipt_public_key: Vec<u8>,
+        account: [u8; 32],
+    ) -> Result<u128, LedgerError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT charge FROM receipts WHERE receipt_public_key = ?1 AND account = ?2",
+            )?;
+            let rows = st.query_map(params![&receipt_public_key, &account[..]], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            let mut sum = 0u128;
+            for r in rows {
+                sum += u128::from(u64_of(r?));
+            }
+            Ok(sum)
+        })
+        .await
+    }
+
+    /// Per (receipt key, account): what the ledger holds, the newest tab,
+    /// the highest authorization and what was claimed; the input of
+    /// settlement. Sums are exact (u128).
+    pub async fn settlement_view(&self) -> Result<Vec<SettlementRow>, LedgerError> {
+        self.read(|c| {
+            let mut sums: std::collections::BTreeMap<(Vec<u8>, [u8; 32]), (u64, u128)> =
+                std::collections::BTreeMap::new();
+            {
+                let mut st =
+                    c.prepare_cached("SELECT receipt_public_key, account, charge FROM receipts")?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let e = sums
+                        .entry((r.get(0)?, blob32(r.get(1)?)))
+                        .or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 += u128::from(u64_of(r.get(2)?));
+                }
+            }
+            let mut out = Vec::with_capacity(sums.len());
+            for ((key, account), (count, total)) in sums {
+                let tab = c
+                    .prepare_cached(
+                        "SELECT count, total, signed_tab FROM tabs \
+                         WHERE receipt_public_key = ?1 AND account = ?2",
+                    )?
+                    .query_row(params![&key, &account[..]], |r| {
+                        Ok(StoredTab {
+                            account,
+                            count: u64_of(r.get(0)?),
+                            total: u64_of(r.get(1)?),
+                            signed: r.get(2)?,
+                        })
+                    })
+                    .optional()?;
+                let authorization = c
+                    .prepare_cached(
+                        "SELECT cap, signed, client_public_key FROM authorizations \
+                         WHERE receipt_public_key = ?1 AND account = ?2",
+                    )?
+                    .query_row(params![&key, &account[..]], |r| {
+                        Ok(StoredAuthorization {
+                            account,
+                            cap: u64_of(r.get(0)?),
+                            signed: r.get(1)?,
+                            client_public_key: r.get(2)?,
+                        })
+                    })
+                    .optional()?;
+                let claimed = c
+                    .prepare_cached(
+                        "SELECT count, total FROM claims WHERE receipt_public_key = ?1 AND account = ?2",
+                    )?
+                    .query_row(params![&key, &account[..]], |r| {
+                        Ok((u64_of(r.get(0)?), u64_of(r.get(1)?)))
+                    })
+                    .optional()?
+                    .unwrap_or((0, 0));
+                out.push(SettlementRow {
+                    receipt_public_key: key,
+                    account,
+                    receipts: count,
+                    charged: total,
+                    tab,
+                    authorization,
+                    claimed_count: claimed.0,
+                    claimed_total: claimed.1,
+                });
+            }
+            Ok(out)
         })
         .await
     }
@@ -599,15 +1006,28 @@ type Pending = (Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>);
 
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, stats: &LedgerStats) {
     let mut closing = false;
+    let mut job: Option<WriteJob> = None;
     while !closing {
+        if let Some(j) = job.take() {
+            j(&mut conn);
+        }
         let mut batch: Vec<Pending> = Vec::new();
         match rx.recv() {
             Ok(Op::Append(e, tx)) => batch.push((e, tx)),
+            Ok(Op::Run(j)) => {
+                j(&mut conn);
+                continue;
+            }
             Ok(Op::Close) | Err(_) => break,
         }
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(Op::Append(e, tx)) => batch.push((e, tx)),
+                Ok(Op::Run(j)) => {
+                    // After this batch, in order.
+                    job = Some(j);
+                    break;
+                }
                 Ok(Op::Close) => {
                     closing = true;
                     break;
@@ -636,6 +1056,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
             }
         }
     }
+    if let Some(j) = job.take() {
+        j(&mut conn);
+    }
     // Everything queued before Close has been answered. Fold the WAL back
     // into the main file so the sqlite3 CLI sees one file.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
@@ -657,8 +1080,9 @@ fn commit_batch(
         let mut insert = txn.prepare_cached(
             "INSERT OR IGNORE INTO receipts (request_id, account, model, prompt_tokens, \
              completion_tokens, total_tokens, prompt_price, completion_price, enclave_seq, \
-             time, receipt, receipt_public_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             time, receipt, receipt_public_key, cached_tokens, cached_price, multiplier_milli, \
+             charge) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         let mut which = txn.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?;
         for (e, _) in batch {
@@ -671,6 +1095,10 @@ fn commit_batch(
                     i64_of(e.unit_price.completion, "unit_price.completion")?,
                     i64_of(e.enclave_seq, "enclave_seq")?,
                     i64_of(e.time, "time")?,
+                    i64_of(e.cached_tokens, "cached_tokens")?,
+                    i64_of(e.unit_price.cached, "unit_price.cached")?,
+                    i64::from(e.multiplier_milli),
+                    i64_of(e.charge, "charge")?,
                 ])
             })();
             let n = match nums {
@@ -693,6 +1121,10 @@ fn commit_batch(
                 n[6],
                 &e.receipt,
                 &e.receipt_public_key,
+                n[7],
+                n[8],
+                n[9],
+                n[10],
             ])?;
             if changed == 1 {
                 results.push(Ok(u64_of(txn.last_insert_rowid())));
@@ -723,12 +1155,16 @@ mod tests {
             account: [(i % 3) as u8; 32],
             model: "m".into(),
             prompt_tokens: 1,
+            cached_tokens: 0,
             completion_tokens: 2,
             total_tokens: 3,
             unit_price: UnitPrice {
                 prompt: 10,
+                cached: 10,
                 completion: 20,
             },
+            multiplier_milli: 1000,
+            charge: 50,
             enclave_seq: i,
             time: 1_800_000_000,
             receipt: vec![0xd2; 100],

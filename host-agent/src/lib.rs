@@ -36,8 +36,10 @@ pub mod config;
 pub(crate) mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod pricing;
 pub mod ratelimit;
 pub mod relay;
+pub mod settle;
 pub mod vm;
 
 use std::collections::HashSet;
@@ -95,6 +97,9 @@ pub(crate) struct App {
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) limiter: Arc<AccountLimiter>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pricing: pricing::LoadPricing,
+    pub(crate) spend: pricing::Spend,
+    pub(crate) settlement: Option<cocoon_protocol::settlement::ContractAddress>,
     draining: watch::Sender<bool>,
     in_flight: watch::Sender<usize>,
     /// Cuts every in-flight stream (drain deadline passed).
@@ -162,12 +167,33 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// A request's worst-case cost reserved against its account's
+/// authorization cap; on drop replaced by what it charged.
+pub(crate) struct Reservation {
+    pub(crate) app: Arc<App>,
+    pub(crate) key: Vec<u8>,
+    pub(crate) account: [u8; 32],
+    pub(crate) reserved: u128,
+    /// Set by the relay once the receipt is committed.
+    pub(crate) charged: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let charged = self.charged.load(std::sync::atomic::Ordering::SeqCst);
+        self.app
+            .spend
+            .settle(&self.key, &self.account, self.reserved, u128::from(charged));
+    }
+}
+
 /// What a forwarded request holds until it ends.
 pub(crate) struct RequestGuards {
     pub(crate) _permit: OwnedSemaphorePermit,
     pub(crate) _account: AccountPermit,
     pub(crate) _in_flight: InFlightGuard,
     pub(crate) _replay: ReplayGuard,
+    pub(crate) reservation: Option<Reservation>,
 }
 
 /// A started service.
@@ -252,11 +278,13 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         .await
         .map_err(|e| HostError::Io(format!("ledger open task failed: {e}")))??;
     let metrics = Arc::new(Metrics::new(config.enclaves.iter().map(|a| a.to_string())));
+    let ledger = Arc::new(ledger);
     let broker = Broker::new(
         &config.enclaves,
         config.policy.clone(),
         config.limits.clone(),
         metrics.clone(),
+        ledger.clone(),
     );
     let limits = config.limits;
     let app = Arc::new(App {
@@ -268,13 +296,36 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         )),
         limits,
         broker: broker.clone(),
-        ledger: Arc::new(ledger),
+        ledger,
         metrics,
+        pricing: pricing::LoadPricing::new(),
+        spend: pricing::Spend::new(),
+        settlement: config.settlement,
         draining: watch::channel(false).0,
         in_flight: watch::channel(0).0,
         hard_stop: watch::channel(false).0,
         in_flight_ids: Mutex::new(HashSet::new()),
     });
+    {
+        // The load the price multiplier follows (see `pricing`).
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
+            loop {
+                tick.tick().await;
+                if *app.hard_stop.borrow() {
+                    return;
+                }
+                let now = tokio::time::Instant::now();
+                let capacity = app.broker.ready_count() * app.limits.max_streams_per_enclave;
+                app.pricing
+                    .sample(*app.in_flight.borrow(), capacity, now - last);
+                last = now;
+            }
+        });
+    }
     let (server_stop, server_stop_rx) = watch::channel(false);
     let public = tokio::spawn(serve(
         listeners.public,

@@ -53,6 +53,11 @@ struct Cli {
     /// Ledger file (SQLite; created if missing).
     #[arg(long, global = true, value_name = "PATH")]
     ledger: Option<PathBuf>,
+    /// The TON payment contract to settle with (raw address 0:<64 hex>).
+    /// Requests then need the client's authorization and stay within its
+    /// cap; `settle` writes claims for it.
+    #[arg(long, global = true, value_name = "ADDR")]
+    settlement_contract: Option<String>,
     /// Largest request body in bytes.
     #[arg(long, global = true, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
@@ -94,6 +99,25 @@ enum Cmd {
     /// serve flags (--policy, --ledger, --listen ...) apply as without a
     /// subcommand; --enclave is not allowed (the VM is the enclave).
     Launch(LaunchArgs),
+    /// Aggregates the ledger's receipts per (enclave key, account) into
+    /// claim messages for the payment contract: writes DIR/claims.json and
+    /// DIR/claim-NNNN.boc (message bodies to send from the provider's
+    /// wallet), prints a summary, and records the claims in the ledger
+    /// (unless --dry-run). Needs --ledger and --settlement-contract.
+    Settle(SettleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SettleArgs {
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// query_id of the first claim (the rest follow).
+    #[arg(long, default_value_t = 1)]
+    query_id: u64,
+    /// Write the claims but do not record them in the ledger.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -298,12 +322,14 @@ fn configure(
             .reconnect_backoff_min
             .min(limits.reconnect_backoff_max);
     }
+    let settlement = settlement_contract(cli, &file)?;
     Ok((
         HostConfig {
             enclaves,
             policy,
             ledger_path,
             limits,
+            settlement,
         },
         listen,
         admin_listen,
@@ -381,6 +407,84 @@ async fn serve_inner(
         .map_err(|e| Failure(EX_SOFTWARE, e.to_string()))
 }
 
+fn settlement_contract(
+    cli: &Cli,
+    file: &FileConfig,
+) -> Result<Option<cocoon_protocol::settlement::ContractAddress>, Failure> {
+    cli.settlement_contract
+        .as_deref()
+        .or(file.settlement_contract.as_deref())
+        .map(|s| {
+            cocoon_protocol::settlement::ContractAddress::parse_raw(s)
+                .map_err(|e| Failure(EX_USAGE, format!("settlement contract: {e}")))
+        })
+        .transpose()
+}
+
+fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), Failure> {
+    let file = match &cli.config {
+        Some(p) => FileConfig::from_toml(&read(p, "config file")?)
+            .map_err(|e| Failure(EX_CONFIG, format!("{}: {e}", p.display())))?,
+        None => FileConfig::default(),
+    };
+    let contract = settlement_contract(cli, &file)?.ok_or_else(|| {
+        Failure(
+            EX_USAGE,
+            "settle: --settlement-contract (or `settlement_contract` in the config file) is required".into(),
+        )
+    })?;
+    let ledger_path = cli
+        .ledger
+        .clone()
+        .or(file.ledger.clone())
+        .ok_or_else(|| Failure(EX_USAGE, "settle: --ledger is required".into()))?;
+    if !ledger_path.exists() {
+        return Err(Failure(
+            EX_NOINPUT,
+            format!("no ledger at {}", ledger_path.display()),
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(EX_SOFTWARE, format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async {
+        let ledger = cocoon_host::ledger::Ledger::open(&ledger_path, Default::default())
+            .map_err(|e| Failure(EX_IOERR, e.to_string()))?;
+        let s = cocoon_host::settle::run(&ledger, contract, &args.out, args.query_id, args.dry_run)
+            .await
+            .map_err(|e| Failure(EX_IOERR, e));
+        ledger.close();
+        let s = s?;
+        println!(
+            "settle: {} claim(s), {} nanoton, written to {}{}",
+            s.claims.len(),
+            s.total_amount(),
+            args.out.display(),
+            if args.dry_run {
+                " (dry run: not recorded)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "ledger: {} receipts, {} nanoton; counted by claimed tabs: {} receipts, {} nanoton",
+            s.ledger_receipts, s.ledger_nanoton, s.counted_receipts, s.counted_nanoton
+        );
+        for u in &s.unclaimed {
+            println!(
+                "not claimed: account {} key {}: {} receipts, {} nanoton: {}",
+                hex::encode(u.account),
+                hex::encode(&u.receipt_public_key[..u.receipt_public_key.len().min(8)]),
+                u.receipts,
+                u.nanoton,
+                u.reason
+            );
+        }
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -404,8 +508,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Cmd::Settle(args)) = &cli.cmd {
+        return match settle(&cli, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Failure(code, msg)) => {
+                eprintln!("cocoon-host: {msg}");
+                ExitCode::from(code)
+            }
+        };
+    }
     let supervisor = match &cli.cmd {
-        None => None,
+        None | Some(Cmd::Settle(_)) => None,
         Some(Cmd::Launch(l)) => match vm_config(l)
             .and_then(|c| vm::Supervisor::new(c).map_err(|e| Failure(EX_CONFIG, e)))
         {

@@ -48,6 +48,10 @@ pub enum Outcome {
     ClientGone,
     /// A host-side failure (`500`).
     Internal,
+    /// The offered prices are not acceptable (`412`).
+    PriceRefused,
+    /// No authorization, or its cap would be passed (`402`).
+    PaymentRequired,
 }
 
 impl Outcome {
@@ -67,6 +71,8 @@ impl Outcome {
             Outcome::Truncated => "truncated",
             Outcome::ClientGone => "client_gone",
             Outcome::Internal => "internal",
+            Outcome::PriceRefused => "price_refused",
+            Outcome::PaymentRequired => "payment_required",
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum ReceiptRefusal {
         /// Allowed.
         max: u32,
     },
+    /// Other prices than the request accepted.
+    #[error("{0}")]
+    WrongPrice(String),
     /// The ledger refused it (duplicate) or could not commit it.
     #[error("ledger: {0}")]
     Ledger(AppendError),
@@ -112,6 +115,7 @@ impl ReceiptRefusal {
             ReceiptRefusal::WrongAccount { .. } => "wrong_account",
             ReceiptRefusal::WrongModel { .. } => "wrong_model",
             ReceiptRefusal::TokensOverLimit { .. } => "tokens_over_limit",
+            ReceiptRefusal::WrongPrice(_) => "wrong_price",
             ReceiptRefusal::Ledger(AppendError::DuplicateRequest(_))
             | ReceiptRefusal::Ledger(AppendError::DuplicateEnclaveSeq(_)) => "duplicate",
             ReceiptRefusal::Ledger(_) => "ledger_error",
@@ -132,7 +136,7 @@ pub fn check_receipt(
         ReceiptError::BadSignature => ReceiptRefusal::BadSignature,
         other => ReceiptRefusal::Malformed(other),
     })?;
-    r.matches(expected).map_err(|m| match m {
+    r.matches(expected).map_err(|m| match m.clone() {
         ReceiptMismatch::WrongRequest { expected, got } => {
             ReceiptRefusal::WrongRequest { expected, got }
         }
@@ -147,6 +151,7 @@ pub fn check_receipt(
             completion: got,
             max,
         },
+        ReceiptMismatch::WrongPrice { .. } => ReceiptRefusal::WrongPrice(m.to_string()),
         other => ReceiptRefusal::Malformed(ReceiptError::Inconsistent(other.to_string())),
     })?;
     Ok(r)
@@ -358,6 +363,16 @@ impl Pump {
             .await
             .map_err(ReceiptRefusal::Ledger)?;
         self.ex.app.metrics.receipt_appended(t.elapsed());
+        // Durable: the enclave may count it into the account's tab now.
+        self.ex.ready.acknowledge(r.request_id, r.client_account);
+        if let Some(res) = &self.ex._guards.reservation {
+            let charge = r
+                .charge_nanoton()
+                .and_then(|c| u64::try_from(c).ok())
+                .unwrap_or(u64::MAX);
+            res.charged
+                .store(charge, std::sync::atomic::Ordering::SeqCst);
+        }
         info!(
             request_id = %r.request_id,
             account = %AccountId(r.client_account),
@@ -475,17 +490,22 @@ mod tests {
     use super::*;
     use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice};
 
+    const PRICE: UnitPrice = UnitPrice {
+        prompt: 1,
+        cached: 1,
+        completion: 2,
+    };
+
     fn receipt() -> UsageReceipt {
         UsageReceipt {
             request_id: RequestId([1; 32]),
             model: "m".into(),
             prompt_tokens: 3,
+            cached_tokens: 0,
             completion_tokens: 10,
             total_tokens: 13,
-            unit_price: UnitPrice {
-                prompt: 1,
-                completion: 2,
-            },
+            unit_price: PRICE,
+            multiplier_milli: 1000,
             time: 1,
             enclave_seq: 1,
             client_account: [7; 32],
@@ -502,6 +522,8 @@ mod tests {
             account: [7; 32],
             model: "m".into(),
             max_tokens: 10,
+            unit_price: PRICE,
+            multiplier_milli: 1000,
         };
         let ok = signer.sign(&receipt()).unwrap();
         assert_eq!(check_receipt(&v, &ok, &exp).unwrap(), receipt());

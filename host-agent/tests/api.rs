@@ -526,8 +526,18 @@ async fn a_restarted_enclave_is_reported_as_stale_evidence() {
     let r = post(host.public, &fresh, &account, &sealed).await;
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("no longer current"), "{}", r.text());
-    let newest = &fetch_targets(host.public).await[0];
-    assert_eq!(newest.digest, enclave.digest());
+    // A new receipt key means new tabs: the host sets the connection up
+    // again (evidence, prices, acknowledgements) before serving it.
+    let mut newest = None;
+    for _ in 0..250 {
+        let ts = fetch_targets(host.public).await;
+        if ts.first().is_some_and(|t| t.digest == enclave.digest()) {
+            newest = Some(ts[0].clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let newest = &newest.expect("the new evidence is served");
     let (sealed, session) = seal(newest, &account, 16, b"q");
     let r = post(host.public, newest, &account, &sealed).await;
     assert_eq!(

@@ -148,7 +148,17 @@ impl AccountKey {
         sig.normalize_s().unwrap_or(sig).to_bytes().into()
     }
 
-    /// Authorise one sealed request.
+    /// Authorise payments for receipts of one attested enclave key, up to
+    /// a cap ([`crate::settlement`]).
+    pub fn sign_authorization(
+        &self,
+        auth: &crate::settlement::Authorization,
+    ) -> crate::settlement::SignedAuthorization {
+        auth.sign(&self.key)
+    }
+
+    /// Authorise one sealed request: sign `"cocoon-request-auth-v1" ‖
+    /// request_id`.
     pub fn sign_request(&self, request_id: &RequestId) -> [u8; ACCOUNT_SIGNATURE_LEN] {
         self.sign(&request_message(request_id))
     }

@@ -22,6 +22,14 @@
 //!   again; resend only if it changed) or the request is a replay, `413` too large, `429` rate limited (with `retry-after`),
 //!   `502` the enclave failed, `503` not ready or draining, `504` timed
 //!   out.
+//! * `GET /v1/prices` → `200`, `application/cbor`: a
+//!   [`crate::pricing::PriceSheet`] (base prices and bounds of every ready
+//!   enclave, the multiplier now, the payment contract if any). A request
+//!   offers the sheet's prices in its billing metadata; a host that
+//!   settles on chain also wants [`AUTHORIZATION_HEADER`] and answers
+//!   `402` when the authorization's cap would be passed, and `412` when
+//!   the offered prices are not acceptable (stale multiplier, wrong
+//!   prices: fetch the sheet again).
 //! * `GET /v1/receipts?after=N&limit=M`, headers [`ACCOUNT_KEY_HEADER`],
 //!   [`ACCOUNT_TIME_HEADER`] (decimal Unix seconds) and
 //!   [`ACCOUNT_SIGNATURE_HEADER`] (hex of
@@ -48,6 +56,13 @@ pub const EVIDENCE_PATH: &str = "/v1/evidence";
 pub const REQUESTS_PATH: &str = "/v1/requests";
 /// An account's receipts.
 pub const RECEIPTS_PATH: &str = "/v1/receipts";
+/// The price sheet ([`crate::pricing::PriceSheet`], CBOR).
+pub const PRICES_PATH: &str = "/v1/prices";
+/// Hex of a [`crate::settlement::SignedAuthorization`]: the paying
+/// account's authorization of the enclave's receipt key up to a cap.
+/// Required by hosts that settle on chain (the price sheet names their
+/// contract).
+pub const AUTHORIZATION_HEADER: &str = "cocoon-authorization";
 /// Liveness probe.
 pub const LIVE_PATH: &str = "/live";
 /// Readiness probe (an enclave is connected and the host is not draining).

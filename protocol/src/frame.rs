@@ -66,11 +66,23 @@ pub enum FrameType {
     /// Enclave → host: the evidence bundle
     /// ([`cocoon_attestation::bundle::EvidenceBundle`] CBOR).
     EvidenceResponse = 7,
+    /// Host → enclave, stream 0: send the price table. Empty payload.
+    PriceTableRequest = 8,
+    /// Enclave → host, stream 0: its measured prices
+    /// ([`crate::pricing::PriceTable`] CBOR).
+    PriceTable = 9,
+    /// Host → enclave, stream 0: the host has durably committed these
+    /// receipts ([`crate::tabs::ReceiptAck`]); count them into the
+    /// accounts' tabs.
+    ReceiptAck = 10,
+    /// Enclave → host, stream 0: signed tabs after an acknowledgement
+    /// ([`crate::tabs::TabUpdate`]).
+    Tab = 11,
 }
 
 impl FrameType {
     /// Every frame type, in wire-number order.
-    pub const ALL: [FrameType; 7] = [
+    pub const ALL: [FrameType; 11] = [
         FrameType::Request,
         FrameType::ResponseChunk,
         FrameType::Receipt,
@@ -78,6 +90,10 @@ impl FrameType {
         FrameType::Cancel,
         FrameType::EvidenceRequest,
         FrameType::EvidenceResponse,
+        FrameType::PriceTableRequest,
+        FrameType::PriceTable,
+        FrameType::ReceiptAck,
+        FrameType::Tab,
     ];
 
     /// The wire number.
@@ -392,7 +408,7 @@ mod tests {
             assert_eq!(FrameType::from_u8(t.to_u8()), Some(t));
         }
         assert_eq!(FrameType::from_u8(0), None);
-        assert_eq!(FrameType::from_u8(8), None);
+        assert_eq!(FrameType::from_u8(12), None);
     }
 
     #[test]

@@ -24,6 +24,14 @@
 //! * [`account`] — client accounts: the id the billing metadata names and
 //!   the signatures with which an account authorises a request or reads its
 //!   receipts.
+//! * [`pricing`] — the enclave's measured price table, the load multiplier
+//!   rule and the host's price sheet.
+//! * [`settlement`] — the client's authorization and the enclave's tab,
+//!   the two signed messages the TON payment contract pays against.
+//! * [`tabs`] — receipt acknowledgements and the enclave-signed running
+//!   totals per account that settlement pays against.
+//! * [`ton`] — TON cells, bags of cells and the payment contract's message
+//!   bodies.
 //! * [`api`] — the host agent's HTTP API: paths, headers, and the bodies
 //!   (evidence list, chunk records, receipt list).
 //!
@@ -44,9 +52,13 @@ pub mod api;
 mod chunk_aead;
 pub mod frame;
 pub mod message;
+pub mod pricing;
 pub mod receipt;
 pub mod seal;
+pub mod settlement;
 pub mod stream;
+pub mod tabs;
+pub mod ton;
 
 /// The random-number traits the key generation and sealing functions take
 /// (`rand_core` 0.6, as `hpke` and `p256` use it). A caller on a normal OS

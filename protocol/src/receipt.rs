@@ -81,10 +81,62 @@ pub enum ReceiptError {
 /// Price per token, in nanoton, by kind of token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UnitPrice {
-    /// Nanoton per prompt (input) token.
+    /// Nanoton per prompt (input) token that had to be computed.
     pub prompt: u64,
+    /// Nanoton per prompt token served from a cache (a prefix the backend
+    /// had already computed).
+    pub cached: u64,
     /// Nanoton per completion (output) token.
     pub completion: u64,
+}
+
+/// A multiplier of 1, in thousandths.
+pub const MULTIPLIER_ONE: u32 = 1000;
+
+impl UnitPrice {
+    /// These (base) prices under a load multiplier in thousandths, each
+    /// rounded down: `floor(base × multiplier_milli / 1000)`. `None` on
+    /// overflow.
+    pub fn scaled(&self, multiplier_milli: u32) -> Option<UnitPrice> {
+        let f = |p: u64| -> Option<u64> {
+            u64::try_from(u128::from(p) * u128::from(multiplier_milli) / 1000).ok()
+        };
+        Some(UnitPrice {
+            prompt: f(self.prompt)?,
+            cached: f(self.cached)?,
+            completion: f(self.completion)?,
+        })
+    }
+
+    /// CBOR map `{"prompt", "cached", "completion"}`.
+    pub fn to_cbor_value(&self) -> Value {
+        cbor::map(vec![
+            ("prompt", Value::Integer(self.prompt.into())),
+            ("cached", Value::Integer(self.cached.into())),
+            ("completion", Value::Integer(self.completion.into())),
+        ])
+    }
+
+    /// Decode the map [`UnitPrice::to_cbor_value`] writes, strictly.
+    pub fn from_cbor_value(v: Value, what: &str) -> Result<UnitPrice, CborError> {
+        let mut p = MapReader::new(v, what)?;
+        let price = UnitPrice {
+            prompt: p.u64("prompt")?,
+            cached: p.u64("cached")?,
+            completion: p.u64("completion")?,
+        };
+        p.finish()?;
+        Ok(price)
+    }
+
+    /// The most a request can cost at these prices, with at most
+    /// `prompt_tokens` prompt tokens (all charged as computed) and
+    /// `completion_tokens` completion tokens. `None` on overflow.
+    pub fn max_charge(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<u128> {
+        let p = u128::from(prompt_tokens).checked_mul(u128::from(self.prompt.max(self.cached)))?;
+        let c = u128::from(completion_tokens).checked_mul(u128::from(self.completion))?;
+        p.checked_add(c)
+    }
 }
 
 /// What the enclave attests it did for one request.
@@ -94,14 +146,20 @@ pub struct UsageReceipt {
     pub request_id: RequestId,
     /// The model that served it.
     pub model: String,
-    /// Prompt tokens processed.
+    /// Prompt tokens processed (cached ones included).
     pub prompt_tokens: u64,
+    /// Of the prompt tokens, those served from a cache (charged at
+    /// [`UnitPrice::cached`]); at most `prompt_tokens`.
+    pub cached_tokens: u64,
     /// Completion tokens produced.
     pub completion_tokens: u64,
     /// `prompt_tokens + completion_tokens`.
     pub total_tokens: u64,
-    /// Prices applied.
+    /// Prices applied: the ones the client accepted in the request's
+    /// billing metadata.
     pub unit_price: UnitPrice,
+    /// The load multiplier (thousandths) those prices include.
+    pub multiplier_milli: u32,
     /// When the enclave finished the request (Unix seconds, passed in).
     pub time: u64,
     /// The enclave's receipt counter (starts at boot; strictly increasing
@@ -113,28 +171,24 @@ pub struct UsageReceipt {
 
 impl UsageReceipt {
     /// Canonical CBOR payload: `{"request_id", "model", "prompt_tokens",
-    /// "completion_tokens", "total_tokens", "unit_price": {"prompt",
-    /// "completion"}, "time", "enclave_seq", "client_account"}` in that
-    /// order.
+    /// "cached_tokens", "completion_tokens", "total_tokens", "unit_price":
+    /// {"prompt", "cached", "completion"}, "multiplier_milli", "time",
+    /// "enclave_seq", "client_account"}` in that order.
     pub fn to_cbor(&self) -> Vec<u8> {
         cbor::encode(&cbor::map(vec![
             ("request_id", Value::Bytes(self.request_id.0.to_vec())),
             ("model", Value::Text(self.model.clone())),
             ("prompt_tokens", Value::Integer(self.prompt_tokens.into())),
+            ("cached_tokens", Value::Integer(self.cached_tokens.into())),
             (
                 "completion_tokens",
                 Value::Integer(self.completion_tokens.into()),
             ),
             ("total_tokens", Value::Integer(self.total_tokens.into())),
+            ("unit_price", self.unit_price.to_cbor_value()),
             (
-                "unit_price",
-                cbor::map(vec![
-                    ("prompt", Value::Integer(self.unit_price.prompt.into())),
-                    (
-                        "completion",
-                        Value::Integer(self.unit_price.completion.into()),
-                    ),
-                ]),
+                "multiplier_milli",
+                Value::Integer(self.multiplier_milli.into()),
             ),
             ("time", Value::Integer(self.time.into())),
             ("enclave_seq", Value::Integer(self.enclave_seq.into())),
@@ -147,19 +201,28 @@ impl UsageReceipt {
     /// [`verify_receipt`] on untrusted bytes.
     pub fn from_cbor(bytes: &[u8]) -> Result<UsageReceipt, ReceiptError> {
         let mut m = MapReader::new(cbor::decode(bytes, MAX_RECEIPT)?, "receipt")?;
-        let mut p = MapReader::new(m.take("unit_price")?, "receipt.unit_price")?;
-        let unit_price = UnitPrice {
-            prompt: p.u64("prompt")?,
-            completion: p.u64("completion")?,
-        };
-        p.finish()?;
+        let request_id = RequestId(m.array::<32>("request_id")?);
+        let model = m.text("model")?;
+        let prompt_tokens = m.u64("prompt_tokens")?;
+        let cached_tokens = m.u64("cached_tokens")?;
+        let completion_tokens = m.u64("completion_tokens")?;
+        let total_tokens = m.u64("total_tokens")?;
+        let unit_price = UnitPrice::from_cbor_value(m.take("unit_price")?, "receipt.unit_price")?;
+        let multiplier_milli = u32::try_from(m.u64("multiplier_milli")?).map_err(|_| {
+            CborError::Invalid(
+                "receipt.multiplier_milli".into(),
+                "does not fit in 32 bits".into(),
+            )
+        })?;
         let r = UsageReceipt {
-            request_id: RequestId(m.array::<32>("request_id")?),
-            model: m.text("model")?,
-            prompt_tokens: m.u64("prompt_tokens")?,
-            completion_tokens: m.u64("completion_tokens")?,
-            total_tokens: m.u64("total_tokens")?,
+            request_id,
+            model,
+            prompt_tokens,
+            cached_tokens,
+            completion_tokens,
+            total_tokens,
             unit_price,
+            multiplier_milli,
             time: m.u64("time")?,
             enclave_seq: m.u64("enclave_seq")?,
             client_account: m.array::<32>("client_account")?,
@@ -172,16 +235,34 @@ impl UsageReceipt {
         Ok(r)
     }
 
-    /// What the receipt charges, in nanoton: prompt tokens × prompt price +
-    /// completion tokens × completion price; `None` on overflow.
+    /// What the receipt charges, in nanoton: computed prompt tokens
+    /// (`prompt_tokens − cached_tokens`) × prompt price + cached tokens ×
+    /// cached price + completion tokens × completion price; `None` on
+    /// overflow or when more tokens are cached than were prompted.
     pub fn charge_nanoton(&self) -> Option<u128> {
-        let p = u128::from(self.prompt_tokens).checked_mul(u128::from(self.unit_price.prompt))?;
+        let computed = self.prompt_tokens.checked_sub(self.cached_tokens)?;
+        let p = u128::from(computed).checked_mul(u128::from(self.unit_price.prompt))?;
+        let k = u128::from(self.cached_tokens).checked_mul(u128::from(self.unit_price.cached))?;
         let c = u128::from(self.completion_tokens)
             .checked_mul(u128::from(self.unit_price.completion))?;
-        p.checked_add(c)
+        p.checked_add(k)?.checked_add(c)
     }
 
     fn check(&self) -> Result<(), ReceiptError> {
+        if self.cached_tokens > self.prompt_tokens {
+            return Err(ReceiptError::Inconsistent(format!(
+                "cached_tokens {} is more than prompt_tokens {}",
+                self.cached_tokens, self.prompt_tokens
+            )));
+        }
+        if self
+            .charge_nanoton()
+            .is_none_or(|c| c > u128::from(u64::MAX))
+        {
+            return Err(ReceiptError::Inconsistent(
+                "the charge does not fit in 64 bits of nanoton".into(),
+            ));
+        }
         if self.model.len() > MAX_MODEL_NAME {
             return Err(ReceiptError::Inconsistent(format!(
                 "model name is {} bytes, more than {MAX_MODEL_NAME}",
@@ -211,6 +292,10 @@ pub struct BillingExpectation {
     pub model: String,
     /// The completion-token limit from the billing metadata.
     pub max_tokens: u32,
+    /// The prices the client accepted.
+    pub unit_price: UnitPrice,
+    /// The multiplier the client accepted.
+    pub multiplier_milli: u32,
 }
 
 impl BillingExpectation {
@@ -221,6 +306,8 @@ impl BillingExpectation {
             account: meta.client_account,
             model: meta.model.clone(),
             max_tokens: meta.max_tokens,
+            unit_price: meta.unit_price,
+            multiplier_milli: meta.multiplier_milli,
         }
     }
 }
@@ -261,6 +348,18 @@ pub enum ReceiptMismatch {
         /// What the receipt bills.
         got: u64,
     },
+    /// Other prices than the ones the request accepted.
+    #[error("receipt charges prices {got:?} at multiplier {got_multiplier}/1000, not the accepted {expected:?} at {expected_multiplier}/1000")]
+    WrongPrice {
+        /// Accepted.
+        expected: UnitPrice,
+        /// Accepted multiplier.
+        expected_multiplier: u32,
+        /// Charged.
+        got: UnitPrice,
+        /// Charged multiplier.
+        got_multiplier: u32,
+    },
 }
 
 fn hex32(b: &[u8; 32]) -> String {
@@ -293,6 +392,14 @@ impl UsageReceipt {
             return Err(ReceiptMismatch::TooManyTokens {
                 max: e.max_tokens,
                 got: self.completion_tokens,
+            });
+        }
+        if self.unit_price != e.unit_price || self.multiplier_milli != e.multiplier_milli {
+            return Err(ReceiptMismatch::WrongPrice {
+                expected: e.unit_price,
+                expected_multiplier: e.multiplier_milli,
+                got: self.unit_price,
+                got_multiplier: self.multiplier_milli,
             });
         }
         Ok(())
@@ -341,6 +448,12 @@ impl ReceiptSigner {
             .to_encoded_point(false)
             .as_bytes()
             .to_vec()
+    }
+
+    /// Sign an account's cumulative tab for settlement
+    /// ([`crate::settlement`]), with the same key.
+    pub fn sign_tab(&self, tab: &crate::settlement::Tab) -> crate::settlement::SignedTab {
+        tab.sign(&self.key)
     }
 
     /// Sign a receipt. Refuses one whose totals do not add up or whose
@@ -469,12 +582,15 @@ mod tests {
             request_id: RequestId([0x11; 32]),
             model: "minilm".into(),
             prompt_tokens: 12,
+            cached_tokens: 2,
             completion_tokens: 30,
             total_tokens: 42,
             unit_price: UnitPrice {
                 prompt: 100,
+                cached: 25,
                 completion: 300,
             },
+            multiplier_milli: 1000,
             time: 1_795_000_000,
             enclave_seq: 7,
             client_account: [0xac; 32],
@@ -500,7 +616,11 @@ mod tests {
         assert_eq!(pk.len(), RECEIPT_PUBLIC_KEY_LEN);
         let bytes = signer.sign(&receipt()).unwrap();
         assert_eq!(verify_receipt(&bytes, &pk).unwrap(), receipt());
-        assert_eq!(receipt().charge_nanoton(), Some(12 * 100 + 30 * 300));
+        // Ten computed prompt tokens, two cached ones, thirty completion.
+        assert_eq!(
+            receipt().charge_nanoton(),
+            Some(10 * 100 + 2 * 25 + 30 * 300)
+        );
         // Deterministic signatures (RFC 6979): same receipt, same bytes.
         assert_eq!(signer.sign(&receipt()).unwrap(), bytes);
     }

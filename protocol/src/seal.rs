@@ -67,6 +67,7 @@ use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 
+use crate::receipt::UnitPrice;
 use crate::RequestId;
 
 /// The HPKE KEM: DHKEM(X25519, HKDF-SHA256).
@@ -240,18 +241,32 @@ pub struct BillingMeta {
     pub max_tokens: u32,
     /// The price quote the client accepted.
     pub price_quote_id: String,
+    /// The prices per token the client accepts: the provider's base
+    /// prices for `model` scaled by `multiplier_milli`
+    /// ([`UnitPrice::scaled`]). The enclave charges exactly these, and
+    /// refuses the request when they are not its measured base prices under
+    /// a multiplier inside its measured bounds.
+    pub unit_price: UnitPrice,
+    /// The load multiplier (thousandths) of the accepted prices.
+    pub multiplier_milli: u32,
     /// The paying account (hash of the account's public key).
     pub client_account: [u8; 32],
 }
 
 impl BillingMeta {
     /// Canonical CBOR: `{"model", "max_tokens", "price_quote_id",
+    /// "unit_price": {"prompt", "cached", "completion"}, "multiplier_milli",
     /// "client_account"}` in that order.
     pub fn to_cbor(&self) -> Vec<u8> {
         cbor::encode(&cbor::map(vec![
             ("model", Value::Text(self.model.clone())),
             ("max_tokens", Value::Integer(self.max_tokens.into())),
             ("price_quote_id", Value::Text(self.price_quote_id.clone())),
+            ("unit_price", self.unit_price.to_cbor_value()),
+            (
+                "multiplier_milli",
+                Value::Integer(self.multiplier_milli.into()),
+            ),
             ("client_account", Value::Bytes(self.client_account.to_vec())),
         ]))
     }
@@ -266,10 +281,22 @@ impl BillingMeta {
                 "does not fit in 32 bits".into(),
             )
         })?;
+        let model = m.text("model")?;
+        let price_quote_id = m.text("price_quote_id")?;
+        let unit_price =
+            UnitPrice::from_cbor_value(m.take("unit_price")?, "billing_meta.unit_price")?;
+        let multiplier_milli = u32::try_from(m.u64("multiplier_milli")?).map_err(|_| {
+            CborError::Invalid(
+                "billing_meta.multiplier_milli".into(),
+                "does not fit in 32 bits".into(),
+            )
+        })?;
         let meta = BillingMeta {
-            model: m.text("model")?,
+            model,
             max_tokens,
-            price_quote_id: m.text("price_quote_id")?,
+            price_quote_id,
+            unit_price,
+            multiplier_milli,
             client_account: m.array::<32>("client_account")?,
         };
         m.finish()?;
@@ -492,6 +519,12 @@ pub(crate) mod tests {
             model: "minilm".into(),
             max_tokens: 256,
             price_quote_id: "q-2026-11-23-1".into(),
+            unit_price: UnitPrice {
+                prompt: 150,
+                cached: 40,
+                completion: 450,
+            },
+            multiplier_milli: 1500,
             client_account: [0xac; 32],
         }
     }

@@ -45,6 +45,12 @@ fn meta() -> BillingMeta {
         model: "minilm".into(),
         max_tokens: 256,
         price_quote_id: "quote-1".into(),
+        unit_price: UnitPrice {
+            prompt: 1,
+            cached: 1,
+            completion: 2,
+        },
+        multiplier_milli: 1000,
         client_account: [7; 32],
     }
 }
@@ -256,12 +262,15 @@ fn main() {
             request_id: RequestId([1; 32]),
             model: "minilm".into(),
             prompt_tokens: 100,
+            cached_tokens: 0,
             completion_tokens: 200,
             total_tokens: 300,
             unit_price: UnitPrice {
                 prompt: 10,
+                cached: 10,
                 completion: 30,
             },
+            multiplier_milli: 1000,
             time: 1_795_000_000,
             enclave_seq: 1,
             client_account: [7; 32],

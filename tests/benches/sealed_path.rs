@@ -22,6 +22,7 @@ use cocoon_protocol::api::{
 use cocoon_protocol::frame::{self, FrameDecoder, FrameType};
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, ResponseEvent, Role};
 use cocoon_protocol::rand_core::OsRng;
+use cocoon_protocol::receipt::UnitPrice;
 use cocoon_protocol::seal::{seal_request, BillingMeta, EvidenceDigest, HpkePublicKey};
 use cocoon_tests::bench::{median, mode, ms};
 use cocoon_tests::procs::{bin, field, Proc, TempDir};
@@ -43,6 +44,12 @@ impl Target {
             model: MODEL.into(),
             max_tokens: MAX_TOKENS,
             price_quote_id: "list".into(),
+            unit_price: UnitPrice {
+                prompt: 1,
+                cached: 1,
+                completion: 2,
+            },
+            multiplier_milli: 1000,
             client_account: self.account.id().0,
         };
         let body = InferenceRequest::Chat {

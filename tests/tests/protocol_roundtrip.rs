@@ -87,12 +87,11 @@ impl Enclave {
             request_id,
             model: meta.model.clone(),
             prompt_tokens: 12,
+            cached_tokens: 0,
             completion_tokens: 9,
             total_tokens: 21,
-            unit_price: UnitPrice {
-                prompt: 100,
-                completion: 400,
-            },
+            unit_price: meta.unit_price,
+            multiplier_milli: meta.multiplier_milli,
             time: 1_795_000_000,
             enclave_seq: self.seq,
             client_account: meta.client_account,
@@ -109,6 +108,12 @@ fn meta() -> BillingMeta {
         model: "minilm".into(),
         max_tokens: 64,
         price_quote_id: "quote-17".into(),
+        unit_price: UnitPrice {
+            prompt: 100,
+            cached: 100,
+            completion: 400,
+        },
+        multiplier_milli: 1000,
         client_account: [0xa1; 32],
     }
 }

@@ -50,6 +50,7 @@ pub const EMBED_MODEL: &str = "tiny-embed";
 /// Prices in nanoton per token.
 pub const PRICE: UnitPrice = UnitPrice {
     prompt: 100,
+    cached: 100,
     completion: 300,
 };
 
@@ -232,6 +233,9 @@ pub enum Misbehavior {
     LedgerForeignReceipt,
     /// The ledger lists a receipt whose signature does not verify.
     LedgerForgedReceipt,
+    /// The (attested) enclave charges twice the prices the request
+    /// accepted.
+    Overcharge,
 }
 
 pub struct ProviderState {
@@ -300,6 +304,7 @@ impl TestProvider {
             .route("/v1/evidence", get(evidence))
             .route("/v1/requests", post(requests))
             .route("/v1/receipts", get(receipts))
+            .route("/v1/prices", get(prices))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -365,6 +370,41 @@ async fn evidence(State(s): State<Shared>) -> Response {
         StatusCode::OK,
         [("content-type", CBOR_CONTENT_TYPE)],
         EvidenceList(list).to_cbor(),
+    )
+        .into_response()
+}
+
+/// A sheet with every listed enclave at [`PRICE`], multiplier 1.
+async fn prices(State(s): State<Shared>) -> Response {
+    use cocoon_protocol::pricing::{PriceSheet, PriceTable, SheetEntry};
+    let st = s.lock().unwrap();
+    let table = PriceTable {
+        models: [(MODEL.to_string(), PRICE), (EMBED_MODEL.to_string(), PRICE)]
+            .into_iter()
+            .collect(),
+        min_multiplier_milli: 1000,
+        max_multiplier_milli: 3000,
+    };
+    let enclaves = [st.enclave.digest(), st.other.digest()]
+        .into_iter()
+        .map(|d| SheetEntry {
+            evidence_digest: d.0,
+            table: table.clone(),
+            multiplier_milli: 1000,
+        })
+        .collect();
+    let sheet = PriceSheet {
+        quote_id: "q-test".into(),
+        issued_at: 1_795_000_000,
+        valid_until: 1_795_000_060,
+        utilisation_milli: 0,
+        enclaves,
+        settlement: None,
+    };
+    (
+        StatusCode::OK,
+        [("content-type", CBOR_CONTENT_TYPE)],
+        sheet.to_cbor(),
     )
         .into_response()
 }
@@ -530,9 +570,11 @@ fn serve_request(
         request_id,
         model: meta.model.clone(),
         prompt_tokens,
+        cached_tokens: 0,
         completion_tokens,
         total_tokens: prompt_tokens + completion_tokens,
-        unit_price: PRICE,
+        unit_price: meta.unit_price,
+        multiplier_milli: meta.multiplier_milli,
         time: 1_795_000_000 + st.enclave.seq,
         enclave_seq: st.enclave.seq,
         client_account: meta.client_account,
@@ -545,6 +587,10 @@ fn serve_request(
         Misbehavior::WrongRequestId => receipt.request_id = RequestId([0xee; 32]),
         Misbehavior::WrongAccount => receipt.client_account = [0xaa; 32],
         Misbehavior::WrongModel => receipt.model = "expensive-model".into(),
+        Misbehavior::Overcharge => {
+            receipt.multiplier_milli *= 2;
+            receipt.unit_price = receipt.unit_price.scaled(2000).unwrap();
+        }
         _ => {}
     }
     let mut receipt_bytes = match st.misbehavior {

@@ -25,11 +25,14 @@ use cocoon_protocol::api::{
 };
 use cocoon_protocol::frame::{self, FrameDecoder, FrameType};
 use cocoon_protocol::message::{FinishReason, ResponseEvent};
+use cocoon_protocol::pricing::PriceTable;
 use cocoon_protocol::receipt::{verify_receipt, ReceiptSigner, UnitPrice, UsageReceipt};
 use cocoon_protocol::seal::{
     open_request, seal_request, BillingMeta, ClientSession, EvidenceDigest, HpkePublicKey,
     HpkeSecretKey, SealedRequest,
 };
+use cocoon_protocol::settlement::Tab;
+use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
 use cocoon_protocol::RequestId;
 use cocoon_verifier::{Policy, UnixTime};
 use p256::ecdsa::signature::Signer as _;
@@ -41,6 +44,21 @@ use tokio::task::JoinHandle;
 
 /// The model the test enclave serves.
 pub const MODEL: &str = "test-model";
+/// Its base price (nanoton per token).
+pub const PRICE: UnitPrice = UnitPrice {
+    prompt: 100,
+    cached: 100,
+    completion: 300,
+};
+
+/// The test enclave's measured price table.
+pub fn price_table() -> PriceTable {
+    PriceTable {
+        models: [(MODEL.to_string(), PRICE)].into_iter().collect(),
+        min_multiplier_milli: 1000,
+        max_multiplier_milli: 3000,
+    }
+}
 /// Its simulated measurement.
 pub const MEASUREMENT: [u8; 48] = [0x5a; 48];
 
@@ -202,6 +220,10 @@ struct EnclaveState {
     cancels: AtomicUsize,
     connections: AtomicUsize,
     conn_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Signed receipts not yet acknowledged: id → (account, charge).
+    pending: Mutex<std::collections::HashMap<RequestId, ([u8; 32], u64)>>,
+    /// Tabs per account: (count, total).
+    tabs: Mutex<std::collections::HashMap<[u8; 32], (u64, u64)>>,
 }
 
 /// A test enclave listening on a Unix socket.
@@ -241,6 +263,8 @@ impl TestEnclave {
             cancels: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             conn_tasks: Mutex::new(Vec::new()),
+            pending: Mutex::default(),
+            tabs: Mutex::default(),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -314,6 +338,9 @@ impl TestEnclave {
     pub fn rotate_keys(&self) {
         let epoch = self.state.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         *self.state.keys.lock().unwrap() = make_keys(epoch);
+        // New key, new tabs.
+        self.state.pending.lock().unwrap().clear();
+        self.state.tabs.lock().unwrap().clear();
     }
 
     /// A restart: every connection dropped, new keys.
@@ -361,6 +388,36 @@ async fn serve_conn(mut sock: UnixStream, st: Arc<EnclaveState>) {
                         FrameType::Cancel => {
                             st.cancels.fetch_add(1, Ordering::SeqCst);
                             cancelled.lock().unwrap().insert(f.stream_id);
+                        }
+                        FrameType::PriceTableRequest => {
+                            send(&out_tx, 0, FrameType::PriceTable, &price_table().to_cbor());
+                        }
+                        FrameType::ReceiptAck => {
+                            let Ok(ack) = ReceiptAck::from_bytes(&f.payload) else {
+                                return;
+                            };
+                            let signer = st.keys.lock().unwrap().receipt.clone();
+                            let mut pending = st.pending.lock().unwrap();
+                            let mut tabs = st.tabs.lock().unwrap();
+                            let mut named = std::collections::BTreeSet::new();
+                            for (id, account) in ack.receipts {
+                                named.insert(account);
+                                if let Some((a, charge)) = pending.remove(&id) {
+                                    let t = tabs.entry(a).or_insert((0, 0));
+                                    *t = (t.0 + 1, t.1 + charge);
+                                }
+                            }
+                            let update = TabUpdate {
+                                tabs: named
+                                    .into_iter()
+                                    .filter_map(|a| {
+                                        tabs.get(&a).map(|&(count, total)| {
+                                            signer.sign_tab(&Tab { account: a, count, total })
+                                        })
+                                    })
+                                    .collect(),
+                            };
+                            send(&out_tx, 0, FrameType::Tab, &update.to_bytes());
                         }
                         _ => {}
                     }
@@ -434,12 +491,11 @@ async fn handle_request(
         request_id,
         model: meta.model.clone(),
         prompt_tokens: body.len() as u64,
+        cached_tokens: 0,
         completion_tokens: produced,
         total_tokens: body.len() as u64 + produced,
-        unit_price: UnitPrice {
-            prompt: 100,
-            completion: 300,
-        },
+        unit_price: meta.unit_price,
+        multiplier_milli: meta.multiplier_milli,
         time: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -462,6 +518,11 @@ async fn handle_request(
         keys.receipt.clone()
     };
     let signed = signer.sign(&receipt).unwrap();
+    let charge = u64::try_from(receipt.charge_nanoton().unwrap()).unwrap();
+    st.pending
+        .lock()
+        .unwrap()
+        .insert(receipt.request_id, (receipt.client_account, charge));
     if behavior != Behavior::SkipReceipt {
         send(&out, id, FrameType::Receipt, &signed);
     }
@@ -505,6 +566,7 @@ impl TestHost {
             policy,
             ledger_path: ledger.clone(),
             limits,
+            settlement: None,
         };
         let running = cocoon_host::start(listeners, config).await.unwrap();
         TestHost {
@@ -748,6 +810,8 @@ pub fn seal(
         model: MODEL.into(),
         max_tokens,
         price_quote_id: "q-test".into(),
+        unit_price: PRICE,
+        multiplier_milli: 1000,
         client_account: account.id().0,
     };
     seal_request(&target.hpke, &target.digest, &meta, body, &mut OsRng).unwrap()

@@ -1,0 +1,301 @@
+//! Settlement: the ledger's receipts, aggregated per (enclave receipt key,
+//! account), become claim messages for the TON payment contract
+//! (`contracts/`; `cocoon-host settle`).
+//!
+//! A claim carries two signed messages and nothing else the contract has to
+//! trust: the client's authorization of the enclave's attested receipt key
+//! up to a cap, and the enclave's cumulative tab for that account (count
+//! and total of the receipts the host acknowledged as committed). The
+//! contract pays `tab.total − already paid`, at most the cap and the
+//! client's deposit, once.
+//!
+//! Before writing a claim this module checks, per pair:
+//!
+//! * both signatures again (the ledger is the host's own file, but a claim
+//!   the contract refuses costs gas);
+//! * the tab against the ledger: a tab counting more receipts, or the same
+//!   number with another total, than the ledger holds means the ledger lost
+//!   receipts; that pair is not claimed and the run says why;
+//! * receipts the tab does not count yet are reported as pending (their
+//!   enclave has not acknowledged them; they are claimed by a later run, or
+//!   never if the enclave is gone).
+//!
+//! The output directory gets `claims.json` (the manifest: every claim with
+//! its amounts and the base64 BOC of its message body) and one
+//! `claim-NNNN.boc` per claim, to be sent from the provider's wallet to the
+//! contract with enough TON attached for gas.
+
+use std::path::Path;
+
+use base64ct::{Base64, Encoding as _};
+use cocoon_protocol::settlement::{compress_p256, ContractAddress, SignedAuthorization, SignedTab};
+use cocoon_protocol::ton::claim_body;
+
+use crate::ledger::{ClaimRecord, Ledger, SettlementRow};
+
+/// One claim message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The account.
+    pub account: [u8; 32],
+    /// The enclave receipt key, compressed.
+    pub enclave_key: [u8; 33],
+    /// The attested key as stored (SEC1).
+    pub receipt_public_key: Vec<u8>,
+    /// Receipts the tab counts.
+    pub count: u64,
+    /// The tab's total, nanoton.
+    pub total: u64,
+    /// What earlier runs claimed.
+    pub already_claimed: u64,
+    /// What this claim adds: `total − already_claimed`.
+    pub amount: u64,
+    /// The message body (BOC).
+    pub body_boc: Vec<u8>,
+}
+
+/// A pair that cannot be claimed (now), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unclaimed {
+    /// The account.
+    pub account: [u8; 32],
+    /// The attested key as stored (SEC1).
+    pub receipt_public_key: Vec<u8>,
+    /// Receipts in the ledger not counted by a claimable tab.
+    pub receipts: u64,
+    /// Their charges.
+    pub nanoton: u128,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a settlement run found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Claims to send.
+    pub claims: Vec<Claim>,
+    /// Receipts not claimable now.
+    pub unclaimed: Vec<Unclaimed>,
+    /// Receipts in the ledger.
+    pub ledger_receipts: u64,
+    /// Their charges.
+    pub ledger_nanoton: u128,
+    /// Receipts counted by the claimed tabs (this and earlier runs).
+    pub counted_receipts: u64,
+    /// Their charges (the tabs' totals).
+    pub counted_nanoton: u128,
+}
+
+impl Settlement {
+    /// Sum of this run's claim amounts.
+    pub fn total_amount(&self) -> u128 {
+        self.claims.iter().map(|c| u128::from(c.amount)).sum()
+    }
+}
+
+/// Build the claims for `contract` from the ledger's settlement view.
+/// `query_id` numbers the first claim; the rest follow.
+pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -> Settlement {
+    let mut out = Settlement::default();
+    for row in rows {
+        out.ledger_receipts += row.receipts;
+        out.ledger_nanoton += row.charged;
+        let unclaimed = |receipts: u64, nanoton: u128, reason: String| Unclaimed {
+            account: row.account,
+            receipt_public_key: row.receipt_public_key.clone(),
+            receipts,
+            nanoton,
+            reason,
+        };
+        let Some(tab) = &row.tab else {
+            out.unclaimed.push(unclaimed(
+                row.receipts,
+                row.charged,
+                "no tab: the enclave has not acknowledged these receipts yet".into(),
+            ));
+            continue;
+        };
+        let signed = match SignedTab::from_bytes(&tab.signed) {
+            Ok(t) if t.tab.verify(&t.signature, &row.receipt_public_key).is_ok() => t,
+            _ => {
+                out.unclaimed.push(unclaimed(
+                    row.receipts,
+                    row.charged,
+                    "the stored tab does not verify under the attested receipt key".into(),
+                ));
+                continue;
+            }
+        };
+        if tab.count > row.receipts
+            || (tab.count == row.receipts && u128::from(tab.total) != row.charged)
+            || u128::from(tab.total) > row.charged
+        {
+            out.unclaimed.push(unclaimed(
+                row.receipts,
+                row.charged,
+                format!(
+                    "the tab counts {} receipts / {} nanoton but the ledger holds {} / {}: receipts are missing from the ledger; not claimed",
+                    tab.count, tab.total, row.receipts, row.charged
+                ),
+            ));
+            continue;
+        }
+        if tab.count < row.receipts {
+            out.unclaimed.push(unclaimed(
+                row.receipts - tab.count,
+                row.charged - u128::from(tab.total),
+                "not counted by the enclave's tab yet (pending acknowledgement; lost if the enclave is gone)".into(),
+            ));
+        }
+        out.counted_receipts += tab.count;
+        out.counted_nanoton += u128::from(tab.total);
+        if tab.total <= row.claimed_total {
+            continue;
+        }
+        let Some(auth) = &row.authorization else {
+            out.unclaimed.push(unclaimed(
+                tab.count,
+                u128::from(tab.total - row.claimed_total),
+                "no client authorization for this enclave key: not claimable".into(),
+            ));
+            continue;
+        };
+        let auth = match SignedAuthorization::from_bytes(&auth.signed) {
+            Ok(a) if a.verify(&auth.client_public_key).is_ok() => a,
+            _ => {
+                out.unclaimed.push(unclaimed(
+                    tab.count,
+                    u128::from(tab.total - row.claimed_total),
+                    "the stored authorization does not verify".into(),
+                ));
+                continue;
+            }
+        };
+        let Ok(enclave_key) = compress_p256(&row.receipt_public_key) else {
+            continue;
+        };
+        if auth.auth.contract != contract || auth.auth.enclave_key != enclave_key {
+            out.unclaimed.push(unclaimed(
+                tab.count,
+                u128::from(tab.total - row.claimed_total),
+                format!(
+                    "the authorization is for contract {} and another key, not {contract}",
+                    auth.auth.contract
+                ),
+            ));
+            continue;
+        }
+        if tab.total > auth.auth.cap {
+            out.unclaimed.push(unclaimed(
+                tab.count,
+                u128::from(tab.total - row.claimed_total),
+                format!(
+                    "the tab's total {} is over the client's cap {}: the contract would refuse it",
+                    tab.total, auth.auth.cap
+                ),
+            ));
+            continue;
+        }
+        let body = claim_body(query_id + out.claims.len() as u64, &auth, &signed);
+        let Ok(body_boc) = body.map(|c| c.to_boc()) else {
+            continue;
+        };
+        out.claims.push(Claim {
+            account: row.account,
+            enclave_key,
+            receipt_public_key: row.receipt_public_key.clone(),
+            count: tab.count,
+            total: tab.total,
+            already_claimed: row.claimed_total,
+            amount: tab.total - row.claimed_total,
+            body_boc,
+        });
+    }
+    out
+}
+
+/// The manifest `claims.json` (format in `contracts/README.md`).
+pub fn manifest(s: &Settlement, contract: ContractAddress) -> String {
+    let claims: Vec<serde_json::Value> = s
+        .claims
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "account": hex::encode(c.account),
+                "enclave_key": hex::encode(c.enclave_key),
+                "count": c.count,
+                "total": c.total.to_string(),
+                "already_claimed": c.already_claimed.to_string(),
+                "amount": c.amount.to_string(),
+                "body_boc": Base64::encode_string(&c.body_boc),
+            })
+        })
+        .collect();
+    let unclaimed: Vec<serde_json::Value> = s
+        .unclaimed
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "account": hex::encode(u.account),
+                "enclave_key": compress_p256(&u.receipt_public_key).map(hex::encode).unwrap_or_default(),
+                "receipts": u.receipts,
+                "nanoton": u.nanoton.to_string(),
+                "reason": u.reason,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "version": 1,
+        "contract": contract.to_string(),
+        "claims": claims,
+        "total_amount": s.total_amount().to_string(),
+        "unclaimed": unclaimed,
+        "ledger": {
+            "receipts": s.ledger_receipts,
+            "nanoton": s.ledger_nanoton.to_string(),
+            "counted_receipts": s.counted_receipts,
+            "counted_nanoton": s.counted_nanoton.to_string(),
+        },
+    }))
+    .unwrap_or_default()
+}
+
+/// Run settlement: read the ledger, write `claims.json` and the BOCs into
+/// `out`, and (unless `dry_run`) record the claims in the ledger so the
+/// next run claims only what is new.
+pub async fn run(
+    ledger: &Ledger,
+    contract: ContractAddress,
+    out: &Path,
+    query_id: u64,
+    dry_run: bool,
+) -> Result<Settlement, String> {
+    let rows = ledger.settlement_view().await.map_err(|e| e.to_string())?;
+    let s = build(&rows, contract, query_id);
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    for (i, c) in s.claims.iter().enumerate() {
+        let p = out.join(format!("claim-{:04}.boc", i + 1));
+        std::fs::write(&p, &c.body_boc)
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    let p = out.join("claims.json");
+    std::fs::write(&p, manifest(&s, contract))
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    if !dry_run {
+        ledger
+            .record_claims(
+                s.claims
+                    .iter()
+                    .map(|c| ClaimRecord {
+                        receipt_public_key: c.receipt_public_key.clone(),
+                        account: c.account,
+                        count: c.count,
+                        total: c.total,
+                    })
+                    .collect(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(s)
+}

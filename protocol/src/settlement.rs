@@ -1,0 +1,398 @@
+//! Settlement's signed messages: the client's authorization of an attested
+//! enclave key with a cap, and the enclave's cumulative tab per account.
+//!
+//! Both are short fixed layouts (big-endian integers) signed with ECDSA
+//! P-256 / SHA-256 over the exact bytes, 64-byte `r ‖ s` with low S, which
+//! is what TVM's `P256_CHKSIGNS` verifies, so the payment contract checks
+//! the very bytes the enclave and the client signed. The contract and its
+//! exit codes are in `contracts/`.
+//!
+//! Authorization (client-signed, [`AUTH_LEN`] bytes):
+//!
+//! ```text
+//! 0   4   "CCA1"
+//! 4   1   contract workchain (i8)
+//! 5   32  contract address hash
+//! 37  32  account id (SHA-256 of the client's uncompressed SEC1 key)
+//! 69  33  enclave receipt key, compressed SEC1
+//! 102 8   cap: u64 nanoton, the most this account pays in total for
+//!         receipts signed by that key
+//! ```
+//!
+//! Tab (enclave-signed, [`TAB_LEN`] bytes):
+//!
+//! ```text
+//! 0   4   "CCT1"
+//! 4   32  account id
+//! 36  8   count: u64, receipts counted
+//! 44  8   total: u64 nanoton, the sum of their charges
+//! ```
+
+use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+
+use crate::account::AccountId;
+
+/// Tag of an authorization.
+pub const AUTH_TAG: &[u8; 4] = b"CCA1";
+/// Tag of a tab.
+pub const TAB_TAG: &[u8; 4] = b"CCT1";
+/// Bytes of an authorization message.
+pub const AUTH_LEN: usize = 110;
+/// Bytes of a tab message.
+pub const TAB_LEN: usize = 52;
+/// Bytes of a signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of a signed authorization.
+pub const SIGNED_AUTH_LEN: usize = AUTH_LEN + SIGNATURE_LEN;
+/// Bytes of a signed tab.
+pub const SIGNED_TAB_LEN: usize = TAB_LEN + SIGNATURE_LEN;
+/// Nanoton a deposit keeps for the contract's gas and storage.
+pub const DEPOSIT_FEE: u64 = 10_000_000;
+
+/// Why a settlement message is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettlementError {
+    /// Wrong length or tag.
+    #[error("{0}")]
+    Malformed(String),
+    /// Not a valid P-256 key.
+    #[error("not a valid P-256 public key")]
+    BadKey,
+    /// The signature is malformed, high-S or does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The key does not belong to the account the message names.
+    #[error("the client key does not belong to the account the authorization names")]
+    WrongAccount,
+}
+
+/// A TON standard address: workchain and 32-byte hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContractAddress {
+    /// Workchain (0 basechain, -1 masterchain).
+    pub workchain: i8,
+    /// Account hash.
+    pub hash: [u8; 32],
+}
+
+impl ContractAddress {
+    /// Parse the raw form `wc:64hex`.
+    pub fn parse_raw(s: &str) -> Result<ContractAddress, SettlementError> {
+        let bad =
+            || SettlementError::Malformed(format!("{s:?} is not a raw TON address (wc:64 hex)"));
+        let (wc, h) = s.split_once(':').ok_or_else(bad)?;
+        let workchain: i8 = wc.parse().map_err(|_| bad())?;
+        let bytes = hex::decode(h).map_err(|_| bad())?;
+        let hash: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+        Ok(ContractAddress { workchain, hash })
+    }
+}
+
+impl std::fmt::Display for ContractAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.workchain, hex::encode(self.hash))
+    }
+}
+
+/// A P-256 key (SEC1, compressed or not) in compressed form.
+pub fn compress_p256(sec1: &[u8]) -> Result<[u8; 33], SettlementError> {
+    let key = VerifyingKey::from_sec1_bytes(sec1).map_err(|_| SettlementError::BadKey)?;
+    key.to_encoded_point(true)
+        .as_bytes()
+        .try_into()
+        .map_err(|_| SettlementError::BadKey)
+}
+
+fn sign(key: &SigningKey, msg: &[u8]) -> [u8; 64] {
+    let sig: Signature = key.sign(msg);
+    sig.normalize_s().unwrap_or(sig).to_bytes().into()
+}
+
+fn verify(key_sec1: &[u8], msg: &[u8], sig: &[u8; 64]) -> Result<(), SettlementError> {
+    let key = VerifyingKey::from_sec1_bytes(key_sec1).map_err(|_| SettlementError::BadKey)?;
+    let sig = Signature::from_slice(sig).map_err(|_| SettlementError::BadSignature)?;
+    if sig.normalize_s().is_some() {
+        return Err(SettlementError::BadSignature);
+    }
+    key.verify(msg, &sig)
+        .map_err(|_| SettlementError::BadSignature)
+}
+
+/// The client's authorization of one enclave receipt key, up to a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorization {
+    /// The payment contract.
+    pub contract: ContractAddress,
+    /// The paying account.
+    pub account: [u8; 32],
+    /// The enclave's receipt key, compressed.
+    pub enclave_key: [u8; 33],
+    /// Most nanoton, in total, for receipts under that key.
+    pub cap: u64,
+}
+
+impl Authorization {
+    /// The signed bytes.
+    pub fn to_bytes(&self) -> [u8; AUTH_LEN] {
+        let mut b = [0u8; AUTH_LEN];
+        b[..4].copy_from_slice(AUTH_TAG);
+        b[4] = self.contract.workchain.to_be_bytes()[0];
+        b[5..37].copy_from_slice(&self.contract.hash);
+        b[37..69].copy_from_slice(&self.account);
+        b[69..102].copy_from_slice(&self.enclave_key);
+        b[102..110].copy_from_slice(&self.cap.to_be_bytes());
+        b
+    }
+
+    /// Parse strictly (length, tag, a valid compressed enclave key).
+    pub fn from_bytes(b: &[u8]) -> Result<Authorization, SettlementError> {
+        if b.len() != AUTH_LEN || &b[..4] != AUTH_TAG {
+            return Err(SettlementError::Malformed(format!(
+                "an authorization is {AUTH_LEN} bytes starting with CCA1"
+            )));
+        }
+        let mut a = Authorization {
+            contract: ContractAddress {
+                workchain: i8::from_be_bytes([b[4]]),
+                hash: [0; 32],
+            },
+            account: [0; 32],
+            enclave_key: [0; 33],
+            cap: 0,
+        };
+        a.contract.hash.copy_from_slice(&b[5..37]);
+        a.account.copy_from_slice(&b[37..69]);
+        a.enclave_key.copy_from_slice(&b[69..102]);
+        let mut cap = [0u8; 8];
+        cap.copy_from_slice(&b[102..110]);
+        a.cap = u64::from_be_bytes(cap);
+        if !matches!(a.enclave_key[0], 2 | 3) || compress_p256(&a.enclave_key).is_err() {
+            return Err(SettlementError::BadKey);
+        }
+        Ok(a)
+    }
+
+    /// Sign with the client's account key.
+    pub fn sign(&self, key: &SigningKey) -> SignedAuthorization {
+        SignedAuthorization {
+            auth: *self,
+            signature: sign(key, &self.to_bytes()),
+        }
+    }
+}
+
+/// An authorization and the client's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedAuthorization {
+    /// The message.
+    pub auth: Authorization,
+    /// ECDSA P-256 `r ‖ s`, low S.
+    pub signature: [u8; 64],
+}
+
+impl SignedAuthorization {
+    /// Check the signature under `client_public_key_sec1`, which must hash
+    /// to the account the authorization names.
+    pub fn verify(&self, client_public_key_sec1: &[u8]) -> Result<(), SettlementError> {
+        let id = AccountId::of_public_key(client_public_key_sec1)
+            .map_err(|_| SettlementError::BadKey)?;
+        if id.0 != self.auth.account {
+            return Err(SettlementError::WrongAccount);
+        }
+        verify(
+            client_public_key_sec1,
+            &self.auth.to_bytes(),
+            &self.signature,
+        )
+    }
+
+    /// Message ‖ signature.
+    pub fn to_bytes(&self) -> [u8; SIGNED_AUTH_LEN] {
+        let mut b = [0u8; SIGNED_AUTH_LEN];
+        b[..AUTH_LEN].copy_from_slice(&self.auth.to_bytes());
+        b[AUTH_LEN..].copy_from_slice(&self.signature);
+        b
+    }
+
+    /// Parse message ‖ signature (the signature is not checked).
+    pub fn from_bytes(b: &[u8]) -> Result<SignedAuthorization, SettlementError> {
+        if b.len() != SIGNED_AUTH_LEN {
+            return Err(SettlementError::Malformed(format!(
+                "a signed authorization is {SIGNED_AUTH_LEN} bytes, not {}",
+                b.len()
+            )));
+        }
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&b[AUTH_LEN..]);
+        Ok(SignedAuthorization {
+            auth: Authorization::from_bytes(&b[..AUTH_LEN])?,
+            signature,
+        })
+    }
+}
+
+/// An account's cumulative tab under one enclave receipt key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tab {
+    /// The account.
+    pub account: [u8; 32],
+    /// Receipts counted.
+    pub count: u64,
+    /// Their charges, nanoton.
+    pub total: u64,
+}
+
+impl Tab {
+    /// The signed bytes.
+    pub fn to_bytes(&self) -> [u8; TAB_LEN] {
+        let mut b = [0u8; TAB_LEN];
+        b[..4].copy_from_slice(TAB_TAG);
+        b[4..36].copy_from_slice(&self.account);
+        b[36..44].copy_from_slice(&self.count.to_be_bytes());
+        b[44..52].copy_from_slice(&self.total.to_be_bytes());
+        b
+    }
+
+    /// Parse strictly.
+    pub fn from_bytes(b: &[u8]) -> Result<Tab, SettlementError> {
+        if b.len() != TAB_LEN || &b[..4] != TAB_TAG {
+            return Err(SettlementError::Malformed(format!(
+                "a tab is {TAB_LEN} bytes starting with CCT1"
+            )));
+        }
+        let mut account = [0u8; 32];
+        account.copy_from_slice(&b[4..36]);
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&b[36..44]);
+        let count = u64::from_be_bytes(n);
+        n.copy_from_slice(&b[44..52]);
+        Ok(Tab {
+            account,
+            count,
+            total: u64::from_be_bytes(n),
+        })
+    }
+
+    /// Sign with the enclave's receipt key.
+    pub fn sign(&self, key: &SigningKey) -> SignedTab {
+        SignedTab {
+            tab: *self,
+            signature: sign(key, &self.to_bytes()),
+        }
+    }
+
+    /// Check `signature` under the enclave's receipt key (SEC1).
+    pub fn verify(
+        &self,
+        signature: &[u8; 64],
+        enclave_key_sec1: &[u8],
+    ) -> Result<(), SettlementError> {
+        verify(enclave_key_sec1, &self.to_bytes(), signature)
+    }
+}
+
+/// A tab and the enclave's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedTab {
+    /// The message.
+    pub tab: Tab,
+    /// ECDSA P-256 `r ‖ s`, low S.
+    pub signature: [u8; 64],
+}
+
+impl SignedTab {
+    /// Message ‖ signature.
+    pub fn to_bytes(&self) -> [u8; SIGNED_TAB_LEN] {
+        let mut b = [0u8; SIGNED_TAB_LEN];
+        b[..TAB_LEN].copy_from_slice(&self.tab.to_bytes());
+        b[TAB_LEN..].copy_from_slice(&self.signature);
+        b
+    }
+
+    /// Parse message ‖ signature (the signature is not checked).
+    pub fn from_bytes(b: &[u8]) -> Result<SignedTab, SettlementError> {
+        if b.len() != SIGNED_TAB_LEN {
+            return Err(SettlementError::Malformed(format!(
+                "a signed tab is {SIGNED_TAB_LEN} bytes, not {}",
+                b.len()
+            )));
+        }
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&b[TAB_LEN..]);
+        Ok(SignedTab {
+            tab: Tab::from_bytes(&b[..TAB_LEN])?,
+            signature,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+
+    #[test]
+    fn layouts_sign_and_refuse() {
+        let client = SigningKey::random(&mut OsRng);
+        let client_pub = client.verifying_key().to_encoded_point(false);
+        let account = AccountId::of_public_key(client_pub.as_bytes()).unwrap().0;
+        let enclave = SigningKey::random(&mut OsRng);
+        let enclave_pub = enclave.verifying_key().to_encoded_point(false);
+        let auth = Authorization {
+            contract: ContractAddress::parse_raw(&format!("0:{}", "ab".repeat(32))).unwrap(),
+            account,
+            enclave_key: compress_p256(enclave_pub.as_bytes()).unwrap(),
+            cap: 0x0102_0304_0506_0708,
+        };
+        let b = auth.to_bytes();
+        assert_eq!(&b[..4], b"CCA1");
+        assert_eq!(b[4], 0);
+        assert_eq!(&b[102..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let signed = auth.sign(&client);
+        signed.verify(client_pub.as_bytes()).unwrap();
+        let again = SignedAuthorization::from_bytes(&signed.to_bytes()).unwrap();
+        assert_eq!(again, signed);
+        let mut forged = signed;
+        forged.auth.cap += 1;
+        assert_eq!(
+            forged.verify(client_pub.as_bytes()),
+            Err(SettlementError::BadSignature)
+        );
+        assert_eq!(
+            signed.verify(enclave_pub.as_bytes()),
+            Err(SettlementError::WrongAccount)
+        );
+
+        let tab = Tab {
+            account,
+            count: 3,
+            total: 1234,
+        };
+        let st = tab.sign(&enclave);
+        assert_eq!(&st.to_bytes()[36..44], &3u64.to_be_bytes());
+        st.tab
+            .verify(&st.signature, enclave_pub.as_bytes())
+            .unwrap();
+        assert_eq!(SignedTab::from_bytes(&st.to_bytes()).unwrap(), st);
+        let mut bad = st.to_bytes();
+        bad[50] ^= 1;
+        let bad = SignedTab::from_bytes(&bad).unwrap();
+        assert!(bad
+            .tab
+            .verify(&bad.signature, enclave_pub.as_bytes())
+            .is_err());
+        // The high-S twin of a valid signature is refused.
+        let sig = Signature::from_slice(&st.signature).unwrap();
+        let (r, s) = sig.split_scalars();
+        let high = Signature::from_scalars(r, -*s).unwrap();
+        let high: [u8; 64] = high.to_bytes().into();
+        assert!(st.tab.verify(&high, enclave_pub.as_bytes()).is_err());
+        for n in [0, 51, 53] {
+            assert!(Tab::from_bytes(&vec![0; n]).is_err());
+        }
+        assert!(SignedTab::from_bytes(&[0; 10]).is_err());
+        assert!(Authorization::from_bytes(&[0; AUTH_LEN]).is_err());
+    }
+}
