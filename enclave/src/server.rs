@@ -93,6 +93,8 @@ const WRITE_BATCH_FRAMES: usize = 64;
 const READ_BUFFER: usize = 64 << 10;
 /// Longest text in one chunk; a longer token text is split.
 const MAX_TEXT_PIECE: usize = 64 << 10;
+/// How long shutdown waits for the host to acknowledge the last receipts.
+const ACK_DEADLINE: Duration = Duration::from_secs(2);
 /// How long shutdown waits for writers to flush after the drain.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -387,6 +389,26 @@ impl Enclave {
         match tokio::time::timeout(DRAIN_DEADLINE, self.permits.acquire_many(all)).await {
             Ok(_) => info!("in-flight requests finished"),
             Err(_) => warn!("drain deadline passed; abandoning requests still running"),
+        }
+        // Receipts the host has not acknowledged yet are never charged once
+        // this boot ends (its key dies with it): give the host's
+        // acknowledgements a moment to arrive.
+        let waiting = if connections.is_empty() {
+            Duration::ZERO
+        } else {
+            ACK_DEADLINE
+        };
+        let acked = tokio::time::timeout(waiting, async {
+            while self.tabs.pending() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if acked.is_err() {
+            warn!(
+                pending = self.tabs.pending(),
+                "receipts still unacknowledged at shutdown; they will never be charged"
+            );
         }
         let _ = stop_tx.send(true);
         let flushed = tokio::time::timeout(FLUSH_DEADLINE, async {
