@@ -372,6 +372,11 @@ impl Client {
         self.inner.account.id()
     }
 
+    /// The paying account's public key (uncompressed SEC1).
+    pub fn account_public_key(&self) -> Vec<u8> {
+        self.inner.account.public_key_sec1()
+    }
+
     /// The options in use.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options

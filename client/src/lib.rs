@@ -51,6 +51,7 @@ pub mod provider;
 pub mod receipts;
 pub mod response;
 pub mod serve;
+pub mod statement;
 
 pub use account_file::{
     create_account_key, load_account_key, load_or_create_account_key, KeyFileError,

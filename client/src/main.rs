@@ -43,6 +43,23 @@ enum Command {
     /// Verify the provider, then serve an OpenAI-compatible API locally
     /// (GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings).
     Serve(ServeArgs),
+    /// Check a provider's settlement claims (claims.json from `cocoon-host
+    /// settle`) against this account's receipts in the provider's ledger:
+    /// signatures, the claim bodies byte for byte, caps, and the totals to
+    /// the nanoton. Exits 1 on any discrepancy.
+    Statement(StatementArgs),
+}
+
+#[derive(Args)]
+struct StatementArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The claims manifest.
+    #[arg(long, value_name = "FILE")]
+    claims: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -163,6 +180,7 @@ async fn main() -> ExitCode {
     let (json_mode, result) = match cli.command {
         Command::Chat(a) => (a.json, chat(a).await),
         Command::Serve(a) => (false, serve(a).await),
+        Command::Statement(a) => (a.json, statement(a).await),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -345,6 +363,89 @@ fn finish_text(f: &FinishReason) -> String {
         FinishReason::Length => "length (max tokens reached)".into(),
         FinishReason::Error(m) => format!("error: {m}"),
     }
+}
+
+async fn statement(a: StatementArgs) -> Result<(), Failure> {
+    use cocoon_client::statement;
+    let client = setup(&a.common, ClientOptions::default())?;
+    let text = std::fs::read_to_string(&a.claims)
+        .map_err(|e| Failure::usage(format!("claims file {}: {e}", a.claims.display())))?;
+    let claims = statement::parse_manifest(&text).map_err(|e| Failure {
+        code: EX_FAILURE,
+        message: e,
+        kind: "statement",
+    })?;
+    let mut receipts = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client.receipts(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.ledger_seq;
+        receipts.extend(page);
+    }
+    let checks = statement::check(
+        &claims,
+        &client.account_id(),
+        &client.account_public_key(),
+        &receipts,
+    );
+    let bad = checks.iter().filter(|c| !c.ok()).count();
+    if a.json {
+        let list: Vec<Value> = checks
+            .iter()
+            .map(|c| {
+                json!({
+                    "enclave_key": hex::encode(c.claim.enclave_key),
+                    "count": c.claim.count,
+                    "total": c.claim.total.to_string(),
+                    "amount": c.claim.amount.to_string(),
+                    "cap": c.claim.authorization.auth.cap.to_string(),
+                    "receipts": c.receipts,
+                    "receipts_nanoton": c.nanoton.to_string(),
+                    "uncounted_receipts": c.uncounted(),
+                    "ok": c.ok(),
+                    "problems": c.problems,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"account": client.account_id().to_string(), "receipts": receipts.len(), "claims": list, "ok": bad == 0})
+        );
+    } else {
+        println!(
+            "account {}: {} receipt(s) in the provider's ledger, {} claim(s) on this account",
+            client.account_id(),
+            receipts.len(),
+            checks.len()
+        );
+        for c in &checks {
+            println!(
+                "claim key {}: tab {} receipts / {} nanoton (cap {}), pays {} now; your receipts under that key: {} / {} nanoton{}: {}",
+                hex::encode(&c.claim.enclave_key[..8]),
+                c.claim.count,
+                c.claim.total,
+                c.claim.authorization.auth.cap,
+                c.claim.amount,
+                c.receipts,
+                c.nanoton,
+                if c.uncounted() > 0 {
+                    format!(" ({} not counted yet)", c.uncounted())
+                } else {
+                    String::new()
+                },
+                if c.ok() { "OK".to_string() } else { format!("DISCREPANCY: {}", c.problems.join("; ")) }
+            );
+        }
+    }
+    if bad > 0 {
+        return Err(Failure {
+            code: EX_FAILURE,
+            message: format!("{bad} claim(s) do not match this account's receipts"),
+            kind: "statement",
+        });
+    }
+    Ok(())
 }
 
 async fn chat(a: ChatArgs) -> Result<(), Failure> {

@@ -50,6 +50,12 @@ pub struct Claim {
     pub already_claimed: u64,
     /// What this claim adds: `total − already_claimed`.
     pub amount: u64,
+    /// Its `query_id`.
+    pub query_id: u64,
+    /// The client's signed authorization it carries.
+    pub authorization: SignedAuthorization,
+    /// The enclave's signed tab it carries.
+    pub tab: SignedTab,
     /// The message body (BOC).
     pub body_boc: Vec<u8>,
 }
@@ -196,7 +202,8 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
             ));
             continue;
         }
-        let body = claim_body(query_id + out.claims.len() as u64, &auth, &signed);
+        let claim_query_id = query_id + out.claims.len() as u64;
+        let body = claim_body(claim_query_id, &auth, &signed);
         let Ok(body_boc) = body.map(|c| c.to_boc()) else {
             continue;
         };
@@ -208,6 +215,9 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
             total: tab.total,
             already_claimed: row.claimed_total,
             amount: tab.total - row.claimed_total,
+            query_id: claim_query_id,
+            authorization: auth,
+            tab: signed,
             body_boc,
         });
     }
@@ -227,6 +237,9 @@ pub fn manifest(s: &Settlement, contract: ContractAddress) -> String {
                 "total": c.total.to_string(),
                 "already_claimed": c.already_claimed.to_string(),
                 "amount": c.amount.to_string(),
+                "query_id": c.query_id,
+                "authorization": hex::encode(c.authorization.to_bytes()),
+                "tab": hex::encode(c.tab.to_bytes()),
                 "body_boc": Base64::encode_string(&c.body_boc),
             })
         })

@@ -1,0 +1,266 @@
+//! Pay per use, end to end with real processes: `cocoon-enclave` (simulated
+//! TEE) and `cocoon-host` configured with a payment contract, client SDKs
+//! paying from three accounts, `cocoon-host settle` writing the claims,
+//! `cocoon-client statement` checking them, and the claims run on the TON
+//! payment contract in `@ton/sandbox` (`contracts/scripts/run-claims.mjs`):
+//! every claim paid once, a second run refused, and the totals equal to the
+//! receipts to the nanoton.
+//!
+//! The contract step needs Node.js and `contracts/node_modules`
+//! (`scripts/ton-deps.sh`); under CI (`CI` set) their absence fails the
+//! test, elsewhere it is skipped with a message.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cocoon_client::{Client, ClientError, ClientOptions};
+use cocoon_protocol::message::{ChatMessage, Role};
+use cocoon_tests::procs::{bin, TempDir};
+use common::*;
+
+const MODEL: &str = "cocoon-deterministic-test";
+const CONTRACT: &str = "0:5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f";
+
+fn ask(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: Role::User,
+        content: text.into(),
+    }]
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("spawn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn settle(host: &Host, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let (code, stdout, stderr) = run(Command::new(bin("cocoon-host"))
+        .arg("--ledger")
+        .arg(&host.ledger)
+        .args(["--settlement-contract", CONTRACT, "settle", "--out"])
+        .arg(out)
+        .args(extra));
+    assert_eq!(code, 0, "settle failed:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    serde_json::from_str(&std::fs::read_to_string(out.join("claims.json")).unwrap()).unwrap()
+}
+
+fn dec(v: &serde_json::Value) -> u128 {
+    v.as_str()
+        .expect("decimal string")
+        .parse()
+        .expect("decimal")
+}
+
+#[test]
+fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
+    let dir = TempDir::new("e2e-settle");
+    let enclave = start_enclave_with(
+        &dir,
+        "enclave",
+        "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 12\nmax_concurrent = 64\n[pricing]\nmin_multiplier_milli = 1000\nmax_multiplier_milli = 2500\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncached = 250\ncompletion = 3000\n",
+    );
+    let host = start_host(
+        &dir,
+        &[&enclave.socket],
+        &["--settlement-contract", CONTRACT],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Three paying accounts, keys in files (the statement reads them).
+    let mut accounts = Vec::new();
+    for i in 0..3 {
+        let path = dir.path().join(format!("account-{i}.key"));
+        let (key, created) = cocoon_client::load_or_create_account_key(&path).unwrap();
+        assert!(created);
+        accounts.push((path, key));
+    }
+    // What each account was charged, from the receipts its client verified.
+    let mut charged: BTreeMap<String, u128> = BTreeMap::new();
+    rt.block_on(async {
+        for (i, (_, key)) in accounts.iter().enumerate() {
+            let client = Client::new(&host.url, simulated_policy(), key.clone());
+            let sheet = client.price_sheet(false).await.unwrap();
+            assert_eq!(sheet.settlement.as_ref().unwrap().contract, CONTRACT);
+            for j in 0..(3 + i) {
+                let stream = client
+                    .chat(
+                        MODEL,
+                        ask(&format!("question {j} from account {i}")),
+                        4 + 3 * j as u32,
+                    )
+                    .await
+                    .expect("request accepted");
+                let (_, done) = stream.collect_text().await.expect("verified answer");
+                assert_eq!(done.receipt.unit_price.prompt, 1000);
+                assert_eq!(done.receipt.unit_price.cached, 250);
+                assert_eq!(done.receipt.multiplier_milli, 1000);
+                *charged.entry(hex::encode(key.id().0)).or_default() +=
+                    done.receipt.charge_nanoton().unwrap();
+            }
+        }
+        // A budget below one request's worst case: the host refuses (402)
+        // before anything reaches the enclave.
+        let mut o = ClientOptions::default();
+        o.budget_nanoton = 10_000;
+        let poor = Client::with_options(&host.url, simulated_policy(), account(), o);
+        match poor.chat(MODEL, ask("too dear"), 8).await {
+            Err(ClientError::Status {
+                status: 402,
+                reason,
+            }) => {
+                assert!(reason.contains("cap"), "{reason}")
+            }
+            other => panic!("expected 402, got {other:?}"),
+        }
+    });
+    // The acknowledgements and tabs follow the commits within milliseconds.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = dir.path().join("settle-1");
+    let m = settle(&host, &out, &[]);
+    let total: u128 = charged.values().sum();
+    let claims = m["claims"].as_array().unwrap();
+    assert_eq!(claims.len(), 3, "one claim per account: {m:#}");
+    assert!(m["unclaimed"].as_array().unwrap().is_empty(), "{m:#}");
+    assert_eq!(
+        dec(&m["total_amount"]),
+        total,
+        "claims = receipts, to the nanoton"
+    );
+    assert_eq!(dec(&m["ledger"]["nanoton"]), total);
+    for c in claims {
+        let account = c["account"].as_str().unwrap();
+        assert_eq!(dec(&c["amount"]), charged[account], "account {account}");
+        assert!(out.join("claim-0001.boc").exists());
+    }
+
+    // Each account's statement checks its claim against its receipts.
+    for (path, _) in &accounts {
+        let policy = dir.path().join("client-policy.toml");
+        std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
+        let (code, stdout, stderr) = run(Command::new(bin("cocoon-client"))
+            .args(["statement", "--provider", &host.url])
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--account-key")
+            .arg(path)
+            .arg("--claims")
+            .arg(out.join("claims.json")));
+        assert_eq!(code, 0, "statement:\n{stdout}\n{stderr}");
+        assert!(stdout.contains(": OK"), "{stdout}");
+    }
+    // A manifest whose amount was inflated is a discrepancy.
+    let mut forged = m.clone();
+    let c0 = &mut forged["claims"][0];
+    c0["amount"] = serde_json::Value::String((dec(&c0["amount"]) + 1).to_string());
+    let forged_path = dir.path().join("forged-claims.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let owner = accounts
+        .iter()
+        .find(|(_, k)| hex::encode(k.id().0) == forged["claims"][0]["account"].as_str().unwrap())
+        .unwrap();
+    let policy = dir.path().join("client-policy.toml");
+    let (code, stdout, _) = run(Command::new(bin("cocoon-client"))
+        .args(["statement", "--provider", &host.url])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--account-key")
+        .arg(&owner.0)
+        .arg("--claims")
+        .arg(&forged_path));
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("DISCREPANCY"), "{stdout}");
+
+    // Nothing new: a second run claims nothing.
+    let again = settle(&host, &dir.path().join("settle-2"), &[]);
+    assert!(again["claims"].as_array().unwrap().is_empty(), "{again:#}");
+
+    // On the contract, in the sandbox.
+    let root = repo_root();
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let modules = root.join("contracts/node_modules/@ton/sandbox");
+    if !node_ok || !modules.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: node and contracts/node_modules are required (scripts/ton-deps.sh)"
+        );
+        eprintln!("SKIPPED the contract step: no node or no contracts/node_modules (run scripts/ton-deps.sh)");
+        return;
+    }
+    let deposits: Vec<serde_json::Value> = accounts
+        .iter()
+        .map(|(_, k)| {
+            serde_json::json!({
+                "public_key": hex::encode(k.public_key_sec1()),
+                "amount": (charged[&hex::encode(k.id().0)] + 1_000_000_000).to_string(),
+            })
+        })
+        .collect();
+    let deposits_path = dir.path().join("deposits.json");
+    std::fs::write(
+        &deposits_path,
+        serde_json::Value::Array(deposits).to_string(),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(Command::new("node")
+        .arg(root.join("contracts/scripts/run-claims.mjs"))
+        .arg("--manifest")
+        .arg(out.join("claims.json"))
+        .arg("--deposits")
+        .arg(&deposits_path)
+        .arg("--twice"));
+    assert_eq!(code, 0, "run-claims:\n{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let results = r["results"].as_array().unwrap();
+    let mut paid = 0u128;
+    let mut gas = Vec::new();
+    for x in results {
+        if x["pass"] == 1 {
+            assert_eq!(x["success"], true, "claim paid: {x}");
+            paid += dec(&x["paid"]);
+            gas.push(dec(&x["gas_used"]));
+        } else {
+            assert_eq!(
+                x["exit_code"], 109,
+                "the same claim again is a double claim: {x}"
+            );
+            assert_eq!(dec(&x["paid"]), 0);
+        }
+    }
+    assert_eq!(results.len(), 6);
+    assert_eq!(paid, total, "paid on chain = receipts, to the nanoton");
+    assert_eq!(dec(&r["provider_balance"]), total);
+    for (_, k) in &accounts {
+        let id = hex::encode(k.id().0);
+        let c = &r["clients"][&id];
+        assert_eq!(
+            dec(&c["balance"]),
+            charged[&id] + 1_000_000_000 - 10_000_000 - charged[&id],
+            "deposit − fee − what its receipts charge, for {id}"
+        );
+    }
+    eprintln!("gas per claim on the sandbox: {gas:?}");
+}
