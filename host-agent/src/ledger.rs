@@ -876,72 +876,52 @@ impl Ledger {
     /// the highest authorization and what was claimed; the input of
     /// settlement. Sums are exact (u128).
     pub async fn settlement_view(&self) -> Result<Vec<SettlementRow>, LedgerError> {
+        // One pass: SQLite sums per pair (exactly: integer `sum` fails
+        // loudly on overflow instead of rounding) and joins the newest tab,
+        // the highest authorization and what was claimed.
         self.read(|c| {
-            let mut sums: std::collections::BTreeMap<(Vec<u8>, [u8; 32]), (u64, u128)> =
-                std::collections::BTreeMap::new();
-            {
-                let mut st =
-                    c.prepare_cached("SELECT receipt_public_key, account, charge FROM receipts")?;
-                let mut rows = st.query([])?;
-                while let Some(r) = rows.next()? {
-                    let e = sums
-                        .entry((r.get(0)?, blob32(r.get(1)?)))
-                        .or_insert((0, 0));
-                    e.0 += 1;
-                    e.1 += u128::from(u64_of(r.get(2)?));
-                }
-            }
-            let mut out = Vec::with_capacity(sums.len());
-            for ((key, account), (count, total)) in sums {
-                let tab = c
-                    .prepare_cached(
-                        "SELECT count, total, signed_tab FROM tabs \
-                         WHERE receipt_public_key = ?1 AND account = ?2",
-                    )?
-                    .query_row(params![&key, &account[..]], |r| {
-                        Ok(StoredTab {
-                            account,
-                            count: u64_of(r.get(0)?),
-                            total: u64_of(r.get(1)?),
-                            signed: r.get(2)?,
-                        })
-                    })
-                    .optional()?;
-                let authorization = c
-                    .prepare_cached(
-                        "SELECT cap, signed, client_public_key FROM authorizations \
-                         WHERE receipt_public_key = ?1 AND account = ?2",
-                    )?
-                    .query_row(params![&key, &account[..]], |r| {
-                        Ok(StoredAuthorization {
-                            account,
-                            cap: u64_of(r.get(0)?),
-                            signed: r.get(1)?,
-                            client_public_key: r.get(2)?,
-                        })
-                    })
-                    .optional()?;
-                let claimed = c
-                    .prepare_cached(
-                        "SELECT count, total FROM claims WHERE receipt_public_key = ?1 AND account = ?2",
-                    )?
-                    .query_row(params![&key, &account[..]], |r| {
-                        Ok((u64_of(r.get(0)?), u64_of(r.get(1)?)))
-                    })
-                    .optional()?
-                    .unwrap_or((0, 0));
-                out.push(SettlementRow {
-                    receipt_public_key: key,
+            let mut st = c.prepare_cached(
+                "SELECT g.k, g.a, g.n, g.s, t.count, t.total, t.signed_tab, \
+                 au.cap, au.signed, au.client_public_key, cl.count, cl.total \
+                 FROM (SELECT receipt_public_key AS k, account AS a, count(*) AS n, sum(charge) AS s \
+                       FROM receipts GROUP BY receipt_public_key, account) g \
+                 LEFT JOIN tabs t ON t.receipt_public_key = g.k AND t.account = g.a \
+                 LEFT JOIN authorizations au ON au.receipt_public_key = g.k AND au.account = g.a \
+                 LEFT JOIN claims cl ON cl.receipt_public_key = g.k AND cl.account = g.a \
+                 ORDER BY g.k, g.a",
+            )?;
+            let rows = st.query_map([], |r| {
+                let account = blob32(r.get(1)?);
+                let tab = match r.get::<_, Option<i64>>(4)? {
+                    None => None,
+                    Some(count) => Some(StoredTab {
+                        account,
+                        count: u64_of(count),
+                        total: u64_of(r.get(5)?),
+                        signed: r.get(6)?,
+                    }),
+                };
+                let authorization = match r.get::<_, Option<i64>>(7)? {
+                    None => None,
+                    Some(cap) => Some(StoredAuthorization {
+                        account,
+                        cap: u64_of(cap),
+                        signed: r.get(8)?,
+                        client_public_key: r.get(9)?,
+                    }),
+                };
+                Ok(SettlementRow {
+                    receipt_public_key: r.get(0)?,
                     account,
-                    receipts: count,
-                    charged: total,
+                    receipts: u64_of(r.get(2)?),
+                    charged: u128::from(u64_of(r.get(3)?)),
                     tab,
                     authorization,
-                    claimed_count: claimed.0,
-                    claimed_total: claimed.1,
-                });
-            }
-            Ok(out)
+                    claimed_count: u64_of(r.get::<_, Option<i64>>(10)?.unwrap_or(0)),
+                    claimed_total: u64_of(r.get::<_, Option<i64>>(11)?.unwrap_or(0)),
+                })
+            })?;
+            rows.collect()
         })
         .await
     }

@@ -28,7 +28,9 @@
 //! 44  8   total: u64 nanoton, the sum of their charges
 //! ```
 
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
+#[cfg(not(feature = "aws-lc"))]
+use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 
 use crate::account::AccountId;
@@ -110,13 +112,28 @@ fn sign(key: &SigningKey, msg: &[u8]) -> [u8; 64] {
     sig.normalize_s().unwrap_or(sig).to_bytes().into()
 }
 
+/// ECDSA P-256 / SHA-256, low S only. With the `aws-lc` feature the
+/// arithmetic runs in aws-lc-rs (settlement checks thousands of these),
+/// otherwise in `p256`.
 fn verify(key_sec1: &[u8], msg: &[u8], sig: &[u8; 64]) -> Result<(), SettlementError> {
     let key = VerifyingKey::from_sec1_bytes(key_sec1).map_err(|_| SettlementError::BadKey)?;
-    let sig = Signature::from_slice(sig).map_err(|_| SettlementError::BadSignature)?;
-    if sig.normalize_s().is_some() {
+    let parsed = Signature::from_slice(sig).map_err(|_| SettlementError::BadSignature)?;
+    if parsed.normalize_s().is_some() {
         return Err(SettlementError::BadSignature);
     }
-    key.verify(msg, &sig)
+    #[cfg(feature = "aws-lc")]
+    {
+        let _ = parsed;
+        let uncompressed = key.to_encoded_point(false);
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+            uncompressed.as_bytes(),
+        )
+        .verify(msg, sig)
+        .map_err(|_| SettlementError::BadSignature)
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    key.verify(msg, &parsed)
         .map_err(|_| SettlementError::BadSignature)
 }
 
