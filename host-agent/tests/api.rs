@@ -916,3 +916,115 @@ async fn requests_are_routed_by_evidence_digest() {
     assert_eq!(keys[2], hex::encode(e1.receipt_public_key()));
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_are_checked_and_the_authorization_cap_is_enforced() {
+    use cocoon_protocol::api::AUTHORIZATION_HEADER;
+    use cocoon_protocol::pricing::PriceSheet;
+    use cocoon_protocol::seal::BillingMeta;
+    use cocoon_protocol::settlement::{compress_p256, Authorization, ContractAddress};
+
+    let dir = TempDir::new("prices");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let contract = ContractAddress {
+        workchain: 0,
+        hash: [0x42; 32],
+    };
+    let host = TestHost::start_with(
+        &dir,
+        &[&enclave],
+        test_limits(),
+        simulated_policy(),
+        Some(contract),
+    )
+    .await;
+    host.wait_ready().await;
+    let target = &fetch_targets(host.public).await[0];
+
+    // The sheet: the enclave's measured table, multiplier 1 at no load, the
+    // contract.
+    let r = http(host.public, "GET", "/v1/prices", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let sheet = PriceSheet::from_cbor(&r.body).unwrap();
+    let entry = sheet.entry(&target.digest.0).unwrap();
+    assert_eq!(entry.table, price_table());
+    assert_eq!(entry.offer(MODEL).unwrap(), (PRICE, 1000));
+    assert_eq!(sheet.settlement.unwrap().contract, contract.to_string());
+
+    let account = new_account();
+    let meta = |price: cocoon_protocol::receipt::UnitPrice, m: u32| BillingMeta {
+        model: MODEL.into(),
+        max_tokens: 4,
+        price_quote_id: sheet.quote_id.clone(),
+        unit_price: price,
+        multiplier_milli: m,
+        client_account: account.id().0,
+    };
+    let auth = |cap: u64| {
+        let a = account.sign_authorization(&Authorization {
+            contract,
+            account: account.id().0,
+            enclave_key: compress_p256(&target.receipt_public_key).unwrap(),
+            cap,
+        });
+        (AUTHORIZATION_HEADER.to_string(), hex::encode(a.to_bytes()))
+    };
+    let send = |m: BillingMeta, extra: Vec<(String, String)>| {
+        let (sealed, _) = seal_meta(target, &m, b"a short question");
+        let mut h = request_headers(&target.digest, &account, &sealed);
+        h.extend(extra);
+        let public = host.public;
+        async move { http(public, "POST", "/v1/requests", &h, &sealed.to_cbor()).await }
+    };
+    // Prices other than the table's: 412, nothing forwarded.
+    let cheap = cocoon_protocol::receipt::UnitPrice {
+        completion: PRICE.completion - 1,
+        ..PRICE
+    };
+    let r = send(meta(cheap, 1000), vec![auth(1_000_000_000)]).await;
+    assert_eq!(r.status, 412, "{}", r.text());
+    // A multiplier below the table's bounds: 412.
+    let r = send(
+        meta(PRICE.scaled(900).unwrap(), 900),
+        vec![auth(1_000_000_000)],
+    )
+    .await;
+    assert_eq!(r.status, 412, "{}", r.text());
+    // No authorization: 402.
+    let r = send(meta(PRICE, 1000), vec![]).await;
+    assert_eq!(r.status, 402, "{}", r.text());
+    // An authorization for another contract: 402.
+    let other = account.sign_authorization(&Authorization {
+        contract: ContractAddress {
+            workchain: 0,
+            hash: [0x43; 32],
+        },
+        account: account.id().0,
+        enclave_key: compress_p256(&target.receipt_public_key).unwrap(),
+        cap: 1_000_000_000,
+    });
+    let r = send(
+        meta(PRICE, 1000),
+        vec![(AUTHORIZATION_HEADER.into(), hex::encode(other.to_bytes()))],
+    )
+    .await;
+    assert_eq!(r.status, 402, "{}", r.text());
+    // A cap below the worst case: 402 naming the cap.
+    let r = send(meta(PRICE, 1000), vec![auth(1_000)]).await;
+    assert_eq!(r.status, 402, "{}", r.text());
+    assert!(r.text().contains("cap"), "{}", r.text());
+    // A higher multiplier than the sheet's is fine (the client pays more),
+    // and a sufficient cap lets the request through; the receipt charges
+    // the accepted prices.
+    let r = send(
+        meta(PRICE.scaled(1500).unwrap(), 1500),
+        vec![auth(10_000_000)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rows = host.export().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["multiplier_milli"], 1500);
+    assert_eq!(rows[0]["prompt_price"], 150);
+    host.stop().await;
+}

@@ -556,6 +556,17 @@ impl TestHost {
         limits: Limits,
         policy: Policy,
     ) -> TestHost {
+        TestHost::start_with(dir, enclaves, limits, policy, None).await
+    }
+
+    /// A host that settles with `contract`.
+    pub async fn start_with(
+        dir: &TempDir,
+        enclaves: &[&TestEnclave],
+        limits: Limits,
+        policy: Policy,
+        settlement: Option<cocoon_protocol::settlement::ContractAddress>,
+    ) -> TestHost {
         let ledger = dir.path().join("ledger.sqlite");
         let listeners = Listeners {
             public: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -566,7 +577,7 @@ impl TestHost {
             policy,
             ledger_path: ledger.clone(),
             limits,
-            settlement: None,
+            settlement,
         };
         let running = cocoon_host::start(listeners, config).await.unwrap();
         TestHost {
@@ -797,6 +808,15 @@ pub async fn fetch_targets(public: SocketAddr) -> Vec<Target> {
 
 pub fn new_account() -> AccountKey {
     AccountKey::generate(&mut OsRng)
+}
+
+/// Seal with explicit billing metadata.
+pub fn seal_meta(
+    target: &Target,
+    meta: &BillingMeta,
+    body: &[u8],
+) -> (SealedRequest, ClientSession) {
+    seal_request(&target.hpke, &target.digest, meta, body, &mut OsRng).unwrap()
 }
 
 /// Seal a chat-like body for `target` on behalf of `account`.
