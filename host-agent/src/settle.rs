@@ -312,3 +312,120 @@ pub async fn run(
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{StoredAuthorization, StoredTab};
+    use cocoon_protocol::account::AccountKey;
+    use cocoon_protocol::rand_core::OsRng;
+    use cocoon_protocol::receipt::ReceiptSigner;
+    use cocoon_protocol::settlement::{Authorization, Tab};
+
+    const CONTRACT: ContractAddress = ContractAddress {
+        workchain: 0,
+        hash: [7; 32],
+    };
+
+    fn row(
+        receipts: u64,
+        charged: u128,
+        tab: (u64, u64),
+        cap: u64,
+    ) -> (SettlementRow, ReceiptSigner) {
+        let enclave = ReceiptSigner::generate(&mut OsRng);
+        let client = AccountKey::generate(&mut OsRng);
+        let key = enclave.public_key_sec1();
+        let account = client.id().0;
+        let t = enclave.sign_tab(&Tab {
+            account,
+            count: tab.0,
+            total: tab.1,
+        });
+        let a = client.sign_authorization(&Authorization {
+            contract: CONTRACT,
+            account,
+            enclave_key: compress_p256(&key).unwrap(),
+            cap,
+        });
+        (
+            SettlementRow {
+                receipt_public_key: key,
+                account,
+                receipts,
+                charged,
+                tab: Some(StoredTab {
+                    account,
+                    count: tab.0,
+                    total: tab.1,
+                    signed: t.to_bytes().to_vec(),
+                }),
+                authorization: Some(StoredAuthorization {
+                    account,
+                    cap,
+                    signed: a.to_bytes().to_vec(),
+                    client_public_key: client.public_key_sec1(),
+                }),
+                claimed_count: 0,
+                claimed_total: 0,
+            },
+            enclave,
+        )
+    }
+
+    #[test]
+    fn claims_only_what_both_signatures_and_the_ledger_support() {
+        let (good, _) = row(3, 600, (3, 600), 1_000);
+        let s = build(std::slice::from_ref(&good), CONTRACT, 5);
+        assert_eq!(s.claims.len(), 1);
+        assert_eq!((s.claims[0].amount, s.claims[0].query_id), (600, 5));
+        // Already claimed up to 400: only the difference.
+        let mut part = good.clone();
+        part.claimed_total = 400;
+        assert_eq!(build(&[part], CONTRACT, 1).claims[0].amount, 200);
+        // Pending receipts are reported, the tab is still claimed.
+        let (pending, _) = row(4, 700, (3, 600), 1_000);
+        let s = build(&[pending], CONTRACT, 1);
+        assert_eq!(s.claims.len(), 1);
+        assert_eq!((s.unclaimed[0].receipts, s.unclaimed[0].nanoton), (1, 100));
+
+        type Case = (SettlementRow, &'static str);
+        let mut forged = good.clone();
+        forged.tab.as_mut().unwrap().signed[50] ^= 1;
+        let mut foreign_auth = good.clone();
+        foreign_auth
+            .authorization
+            .as_mut()
+            .unwrap()
+            .client_public_key = AccountKey::generate(&mut OsRng).public_key_sec1();
+        let mut no_auth = good.clone();
+        no_auth.authorization = None;
+        let cases: Vec<Case> = vec![
+            (forged, "does not verify under the attested receipt key"),
+            (foreign_auth, "authorization does not verify"),
+            (no_auth, "no client authorization"),
+            (row(3, 600, (3, 600), 599).0, "over the client's cap"),
+            (row(2, 600, (3, 600), 1_000).0, "missing from the ledger"),
+            (row(3, 601, (3, 600), 1_000).0, "missing from the ledger"),
+        ];
+        for (r, why) in cases {
+            let s = build(&[r], CONTRACT, 1);
+            assert!(s.claims.is_empty(), "{why}");
+            assert!(
+                s.unclaimed.iter().any(|u| u.reason.contains(why)),
+                "{why}: {:?}",
+                s.unclaimed
+            );
+        }
+        // Another contract's authorization is not claimed here.
+        let s = build(
+            std::slice::from_ref(&good),
+            ContractAddress {
+                workchain: 0,
+                hash: [8; 32],
+            },
+            1,
+        );
+        assert!(s.claims.is_empty());
+    }
+}
