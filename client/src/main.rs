@@ -48,6 +48,30 @@ enum Command {
     /// signatures, the claim bodies byte for byte, caps, and the totals to
     /// the nanoton. Exits 1 on any discrepancy.
     Statement(StatementArgs),
+    /// Write the body of a message to the payment contract for this
+    /// account (a BOC to send from the account owner's TON wallet):
+    /// `deposit` (the value sent minus the 0.01 TON fee is credited),
+    /// `withdraw-request --amount N` (starts the notice period) or
+    /// `withdraw-finish` (pays out after it).
+    PaymentMessage(PaymentMessageArgs),
+}
+
+#[derive(Args)]
+struct PaymentMessageArgs {
+    /// deposit, withdraw-request or withdraw-finish.
+    kind: String,
+    /// Account key file.
+    #[arg(long, value_name = "FILE")]
+    account_key: Option<PathBuf>,
+    /// Nanoton to withdraw (withdraw-request).
+    #[arg(long, value_name = "NANOTON")]
+    amount: Option<u128>,
+    /// The message's query_id.
+    #[arg(long, default_value_t = 0)]
+    query_id: u64,
+    /// Where to write the BOC.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -181,6 +205,7 @@ async fn main() -> ExitCode {
         Command::Chat(a) => (a.json, chat(a).await),
         Command::Serve(a) => (false, serve(a).await),
         Command::Statement(a) => (a.json, statement(a).await),
+        Command::PaymentMessage(a) => (false, payment_message(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -363,6 +388,48 @@ fn finish_text(f: &FinishReason) -> String {
         FinishReason::Length => "length (max tokens reached)".into(),
         FinishReason::Error(m) => format!("error: {m}"),
     }
+}
+
+fn payment_message(a: PaymentMessageArgs) -> Result<(), Failure> {
+    use cocoon_protocol::ton;
+    let path = match &a.account_key {
+        Some(p) => p.clone(),
+        None => default_account_path()?,
+    };
+    let key = cocoon_client::load_account_key(&path).map_err(|e| Failure::usage(e.to_string()))?;
+    let id = key.id().0;
+    let body = match a.kind.as_str() {
+        "deposit" => {
+            let pk: [u8; 65] = key
+                .public_key_sec1()
+                .try_into()
+                .map_err(|_| Failure::usage("account key is not an uncompressed P-256 key"))?;
+            ton::deposit_body(a.query_id, &pk)
+        }
+        "withdraw-request" => {
+            let amount = a
+                .amount
+                .ok_or_else(|| Failure::usage("withdraw-request needs --amount NANOTON"))?;
+            ton::client_withdraw_request_body(a.query_id, id, amount)
+        }
+        "withdraw-finish" => ton::client_withdraw_finish_body(a.query_id, id),
+        other => {
+            return Err(Failure::usage(format!(
+                "{other:?}: expected deposit, withdraw-request or withdraw-finish"
+            )))
+        }
+    }
+    .map_err(|e| Failure::usage(e.to_string()))?;
+    std::fs::write(&a.out, body.to_boc())
+        .map_err(|e| Failure::usage(format!("{}: {e}", a.out.display())))?;
+    println!(
+        "{} message for account {} written to {} ({} bytes); send it from the wallet that owns the account (the first deposit's sender) to the provider's payment contract",
+        a.kind,
+        hex::encode(id),
+        a.out.display(),
+        body.to_boc().len()
+    );
+    Ok(())
 }
 
 async fn statement(a: StatementArgs) -> Result<(), Failure> {

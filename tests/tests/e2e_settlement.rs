@@ -191,6 +191,20 @@ fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("DISCREPANCY"), "{stdout}");
 
+    // The deposit message the client's owner sends to the contract.
+    let boc = dir.path().join("deposit.boc");
+    let (code, stdout, stderr) = run(Command::new(bin("cocoon-client"))
+        .args(["payment-message", "deposit", "--account-key"])
+        .arg(&accounts[0].0)
+        .arg("--out")
+        .arg(&boc));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let pk: [u8; 65] = accounts[0].1.public_key_sec1().try_into().unwrap();
+    assert_eq!(
+        std::fs::read(&boc).unwrap(),
+        cocoon_protocol::ton::deposit_body(0, &pk).unwrap().to_boc()
+    );
+
     // Nothing new: a second run claims nothing.
     let again = settle(&host, &dir.path().join("settle-2"), &[]);
     assert!(again["claims"].as_array().unwrap().is_empty(), "{again:#}");
