@@ -53,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rim", rim),
     ("snp_cert_table", snp_cert_table),
     ("initramfs", initramfs),
+    ("settlement", settlement),
 ];
 
 /// `initramfs`: the input as a newc cpio archive (the guest image's
