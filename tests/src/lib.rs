@@ -84,6 +84,32 @@ pub fn fake_nvml_library() -> PathBuf {
 pub mod models;
 pub mod procs;
 
+/// xorshift64*: a deterministic generator for randomised tests (a seed
+/// reproduces a run), no dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform-ish in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// A byte.
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64().to_le_bytes()[0]
+    }
+    /// True with `percent` % probability.
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
 /// Side-by-side timing for the benchmarks: interleaved rounds, medians, and
 /// the bench/test-mode switch criterion uses. Machines here are shared, so
 /// benchmarks report ratios of medians taken in the same run.
