@@ -15,6 +15,15 @@ need_vectors() {
   fi
 }
 
+# Install Debian packages (as root, or through sudo), quietly, without
+# recommends.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 ensure_toolchain() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found. Install Rust 1.85 or newer with rustup (https://rustup.rs), then re-run." >&2
@@ -24,7 +33,6 @@ ensure_toolchain() {
   command -v cc >/dev/null 2>&1 || missing+=(build-essential)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} (needed to build aws-lc)"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}"
+    apt_install "${missing[@]}"
   fi
 }

@@ -6,9 +6,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
   log "installing qemu-system-x86 (Debian)"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+  apt_install qemu-system-x86
 fi
 if [ ! -e /dev/vhost-vsock ] && ! command -v vhost-device-vsock >/dev/null 2>&1 \
    && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/vhost-device-vsock" ]; then

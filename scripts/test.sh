@@ -19,6 +19,8 @@ log "disk free before the build: $(df -h --output=avail "$ROOT" | tail -1 | tr -
 log "guest image: boot tools, then two builds compared byte for byte"
 bash "$ROOT/scripts/image-deps.sh"
 bash "$ROOT/images/reproduce.sh"
+log "payment contract tools (Node.js, pinned @ton npm packages)"
+bash "$ROOT/scripts/ton-deps.sh"
 # The rebuild was only for the comparison.
 rm -rf "$ROOT/images/out/image-rebuild"
 export COCOON_IMAGE_DIR="$ROOT/images/out/image"
@@ -26,6 +28,14 @@ export COCOON_IMAGE_DIR="$ROOT/images/out/image"
 log "cargo test --workspace (aws-lc backend)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"
 cargo test --workspace --doc 2>&1 | tee -a "$LOG"
+
+log "payment contract: @ton/sandbox tests (no network)"
+(cd "$ROOT/contracts" && node --test test/) 2>&1 | tee "$LOG.node"
+# Counted with the cargo tests.
+node_pass=$(grep -E '^# pass ' "$LOG.node" | awk '{print $3}')
+node_fail=$(grep -E '^# fail ' "$LOG.node" | awk '{print $3}')
+echo "test result: node. ${node_pass:-0} passed; ${node_fail:-1} failed" | tee -a "$LOG"
+rm -f "$LOG.node"
 
 log "vector suites on the pure-Rust backend (the one wasm32 uses)"
 cargo test -p cocoon-tests --no-default-features --test snp_vectors --test nvidia_vectors --test nvidia_rim 2>&1 | tee -a "$LOG"

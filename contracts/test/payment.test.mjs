@@ -1,0 +1,228 @@
+// The payment contract in @ton/sandbox (no network): deposits, claims paid
+// against a client authorization and an enclave tab, every refusal by its
+// exit code with balances unchanged, withdrawals, and the committed build
+// equal to a fresh compile.
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { Blockchain } from '@ton/sandbox';
+import { Address, beginCell, contractAddress, toNano } from '@ton/core';
+import { compilePaymentContract, readBuild } from '../lib/compile.mjs';
+import { buildInitData } from '../lib/storage.mjs';
+import {
+  DEPOSIT_FEE, depositBody, claimBody, providerWithdrawBody,
+  clientWithdrawRequestBody, clientWithdrawFinishBody,
+} from '../lib/messages.mjs';
+import { generateKey, authCell, tabCell, tabBytes, authBytes, signedCell, signP256 } from '../lib/signing.mjs';
+import { computeOf, getClient, getPaid, getProvider } from '../lib/chain.mjs';
+
+const DELAY = 3600;
+let code;
+
+before(async () => {
+  code = (await compilePaymentContract()).code;
+});
+
+/** A fresh chain with the contract deployed, a provider, two funded clients. */
+async function setup() {
+  const bc = await Blockchain.create();
+  bc.now = 1_795_000_000;
+  const provider = await bc.treasury('provider');
+  const data = buildInitData({ provider: provider.address, withdrawDelay: DELAY });
+  const address = contractAddress(0, { code, data });
+  const deployer = await bc.treasury('deployer');
+  const r = await deployer.send({ to: address, value: toNano('1'), init: { code, data }, body: beginCell().storeUint(0, 32).endCell() });
+  // The deploy message's empty op is refused (0xffff), but the account is
+  // initialised by its state init.
+  assert.equal(computeOf(r.transactions, address).exitCode, 0xffff);
+  const contract = bc.provider(address);
+  const enclave = generateKey();
+  const alice = { key: generateKey(), wallet: await bc.treasury('alice') };
+  const bob = { key: generateKey(), wallet: await bc.treasury('bob') };
+  return { bc, provider, address, contract, enclave, alice, bob };
+}
+
+async function send(from, to, body, value = toNano('0.1')) {
+  const r = await from.send({ to, value, body, bounce: true });
+  return computeOf(r.transactions, to);
+}
+
+async function deposit(env, who, amount) {
+  return send(who.wallet, env.address, depositBody(who.key.uncompressed), amount);
+}
+
+function claim(env, who, { total, count = 1, cap = toNano('10'), enclave = env.enclave, contract = env.address, tabAccount = who.key.accountId, signer = enclave }) {
+  const auth = authCell(who.key, { contract, accountId: who.key.accountId, enclaveKey: enclave.compressed, cap });
+  const tab = tabCell(signer, { accountId: tabAccount, count, total });
+  return claimBody(auth, tab);
+}
+
+async function state(env) {
+  return {
+    provider: (await getProvider(env.contract)).balance,
+    alice: (await getClient(env.contract, BigInt('0x' + env.alice.key.accountId.toString('hex')))).balance,
+    bob: (await getClient(env.contract, BigInt('0x' + env.bob.key.accountId.toString('hex')))).balance,
+  };
+}
+
+test('the committed build is what the source compiles to', async () => {
+  const { code: built, manifest } = readBuild();
+  assert.equal(code.hash().toString('hex'), manifest.codeHash);
+  assert.ok(built.equals(code));
+});
+
+test('deposit: the fee is taken exactly, the first sender owns the account, later deposits add', async () => {
+  const env = await setup();
+  const c = await deposit(env, env.alice, toNano('2'));
+  assert.equal(c.success, true);
+  const id = BigInt('0x' + env.alice.key.accountId.toString('hex'));
+  let s = await getClient(env.contract, id);
+  assert.equal(s.exists, true);
+  assert.equal(s.balance, toNano('2') - DEPOSIT_FEE);
+  // Anyone may top up; the balance adds.
+  assert.equal((await send(env.bob.wallet, env.address, depositBody(env.alice.key.uncompressed), toNano('1'))).success, true);
+  s = await getClient(env.contract, id);
+  assert.equal(s.balance, toNano('3') - 2n * DEPOSIT_FEE);
+  // Not more than the fee: refused.
+  assert.equal((await deposit(env, env.bob, DEPOSIT_FEE)).exitCode, 100);
+  // A key that is not uncompressed SEC1.
+  const bad = Buffer.from(env.bob.key.uncompressed);
+  bad[0] = 5;
+  assert.equal((await send(env.bob.wallet, env.address, depositBody(bad), toNano('1'))).exitCode, 116);
+});
+
+test('claims pay the increase of a tab once, to the nanoton', async () => {
+  const env = await setup();
+  await deposit(env, env.alice, toNano('2'));
+  const s0 = await state(env);
+  const c1 = await send(env.provider, env.address, claim(env, env.alice, { total: 123_456_789n, count: 3 }));
+  assert.equal(c1.success, true, `exit ${c1.exitCode}`);
+  let s = await state(env);
+  assert.equal(s.provider - s0.provider, 123_456_789n);
+  assert.equal(s0.alice - s.alice, 123_456_789n);
+  assert.equal(await getPaid(env.contract, BigInt('0x' + env.alice.key.accountId.toString('hex')), env.enclave.compressed), 123_456_789n);
+  // A later tab pays only the difference.
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: 200_000_000n, count: 5 }))).success, true);
+  s = await state(env);
+  assert.equal(s.provider - s0.provider, 200_000_000n);
+  assert.equal(s0.alice - s.alice, 200_000_000n);
+  // The same tab again, or an older one: a double claim, nothing moves.
+  for (const total of [200_000_000n, 123_456_789n]) {
+    const again = await send(env.provider, env.address, claim(env, env.alice, { total }));
+    assert.equal(again.exitCode, 109);
+    assert.deepEqual(await state(env), s);
+  }
+  // Another enclave key is another tab.
+  const other = generateKey();
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: 5n, enclave: other }))).success, true);
+  assert.equal((await state(env)).provider - s0.provider, 200_000_005n);
+});
+
+test('every refusal has its exit code and leaves balances unchanged', async () => {
+  const env = await setup();
+  await deposit(env, env.alice, toNano('1'));
+  await deposit(env, env.bob, toNano('1'));
+  const s0 = await state(env);
+  const forger = generateKey();
+  const otherContract = Address.parseRaw('0:' + 'ab'.repeat(32));
+  const cases = [
+    // A forged receipt: the tab signed by a key the client never authorized.
+    ['forged tab', claim(env, env.alice, { total: 1000n, signer: forger }), 108],
+    // A tab edited after signing.
+    ['edited tab', (() => {
+      const auth = authCell(env.alice.key, { contract: env.address, accountId: env.alice.key.accountId, enclaveKey: env.enclave.compressed, cap: toNano('1') });
+      const data = tabBytes({ accountId: env.alice.key.accountId, count: 1, total: 1000n });
+      const sig = signP256(env.enclave.privateKey, data);
+      const inflated = tabBytes({ accountId: env.alice.key.accountId, count: 1, total: 1_000_000n });
+      return claimBody(auth, signedCell(inflated, sig));
+    })(), 108],
+    // An authorization not signed by the account's key.
+    ['forged authorization', (() => {
+      const data = authBytes({ contract: env.address, accountId: env.alice.key.accountId, enclaveKey: env.enclave.compressed, cap: toNano('1') });
+      const auth = signedCell(data, signP256(forger.privateKey, data));
+      return claimBody(auth, tabCell(env.enclave, { accountId: env.alice.key.accountId, count: 1, total: 1000n }));
+    })(), 105],
+    ['authorization for another contract', claim(env, env.alice, { total: 1000n, contract: otherContract }), 103],
+    ['tab for another account', claim(env, env.alice, { total: 1000n, tabAccount: env.bob.key.accountId }), 107],
+    ['over the cap (over budget)', claim(env, env.alice, { total: 5000n, cap: 4999n }), 110],
+    ['more than the deposit', claim(env, env.alice, { total: toNano('1'), cap: toNano('2') }), 111],
+    ['unknown account', (() => {
+      const stranger = { key: generateKey() };
+      return claim(env, stranger, { total: 1n });
+    })(), 104],
+    ['malformed authorization', claimBody(beginCell().storeUint(1, 8).endCell(), tabCell(env.enclave, { accountId: env.alice.key.accountId, count: 1, total: 1n })), 102],
+    ['malformed tab', claimBody(authCell(env.alice.key, { contract: env.address, accountId: env.alice.key.accountId, enclaveKey: env.enclave.compressed, cap: 10n }), beginCell().storeUint(1, 8).endCell()), 106],
+    ['extra bits in the body', beginCell().storeUint(0xc0c0a002, 32).storeUint(0, 64).storeUint(1, 1).endCell(), 102],
+  ];
+  for (const [what, body, code] of cases) {
+    const c = await send(env.provider, env.address, body);
+    assert.equal(c.exitCode, code, what);
+    assert.deepEqual(await state(env), s0, `${what}: balances moved`);
+  }
+  // Only the provider may claim.
+  const c = await send(env.bob.wallet, env.address, claim(env, env.alice, { total: 1000n }));
+  assert.equal(c.exitCode, 101);
+  // Unknown ops and empty bodies.
+  assert.equal((await send(env.bob.wallet, env.address, beginCell().storeUint(0x12345678, 32).storeUint(0, 64).endCell())).exitCode, 0xffff);
+  assert.equal((await send(env.bob.wallet, env.address, beginCell().endCell())).exitCode, 0xffff);
+  assert.deepEqual(await state(env), s0);
+});
+
+test('the provider withdraws what was claimed, no more', async () => {
+  const env = await setup();
+  await deposit(env, env.alice, toNano('3'));
+  await send(env.provider, env.address, claim(env, env.alice, { total: toNano('2') }));
+  const before = await env.bc.getContract(env.provider.address);
+  const balanceBefore = before.balance;
+  assert.equal((await send(env.provider, env.address, providerWithdrawBody(toNano('2') + 1n))).exitCode, 112);
+  assert.equal((await send(env.bob.wallet, env.address, providerWithdrawBody(1n))).exitCode, 101);
+  const r = await env.provider.send({ to: env.address, value: toNano('0.05'), body: providerWithdrawBody(toNano('1.5')), bounce: true });
+  assert.equal(computeOf(r.transactions, env.address).success, true);
+  assert.equal((await getProvider(env.contract)).balance, toNano('0.5'));
+  const after = await env.bc.getContract(env.provider.address);
+  // The wallet got 1.5 TON back plus what was left of its 0.05, minus fees.
+  const gain = after.balance - balanceBefore;
+  assert.ok(gain > toNano('1.5') - toNano('0.05') && gain < toNano('1.5'), `provider wallet moved by ${gain}`);
+});
+
+test('client withdrawal waits out the notice period; claims still draw meanwhile', async () => {
+  const env = await setup();
+  await deposit(env, env.alice, toNano('2'));
+  const id = env.alice.key.accountId;
+  const idInt = BigInt('0x' + id.toString('hex'));
+  const credit = toNano('2') - DEPOSIT_FEE;
+  assert.equal((await send(env.bob.wallet, env.address, clientWithdrawRequestBody(id, 1n))).exitCode, 113);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawRequestBody(id, credit + 1n))).exitCode, 112);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawFinishBody(id))).exitCode, 114);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawRequestBody(id, credit))).success, true);
+  let s = await getClient(env.contract, idInt);
+  assert.equal(s.pending, credit);
+  assert.equal(s.unlockAt, env.bc.now + DELAY);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawFinishBody(id))).exitCode, 115);
+  // The provider claims during the delay: the payout shrinks by that much.
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: toNano('0.5') }))).success, true);
+  env.bc.now += DELAY;
+  const w0 = (await env.bc.getContract(env.alice.wallet.address)).balance;
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawFinishBody(id), toNano('0.05'))).success, true);
+  s = await getClient(env.contract, idInt);
+  assert.equal(s.balance, 0n);
+  assert.equal(s.pending, 0n);
+  const gain = (await env.bc.getContract(env.alice.wallet.address)).balance - w0;
+  const payout = credit - toNano('0.5');
+  assert.ok(gain > payout - toNano('0.05') && gain < payout, `owner got ${gain}, payout ${payout}`);
+  assert.equal((await getProvider(env.contract)).balance, toNano('0.5'));
+});
+
+test('bounced messages change nothing', async () => {
+  const env = await setup();
+  await deposit(env, env.alice, toNano('1'));
+  const s0 = await state(env);
+  // A bounced message arriving at the contract (as if one of its own sends
+  // had bounced) is ignored.
+  const bounced = beginCell().storeUint(0xffffffff, 32).storeUint(0xc0c0a003, 32).endCell();
+  const r = await env.bc.sendMessage({
+    info: { type: 'internal', ihrDisabled: true, bounce: false, bounced: true, src: env.provider.address, dest: env.address, value: { coins: toNano('0.1') }, ihrFee: 0n, forwardFee: 0n, createdLt: 0n, createdAt: 0 },
+    body: bounced,
+  });
+  assert.equal(computeOf(r.transactions, env.address).success, true);
+  assert.deepEqual(await state(env), s0);
+});
