@@ -193,4 +193,39 @@ fn a_thousand_concurrent_streams_then_twenty_sigkills() {
         "load kept going across restarts"
     );
     assert!(received.iter().all(|id| unique.contains(id)));
+
+    // Every committed receipt is counted, once, by the enclave's tabs: the
+    // restarted hosts acknowledged again what their stored tabs missed.
+    let out = dir.path().join("settle");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = std::process::Command::new(cocoon_tests::procs::bin("cocoon-host"))
+            .arg("--ledger")
+            .arg(&host.ledger)
+            .args([
+                "--settlement-contract",
+                "0:0000000000000000000000000000000000000000000000000000000000000001",
+                "settle",
+                "--dry-run",
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("claims.json")).unwrap())
+                .unwrap();
+        let l = &m["ledger"];
+        if l["counted_receipts"] == l["receipts"] && l["counted_nanoton"] == l["nanoton"] {
+            assert_eq!(l["receipts"].as_u64(), Some(ids.len() as u64));
+            eprintln!("tabs count every receipt once after {kills} SIGKILLs: {l}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the enclave's tabs do not count the ledger's receipts: {l}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
