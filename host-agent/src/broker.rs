@@ -1055,6 +1055,7 @@ impl Broker {
             slot.label.clone(),
             ready.receipt_public_key.clone(),
             self.ledger.clone(),
+            self.metrics.clone(),
             acks_rx,
             tab_rx,
         ));
@@ -1096,6 +1097,7 @@ async fn tab_task(
     label: Arc<str>,
     key: Vec<u8>,
     ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
     mut acks: mpsc::UnboundedReceiver<(RequestId, [u8; 32])>,
     mut tabs: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
@@ -1138,6 +1140,7 @@ async fn tab_task(
                 let update = match TabUpdate::from_bytes(&bytes) {
                     Ok(u) => u,
                     Err(e) => {
+                        metrics.tabs(1, false);
                         warn!(enclave = %label, error = %e, "malformed tab update; closing the connection");
                         conn.close("malformed tab update");
                         return;
@@ -1146,14 +1149,19 @@ async fn tab_task(
                 let mut good = Vec::with_capacity(update.tabs.len());
                 for t in update.tabs {
                     if t.tab.verify(&t.signature, &key).is_err() {
+                        metrics.tabs(1, false);
                         warn!(enclave = %label, "a tab does not verify under the attested receipt key; closing the connection");
                         conn.close("forged tab");
                         return;
                     }
                     good.push(stored_tab(&t));
                 }
-                if let Err(e) = ledger.store_tabs(key.clone(), good).await {
-                    warn!(enclave = %label, error = %e, "could not store tabs; they are acknowledged again on the next connection");
+                let n = good.len();
+                match ledger.store_tabs(key.clone(), good).await {
+                    Ok(_) => metrics.tabs(n, true),
+                    Err(e) => {
+                        warn!(enclave = %label, error = %e, "could not store tabs; they are acknowledged again on the next connection");
+                    }
                 }
             }
         }

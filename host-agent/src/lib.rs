@@ -322,6 +322,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
                 let capacity = app.broker.ready_count() * app.limits.max_streams_per_enclave;
                 app.pricing
                     .sample(*app.in_flight.borrow(), capacity, now - last);
+                app.metrics.set_utilisation(app.pricing.utilisation());
                 last = now;
             }
         });

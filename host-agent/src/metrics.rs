@@ -102,6 +102,9 @@ pub struct Metrics {
     rate_limited: AtomicU64,
     cancels_sent: AtomicU64,
     commit: Histogram,
+    utilisation_milli: AtomicU64,
+    tabs_stored: AtomicU64,
+    tabs_rejected: AtomicU64,
 }
 
 impl Metrics {
@@ -190,6 +193,23 @@ impl Metrics {
         self.cancels_sent.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Set the smoothed utilisation the price multiplier follows.
+    pub fn set_utilisation(&self, milli: u32) {
+        self.utilisation_milli
+            .store(u64::from(milli), Ordering::Relaxed);
+    }
+
+    /// Count enclave-signed tabs stored (`ok`) or refused (bad signature,
+    /// malformed update).
+    pub fn tabs(&self, stored: usize, ok: bool) {
+        let c = if ok {
+            &self.tabs_stored
+        } else {
+            &self.tabs_rejected
+        };
+        c.fetch_add(stored as u64, Ordering::Relaxed);
+    }
+
     /// Set the in-flight stream gauge.
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n as u64, Ordering::Relaxed);
@@ -225,6 +245,29 @@ impl Metrics {
             "Requests forwarded to an enclave and not finished.",
         );
         let _ = writeln!(s, "cocoon_host_in_flight_streams {}", get(&self.in_flight));
+        head(
+            &mut s,
+            "cocoon_host_utilisation_milli",
+            "gauge",
+            "Smoothed utilisation (thousandths) the price multiplier follows.",
+        );
+        let _ = writeln!(
+            s,
+            "cocoon_host_utilisation_milli {}",
+            get(&self.utilisation_milli)
+        );
+        head(
+            &mut s,
+            "cocoon_host_tabs_total",
+            "counter",
+            "Enclave-signed tabs received: stored, or rejected (bad signature or malformed update; the connection is closed).",
+        );
+        let _ = writeln!(
+            s,
+            "cocoon_host_tabs_total{{result=\"stored\"}} {}\ncocoon_host_tabs_total{{result=\"rejected\"}} {}",
+            get(&self.tabs_stored),
+            get(&self.tabs_rejected)
+        );
         head(
             &mut s,
             "cocoon_host_request_bytes_total",

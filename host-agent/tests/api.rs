@@ -1026,5 +1026,31 @@ async fn prices_are_checked_and_the_authorization_cap_is_enforced() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["multiplier_milli"], 1500);
     assert_eq!(rows[0]["prompt_price"], 150);
+    // The enclave's signed tab for it arrives after the acknowledgement.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = http(host.public, "GET", "/metrics", &[], b"").await.text();
+        if text.contains("cocoon_host_tabs_total{result=\"stored\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        text.contains("cocoon_host_tabs_total{result=\"stored\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cocoon_host_tabs_total{result=\"rejected\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("cocoon_host_utilisation_milli "), "{text}");
+    assert!(
+        text.contains("outcome=\"price_refused\",status=\"412\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("outcome=\"payment_required\",status=\"402\"} 3"),
+        "{text}"
+    );
     host.stop().await;
 }
