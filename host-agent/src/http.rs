@@ -472,19 +472,28 @@ async fn reserve(
             "the ledger cannot be used",
         )
     };
-    let cap = app
-        .ledger
-        .store_authorization(
-            key.clone(),
-            crate::ledger::StoredAuthorization {
-                account: meta.client_account,
-                cap: auth.auth.cap,
-                signed: auth.to_bytes().to_vec(),
-                client_public_key: client_key.to_vec(),
-            },
-        )
-        .await
-        .map_err(internal)?;
+    // A durable write only when the cap rises (clients send the same
+    // authorization with every request).
+    let cap = match app.spend.cap(&key, &meta.client_account) {
+        Some(stored) if stored >= auth.auth.cap => stored,
+        _ => {
+            let cap = app
+                .ledger
+                .store_authorization(
+                    key.clone(),
+                    crate::ledger::StoredAuthorization {
+                        account: meta.client_account,
+                        cap: auth.auth.cap,
+                        signed: auth.to_bytes().to_vec(),
+                        client_public_key: client_key.to_vec(),
+                    },
+                )
+                .await
+                .map_err(internal)?;
+            app.spend.set_cap(&key, &meta.client_account, cap);
+            cap
+        }
+    };
     if !app.spend.known(&key, &meta.client_account) {
         let committed = app
             .ledger

@@ -174,8 +174,10 @@ pub fn max_cost(meta: &BillingMeta, sealed_len: usize) -> u128 {
         .unwrap_or(u128::MAX)
 }
 
-/// Nanoton per (receipt key, account).
+/// Per (receipt key, account): nanoton spent or reserved.
 type SpendMap = HashMap<(Vec<u8>, [u8; 32]), u128>;
+/// Per (receipt key, account): the highest authorization cap stored.
+type CapMap = HashMap<(Vec<u8>, [u8; 32]), u64>;
 
 /// Spend per (receipt key, account): committed charges (loaded from the
 /// ledger the first time) plus the worst-case cost of requests in flight,
@@ -183,6 +185,7 @@ type SpendMap = HashMap<(Vec<u8>, [u8; 32]), u128>;
 #[derive(Debug, Default)]
 pub struct Spend {
     accounts: Mutex<SpendMap>,
+    caps: Mutex<CapMap>,
 }
 
 impl Spend {
@@ -193,6 +196,18 @@ impl Spend {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SpendMap> {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest cap stored in the ledger for the pair, if known here.
+    pub fn cap(&self, key: &[u8], account: &[u8; 32]) -> Option<u64> {
+        let g = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(&(key.to_vec(), *account)).copied()
+    }
+
+    /// Remember the cap the ledger now holds for the pair.
+    pub fn set_cap(&self, key: &[u8], account: &[u8; 32], cap: u64) {
+        let mut g = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert((key.to_vec(), *account), cap);
     }
 
     /// Whether the pair is tracked yet.

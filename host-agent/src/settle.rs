@@ -97,6 +97,19 @@ impl Settlement {
     pub fn total_amount(&self) -> u128 {
         self.claims.iter().map(|c| u128::from(c.amount)).sum()
     }
+
+    /// What recording these claims in the ledger stores.
+    pub fn records(&self) -> Vec<ClaimRecord> {
+        self.claims
+            .iter()
+            .map(|c| ClaimRecord {
+                receipt_public_key: c.receipt_public_key.clone(),
+                account: c.account,
+                count: c.count,
+                total: c.total,
+            })
+            .collect()
+    }
 }
 
 /// Build the claims for `contract` from the ledger's settlement view.
@@ -296,17 +309,7 @@ pub async fn run(
         .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     if !dry_run {
         ledger
-            .record_claims(
-                s.claims
-                    .iter()
-                    .map(|c| ClaimRecord {
-                        receipt_public_key: c.receipt_public_key.clone(),
-                        account: c.account,
-                        count: c.count,
-                        total: c.total,
-                    })
-                    .collect(),
-            )
+            .record_claims(s.records())
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -16,9 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cocoon_enclave::tabs::TabBook;
-use cocoon_host::ledger::{
-    ClaimRecord, Ledger, LedgerEntry, LedgerOptions, StoredAuthorization, StoredTab,
-};
+use cocoon_host::ledger::{Ledger, LedgerEntry, LedgerOptions, StoredAuthorization, StoredTab};
 use cocoon_host::settle;
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice, UsageReceipt};
@@ -333,20 +331,7 @@ async fn run(seed: u64, steps: usize) -> Seen {
         );
     }
     // Settle, record, settle again: nothing is claimed twice.
-    w.ledger
-        .record_claims(
-            s.claims
-                .iter()
-                .map(|c| ClaimRecord {
-                    receipt_public_key: c.receipt_public_key.clone(),
-                    account: c.account,
-                    count: c.count,
-                    total: c.total,
-                })
-                .collect(),
-        )
-        .await
-        .unwrap();
+    w.ledger.record_claims(s.records()).await.unwrap();
     let again = settle::build(&w.ledger.settlement_view().await.unwrap(), contract, 100);
     assert!(
         again.claims.is_empty(),
