@@ -6,9 +6,15 @@
 # need no network.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 node_major() { node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/'; }
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1 || [ "$(node_major)" -lt 18 ]; then
-  log "installing nodejs and npm (Debian)"
-  apt_install nodejs npm
+# nodejs first: NodeSource's nodejs carries npm and conflicts with Debian's
+# npm package, Debian's nodejs does not carry it.
+if ! command -v node >/dev/null 2>&1 || [ "$(node_major)" -lt 18 ]; then
+  log "installing nodejs (Debian)"
+  apt_install nodejs
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  log "installing npm (Debian)"
+  apt_install npm
 fi
 if [ "$(node_major)" -lt 18 ]; then
   echo "error: Node.js 18 or newer is needed for @ton/sandbox; found $(node --version)" >&2
