@@ -19,6 +19,7 @@ use cocoon_client::{
     SIMULATED_TEE_WARNING,
 };
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_verifier::Policy;
 use serde_json::{json, Value};
 
@@ -49,10 +50,13 @@ enum Command {
     /// the nanoton. Exits 1 on any discrepancy.
     Statement(StatementArgs),
     /// Write the body of a message to the payment contract for this
-    /// account (a BOC to send from the account owner's TON wallet):
-    /// `deposit` (the value sent minus the 0.01 TON fee is credited),
+    /// account (a BOC to send to the contract): `deposit --contract C
+    /// --owner W` (from any wallet; the value sent minus the 0.01 TON fee is
+    /// credited, and the deposit that opens the account makes W, signed by
+    /// the account key, the only wallet that can withdraw), withdrawals
+    /// from W:
     /// `withdraw-request --amount N` (starts the notice period) or
-    /// `withdraw-finish` (pays out after it).
+    /// `withdraw-finish` (pays out after it, within one more notice period).
     PaymentMessage(PaymentMessageArgs),
 }
 
@@ -66,6 +70,15 @@ struct PaymentMessageArgs {
     /// Nanoton to withdraw (withdraw-request).
     #[arg(long, value_name = "NANOTON")]
     amount: Option<u128>,
+    /// The payment contract, raw form `0:<64 hex>` (deposit: the owner is
+    /// signed for this contract only).
+    #[arg(long, value_name = "ADDRESS")]
+    contract: Option<String>,
+    /// The wallet that may withdraw, raw form `wc:<64 hex>` (deposit). The
+    /// deposit that opens the account names it, signed by the account key;
+    /// it cannot be changed later.
+    #[arg(long, value_name = "ADDRESS")]
+    owner: Option<String>,
     /// The message's query_id.
     #[arg(long, default_value_t = 0)]
     query_id: u64,
@@ -404,7 +417,18 @@ fn payment_message(a: PaymentMessageArgs) -> Result<(), Failure> {
                 .public_key_sec1()
                 .try_into()
                 .map_err(|_| Failure::usage("account key is not an uncompressed P-256 key"))?;
-            ton::deposit_body(a.query_id, &pk)
+            let address = |flag: &str, v: &Option<String>| {
+                let v = v
+                    .as_deref()
+                    .ok_or_else(|| Failure::usage(format!("deposit needs {flag} ADDRESS")))?;
+                ContractAddress::parse_raw(v).map_err(|e| Failure::usage(format!("{flag}: {e}")))
+            };
+            let owner = DepositOwner {
+                contract: address("--contract", &a.contract)?,
+                owner: address("--owner", &a.owner)?,
+            };
+            let signature = key.sign_deposit_owner(&owner);
+            ton::deposit_body(a.query_id, &pk, &owner.owner, &signature)
         }
         "withdraw-request" => {
             let amount = a
@@ -423,7 +447,7 @@ fn payment_message(a: PaymentMessageArgs) -> Result<(), Failure> {
     std::fs::write(&a.out, body.to_boc())
         .map_err(|e| Failure::usage(format!("{}: {e}", a.out.display())))?;
     println!(
-        "{} message for account {} written to {} ({} bytes); send it from the wallet that owns the account (the first deposit's sender) to the provider's payment contract",
+        "{} message for account {} written to {} ({} bytes); send it to the provider's payment contract (a deposit from any wallet; a withdrawal from the owner the first deposit named)",
         a.kind,
         hex::encode(id),
         a.out.display(),

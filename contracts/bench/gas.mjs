@@ -15,7 +15,7 @@ import { beginCell, contractAddress, toNano, Dictionary } from '@ton/core';
 import { compilePaymentContract, compileTolkSource } from '../lib/compile.mjs';
 import { buildInitData } from '../lib/storage.mjs';
 import { depositBody, claimBody, providerWithdrawBody, clientWithdrawRequestBody, clientWithdrawFinishBody } from '../lib/messages.mjs';
-import { generateKey, authCell, tabCell, signP256 } from '../lib/signing.mjs';
+import { generateKey, authCell, tabCell, signP256, ownerSignature } from '../lib/signing.mjs';
 import { computeOf } from '../lib/chain.mjs';
 
 // A probe: one message = one P-256 check (op 1), or one check plus one
@@ -66,8 +66,9 @@ async function main() {
   const enclave = generateKey();
   const alice = generateKey();
   const wallet = await bc.treasury('alice');
-  await run('deposit (first)', wallet, depositBody(alice.uncompressed), toNano('5'));
-  await run('deposit (top-up)', wallet, depositBody(alice.uncompressed), toNano('1'));
+  const aliceDeposit = depositBody(alice.uncompressed, wallet.address, ownerSignature(alice, { contract: address, owner: wallet.address }));
+  await run('deposit (first: owner signature checked)', wallet, aliceDeposit, toNano('5'));
+  await run('deposit (top-up)', wallet, aliceDeposit, toNano('1'));
   const auth = authCell(alice, { contract: address, accountId: alice.accountId, enclaveKey: enclave.compressed, cap: toNano('4') });
   await run('claim (first for the pair)', provider, claimBody(auth, tabCell(enclave, { accountId: alice.accountId, count: 10, total: toNano('1') })));
   await run('claim (later tab)', provider, claimBody(auth, tabCell(enclave, { accountId: alice.accountId, count: 10_000, total: toNano('2') })));

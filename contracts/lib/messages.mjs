@@ -21,10 +21,19 @@ function accountInt(accountId) {
   return BigInt('0x' + b.toString('hex'));
 }
 
-/** deposit: key = uncompressed SEC1 public key (65 bytes). */
-export function depositBody(uncompressedKey, queryId = 0n) {
+/**
+ * deposit: key = uncompressed SEC1 public key (65 bytes), owner = the
+ * @ton/core Address that may withdraw, signature = 64 bytes by the key over
+ * ownerBytes({contract, owner}) (checked when the deposit opens the account).
+ */
+export function depositBody(uncompressedKey, owner, signature, queryId = 0n) {
   if (uncompressedKey.length !== 65) throw new RangeError('deposit key must be 65 bytes');
-  return head(OP.DEPOSIT, queryId).storeBuffer(uncompressedKey).endCell();
+  if (signature.length !== 64) throw new RangeError('deposit signature must be 64 bytes');
+  return head(OP.DEPOSIT, queryId)
+    .storeBuffer(uncompressedKey)
+    .storeAddress(owner)
+    .storeRef(beginCell().storeBuffer(signature).endCell())
+    .endCell();
 }
 
 /** claim: two refs, ^auth ^tab. */

@@ -8,6 +8,8 @@ export const TAB_LEN = 52;
 export const SIG_LEN = 64;
 export const AUTH_TAG = Buffer.from('CCA1', 'ascii');
 export const TAB_TAG = Buffer.from('CCT1', 'ascii');
+export const OWNER_TAG = Buffer.from('CCD1', 'ascii');
+export const OWNER_LEN = 70;
 
 // Order of the P-256 group; signatures are normalised to s <= n/2 ("low S").
 const P256_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
@@ -106,6 +108,20 @@ export function authBytes({ contract, accountId, enclaveKey, cap }) {
   return out;
 }
 
+/**
+ * OWNER bytes (70): "CCD1" | contract workchain i8 | contract hash 32 |
+ * owner workchain i8 | owner hash 32. Signed by the account key in the
+ * deposit that opens the account. `contract` and `owner` are @ton/core Addresses.
+ */
+export function ownerBytes({ contract, owner }) {
+  const wc = (a) => { const b = Buffer.alloc(1); b.writeInt8(a.workChain); return b; };
+  const out = Buffer.concat([
+    OWNER_TAG, wc(contract), bytes(contract.hash, 32, 'contract hash'), wc(owner), bytes(owner.hash, 32, 'owner hash'),
+  ]);
+  if (out.length !== OWNER_LEN) throw new Error('OWNER length');
+  return out;
+}
+
 /** TAB bytes (52): "CCT1" | account_id 32 | count u64 | total u64. */
 export function tabBytes({ accountId, count, total }) {
   const out = Buffer.concat([TAB_TAG, bytes(accountId, 32, 'account_id'), u64(count, 'count'), u64(total, 'total')]);
@@ -135,4 +151,9 @@ export function paidKey(accountId, enclaveKey) {
   return crypto.createHash('sha256')
     .update(Buffer.concat([bytes(accountId, 32, 'account_id'), bytes(enclaveKey, 33, 'enclave key')]))
     .digest();
+}
+
+/** The 64-byte signature by `clientKey` naming `owner` for deposits to `contract`. */
+export function ownerSignature(clientKey, { contract, owner }) {
+  return signP256(clientKey.privateKey, ownerBytes({ contract, owner }));
 }

@@ -5,12 +5,13 @@
 //   node contracts/scripts/run-claims.mjs --manifest DIR/claims.json \
 //        --deposits deposits.json [--twice]
 //
-// deposits.json: [{"public_key": "<130 hex, uncompressed SEC1>", "amount": "<nanoton sent>"}]
+// deposits.json: [{"body": "<hex BOC of a deposit body, as `cocoon-client
+//   payment-message deposit` writes it>", "amount": "<nanoton sent>"}]
 //
 // The contract is compiled from source and installed at the manifest's
 // address (the clients signed their authorizations for that address), with a
-// fresh provider wallet as its provider. Each client deposits from its own
-// wallet, then the provider sends every claim body (and, with --twice, all of
+// fresh provider wallet as its provider. Each deposit body is sent from its
+// own sandbox wallet (the body names and signs its owner), then the provider sends every claim body (and, with --twice, all of
 // them again: each must be refused as a double claim). Prints one JSON object:
 //   {"results":[{"index","pass","exit_code","success","gas_used","paid"}],
 //    "provider_balance", "clients":{"<account>":{"balance","deposited_credit"}},
@@ -21,7 +22,7 @@ import { Blockchain, createShardAccount } from '@ton/sandbox';
 import { Address, Cell, toNano } from '@ton/core';
 import { compilePaymentContract } from '../lib/compile.mjs';
 import { buildInitData } from '../lib/storage.mjs';
-import { depositBody, DEPOSIT_FEE } from '../lib/messages.mjs';
+import { DEPOSIT_FEE } from '../lib/messages.mjs';
 import { accountIdOf } from '../lib/signing.mjs';
 import { computeOf, getClient, getPaid, getProvider } from '../lib/chain.mjs';
 
@@ -81,11 +82,19 @@ const contract = bc.provider(contractAddress);
 
 const clients = {};
 for (const [i, d] of deposits.entries()) {
-  const key = Buffer.from(d.public_key ?? '', 'hex');
-  if (key.length !== 65 || key[0] !== 4) fail(`deposits[${i}].public_key: 65-byte uncompressed key expected`);
+  let body;
+  let key;
+  try {
+    body = Cell.fromBoc(Buffer.from(d.body ?? '', 'hex'))[0];
+    const s = body.beginParse();
+    s.skip(32 + 64);
+    key = s.loadBuffer(65);
+  } catch (e) {
+    fail(`deposits[${i}].body: not a deposit message body (${e.message})`);
+  }
   const amount = nano(d.amount, `deposits[${i}].amount`);
   const wallet = await bc.treasury(`cocoon-client-${i}`);
-  const r = await wallet.send({ to: contractAddress, value: amount, body: depositBody(key), bounce: true });
+  const r = await wallet.send({ to: contractAddress, value: amount, body, bounce: true });
   const c = computeOf(r.transactions, contractAddress);
   if (!c.success) fail(`deposit ${i} refused with exit code ${c.exitCode}`);
   clients[accountIdOf(key).toString('hex')] = { credit: amount - DEPOSIT_FEE };

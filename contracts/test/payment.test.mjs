@@ -12,7 +12,7 @@ import {
   DEPOSIT_FEE, depositBody, claimBody, providerWithdrawBody,
   clientWithdrawRequestBody, clientWithdrawFinishBody,
 } from '../lib/messages.mjs';
-import { generateKey, authCell, tabCell, tabBytes, authBytes, signedCell, signP256 } from '../lib/signing.mjs';
+import { generateKey, authCell, tabCell, tabBytes, authBytes, signedCell, signP256, ownerSignature } from '../lib/signing.mjs';
 import { computeOf, getClient, getPaid, getProvider } from '../lib/chain.mjs';
 
 const DELAY = 3600;
@@ -46,8 +46,13 @@ async function send(from, to, body, value = toNano('0.1')) {
   return computeOf(r.transactions, to);
 }
 
+/** A deposit body for `key`'s account naming `owner`, signed by `signer` (the key itself unless forged). */
+function depositFor(env, key, owner, signer = key) {
+  return depositBody(key.uncompressed, owner, ownerSignature(signer, { contract: env.address, owner }));
+}
+
 async function deposit(env, who, amount) {
-  return send(who.wallet, env.address, depositBody(who.key.uncompressed), amount);
+  return send(who.wallet, env.address, depositFor(env, who.key, who.wallet.address), amount);
 }
 
 function claim(env, who, { total, count = 1, cap = toNano('10'), enclave = env.enclave, contract = env.address, tabAccount = who.key.accountId, signer = enclave }) {
@@ -70,7 +75,7 @@ test('the committed build is what the source compiles to', async () => {
   assert.ok(built.equals(code));
 });
 
-test('deposit: the fee is taken exactly, the first sender owns the account, later deposits add', async () => {
+test('deposit: the fee is taken exactly, the key-signed owner owns the account, later deposits add', async () => {
   const env = await setup();
   const c = await deposit(env, env.alice, toNano('2'));
   assert.equal(c.success, true);
@@ -78,8 +83,8 @@ test('deposit: the fee is taken exactly, the first sender owns the account, late
   let s = await getClient(env.contract, id);
   assert.equal(s.exists, true);
   assert.equal(s.balance, toNano('2') - DEPOSIT_FEE);
-  // Anyone may top up; the balance adds.
-  assert.equal((await send(env.bob.wallet, env.address, depositBody(env.alice.key.uncompressed), toNano('1'))).success, true);
+  // Anyone may top up (the owner named in a top-up is ignored); the balance adds.
+  assert.equal((await send(env.bob.wallet, env.address, depositFor(env, env.alice.key, env.bob.wallet.address, env.bob.key), toNano('1'))).success, true);
   s = await getClient(env.contract, id);
   assert.equal(s.balance, toNano('3') - 2n * DEPOSIT_FEE);
   // Not more than the fee: refused.
@@ -87,7 +92,35 @@ test('deposit: the fee is taken exactly, the first sender owns the account, late
   // A key that is not uncompressed SEC1.
   const bad = Buffer.from(env.bob.key.uncompressed);
   bad[0] = 5;
-  assert.equal((await send(env.bob.wallet, env.address, depositBody(bad), toNano('1'))).exitCode, 116);
+  assert.equal((await send(env.bob.wallet, env.address, depositBody(bad, env.bob.wallet.address, Buffer.alloc(64)), toNano('1'))).exitCode, 116);
+});
+
+test('deposit: knowing a key is not enough to open its account (no squatting)', async () => {
+  const env = await setup();
+  const mallory = await env.bc.treasury('mallory');
+  const id = env.alice.key.accountId;
+  const idInt = BigInt('0x' + id.toString('hex'));
+  // Mallory names herself as the owner of Alice's account: her own signature,
+  // Alice's signature for another contract, or Alice's signature naming Alice
+  // replayed with Mallory as owner are all refused, and no account opens.
+  const other = Address.parse('0:' + '11'.repeat(32));
+  const attempts = [
+    depositFor(env, env.alice.key, mallory.address, env.bob.key),
+    depositBody(env.alice.key.uncompressed, mallory.address, ownerSignature(env.alice.key, { contract: other, owner: mallory.address })),
+    depositBody(env.alice.key.uncompressed, mallory.address, ownerSignature(env.alice.key, { contract: env.address, owner: env.alice.wallet.address })),
+    depositBody(env.alice.key.uncompressed, mallory.address, Buffer.alloc(64)),
+  ];
+  for (const body of attempts) {
+    assert.equal((await send(mallory, env.address, body, toNano('1'))).exitCode, 117);
+    assert.equal((await getClient(env.contract, idInt)).exists, false);
+  }
+  // A deposit Alice signed may be sent by anyone (an exchange, a friend); it
+  // opens the account for the owner Alice named, and only she can withdraw.
+  assert.equal((await send(mallory, env.address, depositFor(env, env.alice.key, env.alice.wallet.address), toNano('2'))).success, true);
+  assert.equal((await send(env.alice.wallet, env.address, depositFor(env, env.alice.key, mallory.address, env.bob.key), toNano('3'))).success, true);
+  assert.equal((await getClient(env.contract, idInt)).balance, toNano('5') - 2n * DEPOSIT_FEE);
+  assert.equal((await send(mallory, env.address, clientWithdrawRequestBody(id, 1n))).exitCode, 113);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawRequestBody(id, 1n))).success, true);
 });
 
 test('claims pay the increase of a tab once, to the nanoton', async () => {
@@ -210,6 +243,45 @@ test('client withdrawal waits out the notice period; claims still draw meanwhile
   const payout = credit - toNano('0.5');
   assert.ok(gain > payout - toNano('0.05') && gain < payout, `owner got ${gain}, payout ${payout}`);
   assert.equal((await getProvider(env.contract)).balance, toNano('0.5'));
+});
+
+test('a withdrawal request lapses one delay after it unlocks', async () => {
+  const env = await setup();
+  await deposit(env, env.alice, toNano('2'));
+  const id = env.alice.key.accountId;
+  const idInt = BigInt('0x' + id.toString('hex'));
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawRequestBody(id, toNano('1')))).success, true);
+  // Unlocked, then the finish window (one more delay) passes unused.
+  env.bc.now += 2 * DELAY + 1;
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawFinishBody(id))).exitCode, 118);
+  let s = await getClient(env.contract, idInt);
+  assert.equal(s.balance, toNano('2') - DEPOSIT_FEE);
+  // The provider's claims meet the full balance; a new request starts a new delay.
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: toNano('0.5') }))).success, true);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawRequestBody(id, toNano('1')))).success, true);
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawFinishBody(id))).exitCode, 115);
+  env.bc.now += DELAY;
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawFinishBody(id))).success, true);
+  s = await getClient(env.contract, idInt);
+  assert.equal(s.balance, toNano('2') - DEPOSIT_FEE - toNano('0.5') - toNano('1'));
+});
+
+test('scripts/address.mjs: the address pins the empty initial storage, not only the code', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { code: built } = readBuild();
+  const provider = Address.parse('0:' + '5a'.repeat(32));
+  const honest = contractAddress(0, { code: built, data: buildInitData({ provider, withdrawDelay: DELAY }) });
+  // Same code hash, but deployed claiming 1000 TON that no deposit backs.
+  const rigged = contractAddress(0, { code: built, data: buildInitData({ provider, withdrawDelay: DELAY, providerBalance: toNano('1000') }) });
+  assert.ok(!honest.equals(rigged));
+  const script = new URL('../scripts/address.mjs', import.meta.url).pathname;
+  const check = (a) => spawnSync(process.execPath, [script, '--provider', provider.toRawString(), '--delay', String(DELAY), '--check', a.toRawString()], { encoding: 'utf8' });
+  const ok = check(honest);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.equal(ok.stdout.split('\n')[0], honest.toRawString());
+  const bad = check(rigged);
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /NOT the payment contract/);
 });
 
 test('bounced messages change nothing', async () => {

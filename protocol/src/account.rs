@@ -157,6 +157,12 @@ impl AccountKey {
         auth.sign(&self.key)
     }
 
+    /// Name the wallet that may withdraw this account's deposits on one
+    /// payment contract ([`crate::settlement::DepositOwner`]).
+    pub fn sign_deposit_owner(&self, owner: &crate::settlement::DepositOwner) -> [u8; 64] {
+        owner.sign(&self.key)
+    }
+
     /// Authorise one sealed request: sign `"cocoon-request-auth-v1" ‖
     /// request_id`.
     pub fn sign_request(&self, request_id: &RequestId) -> [u8; ACCOUNT_SIGNATURE_LEN] {

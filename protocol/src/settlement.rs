@@ -41,6 +41,10 @@ pub const AUTH_TAG: &[u8; 4] = b"CCA1";
 pub const TAB_TAG: &[u8; 4] = b"CCT1";
 /// Bytes of an authorization message.
 pub const AUTH_LEN: usize = 110;
+/// Tag of the deposit-owner message.
+pub const OWNER_TAG: &[u8; 4] = b"CCD1";
+/// Length of the deposit-owner message.
+pub const OWNER_LEN: usize = 70;
 /// Bytes of a tab message.
 pub const TAB_LEN: usize = 52;
 /// Bytes of a signature.
@@ -197,6 +201,46 @@ impl Authorization {
             auth: *self,
             signature: sign(key, &self.to_bytes()),
         }
+    }
+}
+
+/// The owner an account key names for its account on one contract: the
+/// only address that may withdraw. The deposit that opens the account must
+/// carry the key's signature of this, so knowing a client's public key is
+/// not enough to open its account first and take its later deposits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepositOwner {
+    /// The payment contract.
+    pub contract: ContractAddress,
+    /// The wallet that may withdraw.
+    pub owner: ContractAddress,
+}
+
+impl DepositOwner {
+    /// The signed bytes: `"CCD1" ‖ contract workchain (i8) ‖ contract hash
+    /// ‖ owner workchain (i8) ‖ owner hash`.
+    pub fn to_bytes(&self) -> [u8; OWNER_LEN] {
+        let mut b = [0u8; OWNER_LEN];
+        b[..4].copy_from_slice(OWNER_TAG);
+        b[4] = self.contract.workchain.to_be_bytes()[0];
+        b[5..37].copy_from_slice(&self.contract.hash);
+        b[37] = self.owner.workchain.to_be_bytes()[0];
+        b[38..70].copy_from_slice(&self.owner.hash);
+        b
+    }
+
+    /// Sign with the client's account key (`r ‖ s`, low S).
+    pub fn sign(&self, key: &SigningKey) -> [u8; 64] {
+        sign(key, &self.to_bytes())
+    }
+
+    /// Check a signature under the client's key (SEC1).
+    pub fn verify(
+        &self,
+        client_public_key_sec1: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<(), SettlementError> {
+        verify(client_public_key_sec1, &self.to_bytes(), signature)
     }
 }
 

@@ -10,7 +10,7 @@
 //! magic `b5ee9c72`, one root, no index and a CRC32-C (Castagnoli) trailer.
 //! Only ordinary cells are produced (no exotic cells, level 0).
 
-use crate::settlement::{SignedAuthorization, SignedTab};
+use crate::settlement::{ContractAddress, SignedAuthorization, SignedTab};
 
 /// Opcode of a deposit.
 pub const OP_DEPOSIT: u32 = 0xc0c0_a001;
@@ -323,11 +323,32 @@ fn message_with_signature(message: &[u8], signature: &[u8; 64]) -> Result<Cell, 
 }
 
 /// `deposit`: credits `msg value − DEPOSIT_FEE` to the account of this
-/// (uncompressed SEC1) key.
-pub fn deposit_body(query_id: u64, public_key_uncompressed: &[u8; 65]) -> Result<Cell, TonError> {
+/// (uncompressed SEC1) key. `owner` is the wallet that may withdraw and
+/// `owner_signature` the key's signature of
+/// [`DepositOwner`](crate::settlement::DepositOwner) naming it and the
+/// contract; the contract checks it when the deposit opens the account.
+pub fn deposit_body(
+    query_id: u64,
+    public_key_uncompressed: &[u8; 65],
+    owner: &ContractAddress,
+    owner_signature: &[u8; 64],
+) -> Result<Cell, TonError> {
+    let mut sig = CellBuilder::new();
+    sig.store_bytes(owner_signature)?;
     let mut b = header(OP_DEPOSIT, query_id)?;
     b.store_bytes(public_key_uncompressed)?;
+    store_address(&mut b, owner)?;
+    b.store_ref(sig.build())?;
     Ok(b.build())
+}
+
+/// `MsgAddressInt` as `addr_std$10 anycast:(Maybe Anycast)=0 workchain_id:int8
+/// address:bits256` (TL-B scheme of block.tlb): 267 bits.
+fn store_address(b: &mut CellBuilder, a: &ContractAddress) -> Result<(), TonError> {
+    b.store_uint(0b100, 3)?
+        .store_uint(u128::from(a.workchain.to_be_bytes()[0]), 8)?
+        .store_bytes(&a.hash)?;
+    Ok(())
 }
 
 /// `claim`: two references, the signed authorization and the signed tab,
@@ -459,6 +480,27 @@ mod tests {
             hex::encode(provider_withdraw_body(1, 1_000_000_000).unwrap().to_boc()),
             "b5ee9c72410101010013000021c0c0a003000000000000000143b9aca008141e1e89"
         );
+        // depositBody(key, Address.parse("-1:abab…"), signature, 7n) of
+        // contracts/lib/messages.mjs (storeAddress is @ton/core's).
+        let mut key = [0u8; 65];
+        key[0] = 4;
+        for (i, k) in key.iter_mut().enumerate().skip(1) {
+            *k = i as u8;
+        }
+        let mut sig = [0u8; 64];
+        for (i, s) in sig.iter_mut().enumerate() {
+            *s = 0xa0 ^ i as u8;
+        }
+        let owner = ContractAddress {
+            workchain: -1,
+            hash: [0xab; 32],
+        };
+        let deposit = deposit_body(7, &key, &owner, &sig).unwrap();
+        assert_eq!(
+            hex::encode(deposit.hash()),
+            "899635281dd7fc2f577daf6df2c001d8570d23918711038797cce761d547b064"
+        );
+        assert_eq!(hex::encode(deposit.to_boc()), "b5ee9c724101020100b40001ddc0c0a0010000000000000007040102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f409ff57575757575757575757575757575757575757575757575757575757575757570010080a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f6f6bcc09");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use cocoon_client::{Client, ClientError, ClientOptions};
 use cocoon_protocol::message::{ChatMessage, Role};
+use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_tests::procs::{bin, TempDir};
 use common::*;
 
@@ -191,19 +192,59 @@ fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("DISCREPANCY"), "{stdout}");
 
-    // The deposit message the client's owner sends to the contract.
-    let boc = dir.path().join("deposit.boc");
+    // Each client's deposit message, written by the CLI: it names the
+    // owner wallet, signed by the account key for this contract.
+    let contract = ContractAddress::parse_raw(CONTRACT).unwrap();
+    let mut deposit_bodies = Vec::new();
+    for (i, (path, key)) in accounts.iter().enumerate() {
+        let owner = ContractAddress {
+            workchain: 0,
+            hash: [i as u8 + 1; 32],
+        };
+        let boc = dir.path().join(format!("deposit-{i}.boc"));
+        let (code, stdout, stderr) = run(Command::new(bin("cocoon-client"))
+            .args([
+                "payment-message",
+                "deposit",
+                "--contract",
+                CONTRACT,
+                "--owner",
+            ])
+            .arg(owner.to_string())
+            .arg("--account-key")
+            .arg(path)
+            .arg("--out")
+            .arg(&boc));
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let designation = DepositOwner { contract, owner };
+        let signature = key.sign_deposit_owner(&designation);
+        designation
+            .verify(&key.public_key_sec1(), &signature)
+            .unwrap();
+        let pk: [u8; 65] = key.public_key_sec1().try_into().unwrap();
+        let bytes = std::fs::read(&boc).unwrap();
+        assert_eq!(
+            bytes,
+            cocoon_protocol::ton::deposit_body(0, &pk, &owner, &signature)
+                .unwrap()
+                .to_boc()
+        );
+        deposit_bodies.push(bytes);
+    }
+    // Without --owner the CLI refuses, naming the flag.
     let (code, stdout, stderr) = run(Command::new(bin("cocoon-client"))
-        .args(["payment-message", "deposit", "--account-key"])
+        .args([
+            "payment-message",
+            "deposit",
+            "--contract",
+            CONTRACT,
+            "--account-key",
+        ])
         .arg(&accounts[0].0)
         .arg("--out")
-        .arg(&boc));
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    let pk: [u8; 65] = accounts[0].1.public_key_sec1().try_into().unwrap();
-    assert_eq!(
-        std::fs::read(&boc).unwrap(),
-        cocoon_protocol::ton::deposit_body(0, &pk).unwrap().to_boc()
-    );
+        .arg(dir.path().join("no-owner.boc")));
+    assert_ne!(code, 0, "{stdout}");
+    assert!(stderr.contains("--owner"), "{stderr}");
 
     // Nothing new: a second run claims nothing.
     let again = settle(&host, &dir.path().join("settle-2"), &[]);
@@ -226,9 +267,10 @@ fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
     }
     let deposits: Vec<serde_json::Value> = accounts
         .iter()
-        .map(|(_, k)| {
+        .zip(&deposit_bodies)
+        .map(|((_, k), body)| {
             serde_json::json!({
-                "public_key": hex::encode(k.public_key_sec1()),
+                "body": hex::encode(body),
                 "amount": (charged[&hex::encode(k.id().0)] + 1_000_000_000).to_string(),
             })
         })
