@@ -55,8 +55,18 @@ pub struct Claims {
     pub config_digest: [u8; 32],
     /// SHA-256 of the GPU evidence taken at this epoch, when a GPU is used.
     pub gpu_evidence_digest: Option<[u8; 32]>,
-    /// Attestation epoch (increases whenever the evidence is refreshed).
+    /// The enclave's session: the Unix time (seconds) its keys were made at
+    /// boot. Stays the same for every report of one boot; the GPU session
+    /// nonce is derived from it and the HPKE key.
     pub epoch: u64,
+    /// When this report was made (Unix seconds, the enclave's clock): the
+    /// enclave re-attests on a timer and on a client's nonce, with the same
+    /// keys, and a policy's `max_evidence_age` bounds how old it may be.
+    pub issued_at: u64,
+    /// Which report of this boot this is: 0 at boot, one more at every
+    /// re-attestation on the timer (reports for a client nonce carry the
+    /// counter of the newest timed one).
+    pub refresh: u64,
     /// A nonce the client asked to be bound, if any.
     pub client_nonce: Option<Vec<u8>>,
 }
@@ -90,6 +100,8 @@ impl Claims {
             ),
             ("config_digest", Value::Bytes(self.config_digest.to_vec())),
             ("epoch", Value::Integer(self.epoch.into())),
+            ("issued_at", Value::Integer(self.issued_at.into())),
+            ("refresh", Value::Integer(self.refresh.into())),
         ];
         if let Some(d) = &self.gpu_evidence_digest {
             e.push(("gpu_evidence_digest", Value::Bytes(d.to_vec())));
@@ -140,6 +152,8 @@ impl Claims {
             config_digest: m.array::<32>("config_digest")?,
             gpu_evidence_digest: gpu,
             epoch: m.u64("epoch")?,
+            issued_at: m.u64("issued_at")?,
+            refresh: m.u64("refresh")?,
             client_nonce: m.bytes_opt("client_nonce")?,
         };
         m.finish()?;
@@ -326,6 +340,8 @@ mod tests {
             config_digest: [4; 32],
             gpu_evidence_digest: None,
             epoch: 7,
+            issued_at: 607,
+            refresh: 1,
             client_nonce: Some(vec![9; 16]),
         }
     }

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cocoon_protocol::account::{AccountError, AccountId, AccountKey};
 use cocoon_protocol::api::{
     ApiError, ReceiptList, ACCOUNT_KEY_HEADER, ACCOUNT_SIGNATURE_HEADER, ACCOUNT_TIME_HEADER,
-    AUTHORIZATION_HEADER, CBOR_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_PATH, PRICES_PATH,
-    RECEIPTS_PATH, REQUESTS_PATH,
+    AUTHORIZATION_HEADER, CBOR_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_NONCE_PATH,
+    EVIDENCE_PATH, PRICES_PATH, RECEIPTS_PATH, REQUESTS_PATH,
 };
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, MAX_EMBEDDING_INPUTS, MAX_MESSAGES};
 use cocoon_protocol::pricing::PriceSheet;
@@ -51,7 +51,10 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use crate::provider::{verify_evidence_list, AttestedEnclave, VerificationError, VerifiedProvider};
+use crate::provider::{
+    verify_evidence_list, verify_nonce_evidence, AttestedEnclave, VerificationError,
+    VerifiedProvider,
+};
 use crate::receipts::{check_signed_by, ReceiptExpectation, ReceiptProblem};
 use crate::response::{
     Completed, Expecting, ResponseError, ResponsePart, ResponseReader, ResponseStream,
@@ -92,6 +95,13 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response (default 300 s).
     pub read_timeout: Duration,
+    /// How long a request may wait to be served: its expiry, signed into
+    /// the billing metadata, lies this far ahead of the client's clock. The
+    /// enclave refuses a request at or after its expiry, and one whose
+    /// expiry lies further ahead than its measured maximum (10 minutes by
+    /// default); it remembers each id it served until that expiry, so a
+    /// request is served at most once (default 300 s).
+    pub request_lifetime: Duration,
 }
 
 impl Default for ClientOptions {
@@ -103,6 +113,9 @@ impl Default for ClientOptions {
             evidence_refresh: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(300),
+            request_lifetime: Duration::from_secs(
+                cocoon_protocol::seal::DEFAULT_REQUEST_LIFETIME_SECS,
+            ),
         }
     }
 }
@@ -659,6 +672,9 @@ impl Client {
             unit_price,
             multiplier_milli,
             client_account: self.inner.account.id().0,
+            expires_at: unix_now()
+                .0
+                .saturating_add(self.inner.options.request_lifetime.as_secs()),
         };
         let authorization = match &sheet.settlement {
             None => None,
@@ -780,6 +796,82 @@ impl Client {
         );
         *g = Some((Instant::now(), sheet.clone()));
         Ok(sheet)
+    }
+
+    /// Ask for evidence of `enclave` bound to a fresh random nonce of this
+    /// client's (`GET /v1/evidence/nonce`): a new hardware report made for
+    /// this client alone, so it proves the enclave runs now. It is verified
+    /// under the policy, must carry the nonce and name the same keys; the
+    /// result is the same enclave, attested again for this client alone
+    /// (requests to it go to the same keys). Hosts limit how
+    /// often an account may ask (quotes are slow): `RateLimited`.
+    pub async fn attest_with_nonce(
+        &self,
+        enclave: &AttestedEnclave,
+    ) -> Result<AttestedEnclave, ClientError> {
+        let mut nonce = [0u8; 32];
+        cocoon_protocol::rand_core::RngCore::fill_bytes(&mut OsRng, &mut nonce);
+        let time = unix_now().0;
+        let url = format!(
+            "{}?nonce={}",
+            self.url(EVIDENCE_NONCE_PATH),
+            hex::encode(nonce)
+        );
+        let resp = self
+            .inner
+            .http
+            .get(&url)
+            .timeout(LIST_TIMEOUT)
+            .header(
+                EVIDENCE_DIGEST_HEADER,
+                hex::encode(enclave.evidence_digest().0),
+            )
+            .header(
+                ACCOUNT_KEY_HEADER,
+                hex::encode(self.inner.account.public_key_sec1()),
+            )
+            .header(ACCOUNT_TIME_HEADER, time.to_string())
+            .header(
+                ACCOUNT_SIGNATURE_HEADER,
+                hex::encode(self.inner.account.sign_evidence_nonce(&nonce, time)),
+            )
+            .send()
+            .await
+            .map_err(|e| transport(&url, e))?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let retry_after = retry_after(resp.headers());
+            let reason = read_reason(resp).await;
+            return Err(if status == StatusCode::TOO_MANY_REQUESTS {
+                ClientError::RateLimited {
+                    reason,
+                    retry_after,
+                }
+            } else {
+                ClientError::Status {
+                    status: status.as_u16(),
+                    reason,
+                }
+            });
+        }
+        let bytes = read_capped(resp, cocoon_attestation::bundle::MAX_BUNDLE)
+            .await
+            .map_err(|e| match e {
+                Capped::Transport(e) => transport(&url, e),
+                Capped::TooLarge => ClientError::Verification(VerificationError::MalformedList(
+                    ApiError::Invalid("evidence bundle too large".into()),
+                )),
+            })?;
+        verify_nonce_evidence(&bytes, &nonce, enclave, &self.inner.policy, unix_now()).map_err(
+            |rejection| {
+                ClientError::Verification(VerificationError::NoneVerified(vec![
+                    crate::provider::BundleRejection {
+                        index: enclave.bundle_index(),
+                        rejection,
+                    },
+                ]))
+            },
+        )
     }
 
     /// This account's receipts from the host's ledger, after ledger

@@ -268,6 +268,34 @@ fn describe_rejections(r: &[BundleRejection]) -> String {
     s
 }
 
+/// Verify one enclave's evidence bound to a client's `nonce` (the body of
+/// `GET /v1/evidence/nonce`) under `policy` at `now`: it must verify, its
+/// claims must carry exactly `nonce`, and it must name the same HPKE and
+/// receipt keys as `known` (the same enclave, attested again).
+pub fn verify_nonce_evidence(
+    bundle: &[u8],
+    nonce: &[u8],
+    known: &AttestedEnclave,
+    policy: &Policy,
+    now: UnixTime,
+) -> Result<AttestedEnclave, Rejection> {
+    let fresh = cocoon_verifier::verify(bundle, policy, now)
+        .and_then(|v| AttestedEnclave::new(v, known.bundle_index))?;
+    let (c, k) = (fresh.claims(), known.claims());
+    let mut problems = Vec::new();
+    if c.client_nonce.as_deref() != Some(nonce) {
+        problems.push("the evidence does not carry the nonce this client asked for".to_string());
+    }
+    if c.hpke_public_key != k.hpke_public_key || c.receipt_public_key != k.receipt_public_key {
+        problems.push("the evidence names other keys than the enclave it was asked of".to_string());
+    }
+    if problems.is_empty() {
+        Ok(fresh)
+    } else {
+        Err(Rejection::single(ReasonKind::Claims, problems.join("; ")))
+    }
+}
+
 /// Verify every bundle of an encoded evidence list (the body of
 /// `GET /v1/evidence`) under `policy` at `now`. Succeeds when at least one
 /// bundle verifies; the others are kept with their reasons.

@@ -493,6 +493,7 @@ mod tests {
             unit_price: UnitPrice::default(),
             multiplier_milli: 1000,
             client_account: [7; 32],
+            expires_at: 1_800_000_000,
         };
         let (req, client) = seal_request(sk.public_key(), &d, &meta, b"q", &mut OsRng).unwrap();
         let (_, _, enclave) = open_request(&sk, &d, &req).unwrap();

@@ -69,7 +69,7 @@ fn main() {
     );
     let config = EnclaveConfig::from_toml(&text).expect("config");
     let backend = TchBackend::load(&config).expect("models load");
-    let device = pick_device(config.device).unwrap();
+    let device = pick_device(config.device, config.gpu.is_some()).unwrap();
     println!(
         "device: {device:?}, libtorch threads: {}",
         tch::get_num_threads()

@@ -11,7 +11,9 @@
 //! listen = "vsock:5000"                  # or "unix:/run/cocoon.sock"
 //! max_concurrent = 64                    # requests running at once
 //! max_streams_per_connection = 1024      # open streams per host connection
-//! replay_window = 1048576                # request ids remembered since boot
+//! replay_window = 1048576                # served request ids remembered until they expire
+//! max_request_lifetime_secs = 600        # a request's expiry may lie at most this far ahead
+//! evidence_refresh_secs = 600            # re-attest (same keys, new report) this often
 //! backend = "deterministic-test"
 //! test_backend_reply_tokens = 48
 //!
@@ -114,6 +116,12 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 64;
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 1024;
 /// Default for [`EnclaveConfig::replay_window`].
 pub const DEFAULT_REPLAY_WINDOW: usize = 1 << 20;
+/// Default for [`EnclaveConfig::max_request_lifetime_secs`].
+pub const DEFAULT_MAX_REQUEST_LIFETIME_SECS: u64 =
+    cocoon_protocol::seal::DEFAULT_MAX_REQUEST_LIFETIME_SECS;
+/// Default for [`EnclaveConfig::evidence_refresh_secs`]: ten minutes, well
+/// inside the hour `policy init` allows evidence to age.
+pub const DEFAULT_EVIDENCE_REFRESH_SECS: u64 = 600;
 /// Default for [`EnclaveConfig::test_backend_reply_tokens`].
 pub const DEFAULT_TEST_BACKEND_REPLY_TOKENS: u32 = 48;
 
@@ -124,6 +132,8 @@ pub const DEFAULT_MAX_BATCH: usize = 32;
 const MAX_MAX_CONCURRENT: usize = 4096;
 const MAX_STREAMS_LIMIT: usize = 1 << 16;
 const MAX_REPLAY_WINDOW: usize = 1 << 24;
+/// An hour: ids are remembered that long at most.
+const MAX_REQUEST_LIFETIME_LIMIT: u64 = 3600;
 const MAX_IMAGE_ID: usize = 128;
 const MAX_MAX_BATCH: usize = 1024;
 const MAX_INPUT_TOKENS_LIMIT: u32 = 1 << 20;
@@ -412,9 +422,16 @@ pub struct EnclaveConfig {
     pub max_concurrent: usize,
     /// Most open streams on one host connection; more get an error frame.
     pub max_streams_per_connection: usize,
-    /// How many request ids (since boot) are remembered to refuse replays;
-    /// the oldest is forgotten first.
+    /// How many served request ids are remembered at once, each until its
+    /// request's expiry, to refuse replays. When it is full, new requests
+    /// are refused until ids expire (nothing is forgotten early).
     pub replay_window: usize,
+    /// How far ahead (seconds) a request's expiry may lie; requests that
+    /// would live longer are refused.
+    pub max_request_lifetime_secs: u64,
+    /// How often (seconds) the enclave re-attests: a new report with the
+    /// same keys, a new issue time and the refresh counter one higher.
+    pub evidence_refresh_secs: u64,
     /// The inference backend.
     pub backend: BackendKind,
     /// Reply length, in words, of the deterministic test backend.
@@ -445,6 +462,8 @@ impl Default for EnclaveConfig {
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             replay_window: DEFAULT_REPLAY_WINDOW,
+            max_request_lifetime_secs: DEFAULT_MAX_REQUEST_LIFETIME_SECS,
+            evidence_refresh_secs: DEFAULT_EVIDENCE_REFRESH_SECS,
             backend: BackendKind::DeterministicTest,
             test_backend_reply_tokens: DEFAULT_TEST_BACKEND_REPLY_TOKENS,
             pricing: PricingConfig::default(),
@@ -527,6 +546,24 @@ impl EnclaveConfig {
                     format!("{value} is out of range (1 to {max})"),
                 ));
             }
+        }
+        if !(1..=MAX_REQUEST_LIFETIME_LIMIT).contains(&self.max_request_lifetime_secs) {
+            return Err(invalid(
+                "max_request_lifetime_secs",
+                format!(
+                    "{} is out of range (1 to {MAX_REQUEST_LIFETIME_LIMIT})",
+                    self.max_request_lifetime_secs
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(&self.evidence_refresh_secs) {
+            return Err(invalid(
+                "evidence_refresh_secs",
+                format!(
+                    "{} is out of range (1 to 86400)",
+                    self.evidence_refresh_secs
+                ),
+            ));
         }
         let p = self.pricing;
         if p.min_multiplier_milli == 0
@@ -638,6 +675,12 @@ impl EnclaveConfig {
             self.max_streams_per_connection
         );
         let _ = writeln!(s, "replay_window = {}", self.replay_window);
+        let _ = writeln!(
+            s,
+            "max_request_lifetime_secs = {}",
+            self.max_request_lifetime_secs
+        );
+        let _ = writeln!(s, "evidence_refresh_secs = {}", self.evidence_refresh_secs);
         let _ = writeln!(s, "backend = {}", quote(self.backend.as_str()));
         let _ = writeln!(
             s,
@@ -840,6 +883,9 @@ mod tests {
             "max_concurrent = 0",
             "max_concurrent = 100000",
             "replay_window = 0",
+            "max_request_lifetime_secs = 0",
+            "max_request_lifetime_secs = 3601",
+            "evidence_refresh_secs = 0",
             "max_streams_per_connection = 0",
             "image_id = \"\"",
             "backend = \"tch\"",

@@ -33,6 +33,19 @@ pub enum GpuError {
     /// The driver returned no GPU.
     #[error("GPU evidence: the driver reports no GPU, but the configuration has a [gpu] table")]
     NoGpu,
+    /// The GPUs are not in confidential-computing mode, or developer-tools
+    /// mode is on: no model may run on them.
+    #[error(
+        "GPU evidence: the driver reports confidential-computing mode {cc} and developer-tools mode {devtools}; \
+         the enclave runs models only on GPUs with CC mode on and developer tools off (set them with NVIDIA's \
+         gpu-admin-tools on the host and reboot the VM)"
+    )]
+    NotConfidential {
+        /// "on" or "off".
+        cc: &'static str,
+        /// "on" or "off".
+        devtools: &'static str,
+    },
 }
 
 /// A GPU evidence source with the collateral to carry.
@@ -102,6 +115,16 @@ impl GpuSetup {
         if e.devices.is_empty() {
             return Err(GpuError::NoGpu);
         }
+        // The driver's word is informational for a verifier (the client
+        // checks the signed reports), but the enclave itself refuses to
+        // boot on GPUs that say they are not confidential.
+        if !e.cc_enabled || e.dev_tools_mode {
+            let on_off = |b: bool| if b { "on" } else { "off" };
+            return Err(GpuError::NotConfidential {
+                cc: on_off(e.cc_enabled),
+                devtools: on_off(e.dev_tools_mode),
+            });
+        }
         let set = GpuEvidence {
             nonce,
             cc_enabled: e.cc_enabled,
@@ -123,5 +146,55 @@ impl GpuSetup {
             },
             digest,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_gpu_evidence::{
+        CcEnvironment, DeviceArch, DeviceEvidence as DriverDevice, GpuEvidence as DriverEvidence,
+    };
+
+    /// Answers with one device and the CC state it was made with.
+    struct Driver {
+        cc: bool,
+        devtools: bool,
+    }
+
+    impl GpuEvidenceProvider for Driver {
+        fn name(&self) -> &str {
+            "unit-test driver state"
+        }
+
+        fn collect(&self, nonce: [u8; 32]) -> Result<DriverEvidence, GpuEvidenceError> {
+            Ok(DriverEvidence {
+                nonce,
+                cc_enabled: self.cc,
+                dev_tools_mode: self.devtools,
+                environment: CcEnvironment::Production,
+                devices: vec![DriverDevice {
+                    index: 0,
+                    arch: DeviceArch::Hopper,
+                    report: vec![0; 8],
+                    cert_chain: Vec::new(),
+                    driver_version: "550.90.07".into(),
+                    vbios_version: "96.00.9F.00.01".into(),
+                }],
+            })
+        }
+    }
+
+    #[test]
+    fn gpus_that_are_not_confidential_refuse_the_boot() {
+        let setup = |cc, devtools| {
+            GpuSetup::new(Arc::new(Driver { cc, devtools }), GpuCollateral::default())
+        };
+        assert!(setup(true, false).take(&[1; 32], 1).is_ok());
+        for (cc, devtools) in [(false, false), (true, true), (false, true)] {
+            let e = setup(cc, devtools).take(&[1; 32], 1).unwrap_err();
+            assert!(matches!(e, GpuError::NotConfidential { .. }), "{e}");
+            assert!(e.to_string().contains("CC mode on and developer tools off"));
+        }
     }
 }

@@ -17,11 +17,15 @@
 //! * [`files`] — model files and tokenizers, read only after their SHA-256
 //!   matched the configuration.
 //! * `torch` (feature `tch`, on by default) — the tch backend: TorchScript
-//!   models in-process, CUDA when present, batched.
+//!   models in-process, batched; on a CUDA device only with a `[gpu]` table
+//!   (GPU evidence for the session, CC mode on).
 //! * [`upstream`] — the upstream backend: an OpenAI-compatible server inside
 //!   the guest.
 //! * [`config`] — the enclave's TOML configuration and its canonical form,
 //!   whose digest goes into the claims.
+//! * [`evidence`] — the evidence of one boot: the boot report, the reports
+//!   made again on a timer and for client nonces (same keys), and every
+//!   claims digest issued.
 //! * [`transport`] — listen addresses and the listener that yields host
 //!   connections (vsock or Unix socket).
 //! * [`server`] — [`Enclave`]: keys, claims and evidence made at boot, and
@@ -37,6 +41,7 @@
 pub mod attest;
 pub mod backend;
 pub mod config;
+pub mod evidence;
 pub mod files;
 pub mod gpu;
 pub mod init;

@@ -21,24 +21,35 @@
 //! write queue is full.
 //!
 //! * `EvidenceRequest` on stream 0, empty payload → `EvidenceResponse` on
-//!   stream 0 with the bundle ([`Enclave::bundle_cbor`]). A non-empty payload
-//!   (a client nonce) → `Error` on stream 0. On another stream → `Error` on
-//!   that stream.
-//! * `Request` on stream N ≠ 0 with a `SealedRequest`:
-//!   - refused with one `Error` frame on N, and nothing else, when: N is 0;
-//!     N is already open on this connection; the connection has
-//!     `max_streams_per_connection` open streams; the enclave is shutting
-//!     down; the payload is not a sealed request; its request id was served
-//!     since boot (replay window); it does not open under this enclave's
-//!     key and evidence digest.
+//!   stream 0 with the current bundle ([`Enclave::bundle_cbor`]: the boot
+//!   report, or the newest refresh; the enclave re-attests every
+//!   `evidence_refresh_secs` with the same keys). A non-empty payload on
+//!   stream 0 → `Error`.
+//! * `EvidenceRequest` on stream N ≠ 0 with a client nonce (1 to 64 bytes)
+//!   → `EvidenceResponse` on N with a report whose claims carry that nonce
+//!   (one such report is made at a time), or `Error` on N; N is free again
+//!   after the answer. Requests sealed to that report's digest open too.
+//! * `Request` on stream N ≠ 0 with a `SignedRequest` (the sealed request,
+//!   the paying account's key and its signature over the request id;
+//!   `cocoon_protocol::request`):
+//!   - refused with one `Error` frame on N, and nothing else (no receipt,
+//!     nothing billed), when: N is 0; N is already open on this connection;
+//!     the connection has `max_streams_per_connection` open streams; the
+//!     enclave is shutting down; the payload is not a signed request; the
+//!     account the billing metadata names did not sign this request id; the
+//!     request has expired or its expiry lies more than
+//!     `max_request_lifetime_secs` ahead (`replay`); it does not open under
+//!     this enclave's key and evidence digest; it names a model this enclave
+//!     does not serve, or prices other than its measured ones; its body is
+//!     not a chat or embeddings request; its id was served since boot and
+//!     has not expired; the replay memory is full.
 //!   - otherwise answered with `ResponseChunk` frames on N (one per token
 //!     or embedding, sealed for the client), then exactly one `Receipt`
 //!     frame (the host's copy of the signed receipt), then the final
 //!     `ResponseChunk` (last flag set) whose `End` event carries the same
 //!     receipt bytes. The receipt always comes before the final chunk.
-//!     A body that does not decode, an unknown model or a failing backend
-//!     still ends this way, with `finish = error` and the usage actually
-//!     consumed. Completion tokens never exceed the request's `max_tokens`.
+//!     A failing backend still ends this way, with `finish = error` and the
+//!     usage actually consumed. Completion tokens never exceed the request's `max_tokens`.
 //!   - Once the final chunk or the `Error` frame is queued, N is free again.
 //! * `Cancel` (or `Error`) on an open stream N: work on N stops and nothing
 //!   more is written for N (frames already on the wire may still arrive); N
@@ -55,17 +66,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cocoon_attestation::bundle::{
-    claims_report_data, Claims, EvidenceBundle, ModelDigest, MAX_CLAIMS,
-};
+use cocoon_attestation::bundle::{Claims, EvidenceBundle, ModelDigest};
 use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType, CONNECTION_STREAM};
 use cocoon_protocol::message::{
     ChatMessage, FinishReason, InferenceRequest, ResponseEvent, MAX_EMBEDDING_DIM, MAX_ERROR_TEXT,
 };
 use cocoon_protocol::pricing::PriceTable;
 use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice, UsageReceipt};
+use cocoon_protocol::request::{RequestAuthError, SignedRequest};
 use cocoon_protocol::seal::{
-    open_request, BillingMeta, EvidenceDigest, HpkeSecretKey, SealedRequest, MAX_MODEL_NAME,
+    open_request, BillingMeta, EvidenceDigest, HpkeSecretKey, LifetimeError, MAX_MODEL_NAME,
 };
 use cocoon_protocol::stream::ResponseSealer;
 use cocoon_protocol::tabs::ReceiptAck;
@@ -78,7 +88,8 @@ use tracing::{debug, error, info, warn};
 use crate::attest::{AttestError, AttestationProvider};
 use crate::backend::{Finish, InferenceBackend};
 use crate::config::{ConfigError, EnclaveConfig};
-use crate::replay::ReplayWindow;
+use crate::evidence::{EvidenceState, Published};
+use crate::replay::{EnclaveClock, Refused, ReplayMemory};
 use crate::tabs::{Pending, TabBook, MAX_PENDING};
 use crate::transport::{Connection, Listener};
 
@@ -114,6 +125,9 @@ pub enum EnclaveError {
     /// GPU evidence could not be taken.
     #[error("{0}")]
     Gpu(String),
+    /// A client nonce is out of bounds.
+    #[error("{0}")]
+    Nonce(String),
     /// The claims or the bundle are too large for the wire.
     #[error("{what} is {len} bytes, more than the {max}-byte limit; serve fewer models or shorter names")]
     TooLarge {
@@ -133,10 +147,10 @@ pub struct Enclave {
     backend: Arc<dyn InferenceBackend>,
     hpke_sk: HpkeSecretKey,
     receipt_signer: ReceiptSigner,
-    claims: Claims,
-    evidence_digest: EvidenceDigest,
-    bundle: EvidenceBundle,
-    bundle_cbor: Vec<u8>,
+    /// The evidence published now and every claims digest issued.
+    evidence: EvidenceState,
+    /// One report for a client's nonce at a time.
+    nonce_reports: Arc<Semaphore>,
     /// Served models (from the claims), their base prices and the
     /// multiplier bounds.
     prices: PriceTable,
@@ -146,18 +160,23 @@ pub struct Enclave {
     next_seq: AtomicU64,
     /// Pending receipts and the accounts' tabs.
     tabs: TabBook,
-    replay: Mutex<ReplayWindow>,
+    /// Served request ids, each until its expiry.
+    replay: Mutex<ReplayMemory>,
+    /// The enclave's non-decreasing time, for request expiry.
+    clock: EnclaveClock,
     permits: Arc<Semaphore>,
     draining: AtomicBool,
 }
 
 impl std::fmt::Debug for Enclave {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let now = self.evidence.current();
         f.debug_struct("Enclave")
             .field("provider", &self.provider.kind())
-            .field("evidence_digest", &hex::encode(self.evidence_digest.0))
-            .field("image_id", &self.claims.image_id)
-            .field("epoch", &self.claims.epoch)
+            .field("evidence_digest", &hex::encode(now.digest.0))
+            .field("image_id", &now.claims.image_id)
+            .field("epoch", &now.claims.epoch)
+            .field("refresh", &now.claims.refresh)
             .finish_non_exhaustive()
     }
 }
@@ -262,7 +281,7 @@ impl Enclave {
             }
             None => None,
         };
-        let claims = Claims {
+        let template = Claims {
             hpke_public_key,
             receipt_public_key: receipt_signer.public_key_sec1(),
             image_id: config.image_id.clone(),
@@ -270,51 +289,31 @@ impl Enclave {
             config_digest: config.digest(),
             gpu_evidence_digest: gpu_bundle.as_ref().map(|(_, d)| *d),
             epoch,
+            issued_at: epoch,
+            refresh: 0,
             client_nonce: None,
         };
-        let claims_cbor = claims.to_cbor();
-        if claims_cbor.len() > MAX_CLAIMS {
-            return Err(EnclaveError::TooLarge {
-                what: "the claims",
-                len: claims_cbor.len(),
-                max: MAX_CLAIMS,
-            });
-        }
-        let platform = provider.evidence(&claims_report_data(&claims_cbor))?;
-        let evidence_digest = EvidenceDigest::of_claims(&claims_cbor);
-        let bundle = EvidenceBundle {
-            platform,
-            claims_cbor,
-            gpu: gpu_bundle.map(|(b, _)| b),
-        };
-        let bundle_cbor = bundle.to_cbor();
-        if bundle_cbor.len() > frame::MAX_PAYLOAD {
-            return Err(EnclaveError::TooLarge {
-                what: "the evidence bundle",
-                len: bundle_cbor.len(),
-                max: frame::MAX_PAYLOAD,
-            });
-        }
+        let evidence = EvidenceState::boot(template, gpu_bundle.map(|(b, _)| b), provider.clone())?;
+        let published = evidence.current();
         info!(
             provider = provider.kind(),
-            evidence_digest = %hex::encode(evidence_digest.0),
-            image_id = %claims.image_id,
-            models = claims.model_digests.len(),
-            epoch = claims.epoch,
+            evidence_digest = %hex::encode(published.digest.0),
+            image_id = %published.claims.image_id,
+            models = published.claims.model_digests.len(),
+            epoch = published.claims.epoch,
             "keys made and evidence obtained"
         );
         Ok(Enclave {
             permits: Arc::new(Semaphore::new(config.max_concurrent)),
-            replay: Mutex::new(ReplayWindow::new(config.replay_window)),
+            replay: Mutex::new(ReplayMemory::new(config.replay_window)),
+            clock: EnclaveClock::default(),
             config,
             provider,
             backend,
             hpke_sk,
             receipt_signer,
-            claims,
-            evidence_digest,
-            bundle,
-            bundle_cbor,
+            evidence,
+            nonce_reports: Arc::new(Semaphore::new(1)),
             prices,
             prices_cbor,
             tabs: TabBook::new(),
@@ -323,24 +322,37 @@ impl Enclave {
         })
     }
 
-    /// SHA-256 of the claims: what requests must be sealed under.
+    /// SHA-256 of the current claims: what requests are sealed under
+    /// (requests sealed to an earlier report of this boot still open).
     pub fn evidence_digest(&self) -> EvidenceDigest {
-        self.evidence_digest
+        self.evidence.current().digest
     }
 
-    /// The evidence bundle published at boot.
-    pub fn bundle(&self) -> &EvidenceBundle {
-        &self.bundle
+    /// The evidence published now: the boot report, or the newest refresh.
+    pub fn published(&self) -> Arc<Published> {
+        self.evidence.current()
     }
 
-    /// The bundle's wire bytes (the `EvidenceResponse` payload).
-    pub fn bundle_cbor(&self) -> &[u8] {
-        &self.bundle_cbor
+    /// The current evidence bundle.
+    pub fn bundle(&self) -> EvidenceBundle {
+        self.evidence.current().bundle.clone()
     }
 
-    /// The claims (decoded).
-    pub fn claims(&self) -> &Claims {
-        &self.claims
+    /// The current bundle's wire bytes (the `EvidenceResponse` payload).
+    pub fn bundle_cbor(&self) -> Vec<u8> {
+        self.evidence.current().bundle_cbor.clone()
+    }
+
+    /// The current claims (decoded).
+    pub fn claims(&self) -> Claims {
+        self.evidence.current().claims.clone()
+    }
+
+    /// Re-attest now (blocking): a new report with the same keys, published
+    /// in place of the current one. The server does this every
+    /// `evidence_refresh_secs`.
+    pub fn refresh_evidence(&self) -> Result<Arc<Published>, EnclaveError> {
+        self.evidence.refresh(self.clock.now())
     }
 
     /// The configuration it runs.
@@ -359,6 +371,10 @@ impl Enclave {
     /// connections flush, and return.
     pub async fn serve(self: Arc<Self>, listener: Listener, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let refresher = tokio::spawn(self.clone().refresh_evidence_every(
+            Duration::from_secs(self.config.evidence_refresh_secs),
+            stop_rx.clone(),
+        ));
         let mut connections = JoinSet::new();
         let mut next_conn = 0u64;
         tokio::pin!(shutdown);
@@ -380,6 +396,7 @@ impl Enclave {
             }
         }
         drop(listener);
+        refresher.abort();
         self.draining.store(true, Ordering::SeqCst);
         info!(
             deadline_s = DRAIN_DEADLINE.as_secs(),
@@ -419,6 +436,37 @@ impl Enclave {
             warn!("connections did not close in time; dropping them");
         }
         connections.abort_all();
+    }
+
+    /// Re-attest every `period` (same keys, a new report), until `stop`.
+    /// A failed refresh keeps the current evidence and is logged; the
+    /// clients' `max_evidence_age` decides how long that stays acceptable.
+    async fn refresh_evidence_every(
+        self: Arc<Self>,
+        period: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.refresh_evidence()).await {
+                Ok(Ok(p)) => info!(
+                    evidence_digest = %hex::encode(p.digest.0),
+                    refresh = p.claims.refresh,
+                    issued_at = p.claims.issued_at,
+                    "evidence refreshed"
+                ),
+                Ok(Err(e)) => {
+                    error!(error = %e, "evidence refresh failed; the previous evidence stays published")
+                }
+                Err(_) => error!("evidence refresh failed (internal error)"),
+            }
+        }
     }
 
     async fn connection(self: Arc<Self>, conn: Connection, id: u64, stop: watch::Receiver<bool>) {
@@ -498,25 +546,49 @@ impl Enclave {
     ) -> Result<(), ConnEnd> {
         let sid = f.stream_id;
         match f.kind {
-            FrameType::EvidenceRequest => {
-                if sid != CONNECTION_STREAM {
-                    send_error(tx, sid, "evidence requests belong on stream 0").await
-                } else if !f.payload.is_empty() {
+            FrameType::EvidenceRequest if sid == CONNECTION_STREAM => {
+                if f.payload.is_empty() {
+                    let published = self.evidence.current();
                     debug!(
                         conn,
-                        nonce_len = f.payload.len(),
-                        "evidence request with a client nonce refused"
+                        size = published.bundle_cbor.len(),
+                        refresh = published.claims.refresh,
+                        "evidence sent"
                     );
+                    send_now(tx, sid, FrameType::EvidenceResponse, &published.bundle_cbor).await
+                } else {
                     send_error(
                         tx,
                         sid,
-                        "client nonces are not supported by this enclave yet",
+                        "evidence for a client nonce is asked for on a stream of its own, not stream 0",
                     )
                     .await
-                } else {
-                    debug!(conn, size = self.bundle_cbor.len(), "evidence sent");
-                    send_now(tx, sid, FrameType::EvidenceResponse, &self.bundle_cbor).await
                 }
+            }
+            FrameType::EvidenceRequest => {
+                // A report bound to a client's nonce: its own stream, so
+                // several can be in flight; one is made at a time.
+                let limit = self.config.max_streams_per_connection;
+                let cancelled = match streams.open(sid, limit) {
+                    Ok(flag) => flag,
+                    Err(_) => {
+                        return send_error(
+                            tx,
+                            sid,
+                            &format!("stream id {sid} is in use, or too many streams are open"),
+                        )
+                        .await
+                    }
+                };
+                let stream = StreamCtx {
+                    conn,
+                    id: sid,
+                    cancelled,
+                    tx: tx.clone(),
+                    table: streams.clone(),
+                };
+                tokio::spawn(self.clone().nonce_evidence_task(stream, f.payload));
+                Ok(())
             }
             FrameType::Request => {
                 if sid == CONNECTION_STREAM {
@@ -613,6 +685,47 @@ impl Enclave {
         }
     }
 
+    /// Make a report bound to a client's nonce (one at a time, on a blocking
+    /// thread) and answer it on the stream it was asked on.
+    async fn nonce_evidence_task(self: Arc<Self>, stream: StreamCtx, nonce: Vec<u8>) {
+        let Ok(_permit) = self.nonce_reports.clone().acquire_owned().await else {
+            return;
+        };
+        if stream.is_cancelled() {
+            return stream.close();
+        }
+        let this = self.clone();
+        let now = self.clock.now();
+        let made = tokio::task::spawn_blocking(move || this.evidence.for_nonce(&nonce, now)).await;
+        stream.close();
+        let sent = match made {
+            Ok(Ok(p)) => {
+                info!(conn = stream.conn, stream = stream.id, evidence_digest = %hex::encode(p.digest.0), "evidence made for a client nonce");
+                stream
+                    .send_async(FrameType::EvidenceResponse, &p.bundle_cbor)
+                    .await
+            }
+            Ok(Err(e)) => {
+                warn!(conn = stream.conn, stream = stream.id, error = %e, "evidence for a client nonce failed");
+                stream
+                    .send_async(FrameType::Error, e.to_string().as_bytes())
+                    .await
+            }
+            Err(_) => {
+                stream
+                    .send_async(FrameType::Error, b"internal error in the enclave")
+                    .await
+            }
+        };
+        if sent.is_err() {
+            debug!(
+                conn = stream.conn,
+                stream = stream.id,
+                "the host connection went away before the evidence was sent"
+            );
+        }
+    }
+
     /// Wait for a permit, then run the request on a blocking thread.
     async fn request_task(self: Arc<Self>, stream: StreamCtx, payload: Vec<u8>) {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
@@ -647,43 +760,86 @@ impl Enclave {
             return;
         }
         let size = payload.len();
-        let sealed = match SealedRequest::from_cbor(&payload) {
-            Ok(r) => r,
+        // The billed account signed exactly this request: checked before
+        // anything is opened, run or signed, so whoever else holds the
+        // enclave's public key (the host above all) cannot bill an account.
+        let authorized = match SignedRequest::authorize(&payload) {
+            Ok(a) => a,
             Err(e) => {
-                warn!(
-                    conn = s.conn,
-                    stream = s.id,
-                    size,
-                    error_kind = "malformed_sealed_request",
-                    "request refused"
-                );
-                return s.fail(&format!("not a sealed request: {e}"));
+                let error_kind = match e {
+                    RequestAuthError::Malformed(_) => "malformed_sealed_request",
+                    _ => "account_auth",
+                };
+                warn!(conn = s.conn, stream = s.id, size, error_kind, error = %e, "request refused");
+                return s.fail(&e.to_string());
             }
         };
         drop(payload);
-        let request_id = sealed.request_id();
+        let request_id = authorized.request_id();
+        let now = self.clock.now();
+        if let Err(e) = authorized
+            .meta()
+            .check_lifetime(now, self.config.max_request_lifetime_secs)
+        {
+            let error_kind = match e {
+                LifetimeError::Expired { .. } => "expired",
+                _ => "expiry_too_far",
+            };
+            warn!(conn = s.conn, stream = s.id, %request_id, error_kind, error = %e, "request refused");
+            return s.fail(&e.to_string());
+        }
+        let sealed_to = authorized.evidence();
+        if !self.evidence.knows(&sealed_to) {
+            warn!(conn = s.conn, stream = s.id, %request_id, error_kind = "unknown_evidence", "request refused");
+            return s.fail(&format!(
+                "request names evidence {} that this enclave did not issue (or issued too long ago); its current evidence is {}",
+                hex::encode(sealed_to.0),
+                hex::encode(self.evidence.current().digest.0)
+            ));
+        }
         let (meta, body, session) = match open_request(
             &self.hpke_sk,
-            &self.evidence_digest,
-            &sealed,
+            &sealed_to,
+            authorized.sealed(),
         ) {
             Ok(opened) => opened,
             Err(_) => {
                 warn!(conn = s.conn, stream = s.id, %request_id, size, error_kind = "open_failed", "request refused");
                 return s.fail(&format!(
-                    "request was not sealed to this enclave's current key (evidence digest {})",
-                    hex::encode(self.evidence_digest.0)
+                    "request was not sealed to this enclave's key under evidence {}",
+                    hex::encode(sealed_to.0)
                 ));
             }
         };
-        drop(sealed);
-        // Only requests that opened enter the window, so bytes the host
-        // makes up cannot push real request ids out of it.
-        if !lock(&self.replay).insert(request_id) {
-            warn!(conn = s.conn, stream = s.id, %request_id, error_kind = "replay", "request refused");
-            return s.fail(&format!(
-                "replayed request {request_id}: this enclave has already served it"
-            ));
+        drop(authorized);
+        let request = match self.admit(&meta, &body) {
+            Ok(request) => request,
+            Err((error_kind, reason)) => {
+                warn!(conn = s.conn, stream = s.id, %request_id, model = %meta.model, error_kind, "request refused");
+                return s.fail(&reason);
+            }
+        };
+        drop(body);
+        // Only a request that passed every check and will be served enters
+        // the memory, and it stays there until it expires: a request is
+        // served at most once per boot, and a full memory refuses new work
+        // instead of forgetting.
+        if let Err(refused) = lock(&self.replay).insert(request_id, meta.expires_at, now) {
+            let (error_kind, reason) = match refused {
+                Refused::Replayed => (
+                    "replay",
+                    format!("replayed request {request_id}: this enclave has already served it"),
+                ),
+                Refused::Full { capacity } => (
+                    "replay_memory_full",
+                    format!(
+                        "this enclave remembers {capacity} unexpired requests, its limit; \
+                         it takes new ones as those expire (retry later)"
+                    ),
+                ),
+            };
+            warn!(conn = s.conn, stream = s.id, %request_id, error_kind, "request refused");
+            return s.fail(&reason);
         }
         let mut sealer = match session.response_sealer(&mut OsRng) {
             Ok(sealer) => sealer,
@@ -693,7 +849,7 @@ impl Enclave {
             }
         };
         let started = Instant::now();
-        let usage = match self.infer(s, &meta, &body, &mut sealer) {
+        let usage = match self.infer(s, &meta, request, &mut sealer) {
             Ok(usage) => usage,
             Err(Abort::Cancelled) => {
                 info!(conn = s.conn, stream = s.id, %request_id, model = %meta.model, "request cancelled; nothing more sent");
@@ -704,7 +860,6 @@ impl Enclave {
                 return s.fail("internal error: sealing the response failed");
             }
         };
-        drop(body);
         if s.is_cancelled() {
             return s.close();
         }
@@ -783,48 +938,59 @@ impl Enclave {
         );
     }
 
-    /// Decode the body and run the backend, streaming sealed chunks.
+    /// Every check a request passes before it is served: a model this
+    /// enclave serves, exactly its prices, and a body that decodes as a
+    /// request it can run. A refusal is `(error kind, reason)`.
+    fn admit(
+        &self,
+        meta: &BillingMeta,
+        body: &[u8],
+    ) -> Result<InferenceRequest, (&'static str, String)> {
+        if !self.prices.models.contains_key(&meta.model) {
+            let mut served: Vec<&str> = self.prices.models.keys().map(String::as_str).collect();
+            served.sort_unstable();
+            return Err((
+                "unknown_model",
+                format!(
+                    "model {:?} is not served by this enclave (it serves {})",
+                    meta.model,
+                    served.join(", ")
+                ),
+            ));
+        }
+        if let Err(e) = self.prices.accept(meta) {
+            return Err((
+                "price",
+                format!("the request's prices are refused by this enclave: {e}"),
+            ));
+        }
+        match InferenceRequest::from_cbor(body) {
+            Ok(r @ (InferenceRequest::Chat { .. } | InferenceRequest::Embeddings { .. })) => Ok(r),
+            Ok(_) => Err((
+                "unsupported_request",
+                "this enclave does not support that kind of request".into(),
+            )),
+            Err(e) => Err((
+                "bad_body",
+                format!("the request body is not a valid chat or embeddings request: {e}"),
+            )),
+        }
+    }
+
+    /// Run the backend on an admitted request, streaming sealed chunks.
     fn infer(
         &self,
         s: &StreamCtx,
         meta: &BillingMeta,
-        body: &[u8],
+        request: InferenceRequest,
         sealer: &mut ResponseSealer,
     ) -> Result<Usage, Abort> {
-        if !self.prices.models.contains_key(&meta.model) {
-            let mut served: Vec<&str> = self.prices.models.keys().map(String::as_str).collect();
-            served.sort_unstable();
-            warn!(conn = s.conn, stream = s.id, model = %meta.model, error_kind = "unknown_model", "request refused");
-            return Ok(Usage::failed(format!(
-                "model {:?} is not served by this enclave (it serves {})",
-                meta.model,
-                served.join(", ")
-            )));
-        }
-        if let Err(e) = self.prices.accept(meta) {
-            warn!(conn = s.conn, stream = s.id, model = %meta.model, error = %e, error_kind = "price", "request refused");
-            return Ok(Usage::failed(format!(
-                "the request's prices are refused by this enclave: {e}"
-            )));
-        }
-        match InferenceRequest::from_cbor(body) {
-            Ok(InferenceRequest::Chat { messages }) => self.chat(s, meta, &messages, sealer),
-            Ok(InferenceRequest::Embeddings { inputs }) => self.embed(s, meta, &inputs, sealer),
-            Ok(_) => Ok(Usage::failed(
+        match request {
+            InferenceRequest::Chat { messages } => self.chat(s, meta, &messages, sealer),
+            InferenceRequest::Embeddings { inputs } => self.embed(s, meta, &inputs, sealer),
+            _ => Ok(Usage::failed(
                 "this enclave does not support that kind of request".into(),
             )),
-            Err(e) => {
-                warn!(
-                    conn = s.conn,
-                    stream = s.id,
-                    size = body.len(),
-                    error_kind = "bad_body",
-                    "request body does not decode"
-                );
-                Ok(Usage::failed(format!(
-                    "the request body is not a valid chat or embeddings request: {e}"
-                )))
-            }
         }
     }
 

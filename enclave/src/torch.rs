@@ -76,12 +76,37 @@ impl std::fmt::Debug for TchBackend {
     }
 }
 
-/// The device a [`DeviceChoice`] means on this machine.
-pub fn pick_device(choice: DeviceChoice) -> Result<Device, LoadError> {
+/// The device a [`DeviceChoice`] means on this machine. `gpu_evidence` says
+/// whether the configuration has a `[gpu]` table, i.e. whether the enclave
+/// takes GPU evidence for its session nonce at boot (and refuses to boot
+/// unless the GPUs are in CC mode with developer tools off,
+/// [`crate::gpu`]).
+pub fn pick_device(choice: DeviceChoice, gpu_evidence: bool) -> Result<Device, LoadError> {
+    decide_device(choice, tch::Cuda::is_available(), gpu_evidence)
+}
+
+/// The rule behind [`pick_device`]: a model runs on a CUDA device only when
+/// the enclave takes GPU evidence for it; a GPU without evidence is never
+/// used silently.
+fn decide_device(
+    choice: DeviceChoice,
+    cuda_available: bool,
+    gpu_evidence: bool,
+) -> Result<Device, LoadError> {
+    const NO_EVIDENCE: &str = "the configuration has no [gpu] table: the enclave runs models on a GPU only after taking \
+         GPU evidence for its session nonce (CC mode on, developer tools off). Add [gpu] evidence = \"nvml\", \
+         or set device = \"cpu\"";
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Auto => Ok(Device::cuda_if_available()),
-        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Auto if !cuda_available => Ok(Device::Cpu),
+        DeviceChoice::Auto if !gpu_evidence => Err(LoadError::Device(format!(
+            "device = \"auto\" and a CUDA device is present, but {NO_EVIDENCE}"
+        ))),
+        DeviceChoice::Auto => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda if !gpu_evidence => {
+            Err(LoadError::Device(format!("device = \"cuda\", but {NO_EVIDENCE}")))
+        }
+        DeviceChoice::Cuda if cuda_available => Ok(Device::Cuda(0)),
         DeviceChoice::Cuda => Err(LoadError::Device(
             "device = \"cuda\", but libtorch sees no CUDA device (driver missing, GPU not passed through, or a CPU-only libtorch)".into(),
         )),
@@ -173,7 +198,7 @@ impl EmbeddingModel {
 impl TchBackend {
     /// Check and load every model of `config.models` on `config.device`.
     pub fn load(config: &EnclaveConfig) -> Result<TchBackend, LoadError> {
-        let device = pick_device(config.device)?;
+        let device = pick_device(config.device, config.gpu.is_some())?;
         // The decoder's shapes change at every step (the cache grows): the
         // profiling executor would re-specialise the graph again and again.
         // Plain execution measured as fast on the embedding model too.
@@ -548,5 +573,32 @@ impl InferenceBackend for TchBackend {
             .map_err(|_| BackendError::Failed("the model's worker thread has stopped".into()))?
             .map_err(BackendError::Failed)?;
         Ok((vectors, tokens))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_is_used_only_with_gpu_evidence() {
+        use DeviceChoice::*;
+        let ok = |c, cuda, ev| decide_device(c, cuda, ev).map_err(|e| e.to_string());
+        assert_eq!(ok(Cpu, true, false), Ok(Device::Cpu));
+        assert_eq!(ok(Cpu, true, true), Ok(Device::Cpu));
+        assert_eq!(ok(Auto, false, false), Ok(Device::Cpu));
+        assert_eq!(ok(Auto, false, true), Ok(Device::Cpu));
+        assert_eq!(ok(Auto, true, true), Ok(Device::Cuda(0)));
+        assert_eq!(ok(Cuda, true, true), Ok(Device::Cuda(0)));
+        let e = ok(Auto, true, false).unwrap_err();
+        assert!(
+            e.contains("a CUDA device is present") && e.contains("[gpu]"),
+            "{e}"
+        );
+        let e = ok(Cuda, true, false).unwrap_err();
+        assert!(e.contains("no [gpu] table"), "{e}");
+        assert!(ok(Cuda, false, true)
+            .unwrap_err()
+            .contains("no CUDA device"));
     }
 }

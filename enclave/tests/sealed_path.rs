@@ -18,9 +18,11 @@ use cocoon_enclave::{
     BackendError, ChatOutcome, DeterministicTestBackend, Enclave, EnclaveConfig, Finish,
     InferenceBackend, ListenAddr, Listener, SimulatedProvider,
 };
+use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType};
 use cocoon_protocol::message::{ChatMessage, FinishReason, InferenceRequest, ResponseEvent, Role};
 use cocoon_protocol::receipt::{verify_receipt, UnitPrice, UsageReceipt};
+use cocoon_protocol::request::SignedRequest;
 use cocoon_protocol::seal::{
     seal_request, BillingMeta, ClientSession, EvidenceDigest, HpkePublicKey,
 };
@@ -347,7 +349,12 @@ fn meta(model: &str, max_tokens: u32) -> BillingMeta {
         price_quote_id: "q-test-1".into(),
         unit_price: default_price(model),
         multiplier_milli: 1000,
-        client_account: [0xac; 32],
+        client_account: test_account().id().0,
+        expires_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300,
     }
 }
 
@@ -364,14 +371,37 @@ fn user(text: &str) -> Vec<ChatMessage> {
     ]
 }
 
-/// Seal `body` to the verified enclave; returns the wire bytes, the
-/// session and the request id.
-fn seal(v: &VerifiedEnclave, m: &BillingMeta, body: &[u8]) -> (Vec<u8>, ClientSession, RequestId) {
+/// The paying account of the tests' requests.
+fn test_account() -> &'static AccountKey {
+    static KEY: std::sync::OnceLock<AccountKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| AccountKey::generate(&mut OsRng))
+}
+
+/// Seal `body` to the verified enclave and sign it as the billed account
+/// (`m.client_account` must be [`test_account`]'s, or `signer` another
+/// key); returns the `Request` frame's payload, the session and the id.
+fn seal_signed(
+    v: &VerifiedEnclave,
+    m: &BillingMeta,
+    body: &[u8],
+    signer: &AccountKey,
+) -> (Vec<u8>, ClientSession, RequestId) {
     let pk = HpkePublicKey::from_bytes(&v.claims().hpke_public_key).unwrap();
     let digest = EvidenceDigest::of_claims(v.claims_cbor());
     let (req, session) = seal_request(&pk, &digest, m, body, &mut OsRng).unwrap();
     let id = req.request_id();
-    (req.to_cbor(), session, id)
+    let signed = SignedRequest {
+        sealed: req.to_cbor(),
+        evidence: digest.0,
+        account_key: signer.public_key_sec1(),
+        signature: signer.sign_request(&id),
+    };
+    (signed.to_cbor(), session, id)
+}
+
+/// [`seal_signed`] by the test account.
+fn seal(v: &VerifiedEnclave, m: &BillingMeta, body: &[u8]) -> (Vec<u8>, ClientSession, RequestId) {
+    seal_signed(v, m, body, test_account())
 }
 
 fn chat_body(messages: &[ChatMessage]) -> Vec<u8> {
@@ -387,7 +417,7 @@ async fn evidence_verifies_under_a_pinned_simulated_policy_and_names_the_enclave
     let mut c = te.connect().await;
     let v = te.verified(&mut c).await;
     let claims = v.claims();
-    assert_eq!(claims, te.enclave.claims());
+    assert_eq!(*claims, te.enclave.claims());
     assert_eq!(v.claims_cbor(), te.enclave.bundle().claims_cbor.as_slice());
     assert_eq!(
         EvidenceDigest::of_claims(v.claims_cbor()),
@@ -413,13 +443,13 @@ async fn evidence_verifies_under_a_pinned_simulated_policy_and_names_the_enclave
         "00".repeat(48)
     ))
     .unwrap();
-    assert!(verify(te.enclave.bundle_cbor(), &wrong, now()).is_err());
+    assert!(verify(&te.enclave.bundle_cbor(), &wrong, now()).is_err());
     // And the default stance (no opt-in) refuses it.
     let no_opt_in = Policy::from_toml(
         "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n",
     )
     .unwrap();
-    assert!(verify(te.enclave.bundle_cbor(), &no_opt_in, now()).is_err());
+    assert!(verify(&te.enclave.bundle_cbor(), &no_opt_in, now()).is_err());
 
     // A client nonce is refused on stream 0; the connection stays usable.
     c.send(0, FrameType::EvidenceRequest, &[1, 2, 3]).await;
@@ -427,7 +457,7 @@ async fn evidence_verifies_under_a_pinned_simulated_policy_and_names_the_enclave
     assert_eq!((f.stream_id, f.kind), (0, FrameType::Error));
     assert_eq!(
         String::from_utf8(f.payload).unwrap(),
-        "client nonces are not supported by this enclave yet"
+        "evidence for a client nonce is asked for on a stream of its own, not stream 0"
     );
     let again = te.verified(&mut c).await;
     assert_eq!(again.claims(), claims);
@@ -489,10 +519,17 @@ async fn chat_streams_sealed_tokens_then_the_receipt_then_the_end() {
 
     // A receipt does not verify under another key (the check can fail).
     let other = TestEnclave::start("").await;
-    let m = meta(MODEL, 4);
+    let m = BillingMeta {
+        unit_price: UnitPrice {
+            prompt: 11,
+            cached: 11,
+            completion: 13,
+        },
+        ..meta(MODEL, 4)
+    };
     let (req, session, _) = seal(&v, &m, &chat_body(&user("x")));
     let r = c.exchange(3, &req, session).await;
-    let (_, receipt) = r.end.unwrap();
+    let (_, receipt) = r.end.unwrap_or_else(|| panic!("{:?}", r.error));
     assert!(verify_receipt(&receipt, &other.enclave.claims().receipt_public_key).is_err());
 }
 
@@ -597,10 +634,7 @@ async fn a_request_sealed_to_another_enclave_gets_only_an_error_frame() {
     let (req, session, _) = seal(&vb, &m, &chat_body(&user("hello")));
     let r = ca.exchange(5, &req, session).await;
     let err = r.error.expect("an Error frame");
-    assert!(
-        err.starts_with("request was not sealed to this enclave's current key (evidence digest"),
-        "{err}"
-    );
+    assert!(err.contains("that this enclave did not issue"), "{err}");
     assert!(
         err.contains(&hex::encode(a.enclave.evidence_digest().0)),
         "{err}"
@@ -638,6 +672,187 @@ async fn a_replayed_request_gets_an_error_frame_on_any_connection() {
         assert!(text.starts_with("replayed request"), "{text}");
         assert!(text.contains(&id.to_string()), "{text}");
     }
+}
+
+/// Read the one frame the enclave answers a refused request with.
+async fn refusal(c: &mut HostConn, stream: u32, payload: &[u8]) -> String {
+    c.send(stream, FrameType::Request, payload).await;
+    let f = c.recv().await.expect("an answer");
+    assert_eq!((f.stream_id, f.kind), (stream, FrameType::Error), "{f:?}");
+    String::from_utf8(f.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_billed_account_can_sign_its_requests() {
+    let te = TestEnclave::start("").await;
+    let mut c = te.connect().await;
+    let v = te.verified(&mut c).await;
+    let m = meta(MODEL, 8);
+    let other = AccountKey::generate(&mut OsRng);
+    // Signed by account A (another key), naming account B (the test
+    // account) as the payer.
+    let (req, _, _) = seal_signed(&v, &m, &chat_body(&user("bill b")), &other);
+    let text = refusal(&mut c, 1, &req).await;
+    assert!(
+        text.starts_with("the request is not authorized by the account it bills"),
+        "{text}"
+    );
+    assert!(text.contains(&hex::encode(test_account().id().0)), "{text}");
+    // B's key presented with A's signature.
+    let mut forged = SignedRequest::from_cbor(&req).unwrap();
+    forged.account_key = test_account().public_key_sec1();
+    let text = refusal(&mut c, 2, &forged.to_cbor()).await;
+    assert!(text.contains("signature does not verify"), "{text}");
+    // B's genuine signature of another request, moved onto this one.
+    let (genuine, _, _) = seal(&v, &m, &chat_body(&user("real")));
+    let genuine = SignedRequest::from_cbor(&genuine).unwrap();
+    forged.signature = genuine.signature;
+    let text = refusal(&mut c, 3, &forged.to_cbor()).await;
+    assert!(text.contains("signature does not verify"), "{text}");
+    // A bare sealed request, as before accounts signed for the enclave.
+    let text = refusal(&mut c, 4, &forged.sealed).await;
+    assert!(text.starts_with("not a signed request"), "{text}");
+    // Nothing was served: the genuine request still is.
+    let (req, session, id) = seal(&v, &m, &chat_body(&user("real")));
+    let r = c.exchange(5, &req, session).await;
+    assert_eq!(
+        r.receipt(&v, id, &m).1.client_account,
+        test_account().id().0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_too_long_lived_requests_are_refused() {
+    let te = TestEnclave::start("max_request_lifetime_secs = 60\n").await;
+    let mut c = te.connect().await;
+    let v = te.verified(&mut c).await;
+    let t = now().0;
+    for (i, (expires_at, expect)) in [
+        (t - 1, "the request expired at"),
+        (t - 3600, "the request expired at"),
+        (
+            t + 120,
+            "more than the enclave's maximum request lifetime of 60 s",
+        ),
+        (
+            u64::MAX,
+            "more than the enclave's maximum request lifetime of 60 s",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = meta(MODEL, 8);
+        m.expires_at = expires_at;
+        let (req, _, _) = seal(&v, &m, &chat_body(&user("when")));
+        let text = refusal(&mut c, i as u32 + 1, &req).await;
+        assert!(text.contains(expect), "{expires_at}: {text}");
+    }
+    let mut m = meta(MODEL, 8);
+    m.expires_at = t + 50;
+    let (req, session, id) = seal(&v, &m, &chat_body(&user("in time")));
+    c.exchange(9, &req, session).await.receipt(&v, id, &m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_replay_memory_refuses_new_requests_and_forgets_only_expired_ids() {
+    let te = TestEnclave::start("replay_window = 4\n").await;
+    let mut c = te.connect().await;
+    let v = te.verified(&mut c).await;
+    let t = now().0;
+    let mut served = Vec::new();
+    for i in 0..4u32 {
+        let mut m = meta(MODEL, 4);
+        m.expires_at = t + 3;
+        let (req, session, id) = seal(&v, &m, &chat_body(&user(&format!("q{i}"))));
+        c.exchange(i + 1, &req, session).await.receipt(&v, id, &m);
+        served.push(req);
+    }
+    // Full: a new request is refused, nothing is forgotten to make room.
+    let (fresh, _, _) = seal(&v, &meta(MODEL, 4), &chat_body(&user("new")));
+    let text = refusal(&mut c, 10, &fresh).await;
+    assert!(text.contains("remembers 4 unexpired requests"), "{text}");
+    for (i, req) in served.iter().enumerate() {
+        let text = refusal(&mut c, 11 + i as u32, req).await;
+        assert!(text.starts_with("replayed request"), "{text}");
+    }
+    // Once they expired there is room again, and the expired ones are
+    // refused as expired, not served again.
+    tokio::time::sleep(Duration::from_millis(
+        (t + 4).saturating_sub(now().0) * 1000 + 100,
+    ))
+    .await;
+    let m = meta(MODEL, 4);
+    let (req, session, id) = seal(&v, &m, &chat_body(&user("new")));
+    c.exchange(20, &req, session).await.receipt(&v, id, &m);
+    for (i, req) in served.iter().enumerate() {
+        let text = refusal(&mut c, 21 + i as u32, req).await;
+        assert!(text.starts_with("the request expired at"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshed_and_nonce_evidence_keep_the_keys_and_every_issued_digest_opens() {
+    let te = TestEnclave::start("").await;
+    let mut c = te.connect().await;
+    let boot = te.verified(&mut c).await;
+    assert_eq!(boot.claims().refresh, 0);
+    let refreshed = {
+        let e = te.enclave.clone();
+        tokio::task::spawn_blocking(move || e.refresh_evidence().unwrap())
+            .await
+            .unwrap()
+    };
+    let now_v = te.verified(&mut c).await;
+    assert_eq!(now_v.claims().refresh, 1);
+    assert_eq!(
+        EvidenceDigest::of_claims(now_v.claims_cbor()),
+        refreshed.digest
+    );
+    assert_eq!(
+        now_v.claims().hpke_public_key,
+        boot.claims().hpke_public_key
+    );
+    assert_eq!(
+        now_v.claims().receipt_public_key,
+        boot.claims().receipt_public_key
+    );
+    assert_eq!(now_v.claims().epoch, boot.claims().epoch);
+    assert!(now_v.claims().issued_at >= boot.claims().issued_at);
+    // A report for a client nonce, on a stream of its own.
+    c.send(7, FrameType::EvidenceRequest, b"my nonce").await;
+    let f = c.recv().await.unwrap();
+    assert_eq!((f.stream_id, f.kind), (7, FrameType::EvidenceResponse));
+    let nonce_v = verify(&f.payload, &te.policy(), now()).unwrap();
+    assert_eq!(
+        nonce_v.claims().client_nonce.as_deref(),
+        Some(&b"my nonce"[..])
+    );
+    assert_eq!(
+        nonce_v.claims().hpke_public_key,
+        boot.claims().hpke_public_key
+    );
+    // Not on stream 0, not empty, not too long.
+    c.send(0, FrameType::EvidenceRequest, b"x").await;
+    let f = c.recv().await.unwrap();
+    assert_eq!((f.stream_id, f.kind), (0, FrameType::Error));
+    c.send(8, FrameType::EvidenceRequest, &[1; 65]).await;
+    let f = c.recv().await.unwrap();
+    assert_eq!((f.stream_id, f.kind), (8, FrameType::Error));
+    // Requests sealed to each digest it issued open.
+    let m = meta(MODEL, 4);
+    for (i, v) in [&boot, &now_v, &nonce_v].into_iter().enumerate() {
+        let (req, session, id) = seal(v, &m, &chat_body(&user(&format!("to {i}"))));
+        c.exchange(10 + i as u32, &req, session)
+            .await
+            .receipt(v, id, &m);
+    }
+    // A digest it never issued is refused by name.
+    let (req, _, _) = seal(&boot, &m, &chat_body(&user("elsewhere")));
+    let mut other = SignedRequest::from_cbor(&req).unwrap();
+    other.evidence = [0x5a; 32];
+    let text = refusal(&mut c, 20, &other.to_cbor()).await;
+    assert!(text.contains("that this enclave did not issue"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -801,15 +1016,22 @@ async fn max_tokens_cuts_the_completion_with_finish_length() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_models_and_bad_bodies_end_with_an_error_and_zero_usage() {
+async fn unknown_models_bad_prices_and_bad_bodies_are_refused_without_a_receipt() {
     let te = TestEnclave::start("").await;
     let mut c = te.connect().await;
     let v = te.verified(&mut c).await;
-    let cases: [(BillingMeta, Vec<u8>, &str); 3] = [
+    let mut dear = meta(MODEL, 10);
+    dear.unit_price.completion += 1;
+    let cases: [(BillingMeta, Vec<u8>, &str); 4] = [
         (
             meta("gpt-imaginary", 10),
             chat_body(&user("hi")),
             "model \"gpt-imaginary\" is not served by this enclave",
+        ),
+        (
+            dear,
+            chat_body(&user("hi")),
+            "the request's prices are refused by this enclave",
         ),
         (
             meta(MODEL, 10),
@@ -823,16 +1045,24 @@ async fn unknown_models_and_bad_bodies_end_with_an_error_and_zero_usage() {
         ),
     ];
     for (i, (m, body, expect)) in cases.into_iter().enumerate() {
-        let (req, session, id) = seal(&v, &m, &body);
+        let (req, session, _) = seal(&v, &m, &body);
         let r = c.exchange(i as u32 + 1, &req, session).await;
-        let (finish, receipt) = r.receipt(&v, id, &m);
-        let FinishReason::Error(text) = finish else {
-            panic!("finish {finish:?}")
-        };
+        let text = r
+            .error
+            .as_deref()
+            .unwrap_or_else(|| panic!("case {i}: no error frame"));
         assert!(text.starts_with(expect), "{text}");
         assert!(!text.contains("this is not CBOR"));
-        assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (0, 0));
-        assert_eq!(r.chunks, 1, "only the final chunk");
+        assert!(
+            r.host_receipt.is_none() && r.end.is_none(),
+            "case {i}: nothing signed"
+        );
+        assert_eq!(r.chunks, 0);
+        // Refused requests never enter the replay memory: the same bytes
+        // are refused for the same reason again, not as a replay.
+        let unused_session = seal(&v, &m, &body).1;
+        let again = c.exchange(i as u32 + 10, &req, unused_session).await;
+        assert!(again.error.as_deref().unwrap().starts_with(expect));
     }
 }
 

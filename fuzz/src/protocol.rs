@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use cocoon_protocol::frame::{encode, FrameDecoder, FrameError, HEADER_LEN, MAX_PAYLOAD};
 use cocoon_protocol::receipt::{verify_receipt, ReceiptSigner, ReceiptVerifier, UsageReceipt};
+use cocoon_protocol::request::SignedRequest;
 use cocoon_protocol::seal::{
     open_request, BillingMeta, EvidenceDigest, HpkeSecretKey, SealedRequest,
 };
@@ -97,11 +98,13 @@ fn enclave_key() -> &'static HpkeSecretKey {
     KEY.get_or_init(|| HpkeSecretKey::derive(b"cocoon-fuzz fixed enclave HPKE key ikm"))
 }
 
-/// `sealed_request`: the input as a sealed request's wire form
+/// `sealed_request`: the input as a signed request (the enclave's `Request`
+/// frame payload), as a sealed request's wire form
 /// ([`SealedRequest::from_cbor`]) and as billing metadata. What decodes
 /// must be canonical (re-encode to the input) and, as a request, must fail
 /// to open under a fixed enclave key (a fuzzer cannot forge AES-GCM).
 pub fn sealed_request(data: &[u8]) {
+    signed_request(data);
     match BillingMeta::from_cbor(data) {
         Ok(m) => assert_eq!(m.to_cbor(), data, "billing metadata not canonical"),
         Err(e) => {
@@ -123,6 +126,26 @@ pub fn sealed_request(data: &[u8]) {
     black_box(r.request_id());
     let opened = open_request(enclave_key(), &EvidenceDigest([0; 32]), &r);
     assert!(opened.is_err(), "a fuzzed request opened: AEAD bypass");
+}
+
+/// `sealed_request` (second half): the input as the enclave's `Request`
+/// frame payload, a sealed request with the account's key and signature.
+/// Decoding is strict and canonical, and authorization never succeeds: the
+/// fuzzer cannot make an account signature.
+fn signed_request(data: &[u8]) {
+    match SignedRequest::from_cbor(data) {
+        Ok(r) => assert_eq!(r.to_cbor(), data, "signed request not canonical"),
+        Err(e) => {
+            black_box(e.to_string());
+            return;
+        }
+    }
+    match SignedRequest::authorize(data) {
+        Ok(a) => panic!("a fuzzed request was authorized for account {}", a.account()),
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
 }
 
 fn receipt_signer() -> &'static (ReceiptSigner, Vec<u8>) {

@@ -45,7 +45,7 @@
 //! evidence: an enclave that restarts has new keys), and the supervisor
 //! reconnects with exponential backoff.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -338,6 +338,40 @@ impl EnclaveConnection {
     /// Open a stream on a fresh id and send `payload` as its `Request`
     /// frame.
     pub async fn open_stream(&self, payload: &[u8]) -> Result<EnclaveStream, BrokerError> {
+        self.open_stream_with(FrameType::Request, payload).await
+    }
+
+    /// Ask for a report bound to a client's `nonce`, on a stream of its own
+    /// (several may be in flight; the enclave makes one at a time).
+    pub async fn fetch_nonce_evidence(
+        &self,
+        nonce: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BrokerError> {
+        let mut stream = self
+            .open_stream_with(FrameType::EvidenceRequest, nonce)
+            .await?;
+        let f = tokio::time::timeout(timeout, stream.next())
+            .await
+            .map_err(|_| BrokerError::Timeout("evidence for a client nonce"))?
+            .map_err(|_| BrokerError::ConnectionLost)?;
+        match f.kind {
+            FrameType::EvidenceResponse => {
+                stream.done = true;
+                Ok(f.payload)
+            }
+            FrameType::Error => Err(BrokerError::Enclave(sanitize_reason(&f.payload))),
+            other => Err(BrokerError::Protocol(format!(
+                "{other:?} frame in answer to a request for evidence"
+            ))),
+        }
+    }
+
+    async fn open_stream_with(
+        &self,
+        kind: FrameType,
+        payload: &[u8],
+    ) -> Result<EnclaveStream, BrokerError> {
         let (tx, rx) = mpsc::channel(self.stream_buffer);
         let id = {
             let mut t = self
@@ -359,7 +393,7 @@ impl EnclaveConnection {
             done: false,
             cancelled: false,
         };
-        let bytes = match frame::encode(id, FrameType::Request, payload) {
+        let bytes = match frame::encode(id, kind, payload) {
             Ok(b) => b,
             Err(e) => {
                 // Never sent: nothing to cancel.
@@ -648,6 +682,7 @@ pub struct ReadyEnclave {
     conn: Arc<EnclaveConnection>,
     digest: EvidenceDigest,
     bundle: Vec<u8>,
+    hpke_public_key: Vec<u8>,
     receipt_public_key: Vec<u8>,
     receipt_verifier: ReceiptVerifier,
     permits: Arc<Semaphore>,
@@ -709,6 +744,47 @@ impl ReadyEnclave {
 struct Routes {
     by_digest: HashMap<EvidenceDigest, Arc<ReadyEnclave>>,
     by_slot: Vec<Option<Arc<ReadyEnclave>>>,
+    /// Per slot, the other digests its enclave issued on the current
+    /// connection (earlier refreshes, reports for client nonces), oldest
+    /// first: requests sealed to them still route there (the keys are the
+    /// same, and the enclave opens them).
+    aliases: Vec<VecDeque<EvidenceDigest>>,
+}
+
+/// Most earlier digests routed to one enclave.
+const MAX_ALIASES: usize = 256;
+
+impl Routes {
+    fn unroute(&mut self, digest: &EvidenceDigest, of: &Arc<ReadyEnclave>) {
+        if self
+            .by_digest
+            .get(digest)
+            .is_some_and(|e| Arc::ptr_eq(e, of))
+        {
+            self.by_digest.remove(digest);
+        }
+    }
+
+    /// Route `digest` to `ready` (slot `slot`) as well, forgetting the
+    /// oldest alias beyond [`MAX_ALIASES`].
+    fn alias(&mut self, slot: usize, digest: EvidenceDigest, ready: &Arc<ReadyEnclave>) {
+        let Some(list) = self.aliases.get_mut(slot) else {
+            return;
+        };
+        if digest == ready.digest || list.contains(&digest) {
+            return;
+        }
+        list.push_back(digest);
+        let dropped = if list.len() > MAX_ALIASES {
+            list.pop_front()
+        } else {
+            None
+        };
+        if let Some(d) = dropped {
+            self.unroute(&d, ready);
+        }
+        self.by_digest.insert(digest, ready.clone());
+    }
 }
 
 struct Slot {
@@ -785,6 +861,7 @@ impl Broker {
         let routes = Routes {
             by_digest: HashMap::new(),
             by_slot: vec![None; slots.len()],
+            aliases: vec![VecDeque::new(); slots.len()],
         };
         Arc::new(Broker {
             slots,
@@ -851,25 +928,77 @@ impl Broker {
         let Ok(mut r) = self.routes.write() else {
             return;
         };
-        if let Some(old) = r.by_slot.get_mut(slot.index).and_then(Option::take) {
-            if r.by_digest
-                .get(&old.digest)
-                .is_some_and(|e| Arc::ptr_eq(e, &old))
-            {
-                r.by_digest.remove(&old.digest);
+        let old = r.by_slot.get_mut(slot.index).and_then(Option::take);
+        let old_aliases = r
+            .aliases
+            .get_mut(slot.index)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        if let Some(old) = &old {
+            r.unroute(&old.digest, old);
+            for d in &old_aliases {
+                r.unroute(d, old);
             }
         }
         let verified = ready.is_some();
         if let Some(new) = ready {
             r.by_digest.insert(new.digest, new.clone());
             if let Some(s) = r.by_slot.get_mut(slot.index) {
-                *s = Some(new);
+                *s = Some(new.clone());
+            }
+            // The same enclave re-attested on the same connection: what it
+            // issued before still routes to it.
+            if let Some(old) = old.filter(|o| Arc::ptr_eq(&o.conn, &new.conn)) {
+                for d in old_aliases.into_iter().chain([old.digest]) {
+                    r.alias(slot.index, d, &new);
+                }
             }
         }
         let n = r.by_slot.iter().flatten().count();
         drop(r);
         self.ready.send_replace(n);
         self.metrics.enclave_verified(&slot.label, verified);
+    }
+
+    /// Evidence of `ready`'s enclave bound to a client's `nonce`: asked for
+    /// on its connection, verified under the host's policy, checked to name
+    /// the same keys and the nonce, and routed (requests sealed to it go to
+    /// this enclave). Returns the bundle as the enclave sent it.
+    pub async fn nonce_evidence(
+        &self,
+        ready: &Arc<ReadyEnclave>,
+        nonce: &[u8],
+    ) -> Result<Vec<u8>, BrokerError> {
+        let bundle = ready
+            .conn
+            .fetch_nonce_evidence(nonce, self.limits.evidence_timeout)
+            .await?;
+        let v = cocoon_verifier::verify(&bundle, &self.policy, now_unix()).map_err(|r| {
+            BrokerError::Rejected(
+                r.reasons()
+                    .iter()
+                    .map(|r| r.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let c = v.claims();
+        if c.hpke_public_key != ready.hpke_public_key
+            || c.receipt_public_key != ready.receipt_public_key
+            || c.client_nonce.as_deref() != Some(nonce)
+        {
+            return Err(BrokerError::Protocol(
+                "the evidence for a client nonce names other keys or another nonce".into(),
+            ));
+        }
+        let digest = EvidenceDigest::of_claims(v.claims_cbor());
+        if let Ok(mut r) = self.routes.write() {
+            let current = r.by_slot.get(ready.slot).cloned().flatten();
+            if let Some(cur) = current.filter(|c| Arc::ptr_eq(&c.conn, &ready.conn)) {
+                r.alias(ready.slot, digest, &cur);
+            }
+        }
+        Ok(bundle)
     }
 
     fn verify_evidence(
@@ -898,6 +1027,7 @@ impl Broker {
             conn: conn.clone(),
             digest: EvidenceDigest::of_claims(v.claims_cbor()),
             bundle,
+            hpke_public_key: v.claims().hpke_public_key.clone(),
             receipt_public_key,
             receipt_verifier,
             permits: slot.permits.clone(),

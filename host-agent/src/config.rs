@@ -170,6 +170,11 @@ pub struct Limits {
     /// How often a connected enclave's evidence is fetched and verified
     /// again.
     pub evidence_refresh: Duration,
+    /// Reports bound to a client's nonce an account may ask for per minute
+    /// (`GET /v1/evidence/nonce`; a hardware quote is slow to make).
+    pub nonce_evidence_per_minute: f64,
+    /// How many of them an account may ask for at once above that rate.
+    pub nonce_evidence_burst: u32,
     /// First reconnect delay; doubles up to `reconnect_backoff_max`.
     pub reconnect_backoff_min: Duration,
     /// Longest reconnect delay.
@@ -209,6 +214,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             evidence_timeout: Duration::from_secs(10),
             evidence_refresh: Duration::from_secs(300),
+            nonce_evidence_per_minute: 6.0,
+            nonce_evidence_burst: 3,
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -241,6 +248,9 @@ impl Limits {
         if !(self.account_requests_per_second.is_finite() && self.account_requests_per_second > 0.0)
         {
             return bad("account_requests_per_second", "must be a positive number");
+        }
+        if !(self.nonce_evidence_per_minute.is_finite() && self.nonce_evidence_per_minute > 0.0) {
+            return bad("nonce_evidence_per_minute", "must be a positive number");
         }
         if self.account_burst == 0 {
             return bad("account_burst", "must be at least 1");
@@ -327,6 +337,8 @@ pub struct LimitsFile {
     pub connect_timeout_secs: Option<f64>,
     pub evidence_timeout_secs: Option<f64>,
     pub evidence_refresh_secs: Option<f64>,
+    pub nonce_evidence_per_minute: Option<f64>,
+    pub nonce_evidence_burst: Option<u32>,
     pub reconnect_backoff_min_secs: Option<f64>,
     pub reconnect_backoff_max_secs: Option<f64>,
     pub drain_timeout_secs: Option<f64>,
@@ -356,7 +368,9 @@ impl LimitsFile {
             max_tracked_accounts,
             receipts_query_max_skew_secs,
             ledger_max_batch,
-            stream_buffer_frames
+            stream_buffer_frames,
+            nonce_evidence_per_minute,
+            nonce_evidence_burst
         );
         dur!(
             queue_timeout <- queue_timeout_secs,

@@ -25,14 +25,20 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use cocoon_protocol::account::{verify_receipts_query, verify_request_auth, AccountId};
+use cocoon_protocol::account::{
+    verify_evidence_nonce, verify_receipts_query, verify_request_auth, AccountId,
+    ACCOUNT_SIGNATURE_LEN,
+};
 use cocoon_protocol::api::{
     ReceiptList, ACCOUNT_KEY_HEADER, ACCOUNT_SIGNATURE_HEADER, ACCOUNT_TIME_HEADER,
     CBOR_CONTENT_TYPE, CHUNKS_CONTENT_TYPE, EVIDENCE_DIGEST_HEADER, EVIDENCE_PATH, LIVE_PATH,
     MAX_RECEIPTS_PER_PAGE, METRICS_PATH, READY_PATH, RECEIPTS_PATH, REQUESTS_PATH,
 };
-use cocoon_protocol::api::{AUTHORIZATION_HEADER, PRICES_PATH};
-use cocoon_protocol::seal::{EvidenceDigest, SealedRequest};
+use cocoon_protocol::api::{
+    AUTHORIZATION_HEADER, EVIDENCE_NONCE_PATH, MAX_CLIENT_NONCE, PRICES_PATH,
+};
+use cocoon_protocol::request::SignedRequest;
+use cocoon_protocol::seal::{EvidenceDigest, LifetimeError, SealedRequest};
 use cocoon_protocol::settlement::{compress_p256, SignedAuthorization};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -101,6 +107,7 @@ impl IntoResponse for Refusal {
 pub(crate) fn router(app: Arc<App>) -> Router {
     probes(Router::new())
         .route(EVIDENCE_PATH, get(evidence))
+        .route(EVIDENCE_NONCE_PATH, get(nonce_evidence))
         .route(REQUESTS_PATH, post(submit))
         .route(RECEIPTS_PATH, get(receipts))
         .route(PRICES_PATH, get(prices))
@@ -169,6 +176,115 @@ async fn evidence(State(app): State<Arc<App>>) -> Response {
         app.broker.evidence_list().to_cbor(),
     )
         .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct NonceQuery {
+    nonce: String,
+}
+
+/// `GET /v1/evidence/nonce?nonce=HEX`: a report of the enclave the
+/// evidence digest header names, bound to the client's nonce. Signed by an
+/// account (so the rate limit is per account), checked for its time like a
+/// receipts query.
+async fn nonce_evidence(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<NonceQuery>, QueryRejection>,
+) -> Response {
+    let nonce = match query
+        .map_err(|e| format!("bad query: {}", e.body_text()))
+        .and_then(|Query(q)| hex::decode(q.nonce).map_err(|_| "the nonce is not hex".into()))
+    {
+        Ok(n) if (1..=MAX_CLIENT_NONCE).contains(&n.len()) => n,
+        Ok(n) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "a client nonce is 1 to {MAX_CLIENT_NONCE} bytes, not {}",
+                    n.len()
+                ),
+            )
+        }
+        Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
+    };
+    let auth = || -> Result<AccountId, String> {
+        let pk = header_str(&headers, ACCOUNT_KEY_HEADER)
+            .and_then(|v| hex::decode(v).ok())
+            .ok_or(format!("missing or non-hex {ACCOUNT_KEY_HEADER} header"))?;
+        let time = header_str(&headers, ACCOUNT_TIME_HEADER)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(format!(
+                "missing or non-decimal {ACCOUNT_TIME_HEADER} header"
+            ))?;
+        let sig = header_str(&headers, ACCOUNT_SIGNATURE_HEADER)
+            .and_then(|v| hex::decode(v).ok())
+            .ok_or(format!(
+                "missing or non-hex {ACCOUNT_SIGNATURE_HEADER} header"
+            ))?;
+        verify_evidence_nonce(
+            &pk,
+            &nonce,
+            time,
+            &sig,
+            unix_now(),
+            app.limits.receipts_query_max_skew_secs,
+        )
+        .map_err(|e| e.to_string())
+    };
+    let account = match auth() {
+        Ok(a) => a,
+        Err(reason) => return text(StatusCode::UNAUTHORIZED, &reason),
+    };
+    let digest = match header_str(&headers, EVIDENCE_DIGEST_HEADER)
+        .and_then(|v| hex::decode(v).ok())
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    {
+        Some(d) => EvidenceDigest(d),
+        None => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("missing {EVIDENCE_DIGEST_HEADER} header (32 bytes of hex)"),
+            )
+        }
+    };
+    let Some(ready) = app.broker.route(&digest) else {
+        return text(
+            StatusCode::CONFLICT,
+            &format!(
+                "evidence {} is not served here; fetch /v1/evidence again",
+                hex::encode(digest.0)
+            ),
+        );
+    };
+    let _permit = match app.nonce_limiter.admit(account, Instant::now()) {
+        Ok(p) => p,
+        Err(l) => {
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, &l.reason);
+            if let Ok(v) = header::HeaderValue::from_str(&l.retry_after_secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+    };
+    match app.broker.nonce_evidence(&ready, &nonce).await {
+        Ok(bundle) => {
+            info!(account = %account, enclave = ready.label(), "evidence made for a client nonce");
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, CBOR_CONTENT_TYPE)],
+                bundle,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            warn!(enclave = ready.label(), error = %e, "evidence for a client nonce failed");
+            text(
+                StatusCode::BAD_GATEWAY,
+                &format!("evidence for the nonce could not be made: {e}"),
+            )
+        }
+    }
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -302,6 +418,15 @@ async fn admit_and_forward(
     )?;
     verify_request_auth(&pk, &account, &request_id, &sig)
         .map_err(|e| unauthorized(e.to_string()))?;
+    let signature: [u8; ACCOUNT_SIGNATURE_LEN] = sig
+        .as_slice()
+        .try_into()
+        .map_err(|_| unauthorized("the account signature is not 64 bytes".into()))?;
+    // A request that lapsed by this host's clock would be refused by the
+    // enclave too (which checks expiry and lifetime by its own clock).
+    if let Err(e @ LifetimeError::Expired { .. }) = meta.check_lifetime(unix_now(), u64::MAX) {
+        return Err(bad(e.to_string()));
+    }
 
     // Prices: exactly the enclave's measured table under a multiplier the
     // host published recently (the enclave checks the table again).
@@ -375,7 +500,16 @@ async fn admit_and_forward(
         enclave = ready.label(),
         "forwarding request"
     );
-    let stream = ready.connection().open_stream(&bytes).await.map_err(|e| {
+    // The enclave checks the account's signature again, so the request
+    // travels with it.
+    let signed = SignedRequest {
+        sealed: bytes.to_vec(),
+        evidence: digest.0,
+        account_key: pk,
+        signature,
+    }
+    .to_cbor();
+    let stream = ready.connection().open_stream(&signed).await.map_err(|e| {
         Refusal::new(
             StatusCode::BAD_GATEWAY,
             Outcome::EnclaveError,

@@ -959,6 +959,11 @@ async fn prices_are_checked_and_the_authorization_cap_is_enforced() {
         unit_price: price,
         multiplier_milli: m,
         client_account: account.id().0,
+        expires_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300,
     };
     let auth = |cap: u64| {
         let a = account.sign_authorization(&Authorization {

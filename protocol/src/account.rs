@@ -17,6 +17,11 @@
 //!   `"cocoon-receipts-query-v1" ‖ account_id ‖ time (u64 big-endian Unix
 //!   seconds)`. The host accepts a time within its skew window only.
 //!
+//! * To ask for evidence bound to its own nonce, the account signs
+//!   `"cocoon-evidence-nonce-v1" ‖ account_id ‖ time (u64 big-endian) ‖
+//!   nonce`; the host checks the time like a receipts query and limits the
+//!   account's rate (a hardware quote is slow to make).
+//!
 //! Signatures are 64 bytes `r ‖ s` (ECDSA P-256, SHA-256), low S.
 
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
@@ -30,6 +35,8 @@ use crate::RequestId;
 pub const REQUEST_AUTH_DOMAIN: &[u8] = b"cocoon-request-auth-v1";
 /// Domain of a receipts query authorisation.
 pub const RECEIPTS_QUERY_DOMAIN: &[u8] = b"cocoon-receipts-query-v1";
+/// Domain of an evidence-for-a-nonce authorisation.
+pub const EVIDENCE_NONCE_DOMAIN: &[u8] = b"cocoon-evidence-nonce-v1";
 /// Length of an account signature.
 pub const ACCOUNT_SIGNATURE_LEN: usize = 64;
 
@@ -173,6 +180,43 @@ impl AccountKey {
     pub fn sign_receipts_query(&self, time: u64) -> [u8; ACCOUNT_SIGNATURE_LEN] {
         self.sign(&query_message(&self.id(), time))
     }
+
+    /// Ask, at `time` (Unix seconds), for evidence bound to `nonce`.
+    pub fn sign_evidence_nonce(&self, nonce: &[u8], time: u64) -> [u8; ACCOUNT_SIGNATURE_LEN] {
+        self.sign(&nonce_message(&self.id(), time, nonce))
+    }
+}
+
+fn nonce_message(account: &AccountId, time: u64, nonce: &[u8]) -> Vec<u8> {
+    [
+        EVIDENCE_NONCE_DOMAIN,
+        &account.0,
+        &time.to_be_bytes(),
+        nonce,
+    ]
+    .concat()
+}
+
+/// Host: check a request for evidence bound to `nonce`, signed at `time`
+/// by the key `public_key_sec1`, with `now` the host's time and `max_skew`
+/// the window in seconds either side. Returns the account that asked.
+pub fn verify_evidence_nonce(
+    public_key_sec1: &[u8],
+    nonce: &[u8],
+    time: u64,
+    signature: &[u8],
+    now: u64,
+    max_skew: u64,
+) -> Result<AccountId, AccountError> {
+    if time.abs_diff(now) > max_skew {
+        return Err(AccountError::Stale {
+            time,
+            now,
+            max_skew,
+        });
+    }
+    let id = AccountId::of_public_key(public_key_sec1)?;
+    verify(public_key_sec1, &nonce_message(&id, time, nonce), signature)
 }
 
 fn request_message(request_id: &RequestId) -> Vec<u8> {
@@ -263,6 +307,26 @@ mod tests {
             AccountKey::from_scalar(&a.to_scalar()).unwrap().id(),
             a.id()
         );
+    }
+
+    #[test]
+    fn nonce_auth() {
+        let a = AccountKey::generate(&mut OsRng);
+        let sig = a.sign_evidence_nonce(b"n1", 1_000);
+        let pk = a.public_key_sec1();
+        assert_eq!(
+            verify_evidence_nonce(&pk, b"n1", 1_000, &sig, 1_010, 300).unwrap(),
+            a.id()
+        );
+        assert!(verify_evidence_nonce(&pk, b"n2", 1_000, &sig, 1_010, 300).is_err());
+        assert!(verify_evidence_nonce(&pk, b"n1", 1_001, &sig, 1_010, 300).is_err());
+        assert!(matches!(
+            verify_evidence_nonce(&pk, b"n1", 1_000, &sig, 9_000, 300),
+            Err(AccountError::Stale { .. })
+        ));
+        // Not interchangeable with a receipts query.
+        let q = a.sign_receipts_query(1_000);
+        assert!(verify_evidence_nonce(&pk, b"", 1_000, &q, 1_000, 300).is_err());
     }
 
     #[test]

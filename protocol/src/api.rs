@@ -35,6 +35,15 @@
 //!   [`ACCOUNT_SIGNATURE_HEADER`] (hex of
 //!   [`crate::account::AccountKey::sign_receipts_query`]) → `200`,
 //!   `application/cbor`: a [`ReceiptList`] of that account's receipts only.
+//! * `GET /v1/evidence/nonce?nonce=HEX` (1 to 64 bytes), headers
+//!   [`EVIDENCE_DIGEST_HEADER`] (which enclave: any digest it issued),
+//!   [`ACCOUNT_KEY_HEADER`], [`ACCOUNT_TIME_HEADER`] and
+//!   [`ACCOUNT_SIGNATURE_HEADER`] (hex of
+//!   [`crate::account::AccountKey::sign_evidence_nonce`]) → `200`,
+//!   `application/cbor`: one evidence bundle of that enclave whose claims
+//!   carry the nonce (a fresh hardware report, same keys). Quotes are slow
+//!   to make, so the host limits this per account (`429` with
+//!   `retry-after`); `409` when the digest is not served here.
 //!
 //! # Chunk records
 //!
@@ -56,6 +65,10 @@ pub const EVIDENCE_PATH: &str = "/v1/evidence";
 pub const REQUESTS_PATH: &str = "/v1/requests";
 /// An account's receipts.
 pub const RECEIPTS_PATH: &str = "/v1/receipts";
+/// Evidence of one enclave bound to a client's nonce.
+pub const EVIDENCE_NONCE_PATH: &str = "/v1/evidence/nonce";
+/// Most bytes of a client nonce.
+pub const MAX_CLIENT_NONCE: usize = 64;
 /// The price sheet ([`crate::pricing::PriceSheet`], CBOR).
 pub const PRICES_PATH: &str = "/v1/prices";
 /// Hex of a [`crate::settlement::SignedAuthorization`]: the paying

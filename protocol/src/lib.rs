@@ -11,6 +11,9 @@
 //! * [`seal`] — a request sealed with HPKE (RFC 9180, base mode) to the HPKE
 //!   key the enclave's attested claims name, with the billing metadata the
 //!   host may see ([`seal::BillingMeta`]) bound as associated data.
+//! * [`request`] — what the enclave receives: the sealed request with the
+//!   paying account's key and signature over its id, checked inside the
+//!   enclave before anything is opened, run or signed.
 //! * [`stream`] — the response: AEAD chunks under keys exported from the
 //!   request's HPKE context, numbered and closed by a final chunk, so a host
 //!   cannot reorder, replay, drop or cut them unnoticed.
@@ -54,6 +57,7 @@ pub mod frame;
 pub mod message;
 pub mod pricing;
 pub mod receipt;
+pub mod request;
 pub mod seal;
 pub mod settlement;
 pub mod stream;

@@ -485,6 +485,7 @@ mod tests {
             unit_price: t.quote("m", 1500).unwrap(),
             multiplier_milli: 1500,
             client_account: [0; 32],
+            expires_at: 1_800_000_000,
         };
         assert_eq!(
             meta.unit_price,

@@ -93,8 +93,11 @@ pub const MAX_META: usize = 1024;
 pub const MAX_MODEL_NAME: usize = 128;
 /// Most bytes of a price quote id.
 pub const MAX_PRICE_QUOTE_ID: usize = 128;
-/// Most bytes of a sealed request's wire form: one frame's payload.
-pub const MAX_SEALED_REQUEST: usize = crate::frame::MAX_PAYLOAD;
+/// Most bytes of a sealed request's wire form: one frame's payload, less
+/// the room the account's key and signature take around it
+/// ([`crate::request::SignedRequest`]).
+pub const MAX_SEALED_REQUEST: usize =
+    crate::frame::MAX_PAYLOAD - crate::request::SIGNED_REQUEST_OVERHEAD;
 /// Room left in [`MAX_SEALED_REQUEST`] for `enc`, the metadata, the tag and
 /// the CBOR around them.
 const SEALED_OVERHEAD: usize = 64 + MAX_META + REQUEST_TAG_LEN;
@@ -251,12 +254,18 @@ pub struct BillingMeta {
     pub multiplier_milli: u32,
     /// The paying account (hash of the account's public key).
     pub client_account: [u8; 32],
+    /// When the request lapses, in Unix seconds by the enclave's clock. The
+    /// enclave refuses a request at or after this time, and one that would
+    /// live longer than its measured maximum lifetime; it remembers every id
+    /// it served until the id's expiry, so a request is served (and billed)
+    /// at most once per enclave boot ([`check_lifetime`](Self::check_lifetime)).
+    pub expires_at: u64,
 }
 
 impl BillingMeta {
     /// Canonical CBOR: `{"model", "max_tokens", "price_quote_id",
     /// "unit_price": {"prompt", "cached", "completion"}, "multiplier_milli",
-    /// "client_account"}` in that order.
+    /// "client_account", "expires_at"}` in that order.
     pub fn to_cbor(&self) -> Vec<u8> {
         cbor::encode(&cbor::map(vec![
             ("model", Value::Text(self.model.clone())),
@@ -268,6 +277,7 @@ impl BillingMeta {
                 Value::Integer(self.multiplier_milli.into()),
             ),
             ("client_account", Value::Bytes(self.client_account.to_vec())),
+            ("expires_at", Value::Integer(self.expires_at.into())),
         ]))
     }
 
@@ -298,6 +308,7 @@ impl BillingMeta {
             unit_price,
             multiplier_milli,
             client_account: m.array::<32>("client_account")?,
+            expires_at: m.u64("expires_at")?,
         };
         m.finish()?;
         meta.check_limits()?;
@@ -305,6 +316,28 @@ impl BillingMeta {
             return Err(SealError::NotCanonical("billing_meta"));
         }
         Ok(meta)
+    }
+
+    /// Whether the request may still be served at `now` (Unix seconds) by
+    /// an enclave whose measured maximum request lifetime is
+    /// `max_lifetime_secs`: it must not have expired (`now < expires_at`),
+    /// and its expiry must not lie more than `max_lifetime_secs` ahead, so
+    /// the enclave never has to remember an id for longer than that.
+    pub fn check_lifetime(&self, now: u64, max_lifetime_secs: u64) -> Result<(), LifetimeError> {
+        if self.expires_at <= now {
+            return Err(LifetimeError::Expired {
+                expires_at: self.expires_at,
+                now,
+            });
+        }
+        if self.expires_at - now > max_lifetime_secs {
+            return Err(LifetimeError::TooFarAhead {
+                expires_at: self.expires_at,
+                now,
+                max_lifetime_secs,
+            });
+        }
+        Ok(())
     }
 
     fn check_limits(&self) -> Result<(), SealError> {
@@ -315,6 +348,42 @@ impl BillingMeta {
             MAX_PRICE_QUOTE_ID,
         )
     }
+}
+
+/// How long a client makes its requests live by default (seconds): well
+/// inside the enclave's default maximum ([`DEFAULT_MAX_REQUEST_LIFETIME_SECS`])
+/// so that a few minutes of clock skew between client and enclave do not
+/// refuse it.
+pub const DEFAULT_REQUEST_LIFETIME_SECS: u64 = 300;
+/// The enclave's default maximum request lifetime (seconds); its measured
+/// configuration may lower or raise it.
+pub const DEFAULT_MAX_REQUEST_LIFETIME_SECS: u64 = 600;
+
+/// Why a request's expiry refuses it ([`BillingMeta::check_lifetime`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifetimeError {
+    /// The request lapsed.
+    #[error("the request expired at {expires_at} (Unix seconds); the enclave's time is {now}")]
+    Expired {
+        /// The request's expiry.
+        expires_at: u64,
+        /// The enclave's time.
+        now: u64,
+    },
+    /// The request would outlive the enclave's maximum lifetime.
+    #[error(
+        "the request expires at {expires_at} (Unix seconds), more than the enclave's maximum \
+         request lifetime of {max_lifetime_secs} s after its time {now}"
+    )]
+    TooFarAhead {
+        /// The request's expiry.
+        expires_at: u64,
+        /// The enclave's time.
+        now: u64,
+        /// The enclave's measured maximum.
+        max_lifetime_secs: u64,
+    },
 }
 
 fn limit(what: &'static str, got: usize, limit: usize) -> Result<(), SealError> {
@@ -526,7 +595,32 @@ pub(crate) mod tests {
             },
             multiplier_milli: 1500,
             client_account: [0xac; 32],
+            expires_at: 1_800_000_000,
         }
+    }
+
+    #[test]
+    fn lifetime() {
+        let m = meta();
+        let e = m.expires_at;
+        assert_eq!(m.check_lifetime(e - 600, 600), Ok(()));
+        assert_eq!(m.check_lifetime(e - 1, 600), Ok(()));
+        assert!(matches!(
+            m.check_lifetime(e, 600),
+            Err(LifetimeError::Expired { .. })
+        ));
+        assert!(matches!(
+            m.check_lifetime(e + 5, 600),
+            Err(LifetimeError::Expired { .. })
+        ));
+        assert!(matches!(
+            m.check_lifetime(e - 601, 600),
+            Err(LifetimeError::TooFarAhead { .. })
+        ));
+        assert!(matches!(
+            m.check_lifetime(0, 600),
+            Err(LifetimeError::TooFarAhead { .. })
+        ));
     }
 
     #[test]

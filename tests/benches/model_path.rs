@@ -86,7 +86,7 @@ fn main() {
     // In-process: the same model files, checked the same way.
     let config = EnclaveConfig::from_toml(&config_text).unwrap();
     let backend = TchBackend::load(&config).expect("models load");
-    let device = pick_device(config.device).unwrap();
+    let device = pick_device(config.device, config.gpu.is_some()).unwrap();
     let mc = &config.models[EMB];
     let tok = CheckedTokenizer::load(&mc.tokenizer, &mc.tokenizer_sha256).unwrap();
     let bytes = read_checked("model file", &mc.path, &mc.sha256).unwrap();

@@ -52,6 +52,7 @@ fn meta() -> BillingMeta {
         },
         multiplier_milli: 1000,
         client_account: [7; 32],
+        expires_at: 1_800_000_000,
     }
 }
 

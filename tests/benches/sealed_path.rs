@@ -51,6 +51,11 @@ impl Target {
             },
             multiplier_milli: 1000,
             client_account: self.account.id().0,
+            expires_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 300,
         };
         let body = InferenceRequest::Chat {
             messages: vec![ChatMessage {
@@ -89,8 +94,17 @@ async fn direct(
     i: usize,
     stream: u32,
 ) -> bool {
-    let (req, session, _) = t.seal(i);
-    let bytes = frame::encode(stream, FrameType::Request, &req).expect("frame");
+    let (req, session, sig) = t.seal(i);
+    // What the host forwards: the sealed request with the account's
+    // signature, which the enclave checks.
+    let signed = cocoon_protocol::request::SignedRequest {
+        sealed: req,
+        evidence: t.digest.0,
+        account_key: t.account.public_key_sec1(),
+        signature: sig,
+    }
+    .to_cbor();
+    let bytes = frame::encode(stream, FrameType::Request, &signed).expect("frame");
     conn.write_all(&bytes).await.expect("write");
     let mut chunks = Vec::new();
     let mut buf = vec![0u8; 64 << 10];

@@ -27,6 +27,8 @@ fn claims(epoch: u64) -> Claims {
         config_digest: [3; 32],
         gpu_evidence_digest: None,
         epoch,
+        issued_at: epoch,
+        refresh: 0,
         client_nonce: None,
     }
 }

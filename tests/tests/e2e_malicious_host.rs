@@ -32,9 +32,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use ciborium::Value;
-use cocoon_attestation::bundle::EvidenceBundle;
+use cocoon_attestation::bundle::{Claims, EvidenceBundle};
 use cocoon_attestation::cbor;
 use cocoon_client::{Client, ClientError, Completed, ReceiptProblem, ResponseError, ResponsePart};
+use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::api::{
     encode_chunk_record, ChunkRecordDecoder, EvidenceList, ReceiptList, EVIDENCE_DIGEST_HEADER,
     EVIDENCE_PATH, RECEIPTS_PATH, REQUESTS_PATH,
@@ -42,9 +43,15 @@ use cocoon_protocol::api::{
 use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType};
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, Role};
 use cocoon_protocol::rand_core::OsRng;
+use cocoon_protocol::receipt::UnitPrice;
 use cocoon_protocol::receipt::{verify_receipt, ReceiptSigner, UsageReceipt, MAX_RECEIPT};
-use cocoon_protocol::seal::{BillingMeta, EvidenceDigest, SealedRequest};
+use cocoon_protocol::request::SignedRequest;
+use cocoon_protocol::seal::{
+    seal_request, BillingMeta, EvidenceDigest, HpkePublicKey, SealedRequest,
+};
+use cocoon_protocol::settlement::Tab;
 use cocoon_protocol::stream::CHUNK_HEADER_LEN;
+use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
 use cocoon_protocol::RequestId;
 use cocoon_tests::procs::TempDir;
 use common::*;
@@ -722,6 +729,10 @@ struct MitmState {
     injected: HashMap<u32, Vec<Frame>>,
     /// The writer towards the enclave of the newest connection.
     to_enclave: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The newest evidence bundle the enclave sent.
+    evidence: Option<Vec<u8>>,
+    /// `Tab` frame payloads the enclave sent, in order.
+    tabs: Vec<Vec<u8>>,
     wire: Vec<u8>,
 }
 
@@ -793,24 +804,27 @@ impl FrameMitm {
             let original = payload.clone();
             match mode {
                 Frames::FlipRequestCiphertext => {
-                    let mut s = SealedRequest::from_cbor(&payload).unwrap();
+                    let mut signed = SignedRequest::from_cbor(&payload).unwrap();
+                    let mut s = SealedRequest::from_cbor(&signed.sealed).unwrap();
                     s.ciphertext[0] ^= 0x80;
-                    payload = s.to_cbor();
+                    signed.sealed = s.to_cbor();
+                    payload = signed.to_cbor();
                 }
                 Frames::RaiseMaxTokens => {
-                    let mut s = SealedRequest::from_cbor(&payload).unwrap();
+                    let mut signed = SignedRequest::from_cbor(&payload).unwrap();
+                    let mut s = SealedRequest::from_cbor(&signed.sealed).unwrap();
                     let mut meta = BillingMeta::from_cbor(&s.meta_cbor).unwrap();
                     meta.max_tokens += 10_000;
                     s.meta_cbor = meta.to_cbor();
-                    payload = s.to_cbor();
+                    signed.sealed = s.to_cbor();
+                    payload = signed.to_cbor();
                 }
                 _ => {}
             }
             self.state(|s| {
                 s.requests.push(original.clone());
                 if payload != original {
-                    s.tampered_ids
-                        .push(RequestId(Sha256::digest(&payload).into()));
+                    s.tampered_ids.push(request_id_of(&payload));
                 }
             });
         }
@@ -819,7 +833,14 @@ impl FrameMitm {
     }
 
     fn enclave_to_host(&self, f: Frame, to_host: &mpsc::UnboundedSender<Vec<u8>>) {
-        self.state(|s| s.wire.extend_from_slice(&f.payload));
+        self.state(|s| {
+            s.wire.extend_from_slice(&f.payload);
+            match f.kind {
+                FrameType::EvidenceResponse => s.evidence = Some(f.payload.clone()),
+                FrameType::Tab => s.tabs.push(f.payload.clone()),
+                _ => {}
+            }
+        });
         if f.stream_id >= INJECTED_STREAM {
             self.state(|s| s.injected.entry(f.stream_id).or_default().push(f));
             return;
@@ -848,6 +869,67 @@ impl FrameMitm {
         let _ = to_host.send(frame::encode(f.stream_id, f.kind, &payload).unwrap());
     }
 
+    /// Acknowledge receipts to the enclave as if they were committed, and
+    /// return the enclave's signed tab of `account` from its answer.
+    async fn acknowledge(&self, ids: &[RequestId], account: [u8; 32]) -> Tab {
+        let tx = self.state(|s| s.to_enclave.clone()).expect("a connection");
+        let before = self.state(|s| s.tabs.len());
+        let ack = ReceiptAck {
+            receipts: ids.iter().map(|id| (*id, account)).collect(),
+        };
+        tx.send(frame::encode(0, FrameType::ReceiptAck, &ack.to_bytes()).unwrap())
+            .unwrap();
+        let key = self.receipt_key();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answers = self.state(|s| s.tabs[before..].to_vec());
+            for a in answers {
+                let update = TabUpdate::from_bytes(&a).unwrap();
+                if let Some(t) = update.tabs.iter().find(|t| t.tab.account == account) {
+                    t.tab
+                        .verify(&t.signature, &key)
+                        .expect("signed by the enclave");
+                    return t.tab;
+                }
+            }
+            assert!(Instant::now() < deadline, "no tab update for the account");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The enclave's claims, from the evidence it sent.
+    fn claims(&self) -> (Claims, EvidenceDigest) {
+        let bundle = self.state(|s| s.evidence.clone()).expect("evidence seen");
+        let bundle = EvidenceBundle::from_cbor(&bundle).unwrap();
+        (
+            Claims::from_cbor(&bundle.claims_cbor).unwrap(),
+            EvidenceDigest::of_bundle(&bundle),
+        )
+    }
+
+    fn receipt_key(&self) -> Vec<u8> {
+        self.claims().0.receipt_public_key
+    }
+
+    /// What a host can make with everything it holds: a request sealed to
+    /// the enclave's public key with billing metadata of its choosing,
+    /// `Request` payload signed by `signer`'s key.
+    fn host_sealed(&self, meta: &BillingMeta, signer: &AccountKey, text: &str) -> SignedRequest {
+        let (claims, digest) = self.claims();
+        let hpke = HpkePublicKey::from_bytes(&claims.hpke_public_key).unwrap();
+        let body = InferenceRequest::Chat {
+            messages: messages(text),
+        }
+        .to_cbor();
+        let (sealed, _) = seal_request(&hpke, &digest, meta, &body, &mut OsRng).unwrap();
+        SignedRequest {
+            evidence: digest.0,
+            account_key: signer.public_key_sec1(),
+            signature: signer.sign_request(&sealed.request_id()),
+            sealed: sealed.to_cbor(),
+        }
+    }
+
     /// Send `payload` as a `Request` on an injected stream, straight to the
     /// enclave, and wait for the enclave to end that stream.
     async fn inject_request(&self, stream_id: u32, payload: &[u8]) -> Vec<Frame> {
@@ -874,6 +956,12 @@ impl FrameMitm {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The request id of a `Request` frame's payload (a signed request).
+fn request_id_of(payload: &[u8]) -> RequestId {
+    let signed = SignedRequest::from_cbor(payload).unwrap();
+    RequestId(Sha256::digest(&signed.sealed).into())
 }
 
 /// Read frames from `rd` and hand each to `on_frame`, until EOF or an error.
@@ -1182,8 +1270,9 @@ fn a_man_in_the_middle_at_the_enclave_cannot_bill_or_read() {
         control
     });
 
-    // (a) The request altered on its way to the enclave: the enclave
-    // cannot open it, the host answers 502, nothing is billed.
+    // (a) The request altered on its way to the enclave: the account's
+    // signature no longer covers it, so the enclave refuses it before
+    // opening it, the host answers 502, nothing is billed.
     for (i, mode) in [Frames::FlipRequestCiphertext, Frames::RaiseMaxTokens]
         .into_iter()
         .enumerate()
@@ -1202,7 +1291,7 @@ fn a_man_in_the_middle_at_the_enclave_cannot_bill_or_read() {
                 reason,
             } => {
                 assert!(
-                    reason.contains("not sealed to this enclave"),
+                    reason.contains("not authorized by the account it bills"),
                     "{mode:?}: {reason}"
                 )
             }
@@ -1218,7 +1307,7 @@ fn a_man_in_the_middle_at_the_enclave_cannot_bill_or_read() {
     // the attacker's: refused by the enclave's replay window, no answer,
     // no receipt.
     let first = mitm.state(|s| s.requests[0].clone());
-    assert_eq!(RequestId(Sha256::digest(&first).into()), control.id());
+    assert_eq!(request_id_of(&first), control.id());
     let answer = rt.block_on(mitm.inject_request(INJECTED_STREAM + 1, &first));
     assert_eq!(answer.len(), 1, "{answer:?}");
     assert_eq!(answer[0].kind, FrameType::Error);
@@ -1226,7 +1315,7 @@ fn a_man_in_the_middle_at_the_enclave_cannot_bill_or_read() {
     assert!(reason.contains("replayed request"), "{reason}");
     assert_eq!(billed(&host, control.id()), 1);
     assert!(
-        eventually(Duration::from_secs(5), || logged(&enclave, "open_failed")
+        eventually(Duration::from_secs(5), || logged(&enclave, "account_auth")
             == 2
             && logged(&enclave, "replay") == 1),
         "the enclave logs the two altered requests and the replay it refused: {}",
@@ -1318,4 +1407,256 @@ fn a_receipt_listed_twice_is_refused_by_the_client() {
                 .collect::<Vec<_>>())
         );
     });
+}
+
+/// Prices of the settling enclave in the billing tests (nanoton per token)
+/// and its multiplier bounds.
+const PRICED_ENCLAVE: &str = "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 20\nmax_concurrent = 64\n[pricing]\nmin_multiplier_milli = 1000\nmax_multiplier_milli = 2500\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncached = 250\ncompletion = 3000\n";
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Billing metadata at the dearest prices the enclave allows, for
+/// `account`, expiring in five minutes.
+fn dearest_meta(account: [u8; 32], max_tokens: u32) -> BillingMeta {
+    let base = UnitPrice {
+        prompt: 1000,
+        cached: 250,
+        completion: 3000,
+    };
+    BillingMeta {
+        model: MODEL.into(),
+        max_tokens,
+        price_quote_id: "host-made".into(),
+        unit_price: base.scaled(2500).unwrap(),
+        multiplier_milli: 2500,
+        client_account: account,
+        expires_at: unix_secs() + 300,
+    }
+}
+
+/// Frames the enclave answered an injected request with: exactly one
+/// `Error`, whose text is returned.
+fn refusal_text(answer: &[Frame]) -> String {
+    assert_eq!(
+        answer.len(),
+        1,
+        "one Error frame and nothing else: {answer:?}"
+    );
+    assert_eq!(answer[0].kind, FrameType::Error, "{answer:?}");
+    String::from_utf8_lossy(&answer[0].payload).into_owned()
+}
+
+/// The host holds the enclave's public keys, the victim's authorization of
+/// that enclave, every frame of the victim's genuine request and an account
+/// key of its own. It seals requests naming the victim's account at the
+/// dearest allowed prices and injects them on its own streams: signed with
+/// its own key, with the victim's public key and its own signature, with
+/// the victim's genuine signature moved over, and the victim's genuine
+/// request once more. The enclave refuses every one before running or
+/// signing anything; the victim's tab does not move; `settle` claims
+/// exactly the genuine request; the victim's statement is clean.
+#[test]
+fn host_cannot_bill_an_account_that_did_not_sign() {
+    let dir = TempDir::new("e2e-mal-bill");
+    let enclave = start_enclave_with(&dir, "enclave", PRICED_ENCLAVE);
+    let rt = rt();
+    let mitm = rt.block_on(FrameMitm::start(
+        &enclave.socket,
+        dir.path().join("mitm.sock"),
+    ));
+    let mut limits = LIMITS.to_vec();
+    limits.extend(["--settlement-contract", CONTRACT]);
+    let host = start_host(&dir, &[&mitm.socket], &limits);
+    let victim_key_file = dir.path().join("victim.key");
+    let (victim, _) = cocoon_client::load_or_create_account_key(&victim_key_file).unwrap();
+    let client = Client::new(&host.url, simulated_policy(), victim.clone());
+    let attacker = AccountKey::generate(&mut OsRng);
+    let mut secrets = Secrets::default();
+
+    // One genuine request: the victim signs an authorization of this
+    // enclave's receipt key (the host stores it) and pays for one answer.
+    let genuine = rt.block_on(ask(&client, &mut secrets, "PLAINTEXT-CANARY-60"));
+    let paid = genuine.completed().receipt.charge_nanoton().unwrap();
+    assert!(paid > 0);
+    let genuine_payload = mitm.state(|s| s.requests[0].clone());
+    let genuine_signed = SignedRequest::from_cbor(&genuine_payload).unwrap();
+    let victim_id = victim.id().0;
+    let tab = rt.block_on(mitm.acknowledge(&[genuine.id()], victim_id));
+    assert_eq!(
+        (tab.count, u128::from(tab.total)),
+        (1, paid),
+        "the genuine request, once"
+    );
+
+    let meta = dearest_meta(victim_id, 100_000);
+    // (1) Sealed and signed by the host's own account, naming the victim.
+    let own = mitm.host_sealed(&meta, &attacker, "PLAINTEXT-CANARY-61");
+    // (2) The victim's public key presented with the host's signature.
+    let mut with_victim_key = mitm.host_sealed(&meta, &attacker, "PLAINTEXT-CANARY-62");
+    with_victim_key.account_key = victim.public_key_sec1();
+    // (3) The victim's genuine signature (of its own request) moved over.
+    let mut moved = mitm.host_sealed(&meta, &attacker, "PLAINTEXT-CANARY-63");
+    moved.account_key = victim.public_key_sec1();
+    moved.signature = genuine_signed.signature;
+    // (4) The victim's genuine request once more.
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "own key",
+            own.to_cbor(),
+            "not authorized by the account it bills",
+        ),
+        (
+            "victim's key, host's signature",
+            with_victim_key.to_cbor(),
+            "signature does not verify",
+        ),
+        (
+            "victim's signature moved",
+            moved.to_cbor(),
+            "signature does not verify",
+        ),
+        (
+            "genuine request again",
+            genuine_payload.clone(),
+            "replayed request",
+        ),
+    ];
+    let mut forged_ids = Vec::new();
+    for (i, (name, payload, expect)) in cases.iter().enumerate() {
+        forged_ids.push(request_id_of(payload));
+        let answer = rt.block_on(mitm.inject_request(INJECTED_STREAM + 10 + i as u32, payload));
+        let text = refusal_text(&answer);
+        assert!(text.contains(expect), "{name}: {text}");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || logged(&enclave, "account_auth")
+            == 3),
+        "the enclave logs the three unsigned requests: {}",
+        enclave.proc.output()
+    );
+    // The host acknowledges the forged ids as if it had committed receipts
+    // for them: nothing is pending under them, the victim's tab stands.
+    let tab = rt.block_on(mitm.acknowledge(&forged_ids, victim_id));
+    assert_eq!(
+        (tab.count, u128::from(tab.total)),
+        (1, paid),
+        "the tab did not move"
+    );
+    for id in &forged_ids[..3] {
+        assert_eq!(billed(&host, *id), 0);
+    }
+    assert_eq!(billed(&host, genuine.id()), 1);
+
+    // Settlement claims exactly the genuine request for the victim, and its
+    // statement is clean.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = dir.path().join("settle");
+    let m = settle(&host, &out, &[]);
+    let claims = m["claims"].as_array().unwrap();
+    assert_eq!(claims.len(), 1, "{m:#}");
+    assert_eq!(claims[0]["account"], hex::encode(victim_id));
+    assert_eq!(dec(&claims[0]["amount"]), paid, "{m:#}");
+    let (code, stdout) = statement(&host, &dir, &victim_key_file, &out.join("claims.json"));
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+
+    let wire = mitm.state(|s| s.wire.clone());
+    assert_no_plaintext(
+        &secrets,
+        &dir,
+        &host,
+        &[&enclave],
+        &[("the frame man in the middle", wire)],
+        genuine.id(),
+    );
+}
+
+/// The host floods the enclave's replay memory with requests of its own
+/// account (it pays itself, so they cost it nothing), then replays a
+/// client's genuine request: refused, no second receipt, the tab counts it
+/// once. A full memory refuses new requests instead of forgetting; expired
+/// and too-far-ahead requests are refused.
+#[test]
+fn a_replay_after_flooding_the_replay_memory_is_refused() {
+    const WINDOW: u32 = 8;
+    let dir = TempDir::new("e2e-mal-flood");
+    let enclave = start_enclave_with(
+        &dir,
+        "enclave",
+        &format!("replay_window = {WINDOW}\n{PRICED_ENCLAVE}"),
+    );
+    let rt = rt();
+    let mitm = rt.block_on(FrameMitm::start(
+        &enclave.socket,
+        dir.path().join("mitm.sock"),
+    ));
+    let host = start_host(&dir, &[&mitm.socket], LIMITS);
+    let victim = account();
+    let client = Client::new(&host.url, simulated_policy(), victim.clone());
+    let host_account = AccountKey::generate(&mut OsRng);
+    let mut secrets = Secrets::default();
+
+    let genuine = rt.block_on(ask(&client, &mut secrets, "PLAINTEXT-CANARY-70"));
+    let paid = genuine.completed().receipt.charge_nanoton().unwrap();
+    let genuine_payload = mitm.state(|s| s.requests[0].clone());
+
+    // Fill the memory with the host's own, properly signed requests: each
+    // is served (the host pays itself).
+    let own = dearest_meta(host_account.id().0, 4);
+    for i in 1..WINDOW {
+        let req = mitm.host_sealed(&own, &host_account, &format!("flood {i}"));
+        let answer = rt.block_on(mitm.inject_request(INJECTED_STREAM + 100 + i, &req.to_cbor()));
+        assert!(
+            answer.iter().any(|f| f.kind == FrameType::Receipt),
+            "request {i} of the flood is served: {answer:?}"
+        );
+    }
+    // Full: one more is refused, and nothing was forgotten to make room.
+    let more = mitm.host_sealed(&own, &host_account, "one too many");
+    let text =
+        refusal_text(&rt.block_on(mitm.inject_request(INJECTED_STREAM + 200, &more.to_cbor())));
+    assert!(
+        text.contains(&format!("remembers {WINDOW} unexpired requests")),
+        "{text}"
+    );
+    // The replay of the genuine request.
+    let text =
+        refusal_text(&rt.block_on(mitm.inject_request(INJECTED_STREAM + 201, &genuine_payload)));
+    assert!(text.starts_with("replayed request"), "{text}");
+    // Expired, and too far ahead (the enclave's default maximum is 600 s).
+    for (i, (expires_at, expect)) in [
+        (unix_secs() - 1, "the request expired at"),
+        (unix_secs() + 3600, "maximum request lifetime of 600 s"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = own.clone();
+        m.expires_at = expires_at;
+        let req = mitm.host_sealed(&m, &host_account, "when");
+        let text = refusal_text(
+            &rt.block_on(mitm.inject_request(INJECTED_STREAM + 210 + i as u32, &req.to_cbor())),
+        );
+        assert!(text.contains(expect), "{text}");
+    }
+    // The genuine receipt counts once, however often it is acknowledged.
+    let victim_id = victim.id().0;
+    for _ in 0..2 {
+        let tab = rt.block_on(mitm.acknowledge(&[genuine.id()], victim_id));
+        assert_eq!((tab.count, u128::from(tab.total)), (1, paid));
+    }
+    assert_eq!(billed(&host, genuine.id()), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || logged(&enclave, "replay") == 1
+            && logged(&enclave, "replay_memory_full") == 1
+            && logged(&enclave, "expired") == 1
+            && logged(&enclave, "expiry_too_far") == 1),
+        "{}",
+        enclave.proc.output()
+    );
 }

@@ -24,7 +24,6 @@ use cocoon_tests::procs::{bin, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
-const CONTRACT: &str = "0:5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f";
 
 fn ask(text: &str) -> Vec<ChatMessage> {
     vec![ChatMessage {
@@ -38,34 +37,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("spawn");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn settle(host: &Host, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let (code, stdout, stderr) = run(Command::new(bin("cocoon-host"))
-        .arg("--ledger")
-        .arg(&host.ledger)
-        .args(["--settlement-contract", CONTRACT, "settle", "--out"])
-        .arg(out)
-        .args(extra));
-    assert_eq!(code, 0, "settle failed:\n{stdout}\n{stderr}");
-    eprintln!("{stdout}");
-    serde_json::from_str(&std::fs::read_to_string(out.join("claims.json")).unwrap()).unwrap()
-}
-
-fn dec(v: &serde_json::Value) -> u128 {
-    v.as_str()
-        .expect("decimal string")
-        .parse()
-        .expect("decimal")
 }
 
 #[test]
@@ -157,17 +128,8 @@ fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
 
     // Each account's statement checks its claim against its receipts.
     for (path, _) in &accounts {
-        let policy = dir.path().join("client-policy.toml");
-        std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
-        let (code, stdout, stderr) = run(Command::new(bin("cocoon-client"))
-            .args(["statement", "--provider", &host.url])
-            .arg("--policy")
-            .arg(&policy)
-            .arg("--account-key")
-            .arg(path)
-            .arg("--claims")
-            .arg(out.join("claims.json")));
-        assert_eq!(code, 0, "statement:\n{stdout}\n{stderr}");
+        let (code, stdout) = statement(&host, &dir, path, &out.join("claims.json"));
+        assert_eq!(code, 0, "statement:\n{stdout}");
         assert!(stdout.contains(": OK"), "{stdout}");
     }
     // A manifest whose amount was inflated is a discrepancy.
@@ -180,15 +142,7 @@ fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
         .iter()
         .find(|(_, k)| hex::encode(k.id().0) == forged["claims"][0]["account"].as_str().unwrap())
         .unwrap();
-    let policy = dir.path().join("client-policy.toml");
-    let (code, stdout, _) = run(Command::new(bin("cocoon-client"))
-        .args(["statement", "--provider", &host.url])
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--account-key")
-        .arg(&owner.0)
-        .arg("--claims")
-        .arg(&forged_path));
+    let (code, stdout) = statement(&host, &dir, &owner.0, &forged_path);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("DISCREPANCY"), "{stdout}");
 

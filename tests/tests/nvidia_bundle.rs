@@ -32,6 +32,8 @@ fn claims(gpu: Option<[u8; 32]>) -> Claims {
         config_digest: [3; 32],
         gpu_evidence_digest: gpu,
         epoch: 42,
+        issued_at: 42,
+        refresh: 0,
         client_nonce: None,
     }
 }

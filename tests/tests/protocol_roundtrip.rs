@@ -46,6 +46,8 @@ impl Enclave {
             config_digest: [4; 32],
             gpu_evidence_digest: None,
             epoch,
+            issued_at: epoch,
+            refresh: 0,
             client_nonce: None,
         };
         let bundle = EvidenceBundle {
@@ -115,6 +117,11 @@ fn meta() -> BillingMeta {
         },
         multiplier_milli: 1000,
         client_account: [0xa1; 32],
+        expires_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300,
     }
 }
 

@@ -456,6 +456,8 @@ fn bundle_with_unbound_claims_is_rejected() {
         config_digest: [0; 32],
         gpu_evidence_digest: None,
         epoch: 1,
+        issued_at: 1,
+        refresh: 0,
         client_nonce: None,
     };
     let bundle = EvidenceBundle {

@@ -262,6 +262,8 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
         config_digest: [0; 32],
         gpu_evidence_digest: Some(set.digest()),
         epoch: 1,
+        issued_at: 1,
+        refresh: 0,
         client_nonce: None,
     };
     let bundle = EvidenceBundle {

@@ -126,6 +126,8 @@ impl SimEnclave {
             config_digest: [4; 32],
             gpu_evidence_digest: None,
             epoch,
+            issued_at: epoch,
+            refresh: 0,
             client_nonce: None,
         };
         let claims_cbor = claims.to_cbor();

@@ -172,6 +172,8 @@ fn make_keys(epoch: u64) -> Keys {
         config_digest: [3; 32],
         gpu_evidence_digest: None,
         epoch,
+        issued_at: epoch,
+        refresh: 0,
         client_nonce: None,
     };
     let claims_cbor = claims.to_cbor();
@@ -444,8 +446,9 @@ async fn handle_request(
     st.requests.fetch_add(1, Ordering::SeqCst);
     let keys = st.keys.lock().unwrap().clone();
     let behavior = st.behavior.lock().unwrap().clone();
-    let sealed = match SealedRequest::from_cbor(&payload) {
-        Ok(s) => s,
+    // As the real enclave: the billed account must have signed it.
+    let sealed = match cocoon_protocol::request::SignedRequest::authorize(&payload) {
+        Ok(a) => a.sealed().clone(),
         Err(e) => return send(&out, id, FrameType::Error, e.to_string().as_bytes()),
     };
     match &behavior {
@@ -833,6 +836,11 @@ pub fn seal(
         unit_price: PRICE,
         multiplier_milli: 1000,
         client_account: account.id().0,
+        expires_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300,
     };
     seal_request(&target.hpke, &target.digest, &meta, body, &mut OsRng).unwrap()
 }

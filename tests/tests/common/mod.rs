@@ -4,7 +4,7 @@
 //! simulated TEE by its dangerous name.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -158,4 +158,54 @@ pub fn ledger_request_ids(admin: &str) -> Vec<String> {
             v["request_id"].as_str().expect("request_id").to_string()
         })
         .collect()
+}
+
+/// The payment contract a settling host names in tests.
+pub const CONTRACT: &str = "0:5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f5e7f";
+
+/// Run a command; its exit code, stdout and stderr.
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("spawn");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cocoon-host settle` on the host's ledger into `out`; the manifest.
+pub fn settle(host: &Host, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let (code, stdout, stderr) = run(Command::new(bin("cocoon-host"))
+        .arg("--ledger")
+        .arg(&host.ledger)
+        .args(["--settlement-contract", CONTRACT, "settle", "--out"])
+        .arg(out)
+        .args(extra));
+    assert_eq!(code, 0, "settle failed:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    serde_json::from_str(&std::fs::read_to_string(out.join("claims.json")).unwrap()).unwrap()
+}
+
+/// `cocoon-client statement` for the account in `key_file` against the
+/// claims manifest in `claims`: exit code and stdout.
+pub fn statement(host: &Host, dir: &TempDir, key_file: &Path, claims: &Path) -> (i32, String) {
+    let policy = dir.path().join("client-policy.toml");
+    std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
+    let (code, stdout, stderr) = run(Command::new(bin("cocoon-client"))
+        .args(["statement", "--provider", &host.url])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--account-key")
+        .arg(key_file)
+        .arg("--claims")
+        .arg(claims));
+    (code, format!("{stdout}{stderr}"))
+}
+
+/// A decimal string of the manifest as a number.
+pub fn dec(v: &serde_json::Value) -> u128 {
+    v.as_str()
+        .expect("decimal string")
+        .parse()
+        .expect("decimal")
 }
