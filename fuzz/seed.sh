@@ -406,6 +406,9 @@ for pair in "h100-nvtrust-sample/hopperAttestationReport.txt h100-nvtrust-sample
     n_spdm=$((n_spdm + 1))
 done
 put "$corpus/spdm_report/hex-text" "$nv/h100-nvtrust-sample/hopperAttestationReport.txt"
+# The driver's buffer: a report zero-filled after its signature, then its chain.
+{ unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt"; head -c 1024 /dev/zero
+    cat "$nv/h100-nvtrust-sample/hopperCertChain.txt"; } >"$corpus/spdm_report/zero-padded"
 # gpu_evidence: a CBOR evidence set around one real report and chain.
 rm -f "$corpus/gpu_evidence/one-h100.cbor"
 unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt" >"$tmp"
@@ -429,7 +432,7 @@ for r in rim/NV_GPU_DRIVER_GH100_550.144.03.xml h100-535-vbios-rim/1010_0200_882
     put "$corpus/rim/$(tr '/' '-' <<<"$r")" "$nv/$r"
     n_rim=$((n_rim + 1))
 done
-echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 1)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 2)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
 
 # snp_cert_table: certificate tables (GHCB "SNP Extended Guest Request") as a
 # host hands them to its guest: 24-byte entries (GUID in RFC 4122 byte order,
