@@ -13,10 +13,11 @@ use std::hint::black_box;
 use std::sync::OnceLock;
 
 use cocoon_attestation::snp::{
-    Explain, Product, SnpReport, TcbLayout, TcbVersion, FIELD_RANGES, REPORT_SIZE, SIGNED_LEN,
-    SUPPORTED_VERSIONS,
+    report_from_file, Explain, Product, SnpReport, TcbLayout, TcbVersion, FIELD_RANGES,
+    REPORT_SIZE, SIGNED_LEN, SUPPORTED_VERSIONS,
 };
 use cocoon_verifier::snp::SnpCertificates;
+use cocoon_verifier::snp_crl::AmdCrl;
 use cocoon_verifier::{verify_snp, Rejection, SnpPolicy, UnixTime, VerifiedSnp};
 
 mod evidence;
@@ -87,8 +88,27 @@ pub fn initramfs(data: &[u8]) {
 }
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every
-/// accessor and render [`Explain`] under both TCB layouts.
+/// accessor and render [`Explain`] under both TCB layouts. The input is
+/// also read as a report file ([`report_from_file`]: raw bytes or hex
+/// text); hex text that decodes must be exactly one report's bytes.
 pub fn snp_report(data: &[u8]) {
+    match report_from_file(data) {
+        Ok(bytes) => {
+            if bytes.as_slice() != data {
+                assert_eq!(
+                    bytes.len(),
+                    REPORT_SIZE,
+                    "hex text decoded to a wrong length"
+                );
+                if let Ok(r) = SnpReport::parse(&bytes) {
+                    exercise_report(&r, &bytes);
+                }
+            }
+        }
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
     let report = match SnpReport::parse(data) {
         Ok(r) => r,
         Err(e) => {

@@ -192,6 +192,15 @@ impl TrustStore {
 /// An empty `chain` means "use the bundled ASK/ASVK"; a non-empty one is
 /// used as given: its ASK/ASVK must be signed by a pinned ARK, and an ARK in
 /// it must be byte-identical to a pinned one.
+///
+/// `crl` is AMD's CRL for the product (DER or PEM), the collateral a policy
+/// with `revocation = "required"` needs.
+///
+/// `vek` may also be a PEM bundle of the VEK with its ASK/ASVK and ARK, in
+/// any order (the shape cloud providers' certification endpoints and
+/// several SDKs hand out): the one VEK is found by its name and AMD
+/// extensions, and the others are treated exactly as certificates in
+/// `chain` are.
 #[derive(Debug, Clone, Copy)]
 pub struct SnpCertificates<'a> {
     /// The VCEK or VLEK certificate.
@@ -477,6 +486,14 @@ fn unknown_critical(cert: &Cert) -> Option<ObjectIdentifier> {
         .map(|(oid, _, _)| *oid)
 }
 
+/// Whether a certificate is a VCEK or VLEK rather than an AMD CA: AMD names
+/// them SEV-VCEK / SEV-VLEK and only they carry the productName extension
+/// (VCEK spec §3); ARKs, ASKs and ASVKs carry neither.
+fn is_vek(c: &Cert) -> bool {
+    matches!(c.subject_cn.as_str(), "SEV-VCEK" | "SEV-VLEK")
+        || c.extension(&OID_PRODUCT_NAME).is_some()
+}
+
 fn is_self_signed(c: &Cert) -> bool {
     c.issuer == c.subject && c.signed_by(c)
 }
@@ -485,12 +502,20 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
     let bad_cert = |what: &str, e: crate::CertError| {
         Rejection::single(ReasonKind::Certificate, format!("{what}: {e}"))
     };
-    let mut veks = Cert::parse_many(certs.vek).map_err(|e| bad_cert("VCEK/VLEK certificate", e))?;
+    let given = Cert::parse_many(certs.vek).map_err(|e| bad_cert("VCEK/VLEK certificate", e))?;
+    // One certificate is the VEK; a bundle (VEK with its ASK/ASVK and ARK,
+    // as cloud providers and SDKs hand them out) is split into the VEK and
+    // the rest, which is then treated exactly like a supplied chain.
+    let (mut veks, bundled): (Vec<Cert>, Vec<Cert>) = if given.len() == 1 {
+        (given, Vec::new())
+    } else {
+        given.into_iter().partition(is_vek)
+    };
     if veks.len() != 1 {
         return Err(Rejection::single(
             ReasonKind::Certificate,
             format!(
-                "expected exactly one VCEK/VLEK certificate, got {}",
+                "expected exactly one VCEK/VLEK certificate (named SEV-VCEK or SEV-VLEK, with AMD's productName extension), got {}",
                 veks.len()
             ),
         ));
@@ -510,11 +535,11 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
     }
 
     // Supplied chain certificates: roots must be pinned, others are candidate intermediates.
-    let supplied = if certs.chain.is_empty() {
-        Vec::new()
-    } else {
-        Cert::parse_many(certs.chain).map_err(|e| bad_cert("certificate chain", e))?
-    };
+    let mut supplied = bundled;
+    if !certs.chain.is_empty() {
+        supplied
+            .extend(Cert::parse_many(certs.chain).map_err(|e| bad_cert("certificate chain", e))?);
+    }
     let mut extra: Vec<Intermediate> = Vec::new();
     for c in supplied {
         if c.issuer == c.subject {

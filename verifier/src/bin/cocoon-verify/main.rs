@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 use cocoon_attestation::bundle::{EvidenceBundle, PlatformEvidence};
 use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::simulated::SimulatedReport;
-use cocoon_attestation::snp::{Explain, Product, SnpReport, TcbLayout, TcbVersion};
+use cocoon_attestation::snp::{
+    report_from_file, Explain, Product, SnpReport, TcbLayout, TcbVersion,
+};
 use cocoon_attestation::tdx::Quote;
 use cocoon_verifier::enclave::VerifiedPlatform;
 use cocoon_verifier::policy::{parse_hex, Check, MinTcb, SimulatedTeePolicy};
@@ -42,10 +44,10 @@ struct Cli {
 enum Command {
     /// Verify an AMD SEV-SNP attestation report against AMD's pinned roots and a policy.
     Snp {
-        /// The raw 1184-byte attestation report.
+        /// The attestation report: the raw 1184 bytes, or hex text of them.
         #[arg(long)]
         report: PathBuf,
-        /// The VCEK or VLEK certificate (DER or PEM).
+        /// The VCEK or VLEK certificate (DER or PEM), or a PEM bundle of it with its ASK/ASVK and ARK.
         #[arg(long)]
         cert: PathBuf,
         /// ASK/ASVK and ARK certificates (PEM); the bundled ones are used when absent.
@@ -252,7 +254,8 @@ fn run_snp(
         }
     };
     let now = parse_time(at)?;
-    let report_bytes = read(report, "report")?;
+    let report_bytes = report_from_file(&read(report, "report")?)
+        .map_err(|e| UsageError(format!("report {}: {e}", report.display())))?;
     let vek = read(cert, "certificate")?;
     let chain_bytes = match chain {
         Some(c) => read(c, "certificate chain")?,
@@ -555,8 +558,10 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
                 }
             }
         }
-        Err(_) if bytes.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(bytes), None),
-        Err(_) => (None, Some(bytes)),
+        Err(_) => match report_from_file(&bytes) {
+            Ok(r) if r.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(r), None),
+            _ => (None, Some(bytes)),
+        },
     };
     if let Some(r) = report {
         let r = SnpReport::parse(&r).map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
@@ -617,7 +622,8 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
 }
 
 fn run_explain(file: &Path, product: Option<&str>) -> Result<(), UsageError> {
-    let bytes = read(file, "report")?;
+    let bytes = report_from_file(&read(file, "report")?)
+        .map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
     let report =
         SnpReport::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
     let layout = match product.map(str::to_ascii_lowercase).as_deref() {
