@@ -71,7 +71,7 @@ fn pinned_policy(c: &Case) -> SnpPolicy {
     SnpPolicy {
         measurements: Check::Require(vec![hex48(&f["measurement"])]),
         min_tcb: Check::Require(MinTcb {
-            fmc: None,
+            fmc: Check::Skip,
             bootloader: n("bootloader"),
             tee: n("tee"),
             snp: n("snp"),
@@ -568,7 +568,7 @@ fn policy_shortfalls_are_all_listed() {
     let mut p = pinned_policy(&c);
     p.measurements = Check::Require(vec![[0xAA; 48]]);
     p.min_tcb = Check::Require(MinTcb {
-        fmc: None,
+        fmc: Check::Skip,
         bootloader: 4,
         tee: 0,
         snp: 25,

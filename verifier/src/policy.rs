@@ -11,7 +11,7 @@
 //! ```toml
 //! [snp]
 //! measurements = ["<96 hex digits>", "..."]    # or "skip"
-//! min_tcb = { bootloader = 4, tee = 0, snp = 22, microcode = 213 }  # Turin adds fmc; or "skip"
+//! min_tcb = { fmc = "skip", bootloader = 4, tee = 0, snp = 22, microcode = 213 }  # fmc: Turin's FMC level or "skip"; or "skip"
 //! vmpl = 0                                     # or "skip"
 //! report_data = "<128 hex digits>"             # or "skip"
 //! host_data = "<64 hex digits>"                # or "skip"
@@ -27,7 +27,7 @@ use core::fmt;
 use cocoon_attestation::snp::TcbParts;
 
 /// A reference value that is either required or explicitly skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check<T> {
     /// The evidence must match this value.
     Require(T),
@@ -47,11 +47,12 @@ impl<T> Check<T> {
 
 /// Minimum security patch levels, compared with the report's `reported_tcb`
 /// (the TCB the signing key was derived for).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinTcb {
-    /// Minimum FMC SPL (Turin); `None` means not checked on Turin and
-    /// ignored on products without an FMC.
-    pub fmc: Option<u8>,
+    /// Minimum FMC SPL (Turin), required or explicitly skipped like every
+    /// other reference value. Milan and Genoa have no FMC, so a required
+    /// value has nothing to compare with there.
+    pub fmc: Check<u8>,
     /// Minimum bootloader SPL.
     pub bootloader: u8,
     /// Minimum PSP OS (TEE) SPL.
@@ -66,7 +67,7 @@ impl MinTcb {
     /// The components that fall short, as `(name, have, need)`.
     pub fn shortfalls(&self, have: &TcbParts) -> Vec<(&'static str, u8, u8)> {
         let mut out = Vec::new();
-        if let (Some(need), Some(h)) = (self.fmc, have.fmc) {
+        if let (Check::Require(need), Some(h)) = (self.fmc, have.fmc) {
             if h < need {
                 out.push(("FMC", h, need));
             }
@@ -278,7 +279,7 @@ fn hex_list<const N: usize>(v: &toml::Value) -> Result<Vec<[u8; N]>, String> {
 fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
     let t = v
         .as_table()
-        .ok_or("must be a table {bootloader, tee, snp, microcode[, fmc]} or \"skip\"")?;
+        .ok_or("must be a table {fmc, bootloader, tee, snp, microcode} or \"skip\"")?;
     if let Some(k) = t
         .keys()
         .find(|k| !["fmc", "bootloader", "tee", "snp", "microcode"].contains(&k.as_str()))
@@ -295,8 +296,15 @@ fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
             .transpose()
     };
     let need = |k: &str| get(k)?.ok_or(format!("{k} is missing"));
+    let fmc = match t.get("fmc") {
+        None => {
+            return Err("fmc is missing: give the minimum Turin FMC level or fmc = \"skip\" (Milan and Genoa have no FMC)".into())
+        }
+        Some(toml::Value::String(s)) if s == "skip" => Check::Skip,
+        Some(_) => Check::Require(need("fmc")?),
+    };
     Ok(MinTcb {
-        fmc: get("fmc")?,
+        fmc,
         bootloader: need("bootloader")?,
         tee: need("tee")?,
         snp: need("snp")?,
@@ -306,8 +314,9 @@ fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
 
 impl fmt::Display for MinTcb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(fmc) = self.fmc {
-            write!(f, "fmc={fmc} ")?;
+        match self.fmc {
+            Check::Require(fmc) => write!(f, "fmc={fmc} ")?,
+            Check::Skip => write!(f, "fmc=skip ")?,
         }
         write!(
             f,
@@ -925,9 +934,9 @@ impl SnpPolicy {
     /// The `[snp]` table in TOML, as [`SnpPolicy::from_table`] reads it.
     pub fn to_toml(&self) -> String {
         let tcb = toml_check(&self.min_tcb, |t| {
-            let fmc = t.fmc.map(|f| format!("fmc = {f}, ")).unwrap_or_default();
+            let fmc = toml_check(&t.fmc, u8::to_string);
             format!(
-                "{{ {fmc}bootloader = {}, tee = {}, snp = {}, microcode = {} }}",
+                "{{ fmc = {fmc}, bootloader = {}, tee = {}, snp = {}, microcode = {} }}",
                 t.bootloader, t.tee, t.snp, t.microcode
             )
         });
@@ -1009,7 +1018,7 @@ mod tests {
     const FULL: &str = r#"
 [snp]
 measurements = ["c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc"]
-min_tcb = { bootloader = 10, tee = 0, snp = 25, microcode = 84 }
+min_tcb = { fmc = "skip", bootloader = 10, tee = 0, snp = 25, microcode = 84 }
 vmpl = 0
 report_data = "skip"
 host_data = "skip"
@@ -1022,7 +1031,7 @@ smt = "allowed"
     fn policies_round_trip_through_toml() {
         let mut snp = SnpPolicy::from_toml(FULL).unwrap();
         snp.min_tcb = Check::Require(MinTcb {
-            fmc: Some(1),
+            fmc: Check::Require(1),
             bootloader: 2,
             tee: 3,
             snp: 4,

@@ -568,7 +568,8 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         let tcb = r.reported_tcb().decode(guess_layout(&r));
         let mut p = SnpPolicy::pinned_to_measurements(vec![*r.measurement()]);
         p.min_tcb = Check::Require(MinTcb {
-            fmc: tcb.fmc,
+            // Milan and Genoa have no FMC: skipped by name there.
+            fmc: tcb.fmc.map_or(Check::Skip, Check::Require),
             bootloader: tcb.bootloader,
             tee: tcb.tee,
             snp: tcb.snp,
