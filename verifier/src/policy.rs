@@ -843,9 +843,9 @@ pub struct Policy {
     pub tdx: Option<TdxPolicy>,
     /// Present only when the policy accepts the simulated TEE by name.
     pub simulated: Option<SimulatedTeePolicy>,
-    /// Requirements for GPU evidence. Absent: the policy asks nothing of
-    /// GPUs (GPU evidence an enclave carries is still checked for its
-    /// signatures, chains and binding).
+    /// Requirements for GPU evidence. Absent: the policy accepts only
+    /// enclaves without GPU evidence (evidence with GPUs under a policy
+    /// that says nothing about them is refused, naming the `[gpu]` table).
     pub gpu: Option<GpuPolicy>,
 }
 
