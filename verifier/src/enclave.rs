@@ -244,14 +244,24 @@ pub fn verify_bundle(
 ) -> Result<VerifiedEnclave, Rejection> {
     let expected = claims_report_data(&bundle.claims_cbor);
     let (platform, report_data) = match &bundle.platform {
-        PlatformEvidence::Snp { report, vek, chain } => {
+        PlatformEvidence::Snp {
+            report,
+            vek,
+            chain,
+            crl,
+        } => {
             let Some(p) = &policy.snp else {
                 return Err(Rejection::single(
                     ReasonKind::Policy,
                     "the policy has no [snp] section, so SEV-SNP evidence is not accepted",
                 ));
             };
-            let v = SnpVerifier::new().verify(report, SnpCertificates { vek, chain }, p, now)?;
+            let certs = SnpCertificates {
+                vek,
+                chain,
+                crl: crl.as_deref(),
+            };
+            let v = SnpVerifier::new().verify(report, certs, p, now)?;
             let rd = *v.report().report_data();
             (VerifiedPlatform::Snp(Box::new(v)), rd)
         }

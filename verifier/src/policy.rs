@@ -18,6 +18,7 @@
 //! id_key_digests = ["<96 hex digits>"]         # or "skip"
 //! author_key_digests = ["<96 hex digits>"]     # or "skip"
 //! smt = "allowed"                              # or "forbidden"
+//! revocation = "required"                      # AMD's CRL must come along; or "skip"
 //! allow_debug = false                          # optional, default false
 //! allow_migration_agent = false                # optional, default false
 //! ```
@@ -114,6 +115,9 @@ pub struct SnpPolicy {
     pub author_key_digests: Check<Vec<[u8; 48]>>,
     /// SMT rule.
     pub smt: SmtRule,
+    /// Revocation through AMD's CRL, carried as collateral: required, or
+    /// explicitly skipped.
+    pub revocation: Check<()>,
     /// Accept guests whose policy lets the host debug them. Never in production.
     pub allow_debug: bool,
     /// Accept guests whose policy allows a migration agent.
@@ -123,7 +127,8 @@ pub struct SnpPolicy {
 impl SnpPolicy {
     /// A strict policy pinned to the given measurements: VMPL 0, debug and
     /// migration agent forbidden, SMT allowed, and every other reference
-    /// value explicitly skipped. Callers tighten it field by field.
+    /// value (revocation included) explicitly skipped. Callers tighten it
+    /// field by field.
     pub fn pinned_to_measurements(measurements: Vec<[u8; 48]>) -> SnpPolicy {
         SnpPolicy {
             measurements: Check::Require(measurements),
@@ -134,6 +139,7 @@ impl SnpPolicy {
             id_key_digests: Check::Skip,
             author_key_digests: Check::Skip,
             smt: SmtRule::Allowed,
+            revocation: Check::Skip,
             allow_debug: false,
             allow_migration_agent: false,
         }
@@ -154,7 +160,7 @@ impl SnpPolicy {
 
     /// Read an SNP policy from a TOML table; `prefix` names it in errors.
     pub fn from_table(t: &toml::Table, prefix: &str) -> Result<SnpPolicy, PolicyError> {
-        const KEYS: [&str; 10] = [
+        const KEYS: [&str; 11] = [
             "measurements",
             "min_tcb",
             "vmpl",
@@ -163,6 +169,7 @@ impl SnpPolicy {
             "id_key_digests",
             "author_key_digests",
             "smt",
+            "revocation",
             "allow_debug",
             "allow_migration_agent",
         ];
@@ -200,6 +207,16 @@ impl SnpPolicy {
                 hex_list::<48>,
             )?,
             smt,
+            revocation: check(t, &key("revocation"), "revocation", |v| {
+                if v.as_str() == Some("required") {
+                    Ok(())
+                } else {
+                    Err(
+                        "must be \"required\" (AMD's CRL must come with the evidence) or \"skip\""
+                            .into(),
+                    )
+                }
+            })?,
             allow_debug: flag(t, &key("allow_debug"), "allow_debug")?,
             allow_migration_agent: flag(t, &key("allow_migration_agent"), "allow_migration_agent")?,
         })
@@ -941,7 +958,7 @@ impl SnpPolicy {
             )
         });
         format!(
-            "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nallow_debug = {}\nallow_migration_agent = {}\n",
+            "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nrevocation = {}\nallow_debug = {}\nallow_migration_agent = {}\n",
             toml_check(&self.measurements, |l| toml_hex_list(l)),
             tcb,
             toml_check(&self.vmpl, |v| v.to_string()),
@@ -953,6 +970,7 @@ impl SnpPolicy {
                 SmtRule::Allowed => "allowed",
                 SmtRule::Forbidden => "forbidden",
             },
+            toml_check(&self.revocation, |()| "\"required\"".into()),
             self.allow_debug,
             self.allow_migration_agent,
         )
@@ -1025,6 +1043,7 @@ host_data = "skip"
 id_key_digests = "skip"
 author_key_digests = "skip"
 smt = "allowed"
+revocation = "required"
 "#;
 
     #[test]
@@ -1062,6 +1081,72 @@ smt = "allowed"
             Policy::from_toml(&text.replace("release = ", "# ")).is_err(),
             "release is required"
         );
+    }
+
+    #[test]
+    fn revocation_is_required_or_skipped() {
+        assert_eq!(
+            SnpPolicy::from_toml(FULL).unwrap().revocation,
+            Check::Require(())
+        );
+        let skip = FULL.replace("revocation = \"required\"", "revocation = \"skip\"");
+        assert_eq!(SnpPolicy::from_toml(&skip).unwrap().revocation, Check::Skip);
+        let missing = FULL.replace("revocation = \"required\"\n", "");
+        assert_eq!(
+            SnpPolicy::from_toml(&missing).unwrap_err(),
+            PolicyError::Missing("snp.revocation".into())
+        );
+        let bad = FULL.replace("revocation = \"required\"", "revocation = true");
+        assert!(matches!(
+            SnpPolicy::from_toml(&bad),
+            Err(PolicyError::Invalid(k, _)) if k == "snp.revocation"
+        ));
+    }
+
+    #[test]
+    fn turin_fmc_is_required_or_skipped() {
+        let missing = FULL.replace("fmc = \"skip\", ", "");
+        match SnpPolicy::from_toml(&missing) {
+            Err(PolicyError::Invalid(k, why)) => {
+                assert_eq!(k, "snp.min_tcb");
+                assert!(why.contains("fmc is missing"), "{why}");
+            }
+            other => panic!("a min_tcb without fmc parsed: {other:?}"),
+        }
+        let bad = FULL.replace("fmc = \"skip\"", "fmc = \"any\"");
+        assert!(matches!(
+            SnpPolicy::from_toml(&bad),
+            Err(PolicyError::Invalid(..))
+        ));
+        let set = FULL.replace("fmc = \"skip\"", "fmc = 3");
+        let min = *SnpPolicy::from_toml(&set)
+            .unwrap()
+            .min_tcb
+            .required()
+            .unwrap();
+        assert_eq!(min.fmc, Check::Require(3));
+        let turin = |fmc| TcbParts {
+            fmc: Some(fmc),
+            bootloader: 10,
+            tee: 0,
+            snp: 25,
+            microcode: 84,
+        };
+        assert_eq!(min.shortfalls(&turin(2)), vec![("FMC", 2, 3)]);
+        assert!(min.shortfalls(&turin(3)).is_empty());
+        // Milan and Genoa have no FMC: nothing to compare.
+        let milan = TcbParts {
+            fmc: None,
+            ..turin(0)
+        };
+        assert!(min.shortfalls(&milan).is_empty());
+        let skipped = *SnpPolicy::from_toml(FULL)
+            .unwrap()
+            .min_tcb
+            .required()
+            .unwrap();
+        assert_eq!(skipped.fmc, Check::Skip);
+        assert!(skipped.shortfalls(&turin(0)).is_empty());
     }
 
     #[test]

@@ -153,7 +153,7 @@ fn policy_file_is_read_and_its_errors_are_usage_errors() {
     std::fs::write(
         &policy,
         format!(
-            "release = \"cocoon-test-1\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n"
+            "release = \"cocoon-test-1\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ fmc = \"skip\", bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n"
         ),
     )
     .unwrap();
@@ -433,15 +433,31 @@ fn policy_init_pins_real_evidence_and_the_policy_verifies_it() {
         policy.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(&policy).unwrap();
+    // Revocation is required by default, and Milan/Genoa's missing FMC is
+    // skipped by name.
+    assert!(text.contains("revocation = \"required\""), "{text}");
+    assert!(text.contains("fmc = \"skip\""), "{text}");
     let mut args = genoa_args();
     args.extend(["--policy".into(), policy.to_string_lossy().into_owned()]);
+    // The vectors carry no AMD CRL: refused, naming it.
     let out = run_owned(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("AMD's CRL for Genoa is missing"),
+        "{stdout}"
     );
+    // Skipped by name, it verifies and says revocation was NOT CHECKED.
+    std::fs::write(
+        &policy,
+        text.replace("revocation = \"required\"", "revocation = \"skip\""),
+    )
+    .unwrap();
+    let out = run_owned(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("NOT CHECKED: revocation"), "{stdout}");
 }
 
 #[test]
@@ -463,6 +479,7 @@ fn bundle_with_unbound_claims_is_rejected() {
             report: std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap(),
             vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
             chain: vec![],
+            crl: None,
         },
         gpu: None,
         claims_cbor: claims.to_cbor(),
@@ -481,6 +498,14 @@ fn bundle_with_unbound_claims_is_rejected() {
         policy.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0));
+    // The vectors carry no AMD CRL: skip revocation so the claims binding
+    // is the one shortfall.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace("revocation = \"required\"", "revocation = \"skip\""),
+    )
+    .unwrap();
     let out = run(&[
         "bundle",
         file.to_str().unwrap(),

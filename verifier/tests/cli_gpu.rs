@@ -269,6 +269,7 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
             report: std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap(),
             vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
             chain: vec![],
+            crl: None,
         },
         claims_cbor: claims.to_cbor(),
         gpu: Some(GpuBundle {
