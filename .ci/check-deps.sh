@@ -17,6 +17,13 @@ for flags in "" "--no-default-features"; do
     status=1
   fi
 done
+# The verifier's test-only trust roots (feature `test-roots`) must never be
+# enabled by a crate that ships: only `--features test-roots` on the command
+# line turns them on, for verifier/tests/snp_crl.rs.
+if cargo tree -q --workspace -e normal,features -i cocoon-verifier | grep -q 'feature "test-roots"'; then
+  echo "a workspace crate enables cocoon-verifier's test-only feature test-roots" >&2
+  status=1
+fi
 # The enclave is the trusted computing base: no HTTP server, no TLS or
 # OpenSSL, no database (DESIGN.md: "the enclave never pulls an HTTP server").
 # hyper is allowed client-side only (the upstream backend talks plain HTTP to
@@ -35,5 +42,5 @@ if [ -n "$server" ]; then
   echo "$server" >&2
   status=1
 fi
-[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate; enclave no HTTP server, TLS, OpenSSL or database crate)"
+[ $status = 0 ] && echo "dependency rules: ok (verifier pulls no I/O, async, ML or OpenSSL crate, and no crate enables its test roots; enclave no HTTP server, TLS, OpenSSL or database crate)"
 exit $status

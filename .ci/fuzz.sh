@@ -24,7 +24,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
-targets=(snp_report snp_verify certificates tdx_quote tdx_collateral bundle frame_decoder sealed_request receipt message api spdm_report gpu_evidence ocsp rim snp_cert_table initramfs settlement)
+targets=(snp_report snp_verify certificates tdx_quote tdx_collateral bundle frame_decoder sealed_request receipt message api spdm_report gpu_evidence ocsp rim snp_cert_table initramfs settlement snp_crl)
 seconds="${COCOON_FUZZ_SECONDS:-$((90 / ${#targets[@]}))}"
 sanitizer="${COCOON_FUZZ_SANITIZER:-address}"
 export CARGO_TARGET_DIR="${COCOON_FUZZ_TARGET_DIR:-$repo_root/fuzz/target}"

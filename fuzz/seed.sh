@@ -85,6 +85,27 @@ for pem in "$snp"/amd-roots/*.pem "$snp/milan-v3-dstack/ask.pem"; do
     put "$corpus/certificates/$(basename "$(dirname "$pem")")-$(basename "$pem")" "$pem"
     n_cert=$((n_cert + 1))
 done
+# A VCEK bundled with its ASK and ARK in one PEM file (cloud providers' shape).
+{ sed -n '/BEGIN/,/END/p' "$snp/milan-v3-dstack/vcek.pem"; cat "$snp/amd-roots/ask_ark_milan.pem"; } \
+    >"$corpus/certificates/milan-v3-dstack-vcek-ask-ark-bundle.pem"
+n_cert=$((n_cert + 1))
+# snp_report: a report as hex text (as several SDKs store them).
+rm -f "$corpus/snp_report/genoa-v5-oak.hex"
+od -An -v -tx1 "$snp/genoa-v5-oak/report.bin" | tr -d ' ' >"$corpus/snp_report/genoa-v5-oak.hex"
+n_report=$((n_report + 1))
+# snp_crl: each DER VCEK/VLEK followed by a CRL (no AMD CRL is in the
+# vectors: Intel's PCK and root CRLs give the DER structure), and the CRLs
+# on their own.
+mkdir -p "$corpus/snp_crl"
+gtg_crls=("$vectors/tdx/go-tdx-guest/pckcrl" "$vectors/tdx/go-tdx-guest/rootcrl.der")
+for c in "${gtg_crls[@]}"; do
+    need "$c"
+    put "$corpus/snp_crl/$(basename "$c")" "$c"
+done
+for vek in genoa-v5-oak/vcek.der milan-v2-gsg/vcek.der milan-v3-vlek-trustee/vlek.der turin-chain-virtee/vcek_turin.der; do
+    put "$corpus/snp_crl/$(tr '/' '-' <<<"$vek")+pckcrl" "$snp/$vek" "${gtg_crls[0]}"
+done
+echo "fuzz/seed.sh: snp_crl 6 files (in fuzz/corpus/)"
 # The dstack report container (not a bare report: exercises WrongLength).
 if [[ -f "$snp/milan-v3-dstack/sev_snp_attestation.bin" ]]; then
     put "$corpus/snp_report/milan-v3-dstack-container.bin" "$snp/milan-v3-dstack/sev_snp_attestation.bin"
@@ -406,6 +427,9 @@ for pair in "h100-nvtrust-sample/hopperAttestationReport.txt h100-nvtrust-sample
     n_spdm=$((n_spdm + 1))
 done
 put "$corpus/spdm_report/hex-text" "$nv/h100-nvtrust-sample/hopperAttestationReport.txt"
+# The driver's buffer: a report zero-filled after its signature, then its chain.
+{ unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt"; head -c 1024 /dev/zero
+    cat "$nv/h100-nvtrust-sample/hopperCertChain.txt"; } >"$corpus/spdm_report/zero-padded"
 # gpu_evidence: a CBOR evidence set around one real report and chain.
 rm -f "$corpus/gpu_evidence/one-h100.cbor"
 unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt" >"$tmp"
@@ -429,7 +453,7 @@ for r in rim/NV_GPU_DRIVER_GH100_550.144.03.xml h100-535-vbios-rim/1010_0200_882
     put "$corpus/rim/$(tr '/' '-' <<<"$r")" "$nv/$r"
     n_rim=$((n_rim + 1))
 done
-echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 1)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 2)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
 
 # snp_cert_table: certificate tables (GHCB "SNP Extended Guest Request") as a
 # host hands them to its guest: 24-byte entries (GUID in RFC 4122 byte order,

@@ -83,6 +83,7 @@ host_data = "skip"
 id_key_digests = "skip"
 author_key_digests = "skip"
 smt = "allowed"
+revocation = "required"
 TOML
 
 log "starting the host agent (public API and loopback-only operator API on free ports)"

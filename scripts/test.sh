@@ -41,6 +41,9 @@ log "vector suites on the pure-Rust backend (the one wasm32 uses)"
 cargo test -p cocoon-tests --no-default-features --test snp_vectors --test nvidia_vectors --test nvidia_rim 2>&1 | tee -a "$LOG"
 cargo test -p cocoon-verifier --no-default-features --lib 2>&1 | tee -a "$LOG"
 
+log "SEV-SNP revocation with test-signed ARK/ASK/VCEK chains and CRLs (feature test-roots, test-only)"
+cargo test -p cocoon-verifier --features test-roots --test snp_crl 2>&1 | tee -a "$LOG"
+
 log "dependency rules"
 bash "$ROOT/.ci/check-deps.sh"
 

@@ -174,7 +174,8 @@ pub fn claims_report_data(claims_cbor: &[u8]) -> [u8; 64] {
 #[non_exhaustive]
 pub enum PlatformEvidence {
     /// AMD SEV-SNP: the raw report, the VCEK/VLEK (DER or PEM), and
-    /// optionally the ASK/ASVK + ARK (PEM; empty for the bundled ones).
+    /// optionally the ASK/ASVK + ARK (PEM; empty for the bundled ones) and
+    /// AMD's CRL for the product.
     Snp {
         /// Raw 1184-byte report.
         report: Vec<u8>,
@@ -182,6 +183,11 @@ pub enum PlatformEvidence {
         vek: Vec<u8>,
         /// Intermediate and root certificates, or empty.
         chain: Vec<u8>,
+        /// AMD's CRL for the product (DER), signed by its ARK: collateral,
+        /// not bound into the claims (its own signature makes it
+        /// trustworthy, and the host refreshes it). Wire key `crl`, absent
+        /// when `None` (bundles without it decode as before).
+        crl: Option<Vec<u8>>,
     },
     /// The simulated TEE (NOT confidential): a CBOR
     /// [`SimulatedReport`](crate::simulated::SimulatedReport) and its ECDSA
@@ -241,12 +247,23 @@ impl EvidenceBundle {
     /// Encode as CBOR.
     pub fn to_cbor(&self) -> Vec<u8> {
         let platform = match &self.platform {
-            PlatformEvidence::Snp { report, vek, chain } => cbor::map(vec![
-                ("type", Value::Text("snp".into())),
-                ("report", Value::Bytes(report.clone())),
-                ("vek", Value::Bytes(vek.clone())),
-                ("chain", Value::Bytes(chain.clone())),
-            ]),
+            PlatformEvidence::Snp {
+                report,
+                vek,
+                chain,
+                crl,
+            } => {
+                let mut e = vec![
+                    ("type", Value::Text("snp".into())),
+                    ("report", Value::Bytes(report.clone())),
+                    ("vek", Value::Bytes(vek.clone())),
+                    ("chain", Value::Bytes(chain.clone())),
+                ];
+                if let Some(crl) = crl {
+                    e.push(("crl", Value::Bytes(crl.clone())));
+                }
+                cbor::map(e)
+            }
             PlatformEvidence::Simulated { report, signature } => cbor::map(vec![
                 ("type", Value::Text("simulated".into())),
                 ("report", Value::Bytes(report.clone())),
@@ -275,6 +292,21 @@ impl EvidenceBundle {
         cbor::encode(&cbor::map(entries))
     }
 
+    /// Attach AMD's CRL as the SNP platform's collateral, replacing any
+    /// earlier one: the host does this with the CRL it keeps current
+    /// ([`crate::kds::CrlCache`]). The claims and the report are untouched
+    /// (the CRL is not bound; the ARK's signature vouches for it). `false`
+    /// for evidence of another platform, which is left as it is.
+    pub fn attach_snp_crl(&mut self, crl: Vec<u8>) -> bool {
+        match &mut self.platform {
+            PlatformEvidence::Snp { crl: slot, .. } => {
+                *slot = Some(crl);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Decode from CBOR, strictly.
     pub fn from_cbor(bytes: &[u8]) -> Result<EvidenceBundle, BundleError> {
         let mut m = MapReader::new(cbor::decode(bytes, MAX_BUNDLE)?, "bundle")?;
@@ -290,6 +322,7 @@ impl EvidenceBundle {
                 report: p.bytes("report")?,
                 vek: p.bytes("vek")?,
                 chain: p.bytes("chain")?,
+                crl: p.bytes_opt("crl")?,
             },
             "simulated" => PlatformEvidence::Simulated {
                 report: p.bytes("report")?,
@@ -365,6 +398,7 @@ mod tests {
                 report: vec![0; 1184],
                 vek: vec![1, 2],
                 chain: vec![],
+                crl: Some(vec![0x30, 0]),
             },
             claims_cbor: claims().to_cbor(),
             gpu: Some(GpuBundle {
@@ -380,6 +414,44 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(EvidenceBundle::from_cbor(&bytes[..cut]).is_err());
         }
+        // Without a CRL the wire form has no `crl` key: bundles written
+        // before the field existed decode the same.
+        let mut without = b.clone();
+        if let PlatformEvidence::Snp { crl, .. } = &mut without.platform {
+            *crl = None;
+        }
+        let old = without.to_cbor();
+        assert!(!old.windows(3).any(|w| w == b"crl"));
+        assert_eq!(EvidenceBundle::from_cbor(&old).unwrap(), without);
+        // The host attaches (or replaces) it without touching the claims.
+        let mut attached = without.clone();
+        assert!(attached.attach_snp_crl(vec![0x30, 0]));
+        assert_eq!(attached, b);
+        assert_eq!(attached.claims_cbor, without.claims_cbor);
+        let mut sim = EvidenceBundle {
+            platform: PlatformEvidence::Simulated {
+                report: vec![],
+                signature: vec![],
+            },
+            ..b.clone()
+        };
+        assert!(!sim.attach_snp_crl(vec![1]));
+        // A `crl` that is not a byte string is refused.
+        let bad = cbor::encode(&cbor::map(vec![
+            ("version", Value::Integer(1.into())),
+            (
+                "platform",
+                cbor::map(vec![
+                    ("type", Value::Text("snp".into())),
+                    ("report", Value::Bytes(vec![])),
+                    ("vek", Value::Bytes(vec![])),
+                    ("chain", Value::Bytes(vec![])),
+                    ("crl", Value::Text("x".into())),
+                ]),
+            ),
+            ("claims", Value::Bytes(vec![])),
+        ]));
+        assert!(EvidenceBundle::from_cbor(&bad).is_err());
         let unknown = cbor::encode(&cbor::map(vec![
             ("version", Value::Integer(1.into())),
             (

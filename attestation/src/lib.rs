@@ -14,6 +14,8 @@
 //! * [`collateral`] — Intel DCAP collateral for offline TDX verification.
 //! * [`pcs`] — collateral service URLs, the fetcher trait and a cache that
 //!   never serves expired collateral (sans-IO; the host agent does the HTTP).
+//! * [`kds`] — the same for AMD's SEV-SNP CRLs: KDS URLs, the fetcher trait,
+//!   which CRL a report needs, and a cache that never serves a stale CRL.
 //! * [`bundle`] — the evidence bundle and the enclave's claims, with their
 //!   binding into report data.
 //! * [`simulated`] — the simulated TEE's report (not confidential; refused
@@ -25,6 +27,7 @@
 pub mod bundle;
 pub mod cbor;
 pub mod collateral;
+pub mod kds;
 pub mod nvidia;
 pub mod pcs;
 pub mod simulated;

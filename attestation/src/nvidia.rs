@@ -31,7 +31,14 @@
 //!
 //! The signature covers request || response up to the signature (SPDM 1.1
 //! signs the transcript L1 directly; 1.2's signing context is not used at
-//! 1.1). This module parses and never verifies; it never panics on input.
+//! 1.1). The signed transcript ends with the signature, but the buffer the
+//! driver hands back can be longer: it is zero-filled after the signature
+//! (NVIDIA's own verifier reads the response's lengths and ignores the
+//! rest). Zero bytes after the signature are therefore accepted, bounded
+//! by the driver's buffer size ([`MAX_REPORT`]), counted
+//! ([`SpdmReport::padding_len`]) and dropped; a non-zero byte there is an
+//! error, since nothing unsigned may carry information. This module parses
+//! and never verifies; it never panics on input.
 
 use core::fmt;
 use core::ops::Range;
@@ -70,9 +77,14 @@ pub enum SpdmError {
     /// More bytes than any driver returns.
     #[error("report is {0} bytes, more than the {MAX_REPORT} accepted")]
     TooLarge(usize),
-    /// Bytes after the signature.
-    #[error("{0} bytes after the signature")]
-    Trailing(usize),
+    /// Bytes after the signature that are not zero padding.
+    #[error("{after_signature} bytes follow the signature and byte {first_nonzero} of the report is not zero: only zero padding may follow the signed transcript")]
+    Trailing {
+        /// How many bytes follow the signature.
+        after_signature: usize,
+        /// Offset (in the report) of the first non-zero one.
+        first_nonzero: usize,
+    },
     /// A fixed field holds an unexpected value.
     #[error("{field} is {value:#04x}, expected {expected}")]
     Field {
@@ -213,6 +225,7 @@ pub struct SpdmReport {
     responder_nonce: Range<usize>,
     opaque_range: Range<usize>,
     signature_at: usize,
+    padding: usize,
 }
 
 impl fmt::Debug for SpdmReport {
@@ -221,6 +234,7 @@ impl fmt::Debug for SpdmReport {
             .field("len", &self.bytes.len())
             .field("blocks", &self.blocks.len())
             .field("opaque_fields", &self.opaque.len())
+            .field("padding", &self.padding)
             .finish()
     }
 }
@@ -258,7 +272,8 @@ fn expect(
 }
 
 impl SpdmReport {
-    /// Parse request || response bytes.
+    /// Parse request || response bytes, optionally followed by zero padding
+    /// (the driver's buffer; see the module documentation).
     pub fn parse(bytes: &[u8]) -> Result<SpdmReport, SpdmError> {
         if bytes.len() > MAX_REPORT {
             return Err(SpdmError::TooLarge(bytes.len()));
@@ -315,17 +330,22 @@ impl SpdmReport {
             "signature",
             signature_at..signature_at + SIGNATURE_SIZE,
         )?;
-        let extra = bytes.len() - (signature_at + SIGNATURE_SIZE);
-        if extra != 0 {
-            return Err(SpdmError::Trailing(extra));
+        let end = signature_at + SIGNATURE_SIZE;
+        let padding = bytes.get(end..).unwrap_or_default();
+        if let Some(at) = padding.iter().position(|b| *b != 0) {
+            return Err(SpdmError::Trailing {
+                after_signature: padding.len(),
+                first_nonzero: end + at,
+            });
         }
         Ok(SpdmReport {
-            bytes: bytes.to_vec(),
+            bytes: bytes.get(..end).unwrap_or(bytes).to_vec(),
             blocks,
             opaque,
             responder_nonce,
             opaque_range,
             signature_at,
+            padding: padding.len(),
         })
     }
 
@@ -340,9 +360,14 @@ impl SpdmReport {
         Self::parse(&bytes)
     }
 
-    /// The whole report.
+    /// The report: request || response, ending with the signature (without
+    /// any zero padding that followed it).
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+    /// How many zero bytes followed the signature and were ignored.
+    pub fn padding_len(&self) -> usize {
+        self.padding
     }
     /// The bytes the signature covers: request || response up to the
     /// signature.
@@ -624,8 +649,49 @@ mod tests {
             assert!(SpdmReport::parse(&s[..n]).is_err(), "prefix {n}");
         }
         let mut long = s.clone();
-        long.push(0);
-        assert_eq!(SpdmReport::parse(&long), Err(SpdmError::Trailing(1)));
+        long.push(1);
+        assert_eq!(
+            SpdmReport::parse(&long),
+            Err(SpdmError::Trailing {
+                after_signature: 1,
+                first_nonzero: s.len()
+            })
+        );
+    }
+
+    #[test]
+    fn zero_padding_after_the_signature_is_counted_and_dropped() {
+        let s = sample();
+        let exact = SpdmReport::parse(&s).unwrap();
+        assert_eq!(exact.padding_len(), 0);
+        // The driver's 8 KiB buffer, zero-filled after the transcript.
+        let mut buffer = s.clone();
+        buffer.resize(MAX_REPORT, 0);
+        let padded = SpdmReport::parse(&buffer).unwrap();
+        assert_eq!(padded.padding_len(), MAX_REPORT - s.len());
+        assert_eq!(padded.bytes(), exact.bytes());
+        assert_eq!(padded.signature(), exact.signature());
+        assert_eq!(padded.signed_bytes(), exact.signed_bytes());
+        // Bounded by the buffer size.
+        buffer.push(0);
+        assert_eq!(
+            SpdmReport::parse(&buffer),
+            Err(SpdmError::TooLarge(MAX_REPORT + 1))
+        );
+        // Any non-zero byte in the padding is refused, wherever it is.
+        for at in [s.len(), s.len() + 1, MAX_REPORT - 1] {
+            let mut b = s.clone();
+            b.resize(MAX_REPORT, 0);
+            b[at] = 0x80;
+            assert_eq!(
+                SpdmReport::parse(&b),
+                Err(SpdmError::Trailing {
+                    after_signature: MAX_REPORT - s.len(),
+                    first_nonzero: at
+                }),
+                "non-zero byte at {at}"
+            );
+        }
     }
 
     #[test]

@@ -205,7 +205,7 @@ fn days_secs(y: i64, mo: i64, d: i64, h: i64, mi: i64, se: i64) -> Option<u64> {
 
 /// The nextUpdate of a DER CRL (RFC 5280 §5.1): a minimal walk of
 /// TBSCertList { version?, signature, issuer, thisUpdate, nextUpdate, ... }.
-fn crl_next_update(der: &[u8]) -> Option<u64> {
+pub(crate) fn crl_next_update(der: &[u8]) -> Option<u64> {
     fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let (&tag, rest) = b.split_first()?;
         let (&l0, rest) = rest.split_first()?;

@@ -193,6 +193,51 @@ pub enum ParseError {
     /// The version field names a layout this crate does not know.
     #[error("SNP report version {0} is not supported (supported: 2, 3, 5)")]
     UnsupportedVersion(u32),
+    /// Hex text that does not spell one report.
+    #[error("hex text of an SNP report: {0}")]
+    Hex(String),
+}
+
+/// Most bytes of hex text [`report_from_file`] reads (a report's digits with
+/// generous room for line breaks).
+pub const MAX_REPORT_TEXT: usize = 8 * REPORT_SIZE;
+
+/// The raw report in a file as tools store it: the [`REPORT_SIZE`] bytes
+/// themselves, or hex text of them (several SDKs write reports that way):
+/// hex digits in either case, optionally after `0x`, with ASCII whitespace
+/// anywhere (line breaks) ignored. Any other input is returned unchanged,
+/// for [`SnpReport::parse`] to refuse with its length.
+pub fn report_from_file(bytes: &[u8]) -> Result<Vec<u8>, ParseError> {
+    if bytes.len() == REPORT_SIZE {
+        return Ok(bytes.to_vec());
+    }
+    let text = bytes.trim_ascii();
+    let text = text
+        .strip_prefix(b"0x")
+        .or_else(|| text.strip_prefix(b"0X"))
+        .unwrap_or(text);
+    let is_text = !text.is_empty()
+        && text
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace());
+    if !is_text {
+        return Ok(bytes.to_vec());
+    }
+    if bytes.len() > MAX_REPORT_TEXT {
+        return Err(ParseError::Hex(format!(
+            "{} bytes of text, more than the {MAX_REPORT_TEXT} read",
+            bytes.len()
+        )));
+    }
+    let digits: Vec<u8> = text.iter().copied().filter(u8::is_ascii_hexdigit).collect();
+    if digits.len() != 2 * REPORT_SIZE {
+        return Err(ParseError::Hex(format!(
+            "{} hex digits, a report is {} ({REPORT_SIZE} bytes)",
+            digits.len(),
+            2 * REPORT_SIZE
+        )));
+    }
+    hex::decode(&digits).map_err(|e| ParseError::Hex(e.to_string()))
 }
 
 /// A cursor that hands out fixed-size arrays and never panics.
@@ -977,6 +1022,48 @@ mod tests {
         b[SIGNED_LEN + 60] = 1; // beyond 48 bytes of r
         let r = SnpReport::parse(&b).unwrap();
         assert!(r.signature().to_p384_fixed().is_none());
+    }
+
+    #[test]
+    fn reports_are_read_as_bytes_or_hex_text() {
+        let mut raw = sample(2);
+        raw[0x50] = 0xAB;
+        assert_eq!(report_from_file(&raw).unwrap(), raw);
+        let text = hex::encode(&raw);
+        assert_eq!(report_from_file(text.as_bytes()).unwrap(), raw);
+        let upper = format!("0X{}\n", text.to_uppercase());
+        assert_eq!(report_from_file(upper.as_bytes()).unwrap(), raw);
+        // Wrapped at 64 columns, CRLF.
+        let wrapped: String = text
+            .as_bytes()
+            .chunks(64)
+            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+            .collect();
+        assert_eq!(report_from_file(wrapped.as_bytes()).unwrap(), raw);
+        // Hex text of another length, or an odd digit count, is an error.
+        assert!(matches!(
+            report_from_file(&text.as_bytes()[..200]),
+            Err(ParseError::Hex(_))
+        ));
+        assert!(matches!(
+            report_from_file(format!("{text}0").as_bytes()),
+            Err(ParseError::Hex(_))
+        ));
+        // Oversized text is refused before it is scanned into digits.
+        assert!(matches!(
+            report_from_file(
+                &vec![b' '; MAX_REPORT_TEXT]
+                    .iter()
+                    .chain(text.as_bytes())
+                    .copied()
+                    .collect::<Vec<u8>>()
+            ),
+            Err(ParseError::Hex(_))
+        ));
+        // Anything else passes through for the parser to refuse by length.
+        assert_eq!(report_from_file(&raw[..100]).unwrap(), &raw[..100]);
+        assert_eq!(report_from_file(b"").unwrap(), b"");
+        assert_eq!(report_from_file(b"xyz").unwrap(), b"xyz");
     }
 
     #[test]

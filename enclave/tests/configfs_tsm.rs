@@ -303,7 +303,10 @@ fn provider(root: &Path) -> ConfigfsTsmProvider {
 /// Verify SNP evidence with the verifier, pinned to the report's own
 /// measurement, VMPL and debug setting, and to `rd`.
 fn verify_snp(case: &SnpCase, evidence: &PlatformEvidence, rd: [u8; 64]) {
-    let PlatformEvidence::Snp { report, vek, chain } = evidence else {
+    let PlatformEvidence::Snp {
+        report, vek, chain, ..
+    } = evidence
+    else {
         panic!("not SNP evidence: {evidence:?}");
     };
     let parsed = SnpReport::parse(report).unwrap();
@@ -314,7 +317,11 @@ fn verify_snp(case: &SnpCase, evidence: &PlatformEvidence, rd: [u8; 64]) {
     SnpVerifier::new()
         .verify(
             report,
-            SnpCertificates { vek, chain },
+            SnpCertificates {
+                vek,
+                chain,
+                crl: None,
+            },
             &policy,
             verification_time(case.path),
         )
@@ -344,7 +351,10 @@ fn snp_report_through_configfs_verifies_with_the_real_vector() {
     assert_eq!(p.kind(), "configfs-tsm");
     let rd = report_data(&c.report);
     let ev = p.evidence(&rd).unwrap();
-    let PlatformEvidence::Snp { report, vek, chain } = &ev else {
+    let PlatformEvidence::Snp {
+        report, vek, chain, ..
+    } = &ev
+    else {
         panic!("{ev:?}")
     };
     assert_eq!(report, &c.report);

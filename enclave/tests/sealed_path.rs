@@ -446,7 +446,7 @@ async fn evidence_verifies_under_a_pinned_simulated_policy_and_names_the_enclave
     assert!(verify(&te.enclave.bundle_cbor(), &wrong, now()).is_err());
     // And the default stance (no opt-in) refuses it.
     let no_opt_in = Policy::from_toml(
-        "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n",
+        "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n",
     )
     .unwrap();
     assert!(verify(&te.enclave.bundle_cbor(), &no_opt_in, now()).is_err());

@@ -103,8 +103,16 @@ pub fn bundle(data: &[u8]) {
             let again = EvidenceBundle::from_cbor(&b.to_cbor());
             assert_eq!(again.as_ref(), Ok(&b), "bundle CBOR round trip");
             match &b.platform {
-                PlatformEvidence::Snp { report, vek, chain } => {
+                PlatformEvidence::Snp {
+                    report,
+                    vek,
+                    chain,
+                    crl,
+                } => {
                     black_box((report.len(), vek.len(), chain.len()));
+                    if let Some(crl) = crl {
+                        crate::exercise_crl(crl);
+                    }
                 }
                 PlatformEvidence::Tdx { quote, collateral } => {
                     black_box(quote.len());

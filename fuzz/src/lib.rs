@@ -13,10 +13,11 @@ use std::hint::black_box;
 use std::sync::OnceLock;
 
 use cocoon_attestation::snp::{
-    Explain, Product, SnpReport, TcbLayout, TcbVersion, FIELD_RANGES, REPORT_SIZE, SIGNED_LEN,
-    SUPPORTED_VERSIONS,
+    report_from_file, Explain, Product, SnpReport, TcbLayout, TcbVersion, FIELD_RANGES,
+    REPORT_SIZE, SIGNED_LEN, SUPPORTED_VERSIONS,
 };
 use cocoon_verifier::snp::SnpCertificates;
+use cocoon_verifier::snp_crl::AmdCrl;
 use cocoon_verifier::{verify_snp, Rejection, SnpPolicy, UnixTime, VerifiedSnp};
 
 mod evidence;
@@ -54,7 +55,56 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snp_cert_table", snp_cert_table),
     ("initramfs", initramfs),
     ("settlement", settlement),
+    ("snp_crl", snp_crl),
 ];
+
+/// `snp_crl`: the input as an AMD CRL (DER or PEM): [`AmdCrl::parse`] and
+/// every accessor. When the input starts with one complete DER SEQUENCE
+/// followed by more bytes, that SEQUENCE is a VCEK/VLEK and the rest the
+/// CRL, verified behind a report that always parses with revocation
+/// required: with a real VCEK (the seeds) the chain verifies against the
+/// bundled AMD roots, so the fuzzed CRL is judged against the real ARK
+/// (issuer, RSASSA-PSS signature, dates, listed serials). Nothing can be
+/// accepted: the report is a dummy.
+pub fn snp_crl(data: &[u8]) {
+    exercise_crl(data);
+    if let Some(n) = der_element_len(data) {
+        let (vek, crl) = data.split_at(n);
+        if !crl.is_empty() {
+            exercise_crl(crl);
+            let mut p = policy().clone();
+            p.revocation = cocoon_verifier::policy::Check::Require(());
+            let certs = SnpCertificates {
+                vek,
+                chain: &[],
+                crl: Some(crl),
+            };
+            match verify_snp(dummy_report(), certs, &p, NOW) {
+                Ok(v) => accepted(&v),
+                Err(r) => rejected(&r),
+            }
+        }
+    }
+}
+
+/// Parse `data` as an AMD CRL and call every accessor.
+pub(crate) fn exercise_crl(data: &[u8]) {
+    match AmdCrl::parse(data) {
+        Ok(c) => {
+            assert_eq!(c.is_empty(), c.len() == 0, "is_empty agrees with len");
+            black_box((
+                c.issuer_cn(),
+                c.this_update(),
+                c.next_update(),
+                format!("{c:?}"),
+            ));
+            black_box(c.revoked_at(&[0x01]));
+        }
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
+}
 
 /// `initramfs`: the input as a newc cpio archive (the guest image's
 /// initramfs, as an auditor downloads it). When it parses, writing the
@@ -87,8 +137,27 @@ pub fn initramfs(data: &[u8]) {
 }
 
 /// `snp_report`: parse the input as an SNP report; when it parses, call every
-/// accessor and render [`Explain`] under both TCB layouts.
+/// accessor and render [`Explain`] under both TCB layouts. The input is
+/// also read as a report file ([`report_from_file`]: raw bytes or hex
+/// text); hex text that decodes must be exactly one report's bytes.
 pub fn snp_report(data: &[u8]) {
+    match report_from_file(data) {
+        Ok(bytes) => {
+            if bytes.as_slice() != data {
+                assert_eq!(
+                    bytes.len(),
+                    REPORT_SIZE,
+                    "hex text decoded to a wrong length"
+                );
+                if let Ok(r) = SnpReport::parse(&bytes) {
+                    exercise_report(&r, &bytes);
+                }
+            }
+        }
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
     let report = match SnpReport::parse(data) {
         Ok(r) => r,
         Err(e) => {
@@ -158,7 +227,12 @@ fn policy() -> &'static SnpPolicy {
 }
 
 fn verify(report: &[u8], vek: &[u8], chain: &[u8]) {
-    match verify_snp(report, SnpCertificates { vek, chain }, policy(), NOW) {
+    let certs = SnpCertificates {
+        vek,
+        chain,
+        crl: None,
+    };
+    match verify_snp(report, certs, policy(), NOW) {
         Ok(v) => accepted(&v),
         Err(r) => rejected(&r),
     }

@@ -50,7 +50,13 @@ pub fn spdm_report(data: &[u8]) {
         parsed.response_params(),
         parsed.signature().len(),
     ));
-    assert_eq!(parsed.signed_bytes().len() + parsed.signature().len(), report.len());
+    let end = parsed.signed_bytes().len() + parsed.signature().len();
+    assert_eq!(end + parsed.padding_len(), report.len());
+    assert_eq!(parsed.bytes(), &report[..end], "the transcript is a prefix");
+    assert!(
+        report[end..].iter().all(|b| *b == 0),
+        "only zero padding may follow the signature"
+    );
     let golden: Vec<Golden> = parsed
         .blocks()
         .iter()

@@ -55,6 +55,7 @@ fn main() {
             SnpCertificates {
                 vek: &vcek,
                 chain: &[],
+                crl: None,
             },
             &snp_policy,
             snp_at,

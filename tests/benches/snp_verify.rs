@@ -109,6 +109,7 @@ impl Case {
         SnpCertificates {
             vek: &self.vcek,
             chain: &[],
+            crl: None,
         }
     }
 

@@ -78,7 +78,7 @@ fn simulated_evidence_is_refused_without_the_named_opt_in() {
     let (r, s) = simulated_bundle(&c, &key);
     let b = bundle(r, s, c);
     let snp_only = Policy::from_toml(
-        "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n",
+        "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n",
     )
     .unwrap();
     let rej = verify(&b, &snp_only, NOW).unwrap_err();

@@ -169,3 +169,27 @@ fn reports_that_do_not_answer_the_session_nonce_are_refused() {
     let r = verify(&bundle(&c, Some(carried(&set))), &policy(""), NOW).unwrap_err();
     assert!(r.to_string().contains("nonce mismatch"), "{r}");
 }
+
+#[test]
+fn gpu_evidence_under_a_policy_without_a_gpu_table_is_refused_by_name() {
+    let base = claims(None);
+    let set = h100_set(session_nonce(&base.hpke_public_key, base.epoch));
+    let c = claims(Some(set.digest()));
+    let b = bundle(&c, Some(carried(&set)));
+    // No [gpu] table: refused, naming the table, before anything else.
+    let r = verify(&b, &policy(""), NOW).unwrap_err();
+    let first = &r.reasons()[0];
+    assert_eq!(first.kind, ReasonKind::Policy, "{r}");
+    assert!(
+        first.message.contains("the policy has no [gpu] table"),
+        "{r}"
+    );
+    // The evidence is still checked, so its own shortfalls are listed too.
+    assert!(r.to_string().contains("nonce mismatch"), "{r}");
+    // With a table the complaint is gone (the nonce shortfall remains: a
+    // recorded report cannot answer this enclave's session nonce).
+    for table in [STRICT_GPU, NO_GPU] {
+        let r = verify(&b, &policy(table), NOW).unwrap_err();
+        assert!(!r.to_string().contains("[gpu] table"), "{r}");
+    }
+}

@@ -55,6 +55,7 @@ impl Enclave {
                 report: vec![0; 1184],
                 vek: vec![],
                 chain: vec![],
+                crl: None,
             },
             gpu: None,
             claims_cbor: claims.to_cbor(),

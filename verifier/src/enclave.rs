@@ -129,10 +129,12 @@ impl VerifiedEnclave {
 ///
 /// The evidence must be the exact bytes whose SHA-256 the claims carry,
 /// every report must answer the session nonce derived from the claims'
-/// HPKE key and epoch, and the set must meet `[gpu]`. Without a `[gpu]`
-/// table, carried GPU evidence is still checked for signatures, chains and
-/// binding; with one, an enclave without GPU evidence passes only when the
-/// table says `gpus = 0`.
+/// HPKE key and epoch, and the set must meet `[gpu]`. A policy must say
+/// what it wants of GPUs whenever the evidence has them: GPU evidence under
+/// a policy without a `[gpu]` table is a rejection that names the table
+/// (after the evidence is still checked for signatures, chains and binding,
+/// so every shortfall is listed). With a table, an enclave without GPU
+/// evidence passes only when the table says `gpus = 0`.
 fn verify_gpu_binding(
     bundle: &EvidenceBundle,
     claims: &Claims,
@@ -187,6 +189,12 @@ fn verify_gpu_binding(
             ),
         ));
     }
+    // No silent skip: evidence with GPUs needs a policy that says what it
+    // wants of them (CC mode, RIMs, revocation, counts), even if "skip".
+    let no_table = policy.is_none().then(|| crate::Reason {
+        kind: ReasonKind::Policy,
+        message: "the enclave carries GPU evidence but the policy has no [gpu] table: add one to say what GPUs must meet (cc_mode = \"on\" enforces confidential-computing mode; every key may be \"skip\")".into(),
+    });
     let integrity_only = GpuPolicy::integrity_only();
     let inputs: Vec<DeviceInput<'_>> = set
         .devices
@@ -200,15 +208,25 @@ fn verify_gpu_binding(
         cc_enabled: set.cc_enabled,
         devtools: set.devtools,
     };
-    verify_gpus(
+    let checked = verify_gpus(
         &inputs,
         &carried.collateral,
         policy.unwrap_or(&integrity_only),
         Some(&nonce),
         Some(cc),
         now,
-    )
-    .map(Some)
+    );
+    match (checked, no_table) {
+        (Ok(v), None) => Ok(Some(v)),
+        (Err(r), None) => Err(r),
+        (Ok(_), Some(reason)) => Err(Rejection {
+            reasons: vec![reason],
+        }),
+        (Err(mut r), Some(reason)) => {
+            r.reasons.insert(0, reason);
+            Err(r)
+        }
+    }
 }
 
 /// Verify an encoded evidence bundle under `policy` at time `now`.
@@ -226,14 +244,24 @@ pub fn verify_bundle(
 ) -> Result<VerifiedEnclave, Rejection> {
     let expected = claims_report_data(&bundle.claims_cbor);
     let (platform, report_data) = match &bundle.platform {
-        PlatformEvidence::Snp { report, vek, chain } => {
+        PlatformEvidence::Snp {
+            report,
+            vek,
+            chain,
+            crl,
+        } => {
             let Some(p) = &policy.snp else {
                 return Err(Rejection::single(
                     ReasonKind::Policy,
                     "the policy has no [snp] section, so SEV-SNP evidence is not accepted",
                 ));
             };
-            let v = SnpVerifier::new().verify(report, SnpCertificates { vek, chain }, p, now)?;
+            let certs = SnpCertificates {
+                vek,
+                chain,
+                crl: crl.as_deref(),
+            };
+            let v = SnpVerifier::new().verify(report, certs, p, now)?;
             let rd = *v.report().report_data();
             (VerifiedPlatform::Snp(Box::new(v)), rd)
         }

@@ -13,7 +13,8 @@
 //! trusts an SNP report.
 //!
 //! * [`snp`] — AMD SEV-SNP: ARK → ASK/ASVK → VCEK/VLEK chains, the report
-//!   signature, VCEK extensions and the SNP policy.
+//!   signature, VCEK extensions and the SNP policy; [`snp_crl`] judges
+//!   AMD's CRLs (collateral) for those chains.
 //! * [`tdx`] — Intel TDX quotes with bundled collateral (cryptographic core
 //!   by `dcap-qvl`, pinned to our Intel root), with [`tdx_tcb`] as an
 //!   independent TCB-level evaluation.
@@ -29,6 +30,7 @@ pub mod enclave;
 pub mod nvidia;
 pub mod policy;
 pub mod snp;
+pub mod snp_crl;
 pub mod tdx;
 pub mod tdx_tcb;
 mod x509;
@@ -144,6 +146,9 @@ impl Findings {
     }
     pub(crate) fn is_empty(&self) -> bool {
         self.reasons.is_empty()
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.reasons.len()
     }
     pub(crate) fn into_rejection(self) -> Rejection {
         Rejection {

@@ -11,13 +11,14 @@
 //! ```toml
 //! [snp]
 //! measurements = ["<96 hex digits>", "..."]    # or "skip"
-//! min_tcb = { bootloader = 4, tee = 0, snp = 22, microcode = 213 }  # Turin adds fmc; or "skip"
+//! min_tcb = { fmc = "skip", bootloader = 4, tee = 0, snp = 22, microcode = 213 }  # fmc: Turin's FMC level or "skip"; or "skip"
 //! vmpl = 0                                     # or "skip"
 //! report_data = "<128 hex digits>"             # or "skip"
 //! host_data = "<64 hex digits>"                # or "skip"
 //! id_key_digests = ["<96 hex digits>"]         # or "skip"
 //! author_key_digests = ["<96 hex digits>"]     # or "skip"
 //! smt = "allowed"                              # or "forbidden"
+//! revocation = "required"                      # AMD's CRL must come along; or "skip"
 //! allow_debug = false                          # optional, default false
 //! allow_migration_agent = false                # optional, default false
 //! ```
@@ -27,7 +28,7 @@ use core::fmt;
 use cocoon_attestation::snp::TcbParts;
 
 /// A reference value that is either required or explicitly skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check<T> {
     /// The evidence must match this value.
     Require(T),
@@ -47,11 +48,12 @@ impl<T> Check<T> {
 
 /// Minimum security patch levels, compared with the report's `reported_tcb`
 /// (the TCB the signing key was derived for).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinTcb {
-    /// Minimum FMC SPL (Turin); `None` means not checked on Turin and
-    /// ignored on products without an FMC.
-    pub fmc: Option<u8>,
+    /// Minimum FMC SPL (Turin), required or explicitly skipped like every
+    /// other reference value. Milan and Genoa have no FMC, so a required
+    /// value has nothing to compare with there.
+    pub fmc: Check<u8>,
     /// Minimum bootloader SPL.
     pub bootloader: u8,
     /// Minimum PSP OS (TEE) SPL.
@@ -66,7 +68,7 @@ impl MinTcb {
     /// The components that fall short, as `(name, have, need)`.
     pub fn shortfalls(&self, have: &TcbParts) -> Vec<(&'static str, u8, u8)> {
         let mut out = Vec::new();
-        if let (Some(need), Some(h)) = (self.fmc, have.fmc) {
+        if let (Check::Require(need), Some(h)) = (self.fmc, have.fmc) {
             if h < need {
                 out.push(("FMC", h, need));
             }
@@ -113,6 +115,9 @@ pub struct SnpPolicy {
     pub author_key_digests: Check<Vec<[u8; 48]>>,
     /// SMT rule.
     pub smt: SmtRule,
+    /// Revocation through AMD's CRL, carried as collateral: required, or
+    /// explicitly skipped.
+    pub revocation: Check<()>,
     /// Accept guests whose policy lets the host debug them. Never in production.
     pub allow_debug: bool,
     /// Accept guests whose policy allows a migration agent.
@@ -122,7 +127,8 @@ pub struct SnpPolicy {
 impl SnpPolicy {
     /// A strict policy pinned to the given measurements: VMPL 0, debug and
     /// migration agent forbidden, SMT allowed, and every other reference
-    /// value explicitly skipped. Callers tighten it field by field.
+    /// value (revocation included) explicitly skipped. Callers tighten it
+    /// field by field.
     pub fn pinned_to_measurements(measurements: Vec<[u8; 48]>) -> SnpPolicy {
         SnpPolicy {
             measurements: Check::Require(measurements),
@@ -133,6 +139,7 @@ impl SnpPolicy {
             id_key_digests: Check::Skip,
             author_key_digests: Check::Skip,
             smt: SmtRule::Allowed,
+            revocation: Check::Skip,
             allow_debug: false,
             allow_migration_agent: false,
         }
@@ -153,7 +160,7 @@ impl SnpPolicy {
 
     /// Read an SNP policy from a TOML table; `prefix` names it in errors.
     pub fn from_table(t: &toml::Table, prefix: &str) -> Result<SnpPolicy, PolicyError> {
-        const KEYS: [&str; 10] = [
+        const KEYS: [&str; 11] = [
             "measurements",
             "min_tcb",
             "vmpl",
@@ -162,6 +169,7 @@ impl SnpPolicy {
             "id_key_digests",
             "author_key_digests",
             "smt",
+            "revocation",
             "allow_debug",
             "allow_migration_agent",
         ];
@@ -199,6 +207,16 @@ impl SnpPolicy {
                 hex_list::<48>,
             )?,
             smt,
+            revocation: check(t, &key("revocation"), "revocation", |v| {
+                if v.as_str() == Some("required") {
+                    Ok(())
+                } else {
+                    Err(
+                        "must be \"required\" (AMD's CRL must come with the evidence) or \"skip\""
+                            .into(),
+                    )
+                }
+            })?,
             allow_debug: flag(t, &key("allow_debug"), "allow_debug")?,
             allow_migration_agent: flag(t, &key("allow_migration_agent"), "allow_migration_agent")?,
         })
@@ -278,7 +296,7 @@ fn hex_list<const N: usize>(v: &toml::Value) -> Result<Vec<[u8; N]>, String> {
 fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
     let t = v
         .as_table()
-        .ok_or("must be a table {bootloader, tee, snp, microcode[, fmc]} or \"skip\"")?;
+        .ok_or("must be a table {fmc, bootloader, tee, snp, microcode} or \"skip\"")?;
     if let Some(k) = t
         .keys()
         .find(|k| !["fmc", "bootloader", "tee", "snp", "microcode"].contains(&k.as_str()))
@@ -295,8 +313,15 @@ fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
             .transpose()
     };
     let need = |k: &str| get(k)?.ok_or(format!("{k} is missing"));
+    let fmc = match t.get("fmc") {
+        None => {
+            return Err("fmc is missing: give the minimum Turin FMC level or fmc = \"skip\" (Milan and Genoa have no FMC)".into())
+        }
+        Some(toml::Value::String(s)) if s == "skip" => Check::Skip,
+        Some(_) => Check::Require(need("fmc")?),
+    };
     Ok(MinTcb {
-        fmc: get("fmc")?,
+        fmc,
         bootloader: need("bootloader")?,
         tee: need("tee")?,
         snp: need("snp")?,
@@ -306,8 +331,9 @@ fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
 
 impl fmt::Display for MinTcb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(fmc) = self.fmc {
-            write!(f, "fmc={fmc} ")?;
+        match self.fmc {
+            Check::Require(fmc) => write!(f, "fmc={fmc} ")?,
+            Check::Skip => write!(f, "fmc=skip ")?,
         }
         write!(
             f,
@@ -834,9 +860,9 @@ pub struct Policy {
     pub tdx: Option<TdxPolicy>,
     /// Present only when the policy accepts the simulated TEE by name.
     pub simulated: Option<SimulatedTeePolicy>,
-    /// Requirements for GPU evidence. Absent: the policy asks nothing of
-    /// GPUs (GPU evidence an enclave carries is still checked for its
-    /// signatures, chains and binding).
+    /// Requirements for GPU evidence. Absent: the policy accepts only
+    /// enclaves without GPU evidence (evidence with GPUs under a policy
+    /// that says nothing about them is refused, naming the `[gpu]` table).
     pub gpu: Option<GpuPolicy>,
 }
 
@@ -925,14 +951,14 @@ impl SnpPolicy {
     /// The `[snp]` table in TOML, as [`SnpPolicy::from_table`] reads it.
     pub fn to_toml(&self) -> String {
         let tcb = toml_check(&self.min_tcb, |t| {
-            let fmc = t.fmc.map(|f| format!("fmc = {f}, ")).unwrap_or_default();
+            let fmc = toml_check(&t.fmc, u8::to_string);
             format!(
-                "{{ {fmc}bootloader = {}, tee = {}, snp = {}, microcode = {} }}",
+                "{{ fmc = {fmc}, bootloader = {}, tee = {}, snp = {}, microcode = {} }}",
                 t.bootloader, t.tee, t.snp, t.microcode
             )
         });
         format!(
-            "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nallow_debug = {}\nallow_migration_agent = {}\n",
+            "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nrevocation = {}\nallow_debug = {}\nallow_migration_agent = {}\n",
             toml_check(&self.measurements, |l| toml_hex_list(l)),
             tcb,
             toml_check(&self.vmpl, |v| v.to_string()),
@@ -944,6 +970,7 @@ impl SnpPolicy {
                 SmtRule::Allowed => "allowed",
                 SmtRule::Forbidden => "forbidden",
             },
+            toml_check(&self.revocation, |()| "\"required\"".into()),
             self.allow_debug,
             self.allow_migration_agent,
         )
@@ -1009,20 +1036,21 @@ mod tests {
     const FULL: &str = r#"
 [snp]
 measurements = ["c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc"]
-min_tcb = { bootloader = 10, tee = 0, snp = 25, microcode = 84 }
+min_tcb = { fmc = "skip", bootloader = 10, tee = 0, snp = 25, microcode = 84 }
 vmpl = 0
 report_data = "skip"
 host_data = "skip"
 id_key_digests = "skip"
 author_key_digests = "skip"
 smt = "allowed"
+revocation = "required"
 "#;
 
     #[test]
     fn policies_round_trip_through_toml() {
         let mut snp = SnpPolicy::from_toml(FULL).unwrap();
         snp.min_tcb = Check::Require(MinTcb {
-            fmc: Some(1),
+            fmc: Check::Require(1),
             bootloader: 2,
             tee: 3,
             snp: 4,
@@ -1053,6 +1081,72 @@ smt = "allowed"
             Policy::from_toml(&text.replace("release = ", "# ")).is_err(),
             "release is required"
         );
+    }
+
+    #[test]
+    fn revocation_is_required_or_skipped() {
+        assert_eq!(
+            SnpPolicy::from_toml(FULL).unwrap().revocation,
+            Check::Require(())
+        );
+        let skip = FULL.replace("revocation = \"required\"", "revocation = \"skip\"");
+        assert_eq!(SnpPolicy::from_toml(&skip).unwrap().revocation, Check::Skip);
+        let missing = FULL.replace("revocation = \"required\"\n", "");
+        assert_eq!(
+            SnpPolicy::from_toml(&missing).unwrap_err(),
+            PolicyError::Missing("snp.revocation".into())
+        );
+        let bad = FULL.replace("revocation = \"required\"", "revocation = true");
+        assert!(matches!(
+            SnpPolicy::from_toml(&bad),
+            Err(PolicyError::Invalid(k, _)) if k == "snp.revocation"
+        ));
+    }
+
+    #[test]
+    fn turin_fmc_is_required_or_skipped() {
+        let missing = FULL.replace("fmc = \"skip\", ", "");
+        match SnpPolicy::from_toml(&missing) {
+            Err(PolicyError::Invalid(k, why)) => {
+                assert_eq!(k, "snp.min_tcb");
+                assert!(why.contains("fmc is missing"), "{why}");
+            }
+            other => panic!("a min_tcb without fmc parsed: {other:?}"),
+        }
+        let bad = FULL.replace("fmc = \"skip\"", "fmc = \"any\"");
+        assert!(matches!(
+            SnpPolicy::from_toml(&bad),
+            Err(PolicyError::Invalid(..))
+        ));
+        let set = FULL.replace("fmc = \"skip\"", "fmc = 3");
+        let min = *SnpPolicy::from_toml(&set)
+            .unwrap()
+            .min_tcb
+            .required()
+            .unwrap();
+        assert_eq!(min.fmc, Check::Require(3));
+        let turin = |fmc| TcbParts {
+            fmc: Some(fmc),
+            bootloader: 10,
+            tee: 0,
+            snp: 25,
+            microcode: 84,
+        };
+        assert_eq!(min.shortfalls(&turin(2)), vec![("FMC", 2, 3)]);
+        assert!(min.shortfalls(&turin(3)).is_empty());
+        // Milan and Genoa have no FMC: nothing to compare.
+        let milan = TcbParts {
+            fmc: None,
+            ..turin(0)
+        };
+        assert!(min.shortfalls(&milan).is_empty());
+        let skipped = *SnpPolicy::from_toml(FULL)
+            .unwrap()
+            .min_tcb
+            .required()
+            .unwrap();
+        assert_eq!(skipped.fmc, Check::Skip);
+        assert!(skipped.shortfalls(&turin(0)).is_empty());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! Owns the AMD key hierarchy (pinned ARKs for Milan, Genoa and Turin, their
 //! ASKs and ASVKs), chain building ARK → ASK/ASVK → VCEK/VLEK, the VCEK/VLEK
-//! extension checks (product, TCB, hwID), the report signature, and the
+//! extension checks (product, TCB, hwID), the report signature, revocation
+//! as the policy asks (AMD's CRL, judged by [`crate::snp_crl`]), and the
 //! comparison of a report with an [`SnpPolicy`]. It reads no file and no
-//! clock: certificates come in as bytes, time as [`UnixTime`].
+//! clock: certificates and CRLs come in as bytes, time as [`UnixTime`].
 //!
 //! Sources: *Versioned Chip Endorsement Key (VCEK) Certificate and KDS
 //! Interface Specification* (AMD #57230) §3 for the certificate extensions,
@@ -22,6 +23,7 @@ use der::Decode;
 
 use crate::crypto::sha256;
 use crate::policy::{Check, SmtRule, SnpPolicy};
+use crate::snp_crl::{AmdCrl, ChainToJudge, Listable, SnpRevocation};
 use crate::x509::{Cert, SubjectKey};
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
 
@@ -192,12 +194,23 @@ impl TrustStore {
 /// An empty `chain` means "use the bundled ASK/ASVK"; a non-empty one is
 /// used as given: its ASK/ASVK must be signed by a pinned ARK, and an ARK in
 /// it must be byte-identical to a pinned one.
+///
+/// `crl` is AMD's CRL for the product (DER or PEM), the collateral a policy
+/// with `revocation = "required"` needs.
+///
+/// `vek` may also be a PEM bundle of the VEK with its ASK/ASVK and ARK, in
+/// any order (the shape cloud providers' certification endpoints and
+/// several SDKs hand out): the one VEK is found by its name and AMD
+/// extensions, and the others are treated exactly as certificates in
+/// `chain` are.
 #[derive(Debug, Clone, Copy)]
 pub struct SnpCertificates<'a> {
     /// The VCEK or VLEK certificate.
     pub vek: &'a [u8],
     /// Optional ASK/ASVK and ARK certificates.
     pub chain: &'a [u8],
+    /// AMD's CRL for the product, when one came with the evidence.
+    pub crl: Option<&'a [u8]>,
 }
 
 /// TCB values and identity certified by a VCEK/VLEK.
@@ -218,6 +231,10 @@ struct VerifiedVek {
     /// (certificate name, not_before, not_after) for ARK, intermediate, VEK.
     windows: Vec<(String, UnixTime, UnixTime)>,
     fingerprint: [u8; 32],
+    /// The pinned ARK the chain leads to: the only acceptable CRL signer.
+    ark: &'static Cert,
+    /// The ASK/ASVK and the VCEK/VLEK, as a CRL would list them.
+    listed: Vec<Listable>,
 }
 
 /// A report that passed every check of a policy. Only this crate builds it.
@@ -227,6 +244,7 @@ pub struct VerifiedSnp {
     product: Product,
     signer: SignerKind,
     vek_fingerprint: [u8; 32],
+    revocation: SnpRevocation,
 }
 
 impl VerifiedSnp {
@@ -245,6 +263,10 @@ impl VerifiedSnp {
     /// SHA-256 of the signing certificate's DER.
     pub fn vek_fingerprint(&self) -> &[u8; 32] {
         &self.vek_fingerprint
+    }
+    /// Whether the chain was checked against AMD's CRL.
+    pub fn revocation(&self) -> &SnpRevocation {
+        &self.revocation
     }
     /// The reported TCB decoded for the product.
     pub fn reported_tcb(&self) -> TcbParts {
@@ -328,17 +350,50 @@ impl SnpVerifier {
         check_signature(&report, &vek, &mut f);
         check_key_binding(&report, &vek, &mut f);
         check_policy(&report, vek.product, policy, &mut f);
+        let revocation = check_revocation(&vek, certs.crl, policy, now, &mut f);
 
-        if f.is_empty() {
-            Ok(VerifiedSnp {
+        match revocation {
+            Some(revocation) if f.is_empty() => Ok(VerifiedSnp {
                 report,
                 product: vek.product,
                 signer: vek.kind,
                 vek_fingerprint: vek.fingerprint,
-            })
-        } else {
-            Err(f.into_rejection())
+                revocation,
+            }),
+            _ => Err(f.into_rejection()),
         }
+    }
+
+    /// TEST ONLY (cargo feature `test-roots`, never on by default, never in
+    /// a release): a verifier that trusts the given self-signed ARKs
+    /// *instead of* AMD's, with no bundled intermediates, so tests can sign
+    /// their own ARK → ASK → VCEK chains and CRLs. Each ARK is checked as
+    /// AMD's are (parses as RSASSA-PSS/SHA-384, self-signed). The trust
+    /// store is leaked to give it the `'static` life AMD's has.
+    #[cfg(feature = "test-roots")]
+    pub fn with_test_roots(arks: &[(Product, &[u8])]) -> Result<SnpVerifier, crate::CertError> {
+        let mut anchors = Vec::new();
+        for (product, der) in arks {
+            let cert = Cert::from_der(der)?;
+            if !is_self_signed(&cert) {
+                return Err(crate::CertError::Der(format!(
+                    "test root {} is not self-signed",
+                    cert.subject_cn
+                )));
+            }
+            anchors.push(Anchor {
+                product: *product,
+                cert,
+            });
+        }
+        let store: &'static TrustStore = Box::leak(Box::new(TrustStore {
+            arks: anchors,
+            intermediates: Vec::new(),
+        }));
+        Ok(SnpVerifier {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     fn vek(&self, certs: SnpCertificates<'_>) -> Result<Arc<VerifiedVek>, Rejection> {
@@ -363,7 +418,7 @@ impl SnpVerifier {
     }
 }
 
-fn fmt_time(t: UnixTime) -> String {
+pub(crate) fn fmt_time(t: UnixTime) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), so messages read as dates.
     let days = (t.0 / 86_400) as i64;
     let secs = t.0 % 86_400;
@@ -477,20 +532,39 @@ fn unknown_critical(cert: &Cert) -> Option<ObjectIdentifier> {
         .map(|(oid, _, _)| *oid)
 }
 
+/// Whether a certificate is a VCEK or VLEK rather than an AMD CA: AMD names
+/// them SEV-VCEK / SEV-VLEK and only they carry the productName extension
+/// (VCEK spec §3); ARKs, ASKs and ASVKs carry neither.
+fn is_vek(c: &Cert) -> bool {
+    matches!(c.subject_cn.as_str(), "SEV-VCEK" | "SEV-VLEK")
+        || c.extension(&OID_PRODUCT_NAME).is_some()
+}
+
 fn is_self_signed(c: &Cert) -> bool {
     c.issuer == c.subject && c.signed_by(c)
 }
 
-fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<VerifiedVek, Rejection> {
+fn verify_chain(
+    store: &'static TrustStore,
+    certs: SnpCertificates<'_>,
+) -> Result<VerifiedVek, Rejection> {
     let bad_cert = |what: &str, e: crate::CertError| {
         Rejection::single(ReasonKind::Certificate, format!("{what}: {e}"))
     };
-    let mut veks = Cert::parse_many(certs.vek).map_err(|e| bad_cert("VCEK/VLEK certificate", e))?;
+    let given = Cert::parse_many(certs.vek).map_err(|e| bad_cert("VCEK/VLEK certificate", e))?;
+    // One certificate is the VEK; a bundle (VEK with its ASK/ASVK and ARK,
+    // as cloud providers and SDKs hand them out) is split into the VEK and
+    // the rest, which is then treated exactly like a supplied chain.
+    let (mut veks, bundled): (Vec<Cert>, Vec<Cert>) = if given.len() == 1 {
+        (given, Vec::new())
+    } else {
+        given.into_iter().partition(is_vek)
+    };
     if veks.len() != 1 {
         return Err(Rejection::single(
             ReasonKind::Certificate,
             format!(
-                "expected exactly one VCEK/VLEK certificate, got {}",
+                "expected exactly one VCEK/VLEK certificate (named SEV-VCEK or SEV-VLEK, with AMD's productName extension), got {}",
                 veks.len()
             ),
         ));
@@ -510,11 +584,11 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
     }
 
     // Supplied chain certificates: roots must be pinned, others are candidate intermediates.
-    let supplied = if certs.chain.is_empty() {
-        Vec::new()
-    } else {
-        Cert::parse_many(certs.chain).map_err(|e| bad_cert("certificate chain", e))?
-    };
+    let mut supplied = bundled;
+    if !certs.chain.is_empty() {
+        supplied
+            .extend(Cert::parse_many(certs.chain).map_err(|e| bad_cert("certificate chain", e))?);
+    }
     let mut extra: Vec<Intermediate> = Vec::new();
     for c in supplied {
         if c.issuer == c.subject {
@@ -643,6 +717,24 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
         .map(|c| (c.subject_cn.clone(), c.not_before, c.not_after))
         .collect();
     let fingerprint = sha256(&vek.der);
+    let listed = vec![
+        Listable {
+            what: match inter.kind {
+                SignerKind::Vcek => "ASK",
+                SignerKind::Vlek => "ASVK",
+            },
+            cn: inter.cert.subject_cn.clone(),
+            serial: inter.cert.serial.clone(),
+        },
+        Listable {
+            what: match inter.kind {
+                SignerKind::Vcek => "VCEK",
+                SignerKind::Vlek => "VLEK",
+            },
+            cn: vek.subject_cn.clone(),
+            serial: vek.serial.clone(),
+        },
+    ];
     let key = match vek.key {
         SubjectKey::P384(k) => k,
         SubjectKey::Rsa(_) | SubjectKey::P256(_) => {
@@ -659,7 +751,51 @@ fn verify_chain(store: &TrustStore, certs: SnpCertificates<'_>) -> Result<Verifi
         claims,
         windows,
         fingerprint,
+        ark: &ark.cert,
+        listed,
     })
+}
+
+/// Revocation as the policy asks: with `revocation = "required"`, AMD's
+/// CRL must come with the evidence, be signed by the chain's ARK, be
+/// current, and list neither the ASK/ASVK nor the VCEK/VLEK. `None` when
+/// that fell short (the reasons are in `f`).
+fn check_revocation(
+    vek: &VerifiedVek,
+    crl: Option<&[u8]>,
+    policy: &SnpPolicy,
+    now: UnixTime,
+    f: &mut Findings,
+) -> Option<SnpRevocation> {
+    if policy.revocation == Check::Skip {
+        return Some(SnpRevocation::NotChecked);
+    }
+    let Some(bytes) = crl else {
+        f.add(
+            ReasonKind::Collateral,
+            format!(
+                "AMD's CRL for {} is missing, and the policy requires revocation checks (revocation = \"required\"): supply the CRL AMD's key distribution service publishes for {} (cocoon-verify snp --crl FILE; in a bundle, its SNP collateral), or write revocation = \"skip\"",
+                vek.product, vek.product
+            ),
+        );
+        return None;
+    };
+    let crl = match AmdCrl::parse(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            f.add(ReasonKind::Collateral, format!("AMD CRL: {e}"));
+            return None;
+        }
+    };
+    crate::snp_crl::judge(
+        &crl,
+        &ChainToJudge {
+            ark: vek.ark,
+            listed: &vek.listed,
+        },
+        now,
+        f,
+    )
 }
 
 fn check_report_structure(r: &SnpReport, vek: &VerifiedVek, f: &mut Findings) {

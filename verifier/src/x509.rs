@@ -106,14 +106,17 @@ pub(crate) struct Cert {
     pub extensions: Vec<(ObjectIdentifier, bool, Vec<u8>)>,
 }
 
+/// The outer shape every signed X.509 structure shares (a certificate,
+/// RFC 5280 §4.1, and a CRL, §5.1): to-be-signed, algorithm, signature.
+/// Read to get the exact signed bytes.
 #[derive(der::Sequence)]
-struct RawCert<'a> {
-    tbs: AnyRef<'a>,
+pub(crate) struct RawSigned<'a> {
+    pub(crate) tbs: AnyRef<'a>,
     _alg: AnyRef<'a>,
     _sig: BitStringRef<'a>,
 }
 
-fn common_name(name: &x509_cert::name::Name) -> String {
+pub(crate) fn common_name(name: &x509_cert::name::Name) -> String {
     // id-at-commonName 2.5.4.3
     const CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
     for rdn in name.0.iter() {
@@ -134,7 +137,9 @@ fn common_name(name: &x509_cert::name::Name) -> String {
     String::from("(no common name)")
 }
 
-fn check_pss_sha384(alg: &x509_cert::spki::AlgorithmIdentifierOwned) -> Result<(), CertError> {
+pub(crate) fn check_pss_sha384(
+    alg: &x509_cert::spki::AlgorithmIdentifierOwned,
+) -> Result<(), CertError> {
     if alg.oid != OID_RSASSA_PSS {
         return Err(CertError::UnsupportedSignatureAlgorithm);
     }
@@ -188,7 +193,7 @@ impl Cert {
     fn from_der_as(der: &[u8], alg: SigAlg) -> Result<Cert, CertError> {
         let bad = |e: der::Error| CertError::Der(e.to_string());
         let cert = Certificate::from_der(der).map_err(bad)?;
-        let raw = RawCert::from_der(der).map_err(bad)?;
+        let raw = RawSigned::from_der(der).map_err(bad)?;
         let tbs = raw.tbs.to_der().map_err(bad)?;
         let t = &cert.tbs_certificate;
         if t.signature != cert.signature_algorithm {
@@ -252,8 +257,7 @@ impl Cert {
             .flatten()
             .map(|e| (e.extn_id, e.critical, e.extn_value.as_bytes().to_vec()))
             .collect();
-        let serial = t.serial_number.to_der().map_err(bad)?;
-        let serial = AnyRef::from_der(&serial).map_err(bad)?.value().to_vec();
+        let serial = serial_contents(&t.serial_number).map_err(bad)?;
         Ok(Cert {
             sig_alg: alg,
             der: der.to_vec(),
@@ -344,6 +348,15 @@ impl Cert {
             .find(|(o, _, _)| o == oid)
             .map(|(_, _, v)| v.as_slice())
     }
+}
+
+/// The contents octets of a serialNumber INTEGER as encoded (DER, so
+/// minimal): the form serials are compared in, byte for byte.
+pub(crate) fn serial_contents(
+    serial: &x509_cert::serial_number::SerialNumber,
+) -> Result<Vec<u8>, der::Error> {
+    let der = serial.to_der()?;
+    Ok(AnyRef::from_der(&der)?.value().to_vec())
 }
 
 /// Split PEM text into the DER of its CERTIFICATE blocks.

@@ -153,7 +153,7 @@ fn policy_file_is_read_and_its_errors_are_usage_errors() {
     std::fs::write(
         &policy,
         format!(
-            "release = \"cocoon-test-1\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n"
+            "release = \"cocoon-test-1\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ fmc = \"skip\", bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n"
         ),
     )
     .unwrap();
@@ -433,15 +433,31 @@ fn policy_init_pins_real_evidence_and_the_policy_verifies_it() {
         policy.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(&policy).unwrap();
+    // Revocation is required by default, and Milan/Genoa's missing FMC is
+    // skipped by name.
+    assert!(text.contains("revocation = \"required\""), "{text}");
+    assert!(text.contains("fmc = \"skip\""), "{text}");
     let mut args = genoa_args();
     args.extend(["--policy".into(), policy.to_string_lossy().into_owned()]);
+    // The vectors carry no AMD CRL: refused, naming it.
     let out = run_owned(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("AMD's CRL for Genoa is missing"),
+        "{stdout}"
     );
+    // Skipped by name, it verifies and says revocation was NOT CHECKED.
+    std::fs::write(
+        &policy,
+        text.replace("revocation = \"required\"", "revocation = \"skip\""),
+    )
+    .unwrap();
+    let out = run_owned(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("NOT CHECKED: revocation"), "{stdout}");
 }
 
 #[test]
@@ -465,6 +481,7 @@ fn bundle_with_unbound_claims_is_rejected() {
             report: std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap(),
             vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
             chain: vec![],
+            crl: None,
         },
         gpu: None,
         claims_cbor: claims.to_cbor(),
@@ -483,6 +500,14 @@ fn bundle_with_unbound_claims_is_rejected() {
         policy.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0));
+    // The vectors carry no AMD CRL: skip revocation so the claims binding
+    // is the one shortfall.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replace("revocation = \"required\"", "revocation = \"skip\""),
+    )
+    .unwrap();
     let out = run(&[
         "bundle",
         file.to_str().unwrap(),
@@ -514,5 +539,129 @@ fn bundle_with_unbound_claims_is_rejected() {
         .status
         .code(),
         Some(1)
+    );
+}
+
+/// `--cert` takes the VCEK together with its ASK and ARK in one PEM file
+/// (cloud providers' shape), in any order; the CAs in it are held to the
+/// same rules as `--chain`.
+#[test]
+fn a_pem_bundle_of_vcek_ask_and_ark_is_accepted_as_cert() {
+    use cocoon_tests::pem::{certificates, to_pem};
+    let dir = tempdir();
+    let vcek = std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap();
+    let genoa =
+        certificates(&std::fs::read_to_string(v("snp/amd-roots/ask_ark_genoa.pem")).unwrap());
+    let milan =
+        certificates(&std::fs::read_to_string(v("snp/amd-roots/ask_ark_milan.pem")).unwrap());
+    let with = |name: &str, ders: Vec<Vec<u8>>, extra: &[&str]| {
+        let file = dir.join(name);
+        std::fs::write(&file, to_pem(&ders)).unwrap();
+        let mut args = vec![
+            "snp".to_string(),
+            "--report".into(),
+            v("snp/genoa-v5-oak/report.bin"),
+            "--cert".into(),
+            file.to_string_lossy().into_owned(),
+            "--measurement".into(),
+            GENOA_MEASUREMENT.into(),
+            "--at".into(),
+            AT.into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_owned(&args)
+    };
+    // VCEK first (Azure's order), and VCEK last.
+    let first = vec![vcek.clone(), genoa[0].clone(), genoa[1].clone()];
+    let out = with("first.pem", first, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", json_of(&out));
+    let last = vec![genoa[1].clone(), genoa[0].clone(), vcek.clone()];
+    let out = with("last.pem", last, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", json_of(&out));
+    assert_eq!(json_of(&out)["product"], "Genoa");
+    // Another product's ASK in the bundle is used as given, and fails.
+    let wrong = vec![vcek.clone(), milan[0].clone(), milan[1].clone()];
+    let out = with("wrong.pem", wrong, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let j = json_of(&out);
+    assert!(j["reasons"][0].as_str().unwrap().contains("AMD"), "{j}");
+    // Two VEKs, or none: refused by name.
+    for (name, ders) in [
+        (
+            "two.pem",
+            vec![vcek.clone(), vcek.clone(), genoa[0].clone()],
+        ),
+        ("none.pem", genoa.clone()),
+    ] {
+        let out = with(name, ders, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let j = json_of(&out);
+        assert!(
+            j["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("expected exactly one VCEK/VLEK certificate"),
+            "{name}: {j}"
+        );
+    }
+    // A bundle and --chain together: both are supplied chain certificates.
+    let chain = v("snp/amd-roots/ask_ark_genoa.pem");
+    let out = with(
+        "first.pem",
+        vec![vcek.clone(), genoa[1].clone()],
+        &["--chain", &chain],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", json_of(&out));
+}
+
+/// `--report` detects hex text (as several SDKs store reports).
+#[test]
+fn a_report_as_hex_text_is_read() {
+    let dir = tempdir();
+    let raw = std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap();
+    let text: String = hex::encode(&raw)
+        .as_bytes()
+        .chunks(64)
+        .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
+        .collect();
+    let file = dir.join("report.hex");
+    std::fs::write(&file, text).unwrap();
+    let args = |report: &str| {
+        run(&[
+            "snp",
+            "--report",
+            report,
+            "--cert",
+            &v("snp/genoa-v5-oak/vcek.der"),
+            "--measurement",
+            GENOA_MEASUREMENT,
+            "--at",
+            AT,
+            "--json",
+        ])
+    };
+    let out = args(file.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(0), "{}", json_of(&out));
+    assert_eq!(json_of(&out)["fields"]["measurement"], GENOA_MEASUREMENT);
+    // Hex text one byte short is a usage error naming the problem.
+    std::fs::write(&file, hex::encode(&raw[1..])).unwrap();
+    let out = args(file.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hex text of an SNP report"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One flipped digit still parses, and the signature refuses it.
+    let mut flipped = hex::encode(&raw);
+    flipped.replace_range(200..201, if &flipped[200..201] == "0" { "1" } else { "0" });
+    std::fs::write(&file, flipped).unwrap();
+    assert_eq!(args(file.to_str().unwrap()).status.code(), Some(1));
+    // explain reads it too.
+    std::fs::write(&file, hex::encode(&raw)).unwrap();
+    assert_eq!(
+        run(&["explain", file.to_str().unwrap()]).status.code(),
+        Some(0)
     );
 }

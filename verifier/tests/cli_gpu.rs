@@ -271,6 +271,7 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
             report: std::fs::read(v("snp/genoa-v5-oak/report.bin")).unwrap(),
             vek: std::fs::read(v("snp/genoa-v5-oak/vcek.der")).unwrap(),
             chain: vec![],
+            crl: None,
         },
         claims_cbor: claims.to_cbor(),
         gpu: Some(GpuBundle {
@@ -335,5 +336,65 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GPU device 3 does not verify"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The driver's report buffer is zero-filled after the SPDM signature: the
+/// padding is outside the signed transcript, so it is accepted, counted in
+/// `fields`, and any non-zero byte there is a rejection.
+#[test]
+fn zero_padding_after_the_signature_is_ignored_and_counted() {
+    let dir = std::env::temp_dir().join(format!("cocoon-cli-gpu-pad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(v("nvidia/h100-535-vbios-rim/hopperAttestationReport.txt"))
+        .unwrap();
+    let report = hex::decode(text.trim()).unwrap();
+    let padding = cocoon_attestation::nvidia::MAX_REPORT - report.len();
+    let mut buffer = report.clone();
+    buffer.resize(cocoon_attestation::nvidia::MAX_REPORT, 0);
+    let padded = dir.join("padded.txt");
+    std::fs::write(&padded, hex::encode(&buffer)).unwrap();
+    let chain = v("nvidia/h100-535-vbios-rim/hopperCertChain.txt");
+    let args = |evidence: &str| {
+        run(&[
+            "--evidence",
+            evidence,
+            "--cert-chain",
+            &chain,
+            "--nonce",
+            NONCE_535,
+            "--at",
+            AT,
+            "--json",
+        ])
+    };
+    let out = args(&padded.to_string_lossy());
+    let j = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{j}");
+    assert_eq!(j["fields"]["padding_bytes_ignored"], padding);
+    assert_eq!(j["fields"]["devices"][0]["padding_bytes_ignored"], padding);
+    // The exact report says 0.
+    let out = args(&v("nvidia/h100-535-vbios-rim/hopperAttestationReport.txt"));
+    assert_eq!(json(&out)["fields"]["padding_bytes_ignored"], 0);
+    // One non-zero byte anywhere in the padding is refused.
+    let mut dirty = buffer.clone();
+    dirty[report.len() + padding / 2] = 1;
+    let bad = dir.join("dirty.txt");
+    std::fs::write(&bad, hex::encode(&dirty)).unwrap();
+    let out = args(&bad.to_string_lossy());
+    let j = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{j}");
+    assert!(
+        j["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("only zero padding may follow the signed transcript"),
+        "{j}"
+    );
+    // Past the driver's 8 KiB buffer, even zeros are refused.
+    let mut long = buffer;
+    long.push(0);
+    std::fs::write(&bad, hex::encode(&long)).unwrap();
+    assert_eq!(args(&bad.to_string_lossy()).status.code(), Some(1));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -69,7 +69,7 @@ pub fn sim_policy() -> Policy {
 
 /// A production-shaped policy: SEV-SNP only, no simulated opt-in.
 pub fn default_policy_toml() -> String {
-    "release = \"cocoon-test\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n".into()
+    "release = \"cocoon-test\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n".into()
 }
 
 /// A production-shaped policy: SEV-SNP only, no simulated opt-in.

@@ -114,6 +114,8 @@ pub(crate) fn snp_evidence(
         report,
         vek: vek.to_vec(),
         chain: chain.into_bytes(),
+        // AMD's CRL is collateral the host attaches; the guest has none.
+        crl: None,
     })
 }
 

@@ -63,7 +63,7 @@ pub fn snp_table(release: &str, measurements: &[Measurement]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "{}[snp]\nmeasurements = [{list}]\n# platform TCB: not an image value; set the minimum you accept\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nallow_debug = false\nallow_migration_agent = false\n",
+        "{}[snp]\nmeasurements = [{list}]\n# platform TCB: not an image value; set the minimum you accept\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\n# AMD's CRL must come with the evidence (the host attaches it)\nrevocation = \"required\"\nallow_debug = false\nallow_migration_agent = false\n",
         header("SEV-SNP", release)
     )
 }

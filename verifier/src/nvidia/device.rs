@@ -67,6 +67,7 @@ pub struct VerifiedDevice {
     leaf_serial: String,
     measurements_compared: usize,
     blocks: usize,
+    padding: usize,
     chain_der: Vec<Vec<u8>>,
 }
 
@@ -114,6 +115,11 @@ impl VerifiedDevice {
     /// How many measurement blocks the report holds.
     pub fn blocks(&self) -> usize {
         self.blocks
+    }
+    /// How many zero bytes followed the signature in the buffer the driver
+    /// returned; they are outside the signed transcript and were ignored.
+    pub fn padding_ignored(&self) -> usize {
+        self.padding
     }
     /// The attestation key's chain (DER, leaf first, root excluded), for
     /// revocation checks.
@@ -299,6 +305,7 @@ pub(crate) fn verify_device_memo(
         leaf_serial: leaf_serial(leaf),
         measurements_compared: compared,
         blocks: report.blocks().len(),
+        padding: report.padding_len(),
         chain_der: certs
             .iter()
             .filter(|c| c.subject != c.issuer)

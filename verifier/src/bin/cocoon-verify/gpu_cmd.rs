@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use cocoon_attestation::nvidia::{GpuCollateral, GpuEvidence};
+use cocoon_attestation::nvidia::{GpuCollateral, GpuEvidence, SpdmReport};
 use cocoon_verifier::nvidia::gpus::{verify_gpus, CcState, DeviceInput, VerifiedGpus};
 use cocoon_verifier::nvidia::DeviceKind;
 use cocoon_verifier::policy::{parse_hex, Check, GpuPolicy, RevocationRule};
@@ -118,6 +118,7 @@ fn device_json(d: &cocoon_verifier::nvidia::VerifiedDevice) -> Value {
         "fwid": d.fwid().map(hex::encode),
         "feature_mode": d.feature_mode().map(|m| format!("{m:?}")),
         "measurement_blocks": d.blocks(),
+        "padding_bytes_ignored": d.padding_ignored(),
         "measurements_compared": d.measurements_compared(),
     })
 }
@@ -190,17 +191,26 @@ pub fn run_gpu(a: &GpuArgs<'_>) -> Result<bool, UsageError> {
     if policy.cc_mode == Check::Skip {
         not_checked.push("CC mode (only an enclave's evidence set carries it)");
     }
+    // Zero padding after a signature is outside the signed transcript; say
+    // how much was ignored, whatever the verdict.
+    let padding: usize = loaded
+        .devices
+        .iter()
+        .filter_map(|(report, _)| SpdmReport::parse(report).ok())
+        .map(|r| r.padding_len())
+        .sum();
     if a.json {
         let fields = match &result {
             Ok(v) => json!({
                 "format": loaded.format,
+                "padding_bytes_ignored": padding,
                 "devices": v.devices().iter().map(device_json).collect::<Vec<_>>(),
                 "rims_used": v.rims_used().iter().map(|(p, v)| format!("{p} {v}")).collect::<Vec<_>>(),
                 "revocation_checked": v.revocation_checked(),
                 "not_checked": not_checked,
             }),
             Err(_) => {
-                json!({ "format": loaded.format, "devices_given": loaded.devices.len(), "not_checked": not_checked })
+                json!({ "format": loaded.format, "devices_given": loaded.devices.len(), "padding_bytes_ignored": padding, "not_checked": not_checked })
             }
         };
         let reasons = result
@@ -251,6 +261,9 @@ pub fn run_gpu(a: &GpuArgs<'_>) -> Result<bool, UsageError> {
                 println!("  - {reason}");
             }
         }
+    }
+    if padding > 0 {
+        println!("  ignored {padding} zero padding byte(s) after the SPDM signature(s) (outside the signed transcript)");
     }
     for n in &not_checked {
         println!("  NOT CHECKED: {n}");

@@ -12,11 +12,14 @@ use clap::{Parser, Subcommand};
 use cocoon_attestation::bundle::{EvidenceBundle, PlatformEvidence};
 use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::simulated::SimulatedReport;
-use cocoon_attestation::snp::{Explain, Product, SnpReport, TcbLayout, TcbVersion};
+use cocoon_attestation::snp::{
+    report_from_file, Explain, Product, SnpReport, TcbLayout, TcbVersion,
+};
 use cocoon_attestation::tdx::Quote;
 use cocoon_verifier::enclave::VerifiedPlatform;
 use cocoon_verifier::policy::{parse_hex, Check, MinTcb, SimulatedTeePolicy};
 use cocoon_verifier::snp::SnpCertificates;
+use cocoon_verifier::snp_crl::SnpRevocation;
 use cocoon_verifier::tdx::{verify_tdx, TcbFinding};
 use cocoon_verifier::{
     Policy, ReasonKind, Rejection, SnpPolicy, SnpVerifier, TdxPolicy, UnixTime, VerifiedSnp,
@@ -42,15 +45,18 @@ struct Cli {
 enum Command {
     /// Verify an AMD SEV-SNP attestation report against AMD's pinned roots and a policy.
     Snp {
-        /// The raw 1184-byte attestation report.
+        /// The attestation report: the raw 1184 bytes, or hex text of them.
         #[arg(long)]
         report: PathBuf,
-        /// The VCEK or VLEK certificate (DER or PEM).
+        /// The VCEK or VLEK certificate (DER or PEM), or a PEM bundle of it with its ASK/ASVK and ARK.
         #[arg(long)]
         cert: PathBuf,
         /// ASK/ASVK and ARK certificates (PEM); the bundled ones are used when absent.
         #[arg(long)]
         chain: Option<PathBuf>,
+        /// AMD's CRL for the product (DER or PEM), as AMD's key distribution service serves it.
+        #[arg(long)]
+        crl: Option<PathBuf>,
         /// An allowed launch measurement (96 hex digits); repeat for several.
         #[arg(long = "measurement", value_name = "HEX")]
         measurements: Vec<String>,
@@ -225,16 +231,30 @@ fn guess_layout(r: &SnpReport) -> TcbLayout {
         .map_or(TcbLayout::MilanGenoa, Product::tcb_layout)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_snp(
-    report: &Path,
-    cert: &Path,
-    chain: Option<&Path>,
-    measurements: &[String],
-    policy: Option<&Path>,
-    at: Option<&str>,
+/// Arguments of `cocoon-verify snp`.
+#[derive(Clone, Copy)]
+struct SnpArgs<'a> {
+    report: &'a Path,
+    cert: &'a Path,
+    chain: Option<&'a Path>,
+    crl: Option<&'a Path>,
+    measurements: &'a [String],
+    policy: Option<&'a Path>,
+    at: Option<&'a str>,
     json_out: bool,
-) -> Result<bool, UsageError> {
+}
+
+fn run_snp(a: &SnpArgs<'_>) -> Result<bool, UsageError> {
+    let SnpArgs {
+        report,
+        cert,
+        chain,
+        crl,
+        measurements,
+        policy,
+        at,
+        json_out,
+    } = *a;
     let policy = match (policy, measurements.is_empty()) {
         (Some(_), false) => {
             return Err(UsageError("give measurements either in the policy file or with --measurement, not both".into()))
@@ -243,7 +263,13 @@ fn run_snp(
             .snp
             .ok_or_else(|| UsageError(format!("policy {} has no [snp] table", p.display())))?,
         (None, false) => {
-            SnpPolicy::pinned_to_measurements(hex48_args(measurements, "--measurement")?)
+            let mut p =
+                SnpPolicy::pinned_to_measurements(hex48_args(measurements, "--measurement")?);
+            // Without a policy file, a CRL given is a CRL checked.
+            if crl.is_some() {
+                p.revocation = Check::Require(());
+            }
+            p
         }
         (None, true) => {
             return Err(UsageError(
@@ -252,17 +278,20 @@ fn run_snp(
         }
     };
     let now = parse_time(at)?;
-    let report_bytes = read(report, "report")?;
+    let report_bytes = report_from_file(&read(report, "report")?)
+        .map_err(|e| UsageError(format!("report {}: {e}", report.display())))?;
     let vek = read(cert, "certificate")?;
     let chain_bytes = match chain {
         Some(c) => read(c, "certificate chain")?,
         None => Vec::new(),
     };
+    let crl_bytes = crl.map(|c| read(c, "CRL")).transpose()?;
     let result = SnpVerifier::new().verify(
         &report_bytes,
         SnpCertificates {
             vek: &vek,
             chain: &chain_bytes,
+            crl: crl_bytes.as_deref(),
         },
         &policy,
         now,
@@ -296,6 +325,7 @@ fn print_verdict(
         if let Ok(v) = result {
             out["product"] = json!(v.product().name());
             out["signer"] = json!(v.signer().to_string());
+            out["revocation"] = revocation_json(v.revocation());
         }
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;
@@ -313,6 +343,7 @@ fn print_verdict(
             println!("  report_data  {}", hex::encode(r.report_data()));
             println!("  reported_tcb {}", v.reported_tcb());
             println!("  policy       {:#018x}, vmpl {}", r.policy().0, r.vmpl());
+            println!("{}", revocation_text(v.revocation()));
         }
         Err(rej) => {
             println!("REJECTED: the evidence does not meet the policy");
@@ -320,6 +351,36 @@ fn print_verdict(
                 println!("  - {reason}");
             }
         }
+    }
+}
+
+/// The revocation outcome for `--json`: checked against AMD's CRL, or
+/// NOT CHECKED (the policy skipped it).
+fn revocation_json(r: &SnpRevocation) -> Value {
+    match r {
+        SnpRevocation::Checked {
+            this_update,
+            next_update,
+            listed,
+        } => json!({
+            "checked": true,
+            "crl_this_update": this_update.0,
+            "crl_next_update": next_update.0,
+            "crl_entries": listed,
+        }),
+        _ => json!({
+            "checked": false,
+            "note": "revocation NOT CHECKED: the policy says revocation = \"skip\" (pass AMD's CRL with --crl to check it)",
+        }),
+    }
+}
+
+fn revocation_text(r: &SnpRevocation) -> String {
+    match r {
+        SnpRevocation::Checked { listed, .. } => format!(
+            "  revocation   checked: AMD's CRL ({listed} entries, signed by the ARK, current) lists neither the ASK/ASVK nor the VCEK/VLEK"
+        ),
+        _ => "  NOT CHECKED: revocation (the policy says revocation = \"skip\"; pass AMD's CRL with --crl to check it)".into(),
     }
 }
 
@@ -460,7 +521,11 @@ fn run_bundle(
         Ok(v) => {
             let c = v.claims();
             let mut f = match v.platform() {
-                VerifiedPlatform::Snp(s) => fields_json(s.report(), s.product().tcb_layout()),
+                VerifiedPlatform::Snp(s) => {
+                    let mut f = fields_json(s.report(), s.product().tcb_layout());
+                    f["revocation"] = revocation_json(s.revocation());
+                    f
+                }
                 VerifiedPlatform::Tdx(t) => td_fields(
                     t.quote(),
                     Some(&TcbFinding {
@@ -515,6 +580,9 @@ fn run_bundle(
             "  receipt key  {}",
             hex::encode(&v.claims().receipt_public_key)
         );
+        if let VerifiedPlatform::Snp(s) = v.platform() {
+            println!("{}", revocation_text(s.revocation()));
+        }
     } else {
         println!("REJECTED: the evidence does not meet the policy");
         for r in &reasons {
@@ -555,15 +623,18 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
                 }
             }
         }
-        Err(_) if bytes.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(bytes), None),
-        Err(_) => (None, Some(bytes)),
+        Err(_) => match report_from_file(&bytes) {
+            Ok(r) if r.len() == cocoon_attestation::snp::REPORT_SIZE => (Some(r), None),
+            _ => (None, Some(bytes)),
+        },
     };
     if let Some(r) = report {
         let r = SnpReport::parse(&r).map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
         let tcb = r.reported_tcb().decode(guess_layout(&r));
         let mut p = SnpPolicy::pinned_to_measurements(vec![*r.measurement()]);
         p.min_tcb = Check::Require(MinTcb {
-            fmc: tcb.fmc,
+            // Milan and Genoa have no FMC: skipped by name there.
+            fmc: tcb.fmc.map_or(Check::Skip, Check::Require),
             bootloader: tcb.bootloader,
             tee: tcb.tee,
             snp: tcb.snp,
@@ -571,6 +642,7 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         });
         p.vmpl = Check::Require(r.vmpl());
         p.host_data = Check::Require(*r.host_data());
+        p.revocation = Check::Require(());
         if r.id_key_digest().iter().any(|b| *b != 0) {
             p.id_key_digests = Check::Require(vec![*r.id_key_digest()]);
         }
@@ -617,7 +689,8 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
 }
 
 fn run_explain(file: &Path, product: Option<&str>) -> Result<(), UsageError> {
-    let bytes = read(file, "report")?;
+    let bytes = report_from_file(&read(file, "report")?)
+        .map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
     let report =
         SnpReport::parse(&bytes).map_err(|e| UsageError(format!("{}: {e}", file.display())))?;
     let layout = match product.map(str::to_ascii_lowercase).as_deref() {
@@ -662,26 +735,22 @@ fn main() -> ExitCode {
             report,
             cert,
             chain,
+            crl,
             measurements,
             policy,
             at,
             json,
-        } => run_snp(
+        } => run_snp(&SnpArgs {
             report,
             cert,
-            chain.as_deref(),
+            chain: chain.as_deref(),
+            crl: crl.as_deref(),
             measurements,
-            policy.as_deref(),
-            at.as_deref(),
-            *json,
-        )
-        .map(|accepted| {
-            if accepted {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }),
+            policy: policy.as_deref(),
+            at: at.as_deref(),
+            json_out: *json,
+        })
+        .map(verdict_code),
         Command::Tdx {
             quote,
             collateral,
