@@ -62,6 +62,7 @@ grep -m1 "NOT CONFIDENTIAL" "$WORK/enclave.log" >&2 || true
 # bills by), so it needs a policy that names the simulated TEE's opt-in.
 cat >"$WORK/simulated-policy.toml" <<'TOML'
 release = "cocoon-dev-unmeasured"
+max_evidence_age = 3600
 
 # DANGER: accepts the simulated TEE. Nothing is confidential with it: the
 # host can read every prompt and answer. For demos and tests only.
@@ -73,6 +74,7 @@ cat >"$WORK/default-policy.toml" <<'TOML'
 # A policy for real hardware: SEV-SNP guests of one measured image, and no
 # [dangerous_simulated_tee] table, so simulated evidence is refused.
 release = "cocoon-image-2026.11.0"
+max_evidence_age = 3600             # seconds, or "skip": how old a report may be
 
 [snp]
 measurements = ["c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc"]

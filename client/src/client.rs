@@ -320,6 +320,10 @@ impl std::fmt::Debug for Client {
 
 /// The time now, for the verifier and the receipts query: the one place the
 /// client reads the clock.
+/// How long before the policy's `max_evidence_age` runs out the client
+/// already fetches fresh evidence (at most half the age).
+const EVIDENCE_AGE_MARGIN: Duration = Duration::from_secs(60);
+
 pub(crate) fn unix_now() -> UnixTime {
     UnixTime(
         SystemTime::now()
@@ -422,7 +426,7 @@ impl Client {
         let mut st = self.inner.state.lock().await;
         if !force {
             if let (Some(cur), Some(at)) = (&st.current, st.fetched_at) {
-                if at.elapsed() < self.inner.options.evidence_refresh {
+                if at.elapsed() < self.inner.options.evidence_refresh && !self.too_old(cur) {
                     return Ok(cur.clone());
                 }
             }
@@ -455,6 +459,25 @@ impl Client {
                 Err(e.into())
             }
         }
+    }
+
+    /// Whether some enclave's evidence in `p` is, or within
+    /// [`EVIDENCE_AGE_MARGIN`] will be, older than the policy's
+    /// `max_evidence_age`: then the evidence is fetched and verified again
+    /// before the next request, whatever `evidence_refresh` says.
+    fn too_old(&self, p: &VerifiedProvider) -> bool {
+        let cocoon_verifier::policy::Check::Require(max) = self.inner.policy.max_evidence_age
+        else {
+            return false;
+        };
+        let now = unix_now().0;
+        p.enclaves().iter().any(|e| {
+            e.claims()
+                .issued_at
+                .saturating_add(max)
+                .saturating_sub(EVIDENCE_AGE_MARGIN.as_secs().min(max / 2))
+                <= now
+        })
     }
 
     async fn fetch_evidence(&self) -> Result<Vec<u8>, ClientError> {

@@ -123,7 +123,7 @@ impl TestEnclave {
 
     fn policy(&self) -> Policy {
         Policy::from_toml(&format!(
-            "release = \"cocoon-dev\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
+            "release = \"cocoon-dev\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
             hex::encode(self.measurement)
         ))
         .unwrap()
@@ -439,14 +439,14 @@ async fn evidence_verifies_under_a_pinned_simulated_policy_and_names_the_enclave
     // The same evidence under a policy pinning another measurement fails:
     // the pin is really checked.
     let wrong = Policy::from_toml(&format!(
-        "release = \"x\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
+        "release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
         "00".repeat(48)
     ))
     .unwrap();
     assert!(verify(&te.enclave.bundle_cbor(), &wrong, now()).is_err());
     // And the default stance (no opt-in) refuses it.
     let no_opt_in = Policy::from_toml(
-        "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n",
+        "release = \"x\"\nmax_evidence_age = \"skip\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n",
     )
     .unwrap();
     assert!(verify(&te.enclave.bundle_cbor(), &no_opt_in, now()).is_err());
@@ -1287,7 +1287,7 @@ fn the_binary_announces_itself_serves_and_exits_cleanly_on_sigterm() {
         c.send(0, FrameType::EvidenceRequest, &[]).await;
         let f = c.recv().await.unwrap();
         assert_eq!(f.kind, FrameType::EvidenceResponse);
-        let policy = Policy::from_toml("release = \"x\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n").unwrap();
+        let policy = Policy::from_toml("release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n").unwrap();
         let v = verify(&f.payload, &policy, now()).unwrap();
         assert_eq!(hex::encode(EvidenceDigest::of_claims(v.claims_cbor()).0), digest_hex);
         assert_eq!(v.claims().image_id, "bin-test");

@@ -66,6 +66,7 @@ use tracing::{debug, info, warn};
 use crate::config::{EnclaveAddr, Limits};
 use crate::ledger::{Ledger, StoredTab};
 use crate::metrics::Metrics;
+use crate::snp_crl::SnpCrls;
 
 /// How long acknowledgements gather before they are sent.
 const ACK_DELAY: Duration = Duration::from_millis(2);
@@ -805,6 +806,7 @@ pub struct Broker {
     limits: Limits,
     metrics: Arc<Metrics>,
     ledger: Arc<Ledger>,
+    snp_crls: SnpCrls,
 }
 
 impl std::fmt::Debug for Broker {
@@ -844,6 +846,7 @@ impl Broker {
         limits: Limits,
         metrics: Arc<Metrics>,
         ledger: Arc<Ledger>,
+        snp_crls: SnpCrls,
     ) -> Arc<Broker> {
         let slots = addrs
             .iter()
@@ -871,6 +874,7 @@ impl Broker {
             limits,
             metrics,
             ledger,
+            snp_crls,
         })
     }
 
@@ -973,6 +977,7 @@ impl Broker {
             .conn
             .fetch_nonce_evidence(nonce, self.limits.evidence_timeout)
             .await?;
+        let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
         let v = cocoon_verifier::verify(&bundle, &self.policy, now_unix()).map_err(|r| {
             BrokerError::Rejected(
                 r.reasons()
@@ -1047,6 +1052,7 @@ impl Broker {
                 return None;
             }
         };
+        let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
         let current = self
             .routes
             .read()
@@ -1171,6 +1177,7 @@ impl Broker {
     ) -> Result<Arc<ReadyEnclave>, BrokerError> {
         let limits = &self.limits;
         let bundle = conn.fetch_evidence(limits.evidence_timeout).await?;
+        let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
         let prices = conn.fetch_prices(limits.evidence_timeout).await?;
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         let ready = self.verify_evidence(slot, conn, bundle, prices, acks_tx)?;

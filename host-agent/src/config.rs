@@ -309,6 +309,9 @@ pub struct HostConfig {
     /// need the client's authorization of the enclave's receipt key
     /// (`cocoon-authorization`) and stay within its cap.
     pub settlement: Option<cocoon_protocol::settlement::ContractAddress>,
+    /// Where AMD's SEV-SNP CRLs are fetched from, to attach to the SNP
+    /// evidence the host serves ([`crate::snp_crl`]).
+    pub amd_kds_url: String,
 }
 
 fn secs(field: &'static str, v: f64) -> Result<Duration, ConfigError> {

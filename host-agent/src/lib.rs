@@ -40,6 +40,7 @@ pub mod pricing;
 pub mod ratelimit;
 pub mod relay;
 pub mod settle;
+pub mod snp_crl;
 pub mod vm;
 
 use std::collections::HashSet;
@@ -287,6 +288,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         config.limits.clone(),
         metrics.clone(),
         ledger.clone(),
+        crate::snp_crl::SnpCrls::new(&config.amd_kds_url),
     );
     let limits = config.limits;
     let app = Arc::new(App {

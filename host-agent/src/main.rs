@@ -58,6 +58,11 @@ struct Cli {
     /// cap; `settle` writes claims for it.
     #[arg(long, global = true, value_name = "ADDR")]
     settlement_contract: Option<String>,
+    /// AMD's key distribution service (or a caching mirror), where the CRL
+    /// for each SEV-SNP enclave's product is fetched and attached to its
+    /// evidence [default: AMD's public service].
+    #[arg(long, global = true, value_name = "URL")]
+    amd_kds_url: Option<String>,
     /// Largest request body in bytes.
     #[arg(long, global = true, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
@@ -330,6 +335,10 @@ fn configure(
             ledger_path,
             limits,
             settlement,
+            amd_kds_url: cli
+                .amd_kds_url
+                .clone()
+                .unwrap_or_else(|| cocoon_host::snp_crl::AMD_KDS.to_string()),
         },
         listen,
         admin_listen,

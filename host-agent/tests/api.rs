@@ -200,6 +200,17 @@ async fn account_signatures_are_required() {
         format!("missing {ACCOUNT_SIGNATURE_HEADER} header\n")
     );
 
+    // Properly signed, but expired by the host's clock: refused at the
+    // edge (the enclave would refuse it too).
+    let (sealed, _) = seal(t, &account, 16, b"late");
+    let mut meta = sealed.billing_meta().unwrap();
+    meta.expires_at = 1_000;
+    let (late, _) = seal_meta(t, &meta, b"late");
+    let h = request_headers(&t.digest, &account, &late);
+    let r = http(host.public, "POST", "/v1/requests", &h, &late.to_cbor()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("expired"), "{}", r.text());
+
     assert_eq!(enclave.requests(), 0);
     assert!(host.export().await.is_empty());
     host.stop().await;
@@ -833,7 +844,7 @@ async fn evidence_the_policy_refuses_is_never_served() {
     let enclave = TestEnclave::start(dir.path(), "e");
     // Pinned to another measurement.
     let policy = cocoon_verifier::Policy::from_toml(&format!(
-        "release = \"x\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
+        "release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
         "00".repeat(48)
     ))
     .unwrap();

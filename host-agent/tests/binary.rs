@@ -223,7 +223,7 @@ fn usage_errors_exit_with_sysexits_codes() {
     ]);
     assert_eq!(o.status.code(), Some(66));
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "release = \"x\"\n").unwrap();
+    std::fs::write(&bad, "release = \"x\"\nmax_evidence_age = \"skip\"\n").unwrap();
     let o = run(&[
         "--enclave",
         "unix:/nonexistent",

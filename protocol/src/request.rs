@@ -279,6 +279,52 @@ mod tests {
         assert!(SignedRequest::authorize(&garbage.to_cbor()).is_err());
     }
 
+    /// Mutation suite: every bit of the sealed request (ciphertext, `enc`
+    /// and every billing field: model, token limit, prices, account,
+    /// expiry), of the key and of the signature matters.
+    #[test]
+    fn every_bit_of_a_signed_request_matters() {
+        let a = AccountKey::generate(&mut OsRng);
+        let good = signed(&a, &sealed_for(&a));
+        assert!(SignedRequest::authorize(&good.to_cbor()).is_ok());
+        let mut refused = 0;
+        for i in 0..good.sealed.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut m = good.clone();
+                m.sealed[i] ^= bit;
+                assert!(
+                    SignedRequest::authorize(&m.to_cbor()).is_err(),
+                    "sealed byte {i} bit {bit:#x}"
+                );
+                refused += 1;
+            }
+        }
+        for i in 0..good.account_key.len() {
+            let mut m = good.clone();
+            m.account_key[i] ^= 0x01;
+            assert!(
+                SignedRequest::authorize(&m.to_cbor()).is_err(),
+                "key byte {i}"
+            );
+            refused += 1;
+        }
+        for i in 0..good.signature.len() {
+            let mut m = good.clone();
+            m.signature[i] ^= 0x01;
+            assert!(
+                SignedRequest::authorize(&m.to_cbor()).is_err(),
+                "signature byte {i}"
+            );
+            refused += 1;
+        }
+        assert!(refused > 300, "{refused} mutants");
+        // The evidence name is not signed: the HPKE `info` binds it, so a
+        // wrong one only fails to open (the enclave's tests show that).
+        let mut m = good.clone();
+        m.evidence[0] ^= 1;
+        assert!(SignedRequest::authorize(&m.to_cbor()).is_ok());
+    }
+
     #[test]
     fn strict_decoding() {
         let a = AccountKey::generate(&mut OsRng);

@@ -57,7 +57,7 @@ fn main() {
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "release = \"bench\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n",
+        "release = \"bench\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n",
     )
     .unwrap();
     let mut host = Command::new(bin("cocoon-host"));

@@ -62,7 +62,7 @@ fn bundle(report: Vec<u8>, signature: Vec<u8>, claims_cbor: Vec<u8>) -> Vec<u8> 
 
 fn opted_in(measurement: &str) -> Policy {
     Policy::from_toml(&format!(
-        "release = \"cocoon-dev\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = {measurement}\n"
+        "release = \"cocoon-dev\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = {measurement}\n"
     ))
     .unwrap()
 }
@@ -78,12 +78,12 @@ fn simulated_evidence_is_refused_without_the_named_opt_in() {
     let (r, s) = simulated_bundle(&c, &key);
     let b = bundle(r, s, c);
     let snp_only = Policy::from_toml(
-        "release = \"x\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n",
+        "release = \"x\"\nmax_evidence_age = \"skip\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n",
     )
     .unwrap();
     let rej = verify(&b, &snp_only, NOW).unwrap_err();
     assert!(rej.to_string().contains("NOT confidential"), "{rej}");
-    assert!(Policy::from_toml("release = \"x\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = false\nmeasurements = \"skip\"\n").is_err());
+    assert!(Policy::from_toml("release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = false\nmeasurements = \"skip\"\n").is_err());
 }
 
 #[test]
@@ -141,4 +141,56 @@ fn swapped_tampered_or_unpinned_evidence_is_rejected() {
 fn key_sig_by_other(report: &[u8]) -> Vec<u8> {
     let sig: Signature = key().sign(report);
     sig.to_bytes().to_vec()
+}
+
+#[test]
+fn max_evidence_age_bounds_how_old_a_report_may_be() {
+    let key = key();
+    let issued = NOW.0 - 1_000;
+    let mut c = claims(issued);
+    c.issued_at = issued;
+    c.refresh = 3;
+    let cbor = c.to_cbor();
+    let (r, s) = simulated_bundle(&cbor, &key);
+    let b = bundle(r, s, cbor);
+    let with_age = |age: &str| {
+        Policy::from_toml(&format!(
+            "release = \"cocoon-dev\"\nmax_evidence_age = {age}\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n"
+        ))
+        .unwrap()
+    };
+    // Young enough, exactly at the limit, and skipped.
+    assert!(verify(&b, &with_age("3600"), NOW).is_ok());
+    assert!(verify(&b, &with_age("1000"), NOW).is_ok());
+    assert!(verify(&b, &with_age("\"skip\""), UnixTime(NOW.0 + 10_000_000)).is_ok());
+    // Too old: a rejection that says how old and what the policy allows.
+    let rej = verify(&b, &with_age("999"), NOW).unwrap_err();
+    assert!(rej.has(ReasonKind::Policy), "{rej}");
+    let text = rej.to_string();
+    assert!(
+        text.contains("1000 s old")
+            && text.contains("max_evidence_age is 999 s")
+            && text.contains("refresh 3"),
+        "{text}"
+    );
+    // Issued further in the future than clock skew explains.
+    let rej = verify(&b, &with_age("3600"), UnixTime(issued - 301)).unwrap_err();
+    assert!(
+        rej.to_string().contains("after the verification time"),
+        "{rej}"
+    );
+    assert!(verify(&b, &with_age("3600"), UnixTime(issued - 300)).is_ok());
+    // The key is required, and must be a positive number or "skip".
+    for bad in [
+        "",
+        "max_evidence_age = 0\n",
+        "max_evidence_age = \"1h\"\n",
+        "max_evidence_age = -5\n",
+    ] {
+        let text = format!(
+            "release = \"x\"\n{bad}[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n"
+        );
+        let e = Policy::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("max_evidence_age"), "{bad:?}: {e}");
+    }
 }

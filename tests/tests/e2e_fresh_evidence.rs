@@ -18,6 +18,7 @@ use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::receipt::verify_receipt;
 use cocoon_protocol::seal::{seal_request, BillingMeta};
 use cocoon_tests::procs::TempDir;
+use cocoon_verifier::policy::Check;
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
@@ -174,6 +175,32 @@ fn evidence_is_refreshed_with_the_same_keys_and_a_client_can_bind_its_nonce() {
                 .unwrap()
                 .request_id,
             done.request_id
+        );
+
+        // A client whose policy allows evidence 2 s old verifies again
+        // before it sends, however long its refresh interval.
+        let mut strict_policy = simulated_policy();
+        strict_policy.max_evidence_age = Check::Require(2);
+        let mut o = ClientOptions::default();
+        o.evidence_refresh = Duration::from_secs(600);
+        let strict = Client::with_options(&host.url, strict_policy, account(), o);
+        let first = strict.verify().await.unwrap().enclaves()[0]
+            .claims()
+            .clone();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        strict
+            .chat(MODEL, ask("fresh enough?"), 8)
+            .await
+            .expect("accepted")
+            .collect_text()
+            .await
+            .expect("verified answer");
+        let now_seen = strict.verified().await.unwrap().enclaves()[0]
+            .claims()
+            .clone();
+        assert!(
+            now_seen.issued_at > first.issued_at && now_seen.refresh > first.refresh,
+            "re-verified: {first:?} then {now_seen:?}"
         );
 
         // Evidence bound to this client's own nonce, twice (the burst),

@@ -66,7 +66,7 @@ fn bundle(claims: &Claims, gpu: Option<GpuBundle>) -> Vec<u8> {
 
 fn policy(gpu_table: &str) -> Policy {
     Policy::from_toml(&format!(
-        "release = \"cocoon-dev\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n{gpu_table}"
+        "release = \"cocoon-dev\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n{gpu_table}"
     ))
     .unwrap()
 }

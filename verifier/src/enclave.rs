@@ -229,6 +229,45 @@ fn verify_gpu_binding(
     }
 }
 
+/// How far ahead of the verifier's clock a report's `issued_at` may lie
+/// (clock skew between the enclave and the client), in seconds.
+pub const MAX_ISSUED_AHEAD_SECS: u64 = 300;
+
+/// The policy's `max_evidence_age`: the report (its claims' `issued_at`,
+/// bound into the hardware report) must be at most that many seconds old at
+/// `now`, and not more than [`MAX_ISSUED_AHEAD_SECS`] in the future.
+/// `Skip` checks neither.
+fn check_evidence_age(
+    claims: &Claims,
+    max_age: Check<u64>,
+    now: UnixTime,
+) -> Result<(), Rejection> {
+    let Check::Require(max) = max_age else {
+        return Ok(());
+    };
+    let issued = claims.issued_at;
+    if issued > now.0.saturating_add(MAX_ISSUED_AHEAD_SECS) {
+        return Err(Rejection::single(
+            ReasonKind::Claims,
+            format!(
+                "the evidence says it was issued at {issued} (Unix seconds), more than {MAX_ISSUED_AHEAD_SECS} s after the verification time {}",
+                now.0
+            ),
+        ));
+    }
+    let age = now.0.saturating_sub(issued);
+    if age > max {
+        return Err(Rejection::single(
+            ReasonKind::Policy,
+            format!(
+                "the evidence is {age} s old (issued at {issued}, refresh {}); the policy's max_evidence_age is {max} s: fetch fresh evidence",
+                claims.refresh
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Verify an encoded evidence bundle under `policy` at time `now`.
 pub fn verify(bundle: &[u8], policy: &Policy, now: UnixTime) -> Result<VerifiedEnclave, Rejection> {
     let bundle = EvidenceBundle::from_cbor(bundle)
@@ -310,6 +349,7 @@ pub fn verify_bundle(
     }
     let claims = Claims::from_cbor(&bundle.claims_cbor)
         .map_err(|e| Rejection::single(ReasonKind::Claims, format!("claims: {e}")))?;
+    check_evidence_age(&claims, policy.max_evidence_age, now)?;
     let gpus = verify_gpu_binding(bundle, &claims, policy.gpu.as_ref(), now)?;
     Ok(VerifiedEnclave {
         platform,

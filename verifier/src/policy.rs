@@ -864,7 +864,14 @@ pub struct Policy {
     /// enclaves without GPU evidence (evidence with GPUs under a policy
     /// that says nothing about them is refused, naming the `[gpu]` table).
     pub gpu: Option<GpuPolicy>,
+    /// `max_evidence_age` (seconds, or `"skip"`; required): how old a
+    /// report (its claims' `issued_at`) may be. Enclaves re-attest on a
+    /// timer with the same keys; `policy init` writes one hour.
+    pub max_evidence_age: Check<u64>,
 }
+
+/// What `policy init` writes for `max_evidence_age`: one hour.
+pub const DEFAULT_MAX_EVIDENCE_AGE_SECS: u64 = 3600;
 
 impl Policy {
     /// Parse a policy file:
@@ -881,7 +888,15 @@ impl Policy {
             .parse()
             .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
         if let Some(k) = doc.keys().find(|k| {
-            !["release", "snp", "tdx", "gpu", SimulatedTeePolicy::TABLE].contains(&k.as_str())
+            ![
+                "release",
+                "max_evidence_age",
+                "snp",
+                "tdx",
+                "gpu",
+                SimulatedTeePolicy::TABLE,
+            ]
+            .contains(&k.as_str())
         }) {
             return Err(PolicyError::UnknownKey(k.clone()));
         }
@@ -894,6 +909,21 @@ impl Policy {
                 ))
             }
             None => return Err(PolicyError::Missing("release".into())),
+        };
+        let max_evidence_age = match doc.get("max_evidence_age") {
+            Some(toml::Value::Integer(n)) if *n > 0 => Check::Require(*n as u64),
+            Some(toml::Value::String(s)) if s == "skip" => Check::Skip,
+            Some(_) => {
+                return Err(PolicyError::Invalid(
+                    "max_evidence_age".into(),
+                    "must be a positive number of seconds, or \"skip\"".into(),
+                ))
+            }
+            None => {
+                return Err(PolicyError::Missing(
+                    "max_evidence_age (seconds, or \"skip\"; policy init writes 3600)".into(),
+                ))
+            }
         };
         let table = |k: &str| -> Result<Option<&toml::Table>, PolicyError> {
             match doc.get(k) {
@@ -925,6 +955,7 @@ impl Policy {
             tdx,
             simulated,
             gpu,
+            max_evidence_age,
         })
     }
 }
@@ -1008,7 +1039,10 @@ impl Policy {
     /// The whole policy file in TOML, as [`Policy::from_toml`] reads it.
     pub fn to_toml(&self) -> String {
         let release = self.release.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut s = format!("# Reference values for image release {release}.\n# Each value is required, or \"skip\" to skip it on purpose.\nrelease = \"{release}\"\n");
+        let mut s = format!(
+            "# Reference values for image release {release}.\n# Each value is required, or \"skip\" to skip it on purpose.\nrelease = \"{release}\"\nmax_evidence_age = {}\n",
+            toml_check(&self.max_evidence_age, |n| n.to_string())
+        );
         if let Some(p) = &self.snp {
             s.push('\n');
             s.push_str(&p.to_toml());
@@ -1070,11 +1104,12 @@ revocation = "required"
             simulated: Some(SimulatedTeePolicy {
                 measurements: Check::Skip,
             }),
+            max_evidence_age: Check::Require(3600),
         };
         let text = p.to_toml();
         assert_eq!(Policy::from_toml(&text).unwrap(), p, "{text}");
         assert!(
-            Policy::from_toml("release = \"x\"\n").is_err(),
+            Policy::from_toml("release = \"x\"\nmax_evidence_age = \"skip\"\n").is_err(),
             "a policy accepting no platform"
         );
         assert!(
@@ -1185,7 +1220,7 @@ revocation = "required"
 mod gpu_tests {
     use super::*;
 
-    const BASE: &str = "release = \"r\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n";
+    const BASE: &str = "release = \"r\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n";
 
     #[test]
     fn gpu_policy_round_trips_and_every_key_is_required() {

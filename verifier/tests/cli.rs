@@ -153,7 +153,7 @@ fn policy_file_is_read_and_its_errors_are_usage_errors() {
     std::fs::write(
         &policy,
         format!(
-            "release = \"cocoon-test-1\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ fmc = \"skip\", bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n"
+            "release = \"cocoon-test-1\"\nmax_evidence_age = \"skip\"\n[snp]\nmeasurements = [\"{GENOA_MEASUREMENT}\"]\nmin_tcb = {{ fmc = \"skip\", bootloader = 10, tee = 0, snp = 25, microcode = 84 }}\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n"
         ),
     )
     .unwrap();
@@ -163,7 +163,7 @@ fn policy_file_is_read_and_its_errors_are_usage_errors() {
 
     std::fs::write(
         &policy,
-        "release = \"cocoon-test-1\"\n[snp]\nmeasurements = \"skip\"\n",
+        "release = \"cocoon-test-1\"\nmax_evidence_age = \"skip\"\n[snp]\nmeasurements = \"skip\"\n",
     )
     .unwrap();
     let out = run_owned(&args);

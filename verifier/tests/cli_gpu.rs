@@ -123,7 +123,7 @@ fn the_hgx_json_sets_are_accepted_under_a_policy() {
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
-        "release = \"r\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n[gpu]\ngpus = 8\nswitches = 0\nmodels = [\"GH100\"]\nmin_driver = \"590.0\"\nmin_vbios = \"96.00.A0.00.00\"\ncc_mode = \"skip\"\nrims = \"skip\"\nrevocation = \"skip\"\n",
+        "release = \"r\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n[gpu]\ngpus = 8\nswitches = 0\nmodels = [\"GH100\"]\nmin_driver = \"590.0\"\nmin_vbios = \"96.00.A0.00.00\"\ncc_mode = \"skip\"\nrims = \"skip\"\nrevocation = \"skip\"\n",
     )
     .unwrap();
     let gpus = v("nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json");

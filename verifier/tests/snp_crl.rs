@@ -606,6 +606,7 @@ fn amds_roots_refuse_a_test_signed_crl_in_the_library_and_the_bundle() {
         tdx: None,
         simulated: None,
         gpu: None,
+        max_evidence_age: cocoon_verifier::policy::Check::Skip,
     };
     let r = cocoon_verifier::verify(&bundle(Some(c)), &policy, GENOA_AT).unwrap_err();
     assert!(r.to_string().contains("is not signed by ARK-Genoa"), "{r}");

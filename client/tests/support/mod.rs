@@ -57,7 +57,7 @@ pub const PRICE: UnitPrice = UnitPrice {
 /// A policy that opts in to the simulated TEE and pins its measurement.
 pub fn sim_policy_toml() -> String {
     format!(
-        "release = \"cocoon-test\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
+        "release = \"cocoon-test\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
         hex::encode(MEASUREMENT)
     )
 }
@@ -69,7 +69,7 @@ pub fn sim_policy() -> Policy {
 
 /// A production-shaped policy: SEV-SNP only, no simulated opt-in.
 pub fn default_policy_toml() -> String {
-    "release = \"cocoon-test\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n".into()
+    "release = \"cocoon-test\"\nmax_evidence_age = \"skip\"\n[snp]\nmeasurements = \"skip\"\nmin_tcb = \"skip\"\nvmpl = 0\nreport_data = \"skip\"\nhost_data = \"skip\"\nid_key_digests = \"skip\"\nauthor_key_digests = \"skip\"\nsmt = \"allowed\"\nrevocation = \"skip\"\n".into()
 }
 
 /// A production-shaped policy: SEV-SNP only, no simulated opt-in.

@@ -96,7 +96,7 @@ pub fn simulated_policy() -> Policy {
 
 pub fn simulated_policy_toml() -> String {
     format!(
-        "release = \"cocoon-test\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
+        "release = \"cocoon-test\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
         hex::encode(MEASUREMENT)
     )
 }
@@ -581,6 +581,8 @@ impl TestHost {
             ledger_path: ledger.clone(),
             limits,
             settlement,
+            // Never reached: the tests' enclaves are simulated.
+            amd_kds_url: "http://127.0.0.1:9".into(),
         };
         let running = cocoon_host::start(listeners, config).await.unwrap();
         TestHost {

@@ -26,6 +26,7 @@ pub fn simulated_policy() -> Policy {
         simulated: Some(SimulatedTeePolicy {
             measurements: Check::Skip,
         }),
+        max_evidence_age: Check::Require(3600),
     }
 }
 
@@ -38,6 +39,7 @@ pub fn default_policy() -> Policy {
         tdx: None,
         simulated: None,
         gpu: None,
+        max_evidence_age: Check::Require(3600),
     }
 }
 

@@ -600,6 +600,7 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         tdx: None,
         simulated: None,
         gpu: None,
+        max_evidence_age: Check::Require(cocoon_verifier::policy::DEFAULT_MAX_EVIDENCE_AGE_SECS),
     };
     let (report, quote) = match EvidenceBundle::from_cbor(&bytes) {
         Ok(b) => {
