@@ -861,22 +861,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport(&url, e))?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            let retry_after = retry_after(resp.headers());
-            let reason = read_reason(resp).await;
-            return Err(if status == StatusCode::TOO_MANY_REQUESTS {
-                ClientError::RateLimited {
-                    reason,
-                    retry_after,
-                }
-            } else {
-                ClientError::Status {
-                    status: status.as_u16(),
-                    reason,
-                }
-            });
-        }
+        let resp = ok_or_status(resp).await?;
         let bytes = read_capped(resp, cocoon_attestation::bundle::MAX_BUNDLE)
             .await
             .map_err(|e| match e {
@@ -924,22 +909,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport(&url, e))?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            let retry_after = retry_after(resp.headers());
-            let reason = read_reason(resp).await;
-            return Err(if status == StatusCode::TOO_MANY_REQUESTS {
-                ClientError::RateLimited {
-                    reason,
-                    retry_after,
-                }
-            } else {
-                ClientError::Status {
-                    status: status.as_u16(),
-                    reason,
-                }
-            });
-        }
+        let resp = ok_or_status(resp).await?;
         let max = cocoon_protocol::api::MAX_RECEIPTS_PER_PAGE
             * (cocoon_protocol::receipt::MAX_RECEIPT + 128);
         let bytes = read_capped(resp, max).await.map_err(|e| match e {
@@ -1019,6 +989,28 @@ fn seal_to(
         body,
         &mut OsRng,
     )
+}
+
+/// The response when it is a 200; otherwise the error its status means
+/// (`RateLimited` with the `retry-after` delay for a 429).
+async fn ok_or_status(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    let status = resp.status();
+    if status == StatusCode::OK {
+        return Ok(resp);
+    }
+    let retry_after = retry_after(resp.headers());
+    let reason = read_reason(resp).await;
+    Err(if status == StatusCode::TOO_MANY_REQUESTS {
+        ClientError::RateLimited {
+            reason,
+            retry_after,
+        }
+    } else {
+        ClientError::Status {
+            status: status.as_u16(),
+            reason,
+        }
+    })
 }
 
 fn retry_after(h: &HeaderMap) -> Option<Duration> {

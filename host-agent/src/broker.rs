@@ -978,15 +978,7 @@ impl Broker {
             .fetch_nonce_evidence(nonce, self.limits.evidence_timeout)
             .await?;
         let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
-        let v = cocoon_verifier::verify(&bundle, &self.policy, now_unix()).map_err(|r| {
-            BrokerError::Rejected(
-                r.reasons()
-                    .iter()
-                    .map(|r| r.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        let v = self.verify_bundle(&bundle)?;
         let c = v.claims();
         if c.hpke_public_key != ready.hpke_public_key
             || c.receipt_public_key != ready.receipt_public_key
@@ -1006,6 +998,22 @@ impl Broker {
         Ok(bundle)
     }
 
+    /// Verify a bundle under the host's policy, now.
+    fn verify_bundle(
+        &self,
+        bundle: &[u8],
+    ) -> Result<cocoon_verifier::VerifiedEnclave, BrokerError> {
+        cocoon_verifier::verify(bundle, &self.policy, now_unix()).map_err(|r| {
+            BrokerError::Rejected(
+                r.reasons()
+                    .iter()
+                    .map(|r| r.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+    }
+
     fn verify_evidence(
         &self,
         slot: &Slot,
@@ -1014,15 +1022,7 @@ impl Broker {
         prices: PriceTable,
         acks: mpsc::UnboundedSender<(RequestId, [u8; 32])>,
     ) -> Result<Arc<ReadyEnclave>, BrokerError> {
-        let v = cocoon_verifier::verify(&bundle, &self.policy, now_unix()).map_err(|r| {
-            BrokerError::Rejected(
-                r.reasons()
-                    .iter()
-                    .map(|r| r.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        let v = self.verify_bundle(&bundle)?;
         let receipt_public_key = v.claims().receipt_public_key.clone();
         let receipt_verifier = ReceiptVerifier::new(&receipt_public_key)
             .map_err(|e| BrokerError::Rejected(format!("claims.receipt_public_key: {e}")))?;

@@ -209,19 +209,7 @@ async fn nonce_evidence(
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
     let auth = || -> Result<AccountId, String> {
-        let pk = header_str(&headers, ACCOUNT_KEY_HEADER)
-            .and_then(|v| hex::decode(v).ok())
-            .ok_or(format!("missing or non-hex {ACCOUNT_KEY_HEADER} header"))?;
-        let time = header_str(&headers, ACCOUNT_TIME_HEADER)
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or(format!(
-                "missing or non-decimal {ACCOUNT_TIME_HEADER} header"
-            ))?;
-        let sig = header_str(&headers, ACCOUNT_SIGNATURE_HEADER)
-            .and_then(|v| hex::decode(v).ok())
-            .ok_or(format!(
-                "missing or non-hex {ACCOUNT_SIGNATURE_HEADER} header"
-            ))?;
+        let (pk, time, sig) = signed_query(&headers)?;
         verify_evidence_nonce(
             &pk,
             &nonce,
@@ -285,6 +273,25 @@ async fn nonce_evidence(
             )
         }
     }
+}
+
+/// The account key, time and signature headers of a signed query
+/// (receipts, evidence for a nonce), decoded.
+fn signed_query(headers: &HeaderMap) -> Result<(Vec<u8>, u64, Vec<u8>), String> {
+    let pk = header_str(headers, ACCOUNT_KEY_HEADER)
+        .and_then(|v| hex::decode(v).ok())
+        .ok_or(format!("missing or non-hex {ACCOUNT_KEY_HEADER} header"))?;
+    let time = header_str(headers, ACCOUNT_TIME_HEADER)
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or(format!(
+            "missing or non-decimal {ACCOUNT_TIME_HEADER} header"
+        ))?;
+    let sig = header_str(headers, ACCOUNT_SIGNATURE_HEADER)
+        .and_then(|v| hex::decode(v).ok())
+        .ok_or(format!(
+            "missing or non-hex {ACCOUNT_SIGNATURE_HEADER} header"
+        ))?;
+    Ok((pk, time, sig))
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -675,19 +682,7 @@ async fn receipts(
         }
     };
     let auth = || -> Result<AccountId, String> {
-        let pk = header_str(&headers, ACCOUNT_KEY_HEADER)
-            .and_then(|v| hex::decode(v).ok())
-            .ok_or(format!("missing or non-hex {ACCOUNT_KEY_HEADER} header"))?;
-        let time = header_str(&headers, ACCOUNT_TIME_HEADER)
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or(format!(
-                "missing or non-decimal {ACCOUNT_TIME_HEADER} header"
-            ))?;
-        let sig = header_str(&headers, ACCOUNT_SIGNATURE_HEADER)
-            .and_then(|v| hex::decode(v).ok())
-            .ok_or(format!(
-                "missing or non-hex {ACCOUNT_SIGNATURE_HEADER} header"
-            ))?;
+        let (pk, time, sig) = signed_query(&headers)?;
         verify_receipts_query(
             &pk,
             time,

@@ -208,15 +208,9 @@ pub fn verify_evidence_nonce(
     now: u64,
     max_skew: u64,
 ) -> Result<AccountId, AccountError> {
-    if time.abs_diff(now) > max_skew {
-        return Err(AccountError::Stale {
-            time,
-            now,
-            max_skew,
-        });
-    }
-    let id = AccountId::of_public_key(public_key_sec1)?;
-    verify(public_key_sec1, &nonce_message(&id, time, nonce), signature)
+    verify_timed(public_key_sec1, time, signature, now, max_skew, |id| {
+        nonce_message(id, time, nonce)
+    })
 }
 
 fn request_message(request_id: &RequestId) -> Vec<u8> {
@@ -238,6 +232,27 @@ fn verify(public_key_sec1: &[u8], msg: &[u8], sig: &[u8]) -> Result<AccountId, A
     key.verify(msg, &sig)
         .map_err(|_| AccountError::BadSignature)?;
     Ok(id)
+}
+
+/// A statement signed at `time`: within `max_skew` of `now`, and signed by
+/// the key over the message `message` makes for its account.
+fn verify_timed(
+    public_key_sec1: &[u8],
+    time: u64,
+    signature: &[u8],
+    now: u64,
+    max_skew: u64,
+    message: impl FnOnce(&AccountId) -> Vec<u8>,
+) -> Result<AccountId, AccountError> {
+    if time.abs_diff(now) > max_skew {
+        return Err(AccountError::Stale {
+            time,
+            now,
+            max_skew,
+        });
+    }
+    let id = AccountId::of_public_key(public_key_sec1)?;
+    verify(public_key_sec1, &message(&id), signature)
 }
 
 /// Host: check that `account` authorised `request_id` with the key
@@ -267,15 +282,9 @@ pub fn verify_receipts_query(
     now: u64,
     max_skew: u64,
 ) -> Result<AccountId, AccountError> {
-    if time.abs_diff(now) > max_skew {
-        return Err(AccountError::Stale {
-            time,
-            now,
-            max_skew,
-        });
-    }
-    let id = AccountId::of_public_key(public_key_sec1)?;
-    verify(public_key_sec1, &query_message(&id, time), signature)
+    verify_timed(public_key_sec1, time, signature, now, max_skew, |id| {
+        query_message(id, time)
+    })
 }
 
 #[cfg(test)]
