@@ -6,7 +6,7 @@
 //! probes (`/live`, `/ready`, `/metrics`) are served here as well, for a
 //! local scraper.
 //!
-//! Who may call them ([`Access`]), checked on every path before anything
+//! Who may call them (`Access`), checked on every path before anything
 //! else:
 //!
 //! * with a token ([`crate::HostConfig::admin_token`], required when the
