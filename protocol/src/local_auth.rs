@@ -246,7 +246,7 @@ impl AllowedHosts {
             // Only a page whose own origin is a loopback address sends a
             // loopback literal: no other site can make a browser do so.
             let ip_text = ip.to_string();
-            return ip.is_loopback() || self.names.iter().any(|n| *n == ip_text);
+            return ip.is_loopback() || self.names.contains(&ip_text);
         }
         self.names.iter().any(|n| n.eq_ignore_ascii_case(h.host))
     }
