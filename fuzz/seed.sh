@@ -407,7 +407,15 @@ f1c27fd5f0e14ddb793074702d028f46f0879babd438295adebce0eba0820201308201fd308201f9
 " >"$corpus/ocsp/on-hold-by-delegated-responder-forged"
 hex_bytes "3003 0a01 03" >"$corpus/ocsp/try-later"
 hex_bytes "3003 0a01 00" >"$corpus/ocsp/successful-without-bytes"
-echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, settlement 5, ocsp 4 files (in fuzz/corpus/)"
+# local_auth: Host and Authorization header values and token-file text.
+mkdir -p "$corpus/local_auth"
+printf '127.0.0.1:8088' >"$corpus/local_auth/host-loopback"
+printf '[::1]:8088' >"$corpus/local_auth/host-ipv6"
+printf 'rebound.example:8088' >"$corpus/local_auth/host-foreign"
+printf 'Bearer cocoon-local-%s' "$(head -c 64 /dev/zero | tr '\0' 'a')" >"$corpus/local_auth/bearer"
+printf 'Basic dXNlcjpwYXNz' >"$corpus/local_auth/basic"
+printf 'cocoon-admin-%s\n' "$(head -c 64 /dev/zero | tr '\0' '0')" >"$corpus/local_auth/token-file"
+echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, local_auth 6, settlement 5, ocsp 4 files (in fuzz/corpus/)"
 
 # spdm_report: each NVIDIA report (hex text decoded to bytes) followed by its
 # PEM chain; one hex-text report as it is.

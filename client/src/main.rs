@@ -18,6 +18,7 @@ use cocoon_client::{
     AttestedEnclave, Client, ClientError, ClientOptions, Completed, ResponsePart, VerifiedProvider,
     SIMULATED_TEE_WARNING,
 };
+use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_verifier::Policy;
@@ -42,7 +43,12 @@ enum Command {
     /// and print the verified receipt.
     Chat(ChatArgs),
     /// Verify the provider, then serve an OpenAI-compatible API locally
-    /// (GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings).
+    /// (GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings) to
+    /// its owner only: every request must carry the endpoint's API key as
+    /// `Authorization: Bearer <key>` (an OpenAI client's api_key), name a
+    /// local host (127.0.0.1, localhost, [::1]) and send POST bodies as
+    /// application/json. The key comes from COCOON_API_KEY or an API key
+    /// file (created with a new random key if missing).
     Serve(ServeArgs),
     /// Check a provider's settlement claims (claims.json from `cocoon-host
     /// settle`) against this account's receipts in the provider's ledger:
@@ -158,7 +164,23 @@ struct ServeArgs {
     /// Completion-token limit for requests that name none.
     #[arg(long, default_value_t = 256)]
     default_max_tokens: u32,
+    /// File holding the endpoint's API key, one line, mode 0600 (refused
+    /// if group or others may read it); created with a new random key if
+    /// missing. Default: api.key beside the account key
+    /// ($HOME/.config/cocoon/api.key). Without this flag the
+    /// COCOON_API_KEY environment variable, if set, is the key instead.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Also serve requests whose Host header names HOST (repeatable), e.g.
+    /// a name this machine has on the network. Loopback addresses,
+    /// localhost and the --listen address are always served; any other
+    /// name is refused (421), which stops DNS rebinding.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_hosts: Vec<String>,
 }
+
+/// The environment variable that may hold the endpoint's API key.
+const API_KEY_ENV: &str = "COCOON_API_KEY";
 
 /// A failure with the exit code it maps to.
 struct Failure {
@@ -649,7 +671,42 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The endpoint's API key and a sentence saying where it is kept.
+fn api_key(a: &ServeArgs) -> Result<(BearerToken, String), Failure> {
+    let from_file = |path: PathBuf| {
+        let (key, created) = cocoon_client::load_or_create_api_key(&path)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        let verb = if created {
+            "created a new API key in"
+        } else {
+            "API key in"
+        };
+        Ok((key, format!("{verb} {}", path.display())))
+    };
+    if let Some(path) = &a.api_key_file {
+        return from_file(path.clone());
+    }
+    if let Some(v) = std::env::var_os(API_KEY_ENV).filter(|v| !v.is_empty()) {
+        let text = v
+            .into_string()
+            .map_err(|_| Failure::usage(format!("{API_KEY_ENV} is not valid text")))?;
+        let key =
+            BearerToken::parse(&text).map_err(|e| Failure::usage(format!("{API_KEY_ENV}: {e}")))?;
+        return Ok((
+            key,
+            format!("API key from the {API_KEY_ENV} environment variable"),
+        ));
+    }
+    let account = match &a.common.account_key {
+        Some(p) => p.clone(),
+        None => default_account_path()?,
+    };
+    let dir = account.parent().unwrap_or_else(|| Path::new(""));
+    from_file(dir.join("api.key"))
+}
+
 async fn serve(a: ServeArgs) -> Result<(), Failure> {
+    let (key, key_place) = api_key(&a)?;
     let mut options = ClientOptions::default();
     options.evidence_refresh = Duration::from_secs(a.evidence_refresh);
     let client = setup(&a.common, options)?;
@@ -657,7 +714,7 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
     print_verified(&client, &provider);
     if !a.listen.ip().is_loopback() {
         eprintln!(
-            "WARNING: listening on {}: anyone who can reach it can send requests paid by this account",
+            "WARNING: listening on {}: the API key travels in clear over plain HTTP; anyone who can reach it and sniff or guess the key can send requests paid by this account",
             a.listen
         );
     }
@@ -673,9 +730,17 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
         message: format!("listener address: {e}"),
         kind: "listen",
     })?;
-    eprintln!("ready listen={addr}");
-    let mut serve_options = ServeOptions::default();
+    let mut serve_options = ServeOptions::new(key);
     serve_options.default_max_tokens = a.default_max_tokens;
+    let mut hosts = AllowedHosts::loopback().with(&addr.ip().to_string());
+    for h in &a.allow_hosts {
+        hosts = hosts.with(h);
+    }
+    serve_options.allowed_hosts = hosts;
+    eprintln!(
+        "{key_place}; send it as `Authorization: Bearer <key>` (OpenAI clients: api_key, or OPENAI_API_KEY)"
+    );
+    eprintln!("ready listen={addr}");
     cocoon_client::serve::run(listener, client, serve_options, shutdown_signal())
         .await
         .map_err(|e| Failure {

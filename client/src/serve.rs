@@ -5,12 +5,33 @@
 //! Owns the translation between OpenAI's JSON (chat completions, streamed
 //! as server-sent events, embeddings, models) and the SDK, and the mapping
 //! of SDK errors to OpenAI-style errors
-//! (`{"error": {"message", "type", "code"}}`): `400` bad request, `404`
+//! (`{"error": {"message", "type", "param", "code"}}`): `400` bad request, `404`
 //! unknown model, `429` rate limited by the provider, `502` the provider
 //! or the response failed, `503` the provider's evidence does not verify
 //! (the message lists every rejection). Verification and re-verification
 //! are the [`Client`]'s: each request first calls
 //! [`Client::ensure_verified`].
+//!
+//! Only its owner may use it. Before anything else, and before a body is
+//! read, sealed or sent, every request (every path and method) must
+//!
+//! 1. name this machine in its `Host` header: a loopback address,
+//!    `localhost`, or a name in [`ServeOptions::allowed_hosts`]; else
+//!    `421` (`misdirected_request`). This stops DNS rebinding: a page on
+//!    another site that resolves its name to `127.0.0.1` still sends its
+//!    own name;
+//! 2. carry the API key as `Authorization: Bearer <key>` (what the
+//!    official OpenAI clients send as their `api_key`), compared in
+//!    constant time; else `401` (`missing_api_key`, `invalid_api_key`),
+//!    with `WWW-Authenticate: Bearer`. A browser sends no such header on
+//!    its own, and a CORS preflight (`OPTIONS`) never carries it;
+//! 3. if it is a `POST`, say `Content-Type: application/json`; else `415`
+//!    (`unsupported_media_type`). A cross-site form or `text/plain` fetch
+//!    (a "simple" request, which a browser sends without a preflight)
+//!    cannot say so.
+//!
+//! The endpoint never sends `Access-Control-*` headers: no browser page of
+//! another origin is ever allowed to read an answer.
 //!
 //! Every answer carries a `"cocoon"` object: the signed receipt (base64),
 //! the request id and evidence digest (hex) and the platform. Token counts
@@ -20,13 +41,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
+use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -34,18 +57,26 @@ use serde_json::{json, Value};
 use crate::client::{unix_now, Client, ClientError};
 use crate::response::{Completed, ResponsePart, ResponseStream};
 
-/// Settings of the endpoint; start from `ServeOptions::default()`.
+/// Settings of the endpoint; start from [`ServeOptions::new`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServeOptions {
     /// Completion-token limit when a request names none (default 256).
     pub default_max_tokens: u32,
+    /// The key every request must carry as `Authorization: Bearer <key>`.
+    pub api_key: BearerToken,
+    /// The `Host` header values served (default: loopback addresses and
+    /// `localhost`); any other is refused with `421`.
+    pub allowed_hosts: AllowedHosts,
 }
 
-impl Default for ServeOptions {
-    fn default() -> ServeOptions {
+impl ServeOptions {
+    /// Defaults, with this API key.
+    pub fn new(api_key: BearerToken) -> ServeOptions {
         ServeOptions {
             default_max_tokens: 256,
+            api_key,
+            allowed_hosts: AllowedHosts::loopback(),
         }
     }
 }
@@ -56,14 +87,85 @@ struct AppState {
 }
 
 /// The endpoint's routes: `GET /v1/models`, `POST /v1/chat/completions`,
-/// `POST /v1/embeddings`.
+/// `POST /v1/embeddings`, every one (and the fallback) behind the checks in
+/// the module documentation.
 pub fn router(client: Client, options: ServeOptions) -> Router {
+    let state = Arc::new(AppState { client, options });
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .fallback(not_found)
-        .with_state(Arc::new(AppState { client, options }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            owner_only,
+        ))
+        .with_state(state)
+}
+
+/// The checks every request passes before a handler (and so before its
+/// body is read): `Host`, then the API key, then the content type.
+async fn owner_only(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match refusal(&app.options, req.method(), req.headers()) {
+        Some(e) => {
+            tracing::warn!(
+                method = %req.method(),
+                path = req.uri().path(),
+                status = e.status.as_u16(),
+                "refused: {}",
+                e.code
+            );
+            e.into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+fn refusal(options: &ServeOptions, method: &Method, headers: &HeaderMap) -> Option<ApiErr> {
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if !options.allowed_hosts.permits(host) {
+        return Some(ApiErr {
+            status: StatusCode::MISDIRECTED_REQUEST,
+            kind: "invalid_request_error",
+            code: "misdirected_request",
+            message: "the Host header does not name this endpoint: use http://127.0.0.1:<port>, http://localhost:<port> or http://[::1]:<port> (other names: cocoon-client serve --allow-host NAME)".into(),
+            retry_after: None,
+        });
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !options.api_key.authorizes(authorization) {
+        let (code, what) = match authorization {
+            None => ("missing_api_key", "no API key was sent"),
+            Some(_) => ("invalid_api_key", "the API key is not this endpoint's"),
+        };
+        return Some(ApiErr {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "invalid_request_error",
+            code,
+            message: format!("{what}: send the key `cocoon-client serve` keeps in its API key file (it prints where at start) as `Authorization: Bearer <key>`, the api_key of an OpenAI client"),
+            retry_after: None,
+        });
+    }
+    if method == Method::POST && !is_json(headers.get(header::CONTENT_TYPE)) {
+        return Some(ApiErr {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            kind: "invalid_request_error",
+            code: "unsupported_media_type",
+            message: "a POST body must be sent with Content-Type: application/json".into(),
+            retry_after: None,
+        });
+    }
+    None
+}
+
+/// `application/json`, any case, parameters (`; charset=utf-8`) allowed.
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Serve on `listener` until `shutdown` completes, then let requests in
@@ -105,13 +207,17 @@ impl ApiErr {
     }
 
     fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
     }
 }
 
 impl IntoResponse for ApiErr {
     fn into_response(self) -> Response {
         let mut r = json_response(self.status, &self.body());
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(s) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);

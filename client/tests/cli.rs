@@ -265,17 +265,25 @@ async fn exit_codes() {
     assert_eq!(p.posts(), 0);
 }
 
-/// Start `cocoon-client serve` on port 0; the address from its ready line.
-fn spawn_serve(args: &[&str]) -> (std::process::Child, Result<String, String>) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
+/// Start `cocoon-client serve` on port 0, with `env` set (and
+/// COCOON_API_KEY unset unless `env` sets it): the address from its ready
+/// line and what it printed before, or everything it printed.
+fn spawn_serve_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, Result<(String, String), String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .env_remove("RUST_LOG")
+        .env_remove("COCOON_API_KEY")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -283,7 +291,7 @@ fn spawn_serve(args: &[&str]) -> (std::process::Child, Result<String, String>) {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(addr) = line.strip_prefix("ready listen=") {
-                let _ = tx.send(Ok(addr.to_string()));
+                let _ = tx.send(Ok((addr.to_string(), std::mem::take(&mut seen))));
                 // Keep draining so the child never blocks on stderr.
                 continue;
             }
@@ -298,6 +306,30 @@ fn spawn_serve(args: &[&str]) -> (std::process::Child, Result<String, String>) {
     (child, addr)
 }
 
+fn spawn_serve(args: &[&str]) -> (std::process::Child, Result<String, String>) {
+    let (child, r) = spawn_serve_env(args, &[]);
+    (child, r.map(|(addr, _)| addr))
+}
+
+async fn chat_status(addr: &str, key: Option<&str>) -> (u16, Value) {
+    let mut r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        );
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_ready_with_the_real_port_and_answers() {
     let p = TestProvider::start().await;
@@ -305,31 +337,57 @@ async fn serve_prints_ready_with_the_real_port_and_answers() {
     let policy = dir.file("policy.toml", &sim_policy_toml());
     let key = dir.path("account.key");
     let url = p.url.clone();
-    let (mut child, addr) = tokio::task::spawn_blocking(move || {
-        spawn_serve(&[
-            "--provider",
-            &url,
-            "--policy",
-            &policy,
-            "--account-key",
-            &key,
-        ])
+    let (mut child, ready) = tokio::task::spawn_blocking(move || {
+        spawn_serve_env(
+            &[
+                "--provider",
+                &url,
+                "--policy",
+                &policy,
+                "--account-key",
+                &key,
+            ],
+            &[],
+        )
     })
     .await
     .unwrap();
-    let addr = match addr {
+    let (addr, before) = match ready {
         Ok(a) => a,
         Err(e) => {
             let _ = child.kill();
             panic!("serve did not become ready: {e}");
         }
     };
+    // The key was made beside the account key, owner-only; serve says
+    // where, never what.
+    let key_file = dir.0.join("api.key");
+    let api_key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        api_key.starts_with(cocoon_client::API_KEY_PREFIX),
+        "{api_key}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert!(
+        before.contains(&format!("created a new API key in {}", key_file.display())),
+        "{before}"
+    );
+    assert!(!before.contains(&api_key), "the key is never printed");
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     assert_ne!(port, 0);
     let http = reqwest::Client::new();
     let models: Value = serde_json::from_str(
         &http
             .get(format!("http://{addr}/v1/models"))
+            .bearer_auth(&api_key)
             .send()
             .await
             .unwrap()
@@ -339,18 +397,11 @@ async fn serve_prints_ready_with_the_real_port_and_answers() {
     )
     .unwrap();
     assert_eq!(models["data"][0]["id"], MODEL);
-    let r = http
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(
-            serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let (s, v) = chat_status(&addr, None).await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"]["code"], "missing_api_key");
+    let (s, v) = chat_status(&addr, Some(&api_key)).await;
+    assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["choices"][0]["message"]["content"],
         "The answer is 42. (you asked: hi)"
@@ -358,6 +409,89 @@ async fn serve_prints_ready_with_the_real_port_and_answers() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(p.posts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_key_from_a_file_or_the_environment_and_refuses_an_open_file() {
+    let p = TestProvider::start().await;
+    let dir = Scratch::new("serve-keys");
+    let policy = dir.file("policy.toml", &sim_policy_toml());
+    let account = dir.path("account.key");
+    let url = p.url.clone();
+    let common = move || {
+        vec![
+            "--provider".to_string(),
+            url.clone(),
+            "--policy".into(),
+            policy.clone(),
+            "--account-key".into(),
+            account.clone(),
+        ]
+    };
+    let start = |extra: Vec<String>, env: Vec<(&'static str, String)>| {
+        let mut args = common();
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            spawn_serve_env(&args, &env)
+        })
+    };
+
+    // An existing --api-key-file is used as it is, before the variable.
+    let mine = "my-own-key-0123456789abcdef0123456789abcdef";
+    let file = dir.file("mine.key", &format!("{mine}\n"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let env_key = "env-key-0123456789abcdef0123456789abcdef";
+    let (mut child, ready) = start(
+        vec!["--api-key-file".into(), file.clone()],
+        vec![("COCOON_API_KEY", env_key.into())],
+    )
+    .await
+    .unwrap();
+    let (addr, before) = ready.unwrap_or_else(|e| panic!("not ready: {e}"));
+    assert!(before.contains(&format!("API key in {file}")), "{before}");
+    assert_eq!(chat_status(&addr, Some(mine)).await.0, 200);
+    assert_eq!(chat_status(&addr, Some(env_key)).await.0, 401);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // COCOON_API_KEY without the flag.
+    let (mut child, ready) = start(vec![], vec![("COCOON_API_KEY", env_key.into())])
+        .await
+        .unwrap();
+    let (addr, before) = ready.unwrap_or_else(|e| panic!("not ready: {e}"));
+    assert!(before.contains("COCOON_API_KEY"), "{before}");
+    assert!(!before.contains(env_key));
+    assert_eq!(chat_status(&addr, Some(env_key)).await.0, 200);
+    assert_eq!(chat_status(&addr, Some(mine)).await.0, 401);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(p.posts(), 2);
+
+    // A key file others may read, a short key: refused at start (64).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (mut child, ready) = start(vec!["--api-key-file".into(), file.clone()], vec![])
+            .await
+            .unwrap();
+        let seen = ready.expect_err("must not start");
+        assert_eq!(child.wait().unwrap().code(), Some(64), "{seen}");
+        assert!(seen.contains(&format!("chmod 600 {file}")), "{seen}");
+    }
+    let (mut child, ready) = start(vec![], vec![("COCOON_API_KEY", "short".into())])
+        .await
+        .unwrap();
+    let seen = ready.expect_err("must not start");
+    assert_eq!(child.wait().unwrap().code(), Some(64), "{seen}");
+    assert!(seen.contains("COCOON_API_KEY"), "{seen}");
+    assert_eq!(p.posts(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

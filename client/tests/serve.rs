@@ -1,6 +1,7 @@
 //! The local OpenAI-compatible endpoint end to end over real HTTP: an
-//! OpenAI-style client (reqwest + JSON) → `cocoon_client::serve` → the SDK →
-//! the in-test provider.
+//! OpenAI-style client (reqwest + JSON, with the endpoint's API key) →
+//! `cocoon_client::serve` → the SDK → the in-test provider; and the
+//! requests it refuses before anything reaches the provider.
 
 mod support;
 
@@ -10,6 +11,7 @@ use base64::Engine as _;
 use cocoon_client::serve::{run, ServeOptions};
 use cocoon_client::{Client, ClientOptions};
 use cocoon_protocol::account::AccountKey;
+use cocoon_protocol::local_auth::BearerToken;
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_verifier::Policy;
 use serde_json::{json, Value};
@@ -17,6 +19,8 @@ use support::{default_policy, sim_policy, Misbehavior, TestProvider, EMBED_MODEL
 
 struct Endpoint {
     base: String,
+    addr: std::net::SocketAddr,
+    key: String,
     client: Client,
     http: reqwest::Client,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -27,11 +31,14 @@ async fn endpoint(p: &TestProvider, policy: Policy) -> Endpoint {
     o.evidence_refresh = Duration::from_secs(3600);
     let client = Client::with_options(&p.url, policy, AccountKey::generate(&mut OsRng), o);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let c = client.clone();
+    let key = BearerToken::generate(cocoon_client::API_KEY_PREFIX, &mut OsRng);
+    let secret = key.reveal().to_string();
     tokio::spawn(async move {
-        run(listener, c, ServeOptions::default(), async {
+        run(listener, c, ServeOptions::new(key), async {
             let _ = rx.await;
         })
         .await
@@ -39,6 +46,8 @@ async fn endpoint(p: &TestProvider, policy: Policy) -> Endpoint {
     });
     Endpoint {
         base,
+        addr,
+        key: secret,
         client,
         http: reqwest::Client::new(),
         _stop: tx,
@@ -50,6 +59,7 @@ impl Endpoint {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -58,6 +68,15 @@ impl Endpoint {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         (status, headers, r.text().await.unwrap())
+    }
+
+    async fn get_models(&self) -> reqwest::Response {
+        self.http
+            .get(format!("{}/v1/models", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
@@ -103,12 +122,7 @@ fn error_of(v: &Value) -> (&str, &str, &str) {
 async fn models_are_the_verified_claims() {
     let p = TestProvider::start().await;
     let ep = endpoint(&p, sim_policy()).await;
-    let r = ep
-        .http
-        .get(format!("{}/v1/models", ep.base))
-        .send()
-        .await
-        .unwrap();
+    let r = ep.get_models().await;
     assert_eq!(r.status(), 200);
     let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(v["object"], "list");
@@ -415,12 +429,7 @@ async fn an_unverified_provider_is_503_with_the_reasons() {
         assert!(msg.contains("enclave evidence #0 rejected"), "{msg}");
         assert!(msg.contains("NOT confidential"), "{msg}");
     }
-    let r = ep
-        .http
-        .get(format!("{}/v1/models", ep.base))
-        .send()
-        .await
-        .unwrap();
+    let r = ep.get_models().await;
     assert_eq!(r.status(), 503);
     assert_eq!(p.posts(), 0);
 }
@@ -444,4 +453,196 @@ async fn a_restart_is_followed_transparently() {
         hex::encode(p.digest().as_bytes())
     );
     assert_eq!(p.posts(), 3);
+}
+
+/// What a refused request got: status, headers, and the OpenAI-shaped
+/// error (`param` is present and null).
+async fn refused(r: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, String, String) {
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    assert!(v["error"]["param"].is_null(), "{v}");
+    assert!(v["error"].get("param").is_some(), "{v}");
+    let (msg, kind, code) = error_of(&v);
+    assert_eq!(kind, "invalid_request_error", "{v}");
+    (status, headers, code.to_string(), msg.to_string())
+}
+
+fn no_cors(h: &reqwest::header::HeaderMap) {
+    for name in h.keys() {
+        assert!(
+            !name.as_str().starts_with("access-control-"),
+            "CORS header {name} sent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refused_before_anything_is_sealed_or_sent() {
+    let p = TestProvider::start().await;
+    let ep = endpoint(&p, sim_policy()).await;
+    let chat = format!("{}/v1/chat/completions", ep.base);
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "spend my money"}]})
+        .to_string();
+    let wrong = BearerToken::generate(cocoon_client::API_KEY_PREFIX, &mut OsRng);
+
+    // No key, a wrong key, the key under another scheme, the key bare.
+    for (auth, code) in [
+        (None, "missing_api_key"),
+        (
+            Some(format!("Bearer {}", wrong.reveal())),
+            "invalid_api_key",
+        ),
+        (Some(format!("Bearer {}x", ep.key)), "invalid_api_key"),
+        (Some(format!("Basic {}", ep.key)), "invalid_api_key"),
+        (Some(ep.key.clone()), "invalid_api_key"),
+    ] {
+        for req in [
+            ep.http
+                .post(&chat)
+                .header("content-type", "application/json")
+                .body(body.clone()),
+            ep.http.get(format!("{}/v1/models", ep.base)),
+            ep.http
+                .post(format!("{}/v1/embeddings", ep.base))
+                .header("content-type", "application/json")
+                .body(json!({"model": EMBED_MODEL, "input": "x"}).to_string()),
+            ep.http.get(format!("{}/no/such/path", ep.base)),
+        ] {
+            let req = match &auth {
+                Some(a) => req.header("authorization", a),
+                None => req,
+            };
+            let (s, h, c, msg) = refused(req).await;
+            assert_eq!((s, c.as_str()), (401, code), "{auth:?}: {msg}");
+            assert_eq!(h["www-authenticate"], "Bearer");
+            assert!(msg.contains("Authorization: Bearer"), "{msg}");
+            assert!(!msg.contains(&ep.key), "the key is never echoed");
+            no_cors(&h);
+        }
+    }
+
+    // The cross-site "simple" request: text/plain (or a form, or no
+    // content type), even with the right key; the key is checked first.
+    for ct in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonx"),
+        None,
+    ] {
+        let mut req = ep.http.post(&chat).bearer_auth(&ep.key).body(body.clone());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let (s, h, c, _) = refused(req).await;
+        assert_eq!((s, c.as_str()), (415, "unsupported_media_type"), "{ct:?}");
+        no_cors(&h);
+        let mut req = ep.http.post(&chat).body(body.clone());
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let (s, _, c, _) = refused(req).await;
+        assert_eq!((s, c.as_str()), (401, "missing_api_key"), "{ct:?}");
+    }
+
+    // DNS rebinding: a name that resolves to 127.0.0.1 but is not this
+    // endpoint's, with the right key and content type; the Host header is
+    // checked before the key.
+    let rebound = reqwest::Client::builder()
+        .resolve("rebound.example", ep.addr)
+        .build()
+        .unwrap();
+    let foreign = format!(
+        "http://rebound.example:{}/v1/chat/completions",
+        ep.addr.port()
+    );
+    let (s, h, c, msg) = refused(
+        rebound
+            .post(&foreign)
+            .bearer_auth(&ep.key)
+            .header("content-type", "application/json")
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (421, "misdirected_request"), "{msg}");
+    no_cors(&h);
+    let (s, _, c, _) = refused(
+        rebound
+            .post(&foreign)
+            .header("content-type", "text/plain")
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (421, "misdirected_request"));
+    for host in ["evil.example", "127.0.0.1.evil.example", "0.0.0.0"] {
+        let (s, _, c, _) = refused(
+            ep.http
+                .get(format!("{}/v1/models", ep.base))
+                .bearer_auth(&ep.key)
+                .header("host", host),
+        )
+        .await;
+        assert_eq!((s, c.as_str()), (421, "misdirected_request"), "{host}");
+    }
+
+    // A CORS preflight is not approved: no Access-Control-* headers.
+    let r = ep
+        .http
+        .request(reqwest::Method::OPTIONS, &chat)
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    no_cors(r.headers());
+
+    assert_eq!(
+        p.evidence_gets(),
+        0,
+        "the provider was not even asked for evidence"
+    );
+    assert_eq!(p.posts(), 0, "nothing was sent to the provider");
+    assert_eq!(p.opened(), 0, "nothing was sealed to the enclave");
+
+    // The owner, by every local name, gets through; still no CORS headers,
+    // whatever the Origin.
+    let local = reqwest::Client::builder()
+        .resolve("localhost", ep.addr)
+        .build()
+        .unwrap();
+    for base in [
+        ep.base.clone(),
+        format!("http://localhost:{}", ep.addr.port()),
+    ] {
+        let r = local
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&ep.key)
+            .header("content-type", "application/json; charset=utf-8")
+            .header("origin", "https://evil.example")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{base}");
+        no_cors(r.headers());
+    }
+    let r = ep
+        .http
+        .get(format!("{}/v1/models", ep.base))
+        .bearer_auth(&ep.key)
+        .header("host", format!("[::1]:{}", ep.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(p.posts(), 2);
 }

@@ -26,7 +26,9 @@ mod protocol;
 mod tdx;
 pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use nvidia::{gpu_evidence, rim, spdm_report};
-pub use protocol::{api, frame_decoder, message, receipt, sealed_request, settlement};
+pub use protocol::{
+    api, frame_decoder, local_auth, message, receipt, sealed_request, settlement,
+};
 pub use tdx::tdx_quote;
 
 /// The verification time every target uses: 2025-10-01T08:00:00Z.
@@ -48,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("receipt", receipt),
     ("message", message),
     ("api", api),
+    ("local_auth", local_auth),
     ("spdm_report", spdm_report),
     ("gpu_evidence", gpu_evidence),
     ("ocsp", ocsp),

@@ -290,3 +290,46 @@ pub fn settlement(data: &[u8]) {
         assert_eq!(&t.to_bytes()[..], data, "tab does not round-trip");
     }
 }
+
+/// `local_auth`: the request headers the local HTTP endpoints check first
+/// (`cocoon-client serve`, the host's operator API): the input as a `Host`
+/// header value and as an `Authorization` value, and as the text of a
+/// token file. A host that parses is non-empty and inside the input; the
+/// allow list agrees with the parse; a bearer credential is a non-empty
+/// piece of the input; a token that parses matches itself and authorizes
+/// the header made from it.
+pub fn local_auth(data: &[u8]) {
+    use cocoon_protocol::local_auth::{
+        bearer_credentials, parse_host_header, AllowedHosts, BearerToken, Credentials,
+    };
+    let hosts = AllowedHosts::loopback().with("box.example");
+    let permitted = hosts.permits(Some(data));
+    match parse_host_header(data) {
+        Some(h) => {
+            assert!(!h.host.is_empty(), "an empty host parsed");
+            let text = std::str::from_utf8(data).expect("a parsed header is text");
+            assert!(text.contains(h.host), "the host is not from the input");
+        }
+        None => assert!(!permitted, "an unparsable Host was permitted"),
+    }
+    let token = BearerToken::parse(&"t".repeat(40)).expect("a fixed token parses");
+    match bearer_credentials(data) {
+        Credentials::Bearer(t) => {
+            assert!(!t.is_empty(), "an empty bearer token");
+            assert!(
+                data.windows(t.len()).any(|w| w == t),
+                "the bearer token is not from the input"
+            );
+            assert_eq!(token.authorizes(Some(data)), token.matches(t));
+        }
+        _ => assert!(!token.authorizes(Some(data)), "a non-bearer value authorized"),
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(t) = BearerToken::parse(text) {
+            assert!(t.matches(t.reveal().as_bytes()));
+            let header = format!("Bearer {}", t.reveal());
+            assert!(t.authorizes(Some(header.as_bytes())));
+            black_box(format!("{t:?}"));
+        }
+    }
+}

@@ -1,9 +1,22 @@
 //! Operator endpoints, on their own listener (loopback by default): the
 //! ledger export for settlement, the ledger check, and drain.
 //!
-//! Owns only these handlers. They are never routed on the public listener:
-//! the export lists every account's receipts. The probes (`/live`,
-//! `/ready`, `/metrics`) are served here as well, for a local scraper.
+//! Owns these handlers and who may call them. They are never routed on
+//! the public listener: the export lists every account's receipts. The
+//! probes (`/live`, `/ready`, `/metrics`) are served here as well, for a
+//! local scraper.
+//!
+//! Who may call them (`Access`), checked on every path before anything
+//! else:
+//!
+//! * with a token ([`crate::HostConfig::admin_token`], required when the
+//!   listener is not on loopback): every request carries
+//!   `Authorization: Bearer <token>`, compared in constant time; else
+//!   `401` with `WWW-Authenticate: Bearer`;
+//! * without one (loopback only): the `Host` header names a loopback
+//!   address or `localhost`; else `421`. A web page the operator visits
+//!   cannot reach the API by making its own name resolve to `127.0.0.1`
+//!   (DNS rebinding), and it can send no token.
 //!
 //! * `GET /admin/ledger/export?after=N&limit=M`: NDJSON, one entry per
 //!   line (`ledger_seq`, `request_id`, `account`, `model`, token counts,
@@ -15,12 +28,16 @@
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -38,13 +55,66 @@ pub const DEFAULT_EXPORT_LIMIT: usize = 10_000;
 /// Most rows per export page.
 pub const MAX_EXPORT_LIMIT: usize = 100_000;
 
-/// The operator router.
+/// What an operator request must show.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// `Authorization: Bearer <token>`.
+    Token(BearerToken),
+    /// A loopback `Host` (the listener is on loopback).
+    LocalHost(AllowedHosts),
+}
+
+impl Access {
+    pub(crate) fn new(token: Option<BearerToken>, listen: SocketAddr) -> Access {
+        match token {
+            Some(t) => Access::Token(t),
+            None => Access::LocalHost(AllowedHosts::loopback().with(&listen.ip().to_string())),
+        }
+    }
+
+    fn refusal(&self, req: &Request) -> Option<Response> {
+        let header_of = |name| req.headers().get(name).map(HeaderValue::as_bytes);
+        match self {
+            Access::Token(t) if !t.authorizes(header_of(header::AUTHORIZATION)) => {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "the operator API needs its token: Authorization: Bearer <the token in --admin-token-file>",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(r)
+            }
+            Access::LocalHost(hosts) if !hosts.permits(header_of(header::HOST)) => Some(text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the operator API answers only requests for 127.0.0.1, [::1] or localhost",
+            )),
+            _ => None,
+        }
+    }
+}
+
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    match app.admin_access.refusal(&req) {
+        Some(r) => {
+            warn!(
+                path = req.uri().path(),
+                status = r.status().as_u16(),
+                "operator request refused"
+            );
+            r
+        }
+        None => next.run(req).await,
+    }
+}
+
+/// The operator router, every path behind [`Access`].
 pub(crate) fn router(app: Arc<App>) -> Router {
     probes(Router::new())
         .route(EXPORT_PATH, get(export))
         .route(CHECK_PATH, get(check))
         .route(DRAIN_PATH, post(drain))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Owns [`EnclaveAddr`] (`unix:/path` or `vsock:CID:PORT`), [`Limits`]
 //! (every bound and timeout the daemon enforces, with defaults), the file
-//! form [`FileConfig`] (strict: unknown keys are errors) and [`HostConfig`],
-//! the value [`crate::start`] takes. It reads no file and no socket: the
+//! form [`FileConfig`] (strict: unknown keys are errors), [`HostConfig`],
+//! the value [`crate::start`] takes, and the rule for where the operator
+//! API may listen ([`check_admin_exposure`]). It reads no file and no socket: the
 //! binary reads the files and passes their text in, so tests build a
 //! [`HostConfig`] directly.
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use cocoon_protocol::local_auth::BearerToken;
 use cocoon_protocol::seal::MAX_SEALED_REQUEST;
 use cocoon_verifier::Policy;
 use serde::Deserialize;
@@ -312,6 +314,39 @@ pub struct HostConfig {
     /// Where AMD's SEV-SNP CRLs are fetched from, to attach to the SNP
     /// evidence the host serves ([`crate::snp_crl`]).
     pub amd_kds_url: String,
+    /// The token every operator API request must then carry as
+    /// `Authorization: Bearer <token>`. Required when the operator API
+    /// listens on a non-loopback address; without it, the operator API
+    /// answers only requests whose `Host` names a loopback address or
+    /// `localhost` (no DNS rebinding from a browser).
+    pub admin_token: Option<BearerToken>,
+}
+
+/// Whether the operator API may listen on `addr`: a loopback address
+/// always; any other only when the operator asked for it explicitly
+/// (`allow_remote`: `--admin-allow-remote`) and a token guards it
+/// (`has_token`: `--admin-token-file`). The operator API exports every
+/// account's receipts and can drain the service.
+pub fn check_admin_exposure(
+    addr: SocketAddr,
+    allow_remote: bool,
+    has_token: bool,
+) -> Result<(), ConfigError> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(ConfigError::Invalid {
+            field: "admin_listen",
+            reason: format!(
+                "{addr} is not a loopback address, and the operator API exports every account's receipts and can drain the host: keep it on 127.0.0.1 or [::1], or pass --admin-allow-remote with --admin-token-file FILE"
+            ),
+        });
+    }
+    if allow_remote && !has_token {
+        return Err(ConfigError::Invalid {
+            field: "admin_allow_remote",
+            reason: "--admin-allow-remote needs --admin-token-file FILE (a file only its owner can read, holding a token of at least 32 characters, e.g. made with `(umask 077; openssl rand -hex 32 > FILE)`); every operator request must then send Authorization: Bearer <token>".into(),
+        });
+    }
+    Ok(())
 }
 
 fn secs(field: &'static str, v: f64) -> Result<Duration, ConfigError> {
@@ -398,7 +433,9 @@ impl LimitsFile {
 ///
 /// ```toml
 /// listen = "127.0.0.1:8080"          # public API
-/// admin_listen = "127.0.0.1:8081"    # operator endpoints; keep it private
+/// admin_listen = "127.0.0.1:8081"    # operator endpoints; loopback unless
+///                                    # admin_allow_remote = true, which
+///                                    # needs admin_token_file
 /// enclaves = ["vsock:3:5000"]        # or "unix:/run/cocoon/enclave.sock"
 /// policy = "/etc/cocoon/policy.toml" # cocoon-verifier policy
 /// ledger = "/var/lib/cocoon/ledger.sqlite"
@@ -414,6 +451,11 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// Operator endpoints address.
     pub admin_listen: Option<SocketAddr>,
+    /// Allow a non-loopback `admin_listen` (needs `admin_token_file`).
+    #[serde(default)]
+    pub admin_allow_remote: bool,
+    /// File holding the operator API's bearer token (mode 0600).
+    pub admin_token_file: Option<PathBuf>,
     /// Enclave addresses.
     #[serde(default)]
     pub enclaves: Vec<EnclaveAddr>,
@@ -495,5 +537,31 @@ mod tests {
         };
         assert!(negative.apply(Limits::default()).is_err());
         Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_operator_api_stays_on_loopback_unless_asked_and_guarded() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for local in ["127.0.0.1:8081", "[::1]:8081", "127.0.0.2:0"] {
+            check_admin_exposure(a(local), false, false).unwrap();
+            check_admin_exposure(a(local), false, true).unwrap();
+            check_admin_exposure(a(local), true, true).unwrap();
+        }
+        for remote in ["0.0.0.0:8081", "[::]:8081", "10.1.2.3:8081"] {
+            let e = check_admin_exposure(a(remote), false, true).unwrap_err();
+            assert!(e.to_string().contains("--admin-allow-remote"), "{e}");
+            let e = check_admin_exposure(a(remote), true, false).unwrap_err();
+            assert!(e.to_string().contains("--admin-token-file"), "{e}");
+            check_admin_exposure(a(remote), true, true).unwrap();
+        }
+        let c = FileConfig::from_toml(
+            "admin_listen = \"0.0.0.0:9\"\nadmin_allow_remote = true\nadmin_token_file = \"/etc/cocoon/admin.token\"\n",
+        )
+        .unwrap();
+        assert!(c.admin_allow_remote);
+        assert_eq!(
+            c.admin_token_file,
+            Some(PathBuf::from("/etc/cocoon/admin.token"))
+        );
     }
 }

@@ -87,7 +87,8 @@ pub enum HostError {
 pub struct Listeners {
     /// The public API.
     pub public: TcpListener,
-    /// The operator endpoints (keep it on loopback or a private network).
+    /// The operator endpoints: a loopback address, or any other only with
+    /// [`HostConfig::admin_token`] set.
     pub admin: TcpListener,
 }
 
@@ -103,6 +104,8 @@ pub(crate) struct App {
     pub(crate) pricing: pricing::LoadPricing,
     pub(crate) spend: pricing::Spend,
     pub(crate) settlement: Option<cocoon_protocol::settlement::ContractAddress>,
+    /// What the operator API asks of a request (see `admin`).
+    pub(crate) admin_access: admin::Access,
     draining: watch::Sender<bool>,
     in_flight: watch::Sender<usize>,
     /// Cuts every in-flight stream (drain deadline passed).
@@ -273,6 +276,13 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
     let io = |e: std::io::Error| HostError::Io(e.to_string());
     let public_addr = listeners.public.local_addr().map_err(io)?;
     let admin_addr = listeners.admin.local_addr().map_err(io)?;
+    // A non-loopback operator listener was asked for (the binary checks
+    // that it was asked explicitly); it must be guarded by a token.
+    config::check_admin_exposure(
+        admin_addr,
+        !admin_addr.ip().is_loopback(),
+        config.admin_token.is_some(),
+    )?;
     let path = config.ledger_path.clone();
     let options = LedgerOptions {
         max_batch: config.limits.ledger_max_batch,
@@ -311,6 +321,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         pricing: pricing::LoadPricing::new(),
         spend: pricing::Spend::new(),
         settlement: config.settlement,
+        admin_access: admin::Access::new(config.admin_token, admin_addr),
         draining: watch::channel(false).0,
         in_flight: watch::channel(0).0,
         hard_stop: watch::channel(false).0,

@@ -6,18 +6,22 @@
 //! enclave's evidence verified, drains on SIGTERM/SIGINT and exits 0.
 //!
 //! Exit codes (sysexits): 64 usage (bad flags, a required setting
-//! missing), 66 a config or policy file cannot be read, 78 a config or
+//! missing, a non-loopback `--admin-listen` without `--admin-allow-remote`
+//! and `--admin-token-file`), 66 a config or policy file cannot be read, 78 a config or
 //! policy file is invalid, 69 a listener cannot be bound, 74 the ledger
 //! cannot be opened, 70 anything else.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use cocoon_host::config::{FileConfig, LimitsFile, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+use cocoon_host::config::{
+    check_admin_exposure, FileConfig, LimitsFile, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN,
+};
 use cocoon_host::{vm, EnclaveAddr, HostConfig, HostError, Limits, Listeners};
+use cocoon_protocol::local_auth::BearerToken;
 use cocoon_verifier::Policy;
 
 const EX_USAGE: u8 = 64;
@@ -40,9 +44,24 @@ struct Cli {
     /// Public API address [default: 127.0.0.1:8080].
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Operator endpoints address [default: 127.0.0.1:8081].
+    /// Operator endpoints address [default: 127.0.0.1:8081]. They export
+    /// every account's receipts and can drain the host, so the address
+    /// must be a loopback one: any other is refused unless
+    /// --admin-allow-remote is given.
     #[arg(long, global = true, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+    /// Allow --admin-listen on a non-loopback address (e.g. 0.0.0.0:8081).
+    /// Requires --admin-token-file: every operator request must then send
+    /// `Authorization: Bearer <token>`. The API is plain HTTP: put it on a
+    /// private network or behind TLS.
+    #[arg(long, global = true)]
+    admin_allow_remote: bool,
+    /// File holding the operator API's token (one line, at least 32
+    /// characters, e.g. `openssl rand -hex 32`), readable by its owner
+    /// only (mode 0600; refused otherwise). With it every operator request
+    /// needs `Authorization: Bearer <token>`, on loopback too.
+    #[arg(long, global = true, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Enclave address, unix:/path or vsock:CID:PORT (repeatable; replaces
     /// the config file's list).
     #[arg(long = "enclave", global = true, value_name = "ADDR")]
@@ -252,6 +271,34 @@ fn read(path: &PathBuf, what: &str) -> Result<String, Failure> {
     })
 }
 
+/// The operator API's token from its file: owner-only, one line.
+fn read_admin_token(path: &Path) -> Result<BearerToken, Failure> {
+    let shown = path.display();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| {
+                Failure(
+                    EX_NOINPUT,
+                    format!("cannot read admin token file {shown}: {e} (make one: (umask 077; openssl rand -hex 32 > {shown}))"),
+                )
+            })?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Failure(
+                EX_CONFIG,
+                format!("admin token file {shown} is accessible by others (mode {mode:o}); run: chmod 600 {shown}"),
+            ));
+        }
+    }
+    let text = zeroize::Zeroizing::new(read(&path.to_path_buf(), "admin token file")?);
+    BearerToken::parse(&text)
+        .map_err(|e| Failure(EX_CONFIG, format!("admin token file {shown}: {e}")))
+}
+
 fn configure(
     cli: &Cli,
     vm_addr: Option<EnclaveAddr>,
@@ -271,6 +318,20 @@ fn configure(
         Some(a) => a,
         None => parse_addr(DEFAULT_ADMIN_LISTEN)?,
     };
+    let admin_token_file = cli
+        .admin_token_file
+        .clone()
+        .or(file.admin_token_file.clone());
+    check_admin_exposure(
+        admin_listen,
+        cli.admin_allow_remote || file.admin_allow_remote,
+        admin_token_file.is_some(),
+    )
+    .map_err(|e| usage(e.to_string()))?;
+    let admin_token = admin_token_file
+        .as_deref()
+        .map(read_admin_token)
+        .transpose()?;
     let launching = vm_addr.is_some();
     let enclaves = if let Some(addr) = vm_addr {
         if !cli.enclaves.is_empty() {
@@ -339,6 +400,7 @@ fn configure(
                 .amd_kds_url
                 .clone()
                 .unwrap_or_else(|| cocoon_host::snp_crl::AMD_KDS.to_string()),
+            admin_token,
         },
         listen,
         admin_listen,

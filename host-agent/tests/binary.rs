@@ -32,8 +32,12 @@ impl Drop for Host {
 fn spawn_host(dir: &Path, enclave: &TestEnclave, extra: &[&str]) -> Host {
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, simulated_policy_toml()).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    if !extra.contains(&"--admin-listen") {
+        cmd.args(["--admin-listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
         .arg("--enclave")
         .arg(format!("unix:{}", enclave.path.display()))
         .arg("--policy")
@@ -249,4 +253,118 @@ fn usage_errors_exit_with_sysexits_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("max_request_bytes"));
     // --help is not an error.
     assert_eq!(run(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_remote_operator_api_needs_the_flag_and_a_private_token_file() {
+    let dir = TempDir::new("bin-admin-flags");
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let help = run(&["--help"]).1;
+    for needle in ["--admin-allow-remote", "--admin-token-file", "loopback"] {
+        assert!(help.contains(needle), "--help must say {needle}: {help}");
+    }
+    // Not loopback, no flag: refused, saying what to do.
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:8081"] {
+        let (code, text) = run(&["--admin-listen", addr]);
+        assert_eq!(code, Some(64), "{text}");
+        assert!(text.contains("not a loopback address"), "{text}");
+        assert!(text.contains("--admin-allow-remote"), "{text}");
+    }
+    // The flag without a token file.
+    let (code, text) = run(&["--admin-listen", "0.0.0.0:0", "--admin-allow-remote"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("--admin-token-file"), "{text}");
+    // A token file that is missing, open to others, or too short.
+    let token = dir.path().join("admin.token");
+    let token_s = token.to_str().unwrap();
+    let remote = [
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--admin-allow-remote",
+        "--admin-token-file",
+        token_s,
+    ];
+    let (code, text) = run(&remote);
+    assert_eq!(code, Some(66), "{text}");
+    assert!(text.contains("openssl rand -hex 32"), "{text}");
+    std::fs::write(&token, format!("{}\n", "a".repeat(64))).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (code, text) = run(&remote);
+        assert_eq!(code, Some(78), "{text}");
+        assert!(text.contains(&format!("chmod 600 {token_s}")), "{text}");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::write(&token, "short\n").unwrap();
+    let (code, text) = run(&remote);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("at least 32"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_guards_a_remote_operator_api_with_its_token() {
+    let dir = TempDir::new("bin-admin-remote");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let token = dir.path().join("admin.token");
+    let secret = "b".repeat(48);
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token)
+            .unwrap();
+        writeln!(f, "{secret}").unwrap();
+    }
+    let host = spawn_host(
+        dir.path(),
+        &enclave,
+        &[
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--admin-allow-remote",
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    assert!(host.admin.ip().is_unspecified(), "{}", host.admin);
+    let admin = SocketAddr::from(([127, 0, 0, 1], host.admin.port()));
+    let path = "/admin/ledger/export?after=0";
+    for h in [
+        vec![],
+        vec![(
+            "Authorization".to_string(),
+            format!("Bearer {}", "c".repeat(48)),
+        )],
+        vec![("Authorization".to_string(), format!("Bearer {secret}b"))],
+    ] {
+        let r = http(admin, "GET", path, &h, b"").await;
+        assert_eq!(r.status, 401, "{h:?}: {}", r.text());
+        let r = http(admin, "POST", "/admin/drain", &h, b"").await;
+        assert_eq!(r.status, 401);
+    }
+    let ok = vec![("Authorization".to_string(), format!("Bearer {secret}"))];
+    let r = http(admin, "GET", path, &ok, b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http(admin, "GET", "/admin/ledger/check", &ok, b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The public API is unchanged: no token there.
+    let r = http(host.public, "GET", "/live", &[], b"").await;
+    assert_eq!(r.status, 200);
 }

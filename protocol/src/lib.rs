@@ -35,6 +35,9 @@
 //!   totals per account that settlement pays against.
 //! * [`ton`] — TON cells, bags of cells and the payment contract's message
 //!   bodies.
+//! * [`local_auth`] — what the local HTTP endpoints (the client's
+//!   OpenAI-compatible endpoint, the host's operator API) check first: the
+//!   `Host` header and the bearer token.
 //! * [`api`] — the host agent's HTTP API: paths, headers, and the bodies
 //!   (evidence list, chunk records, receipt list).
 //!
@@ -54,6 +57,7 @@ pub mod account;
 pub mod api;
 mod chunk_aead;
 pub mod frame;
+pub mod local_auth;
 pub mod message;
 pub mod pricing;
 pub mod receipt;

@@ -212,21 +212,31 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
     assert!(all.contains("NOT CONFIDENTIAL"), "{all}");
     assert!(all.to_lowercase().contains("receipt"), "{all}");
 
-    // cocoon-client serve: OpenAI-compatible, streaming.
+    // cocoon-client serve: OpenAI-compatible, streaming, owner only.
+    let api_key_file = dir.path().join("api.key");
     let mut serve = Command::new(bin("cocoon-client"));
     serve
         .args(["serve", "--provider", &host.url, "--listen", "127.0.0.1:0"])
         .arg("--policy")
         .arg(&policy)
         .arg("--account-key")
-        .arg(&key);
+        .arg(&key)
+        .arg("--api-key-file")
+        .arg(&api_key_file)
+        .env_remove("COCOON_API_KEY");
     let mut serve = Proc::spawn("cocoon-client serve", serve);
     let line = serve.wait_for("ready ", READY);
-    let base = format!("http://{}", field(&line, "listen").unwrap());
+    let addr = field(&line, "listen").unwrap().to_string();
+    let base = format!("http://{addr}");
+    let api_key = std::fs::read_to_string(&api_key_file)
+        .unwrap()
+        .trim()
+        .to_string();
     rt().block_on(async {
         let http = reqwest::Client::new();
         let models: serde_json::Value = http
             .get(format!("{base}/v1/models"))
+            .bearer_auth(&api_key)
             .send()
             .await
             .unwrap()
@@ -236,6 +246,7 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
         assert_eq!(models["data"][0]["id"], MODEL, "{models}");
         let resp = http
             .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&api_key)
             .json(&serde_json::json!({
                 "model": MODEL,
                 "stream": true,
@@ -270,4 +281,149 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
         );
     });
     assert_eq!(ledger_request_ids(&host.admin).len(), 2);
+
+    let requests_seen = || -> Vec<String> {
+        let (_, metrics) = get(&format!("{}/metrics", host.url));
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("cocoon_host_request"))
+            .map(str::to_string)
+            .collect()
+    };
+    let before = requests_seen();
+    assert!(!before.is_empty());
+
+    // What a web page or another local user can send is refused before
+    // anything is sealed or reaches the host: no key, a wrong key, a
+    // text/plain body (a cross-site "simple" request), a foreign Host
+    // (DNS rebinding).
+    rt().block_on(async {
+        let chat = format!("{base}/v1/chat/completions");
+        let body =
+            serde_json::json!({"model": MODEL, "messages": [{"role": "user", "content": "pay for me"}]})
+                .to_string();
+        let http = reqwest::Client::new();
+        let rebound = reqwest::Client::builder()
+            .resolve("rebound.example", addr.parse().unwrap())
+            .build()
+            .unwrap();
+        let port = addr.rsplit(':').next().unwrap();
+        for (req, status, code) in [
+            (
+                http.post(&chat).header("content-type", "application/json"),
+                401,
+                "missing_api_key",
+            ),
+            (
+                http.post(&chat)
+                    .header("content-type", "application/json")
+                    .bearer_auth(format!("{api_key}0")),
+                401,
+                "invalid_api_key",
+            ),
+            (
+                http.post(&chat)
+                    .header("content-type", "text/plain")
+                    .bearer_auth(&api_key),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                rebound
+                    .post(format!("http://rebound.example:{port}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .bearer_auth(&api_key),
+                421,
+                "misdirected_request",
+            ),
+        ] {
+            let r = req.body(body.clone()).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{code}");
+            assert!(
+                !r.headers()
+                    .keys()
+                    .any(|k| k.as_str().starts_with("access-control-")),
+                "{code}: CORS headers"
+            );
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], code, "{v}");
+            assert!(v["error"]["param"].is_null(), "{v}");
+        }
+    });
+    assert_eq!(
+        ledger_request_ids(&host.admin).len(),
+        2,
+        "a refused request reached the provider"
+    );
+    assert_eq!(requests_seen(), before, "the host saw a refused request");
+
+    // The official OpenAI Python client, the key as its api_key: chat,
+    // streamed chat and embeddings (tests/python/openai_client.py).
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_client.py");
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|| "python3".into());
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(format!("{base}/v1"))
+        .arg(&api_key_file)
+        .arg(MODEL)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (source scripts/torch-env.sh first)",
+                python.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the OpenAI client failed (its venv comes from scripts/torch-env.sh, which pins openai):\n{stdout}\n{stderr}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
+    assert_eq!(v["openai_version"], "3.51.0", "{v}");
+    assert_eq!(v["models"], serde_json::json!([MODEL]), "{v}");
+    let chat = &v["chat"];
+    assert!(!chat["content"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(chat["finish_reason"], "length", "{v}");
+    assert_eq!(chat["usage"]["completion_tokens"], 8, "{v}");
+    let stream = &v["stream"];
+    assert!(stream["pieces"].as_array().unwrap().len() > 1, "{v}");
+    assert_eq!(stream["finish_reason"], "length", "{v}");
+    assert_eq!(stream["usage"]["completion_tokens"], 8, "{v}");
+    assert_eq!(
+        stream["ids"].as_array().unwrap().len(),
+        1,
+        "one id per stream: {v}"
+    );
+    let emb = &v["embeddings"];
+    assert_eq!(emb["indices"], serde_json::json!([0, 1]), "{v}");
+    for (i, input) in ["first input", "second input"].into_iter().enumerate() {
+        let want = cocoon_enclave::backend::DeterministicTestBackend::embedding(input);
+        let got: Vec<f32> = emb["vectors"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got, want, "embedding of {input:?}");
+    }
+    assert_eq!(
+        v["wrong_key"],
+        serde_json::json!({"status": 401, "code": "invalid_api_key"}),
+        "{v}"
+    );
+    // Chat, stream and embeddings each made one receipt; the wrong key none.
+    assert_eq!(ledger_request_ids(&host.admin).len(), 5);
 }

@@ -570,7 +570,6 @@ impl TestHost {
         policy: Policy,
         settlement: Option<cocoon_protocol::settlement::ContractAddress>,
     ) -> TestHost {
-        let ledger = dir.path().join("ledger.sqlite");
         let listeners = Listeners {
             public: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -578,19 +577,29 @@ impl TestHost {
         let config = HostConfig {
             enclaves: enclaves.iter().map(|e| e.addr()).collect(),
             policy,
-            ledger_path: ledger.clone(),
+            ledger_path: dir.path().join("ledger.sqlite"),
             limits,
             settlement,
             // Never reached: the tests' enclaves are simulated.
             amd_kds_url: "http://127.0.0.1:9".into(),
+            admin_token: None,
         };
-        let running = cocoon_host::start(listeners, config).await.unwrap();
-        TestHost {
+        TestHost::start_config(listeners, config).await.unwrap()
+    }
+
+    /// A host on these listeners with this configuration.
+    pub async fn start_config(
+        listeners: Listeners,
+        config: HostConfig,
+    ) -> Result<TestHost, cocoon_host::HostError> {
+        let ledger = config.ledger_path.clone();
+        let running = cocoon_host::start(listeners, config).await?;
+        Ok(TestHost {
             public: running.public_addr(),
             admin: running.admin_addr(),
             running: Some(running),
             ledger,
-        }
+        })
     }
 
     pub async fn wait_ready(&self) {
@@ -653,8 +662,14 @@ impl HttpResponse {
 }
 
 fn request_bytes(method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Vec<u8> {
+    // `Host: localhost` unless the caller sends its own.
+    let host = if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        ""
+    } else {
+        "Host: localhost\r\n"
+    };
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\n{host}Connection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
