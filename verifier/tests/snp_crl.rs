@@ -585,6 +585,8 @@ fn amds_roots_refuse_a_test_signed_crl_in_the_library_and_the_bundle() {
         config_digest: [0; 32],
         gpu_evidence_digest: None,
         epoch: 1,
+        issued_at: 1,
+        refresh: 0,
         client_nonce: None,
     };
     let bundle = |crl: Option<Vec<u8>>| {
