@@ -3,9 +3,8 @@
 //! nonce; and every claims digest it issued, so it can open requests sealed
 //! to any of them.
 //!
-//! Owns [`EvidenceState`]: the claims template of this boot (keys, image,
-//! models, config digest, GPU evidence digest, epoch), the attestation
-//! provider, the [`Published`] evidence the host is given, and the bounded
+//! Owns [`EvidenceState`]: the attestation provider, the GPU section every
+//! report of this boot carries, the [`Published`] evidence the host is given, and the bounded
 //! set of issued digests. It does not decide when to refresh (the server's
 //! timer does) nor who may ask for a nonce (the host rate-limits per
 //! account; the server lets one nonce report be made at a time).
@@ -73,7 +72,6 @@ impl Issued {
 
 /// The evidence of one boot (see the module docs).
 pub struct EvidenceState {
-    template: Claims,
     gpu: Option<GpuBundle>,
     provider: Arc<dyn AttestationProvider>,
     current: RwLock<Arc<Published>>,
@@ -97,11 +95,10 @@ impl EvidenceState {
         gpu: Option<GpuBundle>,
         provider: Arc<dyn AttestationProvider>,
     ) -> Result<EvidenceState, EnclaveError> {
-        let first = attest(&*provider, template.clone(), gpu.clone())?;
+        let first = attest(&*provider, template, gpu.clone())?;
         let mut issued = Issued::default();
         issued.insert(first.digest);
         Ok(EvidenceState {
-            template,
             gpu,
             provider,
             current: RwLock::new(Arc::new(first)),
@@ -156,12 +153,6 @@ impl EvidenceState {
         let p = attest(&*self.provider, claims, self.gpu.clone())?;
         lock(&self.issued).insert(p.digest);
         Ok(p)
-    }
-
-    /// The claims every report of this boot shares (keys, image, ...), as
-    /// made at boot.
-    pub fn template(&self) -> &Claims {
-        &self.template
     }
 }
 

@@ -568,24 +568,8 @@ impl Enclave {
             FrameType::EvidenceRequest => {
                 // A report bound to a client's nonce: its own stream, so
                 // several can be in flight; one is made at a time.
-                let limit = self.config.max_streams_per_connection;
-                let cancelled = match streams.open(sid, limit) {
-                    Ok(flag) => flag,
-                    Err(_) => {
-                        return send_error(
-                            tx,
-                            sid,
-                            &format!("stream id {sid} is in use, or too many streams are open"),
-                        )
-                        .await
-                    }
-                };
-                let stream = StreamCtx {
-                    conn,
-                    id: sid,
-                    cancelled,
-                    tx: tx.clone(),
-                    table: streams.clone(),
+                let Some(stream) = self.open_stream(tx, streams, conn, sid).await? else {
+                    return Ok(());
                 };
                 tokio::spawn(self.clone().nonce_evidence_task(stream, f.payload));
                 Ok(())
@@ -602,32 +586,8 @@ impl Enclave {
                     )
                     .await;
                 }
-                let limit = self.config.max_streams_per_connection;
-                let cancelled = match streams.open(sid, limit) {
-                    Ok(flag) => flag,
-                    Err(OpenRefused::InUse) => {
-                        return send_error(
-                            tx,
-                            sid,
-                            &format!("stream id {sid} is already in use on this connection"),
-                        )
-                        .await
-                    }
-                    Err(OpenRefused::TooMany) => {
-                        return send_error(
-                            tx,
-                            sid,
-                            &format!("too many open streams on this connection (limit {limit})"),
-                        )
-                        .await
-                    }
-                };
-                let stream = StreamCtx {
-                    conn,
-                    id: sid,
-                    cancelled,
-                    tx: tx.clone(),
-                    table: streams.clone(),
+                let Some(stream) = self.open_stream(tx, streams, conn, sid).await? else {
+                    return Ok(());
                 };
                 tokio::spawn(self.clone().request_task(stream, f.payload));
                 Ok(())
@@ -683,6 +643,36 @@ impl Enclave {
             }
             _ => Err(ConnEnd::Violation("unexpected frame type")),
         }
+    }
+
+    /// Open stream `sid` for a request or a nonce report, or answer why not
+    /// with an `Error` frame (then `None`).
+    async fn open_stream(
+        &self,
+        tx: &mpsc::Sender<Outgoing>,
+        streams: &Arc<StreamTable>,
+        conn: u64,
+        sid: u32,
+    ) -> Result<Option<StreamCtx>, ConnEnd> {
+        let limit = self.config.max_streams_per_connection;
+        let reason = match streams.open(sid, limit) {
+            Ok(cancelled) => {
+                return Ok(Some(StreamCtx {
+                    conn,
+                    id: sid,
+                    cancelled,
+                    tx: tx.clone(),
+                    table: streams.clone(),
+                }))
+            }
+            Err(OpenRefused::InUse) => {
+                format!("stream id {sid} is already in use on this connection")
+            }
+            Err(OpenRefused::TooMany) => {
+                format!("too many open streams on this connection (limit {limit})")
+            }
+        };
+        send_error(tx, sid, &reason).await.map(|()| None)
     }
 
     /// Make a report bound to a client's nonce (one at a time, on a blocking
