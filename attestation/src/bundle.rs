@@ -38,6 +38,12 @@ pub struct ModelDigest {
     pub name: String,
     /// SHA-256 of the model file.
     pub sha256: [u8; 32],
+    /// The model's version: with the name, its identity `name@version`.
+    /// Wire key `version`, absent when `None`.
+    pub version: Option<String>,
+    /// SHA-256 of its tokenizer file. Wire key `tokenizer_sha256`, absent
+    /// when `None`.
+    pub tokenizer_sha256: Option<[u8; 32]>,
 }
 
 /// What the enclave says about itself, bound into the hardware report.
@@ -69,6 +75,17 @@ pub struct Claims {
     pub refresh: u64,
     /// A nonce the client asked to be bound, if any.
     pub client_nonce: Option<Vec<u8>>,
+    /// The dm-verity root hash of the disk the enclave's code and models
+    /// were read from (the measured image's root disk), when it runs from
+    /// one. Wire key `disk_verity_root`, absent when `None`.
+    pub disk_verity_root: Option<[u8; 32]>,
+    /// The provider's settings this enclave took at boot (canonical CBOR
+    /// of `cocoon_protocol::settings::ProviderSettings`: base prices within
+    /// the release's bounds, the payment contract), when the release takes
+    /// them from the provider: not measured, so bound here, where a client
+    /// sees what it will be charged. Wire key `provider_settings`, absent
+    /// when `None`.
+    pub provider_settings: Option<Vec<u8>>,
 }
 
 impl Claims {
@@ -90,10 +107,17 @@ impl Claims {
                     self.model_digests
                         .iter()
                         .map(|m| {
-                            cbor::map(vec![
+                            let mut e = vec![
                                 ("name", Value::Text(m.name.clone())),
                                 ("sha256", Value::Bytes(m.sha256.to_vec())),
-                            ])
+                            ];
+                            if let Some(v) = &m.version {
+                                e.push(("version", Value::Text(v.clone())));
+                            }
+                            if let Some(t) = &m.tokenizer_sha256 {
+                                e.push(("tokenizer_sha256", Value::Bytes(t.to_vec())));
+                            }
+                            cbor::map(e)
                         })
                         .collect(),
                 ),
@@ -109,6 +133,12 @@ impl Claims {
         if let Some(n) = &self.client_nonce {
             e.push(("client_nonce", Value::Bytes(n.clone())));
         }
+        if let Some(r) = &self.disk_verity_root {
+            e.push(("disk_verity_root", Value::Bytes(r.to_vec())));
+        }
+        if let Some(p) = &self.provider_settings {
+            e.push(("provider_settings", Value::Bytes(p.clone())));
+        }
         cbor::encode(&cbor::map(e))
     }
 
@@ -123,6 +153,11 @@ impl Claims {
                     let d = ModelDigest {
                         name: mm.text("name")?,
                         sha256: mm.array::<32>("sha256")?,
+                        version: mm.text_opt("version")?,
+                        tokenizer_sha256: opt32(
+                            mm.bytes_opt("tokenizer_sha256")?,
+                            "claims.model_digests[].tokenizer_sha256",
+                        )?,
                     };
                     mm.finish()?;
                     Ok(d)
@@ -135,15 +170,10 @@ impl Claims {
                 ))
             }
         };
-        let gpu = match m.bytes_opt("gpu_evidence_digest")? {
-            None => None,
-            Some(b) => Some(<[u8; 32]>::try_from(b.as_slice()).map_err(|_| {
-                CborError::Invalid(
-                    "claims.gpu_evidence_digest".into(),
-                    "expected 32 bytes".into(),
-                )
-            })?),
-        };
+        let gpu = opt32(
+            m.bytes_opt("gpu_evidence_digest")?,
+            "claims.gpu_evidence_digest",
+        )?;
         let c = Claims {
             hpke_public_key: m.bytes("hpke_public_key")?,
             receipt_public_key: m.bytes("receipt_public_key")?,
@@ -155,10 +185,21 @@ impl Claims {
             issued_at: m.u64("issued_at")?,
             refresh: m.u64("refresh")?,
             client_nonce: m.bytes_opt("client_nonce")?,
+            disk_verity_root: opt32(m.bytes_opt("disk_verity_root")?, "claims.disk_verity_root")?,
+            provider_settings: m.bytes_opt("provider_settings")?,
         };
         m.finish()?;
         Ok(c)
     }
+}
+
+/// An optional 32-byte field.
+fn opt32(b: Option<Vec<u8>>, what: &str) -> Result<Option<[u8; 32]>, CborError> {
+    b.map(|b| {
+        <[u8; 32]>::try_from(b.as_slice())
+            .map_err(|_| CborError::Invalid(what.into(), "expected 32 bytes".into()))
+    })
+    .transpose()
 }
 
 /// The report data that binds `claims_cbor`: SHA-512("cocoon-claims-v1" || claims_cbor).
@@ -369,6 +410,8 @@ mod tests {
             model_digests: vec![ModelDigest {
                 name: "minilm".into(),
                 sha256: [3; 32],
+                version: None,
+                tokenizer_sha256: None,
             }],
             config_digest: [4; 32],
             gpu_evidence_digest: None,
@@ -376,6 +419,8 @@ mod tests {
             issued_at: 607,
             refresh: 1,
             client_nonce: Some(vec![9; 16]),
+            disk_verity_root: None,
+            provider_settings: None,
         }
     }
 

@@ -135,6 +135,16 @@ impl MapReader {
         }
     }
 
+    /// Take an optional text string.
+    pub fn text_opt(&mut self, key: &str) -> Result<Option<String>, CborError> {
+        let path = self.path(key);
+        match self.take_opt(key) {
+            None => Ok(None),
+            Some(Value::Text(t)) => Ok(Some(t)),
+            Some(_) => Err(CborError::Invalid(path, "expected text".into())),
+        }
+    }
+
     /// Take a required unsigned integer.
     pub fn u64(&mut self, key: &str) -> Result<u64, CborError> {
         let path = self.path(key);

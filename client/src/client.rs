@@ -682,6 +682,26 @@ impl Client {
         let (unit_price, multiplier_milli) = entry
             .offer(model)
             .map_err(|e| ClientError::Prices(e.to_string()))?;
+        let claimed = claimed_settings(enclave.claims())?;
+        if let Some(settings) = &claimed {
+            // The provider's prices are in the verified claims: the sheet
+            // must offer exactly those (before its load multiplier).
+            let base = entry.table.models.get(model);
+            if base != settings.prices.get(model) {
+                return Err(ClientError::Prices(format!(
+                    "the price sheet's base price for {model} ({base:?}) is not the one in the enclave's verified claims ({:?}); refusing",
+                    settings.prices.get(model)
+                )));
+            }
+            if let (Some(s), Some(c)) = (&sheet.settlement, &settings.payment_contract) {
+                if &s.contract != c {
+                    return Err(ClientError::Prices(format!(
+                        "the price sheet settles on {} but the enclave's verified claims name the payment contract {c}; refusing",
+                        s.contract
+                    )));
+                }
+            }
+        }
         let worst_case = worst_case_cost(&unit_price, body.len(), max_tokens);
         if let Some(limit) = self.inner.options.max_request_nanoton {
             if worst_case > limit {
@@ -1088,4 +1108,20 @@ async fn read_reason(resp: reqwest::Response) -> String {
     } else {
         line
     }
+}
+
+/// The provider settings in verified claims, when the enclave's release
+/// takes them from the provider. Undecodable settings in claims that
+/// verified are refused (the enclave would never have bound them).
+fn claimed_settings(
+    claims: &cocoon_attestation::bundle::Claims,
+) -> Result<Option<cocoon_protocol::settings::ProviderSettings>, ClientError> {
+    claims
+        .provider_settings
+        .as_deref()
+        .map(|b| {
+            cocoon_protocol::settings::ProviderSettings::from_cbor(b)
+                .map_err(|e| ClientError::Prices(format!("the claims' provider settings: {e}")))
+        })
+        .transpose()
 }

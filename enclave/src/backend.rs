@@ -156,6 +156,8 @@ impl DeterministicTestBackend {
         ModelDigest {
             name: Self::MODEL.into(),
             sha256: Sha256::digest(Self::DESCRIPTOR.as_bytes()).into(),
+            version: None,
+            tokenizer_sha256: None,
         }
     }
 
@@ -403,6 +405,8 @@ mod tests {
             vec![ModelDigest {
                 name: DeterministicTestBackend::MODEL.into(),
                 sha256: Sha256::digest(DeterministicTestBackend::DESCRIPTOR).into(),
+                version: None,
+                tokenizer_sha256: None,
             }]
         );
     }

@@ -27,6 +27,15 @@
 //! completion = 2
 //! ```
 //!
+//! A release that many providers boot (one measurement for all of them)
+//! leaves prices to each provider instead: `prices_from = "provider"`, no
+//! `[prices]`, and for every served model the range a provider may choose
+//! in, `[price_bounds.MODEL] prompt = [lo, hi]`, `completion = [lo, hi]`.
+//! The provider's settings (`cocoon_protocol::settings`) then arrive once
+//! at boot and are applied by [`EnclaveConfig::apply_provider_settings`];
+//! the release's canonical form and digest stay the same, and the
+//! settings' bytes are bound into the claims.
+//!
 //! The enclave charges a request exactly the prices the client accepted in
 //! its billing metadata, and refuses it unless they are these base prices
 //! scaled by a multiplier inside `[pricing]`'s bounds
@@ -276,6 +285,10 @@ fn default_max_input_tokens() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Its version: with the name, the model's identity `name@version`
+    /// (in the claims).
+    #[serde(default)]
+    pub version: Option<String>,
     /// What it computes.
     pub kind: ModelKind,
     /// The TorchScript file.
@@ -452,6 +465,63 @@ pub struct EnclaveConfig {
     pub gpu: Option<GpuConfig>,
     /// TDX settings (the collateral file).
     pub tdx: Option<TdxConfig>,
+    /// Where base prices come from: `"release"` (the `[prices]` tables of
+    /// this measured file, the default) or `"provider"` (the provider's
+    /// settings at boot, within `[price_bounds]`; see
+    /// [`EnclaveConfig::apply_provider_settings`]).
+    pub prices_from: PricesFrom,
+    /// The range a provider's base price for each model must lie in,
+    /// nanoton per token (`prices_from = "provider"` only).
+    pub price_bounds: BTreeMap<String, PriceBounds>,
+    /// Set at run time, not from the file: the dm-verity root hash of the
+    /// disk the enclave runs from (PID 1 passes it).
+    #[serde(skip)]
+    pub disk_verity_root: Option<[u8; 32]>,
+    /// Set at run time: the provider settings applied, with the release
+    /// configuration's canonical form from before they were.
+    #[serde(skip)]
+    pub applied: Option<AppliedSettings>,
+}
+
+/// Where base prices come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PricesFrom {
+    /// The `[prices]` tables of the (measured) configuration.
+    #[default]
+    Release,
+    /// The provider's settings at boot, within `[price_bounds]`.
+    Provider,
+}
+
+impl PricesFrom {
+    /// The name in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PricesFrom::Release => "release",
+            PricesFrom::Provider => "provider",
+        }
+    }
+}
+
+/// `[price_bounds.MODEL]`: inclusive ranges, nanoton per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBounds {
+    /// Lowest and highest prompt price (the cached-prompt price must lie
+    /// between 0 and the prompt price).
+    pub prompt: [u64; 2],
+    /// Lowest and highest completion price.
+    pub completion: [u64; 2],
+}
+
+/// Provider settings in force, and the release they were applied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedSettings {
+    /// The settings' canonical CBOR (what the claims carry).
+    pub cbor: Vec<u8>,
+    /// The release configuration's canonical TOML, before the settings.
+    pub release_canonical: String,
 }
 
 impl Default for EnclaveConfig {
@@ -481,6 +551,10 @@ impl Default for EnclaveConfig {
             upstream: None,
             gpu: None,
             tdx: None,
+            prices_from: PricesFrom::Release,
+            price_bounds: BTreeMap::new(),
+            disk_verity_root: None,
+            applied: None,
         }
     }
 }
@@ -505,6 +579,17 @@ impl EnclaveConfig {
             origin: origin.into(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        // A release that takes its prices from the provider has none of its
+        // own (not even the default table), unless the file names some,
+        // which validate() refuses.
+        if c.prices_from == PricesFrom::Provider {
+            let named = toml::from_str::<toml::Table>(text)
+                .map(|t| t.contains_key("prices"))
+                .unwrap_or(false);
+            if !named {
+                c.prices.clear();
+            }
+        }
         // One form for equal prices: an omitted cached price is the prompt
         // price.
         for p in c.prices.values_mut() {
@@ -635,6 +720,35 @@ impl EnclaveConfig {
                 )?;
             }
         }
+        match self.prices_from {
+            PricesFrom::Release if !self.price_bounds.is_empty() => {
+                return Err(invalid(
+                    "price_bounds",
+                    "bounds are for prices_from = \"provider\"".into(),
+                ))
+            }
+            PricesFrom::Provider if self.applied.is_none() && !self.prices.is_empty() => {
+                return Err(invalid(
+                    "prices",
+                    "with prices_from = \"provider\" the release sets [price_bounds], not [prices]"
+                        .into(),
+                ))
+            }
+            PricesFrom::Provider if self.price_bounds.is_empty() => return Err(invalid(
+                "price_bounds",
+                "prices_from = \"provider\" needs a [price_bounds.MODEL] table per served model"
+                    .into(),
+            )),
+            _ => {}
+        }
+        for (name, b) in &self.price_bounds {
+            if b.prompt[0] > b.prompt[1] || b.completion[0] > b.completion[1] {
+                return Err(invalid(
+                    &format!("price_bounds.{name}"),
+                    "each range must be [lowest, highest]".into(),
+                ));
+            }
+        }
         match self.backend {
             BackendKind::Tch if self.models.is_empty() => Err(invalid(
                 "models",
@@ -662,6 +776,9 @@ impl EnclaveConfig {
     /// strings quoted with `\"`, `\\` and `\uXXXX` escapes only, `\n` line
     /// ends. Parsing it gives back an equal configuration.
     pub fn to_canonical_toml(&self) -> String {
+        if let Some(a) = &self.applied {
+            return a.release_canonical.clone();
+        }
         let mut s = String::new();
         // Writing into a String cannot fail.
         let _ = writeln!(s, "image_id = {}", quote(&self.image_id));
@@ -689,6 +806,9 @@ impl EnclaveConfig {
         );
         let _ = writeln!(s, "device = {}", quote(self.device.as_str()));
         let _ = writeln!(s, "max_batch = {}", self.max_batch);
+        if self.prices_from != PricesFrom::Release {
+            let _ = writeln!(s, "prices_from = {}", quote(self.prices_from.as_str()));
+        }
         let _ = write!(
             s,
             "\n[pricing]\nmin_multiplier_milli = {}\nmax_multiplier_milli = {}\n",
@@ -705,6 +825,17 @@ impl EnclaveConfig {
                 p.completion
             );
         }
+        for (model, b) in &self.price_bounds {
+            let _ = write!(
+                s,
+                "\n[price_bounds.{}]\nprompt = [{}, {}]\ncompletion = [{}, {}]\n",
+                quote(model),
+                b.prompt[0],
+                b.prompt[1],
+                b.completion[0],
+                b.completion[1]
+            );
+        }
         for (name, m) in &self.models {
             let _ = write!(
                 s,
@@ -719,6 +850,9 @@ impl EnclaveConfig {
             );
             if let Some(p) = &m.system_prompt {
                 let _ = writeln!(s, "system_prompt = {}", quote(p));
+            }
+            if let Some(v) = &m.version {
+                let _ = writeln!(s, "version = {}", quote(v));
             }
         }
         if let Some(u) = &self.upstream {
@@ -764,6 +898,99 @@ impl EnclaveConfig {
             }
         }
         s
+    }
+
+    /// The names of the models this configuration serves (the tch models,
+    /// the upstream ones, or the test backend's).
+    pub fn served_models(&self) -> Vec<String> {
+        match self.backend {
+            BackendKind::Tch => self.models.keys().cloned().collect(),
+            BackendKind::Upstream => self
+                .upstream
+                .as_ref()
+                .map(|u| u.models.keys().cloned().collect())
+                .unwrap_or_default(),
+            BackendKind::DeterministicTest => vec![DeterministicTestBackend::MODEL.to_owned()],
+        }
+    }
+
+    /// Applies a provider's settings to this release configuration, once,
+    /// after checking them strictly: the release must take prices from the
+    /// provider; every served model and no other must be priced, each price
+    /// inside its `[price_bounds]` range; `max_concurrent` at most the
+    /// release's. The release's canonical form (and so
+    /// [`digest`](EnclaveConfig::digest)) stays what it was; the settings'
+    /// bytes go into the claims.
+    pub fn apply_provider_settings(
+        &mut self,
+        settings: &cocoon_protocol::settings::ProviderSettings,
+    ) -> Result<(), ConfigError> {
+        let refuse = |reason: String| ConfigError::Invalid {
+            field: "provider settings".into(),
+            reason,
+        };
+        if self.prices_from != PricesFrom::Provider {
+            return Err(refuse(
+                "this release's prices are measured (prices_from = \"release\"); it takes no provider settings".into(),
+            ));
+        }
+        if self.applied.is_some() {
+            return Err(refuse("settings were already applied at this boot".into()));
+        }
+        settings.validate().map_err(|e| refuse(e.to_string()))?;
+        let served = self.served_models();
+        for m in &served {
+            if !settings.prices.contains_key(m) {
+                return Err(refuse(format!("no price for the served model {m:?}")));
+            }
+        }
+        for (m, p) in &settings.prices {
+            if !served.contains(m) {
+                return Err(refuse(format!("{m:?} is not a model this release serves")));
+            }
+            let b = self
+                .price_bounds
+                .get(m)
+                .ok_or_else(|| refuse(format!("the release sets no price bounds for {m:?}")))?;
+            let inside = |v: u64, r: [u64; 2]| (r[0]..=r[1]).contains(&v);
+            if !inside(p.prompt, b.prompt) || !inside(p.completion, b.completion) {
+                return Err(refuse(format!(
+                    "{m}: prompt {} / completion {} nanoton per token are outside the release's bounds (prompt {:?}, completion {:?})",
+                    p.prompt, p.completion, b.prompt, b.completion
+                )));
+            }
+        }
+        if let Some(n) = settings.max_concurrent {
+            if n as usize > self.max_concurrent {
+                return Err(refuse(format!(
+                    "max_concurrent {n} is above the release's {}",
+                    self.max_concurrent
+                )));
+            }
+        }
+        let release_canonical = self.to_canonical_toml();
+        self.prices = settings
+            .prices
+            .iter()
+            .map(|(k, p)| {
+                (
+                    k.clone(),
+                    Price {
+                        prompt: p.prompt,
+                        cached: Some(p.cached),
+                        completion: p.completion,
+                    },
+                )
+            })
+            .collect();
+        if let Some(n) = settings.max_concurrent {
+            self.max_concurrent = n as usize;
+        }
+        self.applied = Some(AppliedSettings {
+            cbor: settings.to_cbor(),
+            release_canonical,
+        });
+        Ok(())
     }
 
     /// SHA-256 of [`to_canonical_toml`](EnclaveConfig::to_canonical_toml):

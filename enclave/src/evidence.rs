@@ -216,6 +216,8 @@ mod tests {
             issued_at: 100,
             refresh: 0,
             client_nonce: None,
+            disk_verity_root: None,
+            provider_settings: None,
         }
     }
 

@@ -40,11 +40,11 @@
 
 pub mod attest;
 pub mod backend;
+pub mod boot_settings;
 pub mod config;
 pub mod evidence;
 pub mod files;
 pub mod gpu;
-pub mod init;
 mod replay;
 pub mod server;
 pub mod tabs;

@@ -28,7 +28,7 @@ const EX_CONFIG: u8 = 78;
 /// How long the runtime waits for abandoned work after `serve` returned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// The Cocoon enclave runtime (PID 1 of the guest image).
+/// The Cocoon enclave runtime (started from the verity root disk by the guest image's PID 1, `cocoon-init`).
 #[derive(Debug, Parser)]
 #[command(name = "cocoon-enclave", version)]
 struct Cli {
@@ -65,6 +65,23 @@ struct Cli {
     /// start.
     #[arg(long)]
     print_evidence_digest: bool,
+
+    /// The provider's settings (TOML: base prices within the release's
+    /// `[price_bounds]`, `payment_contract`, `max_concurrent`), for a
+    /// release with `prices_from = "provider"` run as a process. In a VM
+    /// the host hands them over `--settings-listen` instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "settings_listen")]
+    provider_settings: Option<PathBuf>,
+
+    /// Wait on ADDR (vsock:PORT or unix:PATH) for the host to hand over the
+    /// provider's settings once at boot (see `boot_settings`).
+    #[arg(long, value_name = "ADDR")]
+    settings_listen: Option<String>,
+
+    /// The dm-verity root hash (hex) of the disk this enclave runs from;
+    /// the guest image's PID 1 passes it, and it goes into the claims.
+    #[arg(long, value_name = "HEX")]
+    disk_verity_root: Option<String>,
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -73,19 +90,7 @@ fn usage(msg: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // In the guest image the kernel starts this binary as /init.
-    let pid1 = cocoon_enclave::init::is_pid1();
-    if pid1 {
-        if let Err(e) = cocoon_enclave::init::prepare() {
-            eprintln!("cocoon-init: {e}");
-            cocoon_enclave::init::power_off(false);
-        }
-    }
-    let code = enclave_main();
-    if pid1 {
-        cocoon_enclave::init::power_off(code == ExitCode::SUCCESS);
-    }
-    code
+    enclave_main()
 }
 
 fn enclave_main() -> ExitCode {
@@ -119,7 +124,7 @@ fn enclave_main() -> ExitCode {
         eprintln!("cocoon-enclave: internal error (panic) at {at}; message withheld");
     }));
 
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => match EnclaveConfig::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -129,6 +134,26 @@ fn enclave_main() -> ExitCode {
         },
         None => EnclaveConfig::default(),
     };
+    if let Some(h) = &cli.disk_verity_root {
+        match hex::decode(h)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        {
+            Some(root) => config.disk_verity_root = Some(root),
+            None => return usage("--disk-verity-root must be 64 hex digits"),
+        }
+    }
+    let settings_listen = match cli.settings_listen.as_deref().map(str::parse::<ListenAddr>) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => return usage(&format!("--settings-listen: {e}")),
+    };
+    if let Some(path) = &cli.provider_settings {
+        if let Err(e) = cocoon_enclave::boot_settings::apply_file(&mut config, path) {
+            eprintln!("cocoon-enclave: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     let listen = match (&cli.listen, &config.listen) {
         (Some(s), _) => match s.parse::<ListenAddr>() {
             Ok(a) => a,
@@ -167,6 +192,16 @@ fn enclave_main() -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     };
+    if let Some(addr) = &settings_listen {
+        if config.applied.is_none() {
+            if let Err(e) =
+                runtime.block_on(cocoon_enclave::boot_settings::receive(&mut config, addr))
+            {
+                eprintln!("cocoon-enclave: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        }
+    }
     let code = runtime.block_on(run(
         config,
         listen,

@@ -292,7 +292,15 @@ impl Enclave {
             issued_at: epoch,
             refresh: 0,
             client_nonce: None,
+            disk_verity_root: config.disk_verity_root,
+            provider_settings: config.applied.as_ref().map(|a| a.cbor.clone()),
         };
+        if config.prices_from == crate::config::PricesFrom::Provider && config.applied.is_none() {
+            return Err(EnclaveError::Models(
+                "this release takes its prices from the provider's settings, and none were given"
+                    .into(),
+            ));
+        }
         let evidence = EvidenceState::boot(template, gpu_bundle.map(|(b, _)| b), provider.clone())?;
         let published = evidence.current();
         info!(

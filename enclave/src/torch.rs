@@ -56,6 +56,8 @@ enum Engine {
 
 struct Served {
     digest: [u8; 32],
+    version: Option<String>,
+    tokenizer_digest: [u8; 32],
     tokenizer: Arc<CheckedTokenizer>,
     max_input_tokens: u32,
     engine: Engine,
@@ -239,6 +241,8 @@ impl TchBackend {
                 name.clone(),
                 Served {
                     digest: m.sha256.0,
+                    version: m.version.clone(),
+                    tokenizer_digest: m.tokenizer_sha256.0,
                     tokenizer,
                     max_input_tokens: m.max_input_tokens,
                     engine,
@@ -496,6 +500,8 @@ impl InferenceBackend for TchBackend {
             .map(|(name, s)| ModelDigest {
                 name: name.clone(),
                 sha256: s.digest,
+                version: s.version.clone(),
+                tokenizer_sha256: Some(s.tokenizer_digest),
             })
             .collect()
     }

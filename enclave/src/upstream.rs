@@ -252,6 +252,8 @@ impl InferenceBackend for UpstreamBackend {
             .map(|(name, m)| ModelDigest {
                 name: name.clone(),
                 sha256: m.digest,
+                version: None,
+                tokenizer_sha256: None,
             })
             .collect()
     }

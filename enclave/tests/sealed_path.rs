@@ -1077,6 +1077,8 @@ impl InferenceBackend for UnrulyBackend {
             .map(|n| ModelDigest {
                 name: n.into(),
                 sha256: [7; 32],
+                version: None,
+                tokenizer_sha256: None,
             })
             .to_vec()
     }

@@ -126,11 +126,11 @@ pub fn sanitize_reason(bytes: &[u8]) -> String {
     out
 }
 
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
-type BoxIo = Box<dyn Io>;
+pub(crate) type BoxIo = Box<dyn Io>;
 
-async fn connect(addr: &EnclaveAddr) -> std::io::Result<BoxIo> {
+pub(crate) async fn connect(addr: &EnclaveAddr) -> std::io::Result<BoxIo> {
     match addr {
         EnclaveAddr::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         EnclaveAddr::Vsock { cid, port } => Ok(Box::new(

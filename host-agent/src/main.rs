@@ -122,7 +122,7 @@ enum Cmd {
     /// it ends) and serves with the broker connected to it over vsock. The
     /// serve flags (--policy, --ledger, --listen ...) apply as without a
     /// subcommand; --enclave is not allowed (the VM is the enclave).
-    Launch(LaunchArgs),
+    Launch(Box<LaunchArgs>),
     /// Aggregates the ledger's receipts per (enclave key, account) into
     /// claim messages for the payment contract: writes DIR/claims.json and
     /// DIR/claim-NNNN.boc (message bodies to send from the provider's
@@ -188,6 +188,13 @@ struct LaunchArgs {
     /// Directory for the VM's sockets and serial log.
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// This provider's settings (TOML: `[prices.MODEL]` prompt, cached,
+    /// completion in nanoton per token within the release's bounds;
+    /// `payment_contract`; `max_concurrent`), handed to the enclave at every
+    /// boot over vsock and bound into its claims. Needed when the image's
+    /// release takes its prices from the provider.
+    #[arg(long, value_name = "FILE")]
+    provider_settings: Option<PathBuf>,
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -244,6 +251,32 @@ fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
     if accel == vm::Accel::Tcg {
         eprintln!("cocoon-host: the VM runs under QEMU's software emulation (TCG), slowly: --accel tcg, or /dev/kvm is missing or cannot run a guest");
     }
+    let provider_settings = match &l.provider_settings {
+        None => {
+            if image.settings_port.is_some() {
+                return Err(usage(format!(
+                    "the release {} takes its prices from the provider: pass --provider-settings FILE",
+                    image.release
+                )));
+            }
+            None
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure(
+                    EX_NOINPUT,
+                    format!("--provider-settings {}: {e}", path.display()),
+                )
+            })?;
+            let s = cocoon_protocol::settings::ProviderSettings::from_toml(&text).map_err(|e| {
+                Failure(
+                    EX_CONFIG,
+                    format!("--provider-settings {}: {e}", path.display()),
+                )
+            })?;
+            Some(s.to_cbor())
+        }
+    };
     Ok(vm::VmConfig {
         tee: l.tee,
         accel,
@@ -257,6 +290,7 @@ fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
         gpus: l.gpus.clone(),
         qgs: l.qgs.clone(),
         run_dir,
+        provider_settings,
     })
 }
 

@@ -109,6 +109,12 @@ pub struct Image {
     pub release: String,
     /// The enclave's vsock port.
     pub port: u32,
+    /// The root disk (squashfs + dm-verity hash tree), attached read-only
+    /// as virtio-blk, when the image has one.
+    pub disk: Option<PathBuf>,
+    /// The vsock port where the enclave takes the provider's settings at
+    /// boot, when the image's release wants them.
+    pub settings_port: Option<u32>,
 }
 
 impl Image {
@@ -134,6 +140,32 @@ impl Image {
         let port = get("ENCLAVE_VSOCK_PORT")?
             .parse::<u32>()
             .map_err(|_| format!("image {}: ENCLAVE_VSOCK_PORT is not a u32", dir.display()))?;
+        let disk = env
+            .lines()
+            .find_map(|l| l.strip_prefix("DISK="))
+            .map(|name| {
+                if name.is_empty() || name.contains('/') {
+                    Err(format!(
+                        "image {}: DISK={name:?} must name a file in the image directory",
+                        dir.display()
+                    ))
+                } else {
+                    Ok(dir.join(name))
+                }
+            })
+            .transpose()?;
+        let settings_port = match env
+            .lines()
+            .find_map(|l| l.strip_prefix("ENCLAVE_SETTINGS_PORT="))
+        {
+            None => None,
+            Some(p) => Some(p.parse::<u32>().map_err(|_| {
+                format!(
+                    "image {}: ENCLAVE_SETTINGS_PORT is not a u32",
+                    dir.display()
+                )
+            })?),
+        };
         let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).ok();
         if let Some(sums) = &sums {
             use sha2::Digest as _;
@@ -144,6 +176,24 @@ impl Image {
                         dir.display()
                     )
                 })?;
+                // The root disk (a gigabyte) is checked block by block in
+                // the guest by dm-verity against the root hash on the
+                // (checked) command line; hashing it here at every launch
+                // would only add seconds.
+                if disk
+                    .as_ref()
+                    .and_then(|d| d.file_name())
+                    .and_then(|n| n.to_str())
+                    == Some(name.trim())
+                {
+                    if !dir.join(name.trim()).is_file() {
+                        return Err(format!(
+                            "image {}: the root disk {name} is missing",
+                            dir.display()
+                        ));
+                    }
+                    continue;
+                }
                 let got = hex::encode(sha2::Sha256::digest(read(name.trim())?));
                 if got != want.trim() {
                     return Err(format!(
@@ -166,6 +216,8 @@ impl Image {
             cmdline,
             release,
             port,
+            disk,
+            settings_port,
         })
     }
 }
@@ -199,6 +251,10 @@ pub struct VmConfig {
     pub qgs: Option<String>,
     /// Where sockets, the serial log and the pid files go.
     pub run_dir: PathBuf,
+    /// The provider's settings (canonical CBOR of
+    /// `cocoon_protocol::settings::ProviderSettings`) handed to every boot
+    /// of the enclave on the image's settings port.
+    pub provider_settings: Option<Vec<u8>>,
 }
 
 /// The files and address of one planned VM.
@@ -338,6 +394,23 @@ pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
         s("-append"),
         cmdline_for(c.tee, &c.image.cmdline)?,
     ]);
+    if let Some(disk) = &c.image.disk {
+        // The root disk, read-only: the guest maps it with dm-verity
+        // against the root hash on the measured command line. The first
+        // virtio-blk device is /dev/vda in the guest.
+        let path = disk.display().to_string();
+        if path.contains(',') {
+            return Err(format!(
+                "the disk path {path:?} contains a comma, which QEMU's -drive cannot take"
+            ));
+        }
+        a.extend([
+            s("-drive"),
+            format!("file={path},if=none,id=root,format=raw,readonly=on"),
+            s("-device"),
+            s("virtio-blk-pci,drive=root"),
+        ]);
+    }
     let (vsock_args, enclave_addr, vhost_socket) = match &c.vsock {
         VsockDevice::Kernel => {
             if c.cid < 3 {
@@ -499,9 +572,25 @@ impl Supervisor {
             match self.start().await {
                 Ok((mut qemu, mut device)) => {
                     tracing::info!(boot = boots, release = %self.config.image.release, tee = self.config.tee.as_str(), "VM started");
-                    let ended = tokio::select! {
-                        status = qemu.wait() => Some(status),
-                        _ = stop.changed() => None,
+                    let settings = self.settings_handoff();
+                    tokio::pin!(settings);
+                    let mut handed = false;
+                    let ended = loop {
+                        tokio::select! {
+                            status = qemu.wait() => break Some(status),
+                            _ = stop.changed() => break None,
+                            r = &mut settings, if !handed => {
+                                handed = true;
+                                if let Err(reason) = r {
+                                    tracing::error!(boot = boots, %reason, "the enclave refused the provider settings; stopping the VM and not restarting it (fix --provider-settings)");
+                                    let _ = qemu.kill().await;
+                                    if let Some(d) = device.as_mut() {
+                                        let _ = d.kill().await;
+                                    }
+                                    return;
+                                }
+                            }
+                        }
                     };
                     match ended {
                         Some(status) => {
@@ -530,6 +619,40 @@ impl Supervisor {
                 _ = stop.changed() => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Hands the provider's settings to the booting enclave: connects to
+    /// the image's settings port until the guest listens, sends them once
+    /// and reads the answer. `Err` only when the enclave refused them;
+    /// with no settings (or no settings port) it returns at once.
+    async fn settings_handoff(&self) -> Result<(), String> {
+        let (Some(cbor), Some(port)) = (
+            &self.config.provider_settings,
+            self.config.image.settings_port,
+        ) else {
+            if self.config.image.settings_port.is_some() {
+                tracing::warn!("the image's release takes provider settings and none were given (--provider-settings): the enclave will not start serving");
+            }
+            return Ok(());
+        };
+        let addr = match &self.plan.enclave_addr {
+            EnclaveAddr::Vsock { cid, .. } => EnclaveAddr::Vsock { cid: *cid, port },
+            EnclaveAddr::HybridVsock { path, .. } => EnclaveAddr::HybridVsock {
+                path: path.clone(),
+                port,
+            },
+            EnclaveAddr::Unix(p) => EnclaveAddr::Unix(p.clone()),
+        };
+        loop {
+            match send_settings(&addr, cbor).await {
+                Ok(SettingsAnswer::Accepted(digest)) => {
+                    tracing::info!(settings_sha256 = %digest, "the enclave took the provider settings");
+                    return Ok(());
+                }
+                Ok(SettingsAnswer::Refused(reason)) => return Err(reason),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
         }
     }
 
@@ -578,6 +701,37 @@ impl Supervisor {
     }
 }
 
+/// What the enclave said to the provider settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsAnswer {
+    /// Taken; the SHA-256 (hex) of the settings it took.
+    Accepted(String),
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// One settings exchange (`cocoon_enclave::boot_settings`): a 4-byte
+/// big-endian length and the CBOR, then one answer line (`ok <hex>` or
+/// `refused <reason>`, at most 4 KiB).
+pub async fn send_settings(addr: &EnclaveAddr, cbor: &[u8]) -> std::io::Result<SettingsAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = crate::broker::connect(addr).await?;
+    let len = u32::try_from(cbor.len()).map_err(|_| std::io::Error::other("settings too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(cbor).await?;
+    let mut answer = Vec::new();
+    (&mut io).take(4096).read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let line = text.lines().next().unwrap_or("").trim();
+    if let Some(d) = line.strip_prefix("ok ") {
+        Ok(SettingsAnswer::Accepted(d.to_string()))
+    } else if let Some(r) = line.strip_prefix("refused ") {
+        Ok(SettingsAnswer::Refused(r.to_string()))
+    } else {
+        Err(std::io::Error::other(format!("unexpected answer {line:?}")))
+    }
+}
+
 /// The last lines of the serial log, for the log line of a VM that ended.
 fn serial_tail(path: &Path) -> String {
     let text = std::fs::read(path).unwrap_or_default();
@@ -607,6 +761,8 @@ mod tests {
                         .into(),
                 release: "r".into(),
                 port: 5000,
+                disk: Some("/img/disk.img".into()),
+                settings_port: Some(5001),
             },
             firmware: Some("/fw/OVMF.fd".into()),
             vcpus: 2,
@@ -617,6 +773,7 @@ mod tests {
             gpus: vec![],
             qgs: None,
             run_dir: "/run/vm".into(),
+            provider_settings: None,
         }
     }
 
@@ -638,6 +795,28 @@ mod tests {
             "SNP boots the measured bzImage: {j}"
         );
         assert_eq!(p.enclave_addr, EnclaveAddr::Vsock { cid: 7, port: 5000 });
+        assert!(
+            j.contains("-drive file=/img/disk.img,if=none,id=root,format=raw,readonly=on -device virtio-blk-pci,drive=root"),
+            "the root disk is attached read-only: {j}"
+        );
+    }
+
+    #[test]
+    fn every_tee_attaches_the_root_disk_the_same_way() {
+        for tee in [Tee::Snp, Tee::Tdx, Tee::None] {
+            let mut c = config(tee);
+            c.gpus = vec!["0000:41:00.0".into()];
+            let j = joined(&plan(&c).unwrap());
+            assert!(
+                j.contains("file=/img/disk.img,if=none,id=root,format=raw,readonly=on"),
+                "{tee:?}: {j}"
+            );
+            assert!(j.contains("virtio-blk-pci,drive=root"), "{tee:?}: {j}");
+            assert!(j.contains("vfio-pci,host=0000:41:00.0"), "{tee:?}: {j}");
+        }
+        let mut c = config(Tee::Snp);
+        c.image.disk = Some("/img/a,b.img".into());
+        assert!(plan(&c).is_err(), "a comma would inject -drive options");
     }
 
     #[test]

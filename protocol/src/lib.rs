@@ -63,6 +63,7 @@ pub mod pricing;
 pub mod receipt;
 pub mod request;
 pub mod seal;
+pub mod settings;
 pub mod settlement;
 pub mod stream;
 pub mod tabs;

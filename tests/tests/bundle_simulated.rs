@@ -23,6 +23,8 @@ fn claims(epoch: u64) -> Claims {
         model_digests: vec![ModelDigest {
             name: "all-minilm-l6-v2".into(),
             sha256: [9; 32],
+            version: None,
+            tokenizer_sha256: None,
         }],
         config_digest: [3; 32],
         gpu_evidence_digest: None,
@@ -30,6 +32,8 @@ fn claims(epoch: u64) -> Claims {
         issued_at: epoch,
         refresh: 0,
         client_nonce: None,
+        disk_verity_root: None,
+        provider_settings: None,
     }
 }
 

@@ -1,12 +1,17 @@
-//! The built guest image boots under QEMU and serves a sealed request.
+//! The built guest image boots under QEMU and serves real models.
 //!
 //! `cocoon-host launch --tee none` starts the image from `images/build.sh`
-//! (Debian's kernel, the static `cocoon-enclave` as PID 1 of the
-//! initramfs) under QEMU, KVM where `/dev/kvm` works and TCG otherwise,
-//! with vsock through the kernel's vhost-vsock or `vhost-device-vsock`. The
-//! host agent's broker reaches the enclave over vsock, verifies its
-//! evidence, and a client sends a sealed chat request through the real
-//! guest and gets a receipt signed inside it.
+//! (Debian's kernel; the static `cocoon-init` as PID 1 of the initramfs,
+//! which maps the root disk with dm-verity against the root hash on the
+//! command line and starts the enclave from it, linked against the disk's
+//! libtorch) under QEMU, KVM where `/dev/kvm` works and TCG otherwise, with
+//! the disk attached read-only and vsock through the kernel's vhost-vsock
+//! or `vhost-device-vsock`. The host hands the provider's settings over
+//! vsock, its broker verifies the enclave's evidence, and a client gets
+//! MiniLM embeddings and a SmolLM2 answer through the real guest, equal to
+//! the Python references, with receipts at the provider's prices. Disks
+//! with a flipped data byte, a flipped hash-tree byte, or other model bytes
+//! (a consistent disk with another root hash) never serve.
 //!
 //! `--tee none` has no TEE: the enclave inside runs the SIMULATED provider
 //! (NOT CONFIDENTIAL). What this shows is the image, PID 1, the modules,
@@ -20,13 +25,15 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cocoon_client::{Client, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use cocoon_protocol::receipt::verify_receipt;
+use cocoon_protocol::settings::ProviderSettings;
+use cocoon_tests::models::{chat_reference, max_abs_diff, reference};
 use cocoon_tests::procs::{bin, field, Proc, TempDir};
 use common::*;
 
@@ -82,35 +89,56 @@ fn skip_or_fail() -> bool {
     false
 }
 
-/// The PID 1 binary and the enclave config, read back from the image's
-/// initramfs, give the measurement the simulated provider reports.
-fn expected_simulated_measurement() -> [u8; 48] {
-    let cpio = std::fs::read(image_dir().join("initrd.cpio")).unwrap();
-    let entries = cocoon_image::read_newc(&cpio).expect("the image's initramfs parses");
-    let file = |path: &str| {
-        entries
-            .iter()
-            .find(|e| e.entry.path == path)
-            .and_then(|e| match &e.entry.kind {
-                cocoon_image::Kind::File(d) => Some(d.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{path} is not a file in the initramfs"))
-    };
-    let init = file("init");
-    let config_text = String::from_utf8(file("etc/cocoon/enclave.toml")).unwrap();
-    let config = cocoon_enclave::EnclaveConfig::from_toml(&config_text).expect("image config");
-    cocoon_enclave::attest::simulated_measurement(&init, config.to_canonical_toml().as_bytes())
+/// A file of the root disk (squashfs), read with `unsquashfs -cat`.
+fn disk_file(image: &Path, path: &str) -> Vec<u8> {
+    let out = Command::new("unsquashfs")
+        .args(["-cat"])
+        .arg(image.join("disk.img"))
+        .arg(path)
+        .output()
+        .expect("unsquashfs (squashfs-tools) runs");
+    assert!(
+        out.status.success(),
+        "unsquashfs -cat {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
-#[test]
-fn the_image_boots_and_serves_a_sealed_request_over_vsock() {
-    if skip_or_fail() {
-        return;
-    }
-    let dir = TempDir::new("image-boot");
+/// What the image build says of itself (`image.env`).
+fn image_env(image: &Path, key: &str) -> String {
+    let env = std::fs::read_to_string(image.join("image.env")).unwrap();
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("image.env has no {key}"))
+        .to_string()
+}
+
+/// The enclave binary and the release config, read back from the disk,
+/// give the measurement the simulated provider reports.
+fn expected_simulated_measurement(image: &Path) -> [u8; 48] {
+    let exe = disk_file(image, "usr/bin/cocoon-enclave");
+    let config_text = String::from_utf8(disk_file(image, "etc/cocoon/enclave.toml")).unwrap();
+    let config = cocoon_enclave::EnclaveConfig::from_toml(&config_text).expect("release config");
+    cocoon_enclave::attest::simulated_measurement(&exe, config.to_canonical_toml().as_bytes())
+}
+
+const CONTRACT: &str = "0:c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
+
+fn settings_toml(embed_prompt: u64, chat_prompt: u64) -> String {
+    format!(
+        "payment_contract = \"{CONTRACT}\"\nmax_concurrent = 4\n\n\
+         [prices.all-minilm-l6-v2]\nprompt = {embed_prompt}\ncompletion = 0\n\n\
+         [prices.smollm2-135m-instruct]\nprompt = {chat_prompt}\ncompletion = 9\n"
+    )
+}
+
+/// `cocoon-host launch --tee none` on `image` with these provider settings.
+fn launch(dir: &TempDir, image: &Path, settings: &str) -> (Proc, PathBuf) {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
+    let settings_file = dir.path().join("provider.toml");
+    std::fs::write(&settings_file, settings).unwrap();
     let run_dir = dir.path().join("vm");
     let mut cmd = Command::new(bin("cocoon-host"));
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -120,25 +148,44 @@ fn the_image_boots_and_serves_a_sealed_request_over_vsock() {
         .arg(dir.path().join("ledger.db"))
         .arg("launch")
         .arg("--image")
-        .arg(image_dir())
-        .args(["--tee", "none", "--vcpus", "1", "--memory-mib", "512"])
+        .arg(image)
+        .args(["--tee", "none", "--vcpus", "2", "--memory-mib", "3072"])
+        .arg("--provider-settings")
+        .arg(&settings_file)
         .arg("--run-dir")
         .arg(&run_dir);
+    (Proc::spawn("cocoon-host launch", cmd), run_dir)
+}
+
+fn serial(run_dir: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(run_dir.join("serial.log")).unwrap_or_default())
+        .into_owned()
+}
+
+#[test]
+fn the_image_boots_from_its_verity_disk_and_serves_real_models() {
+    if skip_or_fail() {
+        return;
+    }
+    let image = image_dir();
+    let dir = TempDir::new("image-boot");
     let started = Instant::now();
-    let mut host = Proc::spawn("cocoon-host launch", cmd);
-    let line = host.wait_for("ready ", Duration::from_secs(120));
+    let (mut host, run_dir) = launch(&dir, &image, &settings_toml(3, 7));
+    // TCG: the kernel, libtorch and 630 MB of models read through
+    // dm-verity and hashed, all emulated.
+    let line = host.wait_for("ready ", Duration::from_secs(600));
     let ready = started.elapsed();
-    let serial = std::fs::read_to_string(run_dir.join("serial.log")).unwrap_or_default();
+    let console = serial(&run_dir);
     eprintln!(
-        "launch to ready (VM boot + vsock + evidence verified): {} ms",
+        "launch to ready (VM boot, verity disk, libtorch, models, evidence verified): {} ms",
         ready.as_millis()
     );
-    eprintln!("--- guest serial console ---\n{serial}\n---");
+    eprintln!("--- guest serial console ---\n{console}\n---");
+    let root_hex = image_env(&image, "DISK_VERITY_ROOT");
     assert!(
-        serial.contains("cocoon-init: loaded vmw_vsock_virtio_transport.ko"),
-        "PID 1 loaded the vsock transport: {serial}"
+        console.contains(&format!("cocoon-init: verity root {root_hex} mounted")),
+        "{console}"
     );
-    assert!(serial.contains("cocoon-init: guest prepared"), "{serial}");
     let url = format!("http://{}", field(&line, "listen").expect("listen="));
     let admin = format!("http://{}", field(&line, "admin").expect("admin="));
 
@@ -149,37 +196,87 @@ fn the_image_boots_and_serves_a_sealed_request_over_vsock() {
         .enable_all()
         .build()
         .unwrap();
-    let (request_id, text) = rt.block_on(async {
+    let want_chat = chat_reference();
+    let want_embed = reference();
+    let ids = rt.block_on(async {
         let provider = client
             .verify()
             .await
             .expect("the guest's evidence verifies");
         let e = &provider.enclaves()[0];
-        assert!(
-            !e.platform().is_confidential(),
-            "--tee none is the simulated provider"
-        );
         let cocoon_verifier::enclave::VerifiedPlatform::Simulated(sim) = e.verified().platform()
         else {
             panic!("--tee none must give simulated evidence");
         };
         assert_eq!(
             sim.report().measurement,
-            expected_simulated_measurement(),
-            "the verified enclave is the image's /init with the image's config"
+            expected_simulated_measurement(&image),
+            "the verified enclave is the disk's binary with the release's config"
         );
+        // The claims name the disk and the models on it.
+        let claims = e.claims();
+        assert_eq!(
+            claims.disk_verity_root.map(hex::encode),
+            Some(root_hex.clone())
+        );
+        let config_text = String::from_utf8(disk_file(&image, "etc/cocoon/enclave.toml")).unwrap();
+        let release = cocoon_enclave::EnclaveConfig::from_toml(&config_text).unwrap();
+        assert_eq!(claims.config_digest, release.digest());
+        for (name, m) in &release.models {
+            let d = claims
+                .model_digests
+                .iter()
+                .find(|d| &d.name == name)
+                .expect("model in claims");
+            assert_eq!(d.sha256, m.sha256.0, "{name}");
+            assert_eq!(d.tokenizer_sha256, Some(m.tokenizer_sha256.0), "{name}");
+            assert_eq!(d.version, m.version, "{name}");
+        }
+        // The provider's settings, as handed over vsock, are in the claims.
+        let bound = ProviderSettings::from_cbor(
+            claims
+                .provider_settings
+                .as_deref()
+                .expect("settings in claims"),
+        )
+        .unwrap();
+        assert_eq!(
+            bound,
+            ProviderSettings::from_toml(&settings_toml(3, 7)).unwrap()
+        );
+
+        let t = Instant::now();
+        let r = client
+            .embeddings("all-minilm-l6-v2", vec![want_embed.inputs[0].clone()])
+            .await
+            .expect("embeddings through the guest");
+        eprintln!(
+            "first answer (embedding) through the guest: {} ms",
+            t.elapsed().as_millis()
+        );
+        let diff = max_abs_diff(&r.embeddings[0], &want_embed.embeddings[0]);
+        assert!(
+            diff <= 1e-4,
+            "max abs diff {diff} against the Python reference"
+        );
+        assert_eq!(
+            r.completed.receipt.unit_price.prompt, 3,
+            "the provider's price"
+        );
+        let embed_id = r.completed.request_id;
+
         let t = Instant::now();
         let mut stream = client
             .chat(
-                "cocoon-deterministic-test",
+                "smollm2-135m-instruct",
                 vec![ChatMessage {
                     role: Role::User,
-                    content: "Hello from outside the VM".into(),
+                    content: want_chat.prompt.clone(),
                 }],
-                8,
+                want_chat.max_tokens,
             )
             .await
-            .expect("request accepted");
+            .expect("chat accepted");
         let mut text = String::new();
         let done = loop {
             match stream.next().await.expect("authentic chunk") {
@@ -189,20 +286,215 @@ fn the_image_boots_and_serves_a_sealed_request_over_vsock() {
                 None => panic!("stream ended without its receipt"),
             }
         };
+        let secs = t.elapsed().as_secs_f64();
         eprintln!(
-            "sealed round trip through the guest: {} ms",
-            t.elapsed().as_millis()
+            "chat through the guest: {} tokens in {secs:.1} s ({:.2} tokens/s)",
+            done.usage.completion_tokens,
+            done.usage.completion_tokens as f64 / secs
         );
-        assert_eq!(done.finish, FinishReason::Length);
-        assert_eq!(done.usage.completion_tokens, 8);
-        let r = verify_receipt(&done.receipt_bytes, e.receipt_public_key()).unwrap();
-        assert_eq!(r.client_account, account.id().0);
-        (done.request_id, text)
+        assert_eq!(text, want_chat.answer, "greedy: the same answer as Python");
+        assert_eq!(
+            done.finish,
+            if want_chat.stopped {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            }
+        );
+        let receipt = verify_receipt(&done.receipt_bytes, e.receipt_public_key()).unwrap();
+        assert_eq!(receipt.client_account, account.id().0);
+        assert_eq!(receipt.unit_price.prompt, 7);
+        assert_eq!(receipt.unit_price.completion, 9);
+        vec![embed_id.to_string(), done.request_id.to_string()]
     });
+    let mut got = ledger_request_ids(&admin);
+    got.sort();
+    let mut want = ids;
+    want.sort();
+    assert_eq!(got, want);
+    host.terminate(Duration::from_secs(20));
+}
+
+/// A copy of the image with its own disk (and no SHA256SUMS: the disk is
+/// the one thing that differs, and only dm-verity judges it).
+fn image_copy(dir: &TempDir, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let src = image_dir();
+    let dst = dir.path().join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in [
+        "vmlinuz",
+        "vmlinux",
+        "initrd.cpio",
+        "cmdline.txt",
+        "image.env",
+        "disk.img",
+    ] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    edit(&dst.join("disk.img"));
+    dst
+}
+
+/// Where `needle` is in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = needle[0];
+    let mut i = 0;
+    while let Some(p) = hay[i..].iter().position(|b| *b == first) {
+        let at = i + p;
+        if hay[at..].starts_with(needle) {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    None
+}
+
+/// The byte offset, in the disk, of the chat model's data 1 MiB into the
+/// file (uncompressed squashfs stores file data as is).
+fn model_offset(disk: &[u8]) -> usize {
+    let model = disk_file(&image_dir(), "models/smollm2-135m-instruct/model.pt");
+    let needle = &model[1 << 20..(1 << 20) + 64];
+    find(disk, needle).expect("the model's bytes are on the disk")
+}
+
+fn expect_no_service(image: &Path, dir: &TempDir, what: &str, wanted: &[&str]) {
+    let (mut host, run_dir) = launch(dir, image, &settings_toml(3, 7));
+    let deadline = Instant::now() + Duration::from_secs(420);
+    let mut console = String::new();
+    while Instant::now() < deadline {
+        console = serial(&run_dir);
+        if wanted.iter().all(|w| console.contains(w)) {
+            break;
+        }
+        assert!(
+            !host.output().contains("ready "),
+            "{what}: the host became ready with a tampered disk\n{console}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("--- {what}: guest console ---\n{console}\n---");
+    for w in wanted {
+        assert!(console.contains(w), "{what}: expected {w:?} on the console");
+    }
     assert!(
-        text.starts_with("This is the Cocoon deterministic"),
-        "{text}"
+        !host.output().contains("ready "),
+        "{what}: the host became ready with a tampered disk"
     );
-    assert_eq!(ledger_request_ids(&admin), vec![request_id.to_string()]);
+    host.terminate(Duration::from_secs(20));
+}
+
+#[test]
+fn tampered_disks_never_serve() {
+    if skip_or_fail() {
+        return;
+    }
+    let dir = TempDir::new("image-tamper");
+    let disk = std::fs::read(image_dir().join("disk.img")).unwrap();
+    let cmdline = std::fs::read_to_string(image_dir().join("cmdline.txt")).unwrap();
+    let data_blocks: usize = cmdline
+        .split_whitespace()
+        .skip_while(|a| *a != "--data-blocks")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("--data-blocks on the command line");
+    let at = model_offset(&disk);
+
+    // 1. One flipped byte in the model's data: the block no longer matches
+    //    its hash; reading the model fails, the enclave refuses to start.
+    let flipped_data = image_copy(&dir, "data", |d| flip(d, at as u64));
+    expect_no_service(
+        &flipped_data,
+        &dir,
+        "flipped data byte",
+        &["is corrupted", "cocoon-init: the enclave ended"],
+    );
+
+    // 2. One flipped byte in the hash tree: the leaf hash of the model's
+    //    block. The tree is stored top level first after the superblock,
+    //    so the leaf level is last: 128 SHA-256 hashes per 4 KiB block.
+    let mut levels = vec![data_blocks.div_ceil(128)];
+    while *levels.last().unwrap() > 1 {
+        levels.push(levels.last().unwrap().div_ceil(128));
+    }
+    let upper: usize = levels[1..].iter().sum();
+    let leaf_start = (data_blocks + 1 + upper) * 4096;
+    let leaf = leaf_start + (at / 4096) * 32;
+    let flipped_tree = image_copy(&dir, "tree", |d| flip(d, leaf as u64));
+    expect_no_service(
+        &flipped_tree,
+        &dir,
+        "flipped hash-tree byte",
+        &["is corrupted", "cocoon-init: the enclave ended"],
+    );
+
+    // 3. Other model bytes in a consistent disk (its own, valid hash tree
+    //    and root): the measured command line names the release's root, so
+    //    the disk cannot even be mounted.
+    let other = image_copy(&dir, "other", |d| {
+        let mut f = std::fs::OpenOptions::new().write(true).open(d).unwrap();
+        use std::io::{Seek, SeekFrom, Write};
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(&[0x5a; 4096]).unwrap();
+        drop(f);
+        let salt = cmdline
+            .split_whitespace()
+            .skip_while(|a| *a != "--verity-salt")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let out = Command::new("veritysetup")
+            .arg("format")
+            .arg(format!("--data-blocks={data_blocks}"))
+            .arg(format!("--hash-offset={}", data_blocks * 4096))
+            .arg(format!("--salt={salt}"))
+            .arg(d)
+            .arg(d)
+            .output()
+            .expect("veritysetup runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    expect_no_service(
+        &other,
+        &dir,
+        "a disk with other model bytes",
+        &["VERITY: the root disk does not match the measured root hash"],
+    );
+}
+
+fn flip(disk: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x01]).unwrap();
+}
+
+#[test]
+fn settings_outside_the_release_bounds_are_refused_at_boot() {
+    if skip_or_fail() {
+        return;
+    }
+    let dir = TempDir::new("image-bounds");
+    // The release allows at most 100000 nanoton per chat prompt token.
+    let (mut host, run_dir) = launch(&dir, &image_dir(), &settings_toml(3, 100_001));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && !host.output().contains("refused the provider settings") {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = host.output();
+    eprintln!("--- guest console ---\n{}\n---", serial(&run_dir));
+    assert!(out.contains("refused the provider settings"), "{out}");
+    assert!(out.contains("outside the release's bounds"), "{out}");
+    assert!(!out.contains("ready "), "{out}");
     host.terminate(Duration::from_secs(20));
 }

@@ -28,6 +28,8 @@ fn claims(gpu: Option<[u8; 32]>) -> Claims {
         model_digests: vec![ModelDigest {
             name: "m".into(),
             sha256: [9; 32],
+            version: None,
+            tokenizer_sha256: None,
         }],
         config_digest: [3; 32],
         gpu_evidence_digest: gpu,
@@ -35,6 +37,8 @@ fn claims(gpu: Option<[u8; 32]>) -> Claims {
         issued_at: 42,
         refresh: 0,
         client_nonce: None,
+        disk_verity_root: None,
+        provider_settings: None,
     }
 }
 

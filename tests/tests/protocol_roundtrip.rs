@@ -42,6 +42,8 @@ impl Enclave {
             model_digests: vec![ModelDigest {
                 name: "minilm".into(),
                 sha256: [3; 32],
+                version: None,
+                tokenizer_sha256: None,
             }],
             config_digest: [4; 32],
             gpu_evidence_digest: None,
@@ -49,6 +51,8 @@ impl Enclave {
             issued_at: epoch,
             refresh: 0,
             client_nonce: None,
+            disk_verity_root: None,
+            provider_settings: None,
         };
         let bundle = EvidenceBundle {
             platform: PlatformEvidence::Snp {

@@ -475,6 +475,8 @@ fn bundle_with_unbound_claims_is_rejected() {
         issued_at: 1,
         refresh: 0,
         client_nonce: None,
+        disk_verity_root: None,
+        provider_settings: None,
     };
     let bundle = EvidenceBundle {
         platform: PlatformEvidence::Snp {

@@ -265,6 +265,8 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
         issued_at: 1,
         refresh: 0,
         client_nonce: None,
+        disk_verity_root: None,
+        provider_settings: None,
     };
     let bundle = EvidenceBundle {
         platform: PlatformEvidence::Snp {

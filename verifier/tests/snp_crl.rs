@@ -588,6 +588,8 @@ fn amds_roots_refuse_a_test_signed_crl_in_the_library_and_the_bundle() {
         issued_at: 1,
         refresh: 0,
         client_nonce: None,
+        disk_verity_root: None,
+        provider_settings: None,
     };
     let bundle = |crl: Option<Vec<u8>>| {
         EvidenceBundle {

@@ -117,10 +117,14 @@ impl SimEnclave {
                 ModelDigest {
                     name: MODEL.into(),
                     sha256: [0x11; 32],
+                    version: None,
+                    tokenizer_sha256: None,
                 },
                 ModelDigest {
                     name: EMBED_MODEL.into(),
                     sha256: [0x22; 32],
+                    version: None,
+                    tokenizer_sha256: None,
                 },
             ],
             config_digest: [4; 32],
@@ -129,6 +133,8 @@ impl SimEnclave {
             issued_at: epoch,
             refresh: 0,
             client_nonce: None,
+            disk_verity_root: None,
+            provider_settings: None,
         };
         let claims_cbor = claims.to_cbor();
         let (report, signature) =

@@ -4,6 +4,8 @@
 //!
 //! * [`sev_guest`] — `/dev/sev-guest` (AMD SEV-SNP): `SNP_GET_EXT_REPORT`
 //!   (report plus the host's certificate table) and `SNP_GET_REPORT`.
+//! * [`dm`] — `/dev/mapper/control`: one read-only device-mapper table
+//!   (the dm-verity root of the guest image), for PID 1.
 //! * [`tdx_guest`] — `/dev/tdx_guest` (Intel TDX): `TDX_CMD_GET_REPORT0`,
 //!   which yields a TDREPORT. A TDREPORT is MAC'd for the local platform
 //!   only; turning it into a remotely verifiable quote needs the quoting
@@ -20,6 +22,7 @@
 //! (`/sys/kernel/config/tsm/report`), which the enclave drives with plain
 //! file I/O; these devices are its fallbacks.
 
+pub mod dm;
 pub mod sev_guest;
 pub mod tdx_guest;
 

@@ -168,6 +168,8 @@ fn make_keys(epoch: u64) -> Keys {
         model_digests: vec![ModelDigest {
             name: MODEL.into(),
             sha256: [9; 32],
+            version: None,
+            tokenizer_sha256: None,
         }],
         config_digest: [3; 32],
         gpu_evidence_digest: None,
@@ -175,6 +177,8 @@ fn make_keys(epoch: u64) -> Keys {
         issued_at: epoch,
         refresh: 0,
         client_nonce: None,
+        disk_verity_root: None,
+        provider_settings: None,
     };
     let claims_cbor = claims.to_cbor();
     // What the simulated attestation provider does: a fresh P-256 key

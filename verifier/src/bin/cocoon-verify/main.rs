@@ -546,8 +546,16 @@ fn run_bundle(
                 "epoch": c.epoch,
                 "hpke_public_key": hex::encode(&c.hpke_public_key),
                 "receipt_public_key": hex::encode(&c.receipt_public_key),
-                "models": c.model_digests.iter().map(|m| json!({"name": m.name, "sha256": hex::encode(m.sha256)})).collect::<Vec<_>>(),
+                "models": c.model_digests.iter().map(|m| json!({
+                    "name": m.name,
+                    "version": m.version,
+                    "sha256": hex::encode(m.sha256),
+                    "tokenizer_sha256": m.tokenizer_sha256.map(hex::encode),
+                    "disk_verity_root": c.disk_verity_root.map(hex::encode),
+                })).collect::<Vec<_>>(),
                 "config_digest": hex::encode(c.config_digest),
+                "disk_verity_root": c.disk_verity_root.map(hex::encode),
+                "provider_settings": c.provider_settings.as_ref().map(hex::encode),
                 "gpu_evidence_digest": c.gpu_evidence_digest.map(hex::encode),
             });
             f["release"] = json!(v.release());
@@ -572,6 +580,24 @@ fn run_bundle(
             v.claims().epoch
         );
         println!("  image_id     {}", v.claims().image_id);
+        if let Some(root) = &v.claims().disk_verity_root {
+            println!(
+                "  disk verity  {} (root hash of the disk the code and models were read from)",
+                hex::encode(root)
+            );
+        }
+        for m in &v.claims().model_digests {
+            let id = match &m.version {
+                Some(ver) => format!("{}@{ver}", m.name),
+                None => m.name.clone(),
+            };
+            println!("  model        {id} sha256 {}", hex::encode(m.sha256));
+        }
+        if v.claims().provider_settings.is_some() {
+            println!(
+                "  provider settings bound in the claims (prices and payment contract; see --json)"
+            );
+        }
         println!(
             "  hpke key     {}",
             hex::encode(&v.claims().hpke_public_key)
