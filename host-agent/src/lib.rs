@@ -32,8 +32,11 @@
 
 pub mod admin;
 pub mod broker;
+pub mod collateral;
 pub mod config;
+pub(crate) mod fetch;
 pub(crate) mod http;
+pub mod intel_pcs;
 pub mod ledger;
 pub mod metrics;
 pub mod pricing;
@@ -41,6 +44,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod settle;
 pub mod snp_crl;
+pub mod snp_vcek;
 pub mod vm;
 
 use std::collections::HashSet;
@@ -298,7 +302,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         config.limits.clone(),
         metrics.clone(),
         ledger.clone(),
-        crate::snp_crl::SnpCrls::new(&config.amd_kds_url),
+        crate::collateral::Collateral::new(&config.amd_kds_url, &config.intel_pcs_url),
     );
     let limits = config.limits;
     let app = Arc::new(App {
