@@ -5,7 +5,7 @@
 //! and AMD's key distribution service follows: one deadline from connect to
 //! last byte, a body limit enforced while reading (a `Content-Length` over
 //! it is refused before any of the body is read), and only a `200` counts
-//! as an answer. [`Backoff`] is sans-IO (the time comes in as an argument):
+//! as an answer. `Backoff` is sans-IO (the time comes in as an argument):
 //! after a failure it refuses to ask again for the same thing until a
 //! doubling delay has passed, so a service that is down or refusing is not
 //! hammered on every evidence refresh. Nothing here judges what it fetched:

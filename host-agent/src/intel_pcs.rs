@@ -27,7 +27,7 @@
 //!   (a PCCS; older ones answer hex text, which is accepted too).
 //!
 //! Every answer is bounded in size and time; a failed fetch backs off
-//! ([`crate::fetch::Backoff`]), and so does collateral the cache refuses
+//! ([`crate::fetch`]), and so does collateral the cache refuses
 //! (expired, incomplete), so a broken service is not asked on every
 //! evidence refresh.
 

@@ -18,6 +18,10 @@
 //! * [`ledger`] — SQLite (WAL, `synchronous=FULL`) with group commit.
 //! * [`ratelimit`] — per-account token bucket and stream cap.
 //! * [`metrics`] — Prometheus text exposition.
+//! * [`collateral`] — what the evidence lacks and AMD or Intel sign,
+//!   attached before it is verified and served: VCEKs ([`snp_vcek`]),
+//!   AMD's CRLs ([`snp_crl`]), Intel's TDX collateral ([`intel_pcs`]),
+//!   each fetched with [`fetch`]'s bounds and back-off.
 //! * `http` and `admin` — the public API and the operator endpoints (on a
 //!   separate listener).
 //!
@@ -34,7 +38,7 @@ pub mod admin;
 pub mod broker;
 pub mod collateral;
 pub mod config;
-pub(crate) mod fetch;
+pub mod fetch;
 pub(crate) mod http;
 pub mod intel_pcs;
 pub mod ledger;
