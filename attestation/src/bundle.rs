@@ -348,6 +348,39 @@ impl EvidenceBundle {
         }
     }
 
+    /// Attach the VCEK (DER) the host fetched for an SNP report that came
+    /// without one. Only an empty VEK slot is filled: a certificate the
+    /// enclave sent is never replaced (the verifier judges it either way;
+    /// its hwID and TCB extensions must match the report). `false` when
+    /// nothing was attached.
+    pub fn attach_snp_vek(&mut self, vek: Vec<u8>) -> bool {
+        match &mut self.platform {
+            PlatformEvidence::Snp { vek: slot, .. } if slot.is_empty() => {
+                *slot = vek;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Put `collateral` into a TDX bundle's collateral slot, replacing what
+    /// the enclave sent: the host does this with the collateral it keeps
+    /// current ([`crate::pcs::CollateralCache`]) when the enclave's is
+    /// incomplete or expires sooner (the host decides which). The quote and
+    /// the claims are untouched (collateral is not bound; Intel's
+    /// signatures vouch for it). `false` for evidence of another platform.
+    pub fn attach_tdx_collateral(&mut self, collateral: TdxCollateral) -> bool {
+        match &mut self.platform {
+            PlatformEvidence::Tdx {
+                collateral: slot, ..
+            } => {
+                *slot = collateral;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Decode from CBOR, strictly.
     pub fn from_cbor(bytes: &[u8]) -> Result<EvidenceBundle, BundleError> {
         let mut m = MapReader::new(cbor::decode(bytes, MAX_BUNDLE)?, "bundle")?;
@@ -481,6 +514,43 @@ mod tests {
             ..b.clone()
         };
         assert!(!sim.attach_snp_crl(vec![1]));
+        assert!(!sim.attach_snp_vek(vec![1]));
+        // A VEK fills an empty slot only.
+        let mut no_vek = b.clone();
+        assert!(!no_vek.attach_snp_vek(vec![9]));
+        assert_eq!(no_vek, b);
+        if let PlatformEvidence::Snp { vek, .. } = &mut no_vek.platform {
+            vek.clear();
+        }
+        assert!(no_vek.attach_snp_vek(vec![1, 2]));
+        assert_eq!(no_vek, b);
+        // TDX collateral goes into the TDX slot, nowhere else.
+        let c = TdxCollateral {
+            pck_crl_issuer_chain: String::new(),
+            root_ca_crl: None,
+            pck_crl: None,
+            tcb_info_issuer_chain: String::new(),
+            tcb_info: String::new(),
+            tcb_info_signature: vec![],
+            qe_identity_issuer_chain: String::new(),
+            qe_identity: String::new(),
+            qe_identity_signature: vec![],
+        };
+        assert!(!sim.attach_tdx_collateral(c.clone()));
+        let mut tdx = EvidenceBundle {
+            platform: PlatformEvidence::Tdx {
+                quote: vec![1],
+                collateral: c.clone(),
+            },
+            ..b.clone()
+        };
+        let mut newer = c.clone();
+        newer.pck_crl = Some(vec![0x30, 0]);
+        assert!(tdx.attach_tdx_collateral(newer.clone()));
+        assert!(
+            matches!(&tdx.platform, PlatformEvidence::Tdx { collateral, .. } if *collateral == newer)
+        );
+        assert_eq!(tdx.claims_cbor, b.claims_cbor);
         // A `crl` that is not a byte string is refused.
         let bad = cbor::encode(&cbor::map(vec![
             ("version", Value::Integer(1.into())),

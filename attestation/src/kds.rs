@@ -10,15 +10,24 @@
 //! judges nothing: whether a CRL is genuine (signed by the ARK) and what it
 //! revokes is the verifier's job.
 //!
+//! It also names the VCEK a report needs ([`vcek_key`],
+//! [`KdsConfig::vcek_url`]): when an enclave's SNP evidence arrives without
+//! its VCEK, the host fetches it by the report's product, hardware ID and
+//! reported TCB. Whether that certificate is the right one (its hwID and
+//! TCB extensions against the report, its chain to the ARK) is again the
+//! verifier's job.
+//!
 //! Reference: *VCEK Certificate and KDS Interface Specification* (AMD
 //! #57230), §4: `GET {base}/vcek/v1/{product_name}/crl` and
 //! `GET {base}/vlek/v1/{product_name}/crl`, DER, one per product and key
-//! family, signed by the product's ARK.
+//! family, signed by the product's ARK; §3:
+//! `GET {base}/vcek/v1/{product_name}/{hwid}?blSPL=&teeSPL=&snpSPL=&ucodeSPL=`
+//! (Turin adds `fmcSPL` and its hwID is 8 bytes), the VCEK in DER.
 
 use std::collections::HashMap;
 
 use crate::pcs::{crl_next_update, CacheError};
-use crate::snp::{Product, SigningKey, SnpReport};
+use crate::snp::{Product, SigningKey, SnpReport, TcbVersion};
 
 /// AMD's key distribution service, from the host's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +59,64 @@ impl KdsConfig {
             product.name()
         )
     }
+
+    /// The VCEK for `key` (AMD #57230 §3): the product, the hwID in
+    /// lowercase hex, and the SPLs of the reported TCB in decimal, decoded
+    /// with the product's layout (`fmcSPL` only on Turin).
+    pub fn vcek_url(&self, key: &VcekKey) -> String {
+        let t = key.tcb.decode(key.product.tcb_layout());
+        let fmc = t.fmc.map(|f| format!("fmcSPL={f:02}&")).unwrap_or_default();
+        format!(
+            "{}/vcek/v1/{}/{}?{fmc}blSPL={:02}&teeSPL={:02}&snpSPL={:02}&ucodeSPL={:02}",
+            self.base_url.trim_end_matches('/'),
+            key.product.name(),
+            hex::encode(&key.hwid),
+            t.bootloader,
+            t.tee,
+            t.snp,
+            t.microcode
+        )
+    }
+}
+
+/// Which VCEK a report needs: the one AMD's KDS derives for this chip at
+/// this TCB. The cache key of the host's VCEK cache, and the parts of the
+/// request URL ([`KdsConfig::vcek_url`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VcekKey {
+    /// The product (from the report's CPUID).
+    pub product: Product,
+    /// The hardware ID KDS takes: the report's CHIP_ID, all 64 bytes on
+    /// Milan and Genoa, the first 8 on Turin (AMD #57230 §3.1; the rest of
+    /// a Turin CHIP_ID is zero padding).
+    pub hwid: Vec<u8>,
+    /// The report's REPORTED_TCB, the TCB the VCEK is derived for.
+    pub tcb: TcbVersion,
+}
+
+/// The VCEK `report` is signed with, when the host can ask KDS for it: the
+/// report names a VCEK (not a VLEK, which KDS does not serve by hwID), its
+/// product is known (CPUID, version 3 and later) and its CHIP_ID is not
+/// masked (`MASK_CHIP_ID` makes it zero, and KDS has no certificate for
+/// that). `None` otherwise.
+pub fn vcek_key(report: &SnpReport) -> Option<VcekKey> {
+    if report.key_info().signing_key() != SigningKey::Vcek {
+        return None;
+    }
+    let product = report.product_from_cpuid()?;
+    let chip = report.chip_id();
+    let hwid = match product {
+        Product::Turin => &chip[..8],
+        _ => &chip[..],
+    };
+    if hwid.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some(VcekKey {
+        product,
+        hwid: hwid.to_vec(),
+        tcb: report.reported_tcb(),
+    })
 }
 
 /// The CRL a report needs: its product (from CPUID, reports of version 3
@@ -247,6 +314,49 @@ mod tests {
             empty.get(&mut kds, Product::Genoa, KeyFamily::Vcek, early),
             Err(CacheError::Incomplete)
         ));
+    }
+
+    #[test]
+    fn the_vcek_url_names_product_hwid_and_tcb() {
+        let kds = KdsConfig {
+            base_url: "https://kds.example/".into(),
+        };
+        let mut b = vec![0u8; crate::snp::REPORT_SIZE];
+        b[..4].copy_from_slice(&3u32.to_le_bytes());
+        b[0x188] = 0x19; // Genoa
+        b[0x189] = 0x11;
+        // REPORTED_TCB (0x180), Milan/Genoa layout: bl@0 tee@1 snp@6 ucode@7.
+        b[0x180..0x188].copy_from_slice(&[3, 0, 0, 0, 0, 0, 20, 209]);
+        b[0x1A0..0x1E0].copy_from_slice(&[0xab; 64]);
+        let r = SnpReport::parse(&b).unwrap();
+        let key = vcek_key(&r).unwrap();
+        assert_eq!(key.hwid, vec![0xab; 64]);
+        assert_eq!(
+            kds.vcek_url(&key),
+            format!(
+                "https://kds.example/vcek/v1/Genoa/{}?blSPL=03&teeSPL=00&snpSPL=20&ucodeSPL=209",
+                "ab".repeat(64)
+            )
+        );
+        // Turin: 8-byte hwID, fmc@0 bl@1 tee@2 snp@3 ucode@7.
+        b[0x188] = 0x1A;
+        b[0x189] = 0x02;
+        b[0x180..0x188].copy_from_slice(&[1, 2, 3, 4, 0, 0, 0, 5]);
+        let key = vcek_key(&SnpReport::parse(&b).unwrap()).unwrap();
+        assert_eq!(key.product, Product::Turin);
+        assert_eq!(
+            kds.vcek_url(&key),
+            "https://kds.example/vcek/v1/Turin/abababababababab?fmcSPL=01&blSPL=02&teeSPL=03&snpSPL=04&ucodeSPL=05"
+        );
+        // A masked chip ID, a VLEK, or no CPUID: nothing to ask for.
+        let mut masked = b.clone();
+        masked[0x1A0..0x1A8].fill(0);
+        assert_eq!(vcek_key(&SnpReport::parse(&masked).unwrap()), None);
+        let mut vlek = b.clone();
+        vlek[0x48] = 1 << 2;
+        assert_eq!(vcek_key(&SnpReport::parse(&vlek).unwrap()), None);
+        b[..4].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(vcek_key(&SnpReport::parse(&b).unwrap()), None);
     }
 
     #[test]

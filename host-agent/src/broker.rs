@@ -63,10 +63,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::collateral::Collateral;
 use crate::config::{EnclaveAddr, Limits};
 use crate::ledger::{Ledger, StoredTab};
 use crate::metrics::Metrics;
-use crate::snp_crl::SnpCrls;
 
 /// How long acknowledgements gather before they are sent.
 const ACK_DELAY: Duration = Duration::from_millis(2);
@@ -806,7 +806,7 @@ pub struct Broker {
     limits: Limits,
     metrics: Arc<Metrics>,
     ledger: Arc<Ledger>,
-    snp_crls: SnpCrls,
+    collateral: Collateral,
 }
 
 impl std::fmt::Debug for Broker {
@@ -846,7 +846,7 @@ impl Broker {
         limits: Limits,
         metrics: Arc<Metrics>,
         ledger: Arc<Ledger>,
-        snp_crls: SnpCrls,
+        collateral: Collateral,
     ) -> Arc<Broker> {
         let slots = addrs
             .iter()
@@ -874,7 +874,7 @@ impl Broker {
             limits,
             metrics,
             ledger,
-            snp_crls,
+            collateral,
         })
     }
 
@@ -977,7 +977,7 @@ impl Broker {
             .conn
             .fetch_nonce_evidence(nonce, self.limits.evidence_timeout)
             .await?;
-        let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
+        let bundle = self.collateral.attach(bundle, now_unix().0).await;
         let v = self.verify_bundle(&bundle)?;
         let c = v.claims();
         if c.hpke_public_key != ready.hpke_public_key
@@ -1052,7 +1052,7 @@ impl Broker {
                 return None;
             }
         };
-        let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
+        let bundle = self.collateral.attach(bundle, now_unix().0).await;
         let current = self
             .routes
             .read()
@@ -1177,7 +1177,7 @@ impl Broker {
     ) -> Result<Arc<ReadyEnclave>, BrokerError> {
         let limits = &self.limits;
         let bundle = conn.fetch_evidence(limits.evidence_timeout).await?;
-        let bundle = self.snp_crls.attach(bundle, now_unix().0).await;
+        let bundle = self.collateral.attach(bundle, now_unix().0).await;
         let prices = conn.fetch_prices(limits.evidence_timeout).await?;
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         let ready = self.verify_evidence(slot, conn, bundle, prices, acks_tx)?;

@@ -314,6 +314,10 @@ pub struct HostConfig {
     /// Where AMD's SEV-SNP CRLs are fetched from, to attach to the SNP
     /// evidence the host serves ([`crate::snp_crl`]).
     pub amd_kds_url: String,
+    /// Where Intel's TDX collateral is fetched from (Intel's PCS or a
+    /// provider's PCCS), to attach to the TDX evidence the host serves
+    /// ([`crate::intel_pcs`]).
+    pub intel_pcs_url: String,
     /// The token every operator API request must then carry as
     /// `Authorization: Bearer <token>`. Required when the operator API
     /// listens on a non-loopback address; without it, the operator API

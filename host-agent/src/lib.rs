@@ -18,6 +18,10 @@
 //! * [`ledger`] — SQLite (WAL, `synchronous=FULL`) with group commit.
 //! * [`ratelimit`] — per-account token bucket and stream cap.
 //! * [`metrics`] — Prometheus text exposition.
+//! * [`collateral`] — what the evidence lacks and AMD or Intel sign,
+//!   attached before it is verified and served: VCEKs ([`snp_vcek`]),
+//!   AMD's CRLs ([`snp_crl`]), Intel's TDX collateral ([`intel_pcs`]),
+//!   each fetched with [`fetch`]'s bounds and back-off.
 //! * `http` and `admin` — the public API and the operator endpoints (on a
 //!   separate listener).
 //!
@@ -32,8 +36,11 @@
 
 pub mod admin;
 pub mod broker;
+pub mod collateral;
 pub mod config;
+pub mod fetch;
 pub(crate) mod http;
+pub mod intel_pcs;
 pub mod ledger;
 pub mod metrics;
 pub mod pricing;
@@ -41,6 +48,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod settle;
 pub mod snp_crl;
+pub mod snp_vcek;
 pub mod vm;
 
 use std::collections::HashSet;
@@ -298,7 +306,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         config.limits.clone(),
         metrics.clone(),
         ledger.clone(),
-        crate::snp_crl::SnpCrls::new(&config.amd_kds_url),
+        crate::collateral::Collateral::new(&config.amd_kds_url, &config.intel_pcs_url),
     );
     let limits = config.limits;
     let app = Arc::new(App {

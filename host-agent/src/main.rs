@@ -82,6 +82,11 @@ struct Cli {
     /// evidence [default: AMD's public service].
     #[arg(long, global = true, value_name = "URL")]
     amd_kds_url: Option<String>,
+    /// Intel's Provisioning Certification Service, or a provider's PCCS,
+    /// where TDX collateral for each enclave's quote is fetched and
+    /// attached to its evidence [default: Intel's public PCS].
+    #[arg(long, global = true, value_name = "URL")]
+    intel_pcs_url: Option<String>,
     /// Largest request body in bytes.
     #[arg(long, global = true, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
@@ -434,6 +439,10 @@ fn configure(
                 .amd_kds_url
                 .clone()
                 .unwrap_or_else(|| cocoon_host::snp_crl::AMD_KDS.to_string()),
+            intel_pcs_url: cli
+                .intel_pcs_url
+                .clone()
+                .unwrap_or_else(|| cocoon_host::intel_pcs::INTEL_PCS.to_string()),
             admin_token,
         },
         listen,

@@ -22,25 +22,14 @@ use tracing::{debug, warn};
 
 /// AMD's public key distribution service.
 pub const AMD_KDS: &str = "https://kdsintf.amd.com";
-/// Most bytes of a CRL accepted from the service.
+/// Most bytes of a CRL accepted from the service (enforced while reading).
 const MAX_CRL_BYTES: usize = 4 << 20;
 /// One fetch, connect to last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// Refresh a CRL this long before its `nextUpdate`.
 const REFRESH_MARGIN_SECS: u64 = 6 * 3600;
 
-/// Why a CRL could not be fetched.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The request failed or the answer was not a 200 with a body.
-    #[error("{url}: {reason}")]
-    Http {
-        /// What was asked for.
-        url: String,
-        /// Why it failed.
-        reason: String,
-    },
-}
+pub use crate::fetch::FetchError;
 
 /// CRLs by (product, key family), fetched from a KDS base URL.
 pub struct SnpCrls {
@@ -69,31 +58,13 @@ impl CrlFetcher for HttpFetcher {
 
     fn fetch(&mut self, product: Product, family: KeyFamily) -> Result<Vec<u8>, FetchError> {
         let url = self.kds.crl_url(product, family);
-        let http = self.http.clone();
-        let u = url.clone();
-        let fail = move |reason: String| FetchError::Http {
-            url: u.clone(),
-            reason,
-        };
-        self.handle.block_on(async move {
-            let resp = http
-                .get(&url)
-                .timeout(FETCH_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            if resp.status() != reqwest::StatusCode::OK {
-                return Err(fail(format!("HTTP {}", resp.status())));
-            }
-            let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
-            if body.len() > MAX_CRL_BYTES {
-                return Err(fail(format!(
-                    "{} bytes, more than {MAX_CRL_BYTES}",
-                    body.len()
-                )));
-            }
-            Ok(body.to_vec())
-        })
+        let got = self.handle.block_on(crate::fetch::get(
+            &self.http,
+            &url,
+            MAX_CRL_BYTES,
+            FETCH_TIMEOUT,
+        ));
+        got.map(|a| a.body)
     }
 }
 

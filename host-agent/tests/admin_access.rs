@@ -37,6 +37,7 @@ async fn start(
             settlement: None,
             // Never reached: the tests' enclaves are simulated.
             amd_kds_url: "http://127.0.0.1:9".into(),
+            intel_pcs_url: "http://127.0.0.1:9".into(),
             admin_token,
         },
     )

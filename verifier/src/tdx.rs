@@ -18,6 +18,7 @@
 //! *Intel PCS API* for TCB info v3 and QE identity v2.
 
 use cocoon_attestation::collateral::TdxCollateral;
+use cocoon_attestation::pcs::PckCa;
 use cocoon_attestation::tdx::{PckExtensions, Quote, TdReport, TeeType, SGX_EXTENSIONS_OID};
 use sha2::Digest;
 
@@ -308,12 +309,42 @@ pub fn verify_tdx(
     }
 }
 
-/// The SGX extensions of the PCK leaf certificate carried in the quote.
-fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
+/// Which collateral a TDX quote needs: the FMSPC of its PCK certificate
+/// (selects the TCB info) and the CA that issued that certificate (selects
+/// the PCK CRL), read from the certificate the quote carries. It reads and
+/// verifies nothing: the host uses it to fetch collateral
+/// ([`cocoon_attestation::pcs::CollateralCache`]), whose Intel signatures
+/// the verifier checks later against this same certificate.
+pub fn collateral_key(quote_bytes: &[u8]) -> Result<([u8; 6], PckCa), String> {
+    let (quote, _) = Quote::parse_prefix(quote_bytes).map_err(|e| format!("quote: {e}"))?;
+    let cert = pck_leaf(&quote)?;
+    let issuer = cert.tbs_certificate.issuer.to_string();
+    // Intel's PCK certificate profile names exactly two issuing CAs.
+    let ca = if issuer.contains("CN=Intel SGX PCK Platform CA") {
+        PckCa::Platform
+    } else if issuer.contains("CN=Intel SGX PCK Processor CA") {
+        PckCa::Processor
+    } else {
+        return Err(format!(
+            "the PCK certificate's issuer {issuer:?} is neither Intel SGX PCK Platform CA nor Processor CA"
+        ));
+    };
+    Ok((pck_extensions_of(&cert)?.fmspc, ca))
+}
+
+/// The PCK leaf certificate carried in the quote.
+fn pck_leaf(quote: &Quote) -> Result<x509_cert::Certificate, String> {
     use der::Decode;
     let der = pck_leaf_der(quote.pck_cert_chain_pem())?;
-    let cert =
-        x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))?;
+    x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))
+}
+
+/// The SGX extensions of the PCK leaf certificate carried in the quote.
+fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
+    pck_extensions_of(&pck_leaf(quote)?)
+}
+
+fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, String> {
     let ext = cert
         .tbs_certificate
         .extensions

@@ -586,6 +586,7 @@ impl TestHost {
             settlement,
             // Never reached: the tests' enclaves are simulated.
             amd_kds_url: "http://127.0.0.1:9".into(),
+            intel_pcs_url: "http://127.0.0.1:9".into(),
             admin_token: None,
         };
         TestHost::start_config(listeners, config).await.unwrap()
