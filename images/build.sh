@@ -204,7 +204,7 @@ step "root disk tree: $(du -sm "$DISK" | cut -f1) MiB"
 #    hash tree after it with a fixed salt and UUID.
 find "$DISK" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rm -f "$OUT/disk.img"
-mksquashfs "$DISK" "$OUT/disk.img" -noappend -no-xattrs -all-root \
+env -u SOURCE_DATE_EPOCH mksquashfs "$DISK" "$OUT/disk.img" -noappend -no-xattrs -all-root \
   -mkfs-time "$SOURCE_DATE_EPOCH" -all-time "$SOURCE_DATE_EPOCH" \
   -noI -noD -noF -noX -no-progress -quiet >/dev/null
 size=$(stat -c %s "$OUT/disk.img")

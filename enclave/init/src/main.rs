@@ -19,8 +19,8 @@
 //!    `/tmp`, and changes its root to it: from then on every byte of code
 //!    and every model file is read through dm-verity;
 //! 5. runs the enclave from the disk (`--exec`, dynamically linked against
-//!    the libtorch on the same disk) with the arguments after the second
-//!    `--` plus `--disk-verity-root HEX`, and waits for it;
+//!    the libtorch on the same disk) with the arguments that follow its
+//!    path plus `--disk-verity-root HEX`, and waits for it;
 //! 6. powers the VM off when the enclave ends or anything above fails: PID
 //!    1 exiting would panic the kernel. The host's supervisor sees QEMU exit
 //!    and boots a fresh VM (new keys, new evidence).
@@ -247,6 +247,8 @@ fn run(args: &InitArgs) -> Result<bool, InitError> {
         .env("LD_LIBRARY_PATH", DISK_LIBRARY_PATH)
         .env("PATH", "/usr/bin")
         .env("HOME", "/tmp")
+        // The serial console is a terminal, its log a file: no colours.
+        .env("NO_COLOR", "1")
         .args(&args.args)
         .arg("--disk-verity-root")
         .arg(args.verity.root_hex());

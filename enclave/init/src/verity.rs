@@ -76,14 +76,15 @@ pub struct InitArgs {
     pub verity: VerityParams,
     /// Program inside the disk to run (absolute path there).
     pub exec: String,
-    /// Its arguments (everything after `--`).
+    /// Its arguments (everything after the program's path).
     pub args: Vec<String>,
 }
 
 /// Parses PID 1's arguments (the kernel passes what follows `--` on its
-/// command line): `--disk DEV --verity-root HEX --verity-salt HEX
-/// --data-blocks N --exec PATH -- ARGS...`. Every option is required; an
-/// unknown one is refused.
+/// command line, up to a second `--`, which it drops with everything
+/// after it): `--disk DEV --verity-root HEX --verity-salt HEX
+/// --data-blocks N --exec PATH ARGS...`, where everything after PATH is
+/// the program's. Every option is required; an unknown one is refused.
 pub fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<InitArgs, ParamError> {
     let mut it = argv.into_iter();
     let (mut disk, mut root, mut salt, mut blocks, mut exec) = (None, None, None, None, None);
@@ -95,8 +96,11 @@ pub fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<InitArgs, P
             "--verity-root" => root = Some(value("--verity-root")?),
             "--verity-salt" => salt = Some(value("--verity-salt")?),
             "--data-blocks" => blocks = Some(value("--data-blocks")?),
-            "--exec" => exec = Some(value("--exec")?),
-            "--" => {
+            "--exec" => {
+                exec = Some(value("--exec")?);
+                // Everything after the program is its own: the kernel
+                // stops handing arguments to init at a second `--`, so
+                // there is no separator.
                 rest.extend(it.by_ref());
                 break;
             }
@@ -204,7 +208,7 @@ mod tests {
     #[test]
     fn parses_and_builds_the_table() {
         let a = parse_args(argv(&format!(
-            "--disk /dev/vda --verity-root {ROOT} --verity-salt 00ff --data-blocks 10 --exec /usr/bin/cocoon-enclave -- --tee simulated --x"
+            "--disk /dev/vda --verity-root {ROOT} --verity-salt 00ff --data-blocks 10 --exec /usr/bin/cocoon-enclave --tee simulated --x"
         )))
         .unwrap();
         assert_eq!(a.args, argv("--tee simulated --x"));

@@ -35,8 +35,10 @@ fn platform(provider: &'static str, reason: impl Into<String>) -> AttestError {
 /// `PlatformEvidence::Snp` from a report and the host's certificate table.
 ///
 /// The report must parse and carry `requested` as its REPORT_DATA. The VEK
-/// is the certificate the report's SIGNING_KEY names (VCEK or VLEK); its
-/// absence is an error, since no verifier accepts a report without it. The
+/// is the certificate the report's SIGNING_KEY names (VCEK or VLEK). A
+/// missing VCEK is left empty for the host agent to fetch from AMD's key
+/// distribution service and attach (no verifier accepts the bundle
+/// without one); a missing VLEK is an error. The
 /// chain is the ASK (ASVK) and ARK from the table as PEM, in that order,
 /// or empty when the host supplied neither (the verifier then uses the AMD
 /// certificates it pins).
@@ -88,14 +90,28 @@ pub(crate) fn snp_evidence(
             ))
         }
     };
-    let Some(vek) = table.get(guid) else {
-        return Err(platform(
-            provider,
-            format!(
-                "the host supplied no {name} certificate with the report (its certificate table has {}); the verifier needs it: configure the host to serve the {name} (and ASK/ARK) to its guests, e.g. with `snphost import` or KVM's SNP certificate support",
-                table.describe()
-            ),
-        ));
+    let vek = match (table.get(guid), name) {
+        (Some(vek), _) => vek.to_vec(),
+        // A VCEK is public: AMD's key distribution service serves it by
+        // chip ID and TCB, and the host agent fetches and attaches it
+        // (a verifier refuses a bundle that still has none). A VLEK is
+        // issued to a cloud provider and must come with the report.
+        (None, "VCEK") => {
+            tracing::warn!(
+                table = %table.describe(),
+                "the host supplied no VCEK with the report; sending the evidence without one for the host agent to attach from AMD's key distribution service"
+            );
+            Vec::new()
+        }
+        (None, _) => {
+            return Err(platform(
+                provider,
+                format!(
+                    "the host supplied no {name} certificate with the report (its certificate table has {}); the verifier needs it: configure the host to serve the {name} (and ASK/ARK) to its guests, e.g. with `snphost import` or KVM's SNP certificate support",
+                    table.describe()
+                ),
+            ))
+        }
     };
     let mut chain = String::new();
     for (guid, label) in [(Guid::ASK, "ASK"), (Guid::ARK, "ARK")] {
@@ -112,7 +128,7 @@ pub(crate) fn snp_evidence(
     }
     Ok(PlatformEvidence::Snp {
         report,
-        vek: vek.to_vec(),
+        vek,
         chain: chain.into_bytes(),
         // AMD's CRL is collateral the host attaches; the guest has none.
         crl: None,

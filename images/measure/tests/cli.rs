@@ -381,3 +381,51 @@ fn policy_fragments_parse_with_the_verifier() {
     assert!(matches!(tdx.mrtd, Check::Require(_)));
     assert_eq!(tdx.rtmr[0], Check::Skip);
 }
+
+/// The release's command line carries the root disk's dm-verity root hash
+/// (images/image.lock): another root on the command line is another
+/// launch digest, at every vCPU count a release publishes, so a disk with
+/// other bytes cannot boot under the published measurement.
+#[test]
+fn a_different_verity_root_on_the_command_line_changes_the_snp_digest() {
+    let empty = scratch("empty-verity", b"");
+    let line = |root: &str| {
+        format!(
+            "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init -- --disk /dev/vda --verity-root {root} \
+             --verity-salt 00 --data-blocks 1000 --exec /usr/bin/cocoon-enclave --tee configfs-tsm"
+        )
+    };
+    let digest = |root: &str, vcpus: &str| {
+        let o = run(bin()
+            .arg("snp")
+            .arg("--ovmf")
+            .arg(snp("ovmf_AmdSev_suffix.bin"))
+            .args([
+                "--vcpus",
+                vcpus,
+                "--vcpu-type",
+                "EPYC-v4",
+                "--guest-features",
+                "0x1",
+            ])
+            .args(["--vmm-type", "qemu", "--kernel"])
+            .arg(&empty)
+            .arg("--initrd")
+            .arg(&empty)
+            .arg("--append")
+            .arg(line(root)));
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let a = "11".repeat(32);
+    let b = format!("10{}", "11".repeat(31));
+    for vcpus in ["1", "2", "4", "8"] {
+        let (da, db) = (digest(&a, vcpus), digest(&b, vcpus));
+        assert_eq!(da.trim().len(), 96, "{da}");
+        assert_ne!(
+            da, db,
+            "{vcpus} vCPUs: one bit of the verity root must change the digest"
+        );
+        assert_eq!(da, digest(&a, vcpus), "deterministic");
+    }
+}
