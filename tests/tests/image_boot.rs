@@ -135,17 +135,22 @@ fn settings_toml(embed_prompt: u64, chat_prompt: u64) -> String {
 
 /// `cocoon-host launch --tee none` on `image` with these provider settings.
 fn launch(dir: &TempDir, image: &Path, settings: &str) -> (Proc, PathBuf) {
+    launch_named(dir, "vm", image, settings)
+}
+
+/// As [`launch`], with its own run directory (serial log) `name`.
+fn launch_named(dir: &TempDir, name: &str, image: &Path, settings: &str) -> (Proc, PathBuf) {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
-    let settings_file = dir.path().join("provider.toml");
+    let settings_file = dir.path().join(format!("{name}-provider.toml"));
     std::fs::write(&settings_file, settings).unwrap();
-    let run_dir = dir.path().join("vm");
+    let run_dir = dir.path().join(name);
     let mut cmd = Command::new(bin("cocoon-host"));
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--policy")
         .arg(&policy)
         .arg("--ledger")
-        .arg(dir.path().join("ledger.db"))
+        .arg(dir.path().join(format!("{name}-ledger.db")))
         .arg("launch")
         .arg("--image")
         .arg(image)
@@ -358,7 +363,8 @@ fn model_offset(disk: &[u8]) -> usize {
 }
 
 fn expect_no_service(image: &Path, dir: &TempDir, what: &str, wanted: &[&str]) {
-    let (mut host, run_dir) = launch(dir, image, &settings_toml(3, 7));
+    let name = what.replace(' ', "-");
+    let (mut host, run_dir) = launch_named(dir, &name, image, &settings_toml(3, 7));
     let deadline = Instant::now() + Duration::from_secs(420);
     let mut console = String::new();
     while Instant::now() < deadline {
