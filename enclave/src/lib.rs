@@ -1,5 +1,6 @@
-//! The Cocoon enclave: the guest runtime that runs as PID 1 of the measured
-//! image and is the trusted computing base of the network.
+//! The Cocoon enclave: the guest runtime that the measured image's PID 1
+//! (`cocoon-init`) starts from its dm-verity root disk, and the trusted
+//! computing base of the network.
 //!
 //! It creates its keys at boot, publishes them in claims bound into platform
 //! evidence, opens the HPKE-sealed requests the untrusted host forwards, runs
