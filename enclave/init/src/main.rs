@@ -207,6 +207,7 @@ fn map_and_enter(args: &InitArgs) -> Result<(), InitError> {
         root: v.root_hex(),
         source,
     })?;
+    load_gpu_modules(Path::new(NEW_ROOT), Path::new("/sys/bus/pci/devices"))?;
     for (from, to) in [("/proc", "proc"), ("/sys", "sys"), ("/dev", "dev")] {
         let target = format!("{NEW_ROOT}/{to}");
         mount(
@@ -290,8 +291,52 @@ fn mount_one(
     }
 }
 
+/// The GPU variant's disk lists NVIDIA's kernel modules (built against this
+/// kernel, on the verity disk) in `etc/cocoon/gpu-modules`; they are loaded
+/// when an NVIDIA device (PCI vendor 0x10de) is present. Their firmware is
+/// found through `firmware_class.path` on the GPU variant's command line.
+const GPU_MODULE_LIST: &str = "etc/cocoon/gpu-modules";
+
+/// Whether a PCI device of NVIDIA's is present under `pci_devices`
+/// (`/sys/bus/pci/devices`).
+fn nvidia_present(pci_devices: &Path) -> bool {
+    fs::read_dir(pci_devices)
+        .map(|entries| {
+            entries.flatten().any(|e| {
+                fs::read_to_string(e.path().join("vendor"))
+                    .map(|v| v.trim().eq_ignore_ascii_case("0x10de"))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn load_gpu_modules(root: &Path, pci_devices: &Path) -> Result<(), InitError> {
+    let list = root.join(GPU_MODULE_LIST);
+    match (list.is_file(), nvidia_present(pci_devices)) {
+        (true, true) => {
+            eprintln!("cocoon-init: NVIDIA GPU present; loading the disk's GPU modules");
+            load_modules_from(root, &list)
+        }
+        (true, false) => {
+            eprintln!("cocoon-init: no NVIDIA GPU; the disk's GPU modules are not loaded");
+            Ok(())
+        }
+        (false, true) => {
+            eprintln!("cocoon-init: an NVIDIA GPU is present but this disk has no GPU modules (the CPU variant)");
+            Ok(())
+        }
+        (false, false) => Ok(()),
+    }
+}
+
 /// Loads each module named in `list`, in order.
 fn load_modules(list: &Path) -> Result<(), InitError> {
+    load_modules_from(Path::new("/"), list)
+}
+
+/// Loads each module named in `list` (paths relative to `root`), in order.
+fn load_modules_from(root: &Path, list: &Path) -> Result<(), InitError> {
     let text = fs::read_to_string(list).map_err(|source| InitError::Read {
         path: list.display().to_string(),
         source,
@@ -301,7 +346,10 @@ fn load_modules(list: &Path) -> Result<(), InitError> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
-        let path = format!("/{}", line.trim_start_matches('/'));
+        let path = root
+            .join(line.trim_start_matches('/'))
+            .display()
+            .to_string();
         let file = fs::File::open(&path).map_err(|source| InitError::Read {
             path: path.clone(),
             source,
@@ -333,4 +381,25 @@ fn power_off(success: bool) -> ! {
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     std::process::exit(if success { 0 } else { 70 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_an_nvidia_device_by_its_pci_vendor() {
+        let dir = std::env::temp_dir().join(format!("cocoon-init-pci-{}", std::process::id()));
+        let dev = |name: &str, vendor: &str| {
+            let d = dir.join(name);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("vendor"), vendor).unwrap();
+        };
+        dev("0000:00:01.0", "0x1af4\n");
+        assert!(!nvidia_present(&dir));
+        dev("0000:41:00.0", "0x10de\n");
+        assert!(nvidia_present(&dir));
+        assert!(!nvidia_present(&dir.join("missing")));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

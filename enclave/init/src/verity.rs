@@ -226,7 +226,7 @@ mod tests {
         );
         assert!(parse_args(argv(&base)).is_ok());
         assert!(matches!(
-            parse_args(argv(&format!("{base} --shell"))),
+            parse_args(argv(&format!("--shell {base}"))),
             Err(ParamError::Unknown(_))
         ));
         assert!(parse_args(argv(&base.replace(ROOT, &ROOT[2..]))).is_err());
