@@ -8,7 +8,7 @@
 # Environment:
 #   COCOON_VECTORS           vectors directory (default ../shared/vectors from the repo root)
 #   COCOON_FUZZ_SECONDS      seconds per target (default: 90 s shared by the targets, so
-#                            ~1.5 min after the build however many there are; 19 now, 4 s each)
+#                            ~1.5 min after the build however many there are; 21 now, 4 s each)
 #   COCOON_FUZZ_SANITIZER    cargo-fuzz --sanitizer (default address)
 #   COCOON_FUZZ_TARGET_DIR   cargo target dir (default fuzz/target, apart from the workspace's)
 #   COCOON_FUZZ_FALLBACK=1   skip cargo-fuzz and run the plain-test fallback (for testing it)
@@ -24,7 +24,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
-targets=(snp_report snp_verify certificates tdx_quote tdx_collateral bundle frame_decoder sealed_request receipt message api local_auth spdm_report gpu_evidence ocsp rim snp_cert_table initramfs settlement snp_crl)
+targets=(snp_report snp_verify certificates tdx_quote tdx_collateral bundle frame_decoder sealed_request receipt message api local_auth provider_settings spdm_report gpu_evidence ocsp rim snp_cert_table initramfs settlement snp_crl)
 seconds="${COCOON_FUZZ_SECONDS:-$((90 / ${#targets[@]}))}"
 sanitizer="${COCOON_FUZZ_SANITIZER:-address}"
 export CARGO_TARGET_DIR="${COCOON_FUZZ_TARGET_DIR:-$repo_root/fuzz/target}"

@@ -415,6 +415,10 @@ printf 'rebound.example:8088' >"$corpus/local_auth/host-foreign"
 printf 'Bearer cocoon-local-%s' "$(head -c 64 /dev/zero | tr '\0' 'a')" >"$corpus/local_auth/bearer"
 printf 'Basic dXNlcjpwYXNz' >"$corpus/local_auth/basic"
 printf 'cocoon-admin-%s\n' "$(head -c 64 /dev/zero | tr '\0' '0')" >"$corpus/local_auth/token-file"
+# provider_settings: a provider's settings file and its canonical CBOR.
+mkdir -p "$corpus/provider_settings"
+printf 'payment_contract = "0:%s"\nmax_concurrent = 8\n[prices.smollm2-135m-instruct]\nprompt = 20\ncompletion = 60\n' "$(head -c 64 /dev/zero | tr '\0' 'a')" >"$corpus/provider_settings/toml"
+hex_bytes "a1 66 707269636573 a1 61 6d a3 66 70726f6d7074 01 66 636163686564 01 6a 636f6d706c6574696f6e 02" >"$corpus/provider_settings/cbor"
 echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, local_auth 6, settlement 5, ocsp 4 files (in fuzz/corpus/)"
 
 # spdm_report: each NVIDIA report (hex text decoded to bytes) followed by its

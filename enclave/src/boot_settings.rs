@@ -12,7 +12,7 @@
 //!
 //! * host → enclave: a 4-byte big-endian length, then that many bytes of
 //!   the settings' canonical CBOR (at most
-//!   [`MAX_SETTINGS`](cocoon_protocol::settings::MAX_SETTINGS));
+//!   [`MAX_SETTINGS`]);
 //! * enclave → host: one line, `ok <sha256 of the CBOR, hex>\n` or
 //!   `refused <reason>\n`.
 //!

@@ -27,7 +27,8 @@ mod tdx;
 pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{
-    api, frame_decoder, local_auth, message, receipt, sealed_request, settlement,
+    api, frame_decoder, local_auth, message, provider_settings, receipt, sealed_request,
+    settlement,
 };
 pub use tdx::tdx_quote;
 
@@ -51,6 +52,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("message", message),
     ("api", api),
     ("local_auth", local_auth),
+    ("provider_settings", provider_settings),
     ("spdm_report", spdm_report),
     ("gpu_evidence", gpu_evidence),
     ("ocsp", ocsp),

@@ -333,3 +333,22 @@ pub fn local_auth(data: &[u8]) {
         }
     }
 }
+
+/// `provider_settings`: the bytes the enclave takes from the host on its
+/// settings port, and the text of a provider's settings file. Settings
+/// that decode are canonical (they re-encode to the input), valid, and
+/// what a release with wide bounds would accept or refuse without
+/// panicking; TOML that parses encodes to settings that decode back equal.
+pub fn provider_settings(data: &[u8]) {
+    use cocoon_protocol::settings::ProviderSettings;
+    if let Ok(s) = ProviderSettings::from_cbor(data) {
+        assert_eq!(s.to_cbor(), data, "settings are not canonical");
+        assert!(s.validate().is_ok(), "decoded settings are invalid");
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(s) = ProviderSettings::from_toml(text) {
+            let back = ProviderSettings::from_cbor(&s.to_cbor()).expect("encoded settings decode");
+            assert_eq!(back, s, "settings do not round-trip");
+        }
+    }
+}
