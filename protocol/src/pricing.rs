@@ -196,31 +196,7 @@ impl PriceTable {
     /// Decode strictly and validate.
     pub fn from_cbor_value(v: Value, what: &str) -> Result<PriceTable, PriceError> {
         let mut m = MapReader::new(v, what)?;
-        let Value::Map(entries) = m.take("models")? else {
-            return Err(
-                CborError::Invalid(format!("{what}.models"), "expected a map".into()).into(),
-            );
-        };
-        if entries.len() > MAX_PRICED_MODELS {
-            return Err(PriceError::Invalid(format!(
-                "{} models, more than {MAX_PRICED_MODELS}",
-                entries.len()
-            )));
-        }
-        let mut models = BTreeMap::new();
-        for (k, v) in entries {
-            let Value::Text(name) = k else {
-                return Err(CborError::Invalid(
-                    format!("{what}.models"),
-                    "model names must be text".into(),
-                )
-                .into());
-            };
-            let price = UnitPrice::from_cbor_value(v, &format!("{what}.models[{name:?}]"))?;
-            if models.insert(name.clone(), price).is_some() {
-                return Err(PriceError::Invalid(format!("model {name:?} priced twice")));
-            }
-        }
+        let models = decode_price_map(m.take("models")?, &format!("{what}.models"))?;
         let table = PriceTable {
             models,
             min_multiplier_milli: u32_of(&mut m, "min_multiplier_milli", what)?,
@@ -241,6 +217,34 @@ impl PriceTable {
         }
         Ok(table)
     }
+}
+
+/// A CBOR map of model name to [`UnitPrice`], strictly: text keys, each
+/// model once, at most [`MAX_PRICED_MODELS`]. `what` names it in errors.
+pub(crate) fn decode_price_map(
+    v: Value,
+    what: &str,
+) -> Result<BTreeMap<String, UnitPrice>, PriceError> {
+    let Value::Map(entries) = v else {
+        return Err(CborError::Invalid(what.into(), "expected a map".into()).into());
+    };
+    if entries.len() > MAX_PRICED_MODELS {
+        return Err(PriceError::Invalid(format!(
+            "{} models, more than {MAX_PRICED_MODELS}",
+            entries.len()
+        )));
+    }
+    let mut models = BTreeMap::new();
+    for (k, v) in entries {
+        let Value::Text(name) = k else {
+            return Err(CborError::Invalid(what.into(), "model names must be text".into()).into());
+        };
+        let price = UnitPrice::from_cbor_value(v, &format!("{what}[{name:?}]"))?;
+        if models.insert(name.clone(), price).is_some() {
+            return Err(PriceError::Invalid(format!("model {name:?} priced twice")));
+        }
+    }
+    Ok(models)
 }
 
 fn u32_of(m: &mut MapReader, key: &str, what: &str) -> Result<u32, PriceError> {

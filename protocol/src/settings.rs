@@ -128,33 +128,13 @@ impl ProviderSettings {
     pub fn from_cbor(bytes: &[u8]) -> Result<ProviderSettings, SettingsError> {
         let what = "provider_settings";
         let mut m = MapReader::new(cbor::decode(bytes, MAX_SETTINGS)?, what)?;
-        let Value::Map(entries) = m.take("prices")? else {
-            return Err(
-                CborError::Invalid(format!("{what}.prices"), "expected a map".into()).into(),
-            );
-        };
-        if entries.len() > MAX_MODELS {
+        let prices = crate::pricing::decode_price_map(m.take("prices")?, &format!("{what}.prices"))
+            .map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        if prices.len() > MAX_MODELS {
             return Err(SettingsError::Invalid(format!(
                 "{} models, more than {MAX_MODELS}",
-                entries.len()
+                prices.len()
             )));
-        }
-        let mut prices = BTreeMap::new();
-        for (k, v) in entries {
-            let Value::Text(name) = k else {
-                return Err(CborError::Invalid(
-                    format!("{what}.prices"),
-                    "model names must be text".into(),
-                )
-                .into());
-            };
-            let p = UnitPrice::from_cbor_value(v, &format!("{what}.prices[{name:?}]"))
-                .map_err(|e| SettingsError::Invalid(e.to_string()))?;
-            if prices.insert(name.clone(), p).is_some() {
-                return Err(SettingsError::Invalid(format!(
-                    "model {name:?} priced twice"
-                )));
-            }
         }
         let payment_contract = m.text_opt("payment_contract")?;
         let max_concurrent = match m.take_opt("max_concurrent") {

@@ -14,13 +14,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::Duration;
 
 use cocoon_client::{Client, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::settings::ProviderSettings;
-use cocoon_tests::procs::{bin, Proc, TempDir};
+use cocoon_tests::procs::{Proc, TempDir};
 use cocoon_verifier::enclave::VerifiedPlatform;
 use common::*;
 
@@ -243,15 +242,21 @@ fn handoff(path: &std::path::Path, body: &[u8], with_len: bool) -> String {
     answer
 }
 
-#[test]
-fn the_settings_handoff_survives_garbage_and_takes_well_formed_settings() {
-    let dir = TempDir::new("release-handoff");
+/// An enclave of the release waiting for its settings on a Unix socket.
+fn waiting_enclave(tag: &str) -> (TempDir, std::path::PathBuf, Proc) {
+    let dir = TempDir::new(tag);
     let settings_sock = dir.path().join("settings.sock");
     let (mut cmd, _socket) = enclave_command(&dir, "e", RELEASE);
     cmd.arg("--settings-listen")
         .arg(format!("unix:{}", settings_sock.display()));
     let mut proc = Proc::spawn("e", cmd);
     proc.wait_for("cocoon-enclave: waiting for the provider's settings", READY);
+    (dir, settings_sock, proc)
+}
+
+#[test]
+fn the_settings_handoff_survives_garbage_and_takes_well_formed_settings() {
+    let (_dir, settings_sock, mut proc) = waiting_enclave("release-handoff");
     // A length past the limit, then CBOR that is not settings: refused,
     // and the enclave waits on.
     assert!(handoff(&settings_sock, &[0xff, 0xff, 0xff, 0xff], false).starts_with("refused"));
@@ -267,13 +272,7 @@ fn the_settings_handoff_survives_garbage_and_takes_well_formed_settings() {
     proc.terminate(Duration::from_secs(10));
 
     // Well-formed but out of bounds: refused, and the boot ends.
-    let dir = TempDir::new("release-handoff-bad");
-    let settings_sock = dir.path().join("settings.sock");
-    let (mut cmd, _socket) = enclave_command(&dir, "e", RELEASE);
-    cmd.arg("--settings-listen")
-        .arg(format!("unix:{}", settings_sock.display()));
-    let mut proc = Proc::spawn("e", cmd);
-    proc.wait_for("cocoon-enclave: waiting for the provider's settings", READY);
+    let (_dir, settings_sock, mut proc) = waiting_enclave("release-handoff-bad");
     let bad = ProviderSettings::from_toml(&settings(CONTRACT_A, 99, 5))
         .unwrap()
         .to_cbor();
@@ -286,5 +285,4 @@ fn the_settings_handoff_survives_garbage_and_takes_well_formed_settings() {
         .wait_exit(Duration::from_secs(10))
         .expect("the enclave stops");
     assert_eq!(status.code(), Some(78));
-    let _ = Command::new(bin("cocoon-enclave"));
 }
