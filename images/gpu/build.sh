@@ -226,7 +226,7 @@ grep -rqF "gsp_ga10x.bin" "$NVSRC/common/inc/nv-firmware.h" \
   || die "nv-firmware.h of this driver does not name gsp_ga10x.bin; check GPU_FIRMWARE in gpu.lock"
 
 DRV="$WORK/driver"
-for pkg in libnvidia-ml1 libcuda1 libnvidia-ptxjitcompiler1 libnvidia-pkcs11-openssl3 libssl3; do
+for pkg in libnvidia-ml1 libcuda1 libnvidia-ptxjitcompiler1 libnvidia-pkcs11-openssl3 libssl3 zlib1g; do
   [ -n "${DEB[$pkg]:-}" ] || die "gpu.lock has no $pkg"
   dpkg-deb -x "${DEB[$pkg]}" "$DRV"
 done
@@ -258,7 +258,7 @@ SP="$(echo "$VIRTUAL_ENV"/lib/python3*/site-packages)"
 [ -d "$SP/torch/lib" ] || die "no torch/lib in $VIRTUAL_ENV (scripts/torch-env.sh)"
 # libtorch's own RPATH order: cuDNN, NVSHMEM, NCCL, cuSPARSELt, the CUDA
 # toolkit, then torch/lib.
-SEARCH=("$SP/nvidia/cudnn/lib" "$SP/nvidia/nvshmem/lib" "$SP/nvidia/nccl/lib" "$SP/nvidia/cusparselt/lib" "$SP"/nvidia/cu*/lib "$SP/torch/lib")
+SEARCH=("$SP/nvidia/cudnn/lib" "$SP/nvidia/nvshmem/lib" "$SP/nvidia/nccl/lib" "$SP/nvidia/cusparselt/lib" "$SP"/nvidia/cu[0-9]*/lib "$SP/torch/lib")
 find_lib() { # name -> FOUND: its path in the venv, or empty
   local d hits=()
   for d in "${SEARCH[@]}"; do [ -f "$d/$1" ] && hits+=("$d/$1"); done
@@ -273,7 +273,8 @@ while [ ${#queue[@]} -gt 0 ]; do
   find_lib "$name"; path="$FOUND"
   if [ -z "$path" ]; then
     [[ " $TORCH_CUDA_SYSTEM_LIBS " == *" $name "* ]] && continue
-    die "$name (needed by libtorch's CUDA closure) is neither in the venv nor in the disk's Debian runtime"
+    [ -e "$TREE/$LIBDIR/$name" ] && continue
+    die "$name (needed by libtorch's CUDA closure) is neither in the venv, the driver libraries nor the disk's Debian runtime"
   fi
   CLOSURE[$name]="$path"
   mapfile -t more < <(needed "$path")
