@@ -7,6 +7,8 @@
 #     lib/modules/<kernel>/updates/nvidia/{nvidia,nvidia-uvm}.ko
 #                        NVIDIA's open kernel modules, built here against the
 #                        pinned kernel's headers, debug info stripped
+#     lib/modules/<kernel>/kernel/...   the pinned kernel's modules they
+#                        need first (drm, the CC channel's crypto)
 #     lib/firmware/nvidia/<driver>/gsp_ga10x.bin   the GSP firmware
 #     usr/lib/x86_64-linux-gnu/   NVML, libcuda and its helpers (the same
 #                        driver release as the modules), libcrypto
@@ -52,8 +54,8 @@ CACHE="${COCOON_CACHE:-$HOME/.cache/cocoon}/debs"
 JOBS="${COCOON_GPU_JOBS:-$(nproc)}"
 export LC_ALL=C TZ=UTC
 
-for tool in apt-get apt-cache dpkg-deb sha256sum readelf strip make patch python3 x86_64-linux-gnu-gcc-12 ld; do
-  command -v "$tool" >/dev/null 2>&1 || die "needs $tool (Debian: apt-get install dpkg binutils make patch python3 gcc-12)"
+for tool in apt-get apt-cache dpkg-deb sha256sum readelf strip make patch xz python3 x86_64-linux-gnu-gcc-12 ld; do
+  command -v "$tool" >/dev/null 2>&1 || die "needs $tool (Debian: apt-get install dpkg binutils make patch xz-utils python3 gcc-12)"
 done
 
 # The driver release is one release everywhere: refuse a lock that mixes.
@@ -195,6 +197,36 @@ PREFIX_MAP="-ffile-prefix-map=$NVSRC=/usr/src/nvidia-$GPU_DRIVER_VERSION -ffile-
 ) || { tail -40 "$WORK/modules.log" >&2; die "the module build failed (the last lines of its log are above)"; }
 step "modules built in $(( $(date +%s) - build_start )) s"
 
+# The pinned kernel's own modules that nvidia.ko needs first (gpu.lock
+# GPU_KERNEL_MODULES), from the very package images/image.lock pins.
+fetch_deb "$KERNEL_PACKAGE" "$KERNEL_VERSION" "$KERNEL_DEB_SHA256"
+echo "$KERNEL_DEB_SHA256  $CACHED" | sha256sum -c --status \
+  || die "$CACHED does not have the SHA-256 images/image.lock pins: refusing it"
+KIMG="$WORK/kernel-image"
+dpkg-deb -x "$CACHED" "$KIMG"
+KMODS="$KIMG/lib/modules/$KERNEL_RELEASE"
+modinfo_field() { readelf -p .modinfo "$1" | sed -n "s/^ *\[ *[0-9a-f]*\]  $2=//p"; }
+declare -A LOADED
+check_deps() { # module.ko: every depends= must be loaded before it
+  local dep deps
+  deps="$(modinfo_field "$1" depends)"
+  for dep in ${deps//,/ }; do
+    [ -n "${LOADED[$dep]:-}" ] || die "$(basename "$1") depends on $dep, which is not loaded before it (GPU_KERNEL_MODULES in gpu.lock)"
+  done
+  LOADED[$(modinfo_field "$1" name)]=1
+}
+for m in $GPU_KERNEL_MODULES; do
+  [ -f "$KMODS/$m.xz" ] || die "the kernel package has no $m.xz (GPU_KERNEL_MODULES in gpu.lock)"
+  mkdir -p "$TREE/lib/modules/$KERNEL_RELEASE/$(dirname "$m")"
+  xz -dc "$KMODS/$m.xz" > "$TREE/lib/modules/$KERNEL_RELEASE/$m"
+  check_deps "$TREE/lib/modules/$KERNEL_RELEASE/$m"
+  echo "lib/modules/$KERNEL_RELEASE/$m" >> "$OUT/gpu-modules"
+done
+for sd in $(modinfo_field "$NVSRC/nvidia.ko" softdep | sed 's/^pre://; s/,/ /g'); do
+  [ -n "${LOADED[$sd]:-}" ] || grep -q "/$sd.ko\$" "$KMODS/modules.builtin" \
+    || die "nvidia.ko wants $sd loaded first (softdep); it is neither built in nor in GPU_KERNEL_MODULES"
+done
+
 MODDIR="lib/modules/$KERNEL_RELEASE/updates/nvidia"
 mkdir -p "$TREE/$MODDIR"
 for m in $GPU_MODULES; do
@@ -206,6 +238,7 @@ for m in $GPU_MODULES; do
     *) die "$m.ko has vermagic '$vermagic', not for $KERNEL_RELEASE" ;;
   esac
   strip --strip-debug -o "$TREE/$MODDIR/$m.ko" "$ko"
+  check_deps "$TREE/$MODDIR/$m.ko"
   echo "$MODDIR/$m.ko" >> "$OUT/gpu-modules"
 done
 if grep -aqF -e "$WORK" "$TREE/$MODDIR"/*.ko; then
