@@ -38,7 +38,7 @@ die() { echo "$ME: $*" >&2; exit 1; }
 step() { echo "[gpu $(date +%H:%M:%S)] $*"; }
 
 case "${1:-}" in
-  -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}"; exit 0 ;;
+  -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
   "") echo "usage: $ME OUT_DIR (try --help)" >&2; exit 64 ;;
 esac
 [ $# = 1 ] || { echo "usage: $ME OUT_DIR (try --help)" >&2; exit 64; }
