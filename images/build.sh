@@ -19,7 +19,11 @@
 # Two builds from the same commit give the same bytes (see images/README.md
 # for what makes it so); images/reproduce.sh checks it.
 #
-# Usage: images/build.sh [--out DIR] [--target-dir DIR] [--enclave-config FILE]
+# Usage: images/build.sh [--variant cpu|gpu] [--out DIR] [--target-dir DIR] [--enclave-config FILE]
+#   --variant gpu   adds the GPU layer of images/gpu/build.sh (NVIDIA's open
+#                   kernel modules built against the pinned kernel, NVML,
+#                   libcuda, libtorch's CUDA half) to the disk, with
+#                   images/enclave-gpu.toml; default out images/out/image-gpu
 # Environment: COCOON_CACHE (download cache, default ~/.cache/cocoon); the
 # PyTorch venv and exported models of scripts/torch-env.sh (sourced here).
 set -euo pipefail
@@ -27,16 +31,27 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/images/out/image"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-ENCLAVE_CONFIG="$ROOT/images/enclave.toml"
+ENCLAVE_CONFIG=""
+VARIANT=cpu
+OUT_SET=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) OUT="$2"; shift 2 ;;
+    --variant) VARIANT="$2"; shift 2 ;;
+    --out) OUT="$2"; OUT_SET=1; shift 2 ;;
     --target-dir) TARGET_DIR="$2"; shift 2 ;;
-    --enclave-config) ENCLAVE_CONFIG="$2"; shift 2 ;;
+    --enclave-config) ENCLAVE_CONFIG="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift 2 ;;
     -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "images/build.sh: unknown argument $1 (try --help)" >&2; exit 64 ;;
   esac
 done
+case "$VARIANT" in
+  cpu) ENCLAVE_CONFIG="${ENCLAVE_CONFIG:-$ROOT/images/enclave.toml}" ;;
+  gpu)
+    ENCLAVE_CONFIG="${ENCLAVE_CONFIG:-$ROOT/images/enclave-gpu.toml}"
+    [ -n "$OUT_SET" ] || OUT="$ROOT/images/out/image-gpu"
+    ;;
+  *) echo "images/build.sh: --variant must be cpu or gpu" >&2; exit 64 ;;
+esac
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 mkdir -p "$TARGET_DIR"
@@ -102,6 +117,7 @@ dpkg-deb -x "$DEB" "$WORK/deb"
 KDIR="$WORK/deb/lib/modules/$KERNEL_RELEASE"
 [ -d "$KDIR" ] || { echo "images/build.sh: the package has no /lib/modules/$KERNEL_RELEASE (KERNEL_RELEASE in the lock is wrong)" >&2; exit 1; }
 
+[ "$VARIANT" = gpu ] && IMAGE_RELEASE="$IMAGE_RELEASE-gpu"
 if ! grep -qx "image_id = \"$IMAGE_RELEASE\"" "$ENCLAVE_CONFIG"; then
   echo "images/build.sh: $ENCLAVE_CONFIG must say image_id = \"$IMAGE_RELEASE\" (the release in images/image.lock)" >&2
   exit 1
@@ -179,15 +195,29 @@ for lib in "$TORCH_LIB"/libtorch_cpu.so "$TORCH_LIB"/libc10.so "$TORCH_LIB"/libg
            "$CU_LIB"/libcudart.so.13 "$CU_LIB"/libcupti.so.13; do
   install -m 644 "$lib" "$DISK/usr/lib/cocoon/"
 done
-for needed in libtorch.so libtorch_cuda.so libc10_cuda.so; do
-  if readelf -d "$DISK/usr/bin/cocoon-enclave" | grep -q "NEEDED.*\[$needed\]"; then
-    patchelf --remove-needed "$needed" "$DISK/usr/bin/cocoon-enclave"
+if [ "$VARIANT" = cpu ]; then
+  for needed in libtorch.so libtorch_cuda.so libc10_cuda.so; do
+    if readelf -d "$DISK/usr/bin/cocoon-enclave" | grep -q "NEEDED.*\[$needed\]"; then
+      patchelf --remove-needed "$needed" "$DISK/usr/bin/cocoon-enclave"
+    fi
+  done
+else
+  # The GPU layer: modules, firmware, NVML, libcuda, libtorch's CUDA half.
+  # libtorch registers CUDA from libtorch_cuda.so's initialisers, so the
+  # enclave must load it even though it calls nothing there directly (the
+  # linker's --as-needed dropped it).
+  step "building the GPU layer (images/gpu/build.sh)"
+  bash "$ROOT/images/gpu/build.sh" "$WORK/gpu"
+  cp -a "$WORK/gpu/tree/." "$DISK/"
+  install -m 644 "$WORK/gpu/gpu-modules" "$DISK/etc/cocoon/gpu-modules"
+  if ! readelf -d "$DISK/usr/bin/cocoon-enclave" | grep -q "NEEDED.*\[libtorch_cuda.so\]"; then
+    patchelf --add-needed libtorch_cuda.so "$DISK/usr/bin/cocoon-enclave"
   fi
-done
+fi
 if readelf -d "$DISK/usr/bin/cocoon-enclave" | grep -qE "RPATH|RUNPATH"; then
   patchelf --remove-rpath "$DISK/usr/bin/cocoon-enclave"
 fi
-missing=$(LD_LIBRARY_PATH="$DISK/usr/lib/cocoon" ldd "$DISK/usr/bin/cocoon-enclave" | grep "not found" || true)
+missing=$(LD_LIBRARY_PATH="$DISK/usr/lib/cocoon:$DISK/usr/lib/x86_64-linux-gnu" ldd "$DISK/usr/bin/cocoon-enclave" | grep "not found" || true)
 [ -z "$missing" ] || { echo "images/build.sh: the enclave needs libraries the disk lacks: $missing" >&2; exit 1; }
 # The models, each checked against the SHA-256 the release config pins.
 for pair in "all-minilm-l6-v2=$COCOON_MODEL_DIR" "smollm2-135m-instruct=$COCOON_CHAT_MODEL_DIR"; do

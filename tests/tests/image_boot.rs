@@ -312,6 +312,42 @@ fn the_image_boots_from_its_verity_disk_and_serves_real_models() {
         assert_eq!(receipt.unit_price.completion, 9);
         vec![embed_id.to_string(), done.request_id.to_string()]
     });
+    // The auditor's view: `cocoon-verify bundle` on the guest's own evidence
+    // names the release, the disk and the models.
+    let list = rt.block_on(async {
+        reqwest::get(format!("{url}/v1/evidence"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let list = cocoon_protocol::api::EvidenceList::from_cbor(&list).expect("evidence list");
+    let bundle = dir.path().join("bundle.cbor");
+    std::fs::write(&bundle, &list.0[0]).unwrap();
+    let policy_file = dir.path().join("release-policy.toml");
+    let mut release_policy = simulated_policy();
+    release_policy.release = image_env(&image, "IMAGE_RELEASE");
+    std::fs::write(&policy_file, release_policy.to_toml()).unwrap();
+    let out = Command::new(bin("cocoon-verify"))
+        .arg("bundle")
+        .arg(&bundle)
+        .arg("--policy")
+        .arg(&policy_file)
+        .output()
+        .expect("cocoon-verify runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("release {}", image_env(&image, "IMAGE_RELEASE"))),
+        "{text}"
+    );
+    assert!(text.contains(&format!("disk verity  {root_hex}")), "{text}");
+    assert!(
+        text.contains("model        smollm2-135m-instruct@0.1.2 sha256 "),
+        "{text}"
+    );
     let mut got = ledger_request_ids(&admin);
     got.sort();
     let mut want = ids;

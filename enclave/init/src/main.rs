@@ -53,8 +53,9 @@ const MAPPED_NODE: &str = "/dev/cocoon-root";
 /// The mapping's device-mapper name and UUID.
 const DM_NAME: &str = "cocoon-root";
 const DM_UUID: &str = "COCOON-VERITY-ROOT";
-/// Modules whose `ENODEV` means "this guest is not that kind of TEE".
-const PLATFORM_DRIVERS: &[&str] = &["sev-guest.ko", "tdx-guest.ko"];
+/// Modules whose `ENODEV` means "not this kind of machine": the TEE
+/// drivers on the other kind of guest, AES-NI on a CPU without it.
+const PLATFORM_DRIVERS: &[&str] = &["sev-guest.ko", "tdx-guest.ko", "aesni-intel.ko"];
 /// How long to wait for the disk to appear after virtio-blk loads.
 const DISK_WAIT: Duration = Duration::from_secs(20);
 /// Library path of the programs on the disk (libtorch, the C++ runtime).
@@ -141,6 +142,9 @@ fn boot() -> Result<bool, InitError> {
     );
 
     map_and_enter(&args)?;
+    // After the chroot: the kernel's firmware loader shares PID 1's root
+    // (PID 1 runs with CLONE_FS), so the GSP firmware is found on the disk.
+    load_gpu_modules(Path::new("/"), Path::new("/sys/bus/pci/devices"))?;
     eprintln!(
         "cocoon-init: verity root {} mounted; starting {} ({} ms since PID 1 started)",
         args.verity.root_hex(),
@@ -207,7 +211,6 @@ fn map_and_enter(args: &InitArgs) -> Result<(), InitError> {
         root: v.root_hex(),
         source,
     })?;
-    load_gpu_modules(Path::new(NEW_ROOT), Path::new("/sys/bus/pci/devices"))?;
     for (from, to) in [("/proc", "proc"), ("/sys", "sys"), ("/dev", "dev")] {
         let target = format!("{NEW_ROOT}/{to}");
         mount(
@@ -316,7 +319,8 @@ fn load_gpu_modules(root: &Path, pci_devices: &Path) -> Result<(), InitError> {
     match (list.is_file(), nvidia_present(pci_devices)) {
         (true, true) => {
             eprintln!("cocoon-init: NVIDIA GPU present; loading the disk's GPU modules");
-            load_modules_from(root, &list)
+            load_modules_from(root, &list)?;
+            make_nvidia_nodes(pci_devices)
         }
         (true, false) => {
             eprintln!("cocoon-init: no NVIDIA GPU; the disk's GPU modules are not loaded");
@@ -328,6 +332,65 @@ fn load_gpu_modules(root: &Path, pci_devices: &Path) -> Result<(), InitError> {
         }
         (false, false) => Ok(()),
     }
+}
+
+/// The device nodes NVIDIA's driver does not make itself (`nvidia-modprobe`
+/// does on a normal system): `/dev/nvidiactl` (char 195:255), one
+/// `/dev/nvidiaN` (195:N) per NVIDIA PCI device, and `/dev/nvidia-uvm`,
+/// `/dev/nvidia-uvm-tools` (minors 0 and 1 of the major `/proc/devices`
+/// gives `nvidia-uvm`).
+fn make_nvidia_nodes(pci_devices: &Path) -> Result<(), InitError> {
+    const NVIDIA_MAJOR: u64 = 195;
+    let count = fs::read_dir(pci_devices)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    fs::read_to_string(e.path().join("vendor"))
+                        .map(|v| v.trim().eq_ignore_ascii_case("0x10de"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    let mut nodes = vec![("/dev/nvidiactl".to_string(), NVIDIA_MAJOR, 255)];
+    for i in 0..count as u64 {
+        nodes.push((format!("/dev/nvidia{i}"), NVIDIA_MAJOR, i));
+    }
+    let devices = fs::read_to_string("/proc/devices").unwrap_or_default();
+    if let Some(uvm) = char_major(&devices, "nvidia-uvm") {
+        nodes.push(("/dev/nvidia-uvm".into(), uvm, 0));
+        nodes.push(("/dev/nvidia-uvm-tools".into(), uvm, 1));
+    }
+    for (path, major, minor) in nodes {
+        match mknod(
+            path.as_str(),
+            SFlag::S_IFCHR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+            makedev(major, minor),
+        ) {
+            Ok(()) | Err(nix::Error::EEXIST) => {}
+            Err(source) => {
+                return Err(InitError::Os {
+                    what: "mknod of an NVIDIA device node",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The major number `/proc/devices` lists for the character device `name`.
+fn char_major(devices: &str, name: &str) -> Option<u64> {
+    devices
+        .lines()
+        .skip_while(|l| l.trim() != "Character devices:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .find_map(|l| {
+            let (major, n) = l.trim().split_once(' ')?;
+            (n.trim() == name).then(|| major.parse().ok()).flatten()
+        })
 }
 
 /// Loads each module named in `list`, in order.
@@ -401,5 +464,14 @@ mod tests {
         assert!(nvidia_present(&dir));
         assert!(!nvidia_present(&dir.join("missing")));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reads_a_character_major_from_proc_devices() {
+        let devices = "Character devices:\n  1 mem\n195 nvidia\n509 nvidia-uvm\n\nBlock devices:\n509 nvidia-uvm-not\n";
+        assert_eq!(char_major(devices, "nvidia-uvm"), Some(509));
+        assert_eq!(char_major(devices, "nvidia"), Some(195));
+        assert_eq!(char_major(devices, "missing"), None);
+        assert_eq!(char_major("", "nvidia-uvm"), None);
     }
 }
