@@ -38,9 +38,8 @@ use cocoon_protocol::api::{
     EVIDENCE_PATH, PRICES_PATH, RECEIPTS_PATH, REQUESTS_PATH,
 };
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, MAX_EMBEDDING_INPUTS, MAX_MESSAGES};
-use cocoon_protocol::pricing::PriceSheet;
+use cocoon_protocol::pricing::{max_cost, PriceSheet};
 use cocoon_protocol::rand_core::OsRng;
-use cocoon_protocol::receipt::UnitPrice;
 use cocoon_protocol::receipt::UsageReceipt;
 use cocoon_protocol::seal::{
     seal_request, BillingMeta, ClientSession, EvidenceDigest, SealError, SealedRequest,
@@ -702,12 +701,6 @@ impl Client {
                 }
             }
         }
-        let worst_case = worst_case_cost(&unit_price, body.len(), max_tokens);
-        if let Some(limit) = self.inner.options.max_request_nanoton {
-            if worst_case > limit {
-                return Err(ClientError::OverPrice { worst_case, limit });
-            }
-        }
         let meta = BillingMeta {
             model: model.to_string(),
             max_tokens,
@@ -738,6 +731,14 @@ impl Client {
             }
         };
         let (sealed, session) = seal_to(&enclave, &meta, body)?;
+        let sealed_bytes = sealed.to_cbor();
+        // The host reserves exactly this against the authorization cap.
+        let worst_case = max_cost(&unit_price, sealed_bytes.len(), max_tokens);
+        if let Some(limit) = self.inner.options.max_request_nanoton {
+            if worst_case > limit {
+                return Err(ClientError::OverPrice { worst_case, limit });
+            }
+        }
         let request_id = sealed.request_id();
         let url = self.url(REQUESTS_PATH);
         let mut req = self.inner.http.post(&url);
@@ -758,7 +759,7 @@ impl Client {
                 ACCOUNT_SIGNATURE_HEADER,
                 hex::encode(self.inner.account.sign_request(&request_id)),
             )
-            .body(sealed.to_cbor())
+            .body(sealed_bytes)
             .send()
             .await
             .map_err(|e| transport(&url, e))?;
@@ -1041,22 +1042,6 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
-}
-
-/// Token allowance for the chat template and framing around a prompt, on
-/// top of one token per byte of the request body.
-pub const PROMPT_TOKEN_SLACK: u64 = 64;
-
-/// The most a request with a `body_len`-byte body can cost at `price`:
-/// every body byte a prompt token (plus [`PROMPT_TOKEN_SLACK`]), all
-/// `max_tokens` completion tokens.
-pub fn worst_case_cost(price: &UnitPrice, body_len: usize, max_tokens: u32) -> u128 {
-    price
-        .max_charge(
-            (body_len as u64).saturating_add(PROMPT_TOKEN_SLACK),
-            u64::from(max_tokens),
-        )
-        .unwrap_or(u128::MAX)
 }
 
 enum Capped {

@@ -779,42 +779,68 @@ impl EnclaveConfig {
         if let Some(a) = &self.applied {
             return a.release_canonical.clone();
         }
+        // Every field, by name and without `..`: a new field does not
+        // compile until it is written here (or named as not hashed).
+        let EnclaveConfig {
+            image_id,
+            listen,
+            max_concurrent,
+            max_streams_per_connection,
+            replay_window,
+            max_request_lifetime_secs,
+            evidence_refresh_secs,
+            backend,
+            test_backend_reply_tokens,
+            pricing,
+            prices,
+            device,
+            max_batch,
+            models,
+            upstream,
+            gpu,
+            tdx,
+            prices_from,
+            price_bounds,
+            // Run-time values with claims of their own, not configuration.
+            disk_verity_root: _,
+            applied: _,
+        } = self;
         let mut s = String::new();
         // Writing into a String cannot fail.
-        let _ = writeln!(s, "image_id = {}", quote(&self.image_id));
-        if let Some(l) = &self.listen {
+        let _ = writeln!(s, "image_id = {}", quote(image_id));
+        if let Some(l) = listen {
             let _ = writeln!(s, "listen = {}", quote(&l.to_string()));
         }
-        let _ = writeln!(s, "max_concurrent = {}", self.max_concurrent);
+        let _ = writeln!(s, "max_concurrent = {}", max_concurrent);
         let _ = writeln!(
             s,
             "max_streams_per_connection = {}",
-            self.max_streams_per_connection
+            max_streams_per_connection
         );
-        let _ = writeln!(s, "replay_window = {}", self.replay_window);
+        let _ = writeln!(s, "replay_window = {}", replay_window);
         let _ = writeln!(
             s,
             "max_request_lifetime_secs = {}",
-            self.max_request_lifetime_secs
+            max_request_lifetime_secs
         );
-        let _ = writeln!(s, "evidence_refresh_secs = {}", self.evidence_refresh_secs);
-        let _ = writeln!(s, "backend = {}", quote(self.backend.as_str()));
+        let _ = writeln!(s, "evidence_refresh_secs = {}", evidence_refresh_secs);
+        let _ = writeln!(s, "backend = {}", quote(backend.as_str()));
         let _ = writeln!(
             s,
             "test_backend_reply_tokens = {}",
-            self.test_backend_reply_tokens
+            test_backend_reply_tokens
         );
-        let _ = writeln!(s, "device = {}", quote(self.device.as_str()));
-        let _ = writeln!(s, "max_batch = {}", self.max_batch);
-        if self.prices_from != PricesFrom::Release {
-            let _ = writeln!(s, "prices_from = {}", quote(self.prices_from.as_str()));
+        let _ = writeln!(s, "device = {}", quote(device.as_str()));
+        let _ = writeln!(s, "max_batch = {}", max_batch);
+        if *prices_from != PricesFrom::Release {
+            let _ = writeln!(s, "prices_from = {}", quote(prices_from.as_str()));
         }
         let _ = write!(
             s,
             "\n[pricing]\nmin_multiplier_milli = {}\nmax_multiplier_milli = {}\n",
-            self.pricing.min_multiplier_milli, self.pricing.max_multiplier_milli
+            pricing.min_multiplier_milli, pricing.max_multiplier_milli
         );
-        for (model, p) in &self.prices {
+        for (model, p) in prices {
             let p = UnitPrice::from(*p);
             let _ = write!(
                 s,
@@ -825,37 +851,47 @@ impl EnclaveConfig {
                 p.completion
             );
         }
-        for (model, b) in &self.price_bounds {
+        for (model, PriceBounds { prompt, completion }) in price_bounds {
             let _ = write!(
                 s,
                 "\n[price_bounds.{}]\nprompt = [{}, {}]\ncompletion = [{}, {}]\n",
                 quote(model),
-                b.prompt[0],
-                b.prompt[1],
-                b.completion[0],
-                b.completion[1]
+                prompt[0],
+                prompt[1],
+                completion[0],
+                completion[1]
             );
         }
-        for (name, m) in &self.models {
+        for (name, m) in models {
+            let ModelConfig {
+                version,
+                kind,
+                path,
+                sha256,
+                tokenizer,
+                tokenizer_sha256,
+                max_input_tokens,
+                system_prompt,
+            } = m;
             let _ = write!(
                 s,
                 "\n[models.{}]\nkind = {}\npath = {}\nsha256 = \"{}\"\ntokenizer = {}\ntokenizer_sha256 = \"{}\"\nmax_input_tokens = {}\n",
                 quote(name),
-                quote(m.kind.as_str()),
-                quote(&m.path),
-                m.sha256,
-                quote(&m.tokenizer),
-                m.tokenizer_sha256,
-                m.max_input_tokens
+                quote(kind.as_str()),
+                quote(path),
+                sha256,
+                quote(tokenizer),
+                tokenizer_sha256,
+                max_input_tokens
             );
-            if let Some(p) = &m.system_prompt {
+            if let Some(p) = system_prompt {
                 let _ = writeln!(s, "system_prompt = {}", quote(p));
             }
-            if let Some(v) = &m.version {
+            if let Some(v) = version {
                 let _ = writeln!(s, "version = {}", quote(v));
             }
         }
-        if let Some(u) = &self.upstream {
+        if let Some(u) = upstream {
             let _ = write!(
                 s,
                 "\n[upstream]\nurl = {}\ntimeout_secs = {}\n",
@@ -880,7 +916,7 @@ impl EnclaveConfig {
                 );
             }
         }
-        if let Some(g) = &self.gpu {
+        if let Some(g) = gpu {
             let list = |l: &[String]| l.iter().map(|x| quote(x)).collect::<Vec<_>>().join(", ");
             let source = match g.evidence {
                 GpuEvidenceSource::Nvml => "nvml",
@@ -891,7 +927,7 @@ impl EnclaveConfig {
             }
             let _ = writeln!(s, "rims = [{}]\nocsp = [{}]", list(&g.rims), list(&g.ocsp));
         }
-        if let Some(t) = &self.tdx {
+        if let Some(t) = tdx {
             let _ = write!(s, "\n[tdx]\n");
             if let Some(c) = &t.collateral {
                 let _ = writeln!(s, "collateral = {}", quote(c));

@@ -28,10 +28,7 @@ use crate::broker::ReadyEnclave;
 pub const QUOTE_TTL: Duration = Duration::from_secs(60);
 /// Time constant of the utilisation average.
 pub const SMOOTHING: Duration = Duration::from_secs(30);
-/// Token allowance for the framing and chat template around a prompt, on
-/// top of one token per byte of ciphertext, when bounding a request's cost
-/// before it runs.
-pub const PROMPT_TOKEN_SLACK: u64 = 64;
+pub use cocoon_protocol::pricing::PROMPT_TOKEN_SLACK;
 
 #[derive(Debug, Default)]
 struct State {
@@ -164,14 +161,11 @@ pub fn check_prices(
     Ok(())
 }
 
-/// The most a request can cost: every ciphertext byte a prompt token (plus
-/// [`PROMPT_TOKEN_SLACK`]) and `max_tokens` completion tokens, at its
-/// prices.
+/// The most a request can cost at its prices
+/// ([`cocoon_protocol::pricing::max_cost`], the rule the client applies
+/// too) for a sealed request of `sealed_len` bytes.
 pub fn max_cost(meta: &BillingMeta, sealed_len: usize) -> u128 {
-    let prompt = (sealed_len as u64).saturating_add(PROMPT_TOKEN_SLACK);
-    meta.unit_price
-        .max_charge(prompt, u64::from(meta.max_tokens))
-        .unwrap_or(u128::MAX)
+    cocoon_protocol::pricing::max_cost(&meta.unit_price, sealed_len, meta.max_tokens)
 }
 
 /// Per (receipt key, account): nanoton spent or reserved.

@@ -247,6 +247,25 @@ pub(crate) fn decode_price_map(
     Ok(models)
 }
 
+/// Token allowance for the chat template and framing around a prompt, on
+/// top of one token per byte of the sealed request.
+pub const PROMPT_TOKEN_SLACK: u64 = 64;
+
+/// The most a request can cost, the one rule the client (against its own
+/// per-request limit) and the host (against the client's authorization
+/// cap) both apply: every byte of the sealed request as sent (its CBOR:
+/// encapsulated key, billing metadata, ciphertext) counted as a prompt
+/// token, plus [`PROMPT_TOKEN_SLACK`], and all `max_tokens` completion
+/// tokens, at `price`. Saturates at `u128::MAX`.
+pub fn max_cost(price: &UnitPrice, sealed_request_len: usize, max_tokens: u32) -> u128 {
+    price
+        .max_charge(
+            (sealed_request_len as u64).saturating_add(PROMPT_TOKEN_SLACK),
+            u64::from(max_tokens),
+        )
+        .unwrap_or(u128::MAX)
+}
+
 fn u32_of(m: &mut MapReader, key: &str, what: &str) -> Result<u32, PriceError> {
     u32::try_from(m.u64(key)?).map_err(|_| {
         PriceError::Cbor(CborError::Invalid(

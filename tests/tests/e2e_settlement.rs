@@ -39,6 +39,56 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// One rule for a request's worst case on both sides
+/// (`cocoon_protocol::pricing::max_cost` over the sealed request): a client
+/// whose per-request limit equals its authorization cap never sends a
+/// request the host then refuses for the cap (402). Before, the client
+/// counted the plaintext and the host the sealed request, about 300 bytes
+/// (here 300 000 nanoton) more.
+#[test]
+fn the_clients_price_limit_and_the_hosts_cap_agree() {
+    let dir = TempDir::new("e2e-settle-edge");
+    let enclave = start_enclave_with(
+        &dir,
+        "enclave",
+        "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 1\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncompletion = 3000\n",
+    );
+    let host = start_host(
+        &dir,
+        &[&enclave.socket],
+        &["--settlement-contract", CONTRACT],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cap = 600_000;
+        let (mut sent, mut held_back) = (0, 0);
+        for len in (0..900).step_by(60) {
+            let mut o = ClientOptions::default();
+            o.budget_nanoton = cap;
+            o.max_request_nanoton = Some(u128::from(cap));
+            let edge = Client::with_options(&host.url, simulated_policy(), account(), o);
+            match edge.chat(MODEL, ask(&"x".repeat(len)), 1).await {
+                Ok(stream) => {
+                    stream.collect_text().await.expect("verified answer");
+                    sent += 1;
+                }
+                Err(ClientError::OverPrice { .. }) => held_back += 1,
+                Err(other) => panic!(
+                    "{len}-byte prompt: the client's limit passed it and the host refused: {other:?}"
+                ),
+            }
+        }
+        assert!(
+            sent > 0 && held_back > 0,
+            "the limit cut between: {sent} sent, {held_back} held back"
+        );
+    });
+}
+
 #[test]
 fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
     let dir = TempDir::new("e2e-settle");
