@@ -39,20 +39,11 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// One rule for a request's worst case on both sides
-/// (`cocoon_protocol::pricing::max_cost` over the sealed request): a client
-/// whose per-request limit equals its authorization cap never sends a
-/// request the host then refuses for the cap (402). Before, the client
-/// counted the plaintext and the host the sealed request, about 300 bytes
-/// (here 300 000 nanoton) more.
-#[test]
-fn the_clients_price_limit_and_the_hosts_cap_agree() {
-    let dir = TempDir::new("e2e-settle-edge");
-    let enclave = start_enclave_with(
-        &dir,
-        "enclave",
-        "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 1\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncompletion = 3000\n",
-    );
+/// An enclave with `config`, a host settling on [`CONTRACT`] in front of
+/// it, and a runtime for the clients.
+fn settling_provider(tag: &str, config: &str) -> (TempDir, Enclave, Host, tokio::runtime::Runtime) {
+    let dir = TempDir::new(tag);
+    let enclave = start_enclave_with(&dir, "enclave", config);
     let host = start_host(
         &dir,
         &[&enclave.socket],
@@ -63,6 +54,18 @@ fn the_clients_price_limit_and_the_hosts_cap_agree() {
         .enable_all()
         .build()
         .unwrap();
+    (dir, enclave, host, rt)
+}
+
+/// One rule for a request's worst case on both sides
+/// (`cocoon_protocol::pricing::max_cost` over the sealed request): a client
+/// whose per-request limit equals its authorization cap never sends a
+/// request the host then refuses for the cap (402). Before, the client
+/// counted the plaintext and the host the sealed request, about 300 bytes
+/// (here 300 000 nanoton) more.
+#[test]
+fn the_clients_price_limit_and_the_hosts_cap_agree() {
+    let (_dir, _enclave, host, rt) = settling_provider("e2e-settle-edge", "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 1\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncompletion = 3000\n");
     rt.block_on(async {
         let cap = 600_000;
         let (mut sent, mut held_back) = (0, 0);
@@ -91,22 +94,7 @@ fn the_clients_price_limit_and_the_hosts_cap_agree() {
 
 #[test]
 fn receipts_settle_on_the_payment_contract_to_the_nanoton() {
-    let dir = TempDir::new("e2e-settle");
-    let enclave = start_enclave_with(
-        &dir,
-        "enclave",
-        "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 12\nmax_concurrent = 64\n[pricing]\nmin_multiplier_milli = 1000\nmax_multiplier_milli = 2500\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncached = 250\ncompletion = 3000\n",
-    );
-    let host = start_host(
-        &dir,
-        &[&enclave.socket],
-        &["--settlement-contract", CONTRACT],
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (dir, _enclave, host, rt) = settling_provider("e2e-settle", "image_id = \"cocoon-dev-unmeasured\"\ntest_backend_reply_tokens = 12\nmax_concurrent = 64\n[pricing]\nmin_multiplier_milli = 1000\nmax_multiplier_milli = 2500\n[prices.\"cocoon-deterministic-test\"]\nprompt = 1000\ncached = 250\ncompletion = 3000\n");
 
     // Three paying accounts, keys in files (the statement reads them).
     let mut accounts = Vec::new();
