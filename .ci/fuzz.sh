@@ -8,7 +8,7 @@
 # Environment:
 #   COCOON_VECTORS           vectors directory (default ../shared/vectors from the repo root)
 #   COCOON_FUZZ_SECONDS      seconds per target (default: 90 s shared by the targets, so
-#                            ~1.5 min after the build however many there are; 21 now, 4 s each)
+#                            ~1.5 min after the build however many there are)
 #   COCOON_FUZZ_SANITIZER    cargo-fuzz --sanitizer (default address)
 #   COCOON_FUZZ_TARGET_DIR   cargo target dir (default fuzz/target, apart from the workspace's)
 #   COCOON_FUZZ_FALLBACK=1   skip cargo-fuzz and run the plain-test fallback (for testing it)
@@ -24,7 +24,15 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
-targets=(snp_report snp_verify certificates tdx_quote tdx_collateral bundle frame_decoder sealed_request receipt message api local_auth provider_settings spdm_report gpu_evidence ocsp rim snp_cert_table initramfs settlement snp_crl)
+# The targets: the [[bin]] entries of fuzz/Cargo.toml, which must be the
+# names of cocoon_fuzz::TARGETS (the fallback's list) too.
+mapfile -t targets < <(awk '/^\[\[bin\]\]/ {bin=1; next} bin && /^name = / {gsub(/"/, "", $3); print $3; bin=0}' fuzz/Cargo.toml)
+mapfile -t listed < <(grep -oE '^    \("[a-z0-9_]+",' fuzz/src/lib.rs | grep -oE '[a-z0-9_]+')
+if [ "$(printf '%s\n' "${targets[@]}" | sort)" != "$(printf '%s\n' "${listed[@]}" | sort)" ]; then
+  echo "fuzz.sh: fuzz/Cargo.toml's [[bin]] targets and cocoon_fuzz::TARGETS in fuzz/src/lib.rs differ:" >&2
+  diff <(printf '%s\n' "${targets[@]}" | sort) <(printf '%s\n' "${listed[@]}" | sort) >&2 || true
+  exit 1
+fi
 seconds="${COCOON_FUZZ_SECONDS:-$((90 / ${#targets[@]}))}"
 sanitizer="${COCOON_FUZZ_SANITIZER:-address}"
 export CARGO_TARGET_DIR="${COCOON_FUZZ_TARGET_DIR:-$repo_root/fuzz/target}"

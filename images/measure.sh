@@ -15,7 +15,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMG="$ROOT/images/out/image"; FW="$ROOT/images/out/firmware"
-VCPUS=1,2,4,8; VCPU_TYPE=EPYC-v4; MEM=2048
+VCPUS=1,2,4,8; VCPU_TYPE=""; MEM=2048
 while [ $# -gt 0 ]; do
   case "$1" in
     --image) IMG="$2"; shift 2 ;;
@@ -32,6 +32,9 @@ for f in "$IMG/vmlinuz" "$IMG/initrd.cpio" "$IMG/cmdline.txt" "$IMG/image.env" "
 done
 # shellcheck source=/dev/null
 source "$IMG/image.env"
+# The vCPU model cocoon-host launch gives QEMU for this image (image.env),
+# unless --vcpu-type says otherwise.
+VCPU_TYPE="${VCPU_TYPE:-${SNP_VCPU_TYPE:-EPYC-v4}}"
 measure() { (cd "$ROOT" && cargo run --locked -q -p cocoon-measure -- "$@"); }
 for n in ${VCPUS//,/ }; do
   measure snp --ovmf "$FW/OVMF-AmdSev.fd" --vcpus "$n" --vcpu-type "$VCPU_TYPE" \

@@ -115,7 +115,15 @@ pub struct Image {
     /// The vsock port where the enclave takes the provider's settings at
     /// boot, when the image's release wants them.
     pub settings_port: Option<u32>,
+    /// The vCPU model of SEV-SNP guests (`SNP_VCPU_TYPE` in `image.env`,
+    /// from `images/image.lock`; the same value `images/measure.sh`
+    /// measures with, since it is part of the launch digest). Images
+    /// without it get [`DEFAULT_SNP_VCPU_TYPE`].
+    pub snp_vcpu_type: String,
 }
+
+/// The SEV-SNP vCPU model of images that do not name one.
+pub const DEFAULT_SNP_VCPU_TYPE: &str = "EPYC-v4";
 
 impl Image {
     /// Reads an image directory: `vmlinuz`, `initrd.cpio`, `cmdline.txt`,
@@ -165,6 +173,23 @@ impl Image {
                     dir.display()
                 )
             })?),
+        };
+        let snp_vcpu_type = match env.lines().find_map(|l| l.strip_prefix("SNP_VCPU_TYPE=")) {
+            None => DEFAULT_SNP_VCPU_TYPE.to_string(),
+            Some(t)
+                if !t.is_empty()
+                    && t.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+                    }) =>
+            {
+                t.to_string()
+            }
+            Some(t) => {
+                return Err(format!(
+                    "image {}: SNP_VCPU_TYPE={t:?} is not a QEMU CPU model name",
+                    dir.display()
+                ))
+            }
         };
         let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).ok();
         if let Some(sums) = &sums {
@@ -218,6 +243,7 @@ impl Image {
             port,
             disk,
             settings_port,
+            snp_vcpu_type,
         })
     }
 }
@@ -351,7 +377,7 @@ pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
                 s("-object"),
                 s("sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on"),
                 s("-cpu"),
-                s("EPYC-v4"),
+                c.image.snp_vcpu_type.clone(),
             ]);
         }
         Tee::Tdx => {
@@ -763,6 +789,7 @@ mod tests {
                 port: 5000,
                 disk: Some("/img/disk.img".into()),
                 settings_port: Some(5001),
+                snp_vcpu_type: "EPYC-v4".into(),
             },
             firmware: Some("/fw/OVMF.fd".into()),
             vcpus: 2,
@@ -789,6 +816,10 @@ mod tests {
         assert!(j.contains("confidential-guest-support=sev0"));
         assert!(j.contains("memory-backend-memfd,id=ram0,size=1024M"));
         assert!(j.contains("-bios /fw/OVMF.fd"));
+        assert!(
+            j.contains("-cpu EPYC-v4"),
+            "the image's measured vCPU model: {j}"
+        );
         assert!(j.contains("--tee configfs-tsm"), "{j}");
         assert!(
             j.contains("-kernel /img/vmlinuz"),
@@ -799,6 +830,49 @@ mod tests {
             j.contains("-drive file=/img/disk.img,if=none,id=root,format=raw,readonly=on -device virtio-blk-pci,drive=root"),
             "the root disk is attached read-only: {j}"
         );
+    }
+
+    #[test]
+    fn the_image_names_its_snp_vcpu_model_and_disk() {
+        let dir = std::env::temp_dir().join(format!("cocoon-vm-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("cmdline.txt"),
+            "console=ttyS0 -- --tee configfs-tsm",
+        )
+        .unwrap();
+        let env = |extra: &str| {
+            std::fs::write(
+                dir.join("image.env"),
+                format!("IMAGE_RELEASE=r\nENCLAVE_VSOCK_PORT=5000\nENCLAVE_SETTINGS_PORT=5001\nDISK=disk.img\n{extra}"),
+            )
+            .unwrap();
+        };
+        env("SNP_VCPU_TYPE=EPYC-Genoa\n");
+        let img = Image::load(&dir).unwrap();
+        assert_eq!(img.snp_vcpu_type, "EPYC-Genoa");
+        assert_eq!(img.settings_port, Some(5001));
+        assert_eq!(img.disk, Some(dir.join("disk.img")));
+        env("");
+        assert_eq!(
+            Image::load(&dir).unwrap().snp_vcpu_type,
+            DEFAULT_SNP_VCPU_TYPE
+        );
+        env("SNP_VCPU_TYPE=EPYC,kvm=off\n");
+        assert!(
+            Image::load(&dir).is_err(),
+            "no QEMU option injection through the model"
+        );
+        std::fs::write(
+            dir.join("image.env"),
+            "IMAGE_RELEASE=r\nENCLAVE_VSOCK_PORT=5000\nDISK=../etc/passwd\n",
+        )
+        .unwrap();
+        assert!(
+            Image::load(&dir).is_err(),
+            "the disk is a file of the image directory"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
