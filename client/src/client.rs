@@ -681,8 +681,7 @@ impl Client {
         let (unit_price, multiplier_milli) = entry
             .offer(model)
             .map_err(|e| ClientError::Prices(e.to_string()))?;
-        let claimed = claimed_settings(enclave.claims())?;
-        if let Some(settings) = &claimed {
+        if let Some(settings) = enclave.provider_settings() {
             // The provider's prices are in the verified claims: the sheet
             // must offer exactly those (before its load multiplier).
             let base = entry.table.models.get(model);
@@ -1093,20 +1092,4 @@ async fn read_reason(resp: reqwest::Response) -> String {
     } else {
         line
     }
-}
-
-/// The provider settings in verified claims, when the enclave's release
-/// takes them from the provider. Undecodable settings in claims that
-/// verified are refused (the enclave would never have bound them).
-fn claimed_settings(
-    claims: &cocoon_attestation::bundle::Claims,
-) -> Result<Option<cocoon_protocol::settings::ProviderSettings>, ClientError> {
-    claims
-        .provider_settings
-        .as_deref()
-        .map(|b| {
-            cocoon_protocol::settings::ProviderSettings::from_cbor(b)
-                .map_err(|e| ClientError::Prices(format!("the claims' provider settings: {e}")))
-        })
-        .transpose()
 }

@@ -18,6 +18,7 @@ use cocoon_attestation::bundle::Claims;
 use cocoon_protocol::api::{ApiError, EvidenceList};
 use cocoon_protocol::receipt::ReceiptVerifier;
 use cocoon_protocol::seal::{EvidenceDigest, HpkePublicKey};
+use cocoon_protocol::settings::ProviderSettings;
 use cocoon_verifier::enclave::VerifiedPlatform;
 use cocoon_verifier::{Policy, ReasonKind, Rejection, UnixTime, VerifiedEnclave};
 
@@ -72,6 +73,7 @@ pub struct AttestedEnclave {
     hpke_public_key: HpkePublicKey,
     platform: PlatformKind,
     bundle_index: usize,
+    settings: Option<ProviderSettings>,
 }
 
 impl AttestedEnclave {
@@ -94,6 +96,18 @@ impl AttestedEnclave {
                 claims.receipt_public_key.len()
             ));
         }
+        let settings = match claims
+            .provider_settings
+            .as_deref()
+            .map(ProviderSettings::from_cbor)
+        {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                problems.push(format!("the claims' provider_settings: {e}"));
+                None
+            }
+        };
         let hpke_public_key = match hpke {
             Ok(k) if problems.is_empty() => k,
             _ => return Err(Rejection::single(ReasonKind::Claims, problems.join("; "))),
@@ -110,7 +124,15 @@ impl AttestedEnclave {
             hpke_public_key,
             platform,
             bundle_index,
+            settings,
         })
+    }
+
+    /// The provider's settings bound in the verified claims (base prices,
+    /// payment contract), when the enclave's release takes them from the
+    /// provider; decoded once, here.
+    pub fn provider_settings(&self) -> Option<&ProviderSettings> {
+        self.settings.as_ref()
     }
 
     /// The verifier's proof.

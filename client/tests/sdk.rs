@@ -410,6 +410,26 @@ async fn a_request_dearer_than_the_limit_is_not_sent() {
     assert_eq!((price, m), (PRICE, 1000));
 }
 
+/// A host that offers a base price other than the one the enclave's
+/// verified claims bind (the provider's settings) gets no request: the
+/// client would otherwise be charged prices it never saw attested.
+#[tokio::test]
+async fn a_sheet_price_the_claims_do_not_bind_is_refused() {
+    let p = TestProvider::start().await;
+    let c = client(&p);
+    p.set(Misbehavior::SheetPriceNotClaimed);
+    let e = c.chat(MODEL, ask("q"), 16).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Prices(r) if r.contains("verified claims")),
+        "{e}"
+    );
+    assert_eq!(p.posts(), 0, "nothing was sent");
+    // The honest sheet (a fresh client: the other holds the dishonest
+    // sheet until it expires): served.
+    p.set(Misbehavior::None);
+    assert!(client(&p).chat(MODEL, ask("q"), 16).await.is_ok());
+}
+
 #[tokio::test]
 async fn text_before_a_bad_end_is_delivered_then_the_error() {
     let p = TestProvider::start().await;

@@ -134,7 +134,18 @@ impl SimEnclave {
             refresh: 0,
             client_nonce: None,
             disk_verity_root: None,
-            provider_settings: None,
+            // The provider's prices, as a release that takes them from the
+            // provider binds them: what the sheet must offer.
+            provider_settings: Some(
+                cocoon_protocol::settings::ProviderSettings {
+                    prices: [(MODEL.to_string(), PRICE), (EMBED_MODEL.to_string(), PRICE)]
+                        .into_iter()
+                        .collect(),
+                    payment_contract: None,
+                    max_concurrent: None,
+                }
+                .to_cbor(),
+            ),
         };
         let claims_cbor = claims.to_cbor();
         let (report, signature) =
@@ -232,6 +243,9 @@ pub enum Misbehavior {
     SpliceClaims,
     /// `429` with `retry-after: 7`.
     RateLimit,
+    /// The price sheet offers a base prompt price one nanoton above the one
+    /// the enclave's verified claims bind (its provider settings).
+    SheetPriceNotClaimed,
     /// Before the next request, restart the enclave (new keys, new
     /// evidence): the request sealed to the old keys gets `409`.
     RestartOnNextRequest,
@@ -386,10 +400,21 @@ async fn evidence(State(s): State<Shared>) -> Response {
 async fn prices(State(s): State<Shared>) -> Response {
     use cocoon_protocol::pricing::{PriceSheet, PriceTable, SheetEntry};
     let st = s.lock().unwrap();
+    let offered = if st.misbehavior == Misbehavior::SheetPriceNotClaimed {
+        UnitPrice {
+            prompt: PRICE.prompt + 1,
+            ..PRICE
+        }
+    } else {
+        PRICE
+    };
     let table = PriceTable {
-        models: [(MODEL.to_string(), PRICE), (EMBED_MODEL.to_string(), PRICE)]
-            .into_iter()
-            .collect(),
+        models: [
+            (MODEL.to_string(), offered),
+            (EMBED_MODEL.to_string(), PRICE),
+        ]
+        .into_iter()
+        .collect(),
         min_multiplier_milli: 1000,
         max_multiplier_milli: 3000,
     };

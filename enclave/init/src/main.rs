@@ -300,27 +300,31 @@ fn mount_one(
 /// found through `firmware_class.path` on the GPU variant's command line.
 const GPU_MODULE_LIST: &str = "etc/cocoon/gpu-modules";
 
-/// Whether a PCI device of NVIDIA's is present under `pci_devices`
-/// (`/sys/bus/pci/devices`).
-fn nvidia_present(pci_devices: &Path) -> bool {
+/// How many PCI devices of NVIDIA's (vendor 0x10de) are under
+/// `pci_devices` (`/sys/bus/pci/devices`).
+fn nvidia_devices(pci_devices: &Path) -> usize {
     fs::read_dir(pci_devices)
         .map(|entries| {
-            entries.flatten().any(|e| {
-                fs::read_to_string(e.path().join("vendor"))
-                    .map(|v| v.trim().eq_ignore_ascii_case("0x10de"))
-                    .unwrap_or(false)
-            })
+            entries
+                .flatten()
+                .filter(|e| {
+                    fs::read_to_string(e.path().join("vendor"))
+                        .map(|v| v.trim().eq_ignore_ascii_case("0x10de"))
+                        .unwrap_or(false)
+                })
+                .count()
         })
-        .unwrap_or(false)
+        .unwrap_or(0)
 }
 
 fn load_gpu_modules(root: &Path, pci_devices: &Path) -> Result<(), InitError> {
     let list = root.join(GPU_MODULE_LIST);
-    match (list.is_file(), nvidia_present(pci_devices)) {
+    let gpus = nvidia_devices(pci_devices);
+    match (list.is_file(), gpus > 0) {
         (true, true) => {
             eprintln!("cocoon-init: NVIDIA GPU present; loading the disk's GPU modules");
             load_modules_from(root, &list)?;
-            make_nvidia_nodes(pci_devices)
+            make_nvidia_nodes(gpus)
         }
         (true, false) => {
             eprintln!("cocoon-init: no NVIDIA GPU; the disk's GPU modules are not loaded");
@@ -339,19 +343,8 @@ fn load_gpu_modules(root: &Path, pci_devices: &Path) -> Result<(), InitError> {
 /// `/dev/nvidiaN` (195:N) per NVIDIA PCI device, and `/dev/nvidia-uvm`,
 /// `/dev/nvidia-uvm-tools` (minors 0 and 1 of the major `/proc/devices`
 /// gives `nvidia-uvm`).
-fn make_nvidia_nodes(pci_devices: &Path) -> Result<(), InitError> {
+fn make_nvidia_nodes(count: usize) -> Result<(), InitError> {
     const NVIDIA_MAJOR: u64 = 195;
-    let count = fs::read_dir(pci_devices)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    fs::read_to_string(e.path().join("vendor"))
-                        .map(|v| v.trim().eq_ignore_ascii_case("0x10de"))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0);
     let mut nodes = vec![("/dev/nvidiactl".to_string(), NVIDIA_MAJOR, 255)];
     for i in 0..count as u64 {
         nodes.push((format!("/dev/nvidia{i}"), NVIDIA_MAJOR, i));
@@ -459,10 +452,11 @@ mod tests {
             fs::write(d.join("vendor"), vendor).unwrap();
         };
         dev("0000:00:01.0", "0x1af4\n");
-        assert!(!nvidia_present(&dir));
+        assert_eq!(nvidia_devices(&dir), 0);
         dev("0000:41:00.0", "0x10de\n");
-        assert!(nvidia_present(&dir));
-        assert!(!nvidia_present(&dir.join("missing")));
+        dev("0000:42:00.0", "0x10DE\n");
+        assert_eq!(nvidia_devices(&dir), 2);
+        assert_eq!(nvidia_devices(&dir.join("missing")), 0);
         let _ = fs::remove_dir_all(&dir);
     }
 
