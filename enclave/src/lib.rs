@@ -48,7 +48,6 @@ pub mod files;
 pub mod gpu;
 mod replay;
 pub mod server;
-pub mod tabs;
 #[cfg(feature = "tch")]
 pub mod torch;
 pub mod transport;

@@ -1391,3 +1391,218 @@ fn the_binary_refuses_usage_errors_with_exit_64() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurent"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One line of a wire transcript: who sent it, the stream, the type, the
+/// payload's length, and the payload itself where it does not depend on
+/// this boot's keys, the clock or random nonces (text with request ids and
+/// digests masked, or the price table's bytes).
+fn transcript_line(from: &str, f: &Frame) -> String {
+    let shown = match f.kind {
+        FrameType::Error => {
+            let text = String::from_utf8_lossy(&f.payload).to_string();
+            let mut out = String::new();
+            let mut run = String::new();
+            for ch in text.chars().chain(std::iter::once(' ')) {
+                if ch.is_ascii_hexdigit() {
+                    run.push(ch);
+                    continue;
+                }
+                if run.len() >= 32 {
+                    out.push_str("<hex>");
+                } else {
+                    out.push_str(&run);
+                }
+                run.clear();
+                out.push(ch);
+            }
+            format!(" text={:?}", out.trim_end())
+        }
+        FrameType::PriceTable | FrameType::PriceTableRequest | FrameType::Cancel => {
+            format!(" payload={}", hex::encode(&f.payload))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{from} {} {:?} len={}{shown}",
+        f.stream_id,
+        f.kind,
+        f.payload.len()
+    )
+}
+
+/// The frames a scripted host exchange puts on the wire, in both
+/// directions, compared with the transcript recorded before the connection
+/// state machine replaced the hand-written frame handling
+/// (`tests/wire/enclave_transcript.txt`; set `COCOON_RECORD_WIRE=1` to
+/// write it anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wire_exchange_matches_the_recorded_transcript() {
+    let te = TestEnclave::start("test_backend_reply_tokens = 5\n").await;
+    let mut c = te.connect().await;
+    let mut lines: Vec<String> = Vec::new();
+    async fn step(
+        c: &mut HostConn,
+        lines: &mut Vec<String>,
+        f: Frame,
+        answers: usize,
+    ) -> Vec<Frame> {
+        lines.push(transcript_line("host", &f));
+        c.send(f.stream_id, f.kind, &f.payload).await;
+        let mut got = Vec::new();
+        for _ in 0..answers {
+            let a = c.recv().await.expect("an answer");
+            lines.push(transcript_line("enclave", &a));
+            got.push(a);
+        }
+        got
+    }
+    let ev = step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::EvidenceRequest, vec![]),
+        1,
+    )
+    .await;
+    let v = verify(&ev[0].payload, &te.policy(), now()).expect("evidence verifies");
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::PriceTableRequest, vec![]),
+        1,
+    )
+    .await;
+    // A chat: 5 tokens, the receipt, the final chunk; then its
+    // acknowledgement and the signed tab.
+    let m = meta(MODEL, 64);
+    let (req, _session, id) = seal(&v, &m, &chat_body(&user("hello there")));
+    let got = step(
+        &mut c,
+        &mut lines,
+        Frame::new(1, FrameType::Request, req.clone()),
+        7,
+    )
+    .await;
+    assert_eq!(got[5].kind, FrameType::Receipt);
+    let ack = cocoon_protocol::tabs::ReceiptAck {
+        receipts: vec![(id, m.client_account)],
+    };
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::ReceiptAck, ack.to_bytes()),
+        1,
+    )
+    .await;
+    // The same acknowledgement again counts nothing and signs the same tab.
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::ReceiptAck, ack.to_bytes()),
+        1,
+    )
+    .await;
+    // The replayed request, on a fresh stream.
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(2, FrameType::Request, req),
+        1,
+    )
+    .await;
+    // Refusals: stream 0, a body that is no signed request, a nonce on
+    // stream 0, an acknowledgement off stream 0, a malformed one, a price
+    // table request off stream 0.
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::Request, vec![1]),
+        1,
+    )
+    .await;
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(3, FrameType::Request, vec![0xa0]),
+        1,
+    )
+    .await;
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::EvidenceRequest, vec![7; 8]),
+        1,
+    )
+    .await;
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(4, FrameType::ReceiptAck, ack.to_bytes()),
+        1,
+    )
+    .await;
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(0, FrameType::ReceiptAck, vec![0xff]),
+        1,
+    )
+    .await;
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(5, FrameType::PriceTableRequest, vec![]),
+        1,
+    )
+    .await;
+    // Evidence for a client nonce on a stream of its own.
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(6, FrameType::EvidenceRequest, vec![9; 32]),
+        1,
+    )
+    .await;
+    // A cancel for a stream that is not open changes nothing; a second
+    // chat on stream 1 (free again) is served.
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(9, FrameType::Cancel, vec![]),
+        0,
+    )
+    .await;
+    let (req, _session, _) = seal(&v, &m, &chat_body(&user("again")));
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(1, FrameType::Request, req),
+        7,
+    )
+    .await;
+    // A frame only the enclave may send closes the connection.
+    step(
+        &mut c,
+        &mut lines,
+        Frame::new(1, FrameType::Receipt, vec![]),
+        0,
+    )
+    .await;
+    assert!(
+        c.recv().await.is_none(),
+        "the enclave closed the connection"
+    );
+    lines.push("closed".into());
+    let got = lines.join("\n") + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire/enclave_transcript.txt");
+    if std::env::var_os("COCOON_RECORD_WIRE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (record it with COCOON_RECORD_WIRE=1)",
+            path.display()
+        )
+    });
+    assert_eq!(got, want, "the wire exchange changed");
+}

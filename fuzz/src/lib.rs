@@ -21,14 +21,15 @@ use cocoon_verifier::snp_crl::AmdCrl;
 use cocoon_verifier::{verify_snp, Rejection, SnpPolicy, UnixTime, VerifiedSnp};
 
 mod evidence;
+mod mux;
 mod nvidia;
 mod protocol;
 mod tdx;
 pub use evidence::{bundle, snp_cert_table, tdx_collateral};
+pub use mux::mux_billing;
 pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{
-    api, frame_decoder, local_auth, message, provider_settings, receipt, sealed_request,
-    settlement,
+    api, frame_decoder, local_auth, message, provider_settings, receipt, sealed_request, settlement,
 };
 pub use tdx::tdx_quote;
 
@@ -61,6 +62,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("initramfs", initramfs),
     ("settlement", settlement),
     ("snp_crl", snp_crl),
+    ("mux_billing", mux_billing),
 ];
 
 /// `snp_crl`: the input as an AMD CRL (DER or PEM): [`AmdCrl::parse`] and

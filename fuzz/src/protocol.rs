@@ -141,7 +141,10 @@ fn signed_request(data: &[u8]) {
         }
     }
     match SignedRequest::authorize(data) {
-        Ok(a) => panic!("a fuzzed request was authorized for account {}", a.account()),
+        Ok(a) => panic!(
+            "a fuzzed request was authorized for account {}",
+            a.account()
+        ),
         Err(e) => {
             black_box(e.to_string());
         }
@@ -236,7 +239,9 @@ pub fn api(data: &[u8]) {
         d.push(piece);
         loop {
             match d.next_record() {
-                Ok(Some(r)) => encode_chunk_record(&r, &mut again).expect("decoded record re-encodes"),
+                Ok(Some(r)) => {
+                    encode_chunk_record(&r, &mut again).expect("decoded record re-encodes")
+                }
                 Ok(None) => break,
                 Err(e) => {
                     black_box(e.to_string());
@@ -245,7 +250,11 @@ pub fn api(data: &[u8]) {
             }
         }
     }
-    assert_eq!(&body[..again.len()], &again[..], "records are not the input's prefix");
+    assert_eq!(
+        &body[..again.len()],
+        &again[..],
+        "records are not the input's prefix"
+    );
     black_box(d.finish().is_ok());
 }
 
@@ -322,7 +331,10 @@ pub fn local_auth(data: &[u8]) {
             );
             assert_eq!(token.authorizes(Some(data)), token.matches(t));
         }
-        _ => assert!(!token.authorizes(Some(data)), "a non-bearer value authorized"),
+        _ => assert!(
+            !token.authorizes(Some(data)),
+            "a non-bearer value authorized"
+        ),
     }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(t) = BearerToken::parse(text) {

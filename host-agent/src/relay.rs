@@ -25,16 +25,14 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use cocoon_protocol::account::AccountId;
 use cocoon_protocol::api::encode_chunk_record;
-use cocoon_protocol::frame::FrameType;
+use cocoon_protocol::mux::{Broken, StreamEvent};
 use cocoon_protocol::receipt::{ReceiptError, ReceiptMismatch, ReceiptVerifier, UsageReceipt};
 use cocoon_protocol::RequestId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::broker::{
-    chunk_is_last, sanitize_reason, until_true, EnclaveStream, ReadyEnclave, StreamEnd,
-};
+use crate::broker::{sanitize_reason, until_true, EnclaveStream, ReadyEnclave, StreamEnd};
 use crate::http::Refusal;
 use crate::ledger::{AppendError, LedgerEntry};
 use crate::metrics::Outcome;
@@ -263,51 +261,64 @@ impl Pump {
                 }
                 r = tokio::time::timeout_at(until, self.ex.stream.next()) => r,
             };
-            let frame = match next {
+            let event = match next {
                 Err(_) if self.gone_at.is_some() => return End::ClientGone,
                 Err(_) if self.frames == 0 => return End::Timeout("first frame"),
                 Err(_) if Instant::now() >= deadline => return End::Timeout("end of the response"),
                 Err(_) => return End::Timeout("next frame"),
                 Ok(Err(StreamEnd::ConnectionLost)) => return End::Lost,
                 Ok(Err(StreamEnd::Stalled)) => return End::Stalled,
-                Ok(Ok(f)) => f,
+                Ok(Ok(ev)) => ev,
             };
             self.frames += 1;
-            match frame.kind {
-                FrameType::ResponseChunk => {
-                    let Some(last) = chunk_is_last(&frame.payload) else {
-                        return End::Violation(
-                            "a response chunk shorter than its 9-byte header".into(),
-                        );
-                    };
-                    if last && self.receipt_seq.is_none() {
-                        return End::Refused(ReceiptRefusal::Missing);
-                    }
-                    if let Some(end) = self.forward(&frame.payload).await {
+            // The connection machine holds the final chunk until the
+            // receipt before it is committed (`EnclaveStream::commit`), and
+            // turns a final chunk without one into `FinalWithoutReceipt`.
+            match event {
+                StreamEvent::Chunk(chunk) => {
+                    if let Some(end) = self.forward(&chunk).await {
                         return end;
                     }
-                    if last {
-                        return if self.gone_at.is_some() {
-                            End::ClientGone
-                        } else {
-                            End::Complete
-                        };
-                    }
                 }
-                FrameType::Receipt => {
-                    if self.receipt_seq.is_some() {
-                        return End::Refused(ReceiptRefusal::Second);
+                StreamEvent::Final(chunk) => {
+                    if let Some(end) = self.forward(&chunk).await {
+                        return end;
                     }
-                    match self.accept_receipt(frame.payload).await {
-                        Ok(seq) => self.receipt_seq = Some(seq),
-                        Err(r) => return End::Refused(r),
-                    }
+                    return if self.gone_at.is_some() {
+                        End::ClientGone
+                    } else {
+                        End::Complete
+                    };
                 }
-                FrameType::Error => return End::EnclaveError(sanitize_reason(&frame.payload)),
-                other => {
+                StreamEvent::Receipt(bytes) => match self.accept_receipt(bytes).await {
+                    Ok(seq) => self.receipt_seq = Some(seq),
+                    Err(r) => {
+                        self.ex.stream.refuse();
+                        return End::Refused(r);
+                    }
+                },
+                StreamEvent::Error(reason) => return End::EnclaveError(sanitize_reason(&reason)),
+                StreamEvent::Broken(Broken::FinalWithoutReceipt) => {
+                    return End::Refused(ReceiptRefusal::Missing)
+                }
+                StreamEvent::Broken(Broken::SecondReceipt) => {
+                    return End::Refused(ReceiptRefusal::Second)
+                }
+                StreamEvent::Broken(Broken::ShortChunk) => {
+                    return End::Violation("a response chunk shorter than its 9-byte header".into())
+                }
+                StreamEvent::Broken(Broken::ChunkAfterReceipt) => {
+                    return End::Violation(
+                        "a response chunk after the receipt that is not the final one".into(),
+                    )
+                }
+                StreamEvent::Broken(Broken::Unexpected(other)) => {
                     return End::Violation(format!(
                         "unexpected {other:?} frame on a request stream"
                     ))
+                }
+                other => {
+                    return End::Violation(format!("unexpected {other:?} on a request stream"))
                 }
             }
         }
@@ -363,8 +374,9 @@ impl Pump {
             .await
             .map_err(ReceiptRefusal::Ledger)?;
         self.ex.app.metrics.receipt_appended(t.elapsed());
-        // Durable: the enclave may count it into the account's tab now.
-        self.ex.ready.acknowledge(r.request_id, r.client_account);
+        // Durable: the enclave may count it into the account's tab now,
+        // and the final chunk may pass.
+        self.ex.stream.commit(r.request_id, r.client_account);
         if let Some(res) = &self.ex._guards.reservation {
             let charge = r
                 .charge_nanoton()

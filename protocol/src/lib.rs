@@ -59,6 +59,7 @@ mod chunk_aead;
 pub mod frame;
 pub mod local_auth;
 pub mod message;
+pub mod mux;
 pub mod pricing;
 pub mod receipt;
 pub mod request;

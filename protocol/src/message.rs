@@ -48,6 +48,19 @@ pub const MAX_EMBEDDING_DIM: usize = 16_384;
 /// Most bytes of an error message in an `end` event.
 pub const MAX_ERROR_TEXT: usize = 1024;
 
+/// `text` cut to at most [`MAX_ERROR_TEXT`] bytes at a character boundary:
+/// the bound on every reason in an `Error` frame or an error finish.
+pub fn bounded_reason(text: &str) -> &str {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let mut cut = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.get(..cut).unwrap_or_default()
+}
+
 /// Why bytes are not a valid request body or response event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -372,6 +385,15 @@ impl ResponseEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_texts_are_bounded() {
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let b = bounded_reason(&long);
+        assert!(b.len() <= MAX_ERROR_TEXT);
+        assert_eq!(b.len(), MAX_ERROR_TEXT);
+        assert_eq!(bounded_reason("short"), "short");
+    }
 
     #[test]
     fn requests_round_trip_and_refuse_cuts() {

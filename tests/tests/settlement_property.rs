@@ -15,12 +15,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use cocoon_enclave::tabs::TabBook;
 use cocoon_host::ledger::{Ledger, LedgerEntry, LedgerOptions, StoredAuthorization, StoredTab};
 use cocoon_host::settle;
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice, UsageReceipt};
 use cocoon_protocol::settlement::{compress_p256, Authorization, ContractAddress};
+use cocoon_protocol::tabs::TabBook;
 use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
 use cocoon_protocol::RequestId;
 use cocoon_tests::procs::TempDir;
@@ -39,8 +39,8 @@ impl Boot {
         let signer = ReceiptSigner::generate(&mut OsRng);
         Boot {
             key: signer.public_key_sec1(),
+            tabs: TabBook::new(signer.clone()),
             signer,
-            tabs: TabBook::new(),
             seq: 0,
         }
     }
@@ -86,7 +86,7 @@ impl World {
             .map(|(id, _)| *id)
             .filter(|id| !self.is_counted(id))
             .collect();
-        let (update, n) = self.boot.tabs.acknowledge(&wire, &self.boot.signer);
+        let (update, n) = self.boot.tabs.acknowledge(&wire);
         // The model: every acknowledged receipt of this boot not counted
         // before is counted now, once.
         let set = self.counted.entry(self.boot.key.clone()).or_default();

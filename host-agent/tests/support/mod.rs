@@ -230,6 +230,8 @@ struct EnclaveState {
     pending: Mutex<std::collections::HashMap<RequestId, ([u8; 32], u64)>>,
     /// Tabs per account: (count, total).
     tabs: Mutex<std::collections::HashMap<[u8; 32], (u64, u64)>>,
+    /// Every frame received: "stream type payload-length".
+    received: Mutex<Vec<String>>,
 }
 
 /// A test enclave listening on a Unix socket.
@@ -271,6 +273,7 @@ impl TestEnclave {
             conn_tasks: Mutex::new(Vec::new()),
             pending: Mutex::default(),
             tabs: Mutex::default(),
+            received: Mutex::default(),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -318,6 +321,11 @@ impl TestEnclave {
     /// Cancel frames received.
     pub fn cancels(&self) -> usize {
         self.state.cancels.load(Ordering::SeqCst)
+    }
+
+    /// Every frame the host sent, in order: "stream type payload-length".
+    pub fn received(&self) -> Vec<String> {
+        self.state.received.lock().unwrap().clone()
     }
 
     /// Connections accepted.
@@ -376,6 +384,10 @@ async fn serve_conn(mut sock: UnixStream, st: Arc<EnclaveState>) {
                     return;
                 }
                 while let Ok(Some(f)) = dec.next_frame() {
+                    st.received
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {:?} {}", f.stream_id, f.kind, f.payload.len()));
                     match f.kind {
                         FrameType::EvidenceRequest => {
                             let bundle = st.keys.lock().unwrap().bundle.clone();
