@@ -4,6 +4,8 @@
 use core::fmt;
 use core::ops::Range;
 
+use crate::bytes::{Leftover, OutOfBounds, Reader};
+
 use super::layout::*;
 use super::report::{BodyDescriptor, EnclaveReport, QuoteBody, QuoteHeader, TdReport, TeeType};
 
@@ -102,107 +104,44 @@ pub enum ParseError {
     },
 }
 
-/// A cursor over a length-delimited container that never panics: every read
-/// is checked and fails with a [`ParseError`] naming what was being read.
-struct Reader<'a> {
-    rest: &'a [u8],
-    /// Offset of `rest[0]` within the whole quote.
-    offset: usize,
+/// A fixed-size read past the end of its container: the structure is
+/// truncated.
+impl From<OutOfBounds> for ParseError {
+    fn from(e: OutOfBounds) -> Self {
+        ParseError::Truncated {
+            what: e.what,
+            offset: e.offset,
+            needed: usize::try_from(e.needed).unwrap_or(usize::MAX),
+            available: e.available,
+        }
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Reader {
-            rest: bytes,
-            offset: 0,
+/// A length-delimited structure its contents did not use up.
+impl From<Leftover> for ParseError {
+    fn from(e: Leftover) -> Self {
+        ParseError::UnusedBytes {
+            what: e.what,
+            offset: e.offset,
+            count: e.count,
         }
     }
+}
 
-    fn truncated(&self, what: &'static str, needed: usize) -> ParseError {
-        ParseError::Truncated {
-            what,
-            offset: self.offset,
-            needed,
-            available: self.rest.len(),
-        }
-    }
-
-    fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ParseError> {
-        let Some((head, tail)) = self.rest.split_at_checked(n) else {
-            return Err(self.truncated(what, n));
-        };
-        self.rest = tail;
-        self.offset += n;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ParseError> {
-        let Some((head, tail)) = self.rest.split_first_chunk::<N>() else {
-            return Err(self.truncated(what, N));
-        };
-        self.rest = tail;
-        self.offset += N;
-        Ok(*head)
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, ParseError> {
-        self.array(what).map(u16::from_le_bytes)
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, ParseError> {
-        self.array(what).map(u32::from_le_bytes)
-    }
-
-    /// The next `n` bytes as a reader of their own, for a fixed-size
-    /// structure: too few bytes is [`ParseError::Truncated`].
-    fn fixed(&mut self, n: usize, what: &'static str) -> Result<Reader<'a>, ParseError> {
-        let offset = self.offset;
-        let rest = self.bytes(n, what)?;
-        Ok(Reader { rest, offset })
-    }
-
-    /// The next `declared` bytes, a length read from the input, as a reader
-    /// of their own: too few bytes is [`ParseError::LengthOutOfBounds`].
-    fn counted(&mut self, declared: u64, what: &'static str) -> Result<Reader<'a>, ParseError> {
-        let offset = self.offset;
-        let out_of_bounds = ParseError::LengthOutOfBounds {
-            what,
-            offset,
-            declared,
-            available: self.rest.len(),
-        };
-        let n = usize::try_from(declared).map_err(|_| out_of_bounds.clone())?;
-        let Some((rest, tail)) = self.rest.split_at_checked(n) else {
-            return Err(out_of_bounds);
-        };
-        self.rest = tail;
-        self.offset += n;
-        Ok(Reader { rest, offset })
-    }
-
-    /// The container must be used up.
-    fn finish(self, what: &'static str) -> Result<(), ParseError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(ParseError::UnusedBytes {
-                what,
-                offset: self.offset,
-                count: self.rest.len(),
-            })
-        }
-    }
-
-    /// The range (within the quote) of the bytes this reader still holds.
-    fn range(&self) -> Range<usize> {
-        self.offset..self.offset + self.rest.len()
+/// A length read from the quote that runs past its container.
+fn length_out_of_bounds(e: OutOfBounds) -> ParseError {
+    ParseError::LengthOutOfBounds {
+        what: e.what,
+        offset: e.offset,
+        declared: e.needed,
+        available: e.available,
     }
 }
 
 impl RawHeader {
     fn read(r: &mut Reader<'_>) -> Result<Self, ParseError> {
         const WHAT: &str = "quote header";
-        let mut s = r.fixed(HEADER_SIZE, WHAT)?;
+        let mut s = r.sub(HEADER_SIZE, WHAT)?;
         let raw = RawHeader {
             version: s.array(WHAT)?,
             att_key_type: s.array(WHAT)?,
@@ -220,7 +159,7 @@ impl RawHeader {
 impl RawBodyDescriptor {
     fn read(r: &mut Reader<'_>) -> Result<Self, ParseError> {
         const WHAT: &str = "quote body descriptor";
-        let mut s = r.fixed(BODY_DESCRIPTOR_SIZE, WHAT)?;
+        let mut s = r.sub(BODY_DESCRIPTOR_SIZE, WHAT)?;
         let raw = RawBodyDescriptor {
             body_type: s.array(WHAT)?,
             body_size: s.array(WHAT)?,
@@ -253,7 +192,7 @@ impl RawTd10Body {
 
     fn read(r: &mut Reader<'_>) -> Result<Self, ParseError> {
         const WHAT: &str = "TD 1.0 quote body";
-        let mut s = r.fixed(TD10_BODY_SIZE, WHAT)?;
+        let mut s = r.sub(TD10_BODY_SIZE, WHAT)?;
         let raw = Self::read_fields(&mut s, WHAT)?;
         s.finish(WHAT)?;
         Ok(raw)
@@ -263,7 +202,7 @@ impl RawTd10Body {
 impl RawTd15Body {
     fn read(r: &mut Reader<'_>) -> Result<Self, ParseError> {
         const WHAT: &str = "TD 1.5 quote body";
-        let mut s = r.fixed(TD15_BODY_SIZE, WHAT)?;
+        let mut s = r.sub(TD15_BODY_SIZE, WHAT)?;
         let raw = RawTd15Body {
             td10: RawTd10Body::read_fields(&mut s, WHAT)?,
             tee_tcb_svn_2: s.array(WHAT)?,
@@ -276,7 +215,7 @@ impl RawTd15Body {
 
 impl RawEnclaveReport {
     fn read(r: &mut Reader<'_>, what: &'static str) -> Result<Self, ParseError> {
-        let mut s = r.fixed(ENCLAVE_REPORT_SIZE, what)?;
+        let mut s = r.sub(ENCLAVE_REPORT_SIZE, what)?;
         let raw = RawEnclaveReport {
             cpusvn: s.array(what)?,
             miscselect: s.array(what)?,
@@ -380,16 +319,17 @@ fn read_qe_report_certification(
     r: &mut Reader<'_>,
     container: &'static str,
 ) -> Result<QeReportCertification, ParseError> {
-    let qe_report_at = r.offset;
+    let qe_report_at = r.offset();
     let qe_report = EnclaveReport {
         raw: RawEnclaveReport::read(r, "QE report")?,
     };
     let qe_report_signature = r.array("QE report signature")?;
-    let auth_len = r.u16("QE authentication data size")?;
+    let auth_len = r.u16_le("QE authentication data size")?;
     let qe_auth_data = r
-        .counted(u64::from(auth_len), "QE authentication data")?
+        .counted(u64::from(auth_len), "QE authentication data")
+        .map_err(length_out_of_bounds)?
         .range();
-    let found = r.u16("PCK certification data type")?;
+    let found = r.u16_le("PCK certification data type")?;
     if found != CERT_DATA_PCK_CERT_CHAIN {
         return Err(ParseError::UnexpectedCertificationDataType {
             what: container,
@@ -397,9 +337,10 @@ fn read_qe_report_certification(
             found,
         });
     }
-    let chain_len = r.u32("PCK certification data size")?;
+    let chain_len = r.u32_le("PCK certification data size")?;
     let pck_cert_chain = r
-        .counted(u64::from(chain_len), "PCK certificate chain")?
+        .counted(u64::from(chain_len), "PCK certificate chain")
+        .map_err(length_out_of_bounds)?
         .range();
     Ok(QeReportCertification {
         qe_report_at,
@@ -496,17 +437,19 @@ impl Quote {
             (None, body)
         };
 
-        let signed_len = r.offset;
-        let signature_data_len = r.u32("signature data length")?;
-        let mut sd = r.counted(u64::from(signature_data_len), "signature data")?;
+        let signed_len = r.offset();
+        let signature_data_len = r.u32_le("signature data length")?;
+        let mut sd = r
+            .counted(u64::from(signature_data_len), "signature data")
+            .map_err(length_out_of_bounds)?;
         let signature = sd.array("quote signature")?;
         let attestation_key = sd.array("attestation key")?;
         let (certification_data_type, outer_cert_data, qe) = if version == 3 {
             let qe = read_qe_report_certification(&mut sd, "signature data")?;
             (CERT_DATA_PCK_CERT_CHAIN, None, qe)
         } else {
-            let at = sd.offset;
-            let found = sd.u16("certification data type")?;
+            let at = sd.offset();
+            let found = sd.u16_le("certification data type")?;
             if found != CERT_DATA_QE_REPORT {
                 return Err(ParseError::UnexpectedCertificationDataType {
                     what: "signature data",
@@ -514,15 +457,17 @@ impl Quote {
                     found,
                 });
             }
-            let size = sd.u32("certification data size")?;
-            let mut cd = sd.counted(u64::from(size), "QE report certification data")?;
+            let size = sd.u32_le("certification data size")?;
+            let mut cd = sd
+                .counted(u64::from(size), "QE report certification data")
+                .map_err(length_out_of_bounds)?;
             let qe = read_qe_report_certification(&mut cd, "QE report certification data")?;
             cd.finish("QE report certification data")?;
             (found, Some(at), qe)
         };
         sd.finish("signature data")?;
 
-        let quote_len = r.offset;
+        let quote_len = r.offset();
         let Some((quote_bytes, rest)) = bytes.split_at_checked(quote_len) else {
             // Unreachable: the reader only advances over `bytes`.
             return Err(ParseError::Truncated {

@@ -6,6 +6,8 @@
 //! from the `extnValue` bytes the caller took out of the certificate; no
 //! X.509 here.
 
+use crate::bytes::{DerError, Reader};
+
 /// OID of the SGX extensions in PCK certificates.
 pub const SGX_EXTENSIONS_OID: &str = "1.2.840.113741.1.13.1";
 
@@ -72,113 +74,54 @@ pub enum PckExtensionsError {
     Duplicate(&'static str),
 }
 
-/// A DER TLV reader over part of an extension value; never panics.
-struct Der<'a> {
-    rest: &'a [u8],
-    /// Offset of `rest[0]` within the extension value.
-    offset: usize,
+/// Not well-formed DER, where the shared reader found it.
+impl From<DerError> for PckExtensionsError {
+    fn from(e: DerError) -> Self {
+        PckExtensionsError::Malformed {
+            what: e.what,
+            offset: e.offset,
+            reason: e.reason,
+        }
+    }
 }
 
-impl<'a> Der<'a> {
-    fn malformed(&self, what: &'static str, reason: &'static str) -> PckExtensionsError {
-        PckExtensionsError::Malformed {
+/// The next element of `r`, which must have tag `expected`.
+fn expect<'a>(
+    r: &mut Reader<'a>,
+    expected: u8,
+    what: &'static str,
+) -> Result<Reader<'a>, PckExtensionsError> {
+    let offset = r.offset();
+    let (found, element) = r.der(what)?;
+    if found != expected {
+        return Err(PckExtensionsError::UnexpectedTag {
             what,
-            offset: self.offset,
-            reason,
-        }
+            offset,
+            expected,
+            found,
+        });
     }
-
-    /// The next element: (tag, contents, a reader over the contents).
-    fn next(&mut self, what: &'static str) -> Result<(u8, Der<'a>), PckExtensionsError> {
-        let Some((&tag, after_tag)) = self.rest.split_first() else {
-            return Err(self.malformed(what, "unexpected end"));
-        };
-        if tag & 0x1F == 0x1F {
-            return Err(self.malformed(what, "multi-byte tags are not used here"));
-        }
-        let Some((&first, mut after_len)) = after_tag.split_first() else {
-            return Err(self.malformed(what, "unexpected end in length"));
-        };
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7F);
-            if n == 0 {
-                return Err(self.malformed(what, "indefinite length"));
-            }
-            if n > 4 {
-                return Err(self.malformed(what, "length too large"));
-            }
-            let Some((len_bytes, tail)) = after_len.split_at_checked(n) else {
-                return Err(self.malformed(what, "unexpected end in length"));
-            };
-            after_len = tail;
-            if len_bytes.first() == Some(&0) {
-                return Err(self.malformed(what, "length not minimally encoded"));
-            }
-            let len = len_bytes
-                .iter()
-                .fold(0u64, |acc, b| acc << 8 | u64::from(*b));
-            if len < 0x80 {
-                return Err(self.malformed(what, "length not minimally encoded"));
-            }
-            usize::try_from(len).map_err(|_| self.malformed(what, "length too large"))?
-        };
-        let header_len = self.rest.len() - after_len.len();
-        let Some((contents, tail)) = after_len.split_at_checked(len) else {
-            return Err(self.malformed(what, "length exceeds the enclosing element"));
-        };
-        let element = Der {
-            rest: contents,
-            offset: self.offset + header_len,
-        };
-        self.offset += header_len + len;
-        self.rest = tail;
-        Ok((tag, element))
-    }
-
-    /// The next element, which must have tag `expected`.
-    fn expect(&mut self, expected: u8, what: &'static str) -> Result<Der<'a>, PckExtensionsError> {
-        let offset = self.offset;
-        let (found, element) = self.next(what)?;
-        if found != expected {
-            return Err(PckExtensionsError::UnexpectedTag {
-                what,
-                offset,
-                expected,
-                found,
-            });
-        }
-        Ok(element)
-    }
-
-    fn finish(&self, what: &'static str) -> Result<(), PckExtensionsError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(self.malformed(what, "unexpected data after the last element"))
-        }
-    }
+    Ok(element)
 }
 
 /// An element's contents as a fixed-size OCTET STRING.
 fn octets<const N: usize>(
     tag: u8,
-    value: &Der<'_>,
+    value: &Reader<'_>,
     what: &'static str,
 ) -> Result<[u8; N], PckExtensionsError> {
     if tag != TAG_OCTET_STRING {
         return Err(PckExtensionsError::UnexpectedTag {
             what,
-            offset: value.offset,
+            offset: value.offset(),
             expected: TAG_OCTET_STRING,
             found: tag,
         });
     }
-    <[u8; N]>::try_from(value.rest).map_err(|_| PckExtensionsError::WrongLength {
+    <[u8; N]>::try_from(value.rest()).map_err(|_| PckExtensionsError::WrongLength {
         what,
         expected: N,
-        found: value.rest.len(),
+        found: value.rest().len(),
     })
 }
 
@@ -187,19 +130,19 @@ fn octets<const N: usize>(
 fn unsigned(
     tag: u8,
     expected_tag: u8,
-    value: &Der<'_>,
+    value: &Reader<'_>,
     what: &'static str,
 ) -> Result<u64, PckExtensionsError> {
     if tag != expected_tag {
         return Err(PckExtensionsError::UnexpectedTag {
             what,
-            offset: value.offset,
+            offset: value.offset(),
             expected: expected_tag,
             found: tag,
         });
     }
     let bad = |reason| PckExtensionsError::BadInteger { what, reason };
-    let digits = match value.rest {
+    let digits = match value.rest() {
         [] => return Err(bad("empty encoding")),
         [first, ..] if first & 0x80 != 0 => return Err(bad("negative")),
         [0, second, ..] if second & 0x80 == 0 => return Err(bad("not minimally encoded")),
@@ -284,12 +227,9 @@ impl PckExtensions {
     /// PPID, TCB (all 18 components), PCE-ID, FMSPC and SGX type are
     /// required, each exactly once.
     pub fn from_der(ext_value: &[u8]) -> Result<PckExtensions, PckExtensionsError> {
-        let mut top = Der {
-            rest: ext_value,
-            offset: 0,
-        };
-        let mut items = top.expect(TAG_SEQUENCE, "SGX extensions")?;
-        top.finish("SGX extensions")?;
+        let mut top = Reader::new(ext_value);
+        let mut items = expect(&mut top, TAG_SEQUENCE, "SGX extensions")?;
+        top.der_finish("SGX extensions")?;
 
         let mut ppid = None;
         let mut tcb = None;
@@ -297,12 +237,12 @@ impl PckExtensions {
         let mut fmspc = None;
         let mut sgx_type = None;
         let mut platform_instance_id = None;
-        while !items.rest.is_empty() {
-            let mut item = items.expect(TAG_SEQUENCE, "SGX extension")?;
-            let oid = item.expect(TAG_OID, "SGX extension OID")?;
-            let (tag, value) = item.next("SGX extension value")?;
-            item.finish("SGX extension")?;
-            match arc_below(oid.rest, &SGX_EXT_OID) {
+        while !items.is_empty() {
+            let mut item = expect(&mut items, TAG_SEQUENCE, "SGX extension")?;
+            let oid = expect(&mut item, TAG_OID, "SGX extension OID")?;
+            let (tag, value) = item.der("SGX extension value")?;
+            item.der_finish("SGX extension")?;
+            match arc_below(oid.rest(), &SGX_EXT_OID) {
                 Some(1) => set_once(&mut ppid, octets::<16>(tag, &value, "PPID")?, "PPID")?,
                 Some(2) => set_once(&mut tcb, Self::tcb(tag, value)?, "TCB")?,
                 Some(3) => set_once(&mut pceid, octets::<2>(tag, &value, "PCE-ID")?, "PCE-ID")?,
@@ -339,11 +279,11 @@ impl PckExtensions {
     }
 
     /// The TCB extension: a SEQUENCE of (OID `.2.<n>`, value) pairs.
-    fn tcb(tag: u8, mut value: Der<'_>) -> Result<Tcb, PckExtensionsError> {
+    fn tcb(tag: u8, mut value: Reader<'_>) -> Result<Tcb, PckExtensionsError> {
         if tag != TAG_SEQUENCE {
             return Err(PckExtensionsError::UnexpectedTag {
                 what: "TCB",
-                offset: value.offset,
+                offset: value.offset(),
                 expected: TAG_SEQUENCE,
                 found: tag,
             });
@@ -374,12 +314,12 @@ impl PckExtensions {
         let mut comps: [Option<u8>; 16] = [None; 16];
         let mut pcesvn = None;
         let mut cpusvn = None;
-        while !value.rest.is_empty() {
-            let mut entry = value.expect(TAG_SEQUENCE, "TCB component")?;
-            let oid = entry.expect(TAG_OID, "TCB component OID")?;
-            let (t, v) = entry.next("TCB component value")?;
-            entry.finish("TCB component")?;
-            let Some(n) = arc_below(oid.rest, &tcb_prefix) else {
+        while !value.is_empty() {
+            let mut entry = expect(&mut value, TAG_SEQUENCE, "TCB component")?;
+            let oid = expect(&mut entry, TAG_OID, "TCB component OID")?;
+            let (t, v) = entry.der("TCB component value")?;
+            entry.der_finish("TCB component")?;
+            let Some(n) = arc_below(oid.rest(), &tcb_prefix) else {
                 continue;
             };
             match n {
@@ -422,7 +362,6 @@ impl PckExtensions {
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
         let mut out = vec![tag];

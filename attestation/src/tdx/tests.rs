@@ -2,7 +2,6 @@
 
 use super::*;
 
-
 /// Parameters of a synthetic quote.
 struct Build {
     version: u16,
