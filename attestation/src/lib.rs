@@ -21,10 +21,13 @@
 //! * [`simulated`] — the simulated TEE's report (not confidential; refused
 //!   by default).
 //! * [`cbor`] — strict CBOR helpers shared by the wire types.
+//! * [`bytes`] — the one bounds-checked reader of untrusted bytes (little-endian
+//!   fields and DER elements) every parser here and the verifier use.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod bundle;
+pub mod bytes;
 pub mod cbor;
 pub mod collateral;
 pub mod kds;

@@ -43,6 +43,8 @@
 use core::fmt;
 use core::ops::Range;
 
+use crate::bytes::{OutOfBounds, Reader};
+
 /// SPDM version this parser accepts (1.1).
 pub const SPDM_VERSION_11: u8 = 0x11;
 /// GET_MEASUREMENTS request code.
@@ -239,19 +241,15 @@ impl fmt::Debug for SpdmReport {
     }
 }
 
-fn get<'a>(bytes: &'a [u8], what: &'static str, r: Range<usize>) -> Result<&'a [u8], SpdmError> {
-    bytes.get(r.clone()).ok_or(SpdmError::Truncated {
-        what,
-        need: r,
-        have: bytes.len(),
-    })
-}
-
-fn u16_le(b: &[u8]) -> u16 {
-    u16::from_le_bytes([
-        b.first().copied().unwrap_or(0),
-        b.get(1).copied().unwrap_or(0),
-    ])
+/// A read past the end of the report (the reader runs over all of it, so
+/// its offsets are report offsets).
+fn truncated(e: OutOfBounds) -> SpdmError {
+    let needed = usize::try_from(e.needed).unwrap_or(usize::MAX);
+    SpdmError::Truncated {
+        what: e.what,
+        need: e.offset..e.offset.saturating_add(needed),
+        have: e.offset + e.available,
+    }
 }
 
 fn expect(
@@ -278,7 +276,10 @@ impl SpdmReport {
         if bytes.len() > MAX_REPORT {
             return Err(SpdmError::TooLarge(bytes.len()));
         }
-        let req = get(bytes, "GET_MEASUREMENTS request", 0..REQUEST_SIZE)?;
+        let mut r = Reader::new(bytes);
+        let req = r
+            .bytes(REQUEST_SIZE, "GET_MEASUREMENTS request")
+            .map_err(truncated)?;
         expect(
             "request SPDMVersion",
             req[0],
@@ -298,7 +299,9 @@ impl SpdmReport {
                 expected: "bit 0 set (signature requested)",
             });
         }
-        let head = get(bytes, "MEASUREMENTS header", RESP..RECORD_OFFSET)?;
+        let head = r
+            .bytes(RECORD_OFFSET - RESP, "MEASUREMENTS header")
+            .map_err(truncated)?;
         expect(
             "response SPDMVersion",
             head[0],
@@ -314,22 +317,17 @@ impl SpdmReport {
         let number_of_blocks = head[4];
         let record_len =
             usize::from(head[5]) | usize::from(head[6]) << 8 | usize::from(head[7]) << 16;
-        let record_end = RECORD_OFFSET + record_len;
-        get(bytes, "measurement record", RECORD_OFFSET..record_end)?;
-        let blocks = parse_record(bytes, RECORD_OFFSET..record_end, number_of_blocks)?;
-        let responder_nonce = record_end..record_end + 32;
-        get(bytes, "responder nonce", responder_nonce.clone())?;
-        let len_at = responder_nonce.end;
-        let opaque_len = usize::from(u16_le(get(bytes, "OpaqueDataLength", len_at..len_at + 2)?));
-        let opaque_range = len_at + 2..len_at + 2 + opaque_len;
-        get(bytes, "opaque data", opaque_range.clone())?;
-        let opaque = parse_opaque(bytes, opaque_range.clone())?;
-        let signature_at = opaque_range.end;
-        get(
-            bytes,
-            "signature",
-            signature_at..signature_at + SIGNATURE_SIZE,
-        )?;
+        let record = r.sub(record_len, "measurement record").map_err(truncated)?;
+        let blocks = parse_record(record, number_of_blocks)?;
+        let responder_nonce = r.sub(32, "responder nonce").map_err(truncated)?.range();
+        let opaque_len = r.u16_le("OpaqueDataLength").map_err(truncated)?;
+        let opaque = r
+            .sub(usize::from(opaque_len), "opaque data")
+            .map_err(truncated)?;
+        let opaque_range = opaque.range();
+        let opaque = parse_opaque(opaque)?;
+        let signature_at = r.offset();
+        r.bytes(SIGNATURE_SIZE, "signature").map_err(truncated)?;
         let end = signature_at + SIGNATURE_SIZE;
         let padding = bytes.get(end..).unwrap_or_default();
         if let Some(at) = padding.iter().position(|b| *b != 0) {
@@ -501,45 +499,45 @@ fn ascii_z(v: &[u8]) -> String {
         .collect()
 }
 
-fn parse_record(
-    bytes: &[u8],
-    record: Range<usize>,
-    expected: u8,
-) -> Result<Vec<MeasurementBlock>, SpdmError> {
+/// The measurement blocks of `record`, which they must fill exactly.
+fn parse_record(mut record: Reader<'_>, expected: u8) -> Result<Vec<MeasurementBlock>, SpdmError> {
     let mut blocks = Vec::with_capacity(usize::from(expected));
-    let mut at = record.start;
-    while at < record.end {
+    while !record.is_empty() {
         if blocks.len() == usize::from(expected) {
             return Err(SpdmError::Record(format!(
                 "bytes left after the {expected} blocks NumberOfBlocks announces"
             )));
         }
-        let head = bytes
-            .get(at..at + 4)
-            .filter(|_| at + 4 <= record.end)
-            .ok_or_else(|| {
-                SpdmError::Record(format!("block header at {at} runs past the record"))
-            })?;
-        let (index, spec, size) = (head[0], head[1], usize::from(u16_le(&head[2..4])));
+        let at = record.offset();
+        let mut head = record
+            .sub(4, "block header")
+            .map_err(|_| SpdmError::Record(format!("block header at {at} runs past the record")))?;
+        let (Ok(index), Ok(spec), Ok(size)) = (
+            head.u8("Index"),
+            head.u8("MeasurementSpecification"),
+            head.u16_le("MeasurementSize"),
+        ) else {
+            return Err(SpdmError::Record(format!(
+                "block header at {at} runs past the record"
+            )));
+        };
         if spec & 1 == 0 {
             return Err(SpdmError::Record(format!(
                 "block {index}: MeasurementSpecification {spec:#04x} is not DMTF"
             )));
         }
-        let body = at + 4..at + 4 + size;
-        if body.end > record.end {
-            return Err(SpdmError::Record(format!(
-                "block {index} runs past the record"
-            )));
-        }
-        let b = &bytes[body.clone()];
-        if b.len() < 3 {
+        let mut body = record
+            .sub(usize::from(size), "block")
+            .map_err(|_| SpdmError::Record(format!("block {index} runs past the record")))?;
+        let (Ok(value_type), Ok(value_size)) = (
+            body.u8("DMTFSpecMeasurementValueType"),
+            body.u16_le("DMTFSpecMeasurementValueSize"),
+        ) else {
             return Err(SpdmError::Record(format!(
                 "block {index}: DMTF header truncated"
             )));
-        }
-        let value_size = usize::from(u16_le(&b[1..3]));
-        if value_size + 3 != size {
+        };
+        if body.range().len() != usize::from(value_size) {
             return Err(SpdmError::Record(format!(
                 "block {index}: DMTF value size {value_size} does not fill MeasurementSize {size}"
             )));
@@ -551,10 +549,9 @@ fn parse_record(
         }
         blocks.push(MeasurementBlock {
             index,
-            value_type: b[0],
-            value: body.start + 3..body.end,
+            value_type,
+            value: body.range(),
         });
-        at = body.end;
     }
     if blocks.len() != usize::from(expected) {
         return Err(SpdmError::Record(format!(
@@ -565,24 +562,22 @@ fn parse_record(
     Ok(blocks)
 }
 
-fn parse_opaque(bytes: &[u8], range: Range<usize>) -> Result<Vec<OpaqueField>, SpdmError> {
+/// NVIDIA's `type, length, value` fields, which must fill `opaque` exactly.
+fn parse_opaque(mut opaque: Reader<'_>) -> Result<Vec<OpaqueField>, SpdmError> {
     let mut out = Vec::new();
-    let mut at = range.start;
-    while at < range.end {
-        if at + 4 > range.end {
+    while !opaque.is_empty() {
+        let at = opaque.offset();
+        let (Ok(kind), Ok(len)) = (opaque.u16_le("type"), opaque.u16_le("length")) else {
             return Err(SpdmError::Opaque(format!(
                 "field header at {at} runs past the opaque data"
             )));
-        }
-        let kind = u16_le(&bytes[at..at + 2]);
-        let len = usize::from(u16_le(&bytes[at + 2..at + 4]));
-        let value = at + 4..at + 4 + len;
-        if value.end > range.end {
-            return Err(SpdmError::Opaque(format!(
+        };
+        let value = opaque.sub(usize::from(len), "value").map_err(|_| {
+            SpdmError::Opaque(format!(
                 "field {kind} ({}) of {len} bytes runs past the opaque data",
                 opaque_name(kind).unwrap_or("unknown")
-            )));
-        }
+            ))
+        })?;
         if opaque_name(kind).is_some() && out.iter().any(|f: &OpaqueField| f.kind == kind) {
             return Err(SpdmError::Opaque(format!(
                 "field {} appears twice",
@@ -591,9 +586,8 @@ fn parse_opaque(bytes: &[u8], range: Range<usize>) -> Result<Vec<OpaqueField>, S
         }
         out.push(OpaqueField {
             kind,
-            value: value.clone(),
+            value: value.range(),
         });
-        at = value.end;
     }
     Ok(out)
 }

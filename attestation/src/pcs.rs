@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use crate::bytes::Reader;
 use crate::collateral::TdxCollateral;
 
 /// Base URLs of a collateral service, from the host's configuration.
@@ -206,39 +207,18 @@ fn days_secs(y: i64, mo: i64, d: i64, h: i64, mi: i64, se: i64) -> Option<u64> {
 /// The nextUpdate of a DER CRL (RFC 5280 §5.1): a minimal walk of
 /// TBSCertList { version?, signature, issuer, thisUpdate, nextUpdate, ... }.
 pub(crate) fn crl_next_update(der: &[u8]) -> Option<u64> {
-    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = b.split_first()?;
-        let (&l0, rest) = rest.split_first()?;
-        let (len, rest) = if l0 < 0x80 {
-            (usize::from(l0), rest)
-        } else {
-            let n = usize::from(l0 & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let (lb, rest) = rest.split_at(n);
-            (
-                lb.iter().fold(0usize, |a, b| a << 8 | usize::from(*b)),
-                rest,
-            )
-        };
-        if rest.len() < len {
-            return None;
-        }
-        let (value, after) = rest.split_at(len);
-        Some((tag, value, after))
+    let mut outer = Reader::new(der);
+    let (_, mut cert_list) = outer.der("CertificateList").ok()?;
+    let (_, mut tbs) = cert_list.der("TBSCertList").ok()?;
+    let mut first = tbs.clone();
+    if first.der("version").ok()?.0 == 0x02 {
+        tbs = first; // version
     }
-    let (_, cert_list, _) = tlv(der)?;
-    let (_, tbs, _) = tlv(cert_list)?;
-    let mut rest = tbs;
-    let (tag, _, after) = tlv(rest)?;
-    if tag == 0x02 {
-        rest = after; // version
-    }
-    let (_, _, rest) = tlv(rest)?; // signature algorithm
-    let (_, _, rest) = tlv(rest)?; // issuer
-    let (_, _, rest) = tlv(rest)?; // thisUpdate
-    let (tag, t, _) = tlv(rest)?; // nextUpdate
+    tbs.der("signature").ok()?;
+    tbs.der("issuer").ok()?;
+    tbs.der("thisUpdate").ok()?;
+    let (tag, t) = tbs.der("nextUpdate").ok()?;
+    let t = t.rest();
     let t = std::str::from_utf8(t).ok()?;
     let n = |r: std::ops::Range<usize>| -> Option<i64> { t.get(r)?.parse().ok() };
     match (tag, t.len()) {

@@ -17,6 +17,8 @@
 use core::fmt;
 use core::mem::{offset_of, size_of};
 
+use crate::bytes::{OutOfBounds, Reader};
+
 /// Size in bytes of every SNP attestation report version this crate knows.
 pub const REPORT_SIZE: usize = 0x4A0;
 
@@ -240,25 +242,6 @@ pub fn report_from_file(bytes: &[u8]) -> Result<Vec<u8>, ParseError> {
     hex::decode(&digits).map_err(|e| ParseError::Hex(e.to_string()))
 }
 
-/// A cursor that hands out fixed-size arrays and never panics.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        match self.rest.split_first_chunk::<N>() {
-            Some((head, tail)) => {
-                self.rest = tail;
-                *head
-            }
-            // Unreachable after the length check in `SnpReport::parse`;
-            // answering zeros rather than panicking keeps the parser total.
-            None => [0; N],
-        }
-    }
-}
-
 /// AMD EPYC product lines whose SNP keys and TCB layouts differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -323,11 +306,25 @@ pub enum TcbLayout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcbVersion(pub u64);
 
-/// The security patch levels of a TCB_VERSION, decoded for one product.
+/// The security patch levels every product's TCB_VERSION has ("TCB_VERSION
+/// Structure" tables), in the order AMD lists them: (the key policies,
+/// `Display` and KDS queries spell it with, the name messages use). The
+/// fields of [`TcbParts`] and every list of them (a policy's TOML keys, a
+/// shortfall's name) come from here; only Turin's FMC level is apart.
+pub const TCB_SPLS: [(&str, &str); 4] = [
+    ("bootloader", "bootloader"),
+    ("tee", "TEE"),
+    ("snp", "SNP"),
+    ("microcode", "microcode"),
+];
+
+/// The security patch levels of a TCB_VERSION, decoded for one product; or,
+/// with another `Fmc`, reference levels over them (the verifier's minimum
+/// TCB is a `TcbParts<Check<u8>>`), so the parts are named once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct TcbParts {
+pub struct TcbParts<Fmc = Option<u8>> {
     /// FMC SPL (Turin and later only).
-    pub fmc: Option<u8>,
+    pub fmc: Fmc,
     /// Bootloader SPL.
     pub bootloader: u8,
     /// PSP OS (TEE) SPL.
@@ -336,6 +333,71 @@ pub struct TcbParts {
     pub snp: u8,
     /// CPU microcode SPL.
     pub microcode: u8,
+}
+
+/// What a [`TcbParts`] holds in its FMC slot: a decoded level that only
+/// Turin has (`Option<u8>`), or a reference level that may be skipped.
+pub trait FmcLevel {
+    /// The level to compare, if there is one.
+    fn level(&self) -> Option<u8>;
+    /// Write it for `Display`, with a trailing space (`"fmc=1 "`), or
+    /// nothing when there is nothing to say.
+    fn write_fmc(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+}
+
+impl FmcLevel for Option<u8> {
+    fn level(&self) -> Option<u8> {
+        *self
+    }
+    fn write_fmc(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Some(fmc) => write!(f, "fmc={fmc} "),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<Fmc> TcbParts<Fmc> {
+    /// The levels of [`TCB_SPLS`], in its order.
+    pub fn spls(&self) -> [u8; 4] {
+        [self.bootloader, self.tee, self.snp, self.microcode]
+    }
+
+    /// Levels from an FMC slot and the levels of [`TCB_SPLS`], in its order.
+    pub fn from_spls(fmc: Fmc, [bootloader, tee, snp, microcode]: [u8; 4]) -> Self {
+        TcbParts {
+            fmc,
+            bootloader,
+            tee,
+            snp,
+            microcode,
+        }
+    }
+
+    /// The same levels with the FMC slot mapped.
+    pub fn map_fmc<G>(self, f: impl FnOnce(Fmc) -> G) -> TcbParts<G> {
+        let spls = self.spls();
+        TcbParts::from_spls(f(self.fmc), spls)
+    }
+}
+
+impl<Fmc: FmcLevel> TcbParts<Fmc> {
+    /// Read as minimum levels: the parts of `have` below them, as `(name,
+    /// have, need)`. FMC is compared only where both sides have a level.
+    pub fn shortfalls(&self, have: &TcbParts) -> Vec<(&'static str, u8, u8)> {
+        let mut out = Vec::new();
+        if let (Some(need), Some(h)) = (self.fmc.level(), have.fmc) {
+            if h < need {
+                out.push(("FMC", h, need));
+            }
+        }
+        for (((_, name), h), need) in TCB_SPLS.iter().zip(have.spls()).zip(self.spls()) {
+            if h < need {
+                out.push((*name, h, need));
+            }
+        }
+        out
+    }
 }
 
 impl TcbVersion {
@@ -369,16 +431,14 @@ impl TcbVersion {
     }
 }
 
-impl fmt::Display for TcbParts {
+impl<Fmc: FmcLevel> fmt::Display for TcbParts<Fmc> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(fmc) = self.fmc {
-            write!(f, "fmc={fmc} ")?;
+        self.fmc.write_fmc(f)?;
+        for (i, ((key, _), level)) in TCB_SPLS.iter().zip(self.spls()).enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{key}={level}")?;
         }
-        write!(
-            f,
-            "bootloader={} tee={} snp={} microcode={}",
-            self.bootloader, self.tee, self.snp, self.microcode
-        )
+        Ok(())
     }
 }
 
@@ -564,6 +624,9 @@ pub struct Signature {
     pub reserved: [u8; 368],
 }
 
+// The signature area is exactly the three parts, in order.
+const _: () = assert!(size_of::<Signature>() == size_of::<[u8; 0x200]>());
+
 impl Signature {
     /// The signature as big-endian `r || s`, 48 bytes each, the fixed form
     /// ECDSA libraries take. `None` when either component does not fit in 48
@@ -580,6 +643,48 @@ impl Signature {
             }
         }
         Some(out)
+    }
+}
+
+impl RawReport {
+    /// Read the fields in table order. The caller checked the length, so
+    /// this cannot run short; it still never panics.
+    fn read(r: &mut Reader<'_>) -> Result<RawReport, OutOfBounds> {
+        const WHAT: &str = "SNP report";
+        Ok(RawReport {
+            version: r.array(WHAT)?,
+            guest_svn: r.array(WHAT)?,
+            policy: r.array(WHAT)?,
+            family_id: r.array(WHAT)?,
+            image_id: r.array(WHAT)?,
+            vmpl: r.array(WHAT)?,
+            signature_algo: r.array(WHAT)?,
+            current_tcb: r.array(WHAT)?,
+            platform_info: r.array(WHAT)?,
+            key_info: r.array(WHAT)?,
+            reserved0: r.array(WHAT)?,
+            report_data: r.array(WHAT)?,
+            measurement: r.array(WHAT)?,
+            host_data: r.array(WHAT)?,
+            id_key_digest: r.array(WHAT)?,
+            author_key_digest: r.array(WHAT)?,
+            report_id: r.array(WHAT)?,
+            report_id_ma: r.array(WHAT)?,
+            reported_tcb: r.array(WHAT)?,
+            cpuid_fam_id: r.array(WHAT)?,
+            cpuid_mod_id: r.array(WHAT)?,
+            cpuid_step: r.array(WHAT)?,
+            reserved1: r.array(WHAT)?,
+            chip_id: r.array(WHAT)?,
+            committed_tcb: r.array(WHAT)?,
+            current_version: r.array(WHAT)?,
+            committed_version: r.array(WHAT)?,
+            launch_tcb: r.array(WHAT)?,
+            launch_mit_vector: r.array(WHAT)?,
+            current_mit_vector: r.array(WHAT)?,
+            reserved2: r.array(WHAT)?,
+            signature: r.array(WHAT)?,
+        })
     }
 }
 
@@ -608,41 +713,11 @@ impl SnpReport {
                 got: bytes.len(),
             });
         };
-        let mut r = Reader { rest: bytes };
-        let raw = RawReport {
-            version: r.take(),
-            guest_svn: r.take(),
-            policy: r.take(),
-            family_id: r.take(),
-            image_id: r.take(),
-            vmpl: r.take(),
-            signature_algo: r.take(),
-            current_tcb: r.take(),
-            platform_info: r.take(),
-            key_info: r.take(),
-            reserved0: r.take(),
-            report_data: r.take(),
-            measurement: r.take(),
-            host_data: r.take(),
-            id_key_digest: r.take(),
-            author_key_digest: r.take(),
-            report_id: r.take(),
-            report_id_ma: r.take(),
-            reported_tcb: r.take(),
-            cpuid_fam_id: r.take(),
-            cpuid_mod_id: r.take(),
-            cpuid_step: r.take(),
-            reserved1: r.take(),
-            chip_id: r.take(),
-            committed_tcb: r.take(),
-            current_version: r.take(),
-            committed_version: r.take(),
-            launch_tcb: r.take(),
-            launch_mit_vector: r.take(),
-            current_mit_vector: r.take(),
-            reserved2: r.take(),
-            signature: r.take(),
-        };
+        let raw =
+            RawReport::read(&mut Reader::new(&fixed)).map_err(|_| ParseError::WrongLength {
+                expected: REPORT_SIZE,
+                got: bytes.len(),
+            })?;
         let version = u32_le(raw.version);
         if !SUPPORTED_VERSIONS.contains(&version) {
             return Err(ParseError::UnsupportedVersion(version));
@@ -790,13 +865,14 @@ impl SnpReport {
     }
     /// The signature, split into its components.
     pub fn signature(&self) -> Signature {
-        let mut r = Reader {
-            rest: &self.raw.signature,
-        };
+        // The parts add up to the signature area (asserted at compile
+        // time), so no read runs short; zeros rather than a panic keep this
+        // total regardless.
+        let mut r = Reader::new(&self.raw.signature);
         Signature {
-            r: r.take(),
-            s: r.take(),
-            reserved: r.take(),
+            r: r.array("signature r").unwrap_or([0; 72]),
+            s: r.array("signature s").unwrap_or([0; 72]),
+            reserved: r.array("signature reserved").unwrap_or([0; 368]),
         }
     }
     /// Names of reserved areas that are not zero. The verifier rejects such

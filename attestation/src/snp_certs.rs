@@ -30,6 +30,8 @@
 
 use std::fmt;
 
+use crate::bytes::Reader;
+
 /// A 16-byte GUID in RFC 4122 byte order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Guid(pub [u8; 16]);
@@ -163,25 +165,22 @@ impl<'a> CertTable<'a> {
             return Err(CertTableError::TooLarge(buf.len()));
         }
         let mut raw = Vec::new();
-        let mut at = 0usize;
+        let mut r = Reader::new(buf);
+        let unterminated = |_| CertTableError::Unterminated(buf.len());
         loop {
-            let Some(entry) = buf.get(at..at + ENTRY_SIZE) else {
-                return Err(CertTableError::Unterminated(buf.len()));
-            };
-            at += ENTRY_SIZE;
-            if entry.iter().all(|b| *b == 0) {
+            let mut entry = r.sub(ENTRY_SIZE, "entry").map_err(unterminated)?;
+            if entry.rest().iter().all(|b| *b == 0) {
                 break;
             }
             if raw.len() == MAX_ENTRIES {
                 return Err(CertTableError::TooManyEntries);
             }
-            let mut guid = [0u8; 16];
-            guid.copy_from_slice(&entry[..16]);
-            let offset = u32::from_le_bytes([entry[16], entry[17], entry[18], entry[19]]);
-            let length = u32::from_le_bytes([entry[20], entry[21], entry[22], entry[23]]);
+            let guid = entry.array("GUID").map_err(unterminated)?;
+            let offset = entry.u32_le("offset").map_err(unterminated)?;
+            let length = entry.u32_le("length").map_err(unterminated)?;
             raw.push((Guid(guid), offset, length));
         }
-        let table_end = at;
+        let table_end = r.offset();
         let mut entries: Vec<(Guid, &'a [u8])> = Vec::with_capacity(raw.len());
         for (index, (guid, offset, length)) in raw.into_iter().enumerate() {
             if length == 0 {

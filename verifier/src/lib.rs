@@ -29,6 +29,7 @@ mod crypto;
 pub mod enclave;
 pub mod nvidia;
 pub mod policy;
+mod roots;
 pub mod snp;
 pub mod snp_crl;
 pub mod tdx;

@@ -25,7 +25,7 @@
 
 use core::fmt;
 
-use cocoon_attestation::snp::TcbParts;
+use cocoon_attestation::snp::{FmcLevel, TcbParts, TCB_SPLS};
 
 /// A reference value that is either required or explicitly skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,43 +47,21 @@ impl<T> Check<T> {
 }
 
 /// Minimum security patch levels, compared with the report's `reported_tcb`
-/// (the TCB the signing key was derived for).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MinTcb {
-    /// Minimum FMC SPL (Turin), required or explicitly skipped like every
-    /// other reference value. Milan and Genoa have no FMC, so a required
-    /// value has nothing to compare with there.
-    pub fmc: Check<u8>,
-    /// Minimum bootloader SPL.
-    pub bootloader: u8,
-    /// Minimum PSP OS (TEE) SPL.
-    pub tee: u8,
-    /// Minimum SNP firmware SPL.
-    pub snp: u8,
-    /// Minimum microcode SPL.
-    pub microcode: u8,
-}
+/// (the TCB the signing key was derived for) by [`TcbParts::shortfalls`].
+/// The FMC level (Turin) is required or explicitly skipped like every other
+/// reference value; Milan and Genoa have no FMC, so a required value has
+/// nothing to compare with there.
+pub type MinTcb = TcbParts<Check<u8>>;
 
-impl MinTcb {
-    /// The components that fall short, as `(name, have, need)`.
-    pub fn shortfalls(&self, have: &TcbParts) -> Vec<(&'static str, u8, u8)> {
-        let mut out = Vec::new();
-        if let (Check::Require(need), Some(h)) = (self.fmc, have.fmc) {
-            if h < need {
-                out.push(("FMC", h, need));
-            }
+impl FmcLevel for Check<u8> {
+    fn level(&self) -> Option<u8> {
+        self.required().copied()
+    }
+    fn write_fmc(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Require(fmc) => write!(f, "fmc={fmc} "),
+            Check::Skip => write!(f, "fmc=skip "),
         }
-        for (name, h, need) in [
-            ("bootloader", have.bootloader, self.bootloader),
-            ("TEE", have.tee, self.tee),
-            ("SNP", have.snp, self.snp),
-            ("microcode", have.microcode, self.microcode),
-        ] {
-            if h < need {
-                out.push((name, h, need));
-            }
-        }
-        out
     }
 }
 
@@ -299,7 +277,7 @@ fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
         .ok_or("must be a table {fmc, bootloader, tee, snp, microcode} or \"skip\"")?;
     if let Some(k) = t
         .keys()
-        .find(|k| !["fmc", "bootloader", "tee", "snp", "microcode"].contains(&k.as_str()))
+        .find(|k| k.as_str() != "fmc" && !TCB_SPLS.iter().any(|(key, _)| key == k))
     {
         return Err(format!("unknown component {k}"));
     }
@@ -320,27 +298,11 @@ fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
         Some(toml::Value::String(s)) if s == "skip" => Check::Skip,
         Some(_) => Check::Require(need("fmc")?),
     };
-    Ok(MinTcb {
-        fmc,
-        bootloader: need("bootloader")?,
-        tee: need("tee")?,
-        snp: need("snp")?,
-        microcode: need("microcode")?,
-    })
-}
-
-impl fmt::Display for MinTcb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.fmc {
-            Check::Require(fmc) => write!(f, "fmc={fmc} ")?,
-            Check::Skip => write!(f, "fmc=skip ")?,
-        }
-        write!(
-            f,
-            "bootloader={} tee={} snp={} microcode={}",
-            self.bootloader, self.tee, self.snp, self.microcode
-        )
+    let mut spls = [0u8; 4];
+    for (level, (key, _)) in spls.iter_mut().zip(TCB_SPLS) {
+        *level = need(key)?;
     }
+    Ok(MinTcb::from_spls(fmc, spls))
 }
 
 /// A TCB status from Intel's TCB info, after converging the platform, TDX
@@ -982,11 +944,11 @@ impl SnpPolicy {
     /// The `[snp]` table in TOML, as [`SnpPolicy::from_table`] reads it.
     pub fn to_toml(&self) -> String {
         let tcb = toml_check(&self.min_tcb, |t| {
-            let fmc = toml_check(&t.fmc, u8::to_string);
-            format!(
-                "{{ fmc = {fmc}, bootloader = {}, tee = {}, snp = {}, microcode = {} }}",
-                t.bootloader, t.tee, t.snp, t.microcode
-            )
+            let mut table = format!("{{ fmc = {}", toml_check(&t.fmc, u8::to_string));
+            for ((key, _), level) in TCB_SPLS.iter().zip(t.spls()) {
+                table.push_str(&format!(", {key} = {level}"));
+            }
+            table + " }"
         });
         format!(
             "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nrevocation = {}\nallow_debug = {}\nallow_migration_agent = {}\n",

@@ -23,6 +23,7 @@ use der::Decode;
 
 use crate::crypto::sha256;
 use crate::policy::{Check, SmtRule, SnpPolicy};
+use crate::roots::PinnedCert;
 use crate::snp_crl::{AmdCrl, ChainToJudge, Listable, SnpRevocation};
 use crate::x509::{Cert, SubjectKey};
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
@@ -46,12 +47,11 @@ impl core::fmt::Display for SignerKind {
     }
 }
 
-/// A bundled AMD certificate with its pinned SHA-256 fingerprint (of the DER).
+/// A bundled AMD certificate: the product and role it has.
 struct Pinned {
     product: Product,
     role: Role,
-    der: &'static [u8],
-    sha256: &'static str,
+    cert: PinnedCert,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -66,56 +66,83 @@ const PINNED: [Pinned; 9] = [
     Pinned {
         product: Product::Milan,
         role: Role::Ark,
-        der: include_bytes!("../roots/amd/ark_milan.der"),
-        sha256: "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+        cert: PinnedCert::new(
+            "AMD ARK-Milan",
+            include_bytes!("../roots/amd/ark_milan.der"),
+            "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+        ),
     },
     Pinned {
         product: Product::Milan,
         role: Role::Intermediate(SignerKind::Vcek),
-        der: include_bytes!("../roots/amd/ask_milan.der"),
-        sha256: "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b",
+        cert: PinnedCert::new(
+            "AMD ASK-Milan",
+            include_bytes!("../roots/amd/ask_milan.der"),
+            "67d303bd3905fd38db8b20e0793699870e7fa612eaad5dec358293fd8c0bac1b",
+        ),
     },
     Pinned {
         product: Product::Milan,
         role: Role::Intermediate(SignerKind::Vlek),
-        der: include_bytes!("../roots/amd/asvk_milan.der"),
-        sha256: "c5e081f59b7efab1fe2f8b505e159704e72f29cab7ef7cf628a05a42439082f5",
+        cert: PinnedCert::new(
+            "AMD ASVK-Milan",
+            include_bytes!("../roots/amd/asvk_milan.der"),
+            "c5e081f59b7efab1fe2f8b505e159704e72f29cab7ef7cf628a05a42439082f5",
+        ),
     },
     Pinned {
         product: Product::Genoa,
         role: Role::Ark,
-        der: include_bytes!("../roots/amd/ark_genoa.der"),
-        sha256: "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+        cert: PinnedCert::new(
+            "AMD ARK-Genoa",
+            include_bytes!("../roots/amd/ark_genoa.der"),
+            "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+        ),
     },
     Pinned {
         product: Product::Genoa,
         role: Role::Intermediate(SignerKind::Vcek),
-        der: include_bytes!("../roots/amd/ask_genoa.der"),
-        sha256: "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521",
+        cert: PinnedCert::new(
+            "AMD ASK-Genoa",
+            include_bytes!("../roots/amd/ask_genoa.der"),
+            "5464738c1546aed5f2cecf1dc98c5c960a92e8913238a61711bc90ec6e828521",
+        ),
     },
     Pinned {
         product: Product::Genoa,
         role: Role::Intermediate(SignerKind::Vlek),
-        der: include_bytes!("../roots/amd/asvk_genoa.der"),
-        sha256: "197e610743a917d6b9bb982a5a9226ccc0a15b611be0619e626aca9151457372",
+        cert: PinnedCert::new(
+            "AMD ASVK-Genoa",
+            include_bytes!("../roots/amd/asvk_genoa.der"),
+            "197e610743a917d6b9bb982a5a9226ccc0a15b611be0619e626aca9151457372",
+        ),
     },
     Pinned {
         product: Product::Turin,
         role: Role::Ark,
-        der: include_bytes!("../roots/amd/ark_turin.der"),
-        sha256: "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+        cert: PinnedCert::new(
+            "AMD ARK-Turin",
+            include_bytes!("../roots/amd/ark_turin.der"),
+            "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+        ),
     },
     Pinned {
         product: Product::Turin,
         role: Role::Intermediate(SignerKind::Vcek),
-        der: include_bytes!("../roots/amd/ask_turin.der"),
-        sha256: "5b77ef5fe7a7a004fd9032668fba9d0fda22f88c4442069a479636a6ae3b3185",
+        cert: PinnedCert::new(
+            "AMD ASK-Turin",
+            include_bytes!("../roots/amd/ask_turin.der"),
+            "5b77ef5fe7a7a004fd9032668fba9d0fda22f88c4442069a479636a6ae3b3185",
+        ),
     },
     Pinned {
         product: Product::Turin,
         role: Role::Intermediate(SignerKind::Vlek),
-        der: include_bytes!("../roots/amd/asvk_turin.der"),
-        sha256: "104e10a8bd060a3c20a434261a57d0588fd65a88915b4f65b08bdecaf8df1a3c",
+        cert: PinnedCert::new(
+            "AMD ASVK-Turin",
+            include_bytes!("../roots/amd/asvk_turin.der"),
+            "104e10a8bd060a3c20a434261a57d0588fd65a88915b4f65b08bdecaf8df1a3c",
+        ),
     },
 ];
 
@@ -152,10 +179,7 @@ impl TrustStore {
             let mut arks = Vec::new();
             let mut intermediates = Vec::new();
             for p in &PINNED {
-                if hex::encode(sha256(p.der)) != p.sha256 {
-                    continue;
-                }
-                let Ok(cert) = Cert::from_der(p.der) else {
+                let Ok(cert) = p.cert.cert(Cert::from_der) else {
                     continue;
                 };
                 match p.role {

@@ -20,17 +20,20 @@
 use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::pcs::PckCa;
 use cocoon_attestation::tdx::{PckExtensions, Quote, TdReport, TeeType, SGX_EXTENSIONS_OID};
-use sha2::Digest;
 
 use crate::policy::{Check, TcbStatus, TdxPolicy};
+use crate::roots::PinnedCert;
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
 
 /// Intel SGX Root CA (self-signed P-256, valid 2018-05-21..2049-12-31), the
 /// trust anchor of every PCK chain and collateral signing chain.
-const INTEL_ROOT_DER: &[u8] = include_bytes!("../roots/intel/sgx_root_ca.der");
+const INTEL_ROOT: PinnedCert = PinnedCert::new(
+    "Intel SGX Root CA",
+    include_bytes!("../roots/intel/sgx_root_ca.der"),
+    "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3",
+);
 /// SHA-256 of the bundled Intel SGX Root CA (DER).
-pub const INTEL_ROOT_SHA256: &str =
-    "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3";
+pub const INTEL_ROOT_SHA256: &str = INTEL_ROOT.sha256;
 
 /// A TDX quote that passed every check of a policy. Only this crate builds it.
 #[derive(Debug, Clone)]
@@ -72,10 +75,8 @@ pub struct TcbFinding {
 
 /// The pinned Intel root, after checking its fingerprint.
 fn intel_root() -> Option<&'static [u8]> {
-    static PIN_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    PIN_OK
-        .get_or_init(|| hex::encode(sha2::Sha256::digest(INTEL_ROOT_DER)) == INTEL_ROOT_SHA256)
-        .then_some(INTEL_ROOT_DER)
+    static PINNED: std::sync::OnceLock<Option<&'static [u8]>> = std::sync::OnceLock::new();
+    *PINNED.get_or_init(|| INTEL_ROOT.der())
 }
 
 fn classify(msg: &str) -> ReasonKind {

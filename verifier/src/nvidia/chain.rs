@@ -10,44 +10,26 @@
 //! at the caller's time.
 
 use crate::crypto::sha256;
+use crate::roots::PinnedCert;
 use crate::x509::Cert;
 use crate::{ReasonKind, UnixTime};
-
-/// A bundled NVIDIA root.
-pub(crate) struct Root {
-    pub name: &'static str,
-    der: &'static [u8],
-    sha256: &'static str,
-}
 
 /// "NVIDIA Device Identity CA": the top of every GPU (GH100) and NVSwitch
 /// (LS10) attestation key chain. Public, as published in NVIDIA's nvtrust
 /// local verifier.
-pub(crate) const DEVICE_ROOT: Root = Root {
-    name: "NVIDIA Device Identity CA",
-    der: include_bytes!("../../roots/nvidia/device_identity_ca.der"),
-    sha256: "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48",
-};
+pub(crate) const DEVICE_ROOT: PinnedCert = PinnedCert::new(
+    "NVIDIA Device Identity CA",
+    include_bytes!("../../roots/nvidia/device_identity_ca.der"),
+    "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48",
+);
 
 /// "NVIDIA CoRIM signing Root CA": the top of the chains embedded in driver
 /// and VBIOS reference integrity manifests.
-pub(crate) const RIM_ROOT: Root = Root {
-    name: "NVIDIA CoRIM signing Root CA",
-    der: include_bytes!("../../roots/nvidia/corim_signing_root_ca.der"),
-    sha256: "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1",
-};
-
-impl Root {
-    /// The parsed root, after checking its pin. A bundled root that does not
-    /// match its pin or does not parse is a build defect; it is reported as
-    /// a chain failure rather than a panic.
-    pub(crate) fn cert(&self) -> Result<Cert, String> {
-        if hex::encode(sha256(self.der)) != self.sha256 {
-            return Err(format!("bundled root {} does not match its pin", self.name));
-        }
-        Cert::from_der_ecdsa(self.der).map_err(|e| format!("bundled root {}: {e}", self.name))
-    }
-}
+pub(crate) const RIM_ROOT: PinnedCert = PinnedCert::new(
+    "NVIDIA CoRIM signing Root CA",
+    include_bytes!("../../roots/nvidia/corim_signing_root_ca.der"),
+    "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1",
+);
 
 /// One shortfall of a chain.
 pub(crate) type ChainProblem = (ReasonKind, String);
@@ -70,7 +52,7 @@ pub(crate) struct LinkMemo(std::collections::HashSet<([u8; 32], [u8; 32])>);
 pub(crate) fn check_chain(
     what: &str,
     chain: &[Cert],
-    root: &Root,
+    root: &PinnedCert,
     now: UnixTime,
 ) -> Vec<ChainProblem> {
     check_chain_memo(what, chain, root, now, &mut LinkMemo::default())
@@ -80,12 +62,12 @@ pub(crate) fn check_chain(
 pub(crate) fn check_chain_memo(
     what: &str,
     chain: &[Cert],
-    root: &Root,
+    root: &PinnedCert,
     now: UnixTime,
     memo: &mut LinkMemo,
 ) -> Vec<ChainProblem> {
     let mut problems = Vec::new();
-    let root_cert = match root.cert() {
+    let root_cert = match root.cert(Cert::from_der_ecdsa) {
         Ok(c) => c,
         Err(e) => return vec![(ReasonKind::Chain, e)],
     };
@@ -223,7 +205,7 @@ mod tests {
     #[test]
     fn bundled_roots_match_their_pins_and_are_self_signed() {
         for root in [DEVICE_ROOT, RIM_ROOT] {
-            let c = root.cert().unwrap();
+            let c = root.cert(Cert::from_der_ecdsa).unwrap();
             assert_eq!(c.subject, c.issuer, "{}", root.name);
             assert!(c.signed_by(&c), "{}", root.name);
             assert_eq!(c.subject_cn, root.name);

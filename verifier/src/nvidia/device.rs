@@ -10,6 +10,7 @@
 //! TcbInfo extension, and the measurement blocks are compared with the
 //! golden values of the driver and VBIOS reference integrity manifests.
 
+use cocoon_attestation::bytes::{DerError, Reader};
 use cocoon_attestation::nvidia::{FeatureMode, SpdmReport};
 use der::asn1::ObjectIdentifier;
 
@@ -389,18 +390,18 @@ fn leaf_fwid(leaf: &Cert) -> Result<Option<Vec<u8>>, String> {
     let Some(ext) = leaf.extension(&OID_DICE_TCB_INFO) else {
         return Ok(None);
     };
-    let (tag, body, rest) = tlv(ext)?;
-    if tag != 0x30 || !rest.is_empty() {
+    let der = |e: DerError| e.to_string();
+    let mut ext = Reader::new(ext);
+    let (tag, mut items) = ext.der("TcbInfo").map_err(der)?;
+    if tag != 0x30 || !ext.is_empty() {
         return Err("the 2.23.133.5.4.1 extension is not one SEQUENCE".into());
     }
-    let mut items = body;
     while !items.is_empty() {
-        let (tag, value, rest) = tlv(items)?;
-        items = rest;
-        let fwid = match tag {
+        let (tag, mut value) = items.der("TcbInfo field").map_err(der)?;
+        let mut fwid = match tag {
             // DICE: fwids [6] IMPLICIT SEQUENCE OF FWID; take the first.
             0xA6 => {
-                let (t, first, _) = tlv(value)?;
+                let (t, first) = value.der("FWID").map_err(der)?;
                 if t != 0x30 {
                     return Err("FWID is not a SEQUENCE".into());
                 }
@@ -408,40 +409,18 @@ fn leaf_fwid(leaf: &Cert) -> Result<Option<Vec<u8>>, String> {
             }
             // NVIDIA: an FWID SEQUENCE directly (OID first; the SPKI
             // SEQUENCE starts with a SEQUENCE and is skipped).
-            0x30 if value.first() == Some(&0x06) => value,
+            0x30 if value.rest().first() == Some(&0x06) => value,
             _ => continue,
         };
-        let (t, _oid, rest) = tlv(fwid)?;
+        let (t, _oid) = fwid.der("FWID hashAlg").map_err(der)?;
         if t != 0x06 {
             return Err("FWID hashAlg is not an OID".into());
         }
-        let (t, digest, _) = tlv(rest)?;
+        let (t, digest) = fwid.der("FWID digest").map_err(der)?;
         if t != 0x04 {
             return Err("FWID digest is not an OCTET STRING".into());
         }
-        return Ok(Some(digest.to_vec()));
+        return Ok(Some(digest.rest().to_vec()));
     }
     Ok(None)
-}
-
-/// One DER TLV with a single-byte tag: (tag, value, rest).
-fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
-    let (&tag, rest) = b.split_first().ok_or("truncated DER")?;
-    let (&first, rest) = rest.split_first().ok_or("truncated DER length")?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7F);
-        if n == 0 || n > 3 || rest.len() < n {
-            return Err("unsupported DER length".into());
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |a, b| a << 8 | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return Err("DER value runs past its container".into());
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
 }

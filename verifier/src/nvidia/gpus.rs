@@ -396,8 +396,8 @@ fn check_revocation(
         .filter_map(|d| Cert::from_der_ecdsa(d).ok())
         .collect();
     let roots = [
-        super::chain::DEVICE_ROOT.cert(),
-        super::chain::RIM_ROOT.cert(),
+        super::chain::DEVICE_ROOT.cert(Cert::from_der_ecdsa),
+        super::chain::RIM_ROOT.cert(Cert::from_der_ecdsa),
     ];
     let mut checked = 0;
     for (n, cert) in certs.iter().enumerate().skip(skip) {

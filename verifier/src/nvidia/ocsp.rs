@@ -754,6 +754,14 @@ fn unknown_critical(
 // rules of the `der` crate (definite, minimal lengths); every SEQUENCE must
 // be consumed to its end, and OPTIONAL fields are recognised only by their
 // exact tag. Nothing is re-encoded: the signed bytes are the input's.
+//
+// Not `x509-ocsp`'s types (kept as the tests' encoder): its
+// `BasicOcspResponse` hands back decoded `tbsResponseData`, not the bytes
+// the signature covers; an undefined response status, version or CRL reason
+// fails as generic DER instead of the named refusals below; it decodes every
+// included certificate up front (one bad one sinks the response). Measured
+// on the same responses it was 1.9x slower without certificates and 5.9x
+// with one delegated responder certificate.
 // ---------------------------------------------------------------------------
 
 /// `OCSPResponse` (RFC 6960 §4.2.1).

@@ -659,14 +659,9 @@ fn run_policy_init(from: &Path, release: &str, out: Option<&Path>) -> Result<(),
         let r = SnpReport::parse(&r).map_err(|e| UsageError(format!("{}: {e}", from.display())))?;
         let tcb = r.reported_tcb().decode(guess_layout(&r));
         let mut p = SnpPolicy::pinned_to_measurements(vec![*r.measurement()]);
-        p.min_tcb = Check::Require(MinTcb {
-            // Milan and Genoa have no FMC: skipped by name there.
-            fmc: tcb.fmc.map_or(Check::Skip, Check::Require),
-            bootloader: tcb.bootloader,
-            tee: tcb.tee,
-            snp: tcb.snp,
-            microcode: tcb.microcode,
-        });
+        // Milan and Genoa have no FMC: skipped by name there.
+        let min: MinTcb = tcb.map_fmc(|fmc| fmc.map_or(Check::Skip, Check::Require));
+        p.min_tcb = Check::Require(min);
         p.vmpl = Check::Require(r.vmpl());
         p.host_data = Check::Require(*r.host_data());
         p.revocation = Check::Require(());
