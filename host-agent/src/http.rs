@@ -17,7 +17,6 @@
 //! replaying its requests), a free stream on the enclave (`503`).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -158,7 +157,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn prices(State(app): State<Arc<App>>) -> Response {
-    let now = unix_now();
+    let now = app.clock.unix_secs();
     let utilisation = app.pricing.publish(now);
     let sheet = crate::pricing::sheet(
         &app.broker.ready_enclaves(),
@@ -220,7 +219,7 @@ async fn nonce_evidence(
             &nonce,
             time,
             &sig,
-            unix_now(),
+            app.clock.unix_secs(),
             app.limits.receipts_query_max_skew_secs,
         )
         .map_err(|e| e.to_string())
@@ -250,7 +249,7 @@ async fn nonce_evidence(
             ),
         );
     };
-    let _permit = match app.nonce_limiter.admit(account, Instant::now()) {
+    let _permit = match app.nonce_limiter.admit(account, app.clock.instant()) {
         Ok(p) => p,
         Err(l) => {
             let mut r = text(StatusCode::TOO_MANY_REQUESTS, &l.reason);
@@ -314,13 +313,6 @@ fn hex_header(
     hex::decode(v).map_err(|_| Refusal::new(status, outcome, format!("{name} is not hex")))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     match admit_and_forward(&app, &headers, body).await {
         Ok(r) => r,
@@ -345,7 +337,7 @@ async fn admit_and_forward(
     let request = decode_request(bytes)?;
     let (digest, ready) = route(app, headers)?;
     let signer = authenticate(headers, &request)?;
-    refuse_expired(&request.meta, unix_now())?;
+    refuse_expired(&request.meta, app.clock.unix_secs())?;
     check_prices(app, &ready, &request.meta)?;
     let replay = claim_request_id(app, request.request_id).await?;
     let reservation = reserve_payment(app, &ready, headers, &signer, &request).await?;
@@ -518,7 +510,7 @@ fn refuse_expired(meta: &BillingMeta, now: u64) -> Result<(), Refusal> {
 /// Prices: exactly the enclave's measured table under a multiplier the
 /// host published recently (`412`; the enclave checks the table again).
 fn check_prices(app: &App, ready: &ReadyEnclave, meta: &BillingMeta) -> Result<(), Refusal> {
-    let floor = app.pricing.floor(unix_now());
+    let floor = app.pricing.floor(app.clock.unix_secs());
     crate::pricing::check_prices(ready, meta, floor).map_err(|reason| {
         Refusal::new(
             StatusCode::PRECONDITION_FAILED,
@@ -553,14 +545,16 @@ async fn claim_request_id(
 /// The account's rate and stream limits (`429`; after the replay check,
 /// so replaying someone's request cannot spend their allowance).
 fn admit_account(app: &App, account: AccountId) -> Result<AccountPermit, Refusal> {
-    app.limiter.admit(account, Instant::now()).map_err(|l| {
-        Refusal::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            Outcome::RateLimited,
-            l.reason,
-        )
-        .retry_after(l.retry_after_secs)
-    })
+    app.limiter
+        .admit(account, app.clock.instant())
+        .map_err(|l| {
+            Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Outcome::RateLimited,
+                l.reason,
+            )
+            .retry_after(l.retry_after_secs)
+        })
 }
 
 /// A stream on the enclave within the queue timeout (`503` when busy),
@@ -816,7 +810,7 @@ async fn receipts(
             &pk,
             time,
             &sig,
-            unix_now(),
+            app.clock.unix_secs(),
             app.limits.receipts_query_max_skew_secs,
         )
         .map_err(|e| e.to_string())
