@@ -357,7 +357,7 @@ mod tests {
         let client = SigningKey::random(&mut OsRng);
         let enclave = SigningKey::random(&mut OsRng);
         let enclave_key =
-            compress_p256(&enclave.verifying_key().to_encoded_point(true).as_bytes()).unwrap();
+            compress_p256(enclave.verifying_key().to_encoded_point(true).as_bytes()).unwrap();
         let contract = ContractAddress {
             workchain: 0,
             hash: [7; 32],
