@@ -20,99 +20,20 @@
 //! not count yet are reported, not charged.
 
 use cocoon_protocol::account::AccountId;
-use cocoon_protocol::settlement::{compress_p256, SignedAuthorization, SignedTab};
+use cocoon_protocol::settlement::{compress_p256, ClaimsManifest};
 use cocoon_protocol::ton::claim_body;
 
 use crate::client::VerifiedReceipt;
 
-/// One claim of the manifest, as the statement reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestClaim {
-    /// Account (hex in the manifest).
-    pub account: [u8; 32],
-    /// Enclave receipt key, compressed.
-    pub enclave_key: [u8; 33],
-    /// Receipts the tab counts.
-    pub count: u64,
-    /// The tab's total.
-    pub total: u64,
-    /// Claimed before.
-    pub already_claimed: u64,
-    /// This claim's amount.
-    pub amount: u64,
-    /// The body's query id.
-    pub query_id: u64,
-    /// The signed authorization.
-    pub authorization: SignedAuthorization,
-    /// The signed tab.
-    pub tab: SignedTab,
-    /// The message body (BOC).
-    pub body_boc: Vec<u8>,
-}
+pub use cocoon_protocol::settlement::ManifestClaim;
 
-/// Parse a `claims.json` manifest strictly.
+/// Parse a `claims.json` manifest strictly
+/// ([`ClaimsManifest::from_json`]: unknown fields refused, every field
+/// checked); its claims.
 pub fn parse_manifest(text: &str) -> Result<Vec<ManifestClaim>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("claims manifest is not JSON: {e}"))?;
-    if v.get("version").and_then(|x| x.as_u64()) != Some(1) {
-        return Err("claims manifest: version must be 1".into());
-    }
-    let claims = v
-        .get("claims")
-        .and_then(|c| c.as_array())
-        .ok_or("claims manifest: no claims array")?;
-    claims
-        .iter()
-        .enumerate()
-        .map(|(i, c)| parse_claim(c).map_err(|e| format!("claims manifest, claim {i}: {e}")))
-        .collect()
-}
-
-fn parse_claim(c: &serde_json::Value) -> Result<ManifestClaim, String> {
-    let s = |k: &str| -> Result<&str, String> {
-        c.get(k)
-            .and_then(|x| x.as_str())
-            .ok_or_else(|| format!("missing {k}"))
-    };
-    let bytes = |k: &str| -> Result<Vec<u8>, String> {
-        hex::decode(s(k)?).map_err(|_| format!("{k} is not hex"))
-    };
-    let num = |k: &str| -> Result<u64, String> {
-        s(k)?
-            .parse::<u64>()
-            .map_err(|_| format!("{k} is not a decimal u64"))
-    };
-    let account: [u8; 32] = bytes("account")?
-        .try_into()
-        .map_err(|_| "account is not 32 bytes".to_string())?;
-    let enclave_key: [u8; 33] = bytes("enclave_key")?
-        .try_into()
-        .map_err(|_| "enclave_key is not 33 bytes".to_string())?;
-    let body_boc = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(s("body_boc")?)
-            .map_err(|_| "body_boc is not base64".to_string())?
-    };
-    Ok(ManifestClaim {
-        account,
-        enclave_key,
-        count: c
-            .get("count")
-            .and_then(|x| x.as_u64())
-            .ok_or("missing count")?,
-        total: num("total")?,
-        already_claimed: num("already_claimed")?,
-        amount: num("amount")?,
-        query_id: c
-            .get("query_id")
-            .and_then(|x| x.as_u64())
-            .ok_or("missing query_id")?,
-        authorization: SignedAuthorization::from_bytes(&bytes("authorization")?)
-            .map_err(|e| format!("authorization: {e}"))?,
-        tab: SignedTab::from_bytes(&bytes("tab")?).map_err(|e| format!("tab: {e}"))?,
-        body_boc,
-    })
+    ClaimsManifest::from_json(text)
+        .map(|m| m.claims)
+        .map_err(|e| e.to_string())
 }
 
 /// The verdict on one claim.

@@ -20,6 +20,8 @@ use cocoon_protocol::seal::MAX_SEALED_REQUEST;
 use cocoon_verifier::Policy;
 use serde::Deserialize;
 
+use crate::clock::Clock;
+
 /// Slack on top of [`MAX_SEALED_REQUEST`] in the body limit, so the limit
 /// never refuses a body the sealed-request decoder would accept.
 pub const REQUEST_BODY_SLACK: usize = 64;
@@ -324,6 +326,9 @@ pub struct HostConfig {
     /// answers only requests whose `Host` names a loopback address or
     /// `localhost` (no DNS rebinding from a browser).
     pub admin_token: Option<BearerToken>,
+    /// Where the service reads the time: [`Clock::system`] in the daemon,
+    /// a pinned clock in tests.
+    pub clock: Clock,
 }
 
 /// Whether the operator API may listen on `addr`: a loopback address

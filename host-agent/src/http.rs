@@ -8,17 +8,17 @@
 //! `text/plain` reason. Forwarding and the receipt rule are `relay`'s. The
 //! handlers log request ids, sizes, accounts and models, never a body.
 //!
-//! Checks run cheapest first: draining (`503`), body size (`413`),
-//! decoding (`400`), headers (`400`), no verified enclave (`503`), unknown
-//! evidence digest (`409`), account signature (`401`), replay (`409`),
-//! account limits (`429`; after the replay check, so nobody can spend an
-//! account's allowance by replaying its requests), a free stream on the
-//! enclave (`503`).
+//! Checks run cheapest first, one function per stage: draining (`503`),
+//! body size (`413`), decoding (`400`), headers (`400`), no verified
+//! enclave (`503`), unknown evidence digest (`409`), account signature
+//! (`401`), expiry by the host's clock (`400`), prices (`412`), replay
+//! (`409`), payment on a settling host (`402`), account limits (`429`;
+//! after the replay check, so nobody can spend an account's allowance by
+//! replaying its requests), a free stream on the enclave (`503`).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -38,13 +38,17 @@ use cocoon_protocol::api::{
     AUTHORIZATION_HEADER, EVIDENCE_NONCE_PATH, MAX_CLIENT_NONCE, PRICES_PATH,
 };
 use cocoon_protocol::request::SignedRequest;
-use cocoon_protocol::seal::{EvidenceDigest, LifetimeError, SealedRequest};
-use cocoon_protocol::settlement::{compress_p256, SignedAuthorization};
+use cocoon_protocol::seal::{BillingMeta, EvidenceDigest, LifetimeError, SealedRequest};
+use cocoon_protocol::settlement::{compress_p256, ContractAddress, SignedAuthorization};
+use cocoon_protocol::RequestId;
 use http_body_util::BodyExt;
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
+use crate::broker::ReadyEnclave;
 use crate::metrics::Outcome;
+use crate::ratelimit::AccountPermit;
 use crate::relay::{pump, Exchange, Expected, Head};
 use crate::App;
 
@@ -153,7 +157,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn prices(State(app): State<Arc<App>>) -> Response {
-    let now = unix_now();
+    let now = app.clock.unix_secs();
     let utilisation = app.pricing.publish(now);
     let sheet = crate::pricing::sheet(
         &app.broker.ready_enclaves(),
@@ -215,7 +219,7 @@ async fn nonce_evidence(
             &nonce,
             time,
             &sig,
-            unix_now(),
+            app.clock.unix_secs(),
             app.limits.receipts_query_max_skew_secs,
         )
         .map_err(|e| e.to_string())
@@ -245,7 +249,7 @@ async fn nonce_evidence(
             ),
         );
     };
-    let _permit = match app.nonce_limiter.admit(account, Instant::now()) {
+    let _permit = match app.nonce_limiter.admit(account, app.clock.instant()) {
         Ok(p) => p,
         Err(l) => {
             let mut r = text(StatusCode::TOO_MANY_REQUESTS, &l.reason);
@@ -309,13 +313,6 @@ fn hex_header(
     hex::decode(v).map_err(|_| Refusal::new(status, outcome, format!("{name} is not hex")))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     match admit_and_forward(&app, &headers, body).await {
         Ok(r) => r,
@@ -328,23 +325,64 @@ async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> 
     }
 }
 
+/// Admission, stage by stage (cheapest first, as the module doc lists
+/// them), then forwarding. Each stage refuses with its own status.
 async fn admit_and_forward(
     app: &Arc<App>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    let unavailable = |reason: &str| {
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Outcome::Unavailable,
-            reason,
-        )
+    refuse_while_draining(app)?;
+    let bytes = read_body(app, headers, body).await?;
+    let request = decode_request(bytes)?;
+    let (digest, ready) = route(app, headers)?;
+    let signer = authenticate(headers, &request)?;
+    refuse_expired(&request.meta, app.clock.unix_secs())?;
+    check_prices(app, &ready, &request.meta)?;
+    let replay = claim_request_id(app, request.request_id).await?;
+    let reservation = reserve_payment(app, &ready, headers, &signer, &request).await?;
+    let account = admit_account(app, request.account)?;
+    let (permit, in_flight) = take_stream(app, &ready).await?;
+    let guards = crate::RequestGuards {
+        _permit: permit,
+        _account: account,
+        _in_flight: in_flight,
+        _replay: replay,
+        reservation,
     };
+    forward(app, request, digest, ready, signer, guards).await
+}
+
+/// `503` for a request that arrives while the host drains.
+fn refuse_while_draining(app: &App) -> Result<(), Refusal> {
     if app.is_draining() {
         return Err(unavailable("draining").retry_after(1));
     }
+    Ok(())
+}
 
-    // Body, bounded.
+/// A `503` refusal.
+fn unavailable(reason: &str) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::Unavailable,
+        reason,
+    )
+}
+
+/// A `400` refusal.
+fn bad_request(reason: String) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, Outcome::BadRequest, reason)
+}
+
+/// A `401` refusal.
+fn unauthorized(reason: String) -> Refusal {
+    Refusal::new(StatusCode::UNAUTHORIZED, Outcome::Unauthorized, reason)
+}
+
+/// The body, bounded by `max_request_bytes` (`413` over it, announced or
+/// not; `400` when it cannot be read).
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Refusal> {
     let limit = app.limits.max_request_bytes;
     let too_large = |got: String| {
         Refusal::new(
@@ -365,35 +403,53 @@ async fn admit_and_forward(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(too_large("more than that".into()))
         }
-        Err(_) => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                Outcome::BadRequest,
-                "could not read the request body",
-            ))
-        }
+        Err(_) => return Err(bad_request("could not read the request body".into())),
     };
     app.metrics.add_bytes_in(bytes.len());
+    Ok(bytes)
+}
 
-    // The sealed request and its billing metadata.
-    let bad = |reason: String| Refusal::new(StatusCode::BAD_REQUEST, Outcome::BadRequest, reason);
-    let sealed = SealedRequest::from_cbor(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = sealed.billing_meta().map_err(|e| bad(e.to_string()))?;
-    let request_id = sealed.request_id();
-    let account = AccountId(meta.client_account);
+/// A request body decoded: the sealed request's bytes and the billing
+/// metadata the host may read.
+struct Incoming {
+    /// The sealed request as the client sent it.
+    bytes: Bytes,
+    /// Its readable billing metadata.
+    meta: BillingMeta,
+    /// Its id (SHA-256 of the sealed request).
+    request_id: RequestId,
+    /// The paying account the metadata names.
+    account: AccountId,
+}
 
-    // Routing.
+/// Decode the sealed request and its billing metadata (`400`).
+fn decode_request(bytes: Bytes) -> Result<Incoming, Refusal> {
+    let sealed = SealedRequest::from_cbor(&bytes).map_err(|e| bad_request(e.to_string()))?;
+    let meta = sealed
+        .billing_meta()
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok(Incoming {
+        request_id: sealed.request_id(),
+        account: AccountId(meta.client_account),
+        meta,
+        bytes,
+    })
+}
+
+/// The ready enclave the evidence digest header names: `400` without a
+/// well-formed header, `503` while no enclave is ready, `409` for evidence
+/// not (or no longer) served here.
+fn route(app: &App, headers: &HeaderMap) -> Result<(EvidenceDigest, Arc<ReadyEnclave>), Refusal> {
     let digest_bytes = hex_header(
         headers,
         EVIDENCE_DIGEST_HEADER,
         StatusCode::BAD_REQUEST,
         Outcome::BadRequest,
     )?;
-    let digest = EvidenceDigest(
-        digest_bytes
-            .try_into()
-            .map_err(|_| bad(format!("{EVIDENCE_DIGEST_HEADER} must be 32 bytes of hex")))?,
-    );
+    let digest =
+        EvidenceDigest(digest_bytes.try_into().map_err(|_| {
+            bad_request(format!("{EVIDENCE_DIGEST_HEADER} must be 32 bytes of hex"))
+        })?);
     if app.broker.ready_count() == 0 {
         return Err(unavailable("no enclave with verified evidence is ready").retry_after(1));
     }
@@ -407,11 +463,20 @@ async fn admit_and_forward(
             ),
         ));
     };
+    Ok((digest, ready))
+}
 
-    // The paying account authorised exactly this request.
-    let unauthorized =
-        |reason: String| Refusal::new(StatusCode::UNAUTHORIZED, Outcome::Unauthorized, reason);
-    let pk = hex_header(
+/// The account key and signature that authorise a request.
+struct Signer {
+    /// The account's public key (SEC1), as sent.
+    key: Vec<u8>,
+    /// Its signature of the request id.
+    signature: [u8; ACCOUNT_SIGNATURE_LEN],
+}
+
+/// The paying account signed exactly this request (`401`).
+fn authenticate(headers: &HeaderMap, request: &Incoming) -> Result<Signer, Refusal> {
+    let key = hex_header(
         headers,
         ACCOUNT_KEY_HEADER,
         StatusCode::UNAUTHORIZED,
@@ -423,67 +488,82 @@ async fn admit_and_forward(
         StatusCode::UNAUTHORIZED,
         Outcome::Unauthorized,
     )?;
-    verify_request_auth(&pk, &account, &request_id, &sig)
+    verify_request_auth(&key, &request.account, &request.request_id, &sig)
         .map_err(|e| unauthorized(e.to_string()))?;
-    let signature: [u8; ACCOUNT_SIGNATURE_LEN] = sig
+    let signature = sig
         .as_slice()
         .try_into()
         .map_err(|_| unauthorized("the account signature is not 64 bytes".into()))?;
-    // A request that lapsed by this host's clock would be refused by the
-    // enclave too (which checks expiry and lifetime by its own clock).
-    if let Err(e @ LifetimeError::Expired { .. }) = meta.check_lifetime(unix_now(), u64::MAX) {
-        return Err(bad(e.to_string()));
+    Ok(Signer { key, signature })
+}
+
+/// `400` for a request that lapsed by this host's clock (`now`, Unix
+/// seconds; the enclave would refuse it too: it checks expiry and lifetime
+/// by its own clock).
+fn refuse_expired(meta: &BillingMeta, now: u64) -> Result<(), Refusal> {
+    if let Err(e @ LifetimeError::Expired { .. }) = meta.check_lifetime(now, u64::MAX) {
+        return Err(bad_request(e.to_string()));
     }
+    Ok(())
+}
 
-    // Prices: exactly the enclave's measured table under a multiplier the
-    // host published recently (the enclave checks the table again).
-    crate::pricing::check_prices(&ready, &meta, app.pricing.floor(unix_now())).map_err(
-        |reason| {
-            Refusal::new(
-                StatusCode::PRECONDITION_FAILED,
-                Outcome::PriceRefused,
-                reason,
-            )
-        },
-    )?;
+/// Prices: exactly the enclave's measured table under a multiplier the
+/// host published recently (`412`; the enclave checks the table again).
+fn check_prices(app: &App, ready: &ReadyEnclave, meta: &BillingMeta) -> Result<(), Refusal> {
+    let floor = app.pricing.floor(app.clock.unix_secs());
+    crate::pricing::check_prices(ready, meta, floor).map_err(|reason| {
+        Refusal::new(
+            StatusCode::PRECONDITION_FAILED,
+            Outcome::PriceRefused,
+            reason,
+        )
+    })
+}
 
-    // Replay: in flight now, or already billed.
+/// Replay: `409` for a request id in flight now or already billed (`500`
+/// when the ledger cannot say). The guard keeps the id in flight.
+async fn claim_request_id(
+    app: &Arc<App>,
+    request_id: RequestId,
+) -> Result<crate::ReplayGuard, Refusal> {
     let replayed = || Refusal::new(StatusCode::CONFLICT, Outcome::Replayed, "replayed request");
-    let replay_guard = app.mark_in_flight(request_id).ok_or_else(replayed)?;
+    let guard = app.mark_in_flight(request_id).ok_or_else(replayed)?;
     match app.ledger.contains(request_id).await {
-        Ok(false) => {}
-        Ok(true) => return Err(replayed()),
+        Ok(false) => Ok(guard),
+        Ok(true) => Err(replayed()),
         Err(e) => {
             warn!(error = %e, "ledger read failed");
-            return Err(Refusal::new(
+            Err(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Outcome::Internal,
                 "the ledger cannot be read",
-            ));
+            ))
         }
     }
+}
 
-    // Payment: on a settling host, the account's authorization of this
-    // enclave's key must leave room for the request's worst-case cost.
-    let reservation = match app.settlement {
-        None => None,
-        Some(contract) => {
-            Some(reserve(app, &ready, headers, &pk, &meta, bytes.len(), contract).await?)
-        }
-    };
+/// The account's rate and stream limits (`429`; after the replay check,
+/// so replaying someone's request cannot spend their allowance).
+fn admit_account(app: &App, account: AccountId) -> Result<AccountPermit, Refusal> {
+    app.limiter
+        .admit(account, app.clock.instant())
+        .map_err(|l| {
+            Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Outcome::RateLimited,
+                l.reason,
+            )
+            .retry_after(l.retry_after_secs)
+        })
+}
 
-    // Account limits (after the replay check, so replaying someone's
-    // request cannot spend their allowance).
-    let account_permit = app.limiter.admit(account, Instant::now()).map_err(|l| {
-        Refusal::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            Outcome::RateLimited,
-            l.reason,
-        )
-        .retry_after(l.retry_after_secs)
-    })?;
-
-    // A stream on the enclave.
+/// A stream on the enclave within the queue timeout (`503` when busy),
+/// counted in flight before the drain check, so a drain that starts now
+/// either refuses this request (`503`) or waits for it.
+async fn take_stream(
+    app: &Arc<App>,
+    ready: &ReadyEnclave,
+) -> Result<(OwnedSemaphorePermit, crate::InFlightGuard), Refusal> {
     let permit = tokio::time::timeout(
         app.limits.queue_timeout,
         ready.permits().clone().acquire_owned(),
@@ -492,28 +572,36 @@ async fn admit_and_forward(
     .ok()
     .and_then(Result::ok)
     .ok_or_else(|| unavailable("the enclave is busy").retry_after(1))?;
-    // Counted in flight before the drain check, so a drain that starts now
-    // either refuses this request or waits for it.
     let in_flight = app.in_flight_guard();
-    if app.is_draining() {
-        return Err(unavailable("draining").retry_after(1));
-    }
+    refuse_while_draining(app)?;
+    Ok((permit, in_flight))
+}
+
+/// Forward an admitted request (with the account's signature: the enclave
+/// checks it again) and answer with the stream the relay starts (`502`
+/// when the enclave cannot be reached).
+async fn forward(
+    app: &Arc<App>,
+    request: Incoming,
+    digest: EvidenceDigest,
+    ready: Arc<ReadyEnclave>,
+    signer: Signer,
+    guards: crate::RequestGuards,
+) -> Result<Response, Refusal> {
     info!(
-        request_id = %request_id,
-        account = %account,
-        model = %meta.model,
-        max_tokens = meta.max_tokens,
-        bytes = bytes.len(),
+        request_id = %request.request_id,
+        account = %request.account,
+        model = %request.meta.model,
+        max_tokens = request.meta.max_tokens,
+        bytes = request.bytes.len(),
         enclave = ready.label(),
         "forwarding request"
     );
-    // The enclave checks the account's signature again, so the request
-    // travels with it.
     let signed = SignedRequest {
-        sealed: bytes.to_vec(),
+        sealed: request.bytes.to_vec(),
         evidence: digest.0,
-        account_key: pk,
-        signature,
+        account_key: signer.key,
+        signature: signer.signature,
     }
     .to_cbor();
     let stream = ready.connection().open_stream(&signed).await.map_err(|e| {
@@ -528,18 +616,18 @@ async fn admit_and_forward(
         app: app.clone(),
         ready,
         stream,
-        expected: Expected::of(request_id, &meta),
+        expected: Expected::of(request.request_id, &request.meta),
         sent_at: tokio::time::Instant::now(),
-        _guards: crate::RequestGuards {
-            _permit: permit,
-            _account: account_permit,
-            _in_flight: in_flight,
-            _replay: replay_guard,
-            reservation,
-        },
+        _guards: guards,
     };
     tokio::spawn(pump(exchange, head_tx));
-    match head_rx.await {
+    answer(head_rx).await
+}
+
+/// The relay's first word on a forwarded request: the streamed body, or
+/// its refusal (`500` when it ended without one).
+async fn answer(head: tokio::sync::oneshot::Receiver<Head>) -> Result<Response, Refusal> {
+    match head.await {
         Ok(Head::Stream(rx)) => {
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
@@ -562,24 +650,78 @@ async fn admit_and_forward(
     }
 }
 
-/// Check the request's authorization header, store it, and reserve the
-/// request's worst-case cost under its cap.
-async fn reserve(
+/// Payment, on a settling host: the account's authorization of this
+/// enclave's key must leave room for the request's worst-case cost (`402`;
+/// `500` when the ledger fails). Nothing to check on a host that does not
+/// settle.
+async fn reserve_payment(
     app: &Arc<App>,
-    ready: &crate::broker::ReadyEnclave,
+    ready: &ReadyEnclave,
+    headers: &HeaderMap,
+    signer: &Signer,
+    request: &Incoming,
+) -> Result<Option<crate::Reservation>, Refusal> {
+    let Some(contract) = app.settlement else {
+        return Ok(None);
+    };
+    let key = ready.receipt_public_key().to_vec();
+    let auth = check_authorization(headers, &signer.key, &request.meta, contract, &key)?;
+    let cap = stored_cap(app, &key, &signer.key, &request.meta, &auth).await?;
+    let account = request.meta.client_account;
+    if !app.spend.known(&key, &account) {
+        let committed = app
+            .ledger
+            .spent(key.clone(), account)
+            .await
+            .map_err(ledger_failed)?;
+        app.spend.load(&key, &account, committed);
+    }
+    let cost = crate::pricing::max_cost(&request.meta, request.bytes.len());
+    app.spend
+        .reserve(&key, &account, cost, cap)
+        .map_err(|spent| {
+            payment_required(format!(
+                "the authorization's cap of {cap} nanoton for this enclave would be passed: {spent} spent or reserved, this request may cost up to {cost}; sign a higher cap"
+            ))
+        })?;
+    Ok(Some(crate::Reservation {
+        app: app.clone(),
+        key,
+        account,
+        reserved: cost,
+        charged: std::sync::atomic::AtomicU64::new(0),
+    }))
+}
+
+/// A `402` refusal.
+fn payment_required(reason: String) -> Refusal {
+    Refusal::new(
+        StatusCode::PAYMENT_REQUIRED,
+        Outcome::PaymentRequired,
+        reason,
+    )
+}
+
+/// The `500` of a ledger failure during payment admission.
+fn ledger_failed(e: crate::ledger::LedgerError) -> Refusal {
+    warn!(error = %e, "ledger failed during payment admission");
+    Refusal::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Outcome::Internal,
+        "the ledger cannot be used",
+    )
+}
+
+/// The authorization header: signed by the request's account key, for
+/// this account, this host's contract and the enclave receipt key `key`
+/// the request is sealed to (`402`).
+fn check_authorization(
     headers: &HeaderMap,
     client_key: &[u8],
-    meta: &cocoon_protocol::seal::BillingMeta,
-    sealed_len: usize,
-    contract: cocoon_protocol::settlement::ContractAddress,
-) -> Result<crate::Reservation, Refusal> {
-    let payment = |reason: String| {
-        Refusal::new(
-            StatusCode::PAYMENT_REQUIRED,
-            Outcome::PaymentRequired,
-            reason,
-        )
-    };
+    meta: &BillingMeta,
+    contract: ContractAddress,
+    key: &[u8],
+) -> Result<SignedAuthorization, Refusal> {
     let raw = hex_header(
         headers,
         AUTHORIZATION_HEADER,
@@ -587,41 +729,45 @@ async fn reserve(
         Outcome::PaymentRequired,
     )?;
     let auth = SignedAuthorization::from_bytes(&raw)
-        .map_err(|e| payment(format!("{AUTHORIZATION_HEADER}: {e}")))?;
+        .map_err(|e| payment_required(format!("{AUTHORIZATION_HEADER}: {e}")))?;
     auth.verify(client_key)
-        .map_err(|e| payment(format!("{AUTHORIZATION_HEADER}: {e}")))?;
+        .map_err(|e| payment_required(format!("{AUTHORIZATION_HEADER}: {e}")))?;
     if auth.auth.account != meta.client_account {
-        return Err(payment("the authorization names another account".into()));
+        return Err(payment_required(
+            "the authorization names another account".into(),
+        ));
     }
     if auth.auth.contract != contract {
-        return Err(payment(format!(
+        return Err(payment_required(format!(
             "the authorization is for contract {}, this host settles with {contract}",
             auth.auth.contract
         )));
     }
-    let key = ready.receipt_public_key().to_vec();
-    if compress_p256(&key).ok() != Some(auth.auth.enclave_key) {
-        return Err(payment(
+    if compress_p256(key).ok() != Some(auth.auth.enclave_key) {
+        return Err(payment_required(
             "the authorization names another enclave receipt key than the one this request is sealed to".into(),
         ));
     }
-    let internal = |e: crate::ledger::LedgerError| {
-        warn!(error = %e, "ledger failed during payment admission");
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Outcome::Internal,
-            "the ledger cannot be used",
-        )
-    };
-    // A durable write only when the cap rises (clients send the same
-    // authorization with every request).
-    let cap = match app.spend.cap(&key, &meta.client_account) {
-        Some(stored) if stored >= auth.auth.cap => stored,
+    Ok(auth)
+}
+
+/// The cap in force for (`key`, the account): the stored one, raised to
+/// this authorization's (a durable write only when the cap rises: clients
+/// send the same authorization with every request).
+async fn stored_cap(
+    app: &App,
+    key: &[u8],
+    client_key: &[u8],
+    meta: &BillingMeta,
+    auth: &SignedAuthorization,
+) -> Result<u64, Refusal> {
+    match app.spend.cap(key, &meta.client_account) {
+        Some(stored) if stored >= auth.auth.cap => Ok(stored),
         _ => {
             let cap = app
                 .ledger
                 .store_authorization(
-                    key.clone(),
+                    key.to_vec(),
                     crate::ledger::StoredAuthorization {
                         account: meta.client_account,
                         cap: auth.auth.cap,
@@ -630,34 +776,11 @@ async fn reserve(
                     },
                 )
                 .await
-                .map_err(internal)?;
-            app.spend.set_cap(&key, &meta.client_account, cap);
-            cap
+                .map_err(ledger_failed)?;
+            app.spend.set_cap(key, &meta.client_account, cap);
+            Ok(cap)
         }
-    };
-    if !app.spend.known(&key, &meta.client_account) {
-        let committed = app
-            .ledger
-            .spent(key.clone(), meta.client_account)
-            .await
-            .map_err(internal)?;
-        app.spend.load(&key, &meta.client_account, committed);
     }
-    let cost = crate::pricing::max_cost(meta, sealed_len);
-    app.spend
-        .reserve(&key, &meta.client_account, cost, cap)
-        .map_err(|spent| {
-            payment(format!(
-                "the authorization's cap of {cap} nanoton for this enclave would be passed: {spent} spent or reserved, this request may cost up to {cost}; sign a higher cap"
-            ))
-        })?;
-    Ok(crate::Reservation {
-        app: app.clone(),
-        key,
-        account: meta.client_account,
-        reserved: cost,
-        charged: std::sync::atomic::AtomicU64::new(0),
-    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -687,7 +810,7 @@ async fn receipts(
             &pk,
             time,
             &sig,
-            unix_now(),
+            app.clock.unix_secs(),
             app.limits.receipts_query_max_skew_secs,
         )
         .map_err(|e| e.to_string())

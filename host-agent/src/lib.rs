@@ -9,6 +9,8 @@
 //! models, never ciphertext.
 //!
 //! * [`config`] — addresses, limits and timeouts, the config file.
+//! * [`clock`] — the one clock every time-dependent rule reads (injected
+//!   through [`HostConfig::clock`], pinned in tests).
 //! * [`broker`] — connections to the enclaves (Unix socket or vsock),
 //!   frame multiplexing with backpressure, evidence verification under the
 //!   host's policy, routing by evidence digest, reconnects.
@@ -36,6 +38,7 @@
 
 pub mod admin;
 pub mod broker;
+pub mod clock;
 pub mod collateral;
 pub mod config;
 pub mod fetch;
@@ -63,6 +66,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+pub use clock::Clock;
 pub use config::{EnclaveAddr, HostConfig, Limits};
 pub use http::Refusal;
 
@@ -103,6 +107,8 @@ pub struct Listeners {
 /// State shared by the handlers and the pumps.
 pub(crate) struct App {
     pub(crate) limits: Limits,
+    /// Where every decision in the service reads the time.
+    pub(crate) clock: Clock,
     pub(crate) broker: Arc<Broker>,
     pub(crate) ledger: Arc<Ledger>,
     pub(crate) limiter: Arc<AccountLimiter>,
@@ -323,6 +329,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
             limits.max_tracked_accounts,
         )),
         limits,
+        clock: config.clock,
         broker: broker.clone(),
         ledger,
         metrics,
@@ -341,16 +348,19 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = tokio::time::Instant::now();
+            let mut last = app.clock.instant();
             loop {
                 tick.tick().await;
                 if *app.hard_stop.borrow() {
                     return;
                 }
-                let now = tokio::time::Instant::now();
+                let now = app.clock.instant();
                 let capacity = app.broker.ready_count() * app.limits.max_streams_per_enclave;
-                app.pricing
-                    .sample(*app.in_flight.borrow(), capacity, now - last);
+                app.pricing.sample(
+                    *app.in_flight.borrow(),
+                    capacity,
+                    now.saturating_duration_since(last),
+                );
                 app.metrics.set_utilisation(app.pricing.utilisation());
                 last = now;
             }

@@ -444,6 +444,7 @@ fn configure(
                 .clone()
                 .unwrap_or_else(|| cocoon_host::intel_pcs::INTEL_PCS.to_string()),
             admin_token,
+            clock: cocoon_host::Clock::system(),
         },
         listen,
         admin_listen,

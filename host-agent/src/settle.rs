@@ -27,8 +27,10 @@
 
 use std::path::Path;
 
-use base64ct::{Base64, Encoding as _};
-use cocoon_protocol::settlement::{compress_p256, ContractAddress, SignedAuthorization, SignedTab};
+use cocoon_protocol::settlement::manifest::{LedgerTotals, ManifestUnclaimed};
+use cocoon_protocol::settlement::{
+    compress_p256, ClaimsManifest, ContractAddress, ManifestClaim, SignedAuthorization, SignedTab,
+};
 use cocoon_protocol::ton::claim_body;
 
 use crate::ledger::{ClaimRecord, Ledger, SettlementRow};
@@ -237,53 +239,51 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
     out
 }
 
-/// The manifest `claims.json` (format in `contracts/README.md`).
+/// The manifest `claims.json` (format in `contracts/README.md`; the type
+/// is [`ClaimsManifest`], which the client's statement reads).
 pub fn manifest(s: &Settlement, contract: ContractAddress) -> String {
-    let claims: Vec<serde_json::Value> = s
-        .claims
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "account": hex::encode(c.account),
-                "enclave_key": hex::encode(c.enclave_key),
-                "count": c.count,
-                "total": c.total.to_string(),
-                "already_claimed": c.already_claimed.to_string(),
-                "amount": c.amount.to_string(),
-                "query_id": c.query_id,
-                "authorization": hex::encode(c.authorization.to_bytes()),
-                "tab": hex::encode(c.tab.to_bytes()),
-                "body_boc": Base64::encode_string(&c.body_boc),
+    to_manifest(s, contract).to_json()
+}
+
+/// What a run found, as the manifest states it.
+pub fn to_manifest(s: &Settlement, contract: ContractAddress) -> ClaimsManifest {
+    ClaimsManifest {
+        contract,
+        claims: s
+            .claims
+            .iter()
+            .map(|c| ManifestClaim {
+                account: c.account,
+                enclave_key: c.enclave_key,
+                count: c.count,
+                total: c.total,
+                already_claimed: c.already_claimed,
+                amount: c.amount,
+                query_id: c.query_id,
+                authorization: c.authorization,
+                tab: c.tab,
+                body_boc: c.body_boc.clone(),
             })
-        })
-        .collect();
-    let unclaimed: Vec<serde_json::Value> = s
-        .unclaimed
-        .iter()
-        .map(|u| {
-            serde_json::json!({
-                "account": hex::encode(u.account),
-                "enclave_key": compress_p256(&u.receipt_public_key).map(hex::encode).unwrap_or_default(),
-                "receipts": u.receipts,
-                "nanoton": u.nanoton.to_string(),
-                "reason": u.reason,
+            .collect(),
+        total_amount: s.total_amount(),
+        unclaimed: s
+            .unclaimed
+            .iter()
+            .map(|u| ManifestUnclaimed {
+                account: u.account,
+                enclave_key: compress_p256(&u.receipt_public_key).ok(),
+                receipts: u.receipts,
+                nanoton: u.nanoton,
+                reason: u.reason.clone(),
             })
-        })
-        .collect();
-    serde_json::to_string_pretty(&serde_json::json!({
-        "version": 1,
-        "contract": contract.to_string(),
-        "claims": claims,
-        "total_amount": s.total_amount().to_string(),
-        "unclaimed": unclaimed,
-        "ledger": {
-            "receipts": s.ledger_receipts,
-            "nanoton": s.ledger_nanoton.to_string(),
-            "counted_receipts": s.counted_receipts,
-            "counted_nanoton": s.counted_nanoton.to_string(),
+            .collect(),
+        ledger: LedgerTotals {
+            receipts: s.ledger_receipts,
+            nanoton: s.ledger_nanoton,
+            counted_receipts: s.counted_receipts,
+            counted_nanoton: s.counted_nanoton,
         },
-    }))
-    .unwrap_or_default()
+    }
 }
 
 /// Run settlement: read the ledger, write `claims.json` and the BOCs into
@@ -430,5 +430,81 @@ mod tests {
             1,
         );
         assert!(s.claims.is_empty());
+    }
+
+    /// The manifest as `settle` wrote it before [`ClaimsManifest`]
+    /// existed (`serde_json::json!`, in insertion order): the reference
+    /// for "the bytes written stay the same".
+    fn manifest_as_before(s: &Settlement, contract: ContractAddress) -> String {
+        use base64ct::{Base64, Encoding as _};
+        let claims: Vec<serde_json::Value> = s
+            .claims
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "account": hex::encode(c.account),
+                    "enclave_key": hex::encode(c.enclave_key),
+                    "count": c.count,
+                    "total": c.total.to_string(),
+                    "already_claimed": c.already_claimed.to_string(),
+                    "amount": c.amount.to_string(),
+                    "query_id": c.query_id,
+                    "authorization": hex::encode(c.authorization.to_bytes()),
+                    "tab": hex::encode(c.tab.to_bytes()),
+                    "body_boc": Base64::encode_string(&c.body_boc),
+                })
+            })
+            .collect();
+        let unclaimed: Vec<serde_json::Value> = s
+            .unclaimed
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "account": hex::encode(u.account),
+                    "enclave_key": compress_p256(&u.receipt_public_key).map(hex::encode).unwrap_or_default(),
+                    "receipts": u.receipts,
+                    "nanoton": u.nanoton.to_string(),
+                    "reason": u.reason,
+                })
+            })
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "version": 1,
+            "contract": contract.to_string(),
+            "claims": claims,
+            "total_amount": s.total_amount().to_string(),
+            "unclaimed": unclaimed,
+            "ledger": {
+                "receipts": s.ledger_receipts,
+                "nanoton": s.ledger_nanoton.to_string(),
+                "counted_receipts": s.counted_receipts,
+                "counted_nanoton": s.counted_nanoton.to_string(),
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_manifest_bytes_are_unchanged_and_read_back() {
+        let (good, _) = row(3, 600, (3, 600), 1_000);
+        let (pending, _) = row(4, 700, (3, 600), 1_000);
+        let mut bad_key = row(1, 5, (1, 5), 10).0;
+        bad_key.receipt_public_key = vec![4; 65];
+        bad_key.tab = None;
+        let s = build(&[good, pending, bad_key], CONTRACT, 5);
+        assert_eq!((s.claims.len(), s.unclaimed.len()), (2, 2));
+        let text = manifest(&s, CONTRACT);
+        assert_eq!(text, manifest_as_before(&s, CONTRACT));
+        assert!(text.contains("\"enclave_key\": \"\","), "{text}");
+        let empty = Settlement::default();
+        assert_eq!(
+            manifest(&empty, CONTRACT),
+            manifest_as_before(&empty, CONTRACT)
+        );
+        // The client's decoder reads what the host writes.
+        assert_eq!(
+            ClaimsManifest::from_json(&text).unwrap(),
+            to_manifest(&s, CONTRACT)
+        );
     }
 }

@@ -39,6 +39,7 @@ async fn start(
             amd_kds_url: "http://127.0.0.1:9".into(),
             intel_pcs_url: "http://127.0.0.1:9".into(),
             admin_token,
+            clock: cocoon_host::Clock::system(),
         },
     )
     .await

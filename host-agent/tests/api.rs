@@ -1070,3 +1070,69 @@ async fn prices_are_checked_and_the_authorization_cap_is_enforced() {
     );
     host.stop().await;
 }
+
+/// The host's time rules read the injected clock: pinned, it decides the
+/// price sheet's validity, a request's expiry (refused before the enclave
+/// sees it) and a signed query's skew, whatever the system clock says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_clock_decides_the_time_rules() {
+    use cocoon_host::clock::PinnedClock;
+    use cocoon_host::pricing::QUOTE_TTL;
+    use cocoon_protocol::pricing::PriceSheet;
+
+    let dir = TempDir::new("clock");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let t0 = now();
+    let pinned = PinnedClock::at(t0);
+    let host = TestHost::start_clocked(
+        &dir,
+        &[&enclave],
+        test_limits(),
+        simulated_policy(),
+        None,
+        pinned.clock(),
+    )
+    .await;
+    host.wait_ready().await;
+    let target = &fetch_targets(host.public).await[0];
+    let account = new_account();
+    let sheet = || async {
+        let r = http(host.public, "GET", "/v1/prices", &[], b"").await;
+        assert_eq!(r.status, 200);
+        PriceSheet::from_cbor(&r.body).unwrap()
+    };
+    let receipts = |time: u64| {
+        let h = receipts_headers(&account, time);
+        async move { http(host.public, "GET", "/v1/receipts", &h, b"").await }
+    };
+
+    // At t0: the sheet is issued at t0, a request that expires at about
+    // t0 + 300 is served, a query signed at t0 is answered.
+    let s = sheet().await;
+    assert_eq!((s.issued_at, s.valid_until), (t0, t0 + QUOTE_TTL.as_secs()));
+    let (sealed, _) = seal(target, &account, 4, b"before");
+    let r = post(host.public, target, &account, &sealed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(receipts(t0).await.status, 200);
+
+    // Ten minutes later by the pinned clock (seconds by the system's): the
+    // same kind of request has lapsed and never reaches the enclave, the
+    // sheet is issued at the new time, the query signed at t0 is stale.
+    pinned.advance(Duration::from_secs(600));
+    let served = enclave.requests();
+    let (sealed, _) = seal(target, &account, 4, b"after");
+    let r = post(host.public, target, &account, &sealed).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("expired at"), "{}", r.text());
+    assert_eq!(enclave.requests(), served);
+    let s = sheet().await;
+    assert_eq!(
+        (s.issued_at, s.valid_until),
+        (t0 + 600, t0 + 600 + QUOTE_TTL.as_secs())
+    );
+    let r = receipts(t0).await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("more than 300 s"), "{}", r.text());
+    assert_eq!(receipts(t0 + 600).await.status, 200);
+    host.stop().await;
+}

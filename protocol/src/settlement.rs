@@ -35,6 +35,10 @@ use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 
 use crate::account::AccountId;
 
+pub mod manifest;
+
+pub use manifest::{ClaimsManifest, ManifestClaim, ManifestError};
+
 /// Tag of an authorization.
 pub const AUTH_TAG: &[u8; 4] = b"CCA1";
 /// Tag of a tab.

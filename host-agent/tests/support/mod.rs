@@ -586,6 +586,26 @@ impl TestHost {
         policy: Policy,
         settlement: Option<cocoon_protocol::settlement::ContractAddress>,
     ) -> TestHost {
+        TestHost::start_clocked(
+            dir,
+            enclaves,
+            limits,
+            policy,
+            settlement,
+            cocoon_host::Clock::system(),
+        )
+        .await
+    }
+
+    /// A host that reads the time from `clock`.
+    pub async fn start_clocked(
+        dir: &TempDir,
+        enclaves: &[&TestEnclave],
+        limits: Limits,
+        policy: Policy,
+        settlement: Option<cocoon_protocol::settlement::ContractAddress>,
+        clock: cocoon_host::Clock,
+    ) -> TestHost {
         let listeners = Listeners {
             public: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -600,6 +620,7 @@ impl TestHost {
             amd_kds_url: "http://127.0.0.1:9".into(),
             intel_pcs_url: "http://127.0.0.1:9".into(),
             admin_token: None,
+            clock,
         };
         TestHost::start_config(listeners, config).await.unwrap()
     }

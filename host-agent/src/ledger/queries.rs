@@ -1,0 +1,275 @@
+//! The ledger's reads, on a small pool of read-only connections (WAL
+//! readers never block the writer): an account's receipts, the operator
+//! export, the spend per key and account, settlement's view and the
+//! consistency check.
+
+use std::time::Duration;
+
+use cocoon_protocol::api::ReceiptEntry;
+use cocoon_protocol::receipt::UnitPrice;
+use cocoon_protocol::RequestId;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::schema::{blob32, u64_of};
+use super::{
+    Ledger, LedgerCheck, LedgerEntry, LedgerError, SettlementRow, StoredAuthorization, StoredEntry,
+    StoredTab,
+};
+
+/// Readers kept open for re-use.
+const READER_POOL: usize = 4;
+
+impl Ledger {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let path = self.path.clone();
+        let pool = self.readers.clone();
+        let err = {
+            let path = path.clone();
+            move |e: rusqlite::Error| LedgerError::Sqlite {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let pooled = pool.lock().ok().and_then(|mut p| p.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(&err)?;
+                    c.busy_timeout(Duration::from_secs(5)).map_err(&err)?;
+                    c
+                }
+            };
+            let out = f(&conn).map_err(&err);
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < READER_POOL {
+                    p.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Whether a receipt for `request_id` is in the ledger.
+    pub async fn contains(&self, request_id: RequestId) -> Result<bool, LedgerError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?
+                .query_row([&request_id.0[..]], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+        })
+        .await
+    }
+
+    /// An account's receipts with `ledger_seq > after`, oldest first, at
+    /// most `limit`.
+    pub async fn receipts_for(
+        &self,
+        account: [u8; 32],
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ReceiptEntry>, LedgerError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT ledger_seq, receipt, receipt_public_key FROM receipts \
+                 WHERE account = ?1 AND ledger_seq > ?2 ORDER BY ledger_seq LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![&account[..], after, limit], |r| {
+                Ok(ReceiptEntry {
+                    ledger_seq: u64_of(r.get(0)?),
+                    receipt: r.get(1)?,
+                    receipt_public_key: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Every entry with `ledger_seq > after`, oldest first, at most `limit`.
+    pub async fn export(&self, after: u64, limit: usize) -> Result<Vec<StoredEntry>, LedgerError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT ledger_seq, request_id, account, model, prompt_tokens, completion_tokens, \
+                 total_tokens, prompt_price, completion_price, enclave_seq, time, receipt, \
+                 receipt_public_key, cached_tokens, cached_price, multiplier_milli, charge \
+                 FROM receipts WHERE ledger_seq > ?1 ORDER BY ledger_seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit], |r| {
+                let rid: Vec<u8> = r.get(1)?;
+                let acct: Vec<u8> = r.get(2)?;
+                let mut request_id = [0u8; 32];
+                let mut account = [0u8; 32];
+                if rid.len() == 32 {
+                    request_id.copy_from_slice(&rid);
+                }
+                if acct.len() == 32 {
+                    account.copy_from_slice(&acct);
+                }
+                Ok(StoredEntry {
+                    ledger_seq: u64_of(r.get(0)?),
+                    entry: LedgerEntry {
+                        request_id: RequestId(request_id),
+                        account,
+                        model: r.get(3)?,
+                        prompt_tokens: u64_of(r.get(4)?),
+                        cached_tokens: u64_of(r.get(13)?),
+                        completion_tokens: u64_of(r.get(5)?),
+                        total_tokens: u64_of(r.get(6)?),
+                        unit_price: UnitPrice {
+                            prompt: u64_of(r.get(7)?),
+                            cached: u64_of(r.get(14)?),
+                            completion: u64_of(r.get(8)?),
+                        },
+                        multiplier_milli: u32::try_from(r.get::<_, i64>(15)?).unwrap_or(0),
+                        charge: u64_of(r.get(16)?),
+                        enclave_seq: u64_of(r.get(9)?),
+                        time: u64_of(r.get(10)?),
+                        receipt: r.get(11)?,
+                        receipt_public_key: r.get(12)?,
+                    },
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+    /// The committed receipts of `receipt_public_key` that its stored tabs
+    /// do not count yet (all receipts of every account whose tab is behind
+    /// its ledger count), to acknowledge again.
+    pub async fn uncounted(
+        &self,
+        receipt_public_key: Vec<u8>,
+    ) -> Result<Vec<(RequestId, [u8; 32])>, LedgerError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT r.request_id, r.account FROM receipts r WHERE r.receipt_public_key = ?1 \
+                 AND r.account IN ( \
+                   SELECT g.account FROM (SELECT account, count(*) AS n FROM receipts \
+                     WHERE receipt_public_key = ?1 GROUP BY account) g \
+                   LEFT JOIN tabs t ON t.receipt_public_key = ?1 AND t.account = g.account \
+                   WHERE g.n > coalesce(t.count, 0)) \
+                 ORDER BY r.ledger_seq",
+            )?;
+            let rows = st.query_map([&receipt_public_key], |r| {
+                Ok((blob32(r.get(0)?), blob32(r.get(1)?)))
+            })?;
+            rows.map(|r| r.map(|(id, a)| (RequestId(id), a))).collect()
+        })
+        .await
+    }
+
+    /// Committed charges (nanoton) of one account under one receipt key.
+    pub async fn spent(
+        &self,
+        receipt_public_key: Vec<u8>,
+        account: [u8; 32],
+    ) -> Result<u128, LedgerError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT charge FROM receipts WHERE receipt_public_key = ?1 AND account = ?2",
+            )?;
+            let rows = st.query_map(params![&receipt_public_key, &account[..]], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            let mut sum = 0u128;
+            for r in rows {
+                sum += u128::from(u64_of(r?));
+            }
+            Ok(sum)
+        })
+        .await
+    }
+
+    /// Per (receipt key, account): what the ledger holds, the newest tab,
+    /// the highest authorization and what was claimed; the input of
+    /// settlement. Sums are exact (u128).
+    pub async fn settlement_view(&self) -> Result<Vec<SettlementRow>, LedgerError> {
+        // One pass: SQLite sums per pair (exactly: integer `sum` fails
+        // loudly on overflow instead of rounding) and joins the newest tab,
+        // the highest authorization and what was claimed.
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT g.k, g.a, g.n, g.s, t.count, t.total, t.signed_tab, \
+                 au.cap, au.signed, au.client_public_key, cl.count, cl.total \
+                 FROM (SELECT receipt_public_key AS k, account AS a, count(*) AS n, sum(charge) AS s \
+                       FROM receipts GROUP BY receipt_public_key, account) g \
+                 LEFT JOIN tabs t ON t.receipt_public_key = g.k AND t.account = g.a \
+                 LEFT JOIN authorizations au ON au.receipt_public_key = g.k AND au.account = g.a \
+                 LEFT JOIN claims cl ON cl.receipt_public_key = g.k AND cl.account = g.a \
+                 ORDER BY g.k, g.a",
+            )?;
+            let rows = st.query_map([], |r| {
+                let account = blob32(r.get(1)?);
+                let tab = match r.get::<_, Option<i64>>(4)? {
+                    None => None,
+                    Some(count) => Some(StoredTab {
+                        account,
+                        count: u64_of(count),
+                        total: u64_of(r.get(5)?),
+                        signed: r.get(6)?,
+                    }),
+                };
+                let authorization = match r.get::<_, Option<i64>>(7)? {
+                    None => None,
+                    Some(cap) => Some(StoredAuthorization {
+                        account,
+                        cap: u64_of(cap),
+                        signed: r.get(8)?,
+                        client_public_key: r.get(9)?,
+                    }),
+                };
+                Ok(SettlementRow {
+                    receipt_public_key: r.get(0)?,
+                    account,
+                    receipts: u64_of(r.get(2)?),
+                    charged: u128::from(u64_of(r.get(3)?)),
+                    tab,
+                    authorization,
+                    claimed_count: u64_of(r.get::<_, Option<i64>>(10)?.unwrap_or(0)),
+                    claimed_total: u64_of(r.get::<_, Option<i64>>(11)?.unwrap_or(0)),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Counts and the duplicate check.
+    pub async fn check(&self) -> Result<LedgerCheck, LedgerError> {
+        self.read(|c| {
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(u64_of)
+            };
+            Ok(LedgerCheck {
+                entries: count("SELECT count(*) FROM receipts")?,
+                distinct_requests: count("SELECT count(DISTINCT request_id) FROM receipts")?,
+                accounts: count("SELECT count(DISTINCT account) FROM receipts")?,
+                max_ledger_seq: count("SELECT coalesce(max(ledger_seq), 0) FROM receipts")?,
+                duplicate_requests: count(
+                    "SELECT count(*) FROM (SELECT request_id FROM receipts \
+                     GROUP BY request_id HAVING count(*) > 1)",
+                )?,
+                duplicate_enclave_seqs: count(
+                    "SELECT count(*) FROM (SELECT 1 FROM receipts \
+                     GROUP BY receipt_public_key, enclave_seq HAVING count(*) > 1)",
+                )?,
+                quick_check: c.query_row("PRAGMA quick_check", [], |r| r.get(0))?,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,390 @@
+//! The writer side of the ledger: one thread owns the writing connection
+//! and commits appends in groups (see "Group commit" in the module above),
+//! a second folds the WAL into the main file; the writes other than
+//! appends (tabs, authorizations, claims) run on the writer thread in
+//! transactions of their own, after the appends queued before them.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::schema::{i64_of, u64_of};
+use super::{
+    AppendError, ClaimRecord, Ledger, LedgerEntry, LedgerError, LedgerStats, StoredAuthorization,
+    StoredTab,
+};
+
+/// How often the WAL is checkpointed into the main file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A write other than an append, run on the writer thread in a
+/// transaction of its own.
+pub(super) type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub(super) enum Op {
+    Append(Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>),
+    Run(WriteJob),
+    Close,
+}
+
+/// The threads [`start`] started and the queue to the writer.
+pub(super) struct Threads {
+    pub(super) tx: mpsc::Sender<Op>,
+    pub(super) writer: JoinHandle<()>,
+    pub(super) checkpointer: (mpsc::Sender<()>, JoinHandle<()>),
+}
+
+/// Start the writer thread on `conn` and the checkpoint thread on a
+/// connection of its own to `path`.
+pub(super) fn start(
+    conn: Connection,
+    path: &Path,
+    max_batch: usize,
+    stats: Arc<LedgerStats>,
+) -> Result<Threads, LedgerError> {
+    let (tx, rx) = mpsc::channel();
+    let writer = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || write_loop(conn, rx, max_batch, &stats))
+        .map_err(|e| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            message: format!("could not start the writer thread: {e}"),
+        })?;
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let cp_path = path.to_path_buf();
+    let checkpointer = std::thread::Builder::new()
+        .name("ledger-checkpoint".into())
+        .spawn(move || checkpoint_loop(&cp_path, &stop_rx))
+        .map_err(|e| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            message: format!("could not start the checkpoint thread: {e}"),
+        })?;
+    Ok(Threads {
+        tx,
+        writer,
+        checkpointer: (stop_tx, checkpointer),
+    })
+}
+
+impl Ledger {
+    /// Append one entry; resolves once its transaction is durably committed
+    /// (`Ok(ledger_seq)`), or with why it was refused.
+    pub async fn append(&self, entry: LedgerEntry) -> Result<u64, AppendError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let guard = self.tx.lock().map_err(|_| AppendError::Closed)?;
+            let sender = guard.as_ref().ok_or(AppendError::Closed)?;
+            sender
+                .send(Op::Append(Box::new(entry), tx))
+                .map_err(|_| AppendError::Closed)?;
+        }
+        rx.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// Stop taking appends, let the writer commit everything queued before
+    /// this call, checkpoint the WAL and join the thread.
+    pub fn close(&self) {
+        if let Some((stop, handle)) = self.checkpointer.lock().ok().and_then(|mut g| g.take()) {
+            drop(stop);
+            let _ = handle.join();
+        }
+        let sender = self.tx.lock().ok().and_then(|mut g| g.take());
+        if let Some(s) = sender {
+            let _ = s.send(Op::Close);
+        }
+        let handle = self.writer.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("ledger writer thread panicked");
+            }
+        }
+    }
+    /// Run `f` in a transaction on the writer thread (after the appends
+    /// queued before it) and return its result once committed.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        let path = self.path.display().to_string();
+        let job: WriteJob = Box::new(move |conn: &mut Connection| {
+            let out = (|| {
+                let txn = conn.transaction()?;
+                let v = f(&txn)?;
+                txn.commit()?;
+                Ok(v)
+            })()
+            .map_err(|e: rusqlite::Error| LedgerError::Sqlite {
+                path,
+                message: e.to_string(),
+            });
+            let _ = tx.send(out);
+        });
+        {
+            let guard = self.tx.lock().map_err(|_| LedgerError::Closed)?;
+            let sender = guard.as_ref().ok_or(LedgerError::Closed)?;
+            sender.send(Op::Run(job)).map_err(|_| LedgerError::Closed)?;
+        }
+        rx.await.unwrap_or(Err(LedgerError::Closed))
+    }
+
+    /// Store enclave-signed tabs of one receipt key (already verified by
+    /// the caller), keeping per account the one with the highest count.
+    /// Returns how many rows moved forward.
+    pub async fn store_tabs(
+        &self,
+        receipt_public_key: Vec<u8>,
+        tabs: Vec<StoredTab>,
+    ) -> Result<usize, LedgerError> {
+        self.write(move |t| {
+            let mut st = t.prepare_cached(
+                "INSERT INTO tabs (receipt_public_key, account, count, total, signed_tab) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 count = excluded.count, total = excluded.total, signed_tab = excluded.signed_tab \
+                 WHERE excluded.count > tabs.count",
+            )?;
+            let mut moved = 0;
+            for tab in &tabs {
+                let (Ok(count), Ok(total)) = (i64::try_from(tab.count), i64::try_from(tab.total))
+                else {
+                    continue;
+                };
+                moved += st.execute(params![
+                    &receipt_public_key,
+                    &tab.account[..],
+                    count,
+                    total,
+                    &tab.signed
+                ])?;
+            }
+            Ok(moved)
+        })
+        .await
+    }
+
+    /// Store a client's authorization for a receipt key when its cap is
+    /// higher than the stored one. Returns the cap now stored.
+    pub async fn store_authorization(
+        &self,
+        receipt_public_key: Vec<u8>,
+        auth: StoredAuthorization,
+    ) -> Result<u64, LedgerError> {
+        self.write(move |t| {
+            let cap = i64::try_from(auth.cap).unwrap_or(i64::MAX);
+            t.prepare_cached(
+                "INSERT INTO authorizations (receipt_public_key, account, cap, signed, client_public_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 cap = excluded.cap, signed = excluded.signed, client_public_key = excluded.client_public_key \
+                 WHERE excluded.cap > authorizations.cap",
+            )?
+            .execute(params![
+                &receipt_public_key,
+                &auth.account[..],
+                cap,
+                &auth.signed,
+                &auth.client_public_key
+            ])?;
+            t.query_row(
+                "SELECT cap FROM authorizations WHERE receipt_public_key = ?1 AND account = ?2",
+                params![&receipt_public_key, &auth.account[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(u64_of)
+        })
+        .await
+    }
+
+    /// Record what a settlement run claimed (count and total of the tab it
+    /// claimed), per receipt key and account; only moves forward.
+    pub async fn record_claims(&self, claims: Vec<ClaimRecord>) -> Result<(), LedgerError> {
+        self.write(move |t| {
+            let mut st = t.prepare_cached(
+                "INSERT INTO claims (receipt_public_key, account, count, total) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 count = excluded.count, total = excluded.total WHERE excluded.total > claims.total",
+            )?;
+            for c in &claims {
+                st.execute(params![
+                    &c.receipt_public_key,
+                    &c.account[..],
+                    i64::try_from(c.count).unwrap_or(i64::MAX),
+                    i64::try_from(c.total).unwrap_or(i64::MAX)
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Fold the WAL into the main file now and then, on a connection of its
+/// own, so the writer's commits never pay for a checkpoint. PASSIVE: it
+/// never blocks the writer or readers.
+fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
+    let conn = match Connection::open(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger checkpoint connection failed; the WAL will grow until close");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    loop {
+        match stop.recv_timeout(CHECKPOINT_INTERVAL) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "ledger checkpoint failed");
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+type Pending = (Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>);
+
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, stats: &LedgerStats) {
+    let mut closing = false;
+    let mut job: Option<WriteJob> = None;
+    while !closing {
+        if let Some(j) = job.take() {
+            j(&mut conn);
+        }
+        let mut batch: Vec<Pending> = Vec::new();
+        match rx.recv() {
+            Ok(Op::Append(e, tx)) => batch.push((e, tx)),
+            Ok(Op::Run(j)) => {
+                j(&mut conn);
+                continue;
+            }
+            Ok(Op::Close) | Err(_) => break,
+        }
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Op::Append(e, tx)) => batch.push((e, tx)),
+                Ok(Op::Run(j)) => {
+                    // After this batch, in order.
+                    job = Some(j);
+                    break;
+                }
+                Ok(Op::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, &batch);
+        match results {
+            Ok(results) => {
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                for ((_, tx), r) in batch.into_iter().zip(results) {
+                    match &r {
+                        Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
+                    };
+                    let _ = tx.send(r);
+                }
+            }
+            Err(e) => {
+                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, appends = batch.len(), "ledger commit failed");
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(AppendError::Io(e.to_string())));
+                }
+            }
+        }
+    }
+    if let Some(j) = job.take() {
+        j(&mut conn);
+    }
+    // Everything queued before Close has been answered. Fold the WAL back
+    // into the main file so the sqlite3 CLI sees one file.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "ledger checkpoint at close failed");
+    }
+    // Anything queued after Close (none: the sender is gone) is dropped,
+    // which answers it with `Closed`.
+}
+
+/// Insert every entry of `batch` in one transaction. The outer error is a
+/// failure of the whole batch (nothing committed).
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[Pending],
+) -> rusqlite::Result<Vec<Result<u64, AppendError>>> {
+    let txn = conn.transaction()?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut insert = txn.prepare_cached(
+            "INSERT OR IGNORE INTO receipts (request_id, account, model, prompt_tokens, \
+             completion_tokens, total_tokens, prompt_price, completion_price, enclave_seq, \
+             time, receipt, receipt_public_key, cached_tokens, cached_price, multiplier_milli, \
+             charge) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        let mut which = txn.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?;
+        for (e, _) in batch {
+            let nums = (|| {
+                Ok::<_, AppendError>([
+                    i64_of(e.prompt_tokens, "prompt_tokens")?,
+                    i64_of(e.completion_tokens, "completion_tokens")?,
+                    i64_of(e.total_tokens, "total_tokens")?,
+                    i64_of(e.unit_price.prompt, "unit_price.prompt")?,
+                    i64_of(e.unit_price.completion, "unit_price.completion")?,
+                    i64_of(e.enclave_seq, "enclave_seq")?,
+                    i64_of(e.time, "time")?,
+                    i64_of(e.cached_tokens, "cached_tokens")?,
+                    i64_of(e.unit_price.cached, "unit_price.cached")?,
+                    i64::from(e.multiplier_milli),
+                    i64_of(e.charge, "charge")?,
+                ])
+            })();
+            let n = match nums {
+                Ok(n) => n,
+                Err(r) => {
+                    results.push(Err(r));
+                    continue;
+                }
+            };
+            let changed = insert.execute(params![
+                &e.request_id.0[..],
+                &e.account[..],
+                &e.model,
+                n[0],
+                n[1],
+                n[2],
+                n[3],
+                n[4],
+                n[5],
+                n[6],
+                &e.receipt,
+                &e.receipt_public_key,
+                n[7],
+                n[8],
+                n[9],
+                n[10],
+            ])?;
+            if changed == 1 {
+                results.push(Ok(u64_of(txn.last_insert_rowid())));
+            } else if which
+                .query_row([&e.request_id.0[..]], |_| Ok(()))
+                .optional()?
+                .is_some()
+            {
+                results.push(Err(AppendError::DuplicateRequest(e.request_id)));
+            } else {
+                results.push(Err(AppendError::DuplicateEnclaveSeq(e.enclave_seq)));
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(results)
+}
