@@ -313,6 +313,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         metrics.clone(),
         ledger.clone(),
         crate::collateral::Collateral::new(&config.amd_kds_url, &config.intel_pcs_url),
+        config.clock.clone(),
     );
     let limits = config.limits;
     let app = Arc::new(App {

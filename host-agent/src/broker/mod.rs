@@ -57,16 +57,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cocoon_protocol::api::EvidenceList;
 use cocoon_protocol::pricing::PriceTable;
 use cocoon_protocol::receipt::ReceiptVerifier;
 use cocoon_protocol::seal::EvidenceDigest;
-use cocoon_verifier::{Policy, UnixTime};
+use cocoon_verifier::Policy;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::collateral::Collateral;
 use crate::config::{EnclaveAddr, Limits};
 use crate::ledger::Ledger;
@@ -257,6 +258,8 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     ledger: Arc<Ledger>,
     collateral: Collateral,
+    /// The host's time: evidence and collateral validity, re-check spacing.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Broker {
@@ -266,15 +269,6 @@ impl std::fmt::Debug for Broker {
             .field("ready", &self.ready_count())
             .finish()
     }
-}
-
-fn now_unix() -> UnixTime {
-    UnixTime(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
 }
 
 /// Resolves once the watched flag is true (the guard `wait_for` returns is
@@ -297,6 +291,7 @@ impl Broker {
         metrics: Arc<Metrics>,
         ledger: Arc<Ledger>,
         collateral: Collateral,
+        clock: Clock,
     ) -> Arc<Broker> {
         let slots = addrs
             .iter()
@@ -325,6 +320,7 @@ impl Broker {
             metrics,
             ledger,
             collateral,
+            clock,
         })
     }
 
@@ -427,7 +423,10 @@ impl Broker {
             .conn
             .fetch_nonce_evidence(nonce, self.limits.evidence_timeout)
             .await?;
-        let bundle = self.collateral.attach(bundle, now_unix().0).await;
+        let bundle = self
+            .collateral
+            .attach(bundle, self.clock.unix_time().0)
+            .await;
         let v = self.verify_bundle(&bundle)?;
         let c = v.claims();
         if c.hpke_public_key != ready.hpke_public_key
@@ -453,7 +452,7 @@ impl Broker {
         &self,
         bundle: &[u8],
     ) -> Result<cocoon_verifier::VerifiedEnclave, BrokerError> {
-        cocoon_verifier::verify(bundle, &self.policy, now_unix()).map_err(|r| {
+        cocoon_verifier::verify(bundle, &self.policy, self.clock.unix_time()).map_err(|r| {
             BrokerError::Rejected(
                 r.reasons()
                     .iter()

@@ -3,7 +3,6 @@
 //! then, and reconnect with back-off when the connection ends.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use cocoon_protocol::seal::EvidenceDigest;
 use tokio::sync::watch;
@@ -11,9 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::{connect, EnclaveConnection};
 use super::tabs::tab_task;
-use super::{
-    conn_key, now_unix, until_true, Broker, BrokerError, ReadyEnclave, Slot, RECHECK_MIN_INTERVAL,
-};
+use super::{conn_key, until_true, Broker, BrokerError, ReadyEnclave, Slot, RECHECK_MIN_INTERVAL};
 
 impl Broker {
     /// Fetch and verify the evidence on `conn` and publish the result. A
@@ -27,7 +24,7 @@ impl Broker {
                 return None;
             }
         };
-        let bundle = self.collateral.attach(bundle, now_unix().0).await;
+        let bundle = self.collateral.attach(bundle, self.clock.unix_secs()).await;
         let current = self
             .routes
             .read()
@@ -77,7 +74,8 @@ impl Broker {
         let mut last = slot.recheck.lock().await;
         let key = conn_key(&ready.conn);
         if let Some((at, k, digest)) = *last {
-            if k == key && at.elapsed() < RECHECK_MIN_INTERVAL {
+            if k == key && self.clock.instant().saturating_duration_since(at) < RECHECK_MIN_INTERVAL
+            {
                 return digest == Some(ready.digest);
             }
         }
@@ -85,7 +83,7 @@ impl Broker {
             return false;
         }
         let digest = self.refresh(slot, &ready.conn).await;
-        *last = Some((Instant::now(), key, digest));
+        *last = Some((self.clock.instant(), key, digest));
         digest == Some(ready.digest)
     }
 
@@ -156,7 +154,7 @@ impl Broker {
     ) -> Result<Arc<ReadyEnclave>, BrokerError> {
         let limits = &self.limits;
         let bundle = conn.fetch_evidence(limits.evidence_timeout).await?;
-        let bundle = self.collateral.attach(bundle, now_unix().0).await;
+        let bundle = self.collateral.attach(bundle, self.clock.unix_secs()).await;
         let prices = conn.fetch_prices(limits.evidence_timeout).await?;
         let ready = self.verify_evidence(slot, conn, bundle, prices)?;
         let tab_rx = conn
@@ -193,7 +191,7 @@ impl Broker {
                 _ = refresh.tick() => {
                     let mut last = slot.recheck.lock().await;
                     let digest = self.refresh(slot, conn).await;
-                    *last = Some((Instant::now(), conn_key(conn), digest));
+                    *last = Some((self.clock.instant(), conn_key(conn), digest));
                     if digest.is_none() {
                         return;
                     }
