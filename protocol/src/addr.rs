@@ -64,7 +64,6 @@ impl Role {
 /// Why a text is not an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {} address {input:?}: {reason} (expected {})", role_word(*role), role.forms())]
-#[non_exhaustive]
 pub struct AddrError {
     /// What was given.
     pub input: String,

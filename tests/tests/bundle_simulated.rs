@@ -7,7 +7,8 @@ use cocoon_attestation::bundle::{Claims, ModelDigest};
 use cocoon_test_kit::simulated;
 use cocoon_verifier::enclave::VerifiedPlatform;
 use cocoon_verifier::{verify, Policy, ReasonKind, UnixTime};
-use p256::ecdsa::SigningKey;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
 
 const NOW: UnixTime = UnixTime(1_790_000_000);
 use simulated::MEASUREMENT;
