@@ -4,7 +4,6 @@
 mod support;
 
 use std::io::BufRead as _;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -13,31 +12,19 @@ use support::{default_policy_toml, sim_policy_toml, TestProvider, MODEL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cocoon-client");
 
-struct Scratch(PathBuf);
+struct Scratch(cocoon_test_kit::TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let d =
-            std::env::temp_dir().join(format!("cocoon-client-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
+        Scratch(cocoon_test_kit::TempDir::new(&format!("client-cli-{name}")))
     }
 
     fn file(&self, name: &str, content: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, content).unwrap();
-        p.to_str().unwrap().to_string()
+        self.0.write(name, content).to_str().unwrap().to_string()
     }
 
     fn path(&self, name: &str) -> String {
         self.0.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

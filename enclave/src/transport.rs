@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use cocoon_protocol::addr::{Addr, AddrError, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
@@ -20,13 +21,8 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 #[non_exhaustive]
 pub enum TransportError {
     /// The text is not a listen address.
-    #[error("invalid listen address {input:?}: {reason} (expected unix:/path, vsock:PORT or vsock:CID:PORT)")]
-    BadAddress {
-        /// What was given.
-        input: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    BadAddress(#[from] AddrError),
     /// The path of a Unix socket is taken by something that is not a socket.
     #[error(
         "cannot listen on unix:{path}: the path exists and is not a socket; refusing to replace it"
@@ -59,47 +55,37 @@ pub enum ListenAddr {
     },
 }
 
+/// Read and written by [`cocoon_protocol::addr`], as the side that listens.
 impl FromStr for ListenAddr {
     type Err = TransportError;
 
     fn from_str(s: &str) -> Result<ListenAddr, TransportError> {
-        let bad = |reason| TransportError::BadAddress {
-            input: s.into(),
-            reason,
-        };
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(bad("the socket path is empty"));
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        match Addr::parse(s, Role::Listen)? {
+            Addr::Unix(path) => Ok(ListenAddr::Unix(path)),
+            Addr::Vsock { cid, port } => Ok(ListenAddr::Vsock {
+                cid: cid.unwrap_or(VMADDR_CID_ANY),
+                port,
+            }),
+            // `Role::Listen` refuses it; the error says so all the same.
+            Addr::HybridVsock { .. } => Err(TransportError::BadAddress(AddrError {
+                input: s.into(),
+                reason: "hybrid vsock is where the host connects; an enclave listens on vsock",
+                role: Role::Listen,
+            })),
         }
-        if let Some(rest) = s.strip_prefix("vsock:") {
-            let num = |t: &str| {
-                t.parse::<u32>()
-                    .map_err(|_| bad("CID and port must be decimal numbers below 2^32"))
-            };
-            return match rest.split_once(':') {
-                None => Ok(ListenAddr::Vsock {
-                    cid: VMADDR_CID_ANY,
-                    port: num(rest)?,
-                }),
-                Some((cid, port)) => Ok(ListenAddr::Vsock {
-                    cid: num(cid)?,
-                    port: num(port)?,
-                }),
-            };
-        }
-        Err(bad("unknown scheme"))
     }
 }
 
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            ListenAddr::Vsock { cid, port } if *cid == VMADDR_CID_ANY => write!(f, "vsock:{port}"),
-            ListenAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
-        }
+        let addr = match self {
+            ListenAddr::Unix(p) => Addr::Unix(p.clone()),
+            ListenAddr::Vsock { cid, port } => Addr::Vsock {
+                cid: Some(*cid).filter(|c| *c != VMADDR_CID_ANY),
+                port: *port,
+            },
+        };
+        addr.fmt(f)
     }
 }
 

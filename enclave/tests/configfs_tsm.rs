@@ -138,15 +138,7 @@ impl Drop for FakeTsm {
 }
 
 fn scratch_dir(what: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "cocoon-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    cocoon_test_kit::TempDir::new(what).keep()
 }
 
 fn set_generation(entry: &Path, value: u64) {

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,18 +41,7 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(30);
 const IMAGE: &[u8] = b"cocoon-enclave integration test image";
 
 fn unique_dir() -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let d = std::env::temp_dir().join(format!(
-        "cocoon-enclave-t{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    cocoon_test_kit::TempDir::new("enclave-t").keep()
 }
 
 fn now() -> UnixTime {
@@ -122,11 +110,7 @@ impl TestEnclave {
     }
 
     fn policy(&self) -> Policy {
-        Policy::from_toml(&format!(
-            "release = \"cocoon-dev\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
-            hex::encode(self.measurement)
-        ))
-        .unwrap()
+        cocoon_test_kit::simulated::policy(Some(&self.measurement))
     }
 
     /// Fetch the evidence over `conn` and verify it under the pinned policy.
@@ -438,11 +422,7 @@ async fn evidence_verifies_under_a_pinned_simulated_policy_and_names_the_enclave
 
     // The same evidence under a policy pinning another measurement fails:
     // the pin is really checked.
-    let wrong = Policy::from_toml(&format!(
-        "release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
-        "00".repeat(48)
-    ))
-    .unwrap();
+    let wrong = cocoon_test_kit::simulated::policy(Some(&[0; 48]));
     assert!(verify(&te.enclave.bundle_cbor(), &wrong, now()).is_err());
     // And the default stance (no opt-in) refuses it.
     let no_opt_in = Policy::from_toml(
@@ -1289,9 +1269,12 @@ fn the_binary_announces_itself_serves_and_exits_cleanly_on_sigterm() {
         c.send(0, FrameType::EvidenceRequest, &[]).await;
         let f = c.recv().await.unwrap();
         assert_eq!(f.kind, FrameType::EvidenceResponse);
-        let policy = Policy::from_toml("release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n").unwrap();
+        let policy = cocoon_test_kit::simulated::policy(None);
         let v = verify(&f.payload, &policy, now()).unwrap();
-        assert_eq!(hex::encode(EvidenceDigest::of_claims(v.claims_cbor()).0), digest_hex);
+        assert_eq!(
+            hex::encode(EvidenceDigest::of_claims(v.claims_cbor()).0),
+            digest_hex
+        );
         assert_eq!(v.claims().image_id, "bin-test");
         let config = EnclaveConfig::load(&cfg).unwrap();
         assert_eq!(v.claims().config_digest, config.digest());

@@ -203,9 +203,14 @@ impl World {
     fn host_cancel(&mut self, pick: u8) {
         let mut ids: Vec<u32> = self.host_streams.keys().copied().collect();
         ids.sort_unstable();
-        if let Some(&id) = ids.get(usize::from(pick) % ids.len().max(1)) {
+        if let Some(&id) = ids.get(usize::from(pick & 0x7f) % ids.len().max(1)) {
+            // The client went away: Cancel; the owner then waits a grace
+            // period for a receipt (the stream stays live), or forgets it.
             self.host.cancel(id);
-            self.host_streams.remove(&id);
+            if pick & 0x80 != 0 {
+                self.host.forget(id);
+                self.host_streams.remove(&id);
+            }
         }
     }
 

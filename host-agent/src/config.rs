@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use cocoon_protocol::addr::{Addr, Role};
 use cocoon_protocol::local_auth::BearerToken;
 use cocoon_protocol::seal::MAX_SEALED_REQUEST;
 use cocoon_verifier::Policy;
@@ -73,6 +74,7 @@ pub enum EnclaveAddr {
     },
 }
 
+/// Read and written by [`cocoon_protocol::addr`], as the side that connects.
 impl FromStr for EnclaveAddr {
     type Err = ConfigError;
 
@@ -81,55 +83,39 @@ impl FromStr for EnclaveAddr {
             field: "enclave",
             reason,
         };
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(invalid("unix: needs a socket path".into()));
-            }
-            return Ok(EnclaveAddr::Unix(PathBuf::from(path)));
-        }
-        if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
-            let (path, port) = rest.rsplit_once(':').ok_or_else(|| {
-                invalid(format!("{s:?}: expected hybrid-vsock:/path/to/socket:PORT"))
-            })?;
-            if path.is_empty() {
-                return Err(invalid(format!("{s:?}: the socket path is empty")));
-            }
-            let port = port
-                .parse::<u32>()
-                .map_err(|_| invalid(format!("{s:?}: port {port:?} is not a u32")))?;
-            return Ok(EnclaveAddr::HybridVsock {
-                path: PathBuf::from(path),
+        match Addr::parse(s, Role::Connect).map_err(|e| invalid(e.to_string()))? {
+            Addr::Unix(path) => Ok(EnclaveAddr::Unix(path)),
+            Addr::Vsock {
+                cid: Some(cid),
                 port,
-            });
+            } => Ok(EnclaveAddr::Vsock { cid, port }),
+            Addr::HybridVsock { path, port } => Ok(EnclaveAddr::HybridVsock { path, port }),
+            Addr::Vsock { cid: None, .. } => Err(invalid(format!(
+                "{s:?}: the host connects to one guest: give vsock:CID:PORT"
+            ))),
         }
-        if let Some(rest) = s.strip_prefix("vsock:") {
-            let (cid, port) = rest
-                .split_once(':')
-                .ok_or_else(|| invalid(format!("{s:?}: expected vsock:CID:PORT")))?;
-            let num = |what: &str, v: &str| {
-                v.parse::<u32>()
-                    .map_err(|_| invalid(format!("{s:?}: {what} {v:?} is not a u32")))
-            };
-            return Ok(EnclaveAddr::Vsock {
-                cid: num("CID", cid)?,
-                port: num("port", port)?,
-            });
+    }
+}
+
+impl From<&EnclaveAddr> for Addr {
+    fn from(a: &EnclaveAddr) -> Addr {
+        match a {
+            EnclaveAddr::Unix(p) => Addr::Unix(p.clone()),
+            EnclaveAddr::Vsock { cid, port } => Addr::Vsock {
+                cid: Some(*cid),
+                port: *port,
+            },
+            EnclaveAddr::HybridVsock { path, port } => Addr::HybridVsock {
+                path: path.clone(),
+                port: *port,
+            },
         }
-        Err(invalid(format!(
-            "{s:?}: expected unix:/path/to/socket, vsock:CID:PORT or hybrid-vsock:/path/to/socket:PORT"
-        )))
     }
 }
 
 impl fmt::Display for EnclaveAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EnclaveAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            EnclaveAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
-            EnclaveAddr::HybridVsock { path, port } => {
-                write!(f, "hybrid-vsock:{}:{port}", path.display())
-            }
-        }
+        Addr::from(self).fmt(f)
     }
 }
 

@@ -843,11 +843,7 @@ async fn evidence_the_policy_refuses_is_never_served() {
     let dir = TempDir::new("policy");
     let enclave = TestEnclave::start(dir.path(), "e");
     // Pinned to another measurement.
-    let policy = cocoon_verifier::Policy::from_toml(&format!(
-        "release = \"x\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
-        "00".repeat(48)
-    ))
-    .unwrap();
+    let policy = simulated::policy(Some(&[0; 48]));
     let host = TestHost::start_with_policy(&dir, &[&enclave], test_limits(), policy).await;
     eventually(10, "evidence fetched twice", || enclave.connections() >= 2).await;
     assert_eq!(

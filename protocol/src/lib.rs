@@ -40,6 +40,8 @@
 //!   `Host` header and the bearer token.
 //! * [`api`] — the host agent's HTTP API: paths, headers, and the bodies
 //!   (evidence list, chunk records, receipt list).
+//! * [`addr`] — where the host and an enclave meet: `unix:`, `vsock:` and
+//!   `hybrid-vsock:` addresses, read and written in one place.
 //!
 //! The flow, with the functions that do each step:
 //!
@@ -54,6 +56,7 @@
 #![deny(missing_docs)]
 
 pub mod account;
+pub mod addr;
 pub mod api;
 mod chunk_aead;
 pub mod frame;

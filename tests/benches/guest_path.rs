@@ -23,10 +23,9 @@ use cocoon_client::{Client, ResponsePart};
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::rand_core::OsRng;
+use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use cocoon_tests::bench::{interleaved, mode, ms};
-use cocoon_tests::procs::{bin, field, Proc, TempDir};
 
-const POLICY: &str = "release = \"bench\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n";
 const SETTINGS: &str = "[prices.all-minilm-l6-v2]\nprompt = 1\ncompletion = 0\n[prices.smollm2-135m-instruct]\nprompt = 1\ncompletion = 1\n";
 
 fn main() {
@@ -46,7 +45,7 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/out/image"));
     let dir = TempDir::new("bench-guest-path");
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, cocoon_test_kit::simulated::policy_toml(None)).unwrap();
     let settings = dir.path().join("provider.toml");
     std::fs::write(&settings, SETTINGS).unwrap();
 
@@ -123,7 +122,7 @@ fn main() {
     let line = host.wait_for("ready ", Duration::from_secs(60));
     let host_url = format!("http://{}", field(&line, "listen").unwrap());
 
-    let policy = cocoon_verifier::policy::Policy::from_toml(POLICY).unwrap();
+    let policy = cocoon_test_kit::simulated::policy(None);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -25,9 +25,9 @@ use cocoon_enclave::InferenceBackend;
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::rand_core::OsRng;
+use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use cocoon_tests::bench::{interleaved, mode, ms};
 use cocoon_tests::models::{chat_model_toml, model_toml};
-use cocoon_tests::procs::{bin, field, Proc, TempDir};
 
 const EMB: &str = "all-minilm-l6-v2";
 const CHAT: &str = "smollm2-135m-instruct";
@@ -55,11 +55,7 @@ fn main() {
     let mut enclave = Proc::spawn("cocoon-enclave", enclave);
     enclave.wait_for("ready listen=", Duration::from_secs(120));
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "release = \"bench\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n",
-    )
-    .unwrap();
+    std::fs::write(&policy, cocoon_test_kit::simulated::policy_toml(None)).unwrap();
     let mut host = Command::new(bin("cocoon-host"));
     host.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--policy")

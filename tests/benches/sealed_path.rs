@@ -24,8 +24,8 @@ use cocoon_protocol::message::{ChatMessage, InferenceRequest, ResponseEvent, Rol
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::receipt::UnitPrice;
 use cocoon_protocol::seal::{seal_request, BillingMeta, EvidenceDigest, HpkePublicKey};
+use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use cocoon_tests::bench::{median, mode, ms};
-use cocoon_tests::procs::{bin, field, Proc, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -172,11 +172,7 @@ fn main() {
     let mut enclave = Proc::spawn("cocoon-enclave", enclave);
     enclave.wait_for("ready ", Duration::from_secs(60));
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "release = \"bench\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n",
-    )
-    .unwrap();
+    std::fs::write(&policy, cocoon_test_kit::simulated::policy_toml(None)).unwrap();
     let mut host = Command::new(bin("cocoon-host"));
     host.args([
         "--listen",

@@ -82,7 +82,6 @@ pub fn fake_nvml_library() -> PathBuf {
 }
 
 pub mod models;
-pub mod procs;
 
 /// xorshift64*: a deterministic generator for randomised tests (a seed
 /// reproduces a run), no dependency.

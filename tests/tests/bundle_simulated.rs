@@ -3,17 +3,15 @@
 //! claims that were bound, and simulated evidence is refused unless the
 //! policy opts in by name.
 
-use cocoon_attestation::bundle::{
-    claims_report_data, Claims, EvidenceBundle, ModelDigest, PlatformEvidence,
-};
-use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
+use cocoon_attestation::bundle::{Claims, ModelDigest};
+use cocoon_test_kit::simulated;
 use cocoon_verifier::enclave::VerifiedPlatform;
 use cocoon_verifier::{verify, Policy, ReasonKind, UnixTime};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 
 const NOW: UnixTime = UnixTime(1_790_000_000);
-const MEASUREMENT: [u8; 48] = [0x5a; 48];
+use simulated::MEASUREMENT;
 
 fn claims(epoch: u64) -> Claims {
     Claims {
@@ -40,29 +38,10 @@ fn claims(epoch: u64) -> Claims {
 /// What the simulated attestation provider does at boot: a fresh key signs a
 /// report whose report_data binds the claims.
 fn simulated_bundle(claims_cbor: &[u8], key: &SigningKey) -> (Vec<u8>, Vec<u8>) {
-    let report = SimulatedReport {
-        label: SIMULATED_LABEL.into(),
-        measurement: MEASUREMENT,
-        report_data: claims_report_data(claims_cbor),
-        public_key: key
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec(),
-    }
-    .to_cbor();
-    let sig: Signature = key.sign(&report);
-    (report, sig.to_bytes().to_vec())
+    simulated::sign(&simulated::report(claims_cbor, key, MEASUREMENT), key)
 }
 
-fn bundle(report: Vec<u8>, signature: Vec<u8>, claims_cbor: Vec<u8>) -> Vec<u8> {
-    EvidenceBundle {
-        platform: PlatformEvidence::Simulated { report, signature },
-        claims_cbor,
-        gpu: None,
-    }
-    .to_cbor()
-}
+use simulated::bundle;
 
 fn opted_in(measurement: &str) -> Policy {
     Policy::from_toml(&format!(
@@ -72,7 +51,7 @@ fn opted_in(measurement: &str) -> Policy {
 }
 
 fn key() -> SigningKey {
-    SigningKey::random(&mut rand_core::OsRng)
+    simulated::key()
 }
 
 #[test]

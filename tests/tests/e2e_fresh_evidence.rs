@@ -17,7 +17,7 @@ use cocoon_protocol::message::{ChatMessage, InferenceRequest, ResponseEvent, Rol
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::receipt::verify_receipt;
 use cocoon_protocol::seal::{seal_request, BillingMeta};
-use cocoon_tests::procs::TempDir;
+use cocoon_test_kit::procs::TempDir;
 use cocoon_verifier::policy::Check;
 use common::*;
 

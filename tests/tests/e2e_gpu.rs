@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cocoon_tests::procs::{Proc, TempDir};
+use cocoon_test_kit::procs::{Proc, TempDir};
 
 fn fake_library() -> PathBuf {
     cocoon_tests::fake_nvml_library()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_client::Client;
 use cocoon_protocol::message::{ChatMessage, Role};
-use cocoon_tests::procs::{Proc, TempDir};
+use cocoon_test_kit::procs::{Proc, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
@@ -199,7 +199,7 @@ fn a_thousand_concurrent_streams_then_twenty_sigkills() {
     let out = dir.path().join("settle");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let o = std::process::Command::new(cocoon_tests::procs::bin("cocoon-host"))
+        let o = std::process::Command::new(cocoon_test_kit::procs::bin("cocoon-host"))
             .arg("--ledger")
             .arg(&host.ledger)
             .args([

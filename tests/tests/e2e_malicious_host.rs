@@ -53,7 +53,7 @@ use cocoon_protocol::settlement::Tab;
 use cocoon_protocol::stream::CHUNK_HEADER_LEN;
 use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
 use cocoon_protocol::RequestId;
-use cocoon_tests::procs::TempDir;
+use cocoon_test_kit::procs::TempDir;
 use common::*;
 use coset::{AsCborValue, CoseSign1};
 use sha2::{Digest, Sha256};

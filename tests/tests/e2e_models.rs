@@ -24,10 +24,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use cocoon_client::{Client, ClientError, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_test_kit::procs::TempDir;
 use cocoon_tests::models::{
     chat_model_toml, chat_reference, max_abs_diff, model_dir, model_toml, reference,
 };
-use cocoon_tests::procs::TempDir;
 use common::*;
 use sha2::Digest;
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use cocoon_client::{Client, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::settings::ProviderSettings;
-use cocoon_tests::procs::{Proc, TempDir};
+use cocoon_test_kit::procs::{Proc, TempDir};
 use cocoon_verifier::enclave::VerifiedPlatform;
 use common::*;
 
@@ -47,7 +47,7 @@ fn start_provider(dir: &TempDir, name: &str, settings_text: &str) -> Enclave {
     cmd.arg("--provider-settings").arg(&file);
     let mut proc = Proc::spawn(name, cmd);
     let line = proc.wait_for("ready listen=", READY);
-    let evidence_digest = cocoon_tests::procs::field(&line, "evidence_digest")
+    let evidence_digest = cocoon_test_kit::procs::field(&line, "evidence_digest")
         .unwrap()
         .to_string();
     Enclave {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cocoon_client::{Client, ClientError, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use cocoon_protocol::receipt::verify_receipt;
-use cocoon_tests::procs::{bin, field, Proc, TempDir};
+use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";

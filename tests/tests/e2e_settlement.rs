@@ -20,7 +20,7 @@ use std::time::Duration;
 use cocoon_client::{Client, ClientError, ClientOptions};
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
-use cocoon_tests::procs::{bin, TempDir};
+use cocoon_test_kit::procs::{bin, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";

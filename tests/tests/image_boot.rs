@@ -33,8 +33,8 @@ use cocoon_client::{Client, ResponsePart};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use cocoon_protocol::receipt::verify_receipt;
 use cocoon_protocol::settings::ProviderSettings;
+use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use cocoon_tests::models::{chat_reference, max_abs_diff, reference};
-use cocoon_tests::procs::{bin, field, Proc, TempDir};
 use common::*;
 
 fn image_dir() -> PathBuf {

@@ -9,14 +9,12 @@
 //! right nonce verifies in `nvidia_vectors.rs` (same code, `verify_gpus`).
 
 use cocoon_attestation::bundle::{
-    claims_report_data, Claims, EvidenceBundle, GpuBundle, ModelDigest, PlatformEvidence,
+    Claims, EvidenceBundle, GpuBundle, ModelDigest, PlatformEvidence,
 };
 use cocoon_attestation::nvidia::{session_nonce, DeviceEvidence, GpuCollateral, GpuEvidence};
-use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
+use cocoon_test_kit::simulated;
 use cocoon_tests::read_vector;
 use cocoon_verifier::{verify, Policy, ReasonKind, UnixTime};
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
 
 const NOW: UnixTime = UnixTime(1_790_000_000);
 
@@ -44,24 +42,13 @@ fn claims(gpu: Option<[u8; 32]>) -> Claims {
 
 fn bundle(claims: &Claims, gpu: Option<GpuBundle>) -> Vec<u8> {
     let claims_cbor = claims.to_cbor();
-    let key = SigningKey::random(&mut rand_core::OsRng);
-    let report = SimulatedReport {
-        label: SIMULATED_LABEL.into(),
-        measurement: [0x5a; 48],
-        report_data: claims_report_data(&claims_cbor),
-        public_key: key
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec(),
-    }
-    .to_cbor();
-    let sig: Signature = key.sign(&report);
+    let key = simulated::key();
+    let (report, signature) = simulated::sign(
+        &simulated::report(&claims_cbor, &key, simulated::MEASUREMENT),
+        &key,
+    );
     EvidenceBundle {
-        platform: PlatformEvidence::Simulated {
-            report,
-            signature: sig.to_bytes().to_vec(),
-        },
+        platform: PlatformEvidence::Simulated { report, signature },
         claims_cbor,
         gpu,
     }
@@ -70,7 +57,8 @@ fn bundle(claims: &Claims, gpu: Option<GpuBundle>) -> Vec<u8> {
 
 fn policy(gpu_table: &str) -> Policy {
     Policy::from_toml(&format!(
-        "release = \"cocoon-dev\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n{gpu_table}"
+        "{}{gpu_table}",
+        cocoon_test_kit::simulated::policy_toml(None)
     ))
     .unwrap()
 }

@@ -23,7 +23,7 @@ use cocoon_protocol::settlement::{compress_p256, Authorization, ContractAddress}
 use cocoon_protocol::tabs::TabBook;
 use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
 use cocoon_protocol::RequestId;
-use cocoon_tests::procs::TempDir;
+use cocoon_test_kit::procs::TempDir;
 use cocoon_tests::Rng;
 use rand_core::OsRng;
 

@@ -4,7 +4,8 @@
 //! [`Check`]: either required ([`Check::Require`]) or explicitly skipped
 //! ([`Check::Skip`]); there is no "unset means anything". Safety switches
 //! (debug, migration agent) default to the strict side and must be turned
-//! off by name. This module compares nothing: `snp` does.
+//! off by name. This module compares nothing: `snp` does. The file form
+//! (keys, value shapes, errors, the writer) is `toml_form`'s.
 //!
 //! TOML form (every reference key must be present; `"skip"` skips it):
 //!
@@ -25,7 +26,10 @@
 
 use core::fmt;
 
-use cocoon_attestation::snp::{FmcLevel, TcbParts, TCB_SPLS};
+use cocoon_attestation::snp::{FmcLevel, TcbParts};
+use serde::{Deserialize, Serialize};
+
+mod toml_form;
 
 /// A reference value that is either required or explicitly skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +70,8 @@ impl FmcLevel for Check<u8> {
 }
 
 /// Whether the platform may run with simultaneous multithreading enabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", expecting = "\"allowed\" or \"forbidden\"")]
 pub enum SmtRule {
     /// SMT may be on.
     Allowed,
@@ -75,7 +80,8 @@ pub enum SmtRule {
 }
 
 /// What a client requires of an SEV-SNP report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "toml_form::SnpTable", into = "toml_form::SnpTable")]
 pub struct SnpPolicy {
     /// Allowed launch measurements.
     pub measurements: Check<Vec<[u8; 48]>>,
@@ -123,81 +129,15 @@ impl SnpPolicy {
         }
     }
 
-    /// Read the `[snp]` table of a policy file.
+    /// Read the `[snp]` table of a policy file (its other keys are not
+    /// read).
     pub fn from_toml(text: &str) -> Result<SnpPolicy, PolicyError> {
-        let doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
-        let snp = match doc.get("snp") {
-            Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err(PolicyError::Invalid("snp".into(), "must be a table".into())),
-            None => return Err(PolicyError::Missing("snp".into())),
-        };
-        Self::from_table(snp, "snp")
+        toml_form::read::<toml_form::SnpDocument>(text).map(|d| d.snp)
     }
 
-    /// Read an SNP policy from a TOML table; `prefix` names it in errors.
-    pub fn from_table(t: &toml::Table, prefix: &str) -> Result<SnpPolicy, PolicyError> {
-        const KEYS: [&str; 11] = [
-            "measurements",
-            "min_tcb",
-            "vmpl",
-            "report_data",
-            "host_data",
-            "id_key_digests",
-            "author_key_digests",
-            "smt",
-            "revocation",
-            "allow_debug",
-            "allow_migration_agent",
-        ];
-        if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(PolicyError::UnknownKey(format!("{prefix}.{k}")));
-        }
-        let key = |k: &str| format!("{prefix}.{k}");
-        let smt = match t.get("smt").map(|v| v.as_str()) {
-            Some(Some("allowed")) => SmtRule::Allowed,
-            Some(Some("forbidden")) => SmtRule::Forbidden,
-            Some(_) => {
-                return Err(PolicyError::Invalid(
-                    key("smt"),
-                    "must be \"allowed\" or \"forbidden\"".into(),
-                ))
-            }
-            None => return Err(PolicyError::Missing(key("smt"))),
-        };
-        Ok(SnpPolicy {
-            measurements: check(t, &key("measurements"), "measurements", hex_list::<48>)?,
-            min_tcb: check(t, &key("min_tcb"), "min_tcb", min_tcb)?,
-            vmpl: check(t, &key("vmpl"), "vmpl", |v| {
-                v.as_integer()
-                    .and_then(|i| u32::try_from(i).ok())
-                    .filter(|i| *i <= 3)
-                    .ok_or_else(|| "must be an integer 0..=3".to_string())
-            })?,
-            report_data: check(t, &key("report_data"), "report_data", hex_value::<64>)?,
-            host_data: check(t, &key("host_data"), "host_data", hex_value::<32>)?,
-            id_key_digests: check(t, &key("id_key_digests"), "id_key_digests", hex_list::<48>)?,
-            author_key_digests: check(
-                t,
-                &key("author_key_digests"),
-                "author_key_digests",
-                hex_list::<48>,
-            )?,
-            smt,
-            revocation: check(t, &key("revocation"), "revocation", |v| {
-                if v.as_str() == Some("required") {
-                    Ok(())
-                } else {
-                    Err(
-                        "must be \"required\" (AMD's CRL must come with the evidence) or \"skip\""
-                            .into(),
-                    )
-                }
-            })?,
-            allow_debug: flag(t, &key("allow_debug"), "allow_debug")?,
-            allow_migration_agent: flag(t, &key("allow_migration_agent"), "allow_migration_agent")?,
-        })
+    /// The `[snp]` table in TOML, as [`SnpPolicy::from_toml`] reads it.
+    pub fn to_toml(&self) -> String {
+        toml_form::section("snp", self)
     }
 }
 
@@ -219,32 +159,6 @@ pub enum PolicyError {
     Invalid(String, String),
 }
 
-fn check<T>(
-    t: &toml::Table,
-    full: &str,
-    k: &str,
-    parse: impl Fn(&toml::Value) -> Result<T, String>,
-) -> Result<Check<T>, PolicyError> {
-    match t.get(k) {
-        None => Err(PolicyError::Missing(full.to_string())),
-        Some(toml::Value::String(s)) if s == "skip" => Ok(Check::Skip),
-        Some(v) => parse(v)
-            .map(Check::Require)
-            .map_err(|e| PolicyError::Invalid(full.to_string(), e)),
-    }
-}
-
-fn flag(t: &toml::Table, full: &str, k: &str) -> Result<bool, PolicyError> {
-    match t.get(k) {
-        None => Ok(false),
-        Some(toml::Value::Boolean(b)) => Ok(*b),
-        Some(_) => Err(PolicyError::Invalid(
-            full.to_string(),
-            "must be true or false".into(),
-        )),
-    }
-}
-
 /// Decode exactly `N` bytes of hex.
 pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
     let s = s.trim();
@@ -253,56 +167,6 @@ pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], String> {
     hex::decode_to_slice(s, &mut out)
         .map_err(|_| format!("must be {} hex digits, got {:?}", 2 * N, s))?;
     Ok(out)
-}
-
-fn hex_value<const N: usize>(v: &toml::Value) -> Result<[u8; N], String> {
-    v.as_str()
-        .ok_or_else(|| format!("must be a string of {} hex digits", 2 * N))
-        .and_then(parse_hex::<N>)
-}
-
-fn hex_list<const N: usize>(v: &toml::Value) -> Result<Vec<[u8; N]>, String> {
-    let arr = v
-        .as_array()
-        .ok_or_else(|| "must be a list of hex strings or \"skip\"".to_string())?;
-    if arr.is_empty() {
-        return Err("an empty list would reject everything; list values or write \"skip\"".into());
-    }
-    arr.iter().map(hex_value::<N>).collect()
-}
-
-fn min_tcb(v: &toml::Value) -> Result<MinTcb, String> {
-    let t = v
-        .as_table()
-        .ok_or("must be a table {fmc, bootloader, tee, snp, microcode} or \"skip\"")?;
-    if let Some(k) = t
-        .keys()
-        .find(|k| k.as_str() != "fmc" && !TCB_SPLS.iter().any(|(key, _)| key == k))
-    {
-        return Err(format!("unknown component {k}"));
-    }
-    let get = |k: &str| -> Result<Option<u8>, String> {
-        t.get(k)
-            .map(|v| {
-                v.as_integer()
-                    .and_then(|i| u8::try_from(i).ok())
-                    .ok_or(format!("{k} must be 0..=255"))
-            })
-            .transpose()
-    };
-    let need = |k: &str| get(k)?.ok_or(format!("{k} is missing"));
-    let fmc = match t.get("fmc") {
-        None => {
-            return Err("fmc is missing: give the minimum Turin FMC level or fmc = \"skip\" (Milan and Genoa have no FMC)".into())
-        }
-        Some(toml::Value::String(s)) if s == "skip" => Check::Skip,
-        Some(_) => Check::Require(need("fmc")?),
-    };
-    let mut spls = [0u8; 4];
-    for (level, (key, _)) in spls.iter_mut().zip(TCB_SPLS) {
-        *level = need(key)?;
-    }
-    Ok(MinTcb::from_spls(fmc, spls))
 }
 
 /// A TCB status from Intel's TCB info, after converging the platform, TDX
@@ -373,7 +237,8 @@ impl fmt::Display for TcbStatus {
 }
 
 /// What a client requires of an Intel TDX quote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "toml_form::TdxTable", into = "toml_form::TdxTable")]
 pub struct TdxPolicy {
     /// Allowed MRTD values (the TD's initial contents: TDVF).
     pub mrtd: Check<Vec<[u8; 48]>>,
@@ -421,88 +286,9 @@ impl TdxPolicy {
         }
     }
 
-    /// Read a TDX policy from a TOML table; `prefix` names it in errors.
-    pub fn from_table(t: &toml::Table, prefix: &str) -> Result<TdxPolicy, PolicyError> {
-        const KEYS: [&str; 14] = [
-            "mrtd",
-            "rtmr0",
-            "rtmr1",
-            "rtmr2",
-            "rtmr3",
-            "mrconfigid",
-            "mrowner",
-            "mrownerconfig",
-            "td_attributes",
-            "xfam",
-            "min_tee_tcb_svn",
-            "report_data",
-            "allowed_tcb_statuses",
-            "max_collateral_age_days",
-        ];
-        if let Some(k) = t
-            .keys()
-            .find(|k| !KEYS.contains(&k.as_str()) && k.as_str() != "allow_debug")
-        {
-            return Err(PolicyError::UnknownKey(format!("{prefix}.{k}")));
-        }
-        let key = |k: &str| format!("{prefix}.{k}");
-        let statuses = match t.get("allowed_tcb_statuses") {
-            None => return Err(PolicyError::Missing(key("allowed_tcb_statuses"))),
-            Some(toml::Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .map(|v| {
-                    let s = v.as_str().unwrap_or_default();
-                    match TcbStatus::from_name(s) {
-                        Some(TcbStatus::Revoked) => Err(PolicyError::Invalid(
-                            key("allowed_tcb_statuses"),
-                            "Revoked can never be allowed".into(),
-                        )),
-                        Some(st) => Ok(st),
-                        None => Err(PolicyError::Invalid(
-                            key("allowed_tcb_statuses"),
-                            format!("unknown TCB status {v:?}"),
-                        )),
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => {
-                return Err(PolicyError::Invalid(
-                    key("allowed_tcb_statuses"),
-                    "must be a non-empty list such as [\"UpToDate\"]".into(),
-                ))
-            }
-        };
-        let h48 = |k: &str| check(t, &key(k), k, hex_value::<48>);
-        Ok(TdxPolicy {
-            mrtd: check(t, &key("mrtd"), "mrtd", hex_list::<48>)?,
-            rtmr: [h48("rtmr0")?, h48("rtmr1")?, h48("rtmr2")?, h48("rtmr3")?],
-            mrconfigid: h48("mrconfigid")?,
-            mrowner: h48("mrowner")?,
-            mrownerconfig: h48("mrownerconfig")?,
-            td_attributes: check(t, &key("td_attributes"), "td_attributes", hex_value::<8>)?,
-            xfam: check(t, &key("xfam"), "xfam", hex_value::<8>)?,
-            min_tee_tcb_svn: check(
-                t,
-                &key("min_tee_tcb_svn"),
-                "min_tee_tcb_svn",
-                hex_value::<16>,
-            )?,
-            report_data: check(t, &key("report_data"), "report_data", hex_value::<64>)?,
-            allowed_tcb_statuses: statuses,
-            max_collateral_age_secs: check(
-                t,
-                &key("max_collateral_age_days"),
-                "max_collateral_age_days",
-                |v| {
-                    v.as_integer()
-                        .and_then(|d| u64::try_from(d).ok())
-                        .filter(|d| *d > 0)
-                        .map(|d| d * 86_400)
-                        .ok_or_else(|| "must be a positive number of days".to_string())
-                },
-            )?,
-            allow_debug: flag(t, &key("allow_debug"), "allow_debug")?,
-        })
+    /// The `[tdx]` table in TOML, as [`Policy::from_toml`] reads it.
+    pub fn to_toml(&self) -> String {
+        toml_form::section("tdx", self)
     }
 }
 
@@ -583,7 +369,8 @@ pub struct RevocationRule {
 /// rims = "required"              # measurements must match driver and VBIOS RIMs; or "skip"
 /// revocation = { max_age_hours = 168, allow_certificate_hold = false }  # or "skip"
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "toml_form::GpuTable", into = "toml_form::GpuTable")]
 pub struct GpuPolicy {
     /// Exact number of GPUs.
     pub gpus: Check<u32>,
@@ -639,135 +426,17 @@ impl GpuPolicy {
         }
     }
 
-    /// Read a GPU policy from a TOML table; `prefix` names it in errors.
-    pub fn from_table(t: &toml::Table, prefix: &str) -> Result<GpuPolicy, PolicyError> {
-        const KEYS: [&str; 8] = [
-            "gpus",
-            "switches",
-            "models",
-            "min_driver",
-            "min_vbios",
-            "cc_mode",
-            "rims",
-            "revocation",
-        ];
-        if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
-            return Err(PolicyError::UnknownKey(format!("{prefix}.{k}")));
-        }
-        let key = |k: &str| format!("{prefix}.{k}");
-        let count = |v: &toml::Value| {
-            v.as_integer()
-                .and_then(|i| u32::try_from(i).ok())
-                .filter(|i| *i <= 64)
-                .ok_or_else(|| "must be an integer 0..=64".to_string())
-        };
-        let word = |w: &'static str| {
-            move |v: &toml::Value| {
-                if v.as_str() == Some(w) {
-                    Ok(())
-                } else {
-                    Err(format!("must be \"{w}\" or \"skip\""))
-                }
-            }
-        };
-        let version = |f: fn(&str) -> Result<DottedVersion, String>| {
-            move |v: &toml::Value| {
-                v.as_str()
-                    .ok_or("must be a dotted version string".to_string())
-                    .and_then(f)
-            }
-        };
-        Ok(GpuPolicy {
-            gpus: check(t, &key("gpus"), "gpus", count)?,
-            switches: check(t, &key("switches"), "switches", count)?,
-            models: check(t, &key("models"), "models", |v| {
-                let arr = v
-                    .as_array()
-                    .ok_or("must be a list of model names or \"skip\"")?;
-                if arr.is_empty() {
-                    return Err(
-                        "an empty list would reject everything; list models or write \"skip\""
-                            .into(),
-                    );
-                }
-                arr.iter()
-                    .map(|m| {
-                        m.as_str()
-                            .map(str::to_string)
-                            .ok_or("model names are strings".to_string())
-                    })
-                    .collect()
-            })?,
-            min_driver: check(
-                t,
-                &key("min_driver"),
-                "min_driver",
-                version(DottedVersion::driver),
-            )?,
-            min_vbios: check(
-                t,
-                &key("min_vbios"),
-                "min_vbios",
-                version(DottedVersion::vbios),
-            )?,
-            cc_mode: check(t, &key("cc_mode"), "cc_mode", word("on"))?,
-            rims: check(t, &key("rims"), "rims", word("required"))?,
-            revocation: check(t, &key("revocation"), "revocation", |v| {
-                let r = v.as_table().ok_or(
-                    "must be { max_age_hours = N, allow_certificate_hold = false } or \"skip\"",
-                )?;
-                if let Some(k) = r
-                    .keys()
-                    .find(|k| !["max_age_hours", "allow_certificate_hold"].contains(&k.as_str()))
-                {
-                    return Err(format!("unknown key {k}"));
-                }
-                let hours = r
-                    .get("max_age_hours")
-                    .and_then(toml::Value::as_integer)
-                    .and_then(|h| u64::try_from(h).ok())
-                    .filter(|h| (1..=24 * 365).contains(h))
-                    .ok_or("max_age_hours must be 1..=8760")?;
-                let hold = match r.get("allow_certificate_hold") {
-                    None => false,
-                    Some(toml::Value::Boolean(b)) => *b,
-                    Some(_) => return Err("allow_certificate_hold must be true or false".into()),
-                };
-                Ok(RevocationRule {
-                    max_age_secs: hours * 3600,
-                    allow_certificate_hold: hold,
-                })
-            })?,
-        })
-    }
-
-    /// The `[gpu]` table in TOML, as [`GpuPolicy::from_table`] reads it.
+    /// The `[gpu]` table in TOML, as [`Policy::from_toml`] reads it.
     pub fn to_toml(&self) -> String {
-        format!(
-            "[gpu]\ngpus = {}\nswitches = {}\nmodels = {}\nmin_driver = {}\nmin_vbios = {}\ncc_mode = {}\nrims = {}\nrevocation = {}\n",
-            toml_check(&self.gpus, |n| n.to_string()),
-            toml_check(&self.switches, |n| n.to_string()),
-            toml_check(&self.models, |m| format!(
-                "[{}]",
-                m.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", ")
-            )),
-            toml_check(&self.min_driver, |v| format!("{:?}", v.as_str())),
-            toml_check(&self.min_vbios, |v| format!("{:?}", v.as_str())),
-            toml_check(&self.cc_mode, |()| "\"on\"".into()),
-            toml_check(&self.rims, |()| "\"required\"".into()),
-            toml_check(&self.revocation, |r| format!(
-                "{{ max_age_hours = {}, allow_certificate_hold = {} }}",
-                r.max_age_secs / 3600,
-                r.allow_certificate_hold
-            )),
-        )
+        toml_form::section("gpu", self)
     }
 }
 
 /// Acceptance of the simulated TEE, which is NOT confidential. Only a policy
 /// file with a `[dangerous_simulated_tee]` table that sets
 /// `i_understand_this_is_not_confidential = true` has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "toml_form::SimulatedTable", into = "toml_form::SimulatedTable")]
 pub struct SimulatedTeePolicy {
     /// Allowed simulated measurements (self-reported digests).
     pub measurements: Check<Vec<[u8; 48]>>,
@@ -779,32 +448,12 @@ impl SimulatedTeePolicy {
     /// The key that must be `true`.
     pub const OPT_IN: &'static str = "i_understand_this_is_not_confidential";
 
-    fn from_table(t: &toml::Table) -> Result<SimulatedTeePolicy, PolicyError> {
-        let key = |k: &str| format!("{}.{k}", Self::TABLE);
-        if let Some(k) = t
-            .keys()
-            .find(|k| ![Self::OPT_IN, "measurements"].contains(&k.as_str()))
-        {
-            return Err(PolicyError::UnknownKey(key(k)));
-        }
-        if t.get(Self::OPT_IN) != Some(&toml::Value::Boolean(true)) {
-            return Err(PolicyError::Invalid(
-                key(Self::OPT_IN),
-                "must be true to accept simulated evidence, which is not confidential".into(),
-            ));
-        }
-        Ok(SimulatedTeePolicy {
-            measurements: check(t, &key("measurements"), "measurements", hex_list::<48>)?,
-        })
-    }
-
-    /// The table in TOML.
+    /// The table in TOML, under a comment saying what it gives away.
     pub fn to_toml(&self) -> String {
         format!(
-            "# DANGER: accepts the simulated TEE. Nothing is confidential with it: the host\n# can read every prompt and answer. For demos and tests only.\n[{}]\n{} = true\nmeasurements = {}\n",
-            Self::TABLE,
-            Self::OPT_IN,
-            toml_check(&self.measurements, |l| toml_hex_list(l)),
+            "{}{}",
+            toml_form::DANGER,
+            toml_form::section(Self::TABLE, self)
         )
     }
 }
@@ -812,7 +461,8 @@ impl SimulatedTeePolicy {
 /// A whole policy file: the image release its reference values belong to,
 /// and one section per platform the client accepts. A platform without a
 /// section is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "toml_form::PolicyFile", into = "toml_form::PolicyFile")]
 pub struct Policy {
     /// The image release the reference values were computed for.
     pub release: String,
@@ -846,182 +496,12 @@ impl Policy {
     /// ...
     /// ```
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
-        let doc: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| PolicyError::Toml(e.to_string()))?;
-        if let Some(k) = doc.keys().find(|k| {
-            ![
-                "release",
-                "max_evidence_age",
-                "snp",
-                "tdx",
-                "gpu",
-                SimulatedTeePolicy::TABLE,
-            ]
-            .contains(&k.as_str())
-        }) {
-            return Err(PolicyError::UnknownKey(k.clone()));
-        }
-        let release = match doc.get("release") {
-            Some(toml::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => {
-                return Err(PolicyError::Invalid(
-                    "release".into(),
-                    "must name the image release".into(),
-                ))
-            }
-            None => return Err(PolicyError::Missing("release".into())),
-        };
-        let max_evidence_age = match doc.get("max_evidence_age") {
-            Some(toml::Value::Integer(n)) if *n > 0 => Check::Require(*n as u64),
-            Some(toml::Value::String(s)) if s == "skip" => Check::Skip,
-            Some(_) => {
-                return Err(PolicyError::Invalid(
-                    "max_evidence_age".into(),
-                    "must be a positive number of seconds, or \"skip\"".into(),
-                ))
-            }
-            None => {
-                return Err(PolicyError::Missing(
-                    "max_evidence_age (seconds, or \"skip\"; policy init writes 3600)".into(),
-                ))
-            }
-        };
-        let table = |k: &str| -> Result<Option<&toml::Table>, PolicyError> {
-            match doc.get(k) {
-                None => Ok(None),
-                Some(toml::Value::Table(t)) => Ok(Some(t)),
-                Some(_) => Err(PolicyError::Invalid(k.into(), "must be a table".into())),
-            }
-        };
-        let snp = table("snp")?
-            .map(|t| SnpPolicy::from_table(t, "snp"))
-            .transpose()?;
-        let tdx = table("tdx")?
-            .map(|t| TdxPolicy::from_table(t, "tdx"))
-            .transpose()?;
-        let simulated = table(SimulatedTeePolicy::TABLE)?
-            .map(SimulatedTeePolicy::from_table)
-            .transpose()?;
-        let gpu = table("gpu")?
-            .map(|t| GpuPolicy::from_table(t, "gpu"))
-            .transpose()?;
-        if snp.is_none() && tdx.is_none() && simulated.is_none() {
-            return Err(PolicyError::Missing(
-                "[snp] or [tdx] (a policy that accepts no platform accepts nothing)".into(),
-            ));
-        }
-        Ok(Policy {
-            release,
-            snp,
-            tdx,
-            simulated,
-            gpu,
-            max_evidence_age,
-        })
+        Policy::try_from(toml_form::read::<toml_form::PolicyFile>(text)?)
     }
-}
 
-fn toml_check<T>(c: &Check<T>, f: impl Fn(&T) -> String) -> String {
-    match c {
-        Check::Require(v) => f(v),
-        Check::Skip => "\"skip\"".into(),
-    }
-}
-
-fn toml_hex(b: &[u8]) -> String {
-    format!("\"{}\"", hex::encode(b))
-}
-
-fn toml_hex_list<const N: usize>(l: &[[u8; N]]) -> String {
-    format!(
-        "[{}]",
-        l.iter().map(|b| toml_hex(b)).collect::<Vec<_>>().join(", ")
-    )
-}
-
-impl SnpPolicy {
-    /// The `[snp]` table in TOML, as [`SnpPolicy::from_table`] reads it.
-    pub fn to_toml(&self) -> String {
-        let tcb = toml_check(&self.min_tcb, |t| {
-            let mut table = format!("{{ fmc = {}", toml_check(&t.fmc, u8::to_string));
-            for ((key, _), level) in TCB_SPLS.iter().zip(t.spls()) {
-                table.push_str(&format!(", {key} = {level}"));
-            }
-            table + " }"
-        });
-        format!(
-            "[snp]\nmeasurements = {}\nmin_tcb = {}\nvmpl = {}\nreport_data = {}\nhost_data = {}\nid_key_digests = {}\nauthor_key_digests = {}\nsmt = \"{}\"\nrevocation = {}\nallow_debug = {}\nallow_migration_agent = {}\n",
-            toml_check(&self.measurements, |l| toml_hex_list(l)),
-            tcb,
-            toml_check(&self.vmpl, |v| v.to_string()),
-            toml_check(&self.report_data, |b| toml_hex(b)),
-            toml_check(&self.host_data, |b| toml_hex(b)),
-            toml_check(&self.id_key_digests, |l| toml_hex_list(l)),
-            toml_check(&self.author_key_digests, |l| toml_hex_list(l)),
-            match self.smt {
-                SmtRule::Allowed => "allowed",
-                SmtRule::Forbidden => "forbidden",
-            },
-            toml_check(&self.revocation, |()| "\"required\"".into()),
-            self.allow_debug,
-            self.allow_migration_agent,
-        )
-    }
-}
-
-impl TdxPolicy {
-    /// The `[tdx]` table in TOML, as [`TdxPolicy::from_table`] reads it.
-    pub fn to_toml(&self) -> String {
-        let mut s = format!(
-            "[tdx]\nmrtd = {}\n",
-            toml_check(&self.mrtd, |l| toml_hex_list(l))
-        );
-        for (i, r) in self.rtmr.iter().enumerate() {
-            s.push_str(&format!("rtmr{i} = {}\n", toml_check(r, |b| toml_hex(b))));
-        }
-        s.push_str(&format!(
-            "mrconfigid = {}\nmrowner = {}\nmrownerconfig = {}\ntd_attributes = {}\nxfam = {}\nmin_tee_tcb_svn = {}\nreport_data = {}\nallowed_tcb_statuses = [{}]\nmax_collateral_age_days = {}\nallow_debug = {}\n",
-            toml_check(&self.mrconfigid, |b| toml_hex(b)),
-            toml_check(&self.mrowner, |b| toml_hex(b)),
-            toml_check(&self.mrownerconfig, |b| toml_hex(b)),
-            toml_check(&self.td_attributes, |b| toml_hex(b)),
-            toml_check(&self.xfam, |b| toml_hex(b)),
-            toml_check(&self.min_tee_tcb_svn, |b| toml_hex(b)),
-            toml_check(&self.report_data, |b| toml_hex(b)),
-            self.allowed_tcb_statuses.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", "),
-            toml_check(&self.max_collateral_age_secs, |s| (s / 86_400).to_string()),
-            self.allow_debug,
-        ));
-        s
-    }
-}
-
-impl Policy {
     /// The whole policy file in TOML, as [`Policy::from_toml`] reads it.
     pub fn to_toml(&self) -> String {
-        let release = self.release.replace('\\', "\\\\").replace('"', "\\\"");
-        let mut s = format!(
-            "# Reference values for image release {release}.\n# Each value is required, or \"skip\" to skip it on purpose.\nrelease = \"{release}\"\nmax_evidence_age = {}\n",
-            toml_check(&self.max_evidence_age, |n| n.to_string())
-        );
-        if let Some(p) = &self.snp {
-            s.push('\n');
-            s.push_str(&p.to_toml());
-        }
-        if let Some(p) = &self.tdx {
-            s.push('\n');
-            s.push_str(&p.to_toml());
-        }
-        if let Some(p) = &self.simulated {
-            s.push('\n');
-            s.push_str(&p.to_toml());
-        }
-        if let Some(p) = &self.gpu {
-            s.push('\n');
-            s.push_str(&p.to_toml());
-        }
-        s
+        toml_form::policy(self)
     }
 }
 
@@ -1078,6 +558,187 @@ revocation = "required"
             Policy::from_toml(&text.replace("release = ", "# ")).is_err(),
             "release is required"
         );
+    }
+
+    /// Every policy this module can express, as far as the file can say
+    /// it (ages in whole days and hours).
+    fn every_shape() -> Vec<Policy> {
+        let full_snp = SnpPolicy {
+            measurements: Check::Require(vec![[1; 48], [2; 48]]),
+            min_tcb: Check::Require(MinTcb {
+                fmc: Check::Skip,
+                bootloader: 255,
+                tee: 0,
+                snp: 22,
+                microcode: 213,
+            }),
+            vmpl: Check::Require(3),
+            report_data: Check::Require([9; 64]),
+            host_data: Check::Require([8; 32]),
+            id_key_digests: Check::Require(vec![[7; 48]]),
+            author_key_digests: Check::Require(vec![[6; 48]]),
+            smt: SmtRule::Forbidden,
+            revocation: Check::Require(()),
+            allow_debug: true,
+            allow_migration_agent: true,
+        };
+        let mut skipped_snp = SnpPolicy::pinned_to_measurements(vec![[3; 48]]);
+        skipped_snp.measurements = Check::Skip;
+        skipped_snp.vmpl = Check::Skip;
+        let mut full_tdx = TdxPolicy::pinned_to_mrtd(vec![[4; 48]]);
+        full_tdx.rtmr = [0, 1, 2, 3].map(|i| Check::Require([i; 48]));
+        full_tdx.mrconfigid = Check::Require([5; 48]);
+        full_tdx.mrowner = Check::Require([6; 48]);
+        full_tdx.mrownerconfig = Check::Require([7; 48]);
+        full_tdx.td_attributes = Check::Require([0, 0, 0, 0x10, 0, 0, 0, 0]);
+        full_tdx.min_tee_tcb_svn = Check::Require([1; 16]);
+        full_tdx.report_data = Check::Require([2; 64]);
+        full_tdx.allowed_tcb_statuses = TcbStatus::ALL
+            .into_iter()
+            .filter(|t| *t != TcbStatus::Revoked)
+            .collect();
+        full_tdx.max_collateral_age_secs = Check::Require(86_400);
+        full_tdx.allow_debug = true;
+        let mut gpu = GpuPolicy::h100(8);
+        gpu.models = Check::Require(vec!["GH100".into(), "GB100 \"x\"".into()]);
+        gpu.min_driver = Check::Require(DottedVersion::driver("550.90.07").unwrap());
+        gpu.min_vbios = Check::Require(DottedVersion::vbios("96.00.9F.00.01").unwrap());
+        gpu.revocation = Check::Require(RevocationRule {
+            max_age_secs: 3600,
+            allow_certificate_hold: true,
+        });
+        let base = Policy {
+            release: "r".into(),
+            snp: None,
+            tdx: None,
+            simulated: None,
+            gpu: None,
+            max_evidence_age: Check::Skip,
+        };
+        vec![
+            Policy {
+                snp: Some(full_snp),
+                tdx: Some(full_tdx),
+                gpu: Some(gpu),
+                max_evidence_age: Check::Require(i64::MAX as u64),
+                release: "a 'quoted' \"release\"\nwith a line break".into(),
+                ..base.clone()
+            },
+            Policy {
+                snp: Some(skipped_snp),
+                tdx: Some(TdxPolicy::pinned_to_mrtd(vec![[1; 48]])),
+                gpu: Some(GpuPolicy::integrity_only()),
+                ..base.clone()
+            },
+            Policy {
+                simulated: Some(SimulatedTeePolicy {
+                    measurements: Check::Require(vec![[0x5a; 48]]),
+                }),
+                max_evidence_age: Check::Require(1),
+                ..base.clone()
+            },
+            Policy {
+                simulated: Some(SimulatedTeePolicy {
+                    measurements: Check::Skip,
+                }),
+                ..base
+            },
+        ]
+    }
+
+    #[test]
+    fn every_policy_round_trips_through_toml() {
+        for p in every_shape() {
+            let text = p.to_toml();
+            assert_eq!(Policy::from_toml(&text).as_ref(), Ok(&p), "{text}");
+            // The sections alone read back as well.
+            let mut sections = String::from("release = \"r\"\nmax_evidence_age = \"skip\"\n");
+            for s in [
+                p.snp.as_ref().map(SnpPolicy::to_toml),
+                p.tdx.as_ref().map(TdxPolicy::to_toml),
+                p.simulated.as_ref().map(SimulatedTeePolicy::to_toml),
+                p.gpu.as_ref().map(GpuPolicy::to_toml),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                sections.push_str(&s);
+            }
+            let back = Policy::from_toml(&sections).unwrap();
+            assert_eq!(
+                (&back.snp, &back.tdx, &back.simulated, &back.gpu),
+                (&p.snp, &p.tdx, &p.simulated, &p.gpu),
+                "{sections}"
+            );
+            if let Some(snp) = &p.snp {
+                assert_eq!(SnpPolicy::from_toml(&snp.to_toml()).as_ref(), Ok(snp));
+            }
+            // One key a line, inline tables inline: a reviewer reads every
+            // reference value where it is named.
+            if p.snp.as_ref().is_some_and(|s| s.min_tcb != Check::Skip) {
+                assert!(
+                    text.contains("\nmin_tcb = { fmc = \"skip\", bootloader = 255"),
+                    "{text}"
+                );
+            }
+            if let Some(sim) = &p.simulated {
+                let table = format!(
+                    "[{}]\n{} = true\n",
+                    SimulatedTeePolicy::TABLE,
+                    SimulatedTeePolicy::OPT_IN
+                );
+                assert!(
+                    text.contains(&format!("{}{table}", toml_form::DANGER)),
+                    "{text}"
+                );
+                assert!(sim.to_toml().starts_with(toml_form::DANGER));
+            }
+            // The header comment stays one comment, whatever the release says.
+            assert!(text.lines().take(2).all(|l| l.starts_with("# ")), "{text}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_what_to_write() {
+        let base = "release = \"x\"\nmax_evidence_age = \"skip\"\n";
+        let sim = "[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n";
+        let gpu = GpuPolicy::h100(1).to_toml();
+        let cases: Vec<(String, &str)> = vec![
+            (FULL.replace("vmpl = 0", "vmpl = 4"), "policy key snp.vmpl: must be an integer 0..=3"),
+            (FULL.replace("vmpl = 0", "vmpl = \"0\""), "policy key snp.vmpl: invalid type: string \"0\", expected an integer 0..=3"),
+            (FULL.replace("min_tcb = {", "min_tcb = { extra = 1,"), "policy key snp.min_tcb.extra is not known"),
+            (FULL.replace("bootloader = 10, ", ""), "policy key snp.min_tcb: bootloader is missing"),
+            (FULL.replace("smt = \"allowed\"", "smt = \"sometimes\""), "policy key snp.smt: unknown variant `sometimes`, expected `allowed` or `forbidden`"),
+            (FULL.replace("vmpl = 0", "vmpl = 0\nallow_debug = 1"), "policy key snp.allow_debug: invalid type: integer `1`, expected a boolean"),
+            (FULL.replace("c577", "zz77"), "policy key snp.measurements: entry 1 of the list: must be 96 hex digits, got \"zz7729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc\""),
+            (FULL.replace("report_data = \"skip\"", "report_data = 5"), "policy key snp.report_data: invalid type: integer `5`, expected a string of 128 hex digits"),
+            ("[snp]\nmeasurements = []\n".into(), "policy key snp.measurements: an empty list would reject everything; list values or write \"skip\""),
+            ("snp = 1\n".into(), "policy key snp: invalid type: integer `1`, expected a table"),
+            (format!("{sim}color = 1\n"), "policy key dangerous_simulated_tee.color is not known"),
+            ("[dangerous_simulated_tee]\nmeasurements = \"skip\"\n".into(), "policy key dangerous_simulated_tee.i_understand_this_is_not_confidential: must be true to accept simulated evidence, which is not confidential"),
+            (format!("{sim}{}", gpu.replace("gpus = 1", "gpus = 65")), "policy key gpu.gpus: must be an integer 0..=64"),
+            (format!("{sim}{}", gpu.replace("cc_mode = \"on\"", "cc_mode = \"off\"")), "policy key gpu.cc_mode: unknown variant `off`, expected `on`"),
+            (format!("{sim}{}", gpu.replace("max_age_hours = 168", "max_age_hours = 0")), "policy key gpu.revocation.max_age_hours: must be an integer 1..=8760"),
+            (format!("{sim}{}", gpu.replace("max_age_hours = 168, ", "")), "policy key gpu.revocation: max_age_hours is missing"),
+            (format!("{sim}{}", gpu.replace("skip", "5x.1")), "policy key gpu.min_driver: \"5x.1\" is not a dotted version"),
+            (format!("{sim}{}", TdxPolicy::pinned_to_mrtd(vec![[1; 48]]).to_toml().replace("[\"UpToDate\"]", "[\"UpToDate\", \"Revoked\"]")), "policy key tdx.allowed_tcb_statuses: entry 2 of the list: Revoked can never be allowed"),
+            (format!("{sim}{}", TdxPolicy::pinned_to_mrtd(vec![[1; 48]]).to_toml().replace("[\"UpToDate\"]", "[]")), "policy key tdx.allowed_tcb_statuses: must be a non-empty list such as [\"UpToDate\"]"),
+            (format!("{sim}{}", TdxPolicy::pinned_to_mrtd(vec![[1; 48]]).to_toml().replace("max_collateral_age_days = \"skip\"", "max_collateral_age_days = 0")), "policy key tdx.max_collateral_age_days: must be an integer of at least 1"),
+        ];
+        for (body, want) in cases {
+            let got = Policy::from_toml(&format!("{base}{body}")).unwrap_err();
+            assert_eq!(got.to_string(), want, "{body}");
+        }
+        for (text, want) in [
+            (format!("release = \"\"\nmax_evidence_age = 1\n{sim}"), "policy key release: must name the image release"),
+            (format!("release = \"x\"\n{sim}"), "policy key max_evidence_age (seconds, or \"skip\"; policy init writes 3600) is missing: give a value or write \"skip\" to skip it explicitly"),
+            (format!("release = \"x\"\nmax_evidence_age = 0\n{sim}"), "policy key max_evidence_age: must be an integer of at least 1"),
+            (format!("{base}relase = 1\n{sim}"), "policy key relase is not known"),
+            ("release = [".into(), "policy is not valid TOML"),
+        ] {
+            let got = Policy::from_toml(&text).unwrap_err().to_string();
+            assert!(got.starts_with(want), "{got}\n{text}");
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The `cocoon-verify` binary as a user runs it: exit codes, text and JSON
 //! output, policy files, and usage errors, on real vectors.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use cocoon_tests::vectors_dir;
@@ -247,14 +246,8 @@ fn explain_prints_fields_for_a_person() {
     assert_eq!(out.status.code(), Some(64));
 }
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cocoon-verify-cli-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn tempdir() -> cocoon_test_kit::TempDir {
+    cocoon_test_kit::TempDir::new("verify-cli")
 }
 
 const TDX_AT: &str = "2025-07-19T10:00:34Z";

@@ -118,12 +118,11 @@ fn the_switch_with_its_rim_is_accepted() {
 
 #[test]
 fn the_hgx_json_sets_are_accepted_under_a_policy() {
-    let dir = std::env::temp_dir().join(format!("cocoon-cli-gpu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = cocoon_test_kit::TempDir::new("cli-gpu");
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
-        "release = \"r\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = \"skip\"\n[gpu]\ngpus = 8\nswitches = 0\nmodels = [\"GH100\"]\nmin_driver = \"590.0\"\nmin_vbios = \"96.00.A0.00.00\"\ncc_mode = \"skip\"\nrims = \"skip\"\nrevocation = \"skip\"\n",
+        format!("{}[gpu]", cocoon_test_kit::simulated::policy_toml(None)) + "\ngpus = 8\nswitches = 0\nmodels = [\"GH100\"]\nmin_driver = \"590.0\"\nmin_vbios = \"96.00.A0.00.00\"\ncc_mode = \"skip\"\nrims = \"skip\"\nrevocation = \"skip\"\n",
     )
     .unwrap();
     let gpus = v("nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json");
@@ -179,7 +178,6 @@ fn the_hgx_json_sets_are_accepted_under_a_policy() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("does not say whether CC mode is on"));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -235,8 +233,7 @@ fn usage_errors_exit_64() {
 fn policy_init_pins_the_gpus_of_a_bundle() {
     use cocoon_attestation::bundle::{Claims, EvidenceBundle, GpuBundle, PlatformEvidence};
     use cocoon_attestation::nvidia::{DeviceEvidence, GpuCollateral, GpuEvidence};
-    let dir = std::env::temp_dir().join(format!("cocoon-cli-gpu-init-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = cocoon_test_kit::TempDir::new("cli-gpu-init");
     let items: Vec<Value> = serde_json::from_slice(
         &std::fs::read(v("nvidia/hgx-8xh100-ppcie-nvtrust/gpu_evidence.json")).unwrap(),
     )
@@ -338,7 +335,6 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GPU device 3 does not verify"));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The driver's report buffer is zero-filled after the SPDM signature: the
@@ -346,8 +342,7 @@ fn policy_init_pins_the_gpus_of_a_bundle() {
 /// `fields`, and any non-zero byte there is a rejection.
 #[test]
 fn zero_padding_after_the_signature_is_ignored_and_counted() {
-    let dir = std::env::temp_dir().join(format!("cocoon-cli-gpu-pad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = cocoon_test_kit::TempDir::new("cli-gpu-pad");
     let text = std::fs::read_to_string(v("nvidia/h100-535-vbios-rim/hopperAttestationReport.txt"))
         .unwrap();
     let report = hex::decode(text.trim()).unwrap();
@@ -398,5 +393,4 @@ fn zero_padding_after_the_signature_is_ignored_and_counted() {
     long.push(0);
     std::fs::write(&bad, hex::encode(&long)).unwrap();
     assert_eq!(args(&bad.to_string_lossy()).status.code(), Some(1));
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -22,10 +22,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use cocoon_attestation::bundle::{
-    claims_report_data, Claims, EvidenceBundle, ModelDigest, PlatformEvidence,
-};
-use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
+use cocoon_attestation::bundle::{Claims, ModelDigest};
+use cocoon_attestation::simulated::SimulatedReport;
 use cocoon_protocol::account::{verify_receipts_query, verify_request_auth, AccountId};
 use cocoon_protocol::api::{
     encode_chunk_record, EvidenceList, ReceiptEntry, ReceiptList, ACCOUNT_KEY_HEADER,
@@ -42,7 +40,7 @@ use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
 
 /// The simulated launch measurement.
-pub const MEASUREMENT: [u8; 48] = [0x5a; 48];
+pub use cocoon_test_kit::simulated::{self, MEASUREMENT};
 /// The model the test enclave serves.
 pub const MODEL: &str = "tiny-chat";
 /// The embeddings model it serves.
@@ -56,15 +54,12 @@ pub const PRICE: UnitPrice = UnitPrice {
 
 /// A policy that opts in to the simulated TEE and pins its measurement.
 pub fn sim_policy_toml() -> String {
-    format!(
-        "release = \"cocoon-test\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
-        hex::encode(MEASUREMENT)
-    )
+    simulated::policy_toml(Some(&MEASUREMENT))
 }
 
 /// A policy that opts in to the simulated TEE.
 pub fn sim_policy() -> Policy {
-    Policy::from_toml(&sim_policy_toml()).unwrap()
+    simulated::policy(Some(&MEASUREMENT))
 }
 
 /// A production-shaped policy: SEV-SNP only, no simulated opt-in.
@@ -89,20 +84,7 @@ pub struct SimEnclave {
     pub seq: u64,
 }
 
-fn sign_report(report: &SimulatedReport, key: &SigningKey) -> (Vec<u8>, Vec<u8>) {
-    let bytes = report.to_cbor();
-    let sig: Signature = key.sign(&bytes);
-    (bytes, sig.to_bytes().to_vec())
-}
-
-fn bundle_bytes(report: Vec<u8>, signature: Vec<u8>, claims_cbor: Vec<u8>) -> Vec<u8> {
-    EvidenceBundle {
-        platform: PlatformEvidence::Simulated { report, signature },
-        claims_cbor,
-        gpu: None,
-    }
-    .to_cbor()
-}
+use simulated::{bundle as bundle_bytes, sign as sign_report};
 
 impl SimEnclave {
     pub fn boot(epoch: u64) -> SimEnclave {
@@ -163,16 +145,7 @@ impl SimEnclave {
     }
 
     fn report(key: &SigningKey, claims_cbor: &[u8]) -> SimulatedReport {
-        SimulatedReport {
-            label: SIMULATED_LABEL.into(),
-            measurement: MEASUREMENT,
-            report_data: claims_report_data(claims_cbor),
-            public_key: key
-                .verifying_key()
-                .to_encoded_point(false)
-                .as_bytes()
-                .to_vec(),
-        }
+        simulated::report(claims_cbor, key, MEASUREMENT)
     }
 
     pub fn digest(&self) -> EvidenceDigest {

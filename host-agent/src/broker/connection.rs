@@ -145,13 +145,16 @@ impl Shared {
         }
     }
 
-    /// Give up on stream `id` (its owner went away or stalled): `Cancel`
-    /// goes to the enclave if the stream was live.
+    /// Drop stream `id` (its consumer stalled, or its owner went away
+    /// before it ended): `Cancel` goes to the enclave if the stream was live
+    /// and not cancelled yet, and nothing more is taken for it.
     fn cancel(&self, id: u32) {
         let sent = {
             let mut g = self.lock();
             g.routes.remove(&id);
-            !g.closed && g.machine.cancel(id)
+            let sent = !g.closed && g.machine.cancel(id);
+            g.machine.forget(id);
+            sent
         };
         if sent {
             self.metrics.cancel_sent();
@@ -449,11 +452,12 @@ impl EnclaveStream {
 
 impl Drop for EnclaveStream {
     fn drop(&mut self) {
-        if !self.done && !self.cancelled {
-            self.shared.cancel(self.id);
-        } else {
-            // Ended (the machine forgot it then) or cancelled already.
+        if self.done {
+            // Ended: the machine forgot it then.
             self.shared.lock().routes.remove(&self.id);
+        } else {
+            // Cancel unless it was; forget it either way.
+            self.shared.cancel(self.id);
         }
     }
 }

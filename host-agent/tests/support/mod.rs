@@ -13,10 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cocoon_attestation::bundle::{
-    claims_report_data, Claims, EvidenceBundle, ModelDigest, PlatformEvidence,
-};
-use cocoon_attestation::simulated::{SimulatedReport, SIMULATED_LABEL};
+use cocoon_attestation::bundle::{Claims, ModelDigest};
 use cocoon_host::{HostConfig, Limits, Listeners, Running};
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::api::{
@@ -35,7 +32,6 @@ use cocoon_protocol::settlement::Tab;
 use cocoon_protocol::tabs::{ReceiptAck, TabUpdate};
 use cocoon_protocol::RequestId;
 use cocoon_verifier::{Policy, UnixTime};
-use p256::ecdsa::signature::Signer as _;
 use rand_core::OsRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -60,45 +56,18 @@ pub fn price_table() -> PriceTable {
     }
 }
 /// Its simulated measurement.
-pub const MEASUREMENT: [u8; 48] = [0x5a; 48];
+pub use cocoon_test_kit::simulated::{self, MEASUREMENT};
 
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "cocoon-host-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use cocoon_test_kit::TempDir;
 
 /// The host's policy for the test enclave: simulated TEE, opted in by name,
 /// pinned to its measurement.
 pub fn simulated_policy() -> Policy {
-    Policy::from_toml(&simulated_policy_toml()).unwrap()
+    simulated::policy(Some(&MEASUREMENT))
 }
 
 pub fn simulated_policy_toml() -> String {
-    format!(
-        "release = \"cocoon-test\"\nmax_evidence_age = \"skip\"\n[dangerous_simulated_tee]\ni_understand_this_is_not_confidential = true\nmeasurements = [\"{}\"]\n",
-        hex::encode(MEASUREMENT)
-    )
+    simulated::policy_toml(Some(&MEASUREMENT))
 }
 
 /// Short timeouts for tests.
@@ -181,30 +150,7 @@ fn make_keys(epoch: u64) -> Keys {
         provider_settings: None,
     };
     let claims_cbor = claims.to_cbor();
-    // What the simulated attestation provider does: a fresh P-256 key
-    // signs a report whose report_data binds the claims.
-    let key = p256::ecdsa::SigningKey::random(&mut OsRng);
-    let report = SimulatedReport {
-        label: SIMULATED_LABEL.into(),
-        measurement: MEASUREMENT,
-        report_data: claims_report_data(&claims_cbor),
-        public_key: key
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec(),
-    }
-    .to_cbor();
-    let sig: p256::ecdsa::Signature = key.sign(&report);
-    let bundle = EvidenceBundle {
-        platform: PlatformEvidence::Simulated {
-            report,
-            signature: sig.to_bytes().to_vec(),
-        },
-        gpu: None,
-        claims_cbor: claims_cbor.clone(),
-    }
-    .to_cbor();
+    let bundle = simulated::signed_bundle(&claims_cbor, &simulated::key());
     Keys {
         hpke,
         receipt,

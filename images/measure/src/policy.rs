@@ -1,8 +1,8 @@
 //! The `[snp]` and `[tdx]` tables of a Cocoon verifier policy, with the
 //! reference values this crate computes.
 //!
-//! Owns the text only; the format is `cocoon-verifier`'s (`policy.rs`:
-//! `SnpPolicy::from_table`, `TdxPolicy::from_table`), whose reader requires
+//! Owns the text only; the format is `cocoon-verifier`'s (`policy.rs`, its
+//! TOML form in `policy/toml_form.rs`), whose reader requires
 //! every reference key to be present, as a value or as `"skip"`. The tables
 //! here carry the launch measurements this tool computed; every other key
 //! is a platform or deployment choice, written at the strict default (VMPL

@@ -134,6 +134,8 @@ enum State {
 struct Stream {
     kind: Kind,
     state: State,
+    /// `Cancel` was sent; what the enclave had already sent still counts.
+    cancelled: bool,
 }
 
 /// The host's state of one enclave connection: stream ids, the stream-0
@@ -226,6 +228,7 @@ impl HostConn {
             Stream {
                 kind,
                 state: State::Open,
+                cancelled: false,
             },
         );
         self.data.push_back(bytes);
@@ -259,19 +262,31 @@ impl HostConn {
         self.call = None;
     }
 
-    /// The stream's owner gave up on it (the client went away, or it
-    /// stalled): send `Cancel` and forget the stream. `false` if it was not
-    /// live.
+    /// The stream's owner gave up on it (the client went away): send
+    /// `Cancel`. The stream stays live: what the enclave sent before it saw
+    /// the cancel (a receipt for the work done, the final chunk) is still
+    /// handled, until the owner [forgets](HostConn::forget) it. `false` if
+    /// it was not live or is cancelled already.
     pub fn cancel(&mut self, stream: u32) -> bool {
-        if self.streams.remove(&stream).is_none() {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return false;
+        };
+        if s.cancelled {
             return false;
         }
+        s.cancelled = true;
         if !self.closed {
             if let Ok(bytes) = frame::encode(stream, FrameType::Cancel, &[]) {
                 self.control.push_back(bytes);
             }
         }
         true
+    }
+
+    /// The stream's owner is gone: whatever comes for it from now on is
+    /// dropped, and its id may be handed out again (after every other id).
+    pub fn forget(&mut self, stream: u32) {
+        self.streams.remove(&stream);
     }
 
     /// The receipt of `stream` is durably committed: queue its

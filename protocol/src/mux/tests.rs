@@ -219,7 +219,13 @@ fn ids_skip_zero_and_live_ids_and_the_enclave_refuses_busy_ones() {
     let ids: Vec<u32> = (0..3).map(|_| h.open_request(b"x").unwrap()).collect();
     assert_eq!(ids, [1, 2, 3]);
     assert!(h.cancel(2));
-    assert!(!h.cancel(2));
+    assert!(!h.cancel(2), "cancelled already");
+    assert!(
+        h.is_live(2),
+        "a cancelled stream still takes a receipt for the work done"
+    );
+    h.forget(2);
+    assert!(!h.is_live(2));
     for f in drain_host(&mut h) {
         e.on_frame(f).unwrap();
     }

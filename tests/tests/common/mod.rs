@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::rand_core::OsRng;
-use cocoon_tests::procs::{bin, field, Proc, TempDir};
-use cocoon_verifier::policy::{Check, Policy, SimulatedTeePolicy};
+use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
+use cocoon_verifier::policy::{Check, Policy};
 
 pub const READY: Duration = Duration::from_secs(60);
 
@@ -19,14 +19,8 @@ pub const READY: Duration = Duration::from_secs(60);
 /// confidential), any self-reported measurement.
 pub fn simulated_policy() -> Policy {
     Policy {
-        release: "cocoon-dev-unmeasured".into(),
-        snp: None,
-        tdx: None,
-        gpu: None,
-        simulated: Some(SimulatedTeePolicy {
-            measurements: Check::Skip,
-        }),
         max_evidence_age: Check::Require(3600),
+        ..cocoon_test_kit::simulated::policy(None)
     }
 }
 
