@@ -268,7 +268,11 @@ impl Enclave {
                         id: stream,
                         token,
                     };
-                    tokio::spawn(self.clone().request_task(s, payload));
+                    // A free permit is taken here, so requests start in the
+                    // order they came; the rest wait in the semaphore's
+                    // queue.
+                    let permit = self.permits.clone().try_acquire_owned().ok();
+                    tokio::spawn(self.clone().request_task(s, payload, permit));
                 }
                 EnclaveEvent::NonceEvidence {
                     stream,
@@ -350,9 +354,18 @@ impl Enclave {
     }
 
     /// Wait for a permit, then run the request on a blocking thread.
-    async fn request_task(self: Arc<Self>, stream: StreamCtx, payload: Vec<u8>) {
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            return;
+    async fn request_task(
+        self: Arc<Self>,
+        stream: StreamCtx,
+        payload: Vec<u8>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
+        let permit = match permit {
+            Some(p) => p,
+            None => match self.permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let this = self.clone();
         let s = stream.clone();

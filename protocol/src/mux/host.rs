@@ -149,8 +149,6 @@ pub struct HostConn {
     call: Option<Call>,
     acks: Vec<(RequestId, [u8; 32])>,
     acks_since: Option<Instant>,
-    /// Acknowledgements sent and not yet answered by a tab update.
-    acks_unanswered: u64,
     control: VecDeque<Vec<u8>>,
     data: VecDeque<Vec<u8>>,
     events: VecDeque<HostEvent>,
@@ -172,7 +170,6 @@ impl HostConn {
             call: None,
             acks: Vec::new(),
             acks_since: None,
-            acks_unanswered: 0,
             control: VecDeque::new(),
             data: VecDeque::new(),
             events: VecDeque::new(),
@@ -354,7 +351,6 @@ impl HostConn {
         if let Ok(bytes) = frame::encode(CONNECTION_STREAM, FrameType::ReceiptAck, &ack.to_bytes())
         {
             self.control.push_back(bytes);
-            self.acks_unanswered += 1;
         }
     }
 
@@ -457,10 +453,9 @@ impl HostConn {
 
     fn on_connection_frame(&mut self, f: Frame) -> Result<(), Violation> {
         if f.kind == FrameType::Tab {
-            if self.acks_unanswered == 0 {
-                return Err(Violation::UnsolicitedTab);
-            }
-            self.acks_unanswered -= 1;
+            // Tabs are signed by the enclave and checked by the host, so a
+            // tab that answers no acknowledgement of this host's (one the
+            // operator sent behind its back, say) is still stored.
             self.events.push_back(HostEvent::Tab(f.payload));
             return Ok(());
         }

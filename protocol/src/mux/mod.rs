@@ -39,8 +39,8 @@
 //! 3. Committing queues the receipt's acknowledgement (`ReceiptAck`,
 //!    batched: [`HostConn::poll_timeout`]); the enclave counts each
 //!    acknowledged pending receipt into its account's tab exactly once and
-//!    answers with the signed tabs (`Tab`). A `Tab` frame that answers no
-//!    acknowledgement closes the connection.
+//!    answers with the signed tabs (`Tab`), which the host checks under the
+//!    attested receipt key before it stores them.
 //!
 //! # Failure
 //!
@@ -72,9 +72,6 @@ pub enum Violation {
         /// Its stream.
         stream: u32,
     },
-    /// A `Tab` frame when no acknowledgement is waiting for one.
-    #[error("a tab update that answers no receipt acknowledgement")]
-    UnsolicitedTab,
 }
 
 /// The local side called a machine in a way the protocol does not allow (a

@@ -191,12 +191,8 @@ fn a_final_chunk_without_a_receipt_or_after_a_refusal_never_passes() {
 }
 
 #[test]
-fn tabs_answer_acknowledgements_only_and_wrong_senders_close() {
+fn wrong_senders_close() {
     let (mut h, mut e, _) = pair();
-    assert_eq!(
-        h.on_frame(Frame::new(0, FrameType::Tab, vec![])),
-        Err(Violation::UnsolicitedTab)
-    );
     assert!(matches!(
         h.on_frame(Frame::new(3, FrameType::Request, vec![])),
         Err(Violation::WrongSender {
