@@ -541,11 +541,11 @@ mkdir -p "$corpus/mux_billing"
 python3 - "$corpus/mux_billing" <<'PY'
 import sys
 d = sys.argv[1]
-OPEN, TO_ENCLAVE, TO_HOST, TIME = (0, 0), (8, 0), (10, 0), (4, 5)
+OPEN, TO_ENCLAVE, TO_HOST, TIME, LEDGER = (0, 0), (8, 0), (10, 0), (4, 5), (19, 0)
 CHUNK, FINISH = (5, 0, 0), (5, 0, 2)
-honest = [OPEN, TO_ENCLAVE, CHUNK, FINISH, TO_HOST, TO_HOST, TO_HOST, TIME, TO_ENCLAVE, TO_HOST]
+honest = [OPEN, TO_ENCLAVE, CHUNK, FINISH, TO_HOST, TO_HOST, TO_HOST, LEDGER, TIME, TO_ENCLAVE, TO_HOST]
 rough = [OPEN, OPEN, TO_ENCLAVE, TO_ENCLAVE, CHUNK, (5, 1, 2), FINISH, TO_HOST, TO_HOST, (13, 1),
-         TO_HOST, TO_HOST, TO_HOST, TIME, (13, 0), TO_ENCLAVE, TO_ENCLAVE, (15, 3), TO_ENCLAVE,
+         TO_HOST, TO_HOST, LEDGER, TO_HOST, LEDGER, TIME, (13, 0), TO_ENCLAVE, TO_ENCLAVE, (15, 3), TO_ENCLAVE,
          (18, 8), TO_ENCLAVE, TO_HOST, (2, 0), (3, 1), TO_ENCLAVE, TO_HOST]
 for name, prog in (("honest", honest), ("rough", rough)):
     open(f"{d}/{name}", "wb").write(bytes(b for move in prog for b in move))

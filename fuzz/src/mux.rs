@@ -13,7 +13,8 @@
 //! its ledger holds). The host side plays an honest relay: it commits a
 //! receipt it knows (the enclave signed it for a request it opened) into
 //! its ledger unless the ledger already holds that request, and refuses
-//! everything else.
+//! everything else. Its ledger append takes time: a later move completes
+//! it (then the relay commits, or refuses a duplicate).
 //!
 //! Invariants, after every move:
 //! * no receipt is counted twice, and no tab counts a receipt the host did
@@ -116,6 +117,9 @@ struct World {
     signed: HashMap<Vec<u8>, UsageReceipt>,
     /// The host's ledger: committed receipts by request id.
     ledger: HashMap<RequestId, ([u8; 32], u64)>,
+    /// Receipts the relay is appending to the ledger (the append takes a
+    /// while: a later move completes it).
+    appending: VecDeque<(u32, UsageReceipt)>,
 }
 
 impl World {
@@ -135,6 +139,7 @@ impl World {
             served: HashSet::new(),
             signed: HashMap::new(),
             ledger: HashMap::new(),
+            appending: VecDeque::new(),
         }
     }
 
@@ -171,6 +176,10 @@ impl World {
         self.to_host.clear();
         self.host_streams.clear();
         self.jobs.clear();
+        // Appends in flight still land; their streams are gone.
+        while let Some((_, r)) = self.appending.pop_front() {
+            self.append(&r);
+        }
         let mut committed: Vec<_> = self
             .ledger
             .iter()
@@ -273,22 +282,8 @@ impl World {
                         .filter(|r| Some(r.request_id) == expected)
                         .cloned();
                     match known {
-                        Some(r) if !self.ledger.contains_key(&r.request_id) => {
-                            let charge = u64::try_from(r.charge_nanoton().expect("bounded"))
-                                .expect("bounded");
-                            self.ledger.insert(r.request_id, (r.client_account, charge));
-                            if let Some(s) = self.host_streams.get_mut(&stream) {
-                                s.committed = true;
-                            }
-                            let held = self
-                                .host
-                                .commit(stream, r.request_id, r.client_account, self.now)
-                                .expect("a stream with a receipt");
-                            if held.is_some() {
-                                self.host_streams.remove(&stream);
-                            }
-                        }
-                        _ => {
+                        Some(r) => self.appending.push_back((stream, r)),
+                        None => {
                             self.host.refuse(stream);
                             self.host_streams.remove(&stream);
                         }
@@ -312,6 +307,41 @@ impl World {
         // a commit was handled above).
         let host = &self.host;
         self.host_streams.retain(|id, _| host.is_live(*id));
+    }
+
+    /// Put a receipt in the ledger; `false` if it holds that request
+    /// already (the ledger's unique request id).
+    fn append(&mut self, r: &UsageReceipt) -> bool {
+        if self.ledger.contains_key(&r.request_id) {
+            return false;
+        }
+        let charge = u64::try_from(r.charge_nanoton().expect("bounded")).expect("bounded");
+        self.ledger.insert(r.request_id, (r.client_account, charge));
+        true
+    }
+
+    /// The oldest ledger append completes: commit (the final chunk may
+    /// pass) or refuse (a duplicate).
+    fn ledger_step(&mut self) {
+        let Some((stream, r)) = self.appending.pop_front() else {
+            return;
+        };
+        if !self.append(&r) {
+            self.host.refuse(stream);
+            self.host_streams.remove(&stream);
+            return;
+        }
+        if let Some(s) = self.host_streams.get_mut(&stream) {
+            s.committed = true;
+        }
+        // The stream may be gone meanwhile (forgotten); the receipt is
+        // acknowledged again after the next cut.
+        if let Ok(Some(_)) = self
+            .host
+            .commit(stream, r.request_id, r.client_account, self.now)
+        {
+            self.host_streams.remove(&stream);
+        }
     }
 
     fn enclave_step(&mut self, pick: u8, what: u8) {
@@ -484,9 +514,7 @@ pub fn mux_billing(data: &[u8]) {
                     w.cut();
                 }
             }
-            _ => {
-                // The host's writer and the enclave's writer run.
-            }
+            _ => w.ledger_step(),
         }
         w.flush();
         w.check();
@@ -517,7 +545,10 @@ mod tests {
         while let Some(f) = w.to_host.pop_front() {
             w.deliver_to_host(f);
         }
-        assert!(w.host_streams.is_empty(), "the final chunk was released");
+        assert_eq!(w.host_streams.len(), 1, "the final chunk is held");
+        assert!(w.ledger.is_empty());
+        w.ledger_step();
+        assert!(w.host_streams.is_empty(), "the commit released the final chunk");
         assert_eq!(w.ledger.len(), 1);
         w.now += Duration::from_millis(5);
         w.host.handle_timeout(w.now);
