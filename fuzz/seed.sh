@@ -31,6 +31,17 @@ put() {
     cat "$@" >"$dest"
 }
 
+# seeds TARGET...: "TARGET n, ..." with n the seed files in each target's
+# corpus (libFuzzer's own units, named by their SHA-1, are not counted).
+seeds() {
+    local t n out=""
+    for t in "$@"; do
+        n=$(find "$corpus/$t" -maxdepth 1 -type f | awk -F/ '$NF !~ /^[0-9a-f]{40}$/' | wc -l)
+        out+="${out:+, }$t $n"
+    done
+    printf '%s' "$out"
+}
+
 need() {
     if [[ ! -f "$1" ]]; then
         echo "fuzz/seed.sh: expected vector file $1 is missing" >&2
@@ -105,7 +116,7 @@ done
 for vek in genoa-v5-oak/vcek.der milan-v2-gsg/vcek.der milan-v3-vlek-trustee/vlek.der turin-chain-virtee/vcek_turin.der; do
     put "$corpus/snp_crl/$(tr '/' '-' <<<"$vek")+pckcrl" "$snp/$vek" "${gtg_crls[0]}"
 done
-echo "fuzz/seed.sh: snp_crl 6 files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: $(seeds snp_crl) files (in fuzz/corpus/)"
 # The dstack report container (not a bare report: exercises WrongLength).
 if [[ -f "$snp/milan-v3-dstack/sev_snp_attestation.bin" ]]; then
     put "$corpus/snp_report/milan-v3-dstack-container.bin" "$snp/milan-v3-dstack/sev_snp_attestation.bin"
@@ -419,13 +430,12 @@ printf 'cocoon-admin-%s\n' "$(head -c 64 /dev/zero | tr '\0' '0')" >"$corpus/loc
 mkdir -p "$corpus/provider_settings"
 printf 'payment_contract = "0:%s"\nmax_concurrent = 8\n[prices.smollm2-135m-instruct]\nprompt = 20\ncompletion = 60\n' "$(head -c 64 /dev/zero | tr '\0' 'a')" >"$corpus/provider_settings/toml"
 hex_bytes "a1 66 707269636573 a1 61 6d a3 66 70726f6d7074 01 66 636163686564 01 6a 636f6d706c6574696f6e 02" >"$corpus/provider_settings/cbor"
-echo "fuzz/seed.sh: protocol seeds: frame_decoder 6, sealed_request 2, receipt 2, message 5, api 3, local_auth 6, settlement 5, ocsp 4 files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: protocol seeds: $(seeds frame_decoder sealed_request receipt message api local_auth settlement ocsp provider_settings) files (in fuzz/corpus/)"
 
 # spdm_report: each NVIDIA report (hex text decoded to bytes) followed by its
 # PEM chain; one hex-text report as it is.
 mkdir -p "$corpus/spdm_report" "$corpus/gpu_evidence"
 nv="$vectors/nvidia"
-n_spdm=0
 unhex() { local h; h="$(tr -d ' \r\n' <"$1" | sed 's/../\\x&/g')"; printf "$h"; }
 for pair in "h100-nvtrust-sample/hopperAttestationReport.txt h100-nvtrust-sample/hopperCertChain.txt" \
     "h100-535-vbios-rim/hopperAttestationReport.txt h100-535-vbios-rim/hopperCertChain.txt" \
@@ -436,7 +446,6 @@ for pair in "h100-nvtrust-sample/hopperAttestationReport.txt h100-nvtrust-sample
     need "$nv/$chain"
     rm -f "$corpus/spdm_report/$(tr '/' '-' <<<"$report")"
     { unhex "$nv/$report"; cat "$nv/$chain"; } >"$corpus/spdm_report/$(tr '/' '-' <<<"$report")"
-    n_spdm=$((n_spdm + 1))
 done
 put "$corpus/spdm_report/hex-text" "$nv/h100-nvtrust-sample/hopperAttestationReport.txt"
 # The driver's buffer: a report zero-filled after its signature, then its chain.
@@ -456,16 +465,14 @@ unhex "$nv/h100-nvtrust-sample/hopperAttestationReport.txt" >"$tmp"
 } >"$corpus/gpu_evidence/one-h100.cbor"
 # rim: every RIM in the vectors.
 mkdir -p "$corpus/rim"
-n_rim=0
 for r in rim/NV_GPU_DRIVER_GH100_550.144.03.xml h100-535-vbios-rim/1010_0200_882_96005E0001_PROD.swidtag \
     h100-535-vbios-rim/NV_GPU_VBIOS_1010_0200_882_96005E0001_measurement_mismatch.xml \
     nvswitch-ls10/switchVBIOSRim_NV_SWITCH_BIOS_5612_0002_890_9610550001.xml \
     negative/incorrect_signature_driver_rim.xml negative/incorrect_cert_chain_driver_rim.xml; do
     need "$nv/$r"
     put "$corpus/rim/$(tr '/' '-' <<<"$r")" "$nv/$r"
-    n_rim=$((n_rim + 1))
 done
-echo "fuzz/seed.sh: NVIDIA seeds: spdm_report $((n_spdm + 2)), gpu_evidence 1, rim $n_rim files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: NVIDIA seeds: $(seeds spdm_report gpu_evidence rim) files (in fuzz/corpus/)"
 
 # snp_cert_table: certificate tables (GHCB "SNP Extended Guest Request") as a
 # host hands them to its guest: 24-byte entries (GUID in RFC 4122 byte order,
@@ -509,7 +516,7 @@ put "$corpus/snp_cert_table/genoa-vcek-only-16k" "$ptmp/padded16k"
 cert_table "$corpus/snp_cert_table/milan-vlek-asvk-ark" \
     "$ASK" "$ptmp/asvk.der" "$VLEK" "$snp/milan-v3-vlek-trustee/vlek.der" "$ARK" "$ptmp/ark.der"
 head -c 24 /dev/zero >"$corpus/snp_cert_table/empty"
-echo "fuzz/seed.sh: snp_cert_table 4 files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: $(seeds snp_cert_table) files (in fuzz/corpus/)"
 
 # initramfs: small newc archives like the guest image's (a directory, an
 # executable, a device node, a symlink, then the trailer and block padding).
@@ -533,7 +540,7 @@ open(d + "/image", "wb").write(archive([
     (0o100755, "init", b"\x7fELF" + b"\0" * 60, (0, 0)), (0o120777, "lib64", b"lib", (0, 0))]))
 open(d + "/empty", "wb").write(archive([]))
 PY
-echo "fuzz/seed.sh: initramfs 2 files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: $(seeds initramfs) files (in fuzz/corpus/)"
 
 # mux_billing: move programs (fuzz/src/mux.rs): an honest request from open
 # to tab; the same with a duplicated acknowledgement, a replay and a cut.
@@ -550,6 +557,6 @@ rough = [OPEN, OPEN, TO_ENCLAVE, TO_ENCLAVE, CHUNK, (5, 1, 2), FINISH, TO_HOST, 
 for name, prog in (("honest", honest), ("rough", rough)):
     open(f"{d}/{name}", "wb").write(bytes(b for move in prog for b in move))
 PY
-echo "fuzz/seed.sh: mux_billing 2 files (in fuzz/corpus/)"
+echo "fuzz/seed.sh: $(seeds mux_billing) files (in fuzz/corpus/)"
 
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"

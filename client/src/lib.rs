@@ -40,9 +40,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Requests go at the price sheet's prices within the client's per-request
+//! limit and budget; a sheet whose base prices or payment contract differ
+//! from the provider settings in the verified claims is refused, and when
+//! the provider settles on chain the client signs the payment
+//! authorization. Only an [`AttestedEnclave`] (built from a
+//! `VerifiedEnclave`) can be sealed to. Every request is signed with an
+//! expiry ([`ClientOptions::request_lifetime`]); evidence can be bound to
+//! the client's own nonce ([`Client::attest_with_nonce`]). Account keys
+//! and the endpoint's API key live in owner-only files (`account_file`,
+//! `api_key_file`); [`statement`] checks settlement claims against the
+//! account's receipts. The crate reads the wall clock in one place only
+//! (`client::unix_now`).
+//!
 //! [`serve`] is a local OpenAI-compatible endpoint over a [`Client`], used
 //! by the `cocoon-client serve` command; it answers only requests that
-//! name a local host and carry its API key ([`load_or_create_api_key`]).
+//! name a local host (else `421`) and carry its API key as `Authorization:
+//! Bearer` (else `401`, [`load_or_create_api_key`]); a `POST` must be
+//! `application/json` (else `415`), and it sends no CORS headers. The
+//! binary's commands are `chat`, `serve` and `statement`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -3,9 +3,9 @@
 //!
 //! Owns the [`InferenceBackend`] trait and the [`DeterministicTestBackend`],
 //! which is **not a model**: it answers with a fixed sentence saying so,
-//! followed by words picked by SHA-256 of the prompt. The real backend (tch,
-//! weights loaded from files whose SHA-256 goes into the claims) comes in a
-//! later issue and implements the same trait.
+//! followed by words picked by SHA-256 of the prompt. The real backends
+//! (`torch`: weights loaded from files whose SHA-256 goes into the claims;
+//! [`crate::upstream`]) implement the same trait.
 //!
 //! A backend sees plaintext, so it must never log it; it knows nothing of
 //! sealing, frames or receipts (the server does all of that around it).

@@ -1,8 +1,10 @@
 //! The bodies of Cocoon's fuzz targets.
 //!
 //! Each function takes arbitrary bytes and must return normally for every
-//! input: a panic is a bug in `cocoon-attestation` or `cocoon-verifier` (or,
-//! for the few `assert!`s below, a broken invariant of their public API).
+//! input: a panic is a bug in the crate under test (`cocoon-attestation`,
+//! `cocoon-verifier`, `cocoon-protocol` or `cocoon-image`), or, for the
+//! `assert!`s, a broken invariant of its public API (for `mux_billing`, a
+//! billing invariant of the connection machines).
 //! The `fuzz_targets/*.rs` binaries are one-line wrappers around these, so
 //! the same code also runs as a plain test over the corpus
 //! (`tests/replay.rs`) where cargo-fuzz is not available.

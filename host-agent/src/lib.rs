@@ -10,22 +10,52 @@
 //!
 //! * [`config`] — addresses, limits and timeouts, the config file.
 //! * [`clock`] — the one clock every time-dependent rule reads (injected
-//!   through [`HostConfig::clock`], pinned in tests).
+//!   through [`HostConfig::clock`]: the system's, or pinned in tests); the
+//!   host reads no clock directly.
 //! * [`broker`] — connections to the enclaves (Unix socket or vsock),
 //!   frame multiplexing with backpressure, evidence verification under the
-//!   host's policy, routing by evidence digest, reconnects.
-//! * [`relay`] — one request through an enclave: receipt checks, and the
-//!   rule that the final chunk goes out only after the receipt is durably
-//!   in the ledger.
-//! * [`ledger`] — SQLite (WAL, `synchronous=FULL`) with group commit.
+//!   host's policy, routing by evidence digest (the earlier digests of a
+//!   re-attested enclave stay routable on the same connection), timeouts,
+//!   reconnects: `broker/mod.rs` (routes, `ReadyEnclave`),
+//!   `broker/connection.rs` (the adapter to
+//!   [`cocoon_protocol::mux::HostConn`]), `broker/supervisor.rs` (connect,
+//!   verify, fetch the price table, refresh, reconnect) and
+//!   `broker/tabs.rs` (the acknowledgement/tab task per connection).
+//! * [`relay`] — one request through an enclave: receipt checks (the
+//!   attested key, the billing metadata, prices included), and the rule
+//!   that the final chunk goes out only after the receipt is durably in
+//!   the ledger and acknowledged to the enclave.
+//! * [`ledger`] — SQLite (WAL, `synchronous=FULL`) with group commit and a
+//!   UNIQUE request id; tabs, authorizations and claims per enclave key and
+//!   account: `ledger/schema.rs`, `ledger/writer.rs`, `ledger/queries.rs`.
+//! * [`pricing`] — the smoothed load, the price sheet (`GET /v1/prices`),
+//!   the price check (`412`), and spend reserved against the client's
+//!   authorization cap (`402`).
+//! * [`settle`] — `cocoon-host settle`: claims for the TON payment
+//!   contract, reconciled with the ledger, and the manifest `claims.json`
+//!   ([`cocoon_protocol::settlement::ClaimsManifest`]).
 //! * [`ratelimit`] — per-account token bucket and stream cap.
-//! * [`metrics`] — Prometheus text exposition.
+//! * [`metrics`] — Prometheus text exposition, hand-written
+//!   (`benches/metrics.rs` compares it with `prometheus-client`).
 //! * [`collateral`] — what the evidence lacks and AMD or Intel sign,
 //!   attached before it is verified and served: VCEKs ([`snp_vcek`]),
-//!   AMD's CRLs ([`snp_crl`]), Intel's TDX collateral ([`intel_pcs`]),
-//!   each fetched with [`fetch`]'s bounds and back-off.
-//! * `http` and `admin` — the public API and the operator endpoints (on a
-//!   separate listener).
+//!   AMD's CRLs ([`snp_crl`]), Intel's TDX collateral from Intel's PCS or a
+//!   PCCS (`--intel-pcs-url`, [`intel_pcs`]), each fetched with `reqwest`
+//!   under [`fetch`]'s bounds and back-off.
+//! * [`vm`] — `cocoon-host launch`: the QEMU command line for SNP, TDX and
+//!   no-TEE guests (the image's root disk read-only as virtio-blk, optional
+//!   VFIO GPUs, the provider's settings from `--provider-settings` handed to
+//!   every boot on the image's settings port), the vsock device, and a
+//!   supervisor that restarts the VM with back-off and stops when the
+//!   enclave refuses the settings.
+//! * `http` and `admin` — the public API (`/v1/evidence`,
+//!   `/v1/evidence/nonce` (signed by the account, rate-limited per
+//!   account), `/v1/requests` (forwarded as a
+//!   [`SignedRequest`](cocoon_protocol::request::SignedRequest)),
+//!   `/v1/prices`, `/v1/receipts`, `/live`, `/ready`, `/metrics`) and the
+//!   operator endpoints (ledger export and check, drain) on a separate
+//!   listener: loopback by default, anything else only with a token, and
+//!   [`start`] refuses a non-loopback operator listener without one.
 //!
 //! The service is started with [`start`] (or [`run`]), which takes its
 //! listening sockets and a [`HostConfig`], so tests bind port 0. A drain

@@ -13,14 +13,22 @@
 //!   host may see ([`seal::BillingMeta`]) bound as associated data.
 //! * [`request`] — what the enclave receives: the sealed request with the
 //!   paying account's key and signature over its id, checked inside the
-//!   enclave before anything is opened, run or signed.
+//!   enclave before anything is opened, run or signed
+//!   ([`request::AuthorizedRequest`] is the proof it was). A request's
+//!   expiry is in its billing metadata ([`seal::BillingMeta::expires_at`],
+//!   [`seal::BillingMeta::check_lifetime`]).
 //! * [`stream`] — the response: AEAD chunks under keys exported from the
 //!   request's HPKE context, numbered and closed by a final chunk, so a host
 //!   cannot reorder, replay, drop or cut them unnoticed.
 //! * [`receipt`] — usage receipts, COSE_Sign1 (ES256) signed inside the
 //!   enclave, verified by the client and by the host's ledger.
-//! * [`frame`] — host ↔ enclave framing: length-prefixed, bounded, stream
-//!   ids, and an incremental decoder.
+//! * [`frame`] — host ↔ enclave framing: a 9-byte header (length, stream
+//!   id, type), payloads of at most 1 MiB, and an incremental decoder.
+//! * [`mux`] — the host ↔ enclave connection as two sans-IO state machines,
+//!   [`mux::HostConn`] and [`mux::EnclaveConn`]: stream ids and limits,
+//!   stream 0 (evidence, prices, acknowledgements, tabs), cancellation, and
+//!   the billing order (receipt → commit → acknowledgement → final chunk
+//!   released → tab).
 //! * [`message`] — the plaintext inside: the request body (chat or
 //!   embeddings) and the response events, the last of which carries the
 //!   receipt.
@@ -29,15 +37,22 @@
 //!   receipts.
 //! * [`pricing`] — the enclave's measured price table, the load multiplier
 //!   rule and the host's price sheet.
+//! * [`settings`] — the provider's settings (base prices, payment
+//!   contract, concurrency): strict canonical CBOR as the claims carry it,
+//!   and the provider's TOML.
 //! * [`settlement`] — the client's authorization and the enclave's tab,
-//!   the two signed messages the TON payment contract pays against.
+//!   the two signed messages the TON payment contract pays against (fixed
+//!   layouts TVM's `P256_CHKSIGNS` checks), and the settlement manifest
+//!   `claims.json` ([`settlement::ClaimsManifest`], decoded strictly).
 //! * [`tabs`] — receipt acknowledgements and the enclave-signed running
-//!   totals per account that settlement pays against.
+//!   totals per account that settlement pays against; the enclave's book of
+//!   pending receipts and tabs ([`tabs::TabBook`]).
 //! * [`ton`] — TON cells, bags of cells and the payment contract's message
 //!   bodies.
 //! * [`local_auth`] — what the local HTTP endpoints (the client's
 //!   OpenAI-compatible endpoint, the host's operator API) check first: the
-//!   `Host` header and the bearer token.
+//!   `Host` header (loopback, `localhost`, configured names) and the bearer
+//!   token (compared in constant time through SHA-256 digests).
 //! * [`api`] — the host agent's HTTP API: paths, headers, and the bodies
 //!   (evidence list, chunk records, receipt list).
 //! * [`addr`] — where the host and an enclave meet: `unix:`, `vsock:` and

@@ -4,7 +4,26 @@
 //! The vectors live in `../shared/vectors` beside the repository (override
 //! with `COCOON_VECTORS`). When they are absent every test that needs them
 //! fails with a message saying where they were looked for; none silently
-//! passes.
+//! passes. Besides the vectors, [`models`] finds the exported models and
+//! their Python references, and [`procs`] starts and watches the real
+//! binaries.
+//!
+//! What the suites in `tests/tests/` cover (each file's own docs say more):
+//! the real vectors and their mutation suites (`snp_vectors`, `tdx_*`,
+//! `nvidia_*`); end-to-end tests over the real binaries (`e2e_*`): the
+//! sealed path with the CLI and the OpenAI endpoint (driven by the official
+//! OpenAI Python client, `tests/python/openai_client.py`, and the requests
+//! it must refuse), 1,000 concurrent streams and 20 SIGKILLs of the host
+//! (`e2e_load`), the malicious host (including one that seals requests for
+//! a victim's account, and one that floods the replay memory then
+//! replays), evidence refreshed with the same keys and bound to a client
+//! nonce (`e2e_fresh_evidence`), real models (`e2e_models`), settlement
+//! (`e2e_settlement`: ledger, `settle`, `statement` and the sandbox
+//! contract agree to the nanoton), GPU evidence at boot (`e2e_gpu`) and one
+//! release for many providers (`e2e_release`); the settlement property
+//! test (`settlement_property`: random crashes between commit,
+//! acknowledgement and tab storage, no receipt counted twice). The
+//! benchmarks in `tests/benches/` compare with peer crates (`sev`).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};

@@ -9,19 +9,41 @@
 //! collateral, an unknown field value or unparsable input is a rejection.
 //!
 //! Results that prove something are types only this crate can build:
-//! [`snp::VerifiedSnp`] is what the rest of the product requires before it
-//! trusts an SNP report.
+//! [`snp::VerifiedSnp`], [`tdx::VerifiedTdx`],
+//! [`nvidia::device::VerifiedDevice`], [`nvidia::gpus::VerifiedGpus`] and,
+//! for a whole bundle, [`VerifiedEnclave`], which is what the rest of the
+//! product requires before it trusts an enclave's keys.
 //!
-//! * [`snp`] — AMD SEV-SNP: ARK → ASK/ASVK → VCEK/VLEK chains, the report
-//!   signature, VCEK extensions and the SNP policy; [`snp_crl`] judges
-//!   AMD's CRLs (collateral) for those chains.
+//! * [`snp`] — AMD SEV-SNP: pinned ARKs (Milan, Genoa, Turin) with their
+//!   ASKs and ASVKs, ARK → ASK/ASVK → VCEK/VLEK chains (RSA-PSS SHA-384),
+//!   the report signature (ECDSA P-384), the VCEK/VLEK extension binding
+//!   (product, TCB, hwID = chip_id), a VEK handed in as a PEM bundle with
+//!   its ASK/ARK, and the SNP policy; [`snp_crl`] judges AMD's CRLs
+//!   (collateral, `revocation` in `[snp]`) for those chains.
 //! * [`tdx`] — Intel TDX quotes with bundled collateral (cryptographic core
 //!   by `dcap-qvl`, pinned to our Intel root), with [`tdx_tcb`] as an
-//!   independent TCB-level evaluation.
+//!   independent TCB-level evaluation that must agree with it.
+//! * [`nvidia`] — H100 GPUs and NVSwitches: the pinned NVIDIA roots, one
+//!   device's SPDM evidence, RIMs (strict XML, Canonical XML 1.1, XML-DSig),
+//!   OCSP responses as revocation collateral, and a whole set under `[gpu]`.
 //! * [`enclave`] — the evidence bundle: platform evidence plus claims bound
-//!   into its report data; [`verify`] returns a [`VerifiedEnclave`].
-//! * [`policy`] — reference values, each required or explicitly skipped, and
-//!   their TOML form.
+//!   into its report data, and the GPU binding (the set's digest in the
+//!   claims, the session nonce in every report); [`verify`]`(bundle,
+//!   &policy, now)` returns a [`VerifiedEnclave`].
+//! * [`policy`] — reference values, each required or explicitly skipped
+//!   ([`Check::Require`], [`Check::Skip`]), and their TOML form: the unified
+//!   [`Policy`] is `release` plus `[snp]`, `[tdx]` and `[gpu]`.
+//! * `roots` — the one pinned-certificate type (every bundled root and
+//!   intermediate, pinned by the SHA-256 of its DER).
+//!
+//! Two signature backends: aws-lc-rs (feature `aws-lc`, the default) and
+//! pure-Rust RustCrypto (`--no-default-features`, which builds for wasm32).
+//! The feature `test-roots` (tests only, never in a release) lets tests
+//! that sign their own chains add trust roots. The `cocoon-verify` binary
+//! (feature `cli`: `snp`, `tdx`, `gpu`, `bundle`, `policy init`, `explain`)
+//! is the only part that reads files or the clock. The library must not
+//! pull tokio, tch, openssl, reqwest or any other I/O crate
+//! (`.ci/check-deps.sh` checks its normal dependency tree).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

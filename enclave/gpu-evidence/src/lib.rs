@@ -4,9 +4,9 @@
 //!
 //! # Providers
 //!
-//! * [`NvmlProvider`] — the real one. It `dlopen`s NVIDIA's driver library,
-//!   `libnvidia-ml.so.1` (NVML), or a path given explicitly, and asks the
-//!   driver. The driver relays an SPDM `GET_MEASUREMENTS` request carrying
+//! * [`NvmlProvider`] — the real one. It `dlopen`s (with `libloading`)
+//!   NVIDIA's driver library, `libnvidia-ml.so.1` (NVML), or a path given
+//!   explicitly, and asks the driver. The driver relays an SPDM `GET_MEASUREMENTS` request carrying
 //!   the nonce to the GPU, which signs its answer with its device key.
 //! * [`RecordedProvider`] — serves evidence recorded earlier, from a file in
 //!   the format NVIDIA's nvtrust tools write. It is for tests and demos on

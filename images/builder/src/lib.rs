@@ -21,7 +21,19 @@
 //!
 //! [`read_newc`] parses an archive back (strictly: bounded lengths, checked
 //! magic, hex fields, padding and the trailer) so that two images can be
-//! compared entry by entry and the tests can check what was written.
+//! compared entry by entry and the tests can check what was written. The
+//! binary's commands are `cocoon-image initramfs` and `list`.
+//!
+//! The initramfs holds only PID 1 (`cocoon-init`) and its kernel modules;
+//! the code and the models are on the dm-verity root disk that
+//! `images/build.sh` writes with `mksquashfs` and `veritysetup`. That
+//! script drives the whole image from `images/image.lock` (the Debian
+//! kernel package checked by SHA-256, modules, command line,
+//! `SOURCE_DATE_EPOCH`); `--variant gpu` adds the GPU layer that
+//! `images/gpu/build.sh` builds from `images/gpu/gpu.lock`.
+//! `images/reproduce.sh` builds twice and compares, and `images/firmware/`
+//! builds the measured OVMF/TDVF from Debian's edk2 source (see
+//! `images/README.md`).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;

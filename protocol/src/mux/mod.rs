@@ -20,6 +20,21 @@
 //! enclave ([`EnclaveConn`]) refuses an id it still has open, and more than
 //! its limit of open streams, each with one `Error` frame on that stream.
 //!
+//! Stream 0 carries the connection's own exchanges: the host's calls, one
+//! at a time ([`Call`]: `EvidenceRequest` → `EvidenceResponse`,
+//! `PriceTableRequest` → `PriceTable`), its batched `ReceiptAck`s and the
+//! enclave's `Tab` answers.
+//!
+//! # Cancellation
+//!
+//! [`HostConn::cancel`] sends `Cancel` and forgets the stream. In the
+//! enclave a `Cancel` (or an `Error` from the host) on an open stream, or
+//! the end of the connection, sets the stream's [`CancelToken`]: the code
+//! producing the response can stop early, the writer drops the stream's
+//! frames still queued, and [`EnclaveConn::finish`] on a cancelled stream
+//! records and sends nothing ([`Finished::Cancelled`]), so no receipt is
+//! pending for it.
+//!
 //! # The billing order
 //!
 //! For a request stream the enclave sends response chunks, then exactly
@@ -35,7 +50,7 @@
 //!    ([`HostConn::refuse`]) means the final chunk is never released, so the
 //!    client never gets a complete response the host did not account for.
 //!    A final chunk without a receipt ends the stream
-//!    ([`StreamEvent::Violation`]).
+//!    ([`StreamEvent::Broken`], [`Broken::FinalWithoutReceipt`]).
 //! 3. Committing queues the receipt's acknowledgement (`ReceiptAck`,
 //!    batched: [`HostConn::poll_timeout`]); the enclave counts each
 //!    acknowledged pending receipt into its account's tab exactly once and
