@@ -5,7 +5,7 @@
 //! with `COCOON_VECTORS`). When they are absent every test that needs them
 //! fails with a message saying where they were looked for; none silently
 //! passes. Besides the vectors, [`models`] finds the exported models and
-//! their Python references, and [`procs`] starts and watches the real
+//! their Python references, and `cocoon_test_kit::procs` starts and watches the real
 //! binaries.
 //!
 //! What the suites in `tests/tests/` cover (each file's own docs say more):

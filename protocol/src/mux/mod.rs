@@ -27,8 +27,10 @@
 //!
 //! # Cancellation
 //!
-//! [`HostConn::cancel`] sends `Cancel` and forgets the stream. In the
-//! enclave a `Cancel` (or an `Error` from the host) on an open stream, or
+//! [`HostConn::cancel`] sends `Cancel`; the stream stays live, so a receipt
+//! (and final chunk) the enclave sent before it saw the cancel is still
+//! committed and billed, until the owner [forgets](HostConn::forget) it. In
+//! the enclave a `Cancel` (or an `Error` from the host) on an open stream, or
 //! the end of the connection, sets the stream's [`CancelToken`]: the code
 //! producing the response can stop early, the writer drops the stream's
 //! frames still queued, and [`EnclaveConn::finish`] on a cancelled stream
