@@ -35,31 +35,21 @@ use cocoon_protocol::ton::claim_body;
 
 use crate::ledger::{ClaimRecord, Ledger, SettlementRow};
 
-/// One claim message.
+/// One claim message: the manifest's claim (one type, written and read
+/// by [`ClaimsManifest`]) and the attested key as the ledger stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    /// The account.
-    pub account: [u8; 32],
-    /// The enclave receipt key, compressed.
-    pub enclave_key: [u8; 33],
+    /// What the manifest states (its fields read through `Deref`).
+    pub claim: ManifestClaim,
     /// The attested key as stored (SEC1).
     pub receipt_public_key: Vec<u8>,
-    /// Receipts the tab counts.
-    pub count: u64,
-    /// The tab's total, nanoton.
-    pub total: u64,
-    /// What earlier runs claimed.
-    pub already_claimed: u64,
-    /// What this claim adds: `total − already_claimed`.
-    pub amount: u64,
-    /// Its `query_id`.
-    pub query_id: u64,
-    /// The client's signed authorization it carries.
-    pub authorization: SignedAuthorization,
-    /// The enclave's signed tab it carries.
-    pub tab: SignedTab,
-    /// The message body (BOC).
-    pub body_boc: Vec<u8>,
+}
+
+impl std::ops::Deref for Claim {
+    type Target = ManifestClaim;
+    fn deref(&self) -> &ManifestClaim {
+        &self.claim
+    }
 }
 
 /// A pair that cannot be claimed (now), and why.
@@ -223,17 +213,19 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
             continue;
         };
         out.claims.push(Claim {
-            account: row.account,
-            enclave_key,
+            claim: ManifestClaim {
+                account: row.account,
+                enclave_key,
+                count: tab.count,
+                total: tab.total,
+                already_claimed: row.claimed_total,
+                amount: tab.total - row.claimed_total,
+                query_id: claim_query_id,
+                authorization: auth,
+                tab: signed,
+                body_boc,
+            },
             receipt_public_key: row.receipt_public_key.clone(),
-            count: tab.count,
-            total: tab.total,
-            already_claimed: row.claimed_total,
-            amount: tab.total - row.claimed_total,
-            query_id: claim_query_id,
-            authorization: auth,
-            tab: signed,
-            body_boc,
         });
     }
     out
@@ -249,22 +241,7 @@ pub fn manifest(s: &Settlement, contract: ContractAddress) -> String {
 pub fn to_manifest(s: &Settlement, contract: ContractAddress) -> ClaimsManifest {
     ClaimsManifest {
         contract,
-        claims: s
-            .claims
-            .iter()
-            .map(|c| ManifestClaim {
-                account: c.account,
-                enclave_key: c.enclave_key,
-                count: c.count,
-                total: c.total,
-                already_claimed: c.already_claimed,
-                amount: c.amount,
-                query_id: c.query_id,
-                authorization: c.authorization,
-                tab: c.tab,
-                body_boc: c.body_boc.clone(),
-            })
-            .collect(),
+        claims: s.claims.iter().map(|c| c.claim.clone()).collect(),
         total_amount: s.total_amount(),
         unclaimed: s
             .unclaimed
