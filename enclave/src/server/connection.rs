@@ -50,17 +50,39 @@ pub(super) struct Conn {
 /// The connection went away (or the stream was cancelled).
 pub(super) struct Gone;
 
+/// The frames one call into the machine made: most calls make one (a
+/// chunk), so the first is kept inline and only more allocate.
+#[derive(Default)]
+pub(super) struct Out {
+    first: Option<Transmit>,
+    rest: Vec<Transmit>,
+}
+
+impl Iterator for Out {
+    type Item = Transmit;
+    fn next(&mut self) -> Option<Transmit> {
+        self.first.take().or_else(|| {
+            if self.rest.is_empty() {
+                None
+            } else {
+                Some(self.rest.remove(0))
+            }
+        })
+    }
+}
+
 impl Conn {
     /// Call the machine and take the frames the call made.
-    fn with<R>(&self, f: impl FnOnce(&mut EnclaveConn) -> R) -> (R, Vec<Transmit>) {
+    fn with<R>(&self, f: impl FnOnce(&mut EnclaveConn) -> R) -> (R, Out) {
         let mut m = lock(&self.machine);
         let r = f(&mut m);
-        let out = std::iter::from_fn(|| m.poll_transmit()).collect();
-        (r, out)
+        let first = m.poll_transmit();
+        let rest = std::iter::from_fn(|| m.poll_transmit()).collect();
+        (r, Out { first, rest })
     }
 
     /// Queue frames from async context (waits while the queue is full).
-    async fn send(&self, out: Vec<Transmit>) -> Result<(), Gone> {
+    async fn send(&self, out: Out) -> Result<(), Gone> {
         for t in out {
             self.tx.send(t).await.map_err(|_| Gone)?;
         }
@@ -68,7 +90,7 @@ impl Conn {
     }
 
     /// Queue frames from a blocking thread.
-    fn send_blocking(&self, out: Vec<Transmit>) -> Result<(), Gone> {
+    fn send_blocking(&self, out: Out) -> Result<(), Gone> {
         for t in out {
             self.tx.blocking_send(t).map_err(|_| Gone)?;
         }
