@@ -1577,15 +1577,5 @@ async fn the_wire_exchange_matches_the_recorded_transcript() {
     lines.push("closed".into());
     let got = lines.join("\n") + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wire/enclave_transcript.txt");
-    if std::env::var_os("COCOON_RECORD_WIRE").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &got).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (record it with COCOON_RECORD_WIRE=1)",
-            path.display()
-        )
-    });
-    assert_eq!(got, want, "the wire exchange changed");
+    cocoon_test_kit::matches_recording(&path, &got, "the wire exchange");
 }

@@ -72,3 +72,24 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Compare `got` with the recording at `path` (a wire transcript, say),
+/// failing with a diff-friendly message; with `COCOON_RECORD_WIRE` set,
+/// write `got` there first (to record it anew, from the code the recording
+/// must stay true to).
+pub fn matches_recording(path: &Path, got: &str, what: &str) {
+    if std::env::var_os("COCOON_RECORD_WIRE").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        }
+        std::fs::write(path, got).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    let want = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (record it with COCOON_RECORD_WIRE=1)",
+            path.display()
+        )
+    });
+    assert_eq!(got, want, "{what} changed");
+}
