@@ -147,6 +147,9 @@ fn launch_named(dir: &TempDir, name: &str, image: &Path, settings: &str) -> (Pro
     let run_dir = dir.path().join(name);
     let mut cmd = Command::new(bin("cocoon-host"));
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        // The first token of a chat on an emulated CPU can take longer than
+        // the default minute to come.
+        .args(["--first-frame-timeout", "300", "--idle-timeout", "120"])
         .arg("--policy")
         .arg(&policy)
         .arg("--ledger")
@@ -155,6 +158,10 @@ fn launch_named(dir: &TempDir, name: &str, image: &Path, settings: &str) -> (Pro
         .arg("--image")
         .arg(image)
         .args(["--tee", "none", "--vcpus", "2", "--memory-mib", "3072"])
+        // `auto` unless COCOON_IMAGE_ACCEL says otherwise: a host whose
+        // /dev/kvm passes the probe but cannot boot a guest needs `tcg`.
+        .arg("--accel")
+        .arg(std::env::var("COCOON_IMAGE_ACCEL").unwrap_or_else(|_| "auto".into()))
         .arg("--provider-settings")
         .arg(&settings_file)
         .arg("--run-dir")
