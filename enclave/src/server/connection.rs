@@ -51,25 +51,9 @@ pub(super) struct Conn {
 pub(super) struct Gone;
 
 /// The frames one call into the machine made: most calls make one (a
-/// chunk), so the first is kept inline and only more allocate.
-#[derive(Default)]
-pub(super) struct Out {
-    first: Option<Transmit>,
-    rest: Vec<Transmit>,
-}
-
-impl Iterator for Out {
-    type Item = Transmit;
-    fn next(&mut self) -> Option<Transmit> {
-        self.first.take().or_else(|| {
-            if self.rest.is_empty() {
-                None
-            } else {
-                Some(self.rest.remove(0))
-            }
-        })
-    }
-}
+/// chunk), kept inline; only more allocate.
+pub(super) type Out =
+    std::iter::Chain<std::option::IntoIter<Transmit>, std::vec::IntoIter<Transmit>>;
 
 impl Conn {
     /// Call the machine and take the frames the call made.
@@ -77,8 +61,8 @@ impl Conn {
         let mut m = lock(&self.machine);
         let r = f(&mut m);
         let first = m.poll_transmit();
-        let rest = std::iter::from_fn(|| m.poll_transmit()).collect();
-        (r, Out { first, rest })
+        let rest: Vec<Transmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
+        (r, first.into_iter().chain(rest))
     }
 
     /// Queue frames from async context (waits while the queue is full).
@@ -149,7 +133,7 @@ impl StreamCtx {
 
     /// Free the stream id without sending anything.
     pub(super) fn close(&self) {
-        self.conn.with(|m| m.close(self.id, &self.token));
+        let ((), _nothing_sent) = self.conn.with(|m| m.close(self.id, &self.token));
     }
 
     /// Free the stream id and send one `Error` frame. Blocking.
@@ -185,7 +169,7 @@ impl Enclave {
             tx,
         });
         let end = self.read_frames(rd, &conn, stop).await;
-        conn.with(EnclaveConn::on_close);
+        let ((), _nothing_sent) = conn.with(EnclaveConn::on_close);
         // The writer ends when the last request task lets go of the queue.
         drop(conn);
         match end {

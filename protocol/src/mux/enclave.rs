@@ -339,16 +339,6 @@ impl EnclaveConn {
         }
     }
 
-    /// Whether `token`'s stream is still open under it (not ended, not
-    /// cancelled).
-    pub fn is_live(&self, stream: u32, token: &CancelToken) -> bool {
-        !token.is_cancelled()
-            && self
-                .streams
-                .get(&stream)
-                .is_some_and(|s| s.token.same(token))
-    }
-
     /// One response chunk (not the final one). `Ok(false)`: the stream was
     /// cancelled and nothing was queued; stop working on it.
     pub fn chunk(

@@ -177,11 +177,6 @@ impl HostConn {
         }
     }
 
-    /// Streams live now.
-    pub fn live_streams(&self) -> usize {
-        self.streams.len()
-    }
-
     /// Whether `stream` is live (opened here, not ended, not cancelled).
     pub fn is_live(&self, stream: u32) -> bool {
         self.streams.contains_key(&stream)
@@ -191,11 +186,6 @@ impl HostConn {
     /// acknowledgements, stream-0 calls) before requests.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.control.pop_front().or_else(|| self.data.pop_front())
-    }
-
-    /// Whether anything waits to be written.
-    pub fn has_transmit(&self) -> bool {
-        !self.control.is_empty() || !self.data.is_empty()
     }
 
     /// The next thing to act on.
