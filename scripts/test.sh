@@ -24,9 +24,9 @@ bash "$ROOT/scripts/ton-deps.sh"
 # The rebuild was only for the comparison.
 rm -rf "$ROOT/images/out/image-rebuild"
 export COCOON_IMAGE_DIR="$ROOT/images/out/image"
-# The image tests boot under QEMU's TCG: some machines expose a /dev/kvm
-# that passes the launcher's probe yet never boots a guest (seen here).
-export COCOON_IMAGE_ACCEL="${COCOON_IMAGE_ACCEL:-tcg}"
+# The image tests use KVM when the launcher's probe finds it working, TCG
+# otherwise; COCOON_IMAGE_ACCEL=tcg forces TCG on a machine whose /dev/kvm
+# passes the probe yet never boots a guest (some nested hosts).
 
 log "cargo test --workspace (aws-lc backend)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"

@@ -671,7 +671,11 @@ impl Supervisor {
             EnclaveAddr::Unix(p) => EnclaveAddr::Unix(p.clone()),
         };
         loop {
-            match send_settings(&addr, cbor).await {
+            // Bounded: a hybrid-vsock device may take a CONNECT before the
+            // guest's vsock driver is up and never answer it; the next
+            // attempt, once the guest listens, goes through.
+            let attempt = tokio::time::timeout(SETTINGS_ATTEMPT, send_settings(&addr, cbor)).await;
+            match attempt.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
                 Ok(SettingsAnswer::Accepted(digest)) => {
                     tracing::info!(settings_sha256 = %digest, "the enclave took the provider settings");
                     return Ok(());
@@ -726,6 +730,10 @@ impl Supervisor {
         Ok((qemu, device))
     }
 }
+
+/// The longest one settings exchange may take (connect, send, answer): the
+/// enclave answers as soon as it has checked them against the release.
+pub const SETTINGS_ATTEMPT: Duration = Duration::from_secs(20);
 
 /// What the enclave said to the provider settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
