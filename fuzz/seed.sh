@@ -560,3 +560,16 @@ PY
 echo "fuzz/seed.sh: $(seeds mux_billing) files (in fuzz/corpus/)"
 
 echo "fuzz/seed.sh: seeded from $vectors: snp_report $n_report, snp_verify $n_verify, certificates $n_cert, tdx_quote $n_tdx, tdx_collateral $n_coll, bundle $n_bundle files (in fuzz/corpus/)"
+
+# ton_boc: bags of cells as a chain API returns them (written by @ton/core
+# 0.63.1): a dictionary of uint32 → uint16 (three entries), a cell with an
+# address, coins and that dictionary (with index and CRC), the payment
+# contract's claim body header, and two addresses in text.
+mkdir -p "$corpus/ton_boc"
+hex_bytes "b5ee9c724101050100190002012001040202dd0203000550007800054000880006df0009d27d8209" >"$corpus/ton_boc/dict-u32"
+hex_bytes "b5ee9c72c1010601004000272c31363b4001472000888888888888888888888888888888888888888888888888888888888888888882e00102012002050202dd0304000550007800054000880006df0009b52a782d" >"$corpus/ton_boc/fields-indexed"
+hex_bytes "b5ee9c72410102010008000201c001010002ab0974d146" >"$corpus/ton_boc/shared-leaf"
+hex_bytes "b5ee9c72410101010013000021c0c0a003000000000000000143b9aca008141e1e89" >"$corpus/ton_boc/withdraw-body"
+printf 'EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N' >"$corpus/ton_boc/address-friendly"
+printf '0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8' >"$corpus/ton_boc/address-raw"
+echo "fuzz/seed.sh: $(seeds ton_boc) files (in fuzz/corpus/)"

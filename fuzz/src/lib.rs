@@ -27,6 +27,7 @@ mod mux;
 mod nvidia;
 mod protocol;
 mod tdx;
+mod ton;
 pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use mux::mux_billing;
 pub use nvidia::{gpu_evidence, rim, spdm_report};
@@ -34,6 +35,7 @@ pub use protocol::{
     api, frame_decoder, local_auth, message, provider_settings, receipt, sealed_request, settlement,
 };
 pub use tdx::tdx_quote;
+pub use ton::ton_boc;
 
 /// The verification time every target uses: 2025-10-01T08:00:00Z.
 pub const NOW: UnixTime = UnixTime(1_759_305_600);
@@ -65,6 +67,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("settlement", settlement),
     ("snp_crl", snp_crl),
     ("mux_billing", mux_billing),
+    ("ton_boc", ton_boc),
 ];
 
 /// `snp_crl`: the input as an AMD CRL (DER or PEM): [`AmdCrl::parse`] and

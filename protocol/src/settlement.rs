@@ -87,7 +87,102 @@ pub struct ContractAddress {
     pub hash: [u8; 32],
 }
 
+/// Flags of a user-friendly address (the first byte of its 36).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FriendlyFlags {
+    /// `0x11` tag: a message to it bounces when the account is not active.
+    pub bounceable: bool,
+    /// `0x80` bit: meant for the testnet.
+    pub testnet: bool,
+}
+
+/// CRC-16/XMODEM (polynomial 0x1021, initial 0, not reflected), the check
+/// of a user-friendly address.
+pub fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 impl ContractAddress {
+    /// Parse an address in either form: raw (`wc:64hex`) or user-friendly
+    /// (48 characters of base64 or base64url, see
+    /// [`Self::parse_friendly`]); the friendly form's flags are not kept.
+    pub fn parse(s: &str) -> Result<ContractAddress, SettlementError> {
+        if s.contains(':') {
+            ContractAddress::parse_raw(s)
+        } else {
+            ContractAddress::parse_friendly(s).map(|(a, _)| a)
+        }
+    }
+
+    /// Parse the user-friendly form: 36 bytes, `flags ‖ workchain (i8) ‖
+    /// hash (32) ‖ CRC-16/XMODEM of the first 34 (big-endian)`, written as
+    /// 48 characters of base64 (`+/`) or base64url (`-_`). Flags are `0x11`
+    /// (bounceable) or `0x51` (non-bounceable), plus `0x80` for testnet.
+    pub fn parse_friendly(s: &str) -> Result<(ContractAddress, FriendlyFlags), SettlementError> {
+        use base64ct::Encoding as _;
+        let bad = |why: &str| {
+            SettlementError::Malformed(format!("{s:?} is not a user-friendly TON address: {why}"))
+        };
+        if s.len() != 48 {
+            return Err(bad("not 48 characters"));
+        }
+        let mut buf = [0u8; 36];
+        let decoded = if s.contains(['-', '_']) {
+            base64ct::Base64Url::decode(s, &mut buf)
+        } else {
+            base64ct::Base64::decode(s, &mut buf)
+        }
+        .map_err(|_| bad("not base64 or base64url"))?;
+        if decoded.len() != 36 {
+            return Err(bad("not 36 bytes"));
+        }
+        let crc = u16::from_be_bytes([buf[34], buf[35]]);
+        if crc16_xmodem(&buf[..34]) != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let testnet = buf[0] & 0x80 != 0;
+        let bounceable = match buf[0] & 0x7f {
+            0x11 => true,
+            0x51 => false,
+            _ => return Err(bad("unknown flags")),
+        };
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&buf[2..34]);
+        Ok((
+            ContractAddress {
+                workchain: i8::from_be_bytes([buf[1]]),
+                hash,
+            },
+            FriendlyFlags {
+                bounceable,
+                testnet,
+            },
+        ))
+    }
+
+    /// The user-friendly form, base64url (48 characters).
+    pub fn to_friendly(&self, bounceable: bool, testnet: bool) -> String {
+        use base64ct::Encoding as _;
+        let mut buf = [0u8; 36];
+        buf[0] = if bounceable { 0x11 } else { 0x51 } | if testnet { 0x80 } else { 0 };
+        buf[1] = self.workchain.to_be_bytes()[0];
+        buf[2..34].copy_from_slice(&self.hash);
+        let crc = crc16_xmodem(&buf[..34]);
+        buf[34..].copy_from_slice(&crc.to_be_bytes());
+        base64ct::Base64Url::encode_string(&buf)
+    }
+
     /// Parse the raw form `wc:64hex`.
     pub fn parse_raw(s: &str) -> Result<ContractAddress, SettlementError> {
         let bad =
@@ -395,6 +490,50 @@ impl SignedTab {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn friendly_addresses() {
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        let a = ContractAddress::parse_raw(
+            "0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8",
+        )
+        .unwrap();
+        // The forms @ton/core 0.63.1's Address.toString gives for it.
+        assert_eq!(
+            a.to_friendly(true, false),
+            "EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N"
+        );
+        assert_eq!(
+            a.to_friendly(false, false),
+            "UQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqEBI"
+        );
+        for s in [
+            "EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N",
+            "UQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqEBI",
+            "0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8",
+        ] {
+            assert_eq!(ContractAddress::parse(s).unwrap(), a, "{s}");
+        }
+        let t = a.to_friendly(true, true);
+        let (b, f) = ContractAddress::parse_friendly(&t).unwrap();
+        assert_eq!((b, f.bounceable, f.testnet), (a, true, true));
+        // The standard alphabet is accepted too.
+        let m = ContractAddress {
+            workchain: -1,
+            hash: [0xfb; 32],
+        };
+        let url = m.to_friendly(true, false);
+        assert!(url.contains(['-', '_']));
+        let std_form = url.replace('-', "+").replace('_', "/");
+        assert_eq!(ContractAddress::parse(&std_form).unwrap(), m);
+        // One character changed: the checksum catches it.
+        let mut broken = a.to_friendly(true, false).into_bytes();
+        broken[10] = if broken[10] == b'A' { b'B' } else { b'A' };
+        let broken = String::from_utf8(broken).unwrap();
+        assert!(ContractAddress::parse(&broken).is_err());
+        assert!(ContractAddress::parse("EQCD39VS").is_err());
+        assert!(ContractAddress::parse("0:zz").is_err());
+    }
+
     use super::*;
     use rand_core::OsRng;
 

@@ -12,6 +12,13 @@
 
 use crate::settlement::{ContractAddress, SignedAuthorization, SignedTab};
 
+mod boc;
+pub mod dict;
+mod slice;
+
+pub use boc::BocLimits;
+pub use slice::CellSlice;
+
 /// Opcode of a deposit.
 pub const OP_DEPOSIT: u32 = 0xc0c0_a001;
 /// Opcode of a claim.
@@ -28,7 +35,7 @@ pub const MAX_BITS: usize = 1023;
 /// Most references of a cell.
 pub const MAX_REFS: usize = 4;
 
-/// Why a cell cannot be built.
+/// Why a cell cannot be built, parsed or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TonError {
@@ -41,139 +48,210 @@ pub enum TonError {
     /// A value does not fit its field.
     #[error("{0}")]
     OutOfRange(String),
+    /// A bag of cells that is not a well-formed, single-root bag of
+    /// ordinary cells within the limits.
+    #[error("malformed bag of cells: {0}")]
+    BadBoc(String),
+    /// A read past the end of a slice.
+    #[error("cell underflow: {wanted} more {what} wanted, {left} left")]
+    Underflow {
+        /// "bits" or "references".
+        what: &'static str,
+        /// How many the read wanted.
+        wanted: usize,
+        /// How many were left.
+        left: usize,
+    },
+    /// A slice's contents do not follow the TL-B scheme it is read as.
+    #[error("{0}")]
+    Malformed(String),
 }
 
+/// Deepest cell tree [`Cell::from_boc`] accepts by default (the node's own
+/// limit on cell depth).
+pub const MAX_DEPTH: u16 = 1024;
+
 /// An ordinary cell: data bits and references.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cell {
+///
+/// Cheap to clone (shared), immutable; the representation hash and depth
+/// are computed once, when the cell is made, so hashing a tree with shared
+/// subtrees costs one SHA-256 per distinct cell. Two cells are equal when
+/// their representation hashes are.
+#[derive(Clone)]
+pub struct Cell(std::sync::Arc<CellInner>);
+
+struct CellInner {
     data: Vec<u8>,
     bits: usize,
     refs: Vec<Cell>,
+    hash: [u8; 32],
+    depth: u16,
+}
+
+impl PartialEq for Cell {
+    fn eq(&self, other: &Cell) -> bool {
+        self.0.hash == other.0.hash
+    }
+}
+
+impl Eq for Cell {}
+
+impl std::hash::Hash for Cell {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash.hash(state)
+    }
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not recursive: a shared subtree would print once per path.
+        f.debug_struct("Cell")
+            .field("bits", &self.0.bits)
+            .field("data", &hex::encode(&self.0.data))
+            .field(
+                "refs",
+                &self
+                    .0
+                    .refs
+                    .iter()
+                    .map(|r| hex::encode(r.hash()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("hash", &hex::encode(self.0.hash))
+            .finish()
+    }
 }
 
 impl Cell {
+    /// A cell of `bits` data bits (`data` left-aligned, exactly
+    /// ⌈bits/8⌉ bytes; unused low bits are cleared) and `refs`.
+    pub fn new(mut data: Vec<u8>, bits: usize, refs: Vec<Cell>) -> Result<Cell, TonError> {
+        if bits > MAX_BITS {
+            return Err(TonError::TooManyBits(bits));
+        }
+        if refs.len() > MAX_REFS {
+            return Err(TonError::TooManyRefs);
+        }
+        if data.len() != bits.div_ceil(8) {
+            return Err(TonError::OutOfRange(format!(
+                "{} data bytes for {bits} bits",
+                data.len()
+            )));
+        }
+        if bits % 8 != 0 {
+            if let Some(last) = data.last_mut() {
+                *last &= 0xffu8 << (8 - bits % 8);
+            }
+        }
+        Ok(Cell::from_parts(data, bits, refs))
+    }
+
+    /// A cell from checked parts: at most 1023 bits, 4 references, data of
+    /// ⌈bits/8⌉ bytes with the unused low bits clear.
+    fn from_parts(data: Vec<u8>, bits: usize, refs: Vec<Cell>) -> Cell {
+        // Depth saturates at u16::MAX; the parser refuses anything over
+        // MAX_DEPTH before it gets near.
+        let depth = refs
+            .iter()
+            .map(|r| r.depth().saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        let hash = representation_hash(&data, bits, &refs);
+        Cell(std::sync::Arc::new(CellInner {
+            data,
+            bits,
+            refs,
+            hash,
+            depth,
+        }))
+    }
+
     /// Data bits.
     pub fn bit_len(&self) -> usize {
-        self.bits
+        self.0.bits
     }
 
     /// The data, the last byte's unused low bits zero.
     pub fn data(&self) -> &[u8] {
-        &self.data
+        &self.0.data
     }
 
     /// References.
     pub fn refs(&self) -> &[Cell] {
-        &self.refs
+        &self.0.refs
     }
 
     fn descriptors(&self) -> [u8; 2] {
-        // Ordinary, level 0; at most 4 refs and 1023 bits by construction.
-        let d1 = self.refs.len() as u8;
-        let d2 = (self.bits.div_ceil(8) + self.bits / 8) as u8;
-        [d1, d2]
+        descriptors(self.0.bits, self.0.refs.len())
     }
 
     /// The data with the completion tag when the last byte is partial.
     fn padded_data(&self) -> Vec<u8> {
-        let mut d = self.data.clone();
-        if self.bits % 8 != 0 {
-            if let Some(last) = d.last_mut() {
-                *last |= 0x80 >> (self.bits % 8);
-            }
-        }
-        d
+        padded(&self.0.data, self.0.bits)
     }
 
     /// Depth: 0 for a leaf, else 1 + the deepest reference.
     pub fn depth(&self) -> u16 {
-        self.refs
-            .iter()
-            .map(|r| r.depth().saturating_add(1))
-            .max()
-            .unwrap_or(0)
+        self.0.depth
     }
 
     /// The representation hash (tvm.pdf §3.1.5): SHA-256 of the
     /// descriptors, the padded data, each reference's depth (u16 BE) and
     /// each reference's hash.
     pub fn hash(&self) -> [u8; 32] {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        h.update(self.descriptors());
-        h.update(self.padded_data());
-        for r in &self.refs {
-            h.update(r.depth().to_be_bytes());
-        }
-        for r in &self.refs {
-            h.update(r.hash());
-        }
-        h.finalize().into()
+        self.0.hash
+    }
+
+    /// A slice reading this cell from its start.
+    pub fn as_slice(&self) -> CellSlice {
+        CellSlice::new(self.clone())
     }
 
     /// Serialise as a single-root bag of cells with a CRC32-C, identical
     /// subtrees stored once, cells in an order where every reference points
     /// forward (root first).
+    ///
+    /// The order is the one `@ton/core` writes (so the bytes are the same):
+    /// the distinct cells, then a depth-first post-order from the root that
+    /// visits a cell's references last to first, reversed.
     pub fn to_boc(&self) -> Vec<u8> {
-        // Unique cells by hash, in depth-first pre-order, then stably
-        // re-sorted so a cell always comes before the cells it references.
-        let mut order: Vec<[u8; 32]> = Vec::new();
-        let mut cells: std::collections::HashMap<[u8; 32], &Cell> = Default::default();
-        fn visit<'a>(
-            c: &'a Cell,
-            order: &mut Vec<[u8; 32]>,
-            cells: &mut std::collections::HashMap<[u8; 32], &'a Cell>,
-        ) {
-            let h = c.hash();
-            if cells.insert(h, c).is_none() {
-                order.push(h);
-                for r in &c.refs {
-                    visit(r, order, cells);
-                }
+        // Distinct cells by hash.
+        let mut index: std::collections::HashMap<[u8; 32], usize> = Default::default();
+        let mut post: Vec<Cell> = Vec::new();
+        // Iterative post-order: (cell, next reference to visit, counting
+        // down from the last).
+        let mut seen: std::collections::HashSet<[u8; 32]> = Default::default();
+        let mut stack: Vec<(Cell, usize)> = vec![(self.clone(), self.refs().len())];
+        seen.insert(self.hash());
+        while let Some((c, next)) = stack.pop() {
+            if next == 0 {
+                post.push(c);
+                continue;
+            }
+            let r = c.refs()[next - 1].clone();
+            stack.push((c, next - 1));
+            if seen.insert(r.hash()) {
+                let n = r.refs().len();
+                stack.push((r, n));
             }
         }
-        visit(self, &mut order, &mut cells);
-        // Topological order: repeat until every reference points forward
-        // (trees here are tiny).
-        loop {
-            let index: std::collections::HashMap<[u8; 32], usize> =
-                order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-            let mut moved = false;
-            for i in 0..order.len() {
-                let c = cells[&order[i]];
-                for r in &c.refs {
-                    let j = index[&r.hash()];
-                    if j <= i {
-                        let h = order.remove(j);
-                        order.push(h);
-                        moved = true;
-                        break;
-                    }
-                }
-                if moved {
-                    break;
-                }
-            }
-            if !moved {
-                break;
-            }
+        post.reverse();
+        for (i, c) in post.iter().enumerate() {
+            index.insert(c.hash(), i);
         }
-        let index: std::collections::HashMap<[u8; 32], usize> =
-            order.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-        let n = order.len();
+        let n = post.len();
         let size_bytes = bytes_for(n as u64);
         let mut body = Vec::new();
-        for h in &order {
-            let c = cells[h];
+        for c in &post {
             body.extend_from_slice(&c.descriptors());
             body.extend_from_slice(&c.padded_data());
-            for r in &c.refs {
+            for r in c.refs() {
                 push_be(&mut body, index[&r.hash()] as u64, size_bytes);
             }
         }
         let off_bytes = bytes_for(body.len() as u64);
         let mut out = Vec::with_capacity(body.len() + 32);
-        out.extend_from_slice(&[0xb5, 0xee, 0x9c, 0x72]);
+        out.extend_from_slice(&BOC_MAGIC);
         // has_idx 0, has_crc32c 1, has_cache_bits 0, flags 0, size.
         out.push(0x40 | size_bytes as u8);
         out.push(off_bytes as u8);
@@ -188,6 +266,45 @@ impl Cell {
         out
     }
 }
+
+/// `d1 = refs` (ordinary, level 0) and `d2 = ⌈bits/8⌉ + ⌊bits/8⌋`
+/// (tvm.pdf §3.1.4).
+fn descriptors(bits: usize, refs: usize) -> [u8; 2] {
+    [refs as u8, (bits.div_ceil(8) + bits / 8) as u8]
+}
+
+/// The data with the completion tag (a `1` then zeros) when the last byte
+/// is partial (tvm.pdf §3.1.4).
+fn padded(data: &[u8], bits: usize) -> Vec<u8> {
+    let mut d = data.to_vec();
+    if bits % 8 != 0 {
+        if let Some(last) = d.last_mut() {
+            *last |= 0x80 >> (bits % 8);
+        }
+    }
+    d
+}
+
+fn representation_hash(data: &[u8], bits: usize, refs: &[Cell]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(descriptors(bits, refs.len()));
+    if bits % 8 == 0 {
+        h.update(data);
+    } else {
+        h.update(padded(data, bits));
+    }
+    for r in refs {
+        h.update(r.depth().to_be_bytes());
+    }
+    for r in refs {
+        h.update(r.hash());
+    }
+    h.finalize().into()
+}
+
+/// Magic of `serialized_boc` (tblkch.pdf §5.3.2).
+pub const BOC_MAGIC: [u8; 4] = [0xb5, 0xee, 0x9c, 0x72];
 
 fn bytes_for(v: u64) -> usize {
     let mut n = 1;
@@ -288,6 +405,76 @@ impl CellBuilder {
         self.store_uint(value, 8 * len)
     }
 
+    /// One bit.
+    pub fn store_bit(&mut self, bit: bool) -> Result<&mut Self, TonError> {
+        self.push_bit(bit)?;
+        Ok(self)
+    }
+
+    /// The first `bits` bits of `data` (left-aligned).
+    pub fn store_bits(&mut self, data: &[u8], bits: usize) -> Result<&mut Self, TonError> {
+        if bits > 8 * data.len() {
+            return Err(TonError::OutOfRange(format!(
+                "{bits} bits from {} bytes",
+                data.len()
+            )));
+        }
+        if self.bits + bits > MAX_BITS {
+            return Err(TonError::TooManyBits(self.bits + bits));
+        }
+        for i in 0..bits {
+            self.push_bit((data[i / 8] >> (7 - i % 8)) & 1 == 1)?;
+        }
+        Ok(self)
+    }
+
+    /// A signed integer in `bits` bits (1 to 128), two's complement.
+    pub fn store_int(&mut self, value: i128, bits: usize) -> Result<&mut Self, TonError> {
+        if !(1..=128).contains(&bits)
+            || (bits < 128 && (value < -(1i128 << (bits - 1)) || value >= 1i128 << (bits - 1)))
+        {
+            return Err(TonError::OutOfRange(format!(
+                "{value} does not fit in a signed {bits}-bit integer"
+            )));
+        }
+        let mask = if bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << bits) - 1
+        };
+        self.store_uint(value as u128 & mask, bits)
+    }
+
+    /// `MsgAddress`: `addr_none$00` for `None`, else `addr_std$10` without
+    /// anycast, `workchain_id:int8 address:bits256` (block.tlb), 267 bits.
+    pub fn store_address(&mut self, a: Option<&ContractAddress>) -> Result<&mut Self, TonError> {
+        match a {
+            None => self.store_uint(0, 2),
+            Some(a) => self
+                .store_uint(0b100, 3)?
+                .store_int(i128::from(a.workchain), 8)?
+                .store_bytes(&a.hash),
+        }
+    }
+
+    /// `Maybe ^Cell`: a 0 bit, or a 1 bit and the reference.
+    pub fn store_maybe_ref(&mut self, cell: Option<Cell>) -> Result<&mut Self, TonError> {
+        match cell {
+            None => self.store_bit(false),
+            Some(c) => {
+                if self.refs.len() >= MAX_REFS {
+                    return Err(TonError::TooManyRefs);
+                }
+                self.store_bit(true)?.store_ref(c)
+            }
+        }
+    }
+
+    /// Bits written so far.
+    pub fn bit_len(&self) -> usize {
+        self.bits
+    }
+
     /// A reference.
     pub fn store_ref(&mut self, cell: Cell) -> Result<&mut Self, TonError> {
         if self.refs.len() >= MAX_REFS {
@@ -299,11 +486,7 @@ impl CellBuilder {
 
     /// The cell.
     pub fn build(&self) -> Cell {
-        Cell {
-            data: self.data.clone(),
-            bits: self.bits,
-            refs: self.refs.clone(),
-        }
+        Cell::from_parts(self.data.clone(), self.bits, self.refs.clone())
     }
 }
 
@@ -345,9 +528,7 @@ pub fn deposit_body(
 /// `MsgAddressInt` as `addr_std$10 anycast:(Maybe Anycast)=0 workchain_id:int8
 /// address:bits256` (TL-B scheme of block.tlb): 267 bits.
 fn store_address(b: &mut CellBuilder, a: &ContractAddress) -> Result<(), TonError> {
-    b.store_uint(0b100, 3)?
-        .store_uint(u128::from(a.workchain.to_be_bytes()[0]), 8)?
-        .store_bytes(&a.hash)?;
+    b.store_address(Some(a))?;
     Ok(())
 }
 
