@@ -34,6 +34,9 @@
 //!   with [`bundle::EvidenceBundle::attach_snp_crl`],
 //!   [`attach_snp_vek`](bundle::EvidenceBundle::attach_snp_vek) and
 //!   [`attach_tdx_collateral`](bundle::EvidenceBundle::attach_tdx_collateral).
+//! * [`measurement`] — measurement digests (SHA-256 of a platform byte
+//!   and the launch values), the one formula the release manifest, the
+//!   registry and the verifier share, and a release's reference values.
 //! * [`simulated`] — the simulated TEE's report (labelled NOT CONFIDENTIAL;
 //!   refused by default).
 //! * [`cbor`] — strict CBOR helpers shared by the wire types.
@@ -51,6 +54,7 @@ pub mod bytes;
 pub mod cbor;
 pub mod collateral;
 pub mod kds;
+pub mod measurement;
 pub mod nvidia;
 pub mod pcs;
 pub mod simulated;

@@ -44,6 +44,12 @@
 //!   carry the nonce (a fresh hardware report, same keys). Quotes are slow
 //!   to make, so the host limits this per account (`429` with
 //!   `retry-after`); `409` when the digest is not served here.
+//! * `GET /v1/release` → `200`, `application/json`: the canonical bytes of
+//!   the [`crate::release::ReleaseManifest`] of the image the host runs,
+//!   exactly as stored (decode with
+//!   [`crate::release::ReleaseManifest::from_canonical`]; its SHA-256 is
+//!   the release's key in the registry); `404` when the host was started
+//!   without one.
 //!
 //! # Chunk records
 //!
@@ -76,6 +82,11 @@ pub const PRICES_PATH: &str = "/v1/prices";
 /// Required by hosts that settle on chain (the price sheet names their
 /// contract).
 pub const AUTHORIZATION_HEADER: &str = "cocoon-authorization";
+/// The release manifest the host runs (exact canonical bytes of
+/// [`crate::release::ReleaseManifest`], `application/json`).
+pub const RELEASE_PATH: &str = "/v1/release";
+/// Content type of [`RELEASE_PATH`].
+pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// Liveness probe.
 pub const LIVE_PATH: &str = "/live";
 /// Readiness probe (an enclave is connected and the host is not draining).

@@ -40,6 +40,9 @@
 //! * [`settings`] — the provider's settings (base prices, payment
 //!   contract, concurrency): strict canonical CBOR as the claims carry it,
 //!   and the provider's TOML.
+//! * [`release`] — the release manifest: an image release's parts, price
+//!   bounds, minimum TCB and launch measurements as canonical JSON, its
+//!   hash (the registry's key) and measurement digests.
 //! * [`settlement`] — the client's authorization and the enclave's tab,
 //!   the two signed messages the TON payment contract pays against (fixed
 //!   layouts TVM's `P256_CHKSIGNS` checks), and the settlement manifest
@@ -80,6 +83,7 @@ pub mod message;
 pub mod mux;
 pub mod pricing;
 pub mod receipt;
+pub mod release;
 pub mod request;
 pub mod seal;
 pub mod settings;

@@ -29,6 +29,7 @@ use core::fmt;
 use cocoon_attestation::snp::{FmcLevel, TcbParts};
 use serde::{Deserialize, Serialize};
 
+pub mod derive;
 mod toml_form;
 
 /// A reference value that is either required or explicitly skipped.
