@@ -52,7 +52,8 @@ async function main() {
   bc.now = 1_795_000_000;
   const provider = await bc.treasury('provider');
   const { code } = await compilePaymentContract();
-  const data = buildInitData({ provider: provider.address, withdrawDelay: 60 });
+  const treasury = await bc.treasury('treasury');
+  const data = buildInitData({ provider: provider.address, withdrawDelay: 60, treasury: treasury.address, feeBps: 100 });
   const address = contractAddress(0, { code, data });
   const deployer = await bc.treasury('deployer');
   await deployer.send({ to: address, value: toNano('1'), init: { code, data }, body: beginCell().storeUint(0, 32).endCell() });

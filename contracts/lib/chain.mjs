@@ -31,6 +31,12 @@ export async function getProvider(contract) {
   return { address: stack.readAddress(), balance: stack.readBigNumber(), withdrawDelay: stack.readNumber() };
 }
 
+/** get_network_fee: { treasury, feeBps, balance (not yet withdrawn), paid (withdrawn) }. */
+export async function getNetworkFee(contract) {
+  const { stack } = await contract.get('get_network_fee', []);
+  return { treasury: stack.readAddress(), feeBps: stack.readNumber(), balance: stack.readBigNumber(), paid: stack.readBigNumber() };
+}
+
 /** get_client: { exists, balance, pending, unlockAt }. */
 export async function getClient(contract, accountId) {
   const { stack } = await contract.get('get_client', [{ type: 'int', value: BigInt(accountId) }]);

@@ -7,6 +7,7 @@ export const OP = Object.freeze({
   PROVIDER_WITHDRAW: 0xc0c0a003,
   CLIENT_WITHDRAW_REQUEST: 0xc0c0a004,
   CLIENT_WITHDRAW_FINISH: 0xc0c0a005,
+  TREASURY_WITHDRAW: 0xc0c0a006,
 });
 
 export const DEPOSIT_FEE = 10_000_000n; // 0.01 TON, taken from every deposit
@@ -51,4 +52,8 @@ export function clientWithdrawRequestBody(accountId, amount, queryId = 0n) {
 
 export function clientWithdrawFinishBody(accountId, queryId = 0n) {
   return head(OP.CLIENT_WITHDRAW_FINISH, queryId).storeUint(accountInt(accountId), 256).endCell();
+}
+
+export function treasuryWithdrawBody(amount, queryId = 0n) {
+  return head(OP.TREASURY_WITHDRAW, queryId).storeCoins(BigInt(amount)).endCell();
 }

@@ -3,28 +3,29 @@
 // want to see what their claims will do before sending them.
 //
 //   node contracts/scripts/run-claims.mjs --manifest DIR/claims.json \
-//        --deposits deposits.json [--twice]
+//        --deposits deposits.json [--twice] [--fee-bps N]
 //
 // deposits.json: [{"body": "<hex BOC of a deposit body, as `cocoon-client
 //   payment-message deposit` writes it>", "amount": "<nanoton sent>"}]
 //
 // The contract is compiled from source and installed at the manifest's
 // address (the clients signed their authorizations for that address), with a
-// fresh provider wallet as its provider. Each deposit body is sent from its
+// fresh provider wallet as its provider and a fresh sandbox wallet as the
+// network's treasury, taking --fee-bps (default 0) of every claim. Each deposit body is sent from its
 // own sandbox wallet (the body names and signs its owner), then the provider sends every claim body (and, with --twice, all of
 // them again: each must be refused as a double claim). Prints one JSON object:
 //   {"results":[{"index","pass","exit_code","success","gas_used","paid"}],
-//    "provider_balance", "clients":{"<account>":{"balance","deposited_credit"}},
+//    "provider_balance", "network_fee":{"fee_bps","treasury_balance"}, "clients":{"<account>":{"balance","deposited_credit"}},
 //    "paid":[{"account","enclave_key","total"}]}
 // Amounts are decimal strings in nanoton.
 import fs from 'node:fs';
 import { Blockchain, createShardAccount } from '@ton/sandbox';
 import { Address, Cell, toNano } from '@ton/core';
 import { compilePaymentContract } from '../lib/compile.mjs';
-import { buildInitData } from '../lib/storage.mjs';
+import { buildInitData, MAX_FEE_BPS } from '../lib/storage.mjs';
 import { DEPOSIT_FEE } from '../lib/messages.mjs';
 import { accountIdOf } from '../lib/signing.mjs';
-import { computeOf, getClient, getPaid, getProvider } from '../lib/chain.mjs';
+import { computeOf, getClient, getNetworkFee, getPaid, getProvider } from '../lib/chain.mjs';
 
 function fail(message) {
   process.stderr.write(`run-claims: ${message}\n`);
@@ -32,16 +33,21 @@ function fail(message) {
 }
 
 function args(argv) {
-  const out = { twice: false };
+  const out = { twice: false, feeBps: 0 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--twice') out.twice = true;
+    else if (a === '--fee-bps') {
+      const v = argv[++i];
+      if (v === undefined || !/^[0-9]+$/.test(v) || Number(v) > MAX_FEE_BPS) fail(`--fee-bps: 0..${MAX_FEE_BPS}`);
+      out.feeBps = Number(v);
+    }
     else if (a === '--manifest' || a === '--deposits') {
       if (i + 1 >= argv.length) fail(`${a} needs a value`);
       out[a.slice(2)] = argv[++i];
     } else fail(`unknown argument ${a}`);
   }
-  if (!out.manifest || !out.deposits) fail('usage: run-claims.mjs --manifest FILE --deposits FILE [--twice]');
+  if (!out.manifest || !out.deposits) fail('usage: run-claims.mjs --manifest FILE --deposits FILE [--twice] [--fee-bps N]');
   return out;
 }
 
@@ -73,7 +79,8 @@ try {
 const bc = await Blockchain.create();
 const provider = await bc.treasury('cocoon-provider');
 const { code } = await compilePaymentContract();
-const data = buildInitData({ provider: provider.address, withdrawDelay: 86400 });
+const treasury = await bc.treasury('cocoon-network-treasury');
+const data = buildInitData({ provider: provider.address, withdrawDelay: 86400, treasury: treasury.address, feeBps: opts.feeBps });
 await bc.setShardAccount(
   contractAddress,
   createShardAccount({ address: contractAddress, code, data, balance: toNano('1') }),
@@ -141,6 +148,10 @@ process.stdout.write(
   JSON.stringify({
     results,
     provider_balance: (await getProvider(contract)).balance.toString(),
+    network_fee: await (async () => {
+      const f = await getNetworkFee(contract);
+      return { fee_bps: f.feeBps, treasury_balance: f.balance.toString() };
+    })(),
     clients: clientsOut,
     paid,
   }) + '\n',

@@ -1,7 +1,8 @@
 // The payment contract in @ton/sandbox (no network): deposits, claims paid
 // against a client authorization and an enclave tab, every refusal by its
-// exit code with balances unchanged, withdrawals, and the committed build
-// equal to a fresh compile.
+// exit code with balances unchanged, withdrawals, the network fee split
+// between provider and treasury, and the committed build equal to a fresh
+// compile.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { Blockchain } from '@ton/sandbox';
@@ -10,10 +11,10 @@ import { compilePaymentContract, readBuild } from '../lib/compile.mjs';
 import { buildInitData } from '../lib/storage.mjs';
 import {
   DEPOSIT_FEE, depositBody, claimBody, providerWithdrawBody,
-  clientWithdrawRequestBody, clientWithdrawFinishBody,
+  clientWithdrawRequestBody, clientWithdrawFinishBody, treasuryWithdrawBody,
 } from '../lib/messages.mjs';
 import { generateKey, authCell, tabCell, tabBytes, authBytes, signedCell, signP256, ownerSignature } from '../lib/signing.mjs';
-import { computeOf, getClient, getPaid, getProvider } from '../lib/chain.mjs';
+import { computeOf, getClient, getNetworkFee, getPaid, getProvider } from '../lib/chain.mjs';
 
 const DELAY = 3600;
 let code;
@@ -22,12 +23,13 @@ before(async () => {
   code = (await compilePaymentContract()).code;
 });
 
-/** A fresh chain with the contract deployed, a provider, two funded clients. */
-async function setup() {
+/** A fresh chain with the contract deployed, a provider, a treasury taking `feeBps`, two funded clients. */
+async function setup({ feeBps = 0 } = {}) {
   const bc = await Blockchain.create();
   bc.now = 1_795_000_000;
   const provider = await bc.treasury('provider');
-  const data = buildInitData({ provider: provider.address, withdrawDelay: DELAY });
+  const treasury = await bc.treasury('network-treasury');
+  const data = buildInitData({ provider: provider.address, withdrawDelay: DELAY, treasury: treasury.address, feeBps });
   const address = contractAddress(0, { code, data });
   const deployer = await bc.treasury('deployer');
   const r = await deployer.send({ to: address, value: toNano('1'), init: { code, data }, body: beginCell().storeUint(0, 32).endCell() });
@@ -38,7 +40,7 @@ async function setup() {
   const enclave = generateKey();
   const alice = { key: generateKey(), wallet: await bc.treasury('alice') };
   const bob = { key: generateKey(), wallet: await bc.treasury('bob') };
-  return { bc, provider, address, contract, enclave, alice, bob };
+  return { bc, provider, treasury, address, contract, enclave, alice, bob };
 }
 
 async function send(from, to, body, value = toNano('0.1')) {
@@ -270,18 +272,29 @@ test('scripts/address.mjs: the address pins the empty initial storage, not only 
   const { spawnSync } = await import('node:child_process');
   const { code: built } = readBuild();
   const provider = Address.parse('0:' + '5a'.repeat(32));
-  const honest = contractAddress(0, { code: built, data: buildInitData({ provider, withdrawDelay: DELAY }) });
-  // Same code hash, but deployed claiming 1000 TON that no deposit backs.
-  const rigged = contractAddress(0, { code: built, data: buildInitData({ provider, withdrawDelay: DELAY, providerBalance: toNano('1000') }) });
-  assert.ok(!honest.equals(rigged));
+  const treasury = Address.parse('0:' + '7e'.repeat(32));
+  const init = (extra) => buildInitData({ provider, withdrawDelay: DELAY, treasury, feeBps: 250, ...extra });
+  const honest = contractAddress(0, { code: built, data: init({}) });
+  // Same code hash, but deployed claiming 1000 TON that no deposit backs,
+  // or with another fee, or paying the fee to someone else.
+  const rigged = [
+    contractAddress(0, { code: built, data: init({ providerBalance: toNano('1000') }) }),
+    contractAddress(0, { code: built, data: init({ feeBps: 251 }) }),
+    contractAddress(0, { code: built, data: init({ treasury: provider }) }),
+    contractAddress(0, { code: built, data: init({ treasuryBalance: toNano('1000') }) }),
+  ];
   const script = new URL('../scripts/address.mjs', import.meta.url).pathname;
-  const check = (a) => spawnSync(process.execPath, [script, '--provider', provider.toRawString(), '--delay', String(DELAY), '--check', a.toRawString()], { encoding: 'utf8' });
+  const check = (a) => spawnSync(process.execPath, [script, '--provider', provider.toRawString(), '--delay', String(DELAY),
+    '--treasury', treasury.toRawString(), '--fee-bps', '250', '--check', a.toRawString()], { encoding: 'utf8' });
   const ok = check(honest);
   assert.equal(ok.status, 0, ok.stderr);
   assert.equal(ok.stdout.split('\n')[0], honest.toRawString());
-  const bad = check(rigged);
-  assert.equal(bad.status, 1);
-  assert.match(bad.stderr, /NOT the payment contract/);
+  for (const r of rigged) {
+    assert.ok(!honest.equals(r));
+    const bad = check(r);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /NOT the payment contract/);
+  }
 });
 
 test('bounced messages change nothing', async () => {
@@ -297,4 +310,89 @@ test('bounced messages change nothing', async () => {
   });
   assert.equal(computeOf(r.transactions, env.address).success, true);
   assert.deepEqual(await state(env), s0);
+});
+
+test('network fee: every claim splits its delta, floor to the treasury, exactly delta in all', async () => {
+  for (const [feeBps, deltas] of [
+    [0, [1n, 9_999n, 123_456_789n]],
+    [1, [1n, 9_999n, 10_000n, 10_001n, 19_999n, 123_456_789n]],
+    [250, [1n, 39n, 40n, 41n, 999_999_999n]],
+    [1000, [1n, 9n, 10n, 11n, 123_456_789n]],
+  ]) {
+    const env = await setup({ feeBps });
+    await deposit(env, env.alice, toNano('5'));
+    const f0 = await getNetworkFee(env.contract);
+    assert.equal(f0.feeBps, feeBps);
+    assert.ok(f0.treasury.equals(env.treasury.address));
+    assert.equal(f0.balance, 0n);
+    let total = 0n;
+    let expectTreasury = 0n;
+    let expectProvider = 0n;
+    for (const delta of deltas) {
+      const before = await state(env);
+      const tBefore = (await getNetworkFee(env.contract)).balance;
+      total += delta;
+      const c = await send(env.provider, env.address, claim(env, env.alice, { total }));
+      assert.equal(c.success, true, `fee ${feeBps} delta ${delta}: exit ${c.exitCode}`);
+      const after = await state(env);
+      const fee = (await getNetworkFee(env.contract)).balance - tBefore;
+      const prov = after.provider - before.provider;
+      // floor(delta * bps / 10000), computed here independently.
+      assert.equal(fee, (delta * BigInt(feeBps)) / 10_000n, `fee ${feeBps} delta ${delta}`);
+      assert.equal(fee + prov, delta, 'provider + treasury == delta');
+      assert.equal(before.alice - after.alice, delta, 'the client pays exactly delta');
+      expectTreasury += fee;
+      expectProvider += prov;
+    }
+    const f = await getNetworkFee(env.contract);
+    assert.equal(f.balance, expectTreasury);
+    assert.equal((await getProvider(env.contract)).balance, expectProvider);
+    assert.equal(expectTreasury + expectProvider, total);
+  }
+});
+
+test('network fee: 1 bps rounds down to nothing below 10 000 nanoton', async () => {
+  const env = await setup({ feeBps: 1 });
+  await deposit(env, env.alice, toNano('1'));
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: 9_999n }))).success, true);
+  assert.equal((await getNetworkFee(env.contract)).balance, 0n);
+  assert.equal((await getProvider(env.contract)).balance, 9_999n);
+  // The next claim's delta is 10 000 on its own: 1 nanoton of fee (the
+  // rounding is per claim, on the delta, never on the cumulative total).
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: 19_999n }))).success, true);
+  assert.equal((await getNetworkFee(env.contract)).balance, 1n);
+  assert.equal((await getProvider(env.contract)).balance, 19_998n);
+});
+
+test('network fee: only the treasury withdraws its share, no more than it has', async () => {
+  const env = await setup({ feeBps: 1000 });
+  await deposit(env, env.alice, toNano('3'));
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: toNano('2') }))).success, true);
+  assert.equal((await getNetworkFee(env.contract)).balance, toNano('0.2'));
+  assert.equal((await getProvider(env.contract)).balance, toNano('1.8'));
+  // Not the treasury (the provider, a client): 119; more than the balance: 112.
+  assert.equal((await send(env.provider, env.address, treasuryWithdrawBody(1n))).exitCode, 119);
+  assert.equal((await send(env.alice.wallet, env.address, treasuryWithdrawBody(1n))).exitCode, 119);
+  assert.equal((await send(env.treasury, env.address, treasuryWithdrawBody(toNano('0.2') + 1n))).exitCode, 112);
+  // The provider cannot take the treasury's share either.
+  assert.equal((await send(env.provider, env.address, providerWithdrawBody(toNano('1.8') + 1n))).exitCode, 112);
+  const w0 = (await env.bc.getContract(env.treasury.address)).balance;
+  const r = await env.treasury.send({ to: env.address, value: toNano('0.05'), body: treasuryWithdrawBody(toNano('0.15')), bounce: true });
+  assert.equal(computeOf(r.transactions, env.address).success, true);
+  const gain = (await env.bc.getContract(env.treasury.address)).balance - w0;
+  assert.ok(gain > toNano('0.15') - toNano('0.05') && gain < toNano('0.15'), `treasury wallet moved by ${gain}`);
+  const f = await getNetworkFee(env.contract);
+  assert.equal(f.balance, toNano('0.05'));
+  assert.equal(f.paid, toNano('0.15'));
+});
+
+test('network fee: a contract whose init data names a fee above 10% cannot claim', async () => {
+  const env = await setup({ feeBps: 1001 });
+  await deposit(env, env.alice, toNano('1'));
+  const s0 = await state(env);
+  assert.equal((await send(env.provider, env.address, claim(env, env.alice, { total: 1000n }))).exitCode, 120);
+  assert.deepEqual(await state(env), s0);
+  // Its clients can still take their money back.
+  const id = env.alice.key.accountId;
+  assert.equal((await send(env.alice.wallet, env.address, clientWithdrawRequestBody(id, toNano('0.5')))).success, true);
 });
