@@ -13,6 +13,9 @@ export const SOURCE_FILE = path.join(CONTRACTS_DIR, 'cocoon_payment.tolk');
 export const BUILD_DIR = path.join(CONTRACTS_DIR, 'build');
 export const BUILD_BOC = path.join(BUILD_DIR, 'cocoon_payment.boc');
 export const BUILD_JSON = path.join(BUILD_DIR, 'cocoon_payment.json');
+export const REGISTRY_SOURCE_FILE = path.join(CONTRACTS_DIR, 'cocoon_registry.tolk');
+export const REGISTRY_BUILD_BOC = path.join(BUILD_DIR, 'cocoon_registry.boc');
+export const REGISTRY_BUILD_JSON = path.join(BUILD_DIR, 'cocoon_registry.json');
 
 /**
  * Compile a Tolk source file. `@stdlib/...` imports are resolved by tolk-js
@@ -45,6 +48,11 @@ export async function compilePaymentContract() {
   return compileTolk(SOURCE_FILE);
 }
 
+/** Compile the registry contract from contracts/cocoon_registry.tolk. */
+export async function compileRegistryContract() {
+  return compileTolk(REGISTRY_SOURCE_FILE);
+}
+
 /** Compile a Tolk program given as a string (used by the benchmark's probes). */
 export async function compileTolkSource(name, source) {
   return compileTolk(path.join(CONTRACTS_DIR, name), { source });
@@ -52,11 +60,15 @@ export async function compileTolkSource(name, source) {
 
 export { getTolkCompilerVersion };
 
-/** The committed build artifact: { code, manifest } (manifest = the JSON file). */
-export function readBuild() {
-  const boc = fs.readFileSync(BUILD_BOC);
+/**
+ * A committed build artifact: { code, manifest } (manifest = the JSON file).
+ * The payment contract's unless `which` is 'registry'.
+ */
+export function readBuild(which = 'payment') {
+  const [bocFile, jsonFile] = which === 'registry' ? [REGISTRY_BUILD_BOC, REGISTRY_BUILD_JSON] : [BUILD_BOC, BUILD_JSON];
+  const boc = fs.readFileSync(bocFile);
   const cells = Cell.fromBoc(boc);
-  if (cells.length !== 1) throw new Error(`${BUILD_BOC}: expected one root cell`);
-  const manifest = JSON.parse(fs.readFileSync(BUILD_JSON, 'utf8'));
+  if (cells.length !== 1) throw new Error(`${bocFile}: expected one root cell`);
+  const manifest = JSON.parse(fs.readFileSync(jsonFile, 'utf8'));
   return { code: cells[0], manifest };
 }
