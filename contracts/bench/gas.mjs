@@ -7,12 +7,23 @@
 //   * one claim settling N receipts against verifying the N receipts on
 //     chain one by one (per receipt: a signature check and a dictionary
 //     update, measured with the probe), N = 1, 100, 10 000;
-//   * the fee of a claim in nanoton at the sandbox's basechain gas price.
+//   * the fee of a claim in nanoton at the sandbox's basechain gas price;
+//   * the registry: gas per operation, and with 1 000 providers registered
+//     the gas of one more registration and the cost of listing them
+//     (get_providers' gas and the size of the dictionary it returns).
 //
 //   node contracts/bench/gas.mjs
+import crypto from 'node:crypto';
 import { Blockchain } from '@ton/sandbox';
 import { beginCell, contractAddress, toNano, Dictionary } from '@ton/core';
-import { compilePaymentContract, compileTolkSource } from '../lib/compile.mjs';
+import { compilePaymentContract, compileRegistryContract, compileTolkSource } from '../lib/compile.mjs';
+import {
+  buildRegistryData, addReleaseBody, revokeReleaseBody, setFeeBody, proposeOwnerBody, acceptOwnerBody,
+  cancelOwnerTransferBody, registerProviderBody, updateProviderBody, deregisterProviderBody, endpointCell,
+  getDictRoot, getProviderEntry,
+} from '../lib/registry.mjs';
+import { createShardAccount } from '@ton/sandbox';
+import { Address } from '@ton/core';
 import { buildInitData } from '../lib/storage.mjs';
 import { depositBody, claimBody, providerWithdrawBody, clientWithdrawRequestBody, clientWithdrawFinishBody } from '../lib/messages.mjs';
 import { generateKey, authCell, tabCell, signP256, ownerSignature } from '../lib/signing.mjs';
@@ -141,4 +152,118 @@ function gasPrice(bc) {
   return { perGasFixed: s.loadUintBig(64) };
 }
 
+// The registry: gas per operation, then the same registry with 1 000
+// providers. The 1 000 entries are written into the registry's storage
+// directly (the layout of `struct Provider`, checked below by reading one
+// back and deregistering it through the contract) rather than sent as 1 000
+// registrations, which would only take longer to reach the same state.
+async function registryBench() {
+  const bc = await Blockchain.create();
+  bc.now = 1_795_000_000;
+  const owner = await bc.treasury('owner');
+  const treasury = await bc.treasury('treasury');
+  const { code: paymentCode } = await compilePaymentContract();
+  const { code } = await compileRegistryContract();
+  const stake = toNano('1');
+  const feeBps = 100;
+  const data = buildRegistryData({ owner: owner.address, treasury: treasury.address, feeBps, paymentCode, stake });
+  const address = contractAddress(0, { code, data });
+  await owner.send({ to: address, value: toNano('10'), init: { code, data } });
+  const gas = [];
+  const run = async (name, from, body, value = toNano('0.2')) => {
+    const r = await from.send({ to: address, value, body, bounce: true });
+    const c = computeOf(r.transactions, address);
+    if (!c.success) throw new Error(`${name}: exit code ${c.exitCode}`);
+    gas.push([name, c.gasUsed]);
+    return c.gasUsed;
+  };
+  const paymentOf = (wallet, delay = 3600) => {
+    const paymentInit = buildInitData({ provider: wallet.address, withdrawDelay: delay, treasury: treasury.address, feeBps });
+    return { paymentInit, payment: contractAddress(0, { code: paymentCode, data: paymentInit }) };
+  };
+  const digests = (n, b) => Array.from({ length: n }, (_, i) => [Buffer.alloc(32, b + i), 1 + (i % 2)]);
+  await run('add release (1 measurement)', owner, addReleaseBody(Buffer.alloc(32, 1), digests(1, 0x10)));
+  await run('add release (4 measurements)', owner, addReleaseBody(Buffer.alloc(32, 2), digests(4, 0x20)));
+  await run('revoke release', owner, revokeReleaseBody(Buffer.alloc(32, 1)));
+  await run('set fee', owner, setFeeBody(feeBps));
+  const next = await bc.treasury('next');
+  await run('propose owner', owner, proposeOwnerBody(next.address));
+  await run('cancel owner transfer', owner, cancelOwnerTransferBody());
+  await run('propose owner', owner, proposeOwnerBody(next.address));
+  gas.pop();
+  await run('accept owner', next, acceptOwnerBody());
+  const p1 = await bc.treasury('p1');
+  const url = 'https://provider-0001.example.net:8443';
+  await run('register provider (first)', p1, registerProviderBody({ endpoint: url, ...paymentOf(p1) }), stake + toNano('0.2'));
+  await run('update provider (endpoint)', p1, updateProviderBody({ endpoint: url + '/v1' }));
+  await run('update provider (endpoint + payment)', p1, updateProviderBody({ endpoint: url, ...paymentOf(p1, 7200) }));
+  await run('deregister provider', p1, deregisterProviderBody());
+
+  // 1 000 providers in storage.
+  const N = 1000;
+  const providerValue = {
+    serialize: (v, b) => b.storeAddress(v.payment).storeRef(v.endpoint).storeUint(v.at, 32).storeUint(v.at, 32).storeCoins(v.stake),
+    parse: () => { throw new Error('write only'); },
+  };
+  const dict = Dictionary.empty(Dictionary.Keys.BigUint(256), providerValue);
+  let sampleKey = null;
+  for (let i = 0; i < N; i++) {
+    const wallet = { address: new Address(0, createHashOf(`provider-${i}`)) };
+    const { payment } = paymentOf(wallet);
+    const key = BigInt('0x' + wallet.address.hash.toString('hex'));
+    if (i === 0) sampleKey = key;
+    dict.set(key, { payment, endpoint: endpointCell(`https://provider-${String(i).padStart(4, '0')}.example.net:8443`), at: bc.now, stake });
+  }
+  const state = (await bc.getContract(address)).accountState;
+  const cur = state.state.data.beginParse();
+  const ownerNow = cur.loadAddress();
+  cur.loadBits(2); // pending owner: none
+  const releaseCount = cur.loadUint(32);
+  cur.loadUint(32);
+  const releases = cur.loadMaybeRef();
+  cur.loadMaybeRef();
+  const config = cur.loadRef();
+  const big = beginCell().storeAddress(ownerNow).storeUint(0, 2).storeUint(releaseCount, 32).storeUint(N, 32)
+    .storeMaybeRef(releases).storeDict(dict).storeRef(config).endCell();
+  const balance = (await bc.getContract(address)).balance + stake * BigInt(N);
+  await bc.setShardAccount(address, createShardAccount({ address, code, data: big, balance }));
+  const contract = bc.provider(address);
+  if (!(await getProviderEntry(contract, sampleKey))) throw new Error('the written entries do not read back');
+  const pN = await bc.treasury('p-one-more');
+  const regN = await run(`register provider (${N} registered)`, pN, registerProviderBody({ endpoint: url, ...paymentOf(pN) }), stake + toNano('0.2'));
+  await run(`update provider (endpoint, ${N + 1} registered)`, pN, updateProviderBody({ endpoint: url + '/v1' }));
+  await run(`deregister provider (${N + 1} registered)`, pN, deregisterProviderBody());
+  const list = await getDictRoot(contract, 'get_providers');
+  const boc = list.cell.toBoc();
+  const one = await contract.get('get_provider', [{ type: 'int', value: sampleKey }]);
+  let cells = 0;
+  const seen = new Set();
+  const walk = (c) => {
+    const k = c.hash().toString('hex');
+    if (seen.has(k)) return;
+    seen.add(k);
+    cells++;
+    c.refs.forEach(walk);
+  };
+  walk(list.cell);
+  const prices = gasPrice(bc);
+  console.log('');
+  console.log('registry, gas per operation (@ton/sandbox, one run):');
+  console.log('| operation | gas | gas fee at the basechain price (TON) |');
+  console.log('|---|---:|---:|');
+  for (const [k, v] of gas) {
+    const fee = prices ? Number((v * prices.perGasFixed) >> 16n) / 1e9 : NaN;
+    console.log(`| ${k} | ${v} | ${fee.toFixed(5)} |`);
+  }
+  console.log(`| get_provider (${N} registered), get-method | ${one.gasUsed} | (free: a get-method) |`);
+  console.log(`| get_providers (${N} registered), get-method | ${list.gasUsed} | (free: a get-method) |`);
+  console.log(`listing ${N} providers: get_providers returns one dictionary of ${cells} cells, ${boc.length} bytes as a BOC (${(boc.length / N).toFixed(0)} bytes per provider; base64 in a JSON answer: ${Math.ceil(boc.length / 3) * 4} bytes)`);
+  console.log(`one more registration with ${N} registered: ${regN} gas`);
+}
+
+function createHashOf(s) {
+  return crypto.createHash('sha256').update(s).digest();
+}
+
 await main();
+await registryBench();
