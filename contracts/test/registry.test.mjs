@@ -4,6 +4,7 @@
 // handling (stake kept and returned, excess returned) and the events.
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { Blockchain } from '@ton/sandbox';
 import { Address, Cell, beginCell, contractAddress, toNano } from '@ton/core';
 import { compilePaymentContract, compileRegistryContract, readBuild } from '../lib/compile.mjs';
@@ -404,4 +405,73 @@ test('the JS measurement and endpoint helpers round-trip', () => {
   assert.equal(endpointBytes(endpointCell(url)).toString(), url);
   assert.equal(endpointCell(url).refs.length, 1);
   assert.ok(Cell.fromBoc(endpointCell(url).toBoc())[0].equals(endpointCell(url)));
+});
+
+test('the Rust builders (protocol::registry) make the same cells, and the registry accepts each', async () => {
+  const { internal } = await import('@ton/sandbox');
+  const fx = JSON.parse(fs.readFileSync(new URL('./fixtures/registry-rust.json', import.meta.url), 'utf8'));
+  const A = (s) => Address.parseRaw(s);
+  const cellOf = (hexBoc) => {
+    const cells = Cell.fromBoc(Buffer.from(hexBoc, 'hex'));
+    assert.equal(cells.length, 1);
+    return cells[0];
+  };
+  // The payment code the Rust side read from the committed build is this source's.
+  assert.equal(fx.payment_code_hash, paymentCode.hash().toString('hex'));
+  assert.equal(fx.payment_code_depth, paymentCode.depth());
+  // Payment init data and address: the same as the JS side's.
+  const [owner, nextOwner, treasury, provider] = [A(fx.owner), A(fx.next_owner), A(fx.treasury), A(fx.provider)];
+  const init = buildInitData({ provider, withdrawDelay: 3600, treasury, feeBps: fx.fee_bps });
+  const init2 = buildInitData({ provider, withdrawDelay: 7200, treasury, feeBps: fx.fee_bps });
+  assert.ok(cellOf(fx.payment_init).equals(init));
+  assert.ok(cellOf(fx.payment_init_2).equals(init2));
+  assert.ok(A(fx.payment).equals(contractAddress(0, { code: paymentCode, data: init })));
+  assert.ok(A(fx.payment_2).equals(contractAddress(0, { code: paymentCode, data: init2 })));
+  const measurements = fx.measurements.map(([d, p]) => [Buffer.from(d, 'hex'), p]);
+  const release = Buffer.from(fx.release, 'hex');
+  const js = {
+    add_release: addReleaseBody(release, measurements, 1n),
+    add_release_one: addReleaseBody(h(0x78), [[h(0x42), 1]], 2n),
+    revoke_release: revokeReleaseBody(h(0x78), 3n),
+    set_fee: setFeeBody(fx.fee_bps, 4n),
+    propose_owner: proposeOwnerBody(nextOwner, 5n),
+    cancel_owner_transfer: cancelOwnerTransferBody(6n),
+    propose_owner_again: proposeOwnerBody(nextOwner, 7n),
+    accept_owner: acceptOwnerBody(8n),
+    register_provider: registerProviderBody({ payment: A(fx.payment), endpoint: 'https://provider.example:8443', paymentInit: init }, 9n),
+    update_provider_endpoint: updateProviderBody({ endpoint: fx.long_endpoint }, 10n),
+    update_provider_payment: updateProviderBody({ endpoint: 'http://10.0.0.7:8080', payment: A(fx.payment_2), paymentInit: init2 }, 11n),
+    deregister_provider: deregisterProviderBody(12n),
+  };
+  assert.deepEqual(fx.messages.map((m) => m.name), Object.keys(js));
+
+  const bc = await Blockchain.create();
+  bc.now = 1_795_000_000;
+  const data = buildRegistryData({ owner, treasury, feeBps: 100, paymentCode, stake: STAKE });
+  const address = contractAddress(0, { code: registryCode, data });
+  const funder = await bc.treasury('funder');
+  await funder.send({ to: address, value: toNano('1'), init: { code: registryCode, data } });
+  const contract = bc.provider(address);
+  for (const m of fx.messages) {
+    const body = cellOf(m.body);
+    assert.ok(body.equals(js[m.name]), `${m.name}: the Rust cell differs from the JavaScript one`);
+    const value = m.name === 'register_provider' ? STAKE + toNano('0.1') : toNano('0.1');
+    const r = await bc.sendMessage(internal({ from: A(m.from), to: address, value, body, bounce: true }));
+    const c = computeOf(r.transactions, address);
+    assert.equal(c.success, true, `${m.name}: exit ${c.exitCode}`);
+    const events = eventsOf(r.transactions, address);
+    assert.equal(events.length, 1, m.name);
+    assert.equal(events[0].queryId, BigInt(fx.messages.indexOf(m) + 1), m.name);
+    if (m.name === 'add_release') {
+      const got = await getRelease(contract, release);
+      assert.deepEqual(got.measurements, [...fx.measurements].sort((a, b) => (a[0] < b[0] ? -1 : 1)));
+    }
+    if (m.name === 'revoke_release') assert.equal((await getRelease(contract, h(0x78))).status, 2);
+    if (m.name === 'set_fee') assert.equal((await getRegistry(contract)).feeBps, fx.fee_bps);
+    if (m.name === 'accept_owner') assert.ok((await getRegistry(contract)).owner.equals(nextOwner));
+    if (m.name === 'register_provider') assert.ok((await getProviderEntry(contract, provider.hash)).payment.equals(A(fx.payment)));
+    if (m.name === 'update_provider_endpoint') assert.equal((await getProviderEntry(contract, provider.hash)).endpoint, fx.long_endpoint);
+    if (m.name === 'update_provider_payment') assert.ok((await getProviderEntry(contract, provider.hash)).payment.equals(A(fx.payment_2)));
+    if (m.name === 'deregister_provider') assert.equal(await getProviderEntry(contract, provider.hash), null);
+  }
 });

@@ -52,6 +52,9 @@
 //!   pending receipts and tabs ([`tabs::TabBook`]).
 //! * [`ton`] — TON cells, bags of cells and the payment contract's message
 //!   bodies.
+//! * [`registry`] — the network registry contract's message bodies, the
+//!   payment contract's init data and address as the registry checks them,
+//!   and its get-method results.
 //! * [`local_auth`] — what the local HTTP endpoints (the client's
 //!   OpenAI-compatible endpoint, the host's operator API) check first: the
 //!   `Host` header (loopback, `localhost`, configured names) and the bearer
@@ -83,6 +86,7 @@ pub mod message;
 pub mod mux;
 pub mod pricing;
 pub mod receipt;
+pub mod registry;
 pub mod release;
 pub mod request;
 pub mod seal;
