@@ -34,7 +34,7 @@
 //! contracts/README.md ("Registry").
 
 use crate::settlement::ContractAddress;
-use crate::ton::{Cell, CellBuilder, TonError};
+use crate::ton::{Cell, CellBuilder, CellSlice, TonError};
 
 /// Opcode of `add_release`.
 pub const OP_ADD_RELEASE: u32 = 0xc0c0_b001;
@@ -127,11 +127,8 @@ fn header(op: u32, query_id: u64) -> Result<CellBuilder, TonError> {
     Ok(b)
 }
 
-/// `addr_std$10 anycast:(Maybe Anycast)=0 workchain_id:int8 address:bits256`.
 fn store_address(b: &mut CellBuilder, a: &ContractAddress) -> Result<(), TonError> {
-    b.store_uint(0b100, 3)?
-        .store_uint(u128::from(a.workchain.to_be_bytes()[0]), 8)?
-        .store_bytes(&a.hash)?;
+    b.store_address(Some(a))?;
     Ok(())
 }
 
@@ -169,8 +166,10 @@ pub fn endpoint_cell(url: &str) -> Result<Cell, TonError> {
 }
 
 /// `add_release`: list a release by its manifest hash with its measurement
-/// digests, each with its platform. At least one; no digest twice; only the
-/// three platform bytes.
+/// digests, each with its platform (as
+/// [`ReleaseManifest::measurement_digests`](crate::release::ReleaseManifest::measurement_digests)
+/// gives them). At least one; a pair given twice is listed once, a digest
+/// with two platforms is refused; only the three platform bytes.
 pub fn add_release_body(
     query_id: u64,
     manifest_hash: &[u8; 32],
@@ -189,6 +188,7 @@ pub fn add_release_body(
         entries.push((*digest, *platform));
     }
     entries.sort();
+    entries.dedup();
     if entries.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(TonError::OutOfRange("a measurement digest twice".into()));
     }
@@ -402,6 +402,445 @@ pub fn payment_contract_address(
     }
 }
 
+// ---------------------------------------------------------------------------
+// Reading: get-method results
+// ---------------------------------------------------------------------------
+
+/// Why a get-method result of the registry is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A cell or bag of cells that does not follow its layout.
+    #[error("registry data: {0}")]
+    Ton(#[from] TonError),
+    /// The stack does not have the shape the get-method returns.
+    #[error("registry get-method result: {0}")]
+    Stack(String),
+}
+
+/// One value of a get-method's result stack, as the parsers here take it:
+/// `cocoon_chain::StackValue` maps onto it one to one (`Int(TvmInt {
+/// negative, magnitude })` to `Int { negative, magnitude }`, `Cell(boc)`,
+/// `Slice(boc)`, `Null`). Cells and slices are single-root bags of cells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StackItem {
+    /// An integer: sign and 32 big-endian magnitude bytes.
+    Int {
+        /// True when negative.
+        negative: bool,
+        /// The magnitude, big-endian.
+        magnitude: [u8; 32],
+    },
+    /// A cell.
+    Cell(Vec<u8>),
+    /// A slice (a whole cell).
+    Slice(Vec<u8>),
+    /// `null`.
+    Null,
+}
+
+fn stack_err(msg: impl Into<String>) -> RegistryError {
+    RegistryError::Stack(msg.into())
+}
+
+fn want_len(stack: &[StackItem], n: usize, method: &str) -> Result<(), RegistryError> {
+    if stack.len() != n {
+        return Err(stack_err(format!(
+            "{method}: {} values, {n} expected",
+            stack.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A non-negative integer that fits `bits` bits.
+fn int_of(item: &StackItem, bits: usize, what: &str) -> Result<u128, RegistryError> {
+    match item {
+        StackItem::Int {
+            negative: false,
+            magnitude,
+        } if magnitude[..16].iter().all(|&b| b == 0) => {
+            let v = u128::from_be_bytes(magnitude[16..].try_into().unwrap_or([0xff; 16]));
+            if bits < 128 && v >> bits != 0 {
+                return Err(stack_err(format!("{what}: {v} does not fit {bits} bits")));
+            }
+            Ok(v)
+        }
+        StackItem::Int { .. } => Err(stack_err(format!("{what}: out of range"))),
+        other => Err(stack_err(format!(
+            "{what}: an integer expected, got {other:?}"
+        ))),
+    }
+}
+
+fn uint256_of(item: &StackItem, what: &str) -> Result<[u8; 32], RegistryError> {
+    match item {
+        StackItem::Int {
+            negative: false,
+            magnitude,
+        } => Ok(*magnitude),
+        other => Err(stack_err(format!(
+            "{what}: a non-negative integer expected, got {other:?}"
+        ))),
+    }
+}
+
+/// The `found` flag of get_release/get_provider: -1 or 0.
+fn found_of(item: &StackItem, what: &str) -> Result<bool, RegistryError> {
+    match item {
+        StackItem::Int {
+            negative: true,
+            magnitude,
+        } if magnitude[..31].iter().all(|&b| b == 0) && magnitude[31] == 1 => Ok(true),
+        StackItem::Int {
+            negative: false,
+            magnitude,
+        } if magnitude.iter().all(|&b| b == 0) => Ok(false),
+        other => Err(stack_err(format!(
+            "{what}: -1 or 0 expected, got {other:?}"
+        ))),
+    }
+}
+
+fn cell_of(item: &StackItem, what: &str) -> Result<Option<Cell>, RegistryError> {
+    match item {
+        StackItem::Null => Ok(None),
+        StackItem::Cell(boc) | StackItem::Slice(boc) => Ok(Some(Cell::from_boc(boc)?)),
+        other => Err(stack_err(format!("{what}: a cell expected, got {other:?}"))),
+    }
+}
+
+/// An address returned as a slice: exactly `MsgAddress`, nothing after it.
+fn address_of(item: &StackItem, what: &str) -> Result<Option<ContractAddress>, RegistryError> {
+    match item {
+        StackItem::Null => Ok(None),
+        StackItem::Slice(boc) | StackItem::Cell(boc) => {
+            let mut s = Cell::from_boc(boc)?.as_slice();
+            let a = s.load_address()?;
+            s.end()?;
+            Ok(a)
+        }
+        other => Err(stack_err(format!(
+            "{what}: an address slice expected, got {other:?}"
+        ))),
+    }
+}
+
+fn some_address(a: Option<ContractAddress>, what: &str) -> Result<ContractAddress, RegistryError> {
+    a.ok_or_else(|| stack_err(format!("{what}: addr_none where an address is required")))
+}
+
+/// What `get_registry()` returns:
+///
+/// ```text
+/// owner:slice(MsgAddressInt)  pending_owner:slice(MsgAddressInt)|null
+/// treasury:slice(MsgAddressInt)  fee_bps:int  payment_code_hash:int
+/// release_count:int  provider_count:int  payment_code_depth:int  stake:int
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryInfo {
+    /// Who adds and revokes releases and sets the fee.
+    pub owner: ContractAddress,
+    /// The proposed next owner, until it accepts or the owner cancels.
+    pub pending_owner: Option<ContractAddress>,
+    /// Where network fees go (every registered payment contract names it).
+    pub treasury: ContractAddress,
+    /// The network fee registrations must carry now, in basis points.
+    pub fee_bps: u16,
+    /// Representation hash of the payment contract's code.
+    pub payment_code_hash: [u8; 32],
+    /// Releases listed (active and revoked).
+    pub release_count: u32,
+    /// Providers registered.
+    pub provider_count: u32,
+    /// Depth of the payment contract's code cell (for its StateInit hash).
+    pub payment_code_depth: u16,
+    /// Nanoton a registration stakes (returned on deregistration).
+    pub stake: u128,
+}
+
+impl RegistryInfo {
+    /// From `get_registry()`'s nine values. A fee above [`MAX_FEE_BPS`] is
+    /// refused: such a registry registers nobody, and a client should not
+    /// trust its list.
+    pub fn from_stack(stack: &[StackItem]) -> Result<RegistryInfo, RegistryError> {
+        want_len(stack, 9, "get_registry")?;
+        let fee_bps = int_of(&stack[3], 16, "fee_bps")? as u16;
+        if fee_bps > MAX_FEE_BPS {
+            return Err(stack_err(format!(
+                "fee_bps {fee_bps} above the bound {MAX_FEE_BPS}"
+            )));
+        }
+        Ok(RegistryInfo {
+            owner: some_address(address_of(&stack[0], "owner")?, "owner")?,
+            pending_owner: address_of(&stack[1], "pending_owner")?,
+            treasury: some_address(address_of(&stack[2], "treasury")?, "treasury")?,
+            fee_bps,
+            payment_code_hash: uint256_of(&stack[4], "payment_code_hash")?,
+            release_count: int_of(&stack[5], 32, "release_count")? as u32,
+            provider_count: int_of(&stack[6], 32, "provider_count")? as u32,
+            payment_code_depth: int_of(&stack[7], 16, "payment_code_depth")? as u16,
+            stake: int_of(&stack[8], 120, "stake")?,
+        })
+    }
+
+    /// The address the payment contract of `provider` (with this
+    /// withdrawal delay) must have to be registered here now.
+    pub fn payment_address_for(
+        &self,
+        provider: &ContractAddress,
+        withdraw_delay: u32,
+    ) -> Result<ContractAddress, TonError> {
+        let init = payment_init_data(provider, withdraw_delay, &self.treasury, self.fee_bps)?;
+        Ok(payment_contract_address(
+            &self.payment_code_hash,
+            self.payment_code_depth,
+            &init,
+        ))
+    }
+}
+
+/// A listed release: `status:uint2 added_at:uint32 revoked_at:uint32
+/// measurements:(HashmapE 256 uint8)` under its manifest hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// SHA-256 of the canonical release manifest (the key).
+    pub manifest_hash: [u8; 32],
+    /// [`STATUS_ACTIVE`] or [`STATUS_REVOKED`].
+    pub status: u8,
+    /// When it was added (unix time).
+    pub added_at: u32,
+    /// When it was revoked, 0 while active.
+    pub revoked_at: u32,
+    /// `(platform, measurement digest)`, in ascending digest order.
+    pub measurements: Vec<(u8, [u8; 32])>,
+}
+
+impl Release {
+    /// Clients accept evidence of active releases only.
+    pub fn is_active(&self) -> bool {
+        self.status == STATUS_ACTIVE
+    }
+
+    /// A release's value in the releases dictionary.
+    fn from_value(manifest_hash: [u8; 32], mut v: CellSlice) -> Result<Release, RegistryError> {
+        let status = v.load_uint(2)? as u8;
+        let added_at = v.load_uint(32)? as u32;
+        let revoked_at = v.load_uint(32)? as u32;
+        let root = v.load_maybe_ref()?;
+        v.end()?;
+        let measurements = match &root {
+            None => Vec::new(),
+            Some(root) => parse_measurements(root)?,
+        };
+        check_release(status, revoked_at, &measurements)?;
+        Ok(Release {
+            manifest_hash,
+            status,
+            added_at,
+            revoked_at,
+            measurements,
+        })
+    }
+
+    /// From `get_release(hash)`: `found:int(-1|0) status:int added_at:int
+    /// revoked_at:int measurements:cell|null` (`None` when not listed).
+    pub fn from_get_release(
+        manifest_hash: [u8; 32],
+        stack: &[StackItem],
+    ) -> Result<Option<Release>, RegistryError> {
+        want_len(stack, 5, "get_release")?;
+        if !found_of(&stack[0], "found")? {
+            return Ok(None);
+        }
+        let status = int_of(&stack[1], 2, "status")? as u8;
+        let added_at = int_of(&stack[2], 32, "added_at")? as u32;
+        let revoked_at = int_of(&stack[3], 32, "revoked_at")? as u32;
+        let measurements = match cell_of(&stack[4], "measurements")? {
+            None => Vec::new(),
+            Some(root) => parse_measurements(&root)?,
+        };
+        check_release(status, revoked_at, &measurements)?;
+        Ok(Some(Release {
+            manifest_hash,
+            status,
+            added_at,
+            revoked_at,
+            measurements,
+        }))
+    }
+}
+
+/// What the contract guarantees of every release it lists.
+fn check_release(
+    status: u8,
+    revoked_at: u32,
+    measurements: &[(u8, [u8; 32])],
+) -> Result<(), RegistryError> {
+    if status != STATUS_ACTIVE && status != STATUS_REVOKED {
+        return Err(stack_err(format!("release status {status}")));
+    }
+    if (status == STATUS_ACTIVE) != (revoked_at == 0) {
+        return Err(stack_err(
+            "a release's revocation time disagrees with its status",
+        ));
+    }
+    if measurements.is_empty() {
+        return Err(stack_err("a release without measurements"));
+    }
+    Ok(())
+}
+
+fn key32(key: &[u8]) -> Result<[u8; 32], RegistryError> {
+    key.try_into()
+        .map_err(|_| stack_err(format!("a {}-byte dictionary key", key.len())))
+}
+
+/// `HashmapE 256 uint8` (root cell): digest → platform, only the three
+/// platform bytes.
+fn parse_measurements(root: &Cell) -> Result<Vec<(u8, [u8; 32])>, RegistryError> {
+    let mut out = Vec::new();
+    for (key, mut v) in crate::ton::dict::parse_hashmap(root, 256)? {
+        let platform = v.load_uint(8)? as u8;
+        v.end()?;
+        if ![PLATFORM_SNP, PLATFORM_TDX, PLATFORM_SIMULATED].contains(&platform) {
+            return Err(stack_err(format!("measurement platform {platform}")));
+        }
+        out.push((platform, key32(&key)?));
+    }
+    Ok(out)
+}
+
+/// The releases dictionary (`get_releases()`'s cell; `None` for null),
+/// in ascending manifest-hash order.
+pub fn parse_releases(root: Option<&Cell>) -> Result<Vec<Release>, RegistryError> {
+    let Some(root) = root else {
+        return Ok(Vec::new());
+    };
+    crate::ton::dict::parse_hashmap(root, 256)?
+        .into_iter()
+        .map(|(k, v)| Release::from_value(key32(&k)?, v))
+        .collect()
+}
+
+/// `get_releases()`: one value, the dictionary's root cell or null.
+pub fn releases_from_stack(stack: &[StackItem]) -> Result<Vec<Release>, RegistryError> {
+    want_len(stack, 1, "get_releases")?;
+    parse_releases(cell_of(&stack[0], "releases")?.as_ref())
+}
+
+/// A registered provider: `payment:MsgAddressInt ^endpoint
+/// registered_at:uint32 updated_at:uint32 stake:Coins` under the owner
+/// wallet's address hash (workchain 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderEntry {
+    /// The provider's wallet (workchain 0; its hash is the key).
+    pub owner: ContractAddress,
+    /// Its payment contract.
+    pub payment: ContractAddress,
+    /// Its endpoint URL (`http://` or `https://`, at most 256 bytes).
+    pub endpoint: String,
+    /// When it registered (unix time).
+    pub registered_at: u32,
+    /// When it last changed its entry.
+    pub updated_at: u32,
+    /// Its stake, in nanoton.
+    pub stake: u128,
+}
+
+impl ProviderEntry {
+    fn from_value(owner_hash: [u8; 32], mut v: CellSlice) -> Result<ProviderEntry, RegistryError> {
+        let payment = some_address(v.load_address()?, "payment")?;
+        let endpoint = endpoint_of(&v.load_ref()?)?;
+        let registered_at = v.load_uint(32)? as u32;
+        let updated_at = v.load_uint(32)? as u32;
+        let stake = v.load_coins()?;
+        v.end()?;
+        Ok(ProviderEntry {
+            owner: ContractAddress {
+                workchain: 0,
+                hash: owner_hash,
+            },
+            payment,
+            endpoint,
+            registered_at,
+            updated_at,
+            stake,
+        })
+    }
+
+    /// From `get_provider(owner_hash)`: `found:int(-1|0)
+    /// payment:slice|null endpoint:cell|null registered_at:int
+    /// updated_at:int stake:int` (`None` when not registered).
+    pub fn from_get_provider(
+        owner_hash: [u8; 32],
+        stack: &[StackItem],
+    ) -> Result<Option<ProviderEntry>, RegistryError> {
+        want_len(stack, 6, "get_provider")?;
+        if !found_of(&stack[0], "found")? {
+            return Ok(None);
+        }
+        let payment = some_address(address_of(&stack[1], "payment")?, "payment")?;
+        let endpoint = cell_of(&stack[2], "endpoint")?
+            .ok_or_else(|| stack_err("endpoint: null for a registered provider"))?;
+        Ok(Some(ProviderEntry {
+            owner: ContractAddress {
+                workchain: 0,
+                hash: owner_hash,
+            },
+            payment,
+            endpoint: endpoint_of(&endpoint)?,
+            registered_at: int_of(&stack[3], 32, "registered_at")? as u32,
+            updated_at: int_of(&stack[4], 32, "updated_at")? as u32,
+            stake: int_of(&stack[5], 120, "stake")?,
+        }))
+    }
+}
+
+/// An endpoint snake: whole bytes per cell, at least one, at most one
+/// reference onwards, at most [`MAX_ENDPOINT_BYTES`] in all, UTF-8 with
+/// the `http://` or `https://` scheme and a host (what the contract
+/// checks, checked again here: the answer comes from an untrusted API).
+fn endpoint_of(cell: &Cell) -> Result<String, RegistryError> {
+    let mut bytes = Vec::new();
+    let mut s = cell.as_slice();
+    loop {
+        let bits = s.remaining_bits();
+        if bits == 0 || bits % 8 != 0 || s.remaining_refs() > 1 {
+            return Err(stack_err("endpoint: not a snake of whole bytes"));
+        }
+        if bytes.len() + bits / 8 > MAX_ENDPOINT_BYTES {
+            return Err(stack_err("endpoint: over 256 bytes"));
+        }
+        bytes.extend(s.load_bytes(bits / 8)?);
+        if s.remaining_refs() == 0 {
+            break;
+        }
+        s = s.load_ref()?.as_slice();
+    }
+    let url = String::from_utf8(bytes).map_err(|_| stack_err("endpoint: not UTF-8"))?;
+    endpoint_cell(&url)?;
+    Ok(url)
+}
+
+/// The providers dictionary (`get_providers()`'s cell; `None` for null),
+/// in ascending owner-hash order.
+pub fn parse_providers(root: Option<&Cell>) -> Result<Vec<ProviderEntry>, RegistryError> {
+    let Some(root) = root else {
+        return Ok(Vec::new());
+    };
+    crate::ton::dict::parse_hashmap(root, 256)?
+        .into_iter()
+        .map(|(k, v)| ProviderEntry::from_value(key32(&k)?, v))
+        .collect()
+}
+
+/// `get_providers()`: one value, the dictionary's root cell or null.
+pub fn providers_from_stack(stack: &[StackItem]) -> Result<Vec<ProviderEntry>, RegistryError> {
+    want_len(stack, 1, "get_providers")?;
+    parse_providers(cell_of(&stack[0], "providers")?.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +874,10 @@ mod tests {
         assert!(add_release_body(0, &[1; 32], &[(3, [0; 32])]).is_err());
         assert!(add_release_body(0, &[1; 32], &[(1, [0; 32]), (2, [0; 32])]).is_err());
         assert!(add_release_body(0, &[1; 32], &[(1, [0; 32]), (2, [1; 32])]).is_ok());
+        assert_eq!(
+            add_release_body(0, &[1; 32], &[(1, [0; 32]), (1, [0; 32])]).unwrap(),
+            add_release_body(0, &[1; 32], &[(1, [0; 32])]).unwrap()
+        );
         assert!(set_fee_body(0, 1001).is_err());
         assert!(set_fee_body(0, 1000).is_ok());
     }
