@@ -26,6 +26,7 @@ mod evidence;
 mod mux;
 mod nvidia;
 mod protocol;
+mod registry;
 mod tdx;
 mod ton;
 pub use evidence::{bundle, snp_cert_table, tdx_collateral};
@@ -34,6 +35,7 @@ pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{
     api, frame_decoder, local_auth, message, provider_settings, receipt, sealed_request, settlement,
 };
+pub use registry::registry_results;
 pub use tdx::tdx_quote;
 pub use ton::ton_boc;
 
@@ -68,6 +70,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snp_crl", snp_crl),
     ("mux_billing", mux_billing),
     ("ton_boc", ton_boc),
+    ("registry_results", registry_results),
 ];
 
 /// `snp_crl`: the input as an AMD CRL (DER or PEM): [`AmdCrl::parse`] and
