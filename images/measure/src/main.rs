@@ -20,6 +20,8 @@ use cocoon_measure::tdvf::{self, PageAddOrder, TdvfMetadata};
 use cocoon_measure::vmsa::VmmType;
 use cocoon_measure::{cpu, parse_hex, Measurement};
 
+mod manifest_cmd;
+
 const EX_USAGE: u8 = 64;
 
 /// Append a line to the command's output (written to stdout once, at the end).
@@ -66,6 +68,8 @@ enum Command {
     Tdx(TdxArgs),
     /// Replay a TDX event log (CCEL or dstack JSON) into RTMR0..3.
     TdxReplay(ReplayArgs),
+    /// Write the image's release manifest (canonical JSON: release.json plus launch measurements) and print its hash and measurement digests.
+    Manifest(Box<manifest_cmd::ManifestArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -653,6 +657,7 @@ fn main() -> ExitCode {
         Command::Sev(a) => run_sev(a),
         Command::Tdx(a) => run_tdx(a),
         Command::TdxReplay(a) => run_replay(a),
+        Command::Manifest(a) => manifest_cmd::run(a),
     };
     match result {
         Ok(text) => {

@@ -429,3 +429,131 @@ fn a_different_verity_root_on_the_command_line_changes_the_snp_digest() {
         assert_eq!(da, digest(&a, vcpus), "deterministic");
     }
 }
+
+/// A small image directory: empty kernel and initrd, the command line of
+/// case snp_default_cmdline, and the release.json `images/release.py`
+/// writes for them.
+fn image_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cocoon-measure-manifest-{name}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty_sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    std::fs::write(dir.join("vmlinuz"), b"").unwrap();
+    std::fs::write(dir.join("initrd.cpio"), b"").unwrap();
+    std::fs::write(dir.join("cmdline.txt"), "console=ttyS0 loglevel=7").unwrap();
+    std::fs::write(
+        dir.join("image.env"),
+        "IMAGE_RELEASE=r\nSNP_VCPU_TYPE=EPYC-v4\n",
+    )
+    .unwrap();
+    let release = serde_json::json!({
+        "release": "cocoon-test-1",
+        "kernel_sha256": empty_sha,
+        "initrd_sha256": empty_sha,
+        "cmdline": "console=ttyS0 loglevel=7",
+        "disk_verity_root": "40".repeat(32),
+        "models": [{"name": "m", "version": "1", "sha256": "01".repeat(32), "tokenizer_sha256": "02".repeat(32)}],
+        "prices_from": "provider",
+        "price_bounds": {"m": {"prompt": [1, 10], "completion": [1, 20]}},
+        "max_request_lifetime_secs": 600
+    });
+    std::fs::write(
+        dir.join("release.json"),
+        serde_json::to_string_pretty(&release).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// `manifest` computes the SNP launch digest of the image (the same value
+/// as case snp_default_cmdline), adds the given TDX and simulated values,
+/// and writes canonical bytes that decode strictly, hash to the printed
+/// value and carry the shared digests.
+#[test]
+fn manifest_writes_the_canonical_release_manifest() {
+    use cocoon_protocol::release::{LaunchMeasurement, ReleaseManifest};
+    let dir = image_dir("ok");
+    let tdx = format!(
+        "2:2048:{}:{}:{}:{}",
+        "11".repeat(48),
+        "22".repeat(48),
+        "33".repeat(48),
+        "44".repeat(48)
+    );
+    let o = run(bin()
+        .args(["manifest", "--image"])
+        .arg(&dir)
+        .arg("--snp-ovmf")
+        .arg(snp("ovmf_AmdSev_suffix.bin"))
+        .args(["--vcpus", "1,2", "--guest-features", "0x21"])
+        .args(["--tdx", &tdx])
+        .args(["--simulated-measurement", &"5a".repeat(48)])
+        .args(["--snp-min-tcb", "bootloader=10,tee=0,snp=23,microcode=213"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("SIMULATED TEE measurement: NOT CONFIDENTIAL"));
+    let bytes = std::fs::read(dir.join("release-manifest.json")).unwrap();
+    let m = ReleaseManifest::from_canonical(&bytes).unwrap();
+    let hash = m.manifest_hash().unwrap();
+    assert!(
+        stdout(&o).starts_with(&format!("manifest_hash {}", hex::encode(hash))),
+        "{}",
+        stdout(&o)
+    );
+    match &m.measurements[0] {
+        LaunchMeasurement::Snp { vcpus: 1, values } => assert_eq!(
+            hex::encode(values.launch_measurement.0),
+            "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.measurements.len(), 4, "snp x2, tdx, simulated");
+    for (p, d) in m.measurement_digests() {
+        assert!(
+            stdout(&o).contains(&format!("digest {p:#04x} {}", hex::encode(d))),
+            "{}",
+            stdout(&o)
+        );
+    }
+    assert_eq!(m.min_tcb.snp.unwrap().snp, 23);
+
+    // The same inputs give the same bytes.
+    let again = dir.join("again.json");
+    let o = run(bin()
+        .args(["manifest", "--image"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&again)
+        .args(["--simulated-measurement", &"5a".repeat(48)])
+        .args(["--tdx", &tdx])
+        .arg("--snp-ovmf")
+        .arg(snp("ovmf_AmdSev_suffix.bin"))
+        .args(["--vcpus", "2,1", "--guest-features", "0x21"])
+        .args(["--snp-min-tcb", "microcode=213,snp=23,tee=0,bootloader=10"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&again).unwrap(), bytes);
+}
+
+#[test]
+fn manifest_refuses_an_image_release_json_does_not_describe() {
+    let dir = image_dir("bad");
+    std::fs::write(dir.join("vmlinuz"), b"another kernel").unwrap();
+    let sim = "5a".repeat(48);
+    let o = run(bin()
+        .args(["manifest", "--image"])
+        .arg(&dir)
+        .args(["--simulated-measurement", &sim]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("vmlinuz has SHA-256"), "{}", stderr(&o));
+    let dir = image_dir("none");
+    let o = run(bin().args(["manifest", "--image"]).arg(&dir));
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no measurement"), "{}", stderr(&o));
+    let o = run(bin()
+        .args(["manifest", "--image"])
+        .arg(&dir)
+        .args(["--tdx", "1:2:3"]));
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(!dir.join("release-manifest.json").exists());
+}

@@ -156,12 +156,7 @@ impl DerivedPolicy {
     /// ones, and its TCB must meet that release's floor. Returns the
     /// matching entry.
     pub fn check(&self, enclave: &VerifiedEnclave) -> Result<&AcceptedDigest, Rejection> {
-        let Some(digest) = evidence_digest(enclave) else {
-            return Err(Rejection::single(
-                ReasonKind::UnknownValue,
-                "evidence of a platform that has no measurement digest",
-            ));
-        };
+        let digest = evidence_digest(enclave);
         let mut matching = self
             .accepted
             .iter()
@@ -202,14 +197,13 @@ impl DerivedPolicy {
 
 /// The measurement digest of verified evidence: SEV-SNP launch
 /// measurement, TDX MRTD ‖ RTMR0..2, or the simulated measurement, under
-/// [`cocoon_attestation::measurement`]'s formula. `None` for a platform
-/// without one.
-pub fn evidence_digest(enclave: &VerifiedEnclave) -> Option<MeasurementDigest> {
+/// [`cocoon_attestation::measurement`]'s formula.
+pub fn evidence_digest(enclave: &VerifiedEnclave) -> MeasurementDigest {
     match enclave.platform() {
-        VerifiedPlatform::Snp(v) => Some((
+        VerifiedPlatform::Snp(v) => (
             MeasuredPlatform::Snp,
             measurement::snp_digest(v.report().measurement()),
-        )),
+        ),
         VerifiedPlatform::Tdx(v) => {
             let td = v.td_report();
             let [r0, r1, r2, _] = td.rtmrs();
@@ -217,13 +211,12 @@ pub fn evidence_digest(enclave: &VerifiedEnclave) -> Option<MeasurementDigest> {
                 mrtd: *td.mrtd(),
                 rtmr: [*r0, *r1, *r2],
             };
-            Some((MeasuredPlatform::Tdx, measurement::tdx_digest(&regs)))
+            (MeasuredPlatform::Tdx, measurement::tdx_digest(&regs))
         }
-        VerifiedPlatform::Simulated(v) => Some((
+        VerifiedPlatform::Simulated(v) => (
             MeasuredPlatform::Simulated,
             measurement::simulated_digest(&v.report().measurement),
-        )),
-        _ => None,
+        ),
     }
 }
 
