@@ -14,6 +14,9 @@
 #                    verity root hash
 #   OUT/image.env    release name, vsock ports, verity root (for cocoon-host)
 #   OUT/release.json what a client pins and an auditor compares
+#   OUT/release-manifest.json  the release manifest (canonical JSON: the
+#                    above plus SEV-SNP launch digests), when the measured
+#                    firmware is built (SNP_OVMF, SNP_VCPUS override)
 #   OUT/SHA256SUMS   the digests of all of the above
 #
 # Two builds from the same commit give the same bytes (see images/README.md
@@ -298,6 +301,24 @@ DISK=disk.img
 DISK_VERITY_ROOT=$VERITY_ROOT
 EOF
 python3 "$ROOT/images/release.py" manifest "$ENCLAVE_CONFIG" "$OUT" "$IMAGE_RELEASE" "$VERITY_ROOT"
-(cd "$OUT" && sha256sum vmlinuz vmlinux initrd.cpio disk.img cmdline.txt image.env release.json > SHA256SUMS)
+# The release manifest (canonical JSON, its SHA-256 is the release's key in
+# the registry): release.json plus the SEV-SNP launch digests for the vCPU
+# counts providers launch, computed with the measured OVMF when it is
+# built (images/firmware/build.sh). TDX values need RTMR0 from a reference
+# launch: add them with `cocoon-measure manifest --tdx ...` afterwards.
+SUMMED=(vmlinuz vmlinux initrd.cpio disk.img cmdline.txt image.env release.json)
+rm -f "$OUT/release-manifest.json"
+SNP_OVMF="${SNP_OVMF:-$ROOT/images/out/firmware/OVMF-AmdSev.fd}"
+if [ -f "$SNP_OVMF" ]; then
+  (
+    cd "$ROOT"
+    CARGO_TARGET_DIR="$TARGET_DIR" cargo run --locked -q -p cocoon-measure -- manifest \
+      --image "$OUT" --snp-ovmf "$SNP_OVMF" --vcpus "${SNP_VCPUS:-1,2,4,8}"
+  )
+  SUMMED+=(release-manifest.json)
+else
+  step "release-manifest.json NOT written: no measured firmware at $SNP_OVMF (run images/firmware/build.sh, then images/measure.sh)"
+fi
+(cd "$OUT" && sha256sum "${SUMMED[@]}" > SHA256SUMS)
 step "image $IMAGE_RELEASE written to $OUT"
 cat "$OUT/SHA256SUMS"

@@ -4,6 +4,8 @@
 #   OUT/policy-snp-<vcpus>vcpu.toml   ([snp] table, SEV-SNP launch digest),
 #                                     for each vCPU count of --vcpus (default 1,2,4,8)
 #   OUT/policy-tdx-<mem>mib.toml      ([tdx] table, MRTD + RTMR1/2, labelled unverified)
+#   OUT/release-manifest.json         the release manifest (canonical JSON)
+#                                     with those SNP launch digests
 # The vCPU count and type (SNP) and the guest memory size (TDX: QEMU puts
 # the initrd at an address that depends on it) are part of the values:
 # publish one fragment per VM shape you launch.
@@ -48,3 +50,6 @@ measure tdx --firmware "$FW/OVMF-IntelTdx.fd" \
   --policy-fragment --release "$IMAGE_RELEASE" > "$IMG/policy-tdx-${MEM}mib.toml"
 echo "TDX ($MEM MiB): $(grep '^mrtd' "$IMG/policy-tdx-${MEM}mib.toml")"
 echo "fragments: $IMG/policy-snp-*vcpu.toml $IMG/policy-tdx-${MEM}mib.toml"
+# The release manifest with the same SNP launch digests (TDX values need
+# RTMR0 from a reference launch: `cocoon-measure manifest --tdx ...`).
+measure manifest --image "$IMG" --snp-ovmf "$FW/OVMF-AmdSev.fd" --vcpus "$VCPUS" --vcpu-type "$VCPU_TYPE"
