@@ -315,6 +315,9 @@ pub struct HostConfig {
     /// Where the service reads the time: [`Clock::system`] in the daemon,
     /// a pinned clock in tests.
     pub clock: Clock,
+    /// The release manifest of the image the enclaves run, served at
+    /// `GET /v1/release` as its canonical bytes (`None`: 404).
+    pub release_manifest: Option<cocoon_protocol::release::ReleaseManifest>,
 }
 
 /// Whether the operator API may listen on `addr`: a loopback address

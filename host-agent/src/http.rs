@@ -37,6 +37,7 @@ use cocoon_protocol::api::{
 use cocoon_protocol::api::{
     AUTHORIZATION_HEADER, EVIDENCE_NONCE_PATH, MAX_CLIENT_NONCE, PRICES_PATH,
 };
+use cocoon_protocol::api::{JSON_CONTENT_TYPE, RELEASE_PATH};
 use cocoon_protocol::request::SignedRequest;
 use cocoon_protocol::seal::{BillingMeta, EvidenceDigest, LifetimeError, SealedRequest};
 use cocoon_protocol::settlement::{compress_p256, ContractAddress, SignedAuthorization};
@@ -115,6 +116,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(REQUESTS_PATH, post(submit))
         .route(RECEIPTS_PATH, get(receipts))
         .route(PRICES_PATH, get(prices))
+        .route(RELEASE_PATH, get(release))
         .fallback(not_found)
         .with_state(app)
 }
@@ -171,6 +173,23 @@ async fn prices(State(app): State<Arc<App>>) -> Response {
         sheet.to_cbor(),
     )
         .into_response()
+}
+
+/// `GET /v1/release`: the release manifest's canonical bytes, exactly as
+/// stored (a client hashes them to find the release in the registry).
+async fn release(State(app): State<Arc<App>>) -> Response {
+    match &app.release_manifest {
+        Some(bytes) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, JSON_CONTENT_TYPE)],
+            bytes.clone(),
+        )
+            .into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "this host serves no release manifest (started without --release-manifest)",
+        ),
+    }
 }
 
 async fn evidence(State(app): State<Arc<App>>) -> Response {

@@ -150,6 +150,8 @@ pub(crate) struct App {
     pub(crate) settlement: Option<cocoon_protocol::settlement::ContractAddress>,
     /// What the operator API asks of a request (see `admin`).
     pub(crate) admin_access: admin::Access,
+    /// The canonical bytes of the release manifest, for `GET /v1/release`.
+    pub(crate) release_manifest: Option<axum::body::Bytes>,
     draining: watch::Sender<bool>,
     in_flight: watch::Sender<usize>,
     /// Cuts every in-flight stream (drain deadline passed).
@@ -345,8 +347,18 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         crate::collateral::Collateral::new(&config.amd_kds_url, &config.intel_pcs_url),
         config.clock.clone(),
     );
+    let release_manifest = config
+        .release_manifest
+        .as_ref()
+        .map(|m| m.to_canonical().map(axum::body::Bytes::from))
+        .transpose()
+        .map_err(|e| config::ConfigError::Invalid {
+            field: "release_manifest",
+            reason: e.to_string(),
+        })?;
     let limits = config.limits;
     let app = Arc::new(App {
+        release_manifest,
         limiter: Arc::new(AccountLimiter::new(
             limits.account_requests_per_second,
             limits.account_burst,

@@ -22,6 +22,7 @@ use cocoon_host::config::{
 };
 use cocoon_host::{vm, EnclaveAddr, HostConfig, HostError, Limits, Listeners};
 use cocoon_protocol::local_auth::BearerToken;
+use cocoon_protocol::release::ReleaseManifest;
 use cocoon_verifier::Policy;
 
 const EX_USAGE: u8 = 64;
@@ -30,6 +31,8 @@ const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
 const EX_IOERR: u8 = 74;
 const EX_CONFIG: u8 = 78;
+/// The release manifest `images/build.sh` writes into the image directory.
+const RELEASE_MANIFEST_FILE: &str = "release-manifest.json";
 /// Longest pause between two connects to a launched VM's enclave.
 const LAUNCH_RECONNECT_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -66,6 +69,12 @@ struct Cli {
     /// the config file's list).
     #[arg(long = "enclave", global = true, value_name = "ADDR")]
     enclaves: Vec<EnclaveAddr>,
+    /// The release manifest of the image the enclaves run (canonical JSON,
+    /// `cocoon-measure manifest`), served at GET /v1/release; refused at
+    /// start unless canonical. `launch` serves the image directory's
+    /// release-manifest.json when this is not given.
+    #[arg(long, global = true, value_name = "FILE")]
+    release_manifest: Option<PathBuf>,
     /// Verifier policy file (cocoon-verifier TOML).
     #[arg(long, global = true, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -428,6 +437,7 @@ fn configure(
             .min(limits.reconnect_backoff_max);
     }
     let settlement = settlement_contract(cli, &file)?;
+    let release_manifest = release_manifest(cli)?;
     Ok((
         HostConfig {
             enclaves,
@@ -445,6 +455,7 @@ fn configure(
                 .unwrap_or_else(|| cocoon_host::intel_pcs::INTEL_PCS.to_string()),
             admin_token,
             clock: cocoon_host::Clock::system(),
+            release_manifest,
         },
         listen,
         admin_listen,
@@ -520,6 +531,33 @@ async fn serve_inner(
         .join()
         .await
         .map_err(|e| Failure(EX_SOFTWARE, e.to_string()))
+}
+
+/// `--release-manifest FILE`, or for `launch` the image directory's
+/// release-manifest.json when it is there; refused unless canonical.
+fn release_manifest(cli: &Cli) -> Result<Option<ReleaseManifest>, Failure> {
+    let path = match (&cli.release_manifest, &cli.cmd) {
+        (Some(p), _) => p.clone(),
+        (None, Some(Cmd::Launch(l))) if l.image.join(RELEASE_MANIFEST_FILE).is_file() => {
+            l.image.join(RELEASE_MANIFEST_FILE)
+        }
+        _ => return Ok(None),
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Failure(
+            EX_NOINPUT,
+            format!("cannot read release manifest {}: {e}", path.display()),
+        )
+    })?;
+    let m = ReleaseManifest::from_canonical(&bytes)
+        .map_err(|e| Failure(EX_CONFIG, format!("{}: {e}", path.display())))?;
+    tracing::info!(
+        release = %m.release,
+        manifest_hash = %m.manifest_hash().map(hex::encode).unwrap_or_default(),
+        "serving the release manifest at {}",
+        cocoon_protocol::api::RELEASE_PATH
+    );
+    Ok(Some(m))
 }
 
 fn settlement_contract(

@@ -40,6 +40,7 @@ async fn start(
             intel_pcs_url: "http://127.0.0.1:9".into(),
             admin_token,
             clock: cocoon_host::Clock::system(),
+            release_manifest: None,
         },
     )
     .await

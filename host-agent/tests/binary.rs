@@ -368,3 +368,97 @@ async fn the_binary_guards_a_remote_operator_api_with_its_token() {
     let r = http(host.public, "GET", "/live", &[], b"").await;
     assert_eq!(r.status, 200);
 }
+
+/// A release manifest for the test enclave (its simulated measurement).
+fn test_manifest() -> cocoon_protocol::release::ReleaseManifest {
+    use cocoon_protocol::release::*;
+    ReleaseManifest {
+        version: MANIFEST_VERSION,
+        release: simulated::RELEASE.into(),
+        kernel_sha256: Hex([1; 32]),
+        initrd_sha256: Hex([2; 32]),
+        cmdline: "console=ttyS0".into(),
+        disk_verity_root: Hex([3; 32]),
+        models: vec![ReleaseModel {
+            name: "m".into(),
+            version: "1".into(),
+            sha256: Hex([4; 32]),
+            tokenizer_sha256: Hex([5; 32]),
+        }],
+        prices_from: PricesFrom::Release,
+        price_bounds: Default::default(),
+        max_request_lifetime_secs: 600,
+        min_tcb: MinTcb::default(),
+        measurements: vec![LaunchMeasurement::Simulated {
+            vcpus: 1,
+            values: SimulatedValues {
+                measurement: Hex(MEASUREMENT),
+            },
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_its_release_manifest_byte_for_byte() {
+    let dir = TempDir::new("bin-release");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let manifest = test_manifest();
+    let bytes = manifest.to_canonical().unwrap();
+    let file = dir.path().join("release-manifest.json");
+    std::fs::write(&file, &bytes).unwrap();
+    let host = spawn_host(
+        dir.path(),
+        &enclave,
+        &["--release-manifest", file.to_str().unwrap()],
+    );
+    let r = http(host.public, "GET", "/v1/release", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.body, bytes, "the stored bytes, exactly");
+    let back = cocoon_protocol::release::ReleaseManifest::from_canonical(&r.body).unwrap();
+    assert_eq!(back, manifest);
+    drop(host);
+
+    // Without the flag: 404, saying why.
+    let host = spawn_host(dir.path(), &enclave, &[]);
+    let r = http(host.public, "GET", "/v1/release", &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("--release-manifest"), "{}", r.text());
+}
+
+#[test]
+fn a_bad_release_manifest_stops_the_start() {
+    let dir = TempDir::new("bin-release-bad");
+    std::fs::write(dir.path().join("policy.toml"), simulated_policy_toml()).unwrap();
+    let run = |manifest: &Path| {
+        let o = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--enclave", "unix:/nonexistent", "--policy"])
+            .arg(dir.path().join("policy.toml"))
+            .arg("--ledger")
+            .arg(dir.path().join("l.sqlite"))
+            .arg("--release-manifest")
+            .arg(manifest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let mut pretty = test_manifest().to_canonical().unwrap();
+    pretty.push(b'\n');
+    let file = dir.path().join("m.json");
+    std::fs::write(&file, &pretty).unwrap();
+    let (code, err) = run(&file);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("m.json: release manifest is not in canonical form"),
+        "{err}"
+    );
+    let (code, err) = run(&dir.path().join("missing.json"));
+    assert_eq!(code, Some(66), "{err}");
+    assert!(err.contains("cannot read release manifest"), "{err}");
+}

@@ -567,6 +567,7 @@ impl TestHost {
             intel_pcs_url: "http://127.0.0.1:9".into(),
             admin_token: None,
             clock,
+            release_manifest: None,
         };
         TestHost::start_config(listeners, config).await.unwrap()
     }
