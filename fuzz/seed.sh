@@ -430,7 +430,15 @@ printf 'cocoon-admin-%s\n' "$(head -c 64 /dev/zero | tr '\0' '0')" >"$corpus/loc
 mkdir -p "$corpus/provider_settings"
 printf 'payment_contract = "0:%s"\nmax_concurrent = 8\n[prices.smollm2-135m-instruct]\nprompt = 20\ncompletion = 60\n' "$(head -c 64 /dev/zero | tr '\0' 'a')" >"$corpus/provider_settings/toml"
 hex_bytes "a1 66 707269636573 a1 61 6d a3 66 70726f6d7074 01 66 636163686564 01 6a 636f6d706c6574696f6e 02" >"$corpus/provider_settings/cbor"
-echo "fuzz/seed.sh: protocol seeds: $(seeds frame_decoder sealed_request receipt message api local_auth settlement ocsp provider_settings) files (in fuzz/corpus/)"
+# release_manifest: a canonical manifest with one measurement per platform
+# (the layout protocol/src/release.rs documents).
+mkdir -p "$corpus/release_manifest"
+rep() { local out="" i; for ((i = 0; i < $2; i++)); do out+="$1"; done; printf '%s' "$out"; }
+h32="$(rep ab 32)"
+printf '{"version":1,"release":"cocoon-guest-0.2.0","kernel_sha256":"%s","initrd_sha256":"%s","cmdline":"console=ttyS0 -- --verity-root %s","disk_verity_root":"%s","models":[{"name":"smollm2-135m-instruct","version":"0.1.2","sha256":"%s","tokenizer_sha256":"%s"}],"prices_from":"provider","price_bounds":{"smollm2-135m-instruct":{"prompt":[1,100000],"completion":[1,300000]}},"max_request_lifetime_secs":600,"min_tcb":{"snp":{"fmc":null,"bootloader":10,"tee":0,"snp":23,"microcode":213},"tdx":{"tee_tcb_svn":"%s"}},"measurements":[{"platform":"snp","vcpus":2,"values":{"launch_measurement":"%s"}},{"platform":"tdx","vcpus":2,"memory_mib":2048,"values":{"mrtd":"%s","rtmr0":"%s","rtmr1":"%s","rtmr2":"%s"}},{"platform":"simulated","vcpus":1,"values":{"measurement":"%s"}}]}' \
+    "$h32" "$h32" "$h32" "$h32" "$h32" "$h32" "$(rep 02 16)" "$(rep 5a 48)" "$(rep 11 48)" "$(rep 22 48)" "$(rep 33 48)" "$(rep 44 48)" "$(rep ee 48)" \
+    >"$corpus/release_manifest/three-platforms"
+echo "fuzz/seed.sh: protocol seeds: $(seeds frame_decoder sealed_request receipt message api local_auth settlement ocsp provider_settings release_manifest) files (in fuzz/corpus/)"
 
 # spdm_report: each NVIDIA report (hex text decoded to bytes) followed by its
 # PEM chain; one hex-text report as it is.

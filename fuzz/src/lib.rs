@@ -33,7 +33,8 @@ pub use evidence::{bundle, snp_cert_table, tdx_collateral};
 pub use mux::mux_billing;
 pub use nvidia::{gpu_evidence, rim, spdm_report};
 pub use protocol::{
-    api, frame_decoder, local_auth, message, provider_settings, receipt, sealed_request, settlement,
+    api, frame_decoder, local_auth, message, provider_settings, receipt, release_manifest,
+    sealed_request, settlement,
 };
 pub use registry::registry_results;
 pub use tdx::tdx_quote;
@@ -60,6 +61,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("api", api),
     ("local_auth", local_auth),
     ("provider_settings", provider_settings),
+    ("release_manifest", release_manifest),
     ("spdm_report", spdm_report),
     ("gpu_evidence", gpu_evidence),
     ("ocsp", ocsp),

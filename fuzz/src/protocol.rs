@@ -364,3 +364,32 @@ pub fn provider_settings(data: &[u8]) {
         }
     }
 }
+
+/// `release_manifest`: the bytes a host serves at `GET /v1/release`.
+/// A manifest that decodes is canonical (it re-encodes to the input, its
+/// hash is the input's SHA-256), has one digest per measurement, and a
+/// policy derived from it (simulated TEE allowed, to reach every branch)
+/// admits exactly its digests.
+pub fn release_manifest(data: &[u8]) {
+    use cocoon_protocol::release::ReleaseManifest;
+    use cocoon_verifier::policy::derive::{from_releases, LocalRules};
+    use sha2::Digest as _;
+    let Ok(m) = ReleaseManifest::from_canonical(data) else {
+        return;
+    };
+    assert_eq!(m.to_canonical().expect("a decoded manifest encodes"), data, "not canonical");
+    let hash: [u8; 32] = sha2::Sha256::digest(data).into();
+    assert_eq!(m.manifest_hash().expect("hash"), hash);
+    let digests = m.measurement_digests();
+    assert_eq!(digests.len(), m.measurements.len());
+    let r = m.reference().expect("reference values");
+    let rules = LocalRules {
+        allow_simulated: true,
+        ..LocalRules::default()
+    };
+    let d = from_releases(&[r], &rules).expect("a manifest with measurements derives a policy");
+    assert_eq!(d.accepted().len(), digests.len());
+    for (a, (p, dg)) in d.accepted().iter().zip(&digests) {
+        assert_eq!((a.digest.0.byte(), a.digest.1), (*p, *dg));
+    }
+}
