@@ -377,7 +377,11 @@ pub fn release_manifest(data: &[u8]) {
     let Ok(m) = ReleaseManifest::from_canonical(data) else {
         return;
     };
-    assert_eq!(m.to_canonical().expect("a decoded manifest encodes"), data, "not canonical");
+    assert_eq!(
+        m.to_canonical().expect("a decoded manifest encodes"),
+        data,
+        "not canonical"
+    );
     let hash: [u8; 32] = sha2::Sha256::digest(data).into();
     assert_eq!(m.manifest_hash().expect("hash"), hash);
     let digests = m.measurement_digests();

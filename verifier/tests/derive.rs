@@ -60,7 +60,7 @@ fn rules() -> LocalRules {
 fn an_active_releases_enclave_verifies_and_a_revoked_ones_does_not() {
     let now = UnixTime(2_000);
     let active = release("active", [0xa1; 48]);
-    let d = from_releases(&[active.clone()], &rules()).unwrap();
+    let d = from_releases(std::slice::from_ref(&active), &rules()).unwrap();
     let (v, accepted) = d.verify(&bundle([0xa1; 48]), now).unwrap();
     assert_eq!(accepted.release, "active");
     assert_eq!(

@@ -232,7 +232,7 @@ pub fn run(a: &ManifestArgs) -> Result<String, Failure> {
                 vcpu_signature: signature,
                 guest_features: int_arg(&a.guest_features, "guest-features")?,
                 vmm: VmmType::Qemu,
-                kernel: Some(hashes.clone()),
+                kernel: Some(hashes),
             };
             let d = snp::launch_digest(FirmwareStart::Precomputed(pages), &layout, &launch)
                 .map_err(refused)?;
