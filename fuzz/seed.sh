@@ -580,6 +580,8 @@ hex_bytes "b5ee9c72410102010008000201c001010002ab0974d146" >"$corpus/ton_boc/sha
 hex_bytes "b5ee9c72410101010013000021c0c0a003000000000000000143b9aca008141e1e89" >"$corpus/ton_boc/withdraw-body"
 printf 'EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N' >"$corpus/ton_boc/address-friendly"
 printf '0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8' >"$corpus/ton_boc/address-raw"
+# A transaction the sandbox chain wrote (a transfer to an account without code).
+printf '%s' "te6cckECBQEAAQsAA694Pf1VLmNym0cvy8yMRevMZpFwJVi2jsdSfhukA6DzGoAAAAAAAtxsAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaxbCdgAAAIAQMEAQGgAgCzSAGCV0EWWeL6lAKu7Vp9FlcSOdwsQ/TFCOSXh/WA2kt5ZwAg9/VUuY3KbRy/LzIxF68xmkXAlWLaOx1J+G6QDoPMahQEqBfIAAYII1oAAAAAAD0JAtYthOxAAIJy6y3KPnqFoMsD+BMVP0+dCDM3212rKqBuoCoEQAFgIxYpQvxRlfS+wk6JVM/UmG0oc/ayk4AIJn+CzwM2dKn4+gARDAlASoF8gAEgKmxUpQ==" | base64 -d >"$corpus/ton_boc/transaction-transfer"
 echo "fuzz/seed.sh: $(seeds ton_boc) files (in fuzz/corpus/)"
 
 # registry_results: get-method results of the registry in @ton/sandbox

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the payment contract's tests need: Node.js 18+ with npm (Debian's
 # packages when missing) and the pinned npm packages of contracts/
-# (@ton/sandbox, @ton/core, @ton/crypto, @ton/tolk-js, exact versions from
+# (@ton/sandbox, @ton/core, @ton/crypto, @ton/tolk-js, @ton/ton, exact versions from
 # package-lock.json). Installs only what is missing; the tests themselves
 # need no network.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -12,6 +12,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod http;
+pub mod wait;
+pub mod wallet;
+
+pub use http::{ChainApiConfig, TonHttpClient};
+
 use cocoon_protocol::settlement::ContractAddress;
 
 /// Why a chain call failed.
@@ -45,6 +51,19 @@ pub enum ChainError {
         endpoint: String,
         /// What was wrong with it.
         reason: String,
+    },
+    /// The request itself is not one this client can make (an argument
+    /// the API cannot carry, a message that is not a bag of cells, a
+    /// malformed configuration).
+    #[error("invalid chain request: {0}")]
+    InvalidRequest(String),
+    /// A message was sent but the chain did not show its effect in time.
+    #[error("{what} not confirmed after {waited:?}")]
+    NotConfirmed {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        waited: std::time::Duration,
     },
     /// A get-method ran and exited with a non-zero TVM exit code.
     #[error("get-method {method} on {address} exited with code {exit_code}")]
@@ -107,6 +126,9 @@ pub enum StackValue {
     Slice(Vec<u8>),
     /// `null`.
     Null,
+    /// A tuple (or a list, as the API renders one): its elements in order.
+    /// Only in results; the API takes no tuples as arguments.
+    Tuple(Vec<StackValue>),
 }
 
 /// A TVM integer: at most 257 bits signed.

@@ -5,13 +5,14 @@
 use std::hint::black_box;
 
 use cocoon_protocol::settlement::ContractAddress;
-use cocoon_protocol::ton::{dict, Cell, CellSlice, TonError};
+use cocoon_protocol::ton::{block, dict, Cell, CellSlice, TonError};
 
 /// `ton_boc`: the input as a bag of cells ([`Cell::from_boc`]). A cell that
 /// parses must serialise and parse back to the same hash, and is then read
 /// with every [`CellSlice`] primitive and as a dictionary with keys of
 /// 1 to 256 bits (the first byte picks); a failed read must leave the
-/// slice where it was. The input is also parsed as an address in text.
+/// slice where it was; and as a transaction
+/// ([`block::parse_transaction`]). The input is also parsed as an address in text.
 pub fn ton_boc(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
         if let Ok(a) = ContractAddress::parse(s) {
@@ -29,6 +30,12 @@ pub fn ton_boc(data: &[u8]) {
     let again = Cell::from_boc(&cell.to_boc()).expect("our own BOC parses");
     assert_eq!(again.hash(), cell.hash(), "BOC round trip changes the hash");
     assert_eq!(again.depth(), cell.depth());
+    match block::parse_transaction(&cell) {
+        Ok(t) => assert_eq!(t.hash, cell.hash(), "a transaction's hash is its root's"),
+        Err(e) => {
+            black_box(e.to_string());
+        }
+    }
     let key_bits = usize::from(data.get(data.len() / 2).copied().unwrap_or(0)) + 1;
     match dict::parse_hashmap_with_limit(&cell, key_bits, 4096) {
         Ok(entries) => {

@@ -12,6 +12,7 @@
 
 use crate::settlement::{ContractAddress, SignedAuthorization, SignedTab};
 
+pub mod block;
 mod boc;
 pub mod dict;
 mod slice;
