@@ -39,6 +39,9 @@
 //!   not cover it, `503` when the chain cannot be read), and [`payment`],
 //!   the payment contract's get-methods read through a
 //!   [`cocoon_chain::ChainClient`].
+//! * [`register`] — `cocoon-host register`: the provider's entry in the
+//!   registry contract (register with the stake, update, deregister),
+//!   checked against the chain before and after.
 //! * [`ratelimit`] — per-account token bucket and stream cap.
 //! * [`metrics`] — Prometheus text exposition, hand-written
 //!   (`benches/metrics.rs` compares it with `prometheus-client`).
@@ -85,6 +88,7 @@ pub mod metrics;
 pub mod payment;
 pub mod pricing;
 pub mod ratelimit;
+pub mod register;
 pub mod relay;
 pub mod settle;
 pub mod snp_crl;

@@ -68,11 +68,13 @@
 //! -- what `settle --send` sent and what the chain confirmed, per
 //! -- (receipt key, account): the payment contract's `get_paid` when last
 //! -- read (only moves forward), and the last claim sent (its tab total,
-//! -- the wallet seqno and message hash, Unix time): sent_total > paid is a
-//! -- claim sent but not (yet) seen landed, re-checked before any resend
+//! -- the wallet seqno and message hash, Unix time sent and the time after
+//! -- which the chain refuses the message): sent_total > paid is a claim
+//! -- sent but not (yet) seen landed, re-checked before any resend
 //! CREATE TABLE chain_claims (receipt_public_key BLOB, account BLOB,
 //!   paid INTEGER, paid_checked_at INTEGER, sent_total INTEGER,
 //!   sent_seqno INTEGER, sent_hash BLOB, sent_at INTEGER,
+//!   sent_valid_until INTEGER,
 //!   PRIMARY KEY (receipt_public_key, account));
 //! ```
 //!
@@ -304,6 +306,10 @@ pub struct SentClaim {
     pub message_hash: [u8; 32],
     /// When it was sent (Unix seconds).
     pub sent_at: u64,
+    /// The message's `valid_until` (Unix seconds): after it the wallet
+    /// refuses the message, so a claim not paid by then never will be by
+    /// this message.
+    pub valid_until: u64,
 }
 
 /// What the ledger knows of one (receipt key, account) on chain.

@@ -226,7 +226,7 @@ impl Ledger {
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT receipt_public_key, account, paid, paid_checked_at, sent_total, \
-                 sent_seqno, sent_hash, sent_at FROM chain_claims \
+                 sent_seqno, sent_hash, sent_at, sent_valid_until FROM chain_claims \
                  ORDER BY receipt_public_key, account",
             )?;
             let rows = st.query_map([], |r| {
@@ -242,6 +242,7 @@ impl Ledger {
                             .unwrap_or(u32::MAX),
                         message_hash: blob32(r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default()),
                         sent_at: u64_of(r.get::<_, Option<i64>>(7)?.unwrap_or(0)),
+                        valid_until: u64_of(r.get::<_, Option<i64>>(8)?.unwrap_or(0)),
                     }),
                 };
                 Ok(ChainClaimRow {

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS chain_claims (
   sent_seqno INTEGER,
   sent_hash BLOB,
   sent_at INTEGER,
+  sent_valid_until INTEGER,
   PRIMARY KEY (receipt_public_key, account)
 );
 ";

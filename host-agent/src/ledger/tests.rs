@@ -97,6 +97,7 @@ async fn what_an_account_owes_less_what_the_chain_paid() {
         seqno: 3,
         message_hash: [1; 32],
         sent_at: 1_800_000_000,
+        valid_until: 1_800_000_060,
     };
     l.record_claims_sent(vec![sent.clone()]).await.unwrap();
     assert_eq!(l.unclaimed_for(acct).await.unwrap(), 157);

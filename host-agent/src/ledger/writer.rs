@@ -228,11 +228,12 @@ impl Ledger {
     pub async fn record_claims_sent(&self, sent: Vec<SentClaim>) -> Result<(), LedgerError> {
         self.write(move |t| {
             let mut st = t.prepare_cached(
-                "INSERT INTO chain_claims (receipt_public_key, account, sent_total, sent_seqno, sent_hash, sent_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                "INSERT INTO chain_claims (receipt_public_key, account, sent_total, sent_seqno, sent_hash, sent_at, sent_valid_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
                  sent_total = excluded.sent_total, sent_seqno = excluded.sent_seqno, \
-                 sent_hash = excluded.sent_hash, sent_at = excluded.sent_at",
+                 sent_hash = excluded.sent_hash, sent_at = excluded.sent_at, \
+                 sent_valid_until = excluded.sent_valid_until",
             )?;
             for c in &sent {
                 st.execute(params![
@@ -241,7 +242,8 @@ impl Ledger {
                     i64::try_from(c.total).unwrap_or(i64::MAX),
                     i64::from(c.seqno),
                     &c.message_hash[..],
-                    i64::try_from(c.sent_at).unwrap_or(i64::MAX)
+                    i64::try_from(c.sent_at).unwrap_or(i64::MAX),
+                    i64::try_from(c.valid_until).unwrap_or(i64::MAX)
                 ])?;
             }
             Ok(())
