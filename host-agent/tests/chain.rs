@@ -39,6 +39,11 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_cocoon-host");
 const FEE_BPS: u16 = 250;
 const DEPOSIT: u128 = 200_000_000;
+/// Where the network fee goes (the payment contracts' and the registry's).
+const TREASURY: ContractAddress = ContractAddress {
+    workchain: 0,
+    hash: [0x7e; 32],
+};
 
 fn contracts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../contracts")
@@ -367,4 +372,170 @@ async fn deposits_are_checked_and_claims_are_paid_once() {
         .await
         .unwrap();
     assert_eq!(client.balance, balance - total);
+}
+
+/// The registry's initial data (`contracts/lib/registry.mjs`,
+/// `buildRegistryData`): owner, no pending owner, no releases or providers,
+/// and the configuration cell (treasury, fee, payment code hash and depth,
+/// stake).
+fn registry_data(
+    owner: &ContractAddress,
+    treasury: &ContractAddress,
+    payment_code: &cocoon_protocol::ton::Cell,
+    stake: u128,
+) -> cocoon_protocol::ton::Cell {
+    use cocoon_protocol::ton::CellBuilder;
+    let mut config = CellBuilder::new();
+    config
+        .store_address(Some(treasury))
+        .unwrap()
+        .store_uint(u128::from(FEE_BPS), 16)
+        .unwrap()
+        .store_bytes(&payment_code.hash())
+        .unwrap()
+        .store_uint(u128::from(payment_code.depth()), 16)
+        .unwrap()
+        .store_coins(stake)
+        .unwrap();
+    let mut root = CellBuilder::new();
+    root.store_address(Some(owner))
+        .unwrap()
+        .store_uint(0, 2)
+        .unwrap()
+        .store_uint(0, 32)
+        .unwrap()
+        .store_uint(0, 32)
+        .unwrap()
+        .store_uint(0, 2)
+        .unwrap()
+        .store_ref(config.build())
+        .unwrap();
+    root.build()
+}
+
+/// `cocoon-host register ...`: exit status and stdout + stderr.
+fn register(w: &World, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["--chain-api", &w.chain.endpoint, "--chain-api-rps", "100"])
+        .arg("register")
+        .arg("--wallet-key")
+        .arg(&w.provider_key)
+        .args(["--wait-secs", "30"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_registers_updates_and_deregisters() {
+    let dir = TempDir::new("chain-register");
+    let Some(w) = world(&dir) else { return };
+    let code = std::fs::read(contracts_dir().join("build/cocoon_payment.boc")).unwrap();
+    let payment_code = cocoon_protocol::ton::Cell::from_boc(&code).unwrap();
+    let stake = 1_000_000_000;
+    let registry_code = std::fs::read(contracts_dir().join("build/cocoon_registry.boc")).unwrap();
+    let data = registry_data(
+        &ContractAddress {
+            workchain: 0,
+            hash: [0x0e; 32],
+        },
+        &TREASURY,
+        &payment_code,
+        stake,
+    );
+    let registry = w
+        .chain
+        .deploy(&registry_code, &data.to_boc(), 1_000_000_000);
+    let contract = w.contract.to_string();
+    let wallet = |w: &World| {
+        let api = w.api.clone();
+        let a = w.provider.address();
+        async move { api.account_state(&a).await.unwrap().balance }
+    };
+
+    // A payment contract the registry would refuse (another treasury in
+    // its storage) is refused here, before anything is sent.
+    let foreign = cocoon_protocol::registry::payment_init_data(
+        &w.provider.address(),
+        3600,
+        &ContractAddress {
+            workchain: 0,
+            hash: [0x11; 32],
+        },
+        FEE_BPS,
+    )
+    .unwrap();
+    let other = w.chain.deploy(&code, &foreign.to_boc(), 100_000_000);
+    let before = wallet(&w).await;
+    let (code_, out) = register(
+        &w,
+        &[
+            "--registry",
+            &registry,
+            "--endpoint",
+            "https://a.example",
+            "--payment",
+            &other,
+        ],
+    );
+    assert_eq!(code_, Some(69), "{out}");
+    assert!(
+        out.contains("is not the one the registry accepts") && out.contains(&contract),
+        "{out}"
+    );
+    assert_eq!(wallet(&w).await, before, "nothing sent");
+
+    let args = |endpoint: &'static str| -> Vec<String> {
+        vec![
+            "--registry".into(),
+            registry.clone(),
+            "--endpoint".into(),
+            endpoint.into(),
+            "--payment".into(),
+            contract.clone(),
+        ]
+    };
+    let run = |extra: &[&str], endpoint: &'static str| {
+        let mut a = args(endpoint);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        register(&w, &refs)
+    };
+    let before = wallet(&w).await;
+    let (code, out) = run(&[], "https://a.example");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("registered: wallet") && out.contains("endpoint https://a.example"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("stake {stake} nanoton")), "{out}");
+    assert!(
+        before - wallet(&w).await >= stake,
+        "the stake left the wallet"
+    );
+    // Again: nothing to do, nothing sent.
+    let before = wallet(&w).await;
+    let (code, out) = run(&[], "https://a.example");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("unchanged"), "{out}");
+    assert_eq!(wallet(&w).await, before);
+    // Another endpoint without --update: refused, naming the flag.
+    let (code, out) = run(&[], "https://b.example");
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("--update"), "{out}");
+    let (code, out) = run(&["--update"], "https://b.example");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("endpoint https://b.example"), "{out}");
+    // Deregistered: the stake comes back.
+    let before = wallet(&w).await;
+    let (code, out) = register(&w, &["--registry", &registry, "--deregister"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("not registered"), "{out}");
+    assert!(wallet(&w).await > before + stake / 2, "the stake came back");
 }
