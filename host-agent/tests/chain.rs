@@ -168,6 +168,7 @@ async fn start_host(dir: &TempDir, enclave: &TestEnclave, w: &World, endpoint: &
         intel_pcs_url: "http://127.0.0.1:9".into(),
         admin_token: None,
         clock: cocoon_host::Clock::system(),
+        release_manifest: None,
     };
     let host = TestHost::start_config(listeners, config).await.unwrap();
     host.wait_ready().await;
