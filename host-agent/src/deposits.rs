@@ -518,6 +518,33 @@ mod tests {
         ledger.close();
     }
 
+    /// A burst of concurrent requests on a cold cache reads the chain
+    /// once and admits exactly what the deposit covers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_reads_once_and_cannot_overspend() {
+        let (chain, d, ledger, pinned) = setup("burst");
+        let clock = pinned.clock();
+        let m = Metrics::default();
+        let a = [5u8; 32];
+        chain.clients.lock().unwrap().insert(a, (1_000, 0));
+        let (d, ledger, m) = (Arc::new(d), Arc::new(ledger), Arc::new(m));
+        let tasks: Vec<_> = (0..25)
+            .map(|_| {
+                let (d, ledger, m, clock) = (d.clone(), ledger.clone(), m.clone(), clock.clone());
+                tokio::spawn(async move { d.reserve(&ledger, &m, &clock, a, 100).await })
+            })
+            .collect();
+        let mut holds = Vec::new();
+        for t in tasks {
+            if let Ok(h) = t.await.unwrap() {
+                holds.push(h);
+            }
+        }
+        assert_eq!(holds.len(), 10);
+        assert_eq!(chain.reads.load(Ordering::SeqCst), 1);
+        ledger.close();
+    }
+
     #[tokio::test]
     async fn the_ledger_s_unpaid_receipts_count_against_the_deposit() {
         let (chain, d, ledger, pinned) = setup("owed");
