@@ -65,6 +65,7 @@
 mod account_file;
 mod api_key_file;
 pub mod client;
+pub mod network;
 pub mod provider;
 pub mod receipts;
 pub mod response;
@@ -80,6 +81,7 @@ pub use provider::{
     verify_evidence_list, AttestedEnclave, BundleRejection, PlatformKind, VerificationError,
     VerifiedProvider,
 };
+pub use network::{NetworkClient, NetworkError, Routed};
 pub use receipts::ReceiptProblem;
 pub use response::{Completed, ResponseError, ResponsePart, ResponseStream, Usage};
 

@@ -13,11 +13,18 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
-use cocoon_client::serve::ServeOptions;
-use cocoon_client::{
-    AttestedEnclave, Client, ClientError, ClientOptions, Completed, ResponsePart, VerifiedProvider,
-    SIMULATED_TEE_WARNING,
+use std::sync::Arc;
+
+use cocoon_client::network::directory::{
+    DirectoryOptions, ProviderDirectory, ProviderSet, StaticProviders,
 };
+use cocoon_client::network::router::RouteConfig;
+use cocoon_client::serve::{Backend, ServeOptions};
+use cocoon_client::{
+    AttestedEnclave, Client, ClientError, ClientOptions, Completed, NetworkClient, NetworkError,
+    ResponsePart, ResponseStream, VerifiedProvider, SIMULATED_TEE_WARNING,
+};
+use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
@@ -107,9 +114,11 @@ struct StatementArgs {
 
 #[derive(Args)]
 struct Common {
-    /// The provider's host agent, e.g. https://provider.example:8443
-    #[arg(long, value_name = "URL")]
-    provider: String,
+    /// The provider's host agent, e.g. https://provider.example:8443.
+    /// Repeat it (chat, serve) to route between several providers, all
+    /// verified under --policy.
+    #[arg(long, value_name = "URL", required = true)]
+    provider: Vec<String>,
     /// Policy file (TOML) listing the reference values evidence must meet.
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
@@ -161,6 +170,11 @@ struct ServeArgs {
     /// request (seconds).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     evidence_refresh: u64,
+    /// With several providers: rebuild the verified set this often
+    /// (seconds); a provider that stops verifying, or a release revoked on
+    /// chain, stops being used within it.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    refresh_secs: u64,
     /// Completion-token limit for requests that name none.
     #[arg(long, default_value_t = 256)]
     default_max_tokens: u32,
@@ -195,6 +209,44 @@ impl Failure {
             code: EX_USAGE,
             message: message.into(),
             kind: "usage",
+        }
+    }
+}
+
+impl From<NetworkError> for Failure {
+    fn from(e: NetworkError) -> Failure {
+        let (code, kind) = match &e {
+            NetworkError::Refused { source, .. } | NetworkError::AnswerFailed { source, .. } => {
+                let f = Failure::from_client(source);
+                (f.0, f.1)
+            }
+            NetworkError::NoProvider { .. } => (EX_FAILURE, "no_provider"),
+            NetworkError::AllFailed { attempts } => {
+                if attempts.iter().all(|(_, e)| e.is_unreachable()) {
+                    (EX_UNAVAILABLE, "unreachable")
+                } else {
+                    (EX_FAILURE, "protocol")
+                }
+            }
+            NetworkError::Directory(_) => (EX_UNAVAILABLE, "directory"),
+            _ => (EX_FAILURE, "protocol"),
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+            kind,
+        }
+    }
+}
+
+impl Failure {
+    fn from_client(e: &ClientError) -> (u8, &'static str) {
+        if e.is_unreachable() {
+            (EX_UNAVAILABLE, "unreachable")
+        } else if e.is_verification_failure() {
+            (EX_FAILURE, "verification")
+        } else {
+            (EX_FAILURE, "protocol")
         }
     }
 }
@@ -265,19 +317,14 @@ fn default_account_path() -> Result<PathBuf, Failure> {
         .ok_or_else(|| Failure::usage("HOME is not set: pass --account-key FILE"))
 }
 
-fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
-    let url = reqwest::Url::parse(&common.provider)
-        .map_err(|e| Failure::usage(format!("--provider {}: {e}", common.provider)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Failure::usage(format!(
-            "--provider {}: must be an http:// or https:// URL",
-            common.provider
-        )));
-    }
-    let text = std::fs::read_to_string(&common.policy)
-        .map_err(|e| Failure::usage(format!("policy file {}: {e}", common.policy.display())))?;
-    let policy = Policy::from_toml(&text)
-        .map_err(|e| Failure::usage(format!("policy file {}: {e}", common.policy.display())))?;
+fn load_policy(path: &Path) -> Result<Policy, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("policy file {}: {e}", path.display())))?;
+    Policy::from_toml(&text)
+        .map_err(|e| Failure::usage(format!("policy file {}: {e}", path.display())))
+}
+
+fn load_account(common: &Common) -> Result<AccountKey, Failure> {
     let path = match &common.account_key {
         Some(p) => p.clone(),
         None => default_account_path()?,
@@ -291,10 +338,109 @@ fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
         );
     }
     eprintln!("account {} ({})", account.id(), path.display());
-    let mut options = options;
+    Ok(account)
+}
+
+fn check_url(u: &str) -> Result<reqwest::Url, Failure> {
+    let url = reqwest::Url::parse(u).map_err(|e| Failure::usage(format!("--provider {u}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Failure::usage(format!(
+            "--provider {u}: must be an http:// or https:// URL"
+        )));
+    }
+    Ok(url)
+}
+
+fn with_limits(common: &Common, mut options: ClientOptions) -> ClientOptions {
     options.max_request_nanoton = common.max_price;
     options.budget_nanoton = common.budget;
-    Ok(Client::with_options(url.as_str(), policy, account, options))
+    options
+}
+
+/// The one-provider client (`statement`, and `chat`/`serve` with one
+/// `--provider`).
+fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
+    let [provider] = common.provider.as_slice() else {
+        return Err(Failure::usage("this command takes exactly one --provider"));
+    };
+    let url = check_url(provider)?;
+    let policy = load_policy(&common.policy)?;
+    let account = load_account(common)?;
+    Ok(Client::with_options(
+        url.as_str(),
+        policy,
+        account,
+        with_limits(common, options),
+    ))
+}
+
+/// The network client over several `--provider`s: verified, routed,
+/// failed over.
+async fn setup_network(
+    common: &Common,
+    options: ClientOptions,
+    refresh: Duration,
+) -> Result<NetworkClient, Failure> {
+    let mut urls = Vec::new();
+    for u in &common.provider {
+        urls.push(check_url(u)?.to_string());
+    }
+    let policy = load_policy(&common.policy)?;
+    let account = load_account(common)?;
+    let source = Arc::new(StaticProviders::new(urls, policy));
+    let mut dir_options = DirectoryOptions::default();
+    dir_options.refresh = refresh;
+    dir_options.max_stale = refresh * 2;
+    let dir = ProviderDirectory::new(source, account, with_limits(common, options), dir_options);
+    let net = NetworkClient::new(Arc::new(dir), RouteConfig::default());
+    let set = net.refresh().await.map_err(|e| Failure {
+        code: EX_UNAVAILABLE,
+        message: e.to_string(),
+        kind: "directory",
+    })?;
+    print_set(&set);
+    if set.providers.is_empty() {
+        return Err(Failure {
+            code: EX_FAILURE,
+            message: "no provider verified; nothing was sent".into(),
+            kind: "verification",
+        });
+    }
+    Ok(net)
+}
+
+fn print_set(set: &ProviderSet) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "providers       {} verified, {} left out (checked in {} ms)",
+        set.providers.len(),
+        set.rejected.len(),
+        set.took.as_millis()
+    );
+    for p in &set.providers {
+        let simulated = p
+            .verified
+            .enclaves()
+            .iter()
+            .any(|a| !a.platform().is_confidential());
+        let _ = writeln!(
+            e,
+            "  ok   {} ({} enclave(s), models {}){}",
+            p.id,
+            p.verified.enclaves().len(),
+            p.verified.models().join(", "),
+            if simulated {
+                format!(" !!! {SIMULATED_TEE_WARNING} !!!")
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (id, why) in &set.rejected {
+        let first = why.lines().next().unwrap_or("");
+        let _ = writeln!(e, "  out  {id}: {first}");
+    }
 }
 
 fn enclave_json(e: &AttestedEnclave) -> Value {
@@ -562,30 +708,46 @@ async fn statement(a: StatementArgs) -> Result<(), Failure> {
 }
 
 async fn chat(a: ChatArgs) -> Result<(), Failure> {
-    let client = setup(&a.common, ClientOptions::default())?;
-    let provider = client.verify().await?;
-    if a.json {
-        for e in provider.enclaves() {
-            if !e.platform().is_confidential() {
-                eprintln!("!!! {SIMULATED_TEE_WARNING} !!!");
-                break;
-            }
-        }
+    let network = if a.common.provider.len() > 1 {
+        Some(setup_network(&a.common, ClientOptions::default(), Duration::from_secs(60)).await?)
     } else {
-        print_verified(&client, &provider);
+        None
+    };
+    let (client, models, simulated) = match &network {
+        Some(net) => {
+            let set = net.providers();
+            let simulated = set
+                .providers
+                .iter()
+                .flat_map(|p| p.verified.enclaves())
+                .any(|e| !e.platform().is_confidential());
+            (None, set.models(), simulated)
+        }
+        None => {
+            let client = setup(&a.common, ClientOptions::default())?;
+            let provider = client.verify().await?;
+            let simulated = provider
+                .enclaves()
+                .iter()
+                .any(|e| !e.platform().is_confidential());
+            if !a.json {
+                print_verified(&client, &provider);
+            }
+            let models = provider.models();
+            (Some(client), models, simulated)
+        }
+    };
+    if a.json && simulated {
+        eprintln!("!!! {SIMULATED_TEE_WARNING} !!!");
     }
     let model = match a.model {
         Some(m) => m,
         None => {
-            let m = provider
-                .models()
-                .into_iter()
-                .next()
-                .ok_or_else(|| Failure {
-                    code: EX_FAILURE,
-                    message: "the verified enclaves serve no model".into(),
-                    kind: "protocol",
-                })?;
+            let m = models.into_iter().next().ok_or_else(|| Failure {
+                code: EX_FAILURE,
+                message: "the verified enclaves serve no model".into(),
+                kind: "protocol",
+            })?;
             if !a.json {
                 eprintln!(
                     "model           {m} (the first the evidence lists; choose with --model)"
@@ -605,7 +767,23 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
         role: Role::User,
         content: a.question,
     });
-    let mut stream = client.chat(&model, messages, a.max_tokens).await?;
+    let (mut stream, provider): (ResponseStream, String) = match (&client, &network) {
+        (Some(c), _) => (
+            c.chat(&model, messages, a.max_tokens).await?,
+            c.provider().to_string(),
+        ),
+        (None, Some(net)) => {
+            let routed = net.chat(&model, messages, a.max_tokens).await?;
+            for (p, e) in &routed.failed {
+                eprintln!("provider {p} did not take the request: {e}");
+            }
+            if !a.json {
+                eprintln!("provider        {} (chosen by the routing rule)", routed.provider);
+            }
+            (routed.value, routed.provider.to_string())
+        }
+        (None, None) => unreachable!("one of the two is set"),
+    };
     let enclave = stream.enclave().clone();
     let mut answer = String::new();
     let mut out = std::io::stdout();
@@ -637,7 +815,7 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
         println!(
             "{}",
             json!({
-                "provider": client.provider(),
+                "provider": provider,
                 "enclave": enclave_json(&enclave),
                 "model": model,
                 "answer": answer,
@@ -709,9 +887,21 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
     let (key, key_place) = api_key(&a)?;
     let mut options = ClientOptions::default();
     options.evidence_refresh = Duration::from_secs(a.evidence_refresh);
-    let client = setup(&a.common, options)?;
-    let provider = client.verify().await?;
-    print_verified(&client, &provider);
+    let (backend, _refresher): (Backend, _) = if a.common.provider.len() > 1 {
+        let net = setup_network(
+            &a.common,
+            options,
+            Duration::from_secs(a.refresh_secs.max(1)),
+        )
+        .await?;
+        let task = net.spawn_refresh();
+        (net.into(), Some(task))
+    } else {
+        let client = setup(&a.common, options)?;
+        let provider = client.verify().await?;
+        print_verified(&client, &provider);
+        (client.into(), None)
+    };
     if !a.listen.ip().is_loopback() {
         eprintln!(
             "WARNING: listening on {}: the API key travels in clear over plain HTTP; anyone who can reach it and sniff or guess the key can send requests paid by this account",
@@ -741,7 +931,7 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
         "{key_place}; send it as `Authorization: Bearer <key>` (OpenAI clients: api_key, or OPENAI_API_KEY)"
     );
     eprintln!("ready listen={addr}");
-    cocoon_client::serve::run(listener, client, serve_options, shutdown_signal())
+    cocoon_client::serve::run(listener, backend, serve_options, shutdown_signal())
         .await
         .map_err(|e| Failure {
             code: EX_FAILURE,
