@@ -450,11 +450,13 @@ impl Client {
         st.fetched_at = Some(Instant::now());
         let changed = bytes != st.bytes;
         let verified =
-            verify_evidence_list(&bytes, &self.inner.policy, unix_now()).and_then(|p| {
-                match &self.inner.options.enclave_filter {
-                    Some(f) => p.retain(&*f.0),
-                    None => Ok(p),
-                }
+            verify_evidence_list(&bytes, &self.inner.policy, unix_now()).and_then(|p| match &self
+                .inner
+                .options
+                .enclave_filter
+            {
+                Some(f) => p.retain(&*f.0),
+                None => Ok(p),
             });
         match verified {
             Ok(p) => {

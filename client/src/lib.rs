@@ -77,11 +77,11 @@ pub use account_file::{
 };
 pub use api_key_file::{load_or_create_api_key, ApiKeyFileError, API_KEY_PREFIX};
 pub use client::{Client, ClientError, ClientOptions, EmbeddingsResult, VerifiedReceipt};
+pub use network::{NetworkClient, NetworkError, Routed};
 pub use provider::{
     verify_evidence_list, AttestedEnclave, BundleRejection, PlatformKind, VerificationError,
     VerifiedProvider,
 };
-pub use network::{NetworkClient, NetworkError, Routed};
 pub use receipts::ReceiptProblem;
 pub use response::{Completed, ResponseError, ResponsePart, ResponseStream, Usage};
 

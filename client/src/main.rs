@@ -778,7 +778,10 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
                 eprintln!("provider {p} did not take the request: {e}");
             }
             if !a.json {
-                eprintln!("provider        {} (chosen by the routing rule)", routed.provider);
+                eprintln!(
+                    "provider        {} (chosen by the routing rule)",
+                    routed.provider
+                );
             }
             (routed.value, routed.provider.to_string())
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_client::network::directory::{DirectoryOptions, ProviderDirectory, StaticProviders};
-use cocoon_client::network::router::{ProviderId, RouteConfig, Rng};
+use cocoon_client::network::router::{ProviderId, Rng, RouteConfig};
 use cocoon_client::network::stats::Health;
 use cocoon_client::{ClientOptions, NetworkClient, NetworkError};
 use cocoon_protocol::account::AccountKey;
@@ -62,7 +62,10 @@ async fn choices_follow_the_rule_cheaper_and_slower() {
     let base = TestProvider::start_priced(PRICE, Duration::from_millis(15)).await;
     let cheap = TestProvider::start_priced(HALF, Duration::from_millis(15)).await;
     let slow = TestProvider::start_priced(PRICE, Duration::from_millis(60)).await;
-    let net = network(vec![base.url.clone(), cheap.url.clone(), slow.url.clone()], 11);
+    let net = network(
+        vec![base.url.clone(), cheap.url.clone(), slow.url.clone()],
+        11,
+    );
     let set = net.refresh().await.unwrap();
     assert_eq!(set.providers.len(), 3, "{:?}", set.rejected);
     let names = [
@@ -101,12 +104,18 @@ async fn choices_follow_the_rule_cheaper_and_slower() {
             expected[k] / n as f64,
             st.stats.p50,
             st.stats.total_successes,
-            final_shares.iter().find(|(i, _)| *i == names[k].0).unwrap().1
+            final_shares
+                .iter()
+                .find(|(i, _)| *i == names[k].0)
+                .unwrap()
+                .1
         );
     }
     for k in 0..3 {
         // A sum of independent Bernoulli draws: variance at most n/4.
-        let sd = (expected[k] * (1.0 - expected[k] / n as f64)).sqrt().max(1.0);
+        let sd = (expected[k] * (1.0 - expected[k] / n as f64))
+            .sqrt()
+            .max(1.0);
         let diff = (observed[k] as f64 - expected[k]).abs();
         assert!(
             diff <= 4.0 * sd,
@@ -116,7 +125,10 @@ async fn choices_follow_the_rule_cheaper_and_slower() {
             expected[k]
         );
     }
-    assert!(observed[1] > observed[0] && observed[0] > observed[2], "{observed:?}");
+    assert!(
+        observed[1] > observed[0] && observed[0] > observed[2],
+        "{observed:?}"
+    );
 }
 
 /// A provider that is down, answers 5xx, or 409s without reason: the
@@ -173,7 +185,10 @@ async fn fails_over_and_reseals() {
         assert_eq!(routed.provider, id(&good));
         for (p, e) in &routed.failed {
             assert_eq!(p.0, bad_url);
-            assert!(e.is_unreachable() || matches!(e, cocoon_client::ClientError::Http { .. }), "{e}");
+            assert!(
+                e.is_unreachable() || matches!(e, cocoon_client::ClientError::Http { .. }),
+                "{e}"
+            );
         }
         routed.value.collect_text().await.unwrap();
     }
@@ -249,7 +264,11 @@ async fn broken_stream_is_reported_not_restarted() {
     assert!(routed.value.collect_text().await.is_err());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(a.posts() + b.posts(), posts_before, "nothing was resent");
-    let s = net.status().into_iter().find(|s| s.id == served_by).unwrap();
+    let s = net
+        .status()
+        .into_iter()
+        .find(|s| s.id == served_by)
+        .unwrap();
     assert_eq!(s.stats.total_failures, 1);
     // Embeddings: the same, through the NetworkError.
     a.set(Misbehavior::DropLastChunk);

@@ -285,11 +285,8 @@ impl ProviderDirectory {
             futures_util::stream::iter(candidates)
                 .map(|c| async move {
                     let id = c.id.clone();
-                    let r = match tokio::time::timeout(
-                        self.options.provider_timeout,
-                        self.check(c),
-                    )
-                    .await
+                    let r = match tokio::time::timeout(self.options.provider_timeout, self.check(c))
+                        .await
                     {
                         Ok(r) => r,
                         Err(_) => Err(format!(
@@ -327,10 +324,7 @@ impl ProviderDirectory {
         let url = reqwest::Url::parse(&c.endpoint)
             .map_err(|e| format!("endpoint {:?}: {e}", c.endpoint))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "endpoint {:?}: not an http(s) URL",
-                c.endpoint
-            ));
+            return Err(format!("endpoint {:?}: not an http(s) URL", c.endpoint));
         }
         let admission = self.source.admit(&c, &self.http).await?;
         let mut options = self.client_options.clone();
@@ -342,10 +336,7 @@ impl ProviderDirectory {
             options,
         );
         let verified = client.verify().await.map_err(|e| e.to_string())?;
-        let sheet = client
-            .price_sheet(true)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sheet = client.price_sheet(true).await.map_err(|e| e.to_string())?;
         Ok(LiveProvider {
             id: c.id,
             endpoint: c.endpoint,

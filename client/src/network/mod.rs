@@ -41,7 +41,7 @@ use cocoon_protocol::pricing::max_cost;
 use crate::client::{collect_embeddings, Client, ClientError, EmbeddingsResult};
 use crate::response::{ResponseStream, StreamObserver};
 use directory::{DirectoryError, LiveProvider, ProviderDirectory, ProviderSet};
-use router::{decide, Decision, Offer, ProviderId, RouteConfig, Router, Rng};
+use router::{decide, Decision, Offer, ProviderId, Rng, RouteConfig, Router};
 use stats::{Health, StatsSnapshot};
 
 /// Bytes a sealed request adds to its plaintext body besides the model
@@ -331,7 +331,10 @@ impl NetworkClient {
                 .entry(enclave.evidence_digest().as_bytes())
                 .and_then(|e| e.offer(model).ok());
             let Some((unit, _)) = price else {
-                reasons.push(format!("{}: its price sheet has no offer for {model:?}", p.id));
+                reasons.push(format!(
+                    "{}: its price sheet has no offer for {model:?}",
+                    p.id
+                ));
                 continue;
             };
             let worst_case = max_cost(&unit, sealed_len, max_tokens);

@@ -316,7 +316,9 @@ impl Router {
         let unknown: Vec<bool> = offers
             .iter()
             .zip(&weights)
-            .map(|(o, w)| w.is_some() && self.snapshot(&o.id, now).samples < self.config.min_samples)
+            .map(|(o, w)| {
+                w.is_some() && self.snapshot(&o.id, now).samples < self.config.min_samples
+            })
             .collect();
         let n_unknown = unknown.iter().filter(|u| **u).count();
         let explore = if n_unknown > 0 {
@@ -437,7 +439,6 @@ pub fn decide(e: &ClientError, config: &RouteConfig) -> Decision {
             Decision::Stop
         }
         ClientError::MalformedReceipts(_) | ClientError::BadLedgerReceipt { .. } => Decision::Stop,
-        _ => Decision::Stop,
     }
 }
 
@@ -493,7 +494,10 @@ mod tests {
             assert!((want - got).abs() < 1e-9, "prediction {p:?}");
         }
         for (want, got) in p.iter().zip(&s) {
-            assert!((want - got).abs() < 0.015, "predicted {p:?}, observed {s:?}");
+            assert!(
+                (want - got).abs() < 0.015,
+                "predicted {p:?}, observed {s:?}"
+            );
         }
     }
 
