@@ -29,6 +29,7 @@
 //! ```
 
 pub mod directory;
+pub mod registry;
 pub mod router;
 pub mod stats;
 

@@ -262,6 +262,8 @@ pub struct ProviderState {
     pub pace: Duration,
     /// The prices the enclave's claims bind and the sheet offers.
     pub price: UnitPrice,
+    /// The release manifest served at `GET /v1/release` (404 when none).
+    pub release: Option<Vec<u8>>,
 }
 
 impl ProviderState {
@@ -311,12 +313,14 @@ impl TestProvider {
             answer: vec!["The answer ".into(), "is ".into(), "42.".into()],
             pace,
             price,
+            release: None,
         }));
         let app = Router::new()
             .route("/v1/evidence", get(evidence))
             .route("/v1/requests", post(requests))
             .route("/v1/receipts", get(receipts))
             .route("/v1/prices", get(prices))
+            .route("/v1/release", get(release))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -389,6 +393,13 @@ async fn evidence(State(s): State<Shared>) -> Response {
         EvidenceList(list).to_cbor(),
     )
         .into_response()
+}
+
+async fn release(State(s): State<Shared>) -> Response {
+    match s.lock().unwrap().release.clone() {
+        Some(b) => (StatusCode::OK, [("content-type", "application/json")], b).into_response(),
+        None => text(StatusCode::NOT_FOUND, "no release manifest"),
+    }
 }
 
 /// A sheet with every listed enclave at [`PRICE`], multiplier 1.
