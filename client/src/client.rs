@@ -108,9 +108,7 @@ pub struct ClientOptions {
 
 /// A check applied to each enclave after the verifier accepted it.
 #[derive(Clone)]
-pub(crate) struct EnclaveFilter(
-    pub(crate) Arc<dyn Fn(&AttestedEnclave) -> Result<(), String> + Send + Sync>,
-);
+pub(crate) struct EnclaveFilter(pub(crate) crate::network::directory::EnclaveCheck);
 
 impl std::fmt::Debug for EnclaveFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

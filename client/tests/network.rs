@@ -166,11 +166,12 @@ async fn fails_over_and_reseals() {
         );
         // Every request the good provider got was sealed to its own
         // enclave and opened there.
-        let st = good.state();
-        assert!(st.open_failures.is_empty(), "{:?}", st.open_failures);
-        let own = hex::encode(st.enclave.digest().as_bytes());
-        assert!(st.digests_seen.iter().all(|d| *d == own));
-        drop(st);
+        {
+            let st = good.state();
+            assert!(st.open_failures.is_empty(), "{:?}", st.open_failures);
+            let own = hex::encode(st.enclave.digest().as_bytes());
+            assert!(st.digests_seen.iter().all(|d| *d == own));
+        }
         // Start the next case afresh.
         net.refresh().await.unwrap();
         bad.set(Misbehavior::None);

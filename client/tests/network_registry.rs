@@ -37,7 +37,10 @@ use cocoon_verifier::policy::Check;
 use support::*;
 
 /// A release whose only measurement is the simulated `measurement`.
-fn manifest(name: &str, measurement: [u8; 48]) -> (Vec<u8>, [u8; 32], Vec<(u8, [u8; 32])>) {
+/// Canonical bytes, hash and measurement digests of a release manifest.
+type Manifest = (Vec<u8>, [u8; 32], Vec<(u8, [u8; 32])>);
+
+fn manifest(name: &str, measurement: [u8; 48]) -> Manifest {
     let m = ReleaseManifest {
         version: 1,
         release: name.into(),
@@ -136,7 +139,7 @@ fn dict(mut entries: Vec<([u8; 32], Cell)>) -> StackValue {
     if entries.is_empty() {
         return StackValue::Null;
     }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.sort_by_key(|a| a.0);
     StackValue::Cell(edge(&entries, 0, 256).to_boc())
 }
 

@@ -76,12 +76,16 @@ pub struct Candidate {
     pub payment: Option<ContractAddress>,
 }
 
+/// A check each enclave must pass after the verifier accepted it; `Err`
+/// says why not.
+pub type EnclaveCheck = Arc<dyn Fn(&AttestedEnclave) -> Result<(), String> + Send + Sync>;
+
 /// What a source says about one provider before its evidence is fetched.
 pub struct Admission {
     /// The policy its enclaves must verify under.
     pub policy: Policy,
     /// A check each verified enclave must also pass.
-    pub check: Option<Arc<dyn Fn(&AttestedEnclave) -> Result<(), String> + Send + Sync>>,
+    pub check: Option<EnclaveCheck>,
     /// The release (manifest hash) it runs, when known.
     pub release: Option<[u8; 32]>,
 }

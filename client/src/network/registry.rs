@@ -109,7 +109,15 @@ impl RegistrySource {
             .run_get_method(&self.registry, method, &[])
             .await
             .map_err(|e| DirectoryError(format!("registry {}: {e}", self.registry)))?;
-        Ok(stack.into_iter().map(stack_item).collect())
+        stack
+            .into_iter()
+            .map(stack_item)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                DirectoryError(format!(
+                    "{method}: a tuple on the stack, which it never returns"
+                ))
+            })
     }
 
     /// Read the registry now (module docs, steps 1 to 3).
@@ -182,8 +190,10 @@ impl RegistrySource {
     }
 }
 
-fn stack_item(v: StackValue) -> StackItem {
-    match v {
+/// The parsers' form of a stack value; `None` for a tuple (the
+/// registry's get-methods return none).
+fn stack_item(v: StackValue) -> Option<StackItem> {
+    Some(match v {
         StackValue::Int(i) => StackItem::Int {
             negative: i.negative,
             magnitude: i.magnitude,
@@ -191,7 +201,8 @@ fn stack_item(v: StackValue) -> StackItem {
         StackValue::Cell(b) => StackItem::Cell(b),
         StackValue::Slice(b) => StackItem::Slice(b),
         StackValue::Null => StackItem::Null,
-    }
+        StackValue::Tuple(_) => return None,
+    })
 }
 
 #[async_trait::async_trait]
