@@ -101,6 +101,19 @@ pub struct ClientOptions {
     /// default); it remembers each id it served until that expiry, so a
     /// request is served at most once (default 300 s).
     pub request_lifetime: Duration,
+    /// A check every verified enclave must also pass (the network client:
+    /// "its measurement belongs to an active release").
+    pub(crate) enclave_filter: Option<EnclaveFilter>,
+}
+
+/// A check applied to each enclave after the verifier accepted it.
+#[derive(Clone)]
+pub(crate) struct EnclaveFilter(pub(crate) crate::network::directory::EnclaveCheck);
+
+impl std::fmt::Debug for EnclaveFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnclaveFilter")
+    }
 }
 
 impl Default for ClientOptions {
@@ -115,6 +128,7 @@ impl Default for ClientOptions {
             request_lifetime: Duration::from_secs(
                 cocoon_protocol::seal::DEFAULT_REQUEST_LIFETIME_SECS,
             ),
+            enclave_filter: None,
         }
     }
 }
@@ -433,7 +447,16 @@ impl Client {
         let bytes = self.fetch_evidence().await?;
         st.fetched_at = Some(Instant::now());
         let changed = bytes != st.bytes;
-        match verify_evidence_list(&bytes, &self.inner.policy, unix_now()) {
+        let verified =
+            verify_evidence_list(&bytes, &self.inner.policy, unix_now()).and_then(|p| match &self
+                .inner
+                .options
+                .enclave_filter
+            {
+                Some(f) => p.retain(&*f.0),
+                None => Ok(p),
+            });
+        match verified {
             Ok(p) => {
                 if changed && st.current.is_some() {
                     tracing::info!(
@@ -546,44 +569,32 @@ impl Client {
             )));
         }
         let n = inputs.len();
+        let stream = self.start_embeddings(model, inputs).await?;
+        collect_embeddings(stream, n).await
+    }
+
+    /// Send an embeddings request; the answer is read by
+    /// [`collect_embeddings`]. The network client fails over between the
+    /// two only before the answer starts.
+    pub(crate) async fn start_embeddings(
+        &self,
+        model: &str,
+        inputs: Vec<String>,
+    ) -> Result<ResponseStream, ClientError> {
+        if inputs.is_empty() {
+            return Err(ClientError::InvalidRequest("no inputs".into()));
+        }
+        if inputs.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ClientError::InvalidRequest(format!(
+                "{} inputs, more than the limit of {MAX_EMBEDDING_INPUTS}",
+                inputs.len()
+            )));
+        }
+        let n = inputs.len();
         let body = InferenceRequest::Embeddings { inputs }.to_cbor();
         // An embedding has no completion: nothing may be billed as one.
-        let mut stream = self
-            .send(model, 0, &body, Expecting::Embeddings { inputs: n })
-            .await?;
-        let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; n];
-        loop {
-            match stream.next().await? {
-                Some(ResponsePart::Embedding { index, vector }) => {
-                    // The reader checked the index is in range and new.
-                    if let Some(slot) = embeddings.get_mut(index as usize) {
-                        *slot = Some(vector);
-                    }
-                }
-                Some(ResponsePart::Completed(c)) => {
-                    if let cocoon_protocol::message::FinishReason::Error(message) = &c.finish {
-                        return Err(ClientError::EnclaveFailed {
-                            message: message.clone(),
-                            completed: c,
-                        });
-                    }
-                    let embeddings = embeddings.into_iter().flatten().collect::<Vec<_>>();
-                    if embeddings.len() != n {
-                        return Err(ResponseError::Event(format!(
-                            "{} embedding(s) for {n} input(s)",
-                            embeddings.len()
-                        ))
-                        .into());
-                    }
-                    return Ok(EmbeddingsResult {
-                        embeddings,
-                        completed: *c,
-                    });
-                }
-                Some(_) => {}
-                None => return Err(ResponseError::Ended.into()),
-            }
-        }
+        self.send(model, 0, &body, Expecting::Embeddings { inputs: n })
+            .await
     }
 
     async fn send(
@@ -992,6 +1003,46 @@ impl Client {
             });
         }
         Ok(out)
+    }
+}
+
+/// Read an embeddings answer of `n` inputs to its verified end.
+pub(crate) async fn collect_embeddings(
+    mut stream: ResponseStream,
+    n: usize,
+) -> Result<EmbeddingsResult, ClientError> {
+    let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; n];
+    loop {
+        match stream.next().await? {
+            Some(ResponsePart::Embedding { index, vector }) => {
+                // The reader checked the index is in range and new.
+                if let Some(slot) = embeddings.get_mut(index as usize) {
+                    *slot = Some(vector);
+                }
+            }
+            Some(ResponsePart::Completed(c)) => {
+                if let cocoon_protocol::message::FinishReason::Error(message) = &c.finish {
+                    return Err(ClientError::EnclaveFailed {
+                        message: message.clone(),
+                        completed: c,
+                    });
+                }
+                let embeddings = embeddings.into_iter().flatten().collect::<Vec<_>>();
+                if embeddings.len() != n {
+                    return Err(ResponseError::Event(format!(
+                        "{} embedding(s) for {n} input(s)",
+                        embeddings.len()
+                    ))
+                    .into());
+                }
+                return Ok(EmbeddingsResult {
+                    embeddings,
+                    completed: *c,
+                });
+            }
+            Some(_) => {}
+            None => return Err(ResponseError::Ended.into()),
+        }
     }
 }
 

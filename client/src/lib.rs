@@ -58,13 +58,20 @@
 //! name a local host (else `421`) and carry its API key as `Authorization:
 //! Bearer` (else `401`, [`load_or_create_api_key`]); a `POST` must be
 //! `application/json` (else `415`), and it sends no CORS headers. The
-//! binary's commands are `chat`, `serve` and `statement`.
+//! binary's commands are `chat`, `serve`, `statement`, `payment-message`,
+//! `deposit` and `balance`.
+//!
+//! [`network`] is the client of many providers: [`NetworkClient`] finds
+//! them (the registry on chain, or a list), verifies each with the policy
+//! of its active release, chooses one per request by price, latency and
+//! success rate, and fails over before an answer starts.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod account_file;
 mod api_key_file;
 pub mod client;
+pub mod network;
 pub mod provider;
 pub mod receipts;
 pub mod response;
@@ -76,6 +83,7 @@ pub use account_file::{
 };
 pub use api_key_file::{load_or_create_api_key, ApiKeyFileError, API_KEY_PREFIX};
 pub use client::{Client, ClientError, ClientOptions, EmbeddingsResult, VerifiedReceipt};
+pub use network::{NetworkClient, NetworkError, Routed};
 pub use provider::{
     verify_evidence_list, AttestedEnclave, BundleRejection, PlatformKind, VerificationError,
     VerifiedProvider,

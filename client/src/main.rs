@@ -13,14 +13,25 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
-use cocoon_client::serve::ServeOptions;
-use cocoon_client::{
-    AttestedEnclave, Client, ClientError, ClientOptions, Completed, ResponsePart, VerifiedProvider,
-    SIMULATED_TEE_WARNING,
+use std::sync::Arc;
+
+use cocoon_chain::http::{ChainApiConfig, TonHttpClient};
+use cocoon_chain::{ChainClient, StackValue, TvmInt};
+use cocoon_client::network::directory::{
+    DirectoryOptions, ProviderDirectory, ProviderSet, StaticProviders, TrustSource,
 };
+use cocoon_client::network::registry::RegistrySource;
+use cocoon_client::network::router::RouteConfig;
+use cocoon_client::serve::{Backend, ServeOptions};
+use cocoon_client::{
+    AttestedEnclave, Client, ClientError, ClientOptions, Completed, NetworkClient, NetworkError,
+    ResponsePart, ResponseStream, VerifiedProvider, SIMULATED_TEE_WARNING,
+};
+use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
+use cocoon_verifier::policy::derive::LocalRules;
 use cocoon_verifier::Policy;
 use serde_json::{json, Value};
 
@@ -64,6 +75,14 @@ enum Command {
     /// `withdraw-request --amount N` (starts the notice period) or
     /// `withdraw-finish` (pays out after it, within one more notice period).
     PaymentMessage(PaymentMessageArgs),
+    /// Deposit into a provider's payment contract from a wallet: builds
+    /// the deposit (as payment-message does, signed by the account key),
+    /// sends it from the wallet (v4r2) through the chain API, waits for it
+    /// to land and prints the balance.
+    Deposit(DepositArgs),
+    /// This account's deposit in a provider's payment contract
+    /// (`get_client`): balance, pending withdrawal, unlock time.
+    Balance(ChainArgs),
 }
 
 #[derive(Args)]
@@ -107,12 +126,17 @@ struct StatementArgs {
 
 #[derive(Args)]
 struct Common {
-    /// The provider's host agent, e.g. https://provider.example:8443
-    #[arg(long, value_name = "URL")]
-    provider: String,
-    /// Policy file (TOML) listing the reference values evidence must meet.
-    #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    /// The provider's host agent, e.g. https://provider.example:8443.
+    /// Repeat it (chat, serve) to route between several providers, all
+    /// verified under --policy. Or find providers with --registry.
+    #[arg(long, value_name = "URL", required_unless_present = "registry")]
+    provider: Vec<String>,
+    /// Policy file (TOML) listing the reference values evidence must meet
+    /// (with --provider).
+    #[arg(long, value_name = "FILE", required_unless_present = "registry")]
+    policy: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Account key file (hex P-256 scalar, mode 0600); created if missing.
     /// Default: $HOME/.config/cocoon/account.key
     #[arg(long, value_name = "FILE")]
@@ -127,6 +151,76 @@ struct Common {
     /// more).
     #[arg(long, value_name = "NANOTON", default_value_t = 1_000_000_000)]
     budget: u64,
+}
+
+/// Finding providers in the registry on chain (chat, serve).
+#[derive(Args)]
+struct RegistryArgs {
+    /// The registry contract (raw `0:<64 hex>` or user-friendly form):
+    /// providers are those it lists, and only enclaves of a release it
+    /// lists as active are accepted (the policy is derived from the
+    /// releases and these local rules). Instead of --provider/--policy.
+    #[arg(long, value_name = "ADDRESS", conflicts_with_all = ["provider", "policy"], requires = "chain_api")]
+    registry: Option<String>,
+    /// The TON HTTP API (toncenter v2 compatible), e.g.
+    /// https://toncenter.com/api/v2
+    #[arg(long, value_name = "URL")]
+    chain_api: Option<String>,
+    /// File holding the chain API's key (sent as X-API-Key; allows 10
+    /// requests a second instead of 1).
+    #[arg(long, value_name = "FILE")]
+    chain_api_key_file: Option<PathBuf>,
+    /// Refuse the registry unless its code has this representation hash
+    /// (64 hex).
+    #[arg(long, value_name = "HEX", requires = "registry")]
+    registry_code_hash: Option<String>,
+    /// Rebuild the verified set this often (seconds): a release revoked on
+    /// chain, a provider deregistered or no longer verifying, stops being
+    /// used within it.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    refresh_secs: u64,
+    /// DANGEROUS, tests and demos only: accept enclaves on the simulated
+    /// TEE when an active release lists a simulated measurement. NOT
+    /// confidential: the provider can read every prompt and answer.
+    #[arg(long)]
+    allow_simulated_tee: bool,
+}
+
+/// Reaching the chain (deposit, balance).
+#[derive(Args)]
+struct ChainArgs {
+    /// The TON HTTP API (toncenter v2 compatible).
+    #[arg(long, value_name = "URL")]
+    chain_api: String,
+    /// File holding the chain API's key (sent as X-API-Key).
+    #[arg(long, value_name = "FILE")]
+    chain_api_key_file: Option<PathBuf>,
+    /// The provider's payment contract (raw or user-friendly form).
+    #[arg(long, value_name = "ADDRESS")]
+    payment: String,
+    /// Account key file. Default: $HOME/.config/cocoon/account.key
+    #[arg(long, value_name = "FILE")]
+    account_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DepositArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Nanoton to send (the contract keeps 0.01 TON of it as its fee).
+    #[arg(long, value_name = "NANOTON")]
+    amount: u128,
+    /// The paying wallet's key (wallet v4r2; 32 raw bytes or 64 hex, mode
+    /// 0600).
+    #[arg(long, value_name = "FILE")]
+    wallet_key: PathBuf,
+    /// The wallet that may withdraw the deposit (fixed by the first
+    /// deposit). Default: the paying wallet.
+    #[arg(long, value_name = "ADDRESS")]
+    owner: Option<String>,
+    /// Longest wait for the wallet's message to land (seconds).
+    #[arg(long, default_value_t = 90, value_name = "SECONDS")]
+    timeout: u64,
 }
 
 #[derive(Args)]
@@ -199,6 +293,44 @@ impl Failure {
     }
 }
 
+impl From<NetworkError> for Failure {
+    fn from(e: NetworkError) -> Failure {
+        let (code, kind) = match &e {
+            NetworkError::Refused { source, .. } | NetworkError::AnswerFailed { source, .. } => {
+                let f = Failure::from_client(source);
+                (f.0, f.1)
+            }
+            NetworkError::NoProvider { .. } => (EX_FAILURE, "no_provider"),
+            NetworkError::AllFailed { attempts } => {
+                if attempts.iter().all(|(_, e)| e.is_unreachable()) {
+                    (EX_UNAVAILABLE, "unreachable")
+                } else {
+                    (EX_FAILURE, "protocol")
+                }
+            }
+            NetworkError::Directory(_) => (EX_UNAVAILABLE, "directory"),
+            _ => (EX_FAILURE, "protocol"),
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+            kind,
+        }
+    }
+}
+
+impl Failure {
+    fn from_client(e: &ClientError) -> (u8, &'static str) {
+        if e.is_unreachable() {
+            (EX_UNAVAILABLE, "unreachable")
+        } else if e.is_verification_failure() {
+            (EX_FAILURE, "verification")
+        } else {
+            (EX_FAILURE, "protocol")
+        }
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         let (code, kind) = if e.is_unreachable() {
@@ -241,6 +373,8 @@ async fn main() -> ExitCode {
         Command::Serve(a) => (false, serve(a).await),
         Command::Statement(a) => (a.json, statement(a).await),
         Command::PaymentMessage(a) => (false, payment_message(a)),
+        Command::Deposit(a) => (false, deposit(a).await),
+        Command::Balance(a) => (false, balance(a).await),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -265,19 +399,14 @@ fn default_account_path() -> Result<PathBuf, Failure> {
         .ok_or_else(|| Failure::usage("HOME is not set: pass --account-key FILE"))
 }
 
-fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
-    let url = reqwest::Url::parse(&common.provider)
-        .map_err(|e| Failure::usage(format!("--provider {}: {e}", common.provider)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Failure::usage(format!(
-            "--provider {}: must be an http:// or https:// URL",
-            common.provider
-        )));
-    }
-    let text = std::fs::read_to_string(&common.policy)
-        .map_err(|e| Failure::usage(format!("policy file {}: {e}", common.policy.display())))?;
-    let policy = Policy::from_toml(&text)
-        .map_err(|e| Failure::usage(format!("policy file {}: {e}", common.policy.display())))?;
+fn load_policy(path: &Path) -> Result<Policy, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("policy file {}: {e}", path.display())))?;
+    Policy::from_toml(&text)
+        .map_err(|e| Failure::usage(format!("policy file {}: {e}", path.display())))
+}
+
+fn load_account(common: &Common) -> Result<AccountKey, Failure> {
     let path = match &common.account_key {
         Some(p) => p.clone(),
         None => default_account_path()?,
@@ -291,10 +420,322 @@ fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
         );
     }
     eprintln!("account {} ({})", account.id(), path.display());
-    let mut options = options;
+    Ok(account)
+}
+
+fn check_url(u: &str) -> Result<reqwest::Url, Failure> {
+    let url = reqwest::Url::parse(u).map_err(|e| Failure::usage(format!("--provider {u}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Failure::usage(format!(
+            "--provider {u}: must be an http:// or https:// URL"
+        )));
+    }
+    Ok(url)
+}
+
+fn with_limits(common: &Common, mut options: ClientOptions) -> ClientOptions {
     options.max_request_nanoton = common.max_price;
     options.budget_nanoton = common.budget;
-    Ok(Client::with_options(url.as_str(), policy, account, options))
+    options
+}
+
+/// The one-provider client (`statement`, and `chat`/`serve` with one
+/// `--provider`).
+fn setup(common: &Common, options: ClientOptions) -> Result<Client, Failure> {
+    let [provider] = common.provider.as_slice() else {
+        return Err(Failure::usage("this command takes exactly one --provider"));
+    };
+    let url = check_url(provider)?;
+    let policy = load_policy(policy_path(common)?)?;
+    let account = load_account(common)?;
+    Ok(Client::with_options(
+        url.as_str(),
+        policy,
+        account,
+        with_limits(common, options),
+    ))
+}
+
+fn policy_path(common: &Common) -> Result<&Path, Failure> {
+    common
+        .policy
+        .as_deref()
+        .ok_or_else(|| Failure::usage("--provider needs --policy FILE"))
+}
+
+/// Several `--provider`s, or `--registry`: the network client.
+fn is_network(common: &Common) -> bool {
+    common.provider.len() > 1 || common.registry.registry.is_some()
+}
+
+fn chain_client(url: &str, key_file: Option<&Path>) -> Result<Arc<TonHttpClient>, Failure> {
+    let mut config = ChainApiConfig::new(url);
+    if let Some(f) = key_file {
+        let key = std::fs::read_to_string(f)
+            .map_err(|e| Failure::usage(format!("chain API key file {}: {e}", f.display())))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(Failure::usage(format!(
+                "chain API key file {} is empty",
+                f.display()
+            )));
+        }
+        config.api_key = Some(key.to_string());
+        // What the public API allows with a key.
+        config.requests_per_second = 10.0;
+    }
+    TonHttpClient::new(config)
+        .map(Arc::new)
+        .map_err(|e| Failure::usage(format!("--chain-api {url}: {e}")))
+}
+
+fn parse_address(flag: &str, v: &str) -> Result<ContractAddress, Failure> {
+    ContractAddress::parse(v).map_err(|e| Failure::usage(format!("{flag} {v}: {e}")))
+}
+
+/// The network client over several `--provider`s (all under `--policy`)
+/// or over the registry: verified, routed, failed over.
+async fn setup_network(common: &Common, options: ClientOptions) -> Result<NetworkClient, Failure> {
+    let r = &common.registry;
+    let source: Arc<dyn TrustSource> = match &r.registry {
+        Some(registry) => {
+            let registry = parse_address("--registry", registry)?;
+            let Some(api) = &r.chain_api else {
+                return Err(Failure::usage("--registry needs --chain-api URL"));
+            };
+            let pin = match &r.registry_code_hash {
+                None => None,
+                Some(h) => Some(
+                    hex::decode(h)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            Failure::usage("--registry-code-hash: expected 64 hex characters")
+                        })?,
+                ),
+            };
+            let chain = chain_client(api, r.chain_api_key_file.as_deref())?;
+            let rules = LocalRules {
+                allow_simulated: r.allow_simulated_tee,
+                ..LocalRules::default()
+            };
+            if r.allow_simulated_tee {
+                eprintln!("!!! --allow-simulated-tee: {SIMULATED_TEE_WARNING} !!!");
+            }
+            eprintln!(
+                "registry        {registry}{}",
+                if pin.is_some() {
+                    " (code hash pinned)"
+                } else {
+                    " (code hash not pinned: --registry-code-hash)"
+                }
+            );
+            Arc::new(RegistrySource::new(chain, registry, pin, rules))
+        }
+        None => {
+            let mut urls = Vec::new();
+            for u in &common.provider {
+                urls.push(check_url(u)?.to_string());
+            }
+            Arc::new(StaticProviders::new(
+                urls,
+                load_policy(policy_path(common)?)?,
+            ))
+        }
+    };
+    let account = load_account(common)?;
+    let refresh = Duration::from_secs(r.refresh_secs.max(1));
+    let mut dir_options = DirectoryOptions::default();
+    dir_options.refresh = refresh;
+    dir_options.max_stale = refresh * 2;
+    let dir = ProviderDirectory::new(source, account, with_limits(common, options), dir_options);
+    let net = NetworkClient::new(Arc::new(dir), RouteConfig::default());
+    let set = net.refresh().await.map_err(|e| Failure {
+        code: EX_UNAVAILABLE,
+        message: e.to_string(),
+        kind: "directory",
+    })?;
+    print_set(&set);
+    if set.providers.is_empty() {
+        return Err(Failure {
+            code: EX_FAILURE,
+            message: "no provider verified; nothing was sent".into(),
+            kind: "verification",
+        });
+    }
+    Ok(net)
+}
+
+async fn deposit(a: DepositArgs) -> Result<(), Failure> {
+    use cocoon_chain::wallet::{self, InternalMessage, WalletV4};
+    let payment = parse_address("--payment", &a.chain.payment)?;
+    let key_path = match &a.chain.account_key {
+        Some(p) => p.clone(),
+        None => default_account_path()?,
+    };
+    let account =
+        cocoon_client::load_account_key(&key_path).map_err(|e| Failure::usage(e.to_string()))?;
+    let wallet_key = wallet::load_key(&a.wallet_key).map_err(|e| Failure::usage(e.to_string()))?;
+    let wallet = WalletV4::new(wallet_key.verifying_key().to_bytes());
+    let owner = match &a.owner {
+        Some(o) => parse_address("--owner", o)?,
+        None => wallet.address(),
+    };
+    let pk: [u8; 65] = account
+        .public_key_sec1()
+        .try_into()
+        .map_err(|_| Failure::usage("account key is not an uncompressed P-256 key"))?;
+    let deposit_owner = DepositOwner {
+        contract: payment,
+        owner,
+    };
+    let signature = account.sign_deposit_owner(&deposit_owner);
+    let body = cocoon_protocol::ton::deposit_body(0, &pk, &owner, &signature)
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let chain = chain_client(&a.chain.chain_api, a.chain.chain_api_key_file.as_deref())?;
+    let mut message = InternalMessage::transfer(payment, a.amount, true);
+    message.body = Some(body);
+    eprintln!(
+        "depositing {} nanoton for account {} into {payment} from wallet {} (withdrawals go to {owner})",
+        a.amount,
+        account.id(),
+        wallet.address()
+    );
+    let confirmed = cocoon_chain::wait::send_and_confirm(
+        chain.as_ref(),
+        &wallet,
+        &wallet_key,
+        &[message],
+        Duration::from_secs(a.timeout.max(1)),
+    )
+    .await
+    .map_err(|e| Failure {
+        code: EX_UNAVAILABLE,
+        message: format!("deposit: {e}"),
+        kind: "chain",
+    })?;
+    println!(
+        "sent: message {} (wallet seqno {}{}); the wallet's seqno moved past it",
+        hex::encode(confirmed.message_hash),
+        confirmed.seqno,
+        if confirmed.deployed {
+            ", wallet deployed"
+        } else {
+            ""
+        }
+    );
+    print_balance(chain.as_ref(), &payment, &account).await
+}
+
+async fn balance(a: ChainArgs) -> Result<(), Failure> {
+    let payment = parse_address("--payment", &a.payment)?;
+    let key_path = match &a.account_key {
+        Some(p) => p.clone(),
+        None => default_account_path()?,
+    };
+    let account =
+        cocoon_client::load_account_key(&key_path).map_err(|e| Failure::usage(e.to_string()))?;
+    let chain = chain_client(&a.chain_api, a.chain_api_key_file.as_deref())?;
+    print_balance(chain.as_ref(), &payment, &account).await
+}
+
+/// `get_client(account)` → `(exists, balance, pending, unlock_at)`
+/// (contracts/README.md).
+async fn print_balance(
+    chain: &dyn ChainClient,
+    payment: &ContractAddress,
+    account: &AccountKey,
+) -> Result<(), Failure> {
+    let stack = chain
+        .run_get_method(
+            payment,
+            "get_client",
+            &[StackValue::Int(TvmInt::from_be_bytes(account.id().0))],
+        )
+        .await
+        .map_err(|e| Failure {
+            code: EX_UNAVAILABLE,
+            message: format!("get_client on {payment}: {e}"),
+            kind: "chain",
+        })?;
+    let ints: Vec<&TvmInt> = stack
+        .iter()
+        .filter_map(|v| match v {
+            StackValue::Int(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    let [exists, balance, pending, unlock] = ints.as_slice() else {
+        return Err(Failure {
+            code: EX_FAILURE,
+            message: format!("get_client on {payment}: expected 4 integers, got {stack:?}"),
+            kind: "chain",
+        });
+    };
+    let exists = exists.negative || exists.magnitude != [0; 32];
+    let num = |v: &TvmInt, what: &str| {
+        v.to_u128().ok_or_else(|| Failure {
+            code: EX_FAILURE,
+            message: format!("get_client: {what} out of range"),
+            kind: "chain",
+        })
+    };
+    if !exists {
+        println!(
+            "account {} has no deposit in {payment} (deposit with `cocoon-client deposit`)",
+            account.id()
+        );
+        return Ok(());
+    }
+    let (balance, pending, unlock) = (
+        num(balance, "balance")?,
+        num(pending, "pending")?,
+        num(unlock, "unlock time")?,
+    );
+    println!(
+        "account {} in {payment}: balance {balance} nanoton, pending withdrawal {pending} nanoton{}",
+        account.id(),
+        if pending > 0 {
+            format!(" (unlocks at {})", utc(u64::try_from(unlock).unwrap_or(u64::MAX)))
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn print_set(set: &ProviderSet) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(
+        e,
+        "providers       {} verified, {} left out (checked in {} ms)",
+        set.providers.len(),
+        set.rejected.len(),
+        set.took.as_millis()
+    );
+    for p in &set.providers {
+        let simulated = p
+            .verified
+            .enclaves()
+            .iter()
+            .any(|a| !a.platform().is_confidential());
+        let _ = writeln!(
+            e,
+            "  ok   {} ({} enclave(s), models {}){}",
+            p.id,
+            p.verified.enclaves().len(),
+            p.verified.models().join(", "),
+            if simulated {
+                format!(" !!! {SIMULATED_TEE_WARNING} !!!")
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (id, why) in &set.rejected {
+        let first = why.lines().next().unwrap_or("");
+        let _ = writeln!(e, "  out  {id}: {first}");
+    }
 }
 
 fn enclave_json(e: &AttestedEnclave) -> Value {
@@ -562,30 +1003,46 @@ async fn statement(a: StatementArgs) -> Result<(), Failure> {
 }
 
 async fn chat(a: ChatArgs) -> Result<(), Failure> {
-    let client = setup(&a.common, ClientOptions::default())?;
-    let provider = client.verify().await?;
-    if a.json {
-        for e in provider.enclaves() {
-            if !e.platform().is_confidential() {
-                eprintln!("!!! {SIMULATED_TEE_WARNING} !!!");
-                break;
-            }
-        }
+    let network = if is_network(&a.common) {
+        Some(setup_network(&a.common, ClientOptions::default()).await?)
     } else {
-        print_verified(&client, &provider);
+        None
+    };
+    let (client, models, simulated) = match &network {
+        Some(net) => {
+            let set = net.providers();
+            let simulated = set
+                .providers
+                .iter()
+                .flat_map(|p| p.verified.enclaves())
+                .any(|e| !e.platform().is_confidential());
+            (None, set.models(), simulated)
+        }
+        None => {
+            let client = setup(&a.common, ClientOptions::default())?;
+            let provider = client.verify().await?;
+            let simulated = provider
+                .enclaves()
+                .iter()
+                .any(|e| !e.platform().is_confidential());
+            if !a.json {
+                print_verified(&client, &provider);
+            }
+            let models = provider.models();
+            (Some(client), models, simulated)
+        }
+    };
+    if a.json && simulated {
+        eprintln!("!!! {SIMULATED_TEE_WARNING} !!!");
     }
     let model = match a.model {
         Some(m) => m,
         None => {
-            let m = provider
-                .models()
-                .into_iter()
-                .next()
-                .ok_or_else(|| Failure {
-                    code: EX_FAILURE,
-                    message: "the verified enclaves serve no model".into(),
-                    kind: "protocol",
-                })?;
+            let m = models.into_iter().next().ok_or_else(|| Failure {
+                code: EX_FAILURE,
+                message: "the verified enclaves serve no model".into(),
+                kind: "protocol",
+            })?;
             if !a.json {
                 eprintln!(
                     "model           {m} (the first the evidence lists; choose with --model)"
@@ -605,7 +1062,26 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
         role: Role::User,
         content: a.question,
     });
-    let mut stream = client.chat(&model, messages, a.max_tokens).await?;
+    let (mut stream, provider): (ResponseStream, String) = match (&client, &network) {
+        (Some(c), _) => (
+            c.chat(&model, messages, a.max_tokens).await?,
+            c.provider().to_string(),
+        ),
+        (None, Some(net)) => {
+            let routed = net.chat(&model, messages, a.max_tokens).await?;
+            for (p, e) in &routed.failed {
+                eprintln!("provider {p} did not take the request: {e}");
+            }
+            if !a.json {
+                eprintln!(
+                    "provider        {} (chosen by the routing rule)",
+                    routed.provider
+                );
+            }
+            (routed.value, routed.provider.to_string())
+        }
+        (None, None) => unreachable!("one of the two is set"),
+    };
     let enclave = stream.enclave().clone();
     let mut answer = String::new();
     let mut out = std::io::stdout();
@@ -637,7 +1113,7 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
         println!(
             "{}",
             json!({
-                "provider": client.provider(),
+                "provider": provider,
                 "enclave": enclave_json(&enclave),
                 "model": model,
                 "answer": answer,
@@ -709,9 +1185,16 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
     let (key, key_place) = api_key(&a)?;
     let mut options = ClientOptions::default();
     options.evidence_refresh = Duration::from_secs(a.evidence_refresh);
-    let client = setup(&a.common, options)?;
-    let provider = client.verify().await?;
-    print_verified(&client, &provider);
+    let (backend, _refresher): (Backend, _) = if is_network(&a.common) {
+        let net = setup_network(&a.common, options).await?;
+        let task = net.spawn_refresh();
+        (net.into(), Some(task))
+    } else {
+        let client = setup(&a.common, options)?;
+        let provider = client.verify().await?;
+        print_verified(&client, &provider);
+        (client.into(), None)
+    };
     if !a.listen.ip().is_loopback() {
         eprintln!(
             "WARNING: listening on {}: the API key travels in clear over plain HTTP; anyone who can reach it and sniff or guess the key can send requests paid by this account",
@@ -741,7 +1224,7 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
         "{key_place}; send it as `Authorization: Bearer <key>` (OpenAI clients: api_key, or OPENAI_API_KEY)"
     );
     eprintln!("ready listen={addr}");
-    cocoon_client::serve::run(listener, client, serve_options, shutdown_signal())
+    cocoon_client::serve::run(listener, backend, serve_options, shutdown_signal())
         .await
         .map_err(|e| Failure {
             code: EX_FAILURE,

@@ -245,6 +245,31 @@ impl VerifiedProvider {
         out
     }
 
+    /// Keep only the enclaves `check` accepts; the others join the
+    /// rejected with its reason (as a policy shortfall). Fails when none
+    /// is left.
+    pub(crate) fn retain(
+        mut self,
+        check: &(dyn Fn(&AttestedEnclave) -> Result<(), String> + Send + Sync),
+    ) -> Result<VerifiedProvider, VerificationError> {
+        let mut kept = Vec::with_capacity(self.enclaves.len());
+        for e in std::mem::take(&mut self.enclaves) {
+            match check(&e) {
+                Ok(()) => kept.push(e),
+                Err(m) => self.rejected.push(BundleRejection {
+                    index: e.bundle_index,
+                    rejection: Rejection::single(ReasonKind::Policy, m),
+                }),
+            }
+        }
+        self.rejected.sort_by_key(|r| r.index);
+        if kept.is_empty() {
+            return Err(VerificationError::NoneVerified(self.rejected));
+        }
+        self.enclaves = kept;
+        Ok(self)
+    }
+
     /// The verified enclaves that serve `model`.
     pub fn serving(&self, model: &str) -> impl Iterator<Item = &AttestedEnclave> {
         let model = model.to_string();

@@ -332,6 +332,18 @@ pub struct ResponseStream {
     model: String,
     max_tokens: u32,
     state: StreamState,
+    observer: Option<Box<dyn StreamObserver>>,
+}
+
+/// Told how a response goes: the network client records each provider's
+/// latency and outcome through it.
+pub(crate) trait StreamObserver: Send {
+    /// A checked part arrived (called for every part; the observer keeps
+    /// the first).
+    fn first_part(&mut self);
+    /// The stream ended: `ok` when the receipt verified and the enclave
+    /// reported no error, false on any error.
+    fn finished(&mut self, ok: bool);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +378,12 @@ impl ResponseStream {
             model,
             max_tokens,
             state: StreamState::Reading,
+            observer: None,
         }
+    }
+
+    pub(crate) fn observe(&mut self, observer: Box<dyn StreamObserver>) {
+        self.observer = Some(observer);
     }
 
     /// The request this responds to.
@@ -399,9 +416,25 @@ impl ResponseStream {
             StreamState::Failed => return Err(ResponseError::Ended),
         }
         let r = self.read().await;
+        if let Some(o) = self.observer.as_mut() {
+            if matches!(r, Ok(Some(_))) {
+                o.first_part();
+            }
+        }
         match &r {
-            Ok(Some(ResponsePart::Completed(_))) => self.state = StreamState::Completed,
-            Err(_) => self.state = StreamState::Failed,
+            Ok(Some(ResponsePart::Completed(c))) => {
+                self.state = StreamState::Completed;
+                let ok = !matches!(c.finish, cocoon_protocol::message::FinishReason::Error(_));
+                if let Some(mut o) = self.observer.take() {
+                    o.finished(ok);
+                }
+            }
+            Err(_) => {
+                self.state = StreamState::Failed;
+                if let Some(mut o) = self.observer.take() {
+                    o.finished(false);
+                }
+            }
             _ => {}
         }
         r

@@ -55,6 +55,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::{unix_now, Client, ClientError};
+use crate::network::{NetworkClient, NetworkError};
+use crate::provider::AttestedEnclave;
 use crate::response::{Completed, ResponsePart, ResponseStream};
 
 /// Settings of the endpoint; start from [`ServeOptions::new`].
@@ -81,16 +83,79 @@ impl ServeOptions {
     }
 }
 
+/// What the endpoint sends requests through: one provider, or the
+/// network (routed, with failover).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One provider.
+    Provider(Client),
+    /// Every verified provider of the network.
+    Network(NetworkClient),
+}
+
+impl From<Client> for Backend {
+    fn from(c: Client) -> Backend {
+        Backend::Provider(c)
+    }
+}
+
+impl From<NetworkClient> for Backend {
+    fn from(c: NetworkClient) -> Backend {
+        Backend::Network(c)
+    }
+}
+
+impl Backend {
+    /// The verified enclaves to list in `/v1/models`.
+    async fn enclaves(&self) -> Result<Vec<AttestedEnclave>, ApiErr> {
+        match self {
+            Backend::Provider(c) => Ok(c.ensure_verified().await?.enclaves().to_vec()),
+            Backend::Network(n) => Ok(n
+                .providers()
+                .providers
+                .iter()
+                .flat_map(|p| p.verified.enclaves().iter().cloned())
+                .collect()),
+        }
+    }
+
+    async fn chat(
+        &self,
+        model: &str,
+        messages: Vec<ChatMessage>,
+        max_tokens: u32,
+    ) -> Result<ResponseStream, ApiErr> {
+        match self {
+            Backend::Provider(c) => Ok(c.chat(model, messages, max_tokens).await?),
+            Backend::Network(n) => Ok(n.chat(model, messages, max_tokens).await?.value),
+        }
+    }
+
+    async fn embeddings(
+        &self,
+        model: &str,
+        inputs: Vec<String>,
+    ) -> Result<crate::EmbeddingsResult, ApiErr> {
+        match self {
+            Backend::Provider(c) => Ok(c.embeddings(model, inputs).await?),
+            Backend::Network(n) => Ok(n.embeddings(model, inputs).await?.value),
+        }
+    }
+}
+
 struct AppState {
-    client: Client,
+    backend: Backend,
     options: ServeOptions,
 }
 
 /// The endpoint's routes: `GET /v1/models`, `POST /v1/chat/completions`,
 /// `POST /v1/embeddings`, every one (and the fallback) behind the checks in
 /// the module documentation.
-pub fn router(client: Client, options: ServeOptions) -> Router {
-    let state = Arc::new(AppState { client, options });
+pub fn router(backend: impl Into<Backend>, options: ServeOptions) -> Router {
+    let state = Arc::new(AppState {
+        backend: backend.into(),
+        options,
+    });
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat_completions))
@@ -173,7 +238,7 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 /// `ready` only after that).
 pub async fn run(
     listener: tokio::net::TcpListener,
-    client: Client,
+    client: impl Into<Backend>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -285,6 +350,40 @@ impl From<ClientError> for ApiErr {
     }
 }
 
+impl From<NetworkError> for ApiErr {
+    fn from(e: NetworkError) -> ApiErr {
+        let message = e.to_string();
+        match e {
+            NetworkError::Refused { source, .. } | NetworkError::AnswerFailed { source, .. } => {
+                let mut a = ApiErr::from(source);
+                a.message = message;
+                a
+            }
+            NetworkError::NoProvider { .. } => ApiErr {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "provider_not_verified",
+                code: "no_provider",
+                message,
+                retry_after: None,
+            },
+            NetworkError::AllFailed { .. } => ApiErr {
+                status: StatusCode::BAD_GATEWAY,
+                kind: "provider_error",
+                code: "all_providers_failed",
+                message,
+                retry_after: None,
+            },
+            NetworkError::Directory(_) => ApiErr {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "provider_not_verified",
+                code: "directory_unavailable",
+                message,
+                retry_after: None,
+            },
+        }
+    }
+}
+
 fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
@@ -306,10 +405,10 @@ async fn not_found() -> ApiErr {
 }
 
 async fn models(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr> {
-    let provider = app.client.ensure_verified().await?;
+    let enclaves = app.backend.enclaves().await?;
     let mut data: Vec<Value> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
-    for e in provider.enclaves() {
+    for e in &enclaves {
         for m in &e.claims().model_digests {
             if seen.contains(&m.name.as_str()) {
                 continue;
@@ -476,7 +575,7 @@ async fn chat_completions(
         .max_completion_tokens
         .or(req.max_tokens)
         .unwrap_or(app.options.default_max_tokens);
-    let stream = app.client.chat(&req.model, messages, max_tokens).await?;
+    let stream = app.backend.chat(&req.model, messages, max_tokens).await?;
     let id = format!("chatcmpl-{}", stream.request_id());
     let created = unix_now().0;
     if req.stream.unwrap_or(false) {
@@ -640,7 +739,7 @@ async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Res
             ))
         }
     };
-    let result = app.client.embeddings(&req.model, inputs).await?;
+    let result = app.backend.embeddings(&req.model, inputs).await?;
     let data: Vec<Value> = result
         .embeddings
         .iter()

@@ -508,3 +508,52 @@ async fn serve_refuses_to_start_for_an_unverified_provider() {
     assert!(seen.contains("enclave evidence #0 rejected"), "{seen}");
     assert_eq!(p.posts(), 0);
 }
+
+/// `chat` with several `--provider`s: verified together, routed, failed
+/// over (one is down), and the provider that answered is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_routes_between_several_providers() {
+    let s = Scratch::new("network");
+    let policy = s.file("policy.toml", &sim_policy_toml());
+    let key = s.path("account.key");
+    let a = TestProvider::start().await;
+    let b = TestProvider::start().await;
+    b.set(support::Misbehavior::Status(503));
+    let out = run(strings(&[
+        "chat",
+        "--provider",
+        &a.url,
+        "--provider",
+        &b.url,
+        "--provider",
+        "http://127.0.0.1:9",
+        "--policy",
+        &policy,
+        "--account-key",
+        &key,
+        "--json",
+        "hello",
+    ]))
+    .await;
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("2 verified, 1 left out"), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["provider"], a.url);
+    assert_eq!(v["finish"], "stop");
+    assert_eq!(a.posts(), 1);
+
+    // --registry and --provider together are a usage error.
+    let out = run(strings(&[
+        "chat",
+        "--provider",
+        &a.url,
+        "--registry",
+        "0:0000000000000000000000000000000000000000000000000000000000000000",
+        "--chain-api",
+        "http://127.0.0.1:9",
+        "hello",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(64));
+}

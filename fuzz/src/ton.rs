@@ -68,15 +68,35 @@ pub fn ton_boc(data: &[u8]) {
 
 fn read_all(mut s: CellSlice) {
     let ops: [fn(&mut CellSlice) -> Result<(), TonError>; 9] = [
-        |s| s.load_address().map(|a| drop(black_box(a))),
-        |s| s.load_coins().map(|v| drop(black_box(v))),
-        |s| s.load_maybe_ref().map(|v| drop(black_box(v))),
+        |s| {
+            s.load_address().map(|a| {
+                black_box(a);
+            })
+        },
+        |s| {
+            s.load_coins().map(|v| {
+                black_box(v);
+            })
+        },
+        |s| {
+            s.load_maybe_ref().map(|v| {
+                black_box(v);
+            })
+        },
         |s| s.load_uint(7).map(|v| assert!(v < 128)),
         |s| s.load_int(13).map(|v| assert!((-4096..4096).contains(&v))),
-        |s| s.load_uint_wide(256).map(|v| drop(black_box(v))),
+        |s| {
+            s.load_uint_wide(256).map(|v| {
+                black_box(v);
+            })
+        },
         |s| s.load_bytes(3).map(|v| assert_eq!(v.len(), 3)),
         |s| s.load_bits(11).map(|v| assert_eq!(v[1] & 0x1f, 0)),
-        |s| s.load_ref().map(|v| drop(black_box(v))),
+        |s| {
+            s.load_ref().map(|v| {
+                black_box(v);
+            })
+        },
     ];
     let mut i = 0;
     let mut failures = 0;

@@ -86,6 +86,8 @@ struct Peer {
     requests: Family<RequestLabels, Counter>,
     receipts_refused: Family<ReasonLabels, Counter>,
     tabs: Family<ResultLabels, Counter>,
+    deposit_reads: Family<ResultLabels, Counter>,
+    deposit_refusals: Family<ReasonLabels, Counter>,
     in_flight: Gauge,
     utilisation: Gauge,
     bytes_in: Counter,
@@ -107,6 +109,8 @@ impl Peer {
             requests: Family::default(),
             receipts_refused: Family::default(),
             tabs: Family::default(),
+            deposit_reads: Family::default(),
+            deposit_refusals: Family::default(),
             in_flight: Gauge::default(),
             utilisation: Gauge::default(),
             bytes_in: Counter::default(),
@@ -141,6 +145,16 @@ impl Peer {
             "cocoon_host_tabs",
             "Enclave-signed tabs received: stored, or rejected (bad signature or malformed update; the connection is closed)",
             p.tabs.clone(),
+        );
+        r.register(
+            "cocoon_host_deposit_reads",
+            "Reads of a client's deposit in the payment contract (get_client), by result",
+            p.deposit_reads.clone(),
+        );
+        r.register(
+            "cocoon_host_deposit_refusals",
+            "Requests the deposit check refused, by reason (402 no_deposit or insufficient, 503 chain_unavailable, 500 ledger)",
+            p.deposit_refusals.clone(),
         );
         r.register(
             "cocoon_host_request_bytes",
@@ -254,6 +268,37 @@ fn populate(ours: &Metrics, ledger: &LedgerStats, peer: &Peer) {
     peer.tabs
         .get_or_create(&ResultLabels { result: "rejected" })
         .inc();
+    for (result, n) in [("failed", 1), ("no_deposit", 2), ("ok", 7)] {
+        for _ in 0..n {
+            ours.deposit_read(result);
+        }
+        peer.deposit_reads
+            .get_or_create(&ResultLabels { result })
+            .inc_by(n);
+    }
+    use cocoon_host::deposits::DepositRefusal;
+    for (refusal, reason) in [
+        (
+            DepositRefusal::ChainUnavailable("down".into()),
+            "chain_unavailable",
+        ),
+        (
+            DepositRefusal::Insufficient {
+                balance: 1,
+                pending: 0,
+                owed: 0,
+                in_flight: 0,
+                available: 1,
+                needed: 2,
+            },
+            "insufficient",
+        ),
+    ] {
+        ours.deposit_refused(&refusal);
+        peer.deposit_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
     ours.add_bytes_in(123_456);
     peer.bytes_in.inc_by(123_456);
     ours.add_bytes_out(654_321);

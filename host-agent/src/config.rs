@@ -299,6 +299,12 @@ pub struct HostConfig {
     /// need the client's authorization of the enclave's receipt key
     /// (`cocoon-authorization`) and stay within its cap.
     pub settlement: Option<cocoon_protocol::settlement::ContractAddress>,
+    /// The deposit check ([`crate::deposits`]): with a settlement contract,
+    /// each request is admitted only while the client's deposit in it
+    /// covers the request's worst case and what the host served it unpaid.
+    /// `None` serves without checking deposits (the binary requires
+    /// `--no-deposit-check` for that, and warns).
+    pub deposits: Option<crate::deposits::DepositConfig>,
     /// Where AMD's SEV-SNP CRLs are fetched from, to attach to the SNP
     /// evidence the host serves ([`crate::snp_crl`]).
     pub amd_kds_url: String,
@@ -437,6 +443,11 @@ impl LimitsFile {
 /// enclaves = ["vsock:3:5000"]        # or "unix:/run/cocoon/enclave.sock"
 /// policy = "/etc/cocoon/policy.toml" # cocoon-verifier policy
 /// ledger = "/var/lib/cocoon/ledger.sqlite"
+/// settlement_contract = "0:<64 hex>"  # the payment contract; then one of:
+/// chain_api = "https://toncenter.com/api/v2/"  # deposit check (and
+/// chain_api_key_file = "/etc/cocoon/toncenter.key" # its key, optional)
+/// deposit_ttl_secs = 5
+/// # no_deposit_check = true          # serve without it (warned loudly)
 ///
 /// [limits]                           # every key optional
 /// account_requests_per_second = 5.0
@@ -463,6 +474,15 @@ pub struct FileConfig {
     pub ledger: Option<PathBuf>,
     /// The TON payment contract (raw address `0:<64 hex>`).
     pub settlement_contract: Option<String>,
+    /// The TON HTTP API (toncenter v2) the deposit check reads.
+    pub chain_api: Option<String>,
+    /// File holding that API's key (mode 0600).
+    pub chain_api_key_file: Option<PathBuf>,
+    /// Seconds a deposit read is trusted.
+    pub deposit_ttl_secs: Option<f64>,
+    /// Serve a settling host without checking deposits (loudly warned).
+    #[serde(default)]
+    pub no_deposit_check: bool,
     /// Limits.
     #[serde(default)]
     pub limits: LimitsFile,

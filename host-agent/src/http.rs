@@ -4,15 +4,18 @@
 //!
 //! Owns request admission: the body limit, decoding the sealed request, the
 //! routing headers, the account signature, the per-account limits, the
-//! replay check, and turning every refusal into a status with a one-line
-//! `text/plain` reason. Forwarding and the receipt rule are `relay`'s. The
+//! replay check, the client's deposit on a host that checks it
+//! ([`crate::deposits`]), and turning every refusal into a status with a
+//! one-line `text/plain` reason. Forwarding and the receipt rule are `relay`'s. The
 //! handlers log request ids, sizes, accounts and models, never a body.
 //!
 //! Checks run cheapest first, one function per stage: draining (`503`),
 //! body size (`413`), decoding (`400`), headers (`400`), no verified
 //! enclave (`503`), unknown evidence digest (`409`), account signature
 //! (`401`), expiry by the host's clock (`400`), prices (`412`), replay
-//! (`409`), payment on a settling host (`402`), account limits (`429`;
+//! (`409`), payment on a settling host (the authorization's cap, then the
+//! deposit on chain: `402`, or `503` when the chain cannot be read),
+//! account limits (`429`;
 //! after the replay check, so nobody can spend an account's allowance by
 //! replaying its requests), a free stream on the enclave (`503`).
 
@@ -703,13 +706,39 @@ async fn reserve_payment(
                 "the authorization's cap of {cap} nanoton for this enclave would be passed: {spent} spent or reserved, this request may cost up to {cost}; sign a higher cap"
             ))
         })?;
-    Ok(Some(crate::Reservation {
+    let mut reservation = crate::Reservation {
         app: app.clone(),
         key,
         account,
         reserved: cost,
         charged: std::sync::atomic::AtomicU64::new(0),
-    }))
+        deposit: None,
+    };
+    // The cap's reservation is given back (the guard's drop) if the
+    // deposit refuses.
+    if let Some(deposits) = &app.deposits {
+        let hold = deposits
+            .reserve(&app.ledger, &app.metrics, &app.clock, account, cost)
+            .await
+            .map_err(deposit_refused)?;
+        reservation.deposit = Some(hold);
+    }
+    Ok(Some(reservation))
+}
+
+/// The refusal of the deposit check: `402` when the deposit does not cover
+/// the request, `503` (retry in a few seconds) when the chain cannot be
+/// read, `500` when the ledger cannot.
+fn deposit_refused(r: crate::deposits::DepositRefusal) -> Refusal {
+    use crate::deposits::DepositRefusal as R;
+    match r {
+        R::NoDeposit { .. } | R::Insufficient { .. } => payment_required(r.to_string()),
+        R::ChainUnavailable(_) => {
+            warn!(reason = %r, "deposit check failed");
+            unavailable(&r.to_string()).retry_after(5)
+        }
+        R::Ledger(e) => ledger_failed(e),
+    }
 }
 
 /// A `402` refusal.

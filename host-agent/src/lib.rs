@@ -34,6 +34,14 @@
 //! * [`settle`] — `cocoon-host settle`: claims for the TON payment
 //!   contract, reconciled with the ledger, and the manifest `claims.json`
 //!   ([`cocoon_protocol::settlement::ClaimsManifest`]).
+//! * [`deposits`] — the deposit check before a settling host serves a
+//!   request (`402` when the client's deposit in the payment contract does
+//!   not cover it, `503` when the chain cannot be read), and [`payment`],
+//!   the payment contract's get-methods read through a
+//!   [`cocoon_chain::ChainClient`].
+//! * [`register`] — `cocoon-host register`: the provider's entry in the
+//!   registry contract (register with the stake, update, deregister),
+//!   checked against the chain before and after.
 //! * [`ratelimit`] — per-account token bucket and stream cap.
 //! * [`metrics`] — Prometheus text exposition, hand-written
 //!   (`benches/metrics.rs` compares it with `prometheus-client`).
@@ -71,13 +79,16 @@ pub mod broker;
 pub mod clock;
 pub mod collateral;
 pub mod config;
+pub mod deposits;
 pub mod fetch;
 pub(crate) mod http;
 pub mod intel_pcs;
 pub mod ledger;
 pub mod metrics;
+pub mod payment;
 pub mod pricing;
 pub mod ratelimit;
+pub mod register;
 pub mod relay;
 pub mod settle;
 pub mod snp_crl;
@@ -148,6 +159,8 @@ pub(crate) struct App {
     pub(crate) pricing: pricing::LoadPricing,
     pub(crate) spend: pricing::Spend,
     pub(crate) settlement: Option<cocoon_protocol::settlement::ContractAddress>,
+    /// The deposit check, on a settling host that has one.
+    pub(crate) deposits: Option<deposits::Deposits>,
     /// What the operator API asks of a request (see `admin`).
     pub(crate) admin_access: admin::Access,
     /// The canonical bytes of the release manifest, for `GET /v1/release`.
@@ -228,6 +241,8 @@ pub(crate) struct Reservation {
     pub(crate) reserved: u128,
     /// Set by the relay once the receipt is committed.
     pub(crate) charged: std::sync::atomic::AtomicU64,
+    /// The same worst case reserved against the client's deposit.
+    pub(crate) deposit: Option<deposits::Hold>,
 }
 
 impl Drop for Reservation {
@@ -236,6 +251,9 @@ impl Drop for Reservation {
         self.app
             .spend
             .settle(&self.key, &self.account, self.reserved, u128::from(charged));
+        if let Some(hold) = self.deposit.take() {
+            hold.release(u128::from(charged));
+        }
     }
 }
 
@@ -329,6 +347,23 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         !admin_addr.ip().is_loopback(),
         config.admin_token.is_some(),
     )?;
+    let deposits = match (config.deposits.clone(), config.settlement) {
+        (Some(d), Some(contract)) => Some(deposits::Deposits::new(d, contract)),
+        (Some(_), None) => {
+            return Err(config::ConfigError::Invalid {
+                field: "chain_api",
+                reason:
+                    "the deposit check reads the payment contract: set the settlement contract too"
+                        .into(),
+            }
+            .into())
+        }
+        (None, Some(contract)) => {
+            warn!(%contract, "deposits are NOT checked: requests are served whatever the client's deposit in the payment contract holds (claims beyond it will fail)");
+            None
+        }
+        (None, None) => None,
+    };
     let path = config.ledger_path.clone();
     let options = LedgerOptions {
         max_batch: config.limits.ledger_max_batch,
@@ -379,6 +414,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         pricing: pricing::LoadPricing::new(),
         spend: pricing::Spend::new(),
         settlement: config.settlement,
+        deposits,
         admin_access: admin::Access::new(config.admin_token, admin_addr),
         draining: watch::channel(false).0,
         in_flight: watch::channel(0).0,

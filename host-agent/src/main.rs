@@ -86,6 +86,31 @@ struct Cli {
     /// cap; `settle` writes claims for it.
     #[arg(long, global = true, value_name = "ADDR")]
     settlement_contract: Option<String>,
+    /// The TON HTTP API (toncenter-compatible, v2; e.g.
+    /// https://toncenter.com/api/v2/ or the provider's own) where the host
+    /// reads clients' deposits before serving them, and where `settle
+    /// --send` and `register` read and send. A settling host
+    /// (--settlement-contract) needs it, or --no-deposit-check.
+    #[arg(long, global = true, value_name = "URL")]
+    chain_api: Option<String>,
+    /// File holding the chain API's key (sent as X-API-Key; one line,
+    /// owner-only: mode 0600).
+    #[arg(long, global = true, value_name = "FILE")]
+    chain_api_key_file: Option<PathBuf>,
+    /// Requests per second to the chain API [default: 1 without a key, as
+    /// the public API allows; 10 with one].
+    #[arg(long, global = true, value_name = "RATE")]
+    chain_api_rps: Option<f64>,
+    /// Seconds a read of a client's deposit is trusted before the next
+    /// request reads it again [default: 5]. Each admitted request's worst
+    /// case is reserved against it at once.
+    #[arg(long, global = true, value_name = "SECS")]
+    deposit_ttl_secs: Option<f64>,
+    /// Serve a settling host WITHOUT checking clients' deposits on chain
+    /// (the behaviour before the deposit check; the host may serve work no
+    /// deposit pays for). Warned loudly at start.
+    #[arg(long, global = true, conflicts_with = "chain_api")]
+    no_deposit_check: bool,
     /// AMD's key distribution service (or a caching mirror), where the CRL
     /// for each SEV-SNP enclave's product is fetched and attached to its
     /// evidence [default: AMD's public service].
@@ -132,30 +157,89 @@ struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 enum Cmd {
+    /// Serves (the same as no subcommand): the public API and the
+    /// operator endpoints, with the enclaves given by --enclave.
+    Serve,
     /// Boots the guest image under QEMU, supervises it (restarting it when
     /// it ends) and serves with the broker connected to it over vsock. The
     /// serve flags (--policy, --ledger, --listen ...) apply as without a
     /// subcommand; --enclave is not allowed (the VM is the enclave).
     Launch(Box<LaunchArgs>),
     /// Aggregates the ledger's receipts per (enclave key, account) into
-    /// claim messages for the payment contract: writes DIR/claims.json and
-    /// DIR/claim-NNNN.boc (message bodies to send from the provider's
-    /// wallet), prints a summary, and records the claims in the ledger
-    /// (unless --dry-run). Needs --ledger and --settlement-contract.
+    /// claim messages for the payment contract. With --out: writes
+    /// DIR/claims.json and DIR/claim-NNNN.boc (message bodies to send from
+    /// the provider's wallet), prints a summary, and records the claims in
+    /// the ledger (unless --dry-run). With --send: sends them from the
+    /// provider's wallet (--wallet-key, through --chain-api), skipping
+    /// what the contract already paid, confirms each on chain and records
+    /// it; a rerun resumes an interrupted one without paying twice. Needs
+    /// --ledger and --settlement-contract.
     Settle(SettleArgs),
+    /// Registers this provider in the Cocoon registry contract (from the
+    /// provider's wallet, with the registry's stake), or updates or
+    /// removes its entry; reads the registry before and after and
+    /// succeeds only when the chain shows the change. Needs --chain-api.
+    Register(RegisterArgs),
 }
 
 #[derive(Debug, clap::Args)]
+struct RegisterArgs {
+    /// The registry contract (raw 0:<hex> or user-friendly).
+    #[arg(long, value_name = "ADDR")]
+    registry: String,
+    /// The public endpoint clients reach this provider at (http(s)://,
+    /// at most 256 bytes; behind a load balancer, its address).
+    #[arg(long, value_name = "URL", required_unless_present = "deregister")]
+    endpoint: Option<String>,
+    /// The provider's payment contract (deployed with the registry's
+    /// payment code, naming this wallet, the registry's treasury and fee).
+    #[arg(long, value_name = "ADDR", required_unless_present = "deregister")]
+    payment: Option<String>,
+    /// The provider's wallet key (wallet v4r2; the same wallet the payment
+    /// contract names as provider): 32-byte ed25519 seed, raw or 64 hex
+    /// characters, mode 0600.
+    #[arg(long, value_name = "FILE")]
+    wallet_key: PathBuf,
+    /// Change the registered endpoint (and payment contract).
+    #[arg(long, conflicts_with = "deregister")]
+    update: bool,
+    /// Remove the entry (the stake comes back).
+    #[arg(long)]
+    deregister: bool,
+    /// Seconds to wait for the wallet's message.
+    #[arg(long, default_value_t = 60)]
+    wait_secs: u64,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("how").required(true).args(["out", "send"]))]
 struct SettleArgs {
     /// Output directory.
     #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// query_id of the first claim (the rest follow).
     #[arg(long, default_value_t = 1)]
     query_id: u64,
     /// Write the claims but do not record them in the ledger.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "send")]
     dry_run: bool,
+    /// Send the claims from the provider's wallet and confirm them on
+    /// chain (needs --chain-api and --wallet-key).
+    #[arg(long)]
+    send: bool,
+    /// The provider's wallet key (wallet v4r2, the payment contract's
+    /// provider): a file of the 32-byte ed25519 seed, raw or as 64 hex
+    /// characters, mode 0600.
+    #[arg(long, value_name = "FILE", requires = "send")]
+    wallet_key: Option<PathBuf>,
+    /// Seconds to wait for each external message to be processed (also
+    /// its validity on chain).
+    #[arg(long, default_value_t = 60, requires = "send")]
+    wait_secs: u64,
+    /// Nanoton attached to each claim for gas (what gas leaves stays in
+    /// the contract).
+    #[arg(long, default_value_t = cocoon_host::settle::send::DEFAULT_CLAIM_VALUE, requires = "send")]
+    claim_value: u128,
 }
 
 #[derive(Debug, clap::Args)]
@@ -319,8 +403,12 @@ fn read(path: &PathBuf, what: &str) -> Result<String, Failure> {
     })
 }
 
-/// The operator API's token from its file: owner-only, one line.
-fn read_admin_token(path: &Path) -> Result<BearerToken, Failure> {
+/// A secret file's text, refused unless only its owner can read it.
+fn read_owner_only(
+    path: &Path,
+    what: &str,
+    make: &str,
+) -> Result<zeroize::Zeroizing<String>, Failure> {
     let shown = path.display();
     #[cfg(unix)]
     {
@@ -329,7 +417,9 @@ fn read_admin_token(path: &Path) -> Result<BearerToken, Failure> {
             .map_err(|e| {
                 Failure(
                     EX_NOINPUT,
-                    format!("cannot read admin token file {shown}: {e} (make one: (umask 077; openssl rand -hex 32 > {shown}))"),
+                    format!(
+                        "cannot read {what} {shown}: {e} (make one: (umask 077; {make} > {shown}))"
+                    ),
                 )
             })?
             .permissions()
@@ -338,13 +428,22 @@ fn read_admin_token(path: &Path) -> Result<BearerToken, Failure> {
         if mode & 0o077 != 0 {
             return Err(Failure(
                 EX_CONFIG,
-                format!("admin token file {shown} is accessible by others (mode {mode:o}); run: chmod 600 {shown}"),
+                format!("{what} {shown} is accessible by others (mode {mode:o}); run: chmod 600 {shown}"),
             ));
         }
     }
-    let text = zeroize::Zeroizing::new(read(&path.to_path_buf(), "admin token file")?);
-    BearerToken::parse(&text)
-        .map_err(|e| Failure(EX_CONFIG, format!("admin token file {shown}: {e}")))
+    Ok(zeroize::Zeroizing::new(read(&path.to_path_buf(), what)?))
+}
+
+/// The operator API's token from its file: owner-only, one line.
+fn read_admin_token(path: &Path) -> Result<BearerToken, Failure> {
+    let text = read_owner_only(path, "admin token file", "openssl rand -hex 32")?;
+    BearerToken::parse(&text).map_err(|e| {
+        Failure(
+            EX_CONFIG,
+            format!("admin token file {}: {e}", path.display()),
+        )
+    })
 }
 
 fn configure(
@@ -438,6 +537,7 @@ fn configure(
     }
     let settlement = settlement_contract(cli, &file)?;
     let release_manifest = release_manifest(cli)?;
+    let deposits = deposit_check(cli, &file, settlement.is_some())?;
     Ok((
         HostConfig {
             enclaves,
@@ -445,6 +545,7 @@ fn configure(
             ledger_path,
             limits,
             settlement,
+            deposits,
             amd_kds_url: cli
                 .amd_kds_url
                 .clone()
@@ -560,6 +661,93 @@ fn release_manifest(cli: &Cli) -> Result<Option<ReleaseManifest>, Failure> {
     Ok(Some(m))
 }
 
+/// The chain API's settings from the flags and the config file.
+fn chain_api_config(
+    cli: &Cli,
+    file: &FileConfig,
+) -> Result<Option<cocoon_chain::http::ChainApiConfig>, Failure> {
+    let Some(endpoint) = cli.chain_api.clone().or(file.chain_api.clone()) else {
+        return Ok(None);
+    };
+    let key_file = cli
+        .chain_api_key_file
+        .clone()
+        .or(file.chain_api_key_file.clone());
+    let api_key = key_file
+        .as_deref()
+        .map(|p| read_owner_only(p, "chain API key file", "echo YOUR-KEY"))
+        .transpose()?
+        .map(|k| k.trim().to_string());
+    let requests_per_second = match cli.chain_api_rps {
+        Some(r) if r.is_finite() && r > 0.0 => r,
+        Some(r) => {
+            return Err(Failure(
+                EX_USAGE,
+                format!("--chain-api-rps {r}: must be a positive number"),
+            ))
+        }
+        None if api_key.is_some() => 10.0,
+        None => 1.0,
+    };
+    Ok(Some(cocoon_chain::http::ChainApiConfig {
+        endpoint,
+        api_key,
+        timeout: std::time::Duration::from_secs(10),
+        max_retries: 3,
+        requests_per_second,
+    }))
+}
+
+/// The chain client for `--chain-api`.
+fn open_chain(
+    config: cocoon_chain::http::ChainApiConfig,
+) -> Result<std::sync::Arc<dyn cocoon_chain::ChainClient>, Failure> {
+    let endpoint = config.endpoint.clone();
+    let client = cocoon_chain::http::TonHttpClient::new(config)
+        .map_err(|e| Failure(EX_USAGE, format!("--chain-api {endpoint}: {e}")))?;
+    Ok(std::sync::Arc::new(client))
+}
+
+/// The deposit check a serving host runs: required on a settling host
+/// unless --no-deposit-check says otherwise (loudly).
+fn deposit_check(
+    cli: &Cli,
+    file: &FileConfig,
+    settling: bool,
+) -> Result<Option<cocoon_host::deposits::DepositConfig>, Failure> {
+    let usage = |e: &str| Failure(EX_USAGE, e.to_string());
+    let no_check = cli.no_deposit_check || file.no_deposit_check;
+    let chain = chain_api_config(cli, file)?;
+    let ttl = match cli.deposit_ttl_secs.or(file.deposit_ttl_secs) {
+        None => cocoon_host::deposits::DEFAULT_TTL,
+        Some(s) => std::time::Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| usage("--deposit-ttl-secs must be a positive number of seconds"))?,
+    };
+    match (settling, chain, no_check) {
+        (_, Some(_), true) => Err(usage(
+            "--chain-api and --no-deposit-check (or chain_api and no_deposit_check in the config file) contradict each other",
+        )),
+        (false, Some(_), false) => Err(usage(
+            "--chain-api: the deposit check reads the payment contract; give --settlement-contract too",
+        )),
+        (true, None, false) => Err(usage(
+            "a settling host (--settlement-contract) checks each client's deposit on chain before serving it: give --chain-api URL (the TON HTTP API), or --no-deposit-check to serve without checking (work no deposit covers goes unpaid)",
+        )),
+        (true, None, true) => {
+            eprintln!("cocoon-host: WARNING: --no-deposit-check: clients' deposits are NOT checked on chain; this host serves requests that no deposit may pay for");
+            Ok(None)
+        }
+        (false, None, _) => Ok(None),
+        (true, Some(chain), false) => Ok(Some(cocoon_host::deposits::DepositConfig {
+            chain: open_chain(chain)?,
+            ttl,
+            read_timeout: cocoon_host::deposits::DEFAULT_READ_TIMEOUT,
+        })),
+    }
+}
+
 fn settlement_contract(
     cli: &Cli,
     file: &FileConfig,
@@ -601,10 +789,16 @@ fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure(EX_SOFTWARE, format!("cannot start the runtime: {e}")))?;
+    if args.send {
+        return rt.block_on(settle_send(cli, &file, args, contract, &ledger_path));
+    }
+    let Some(out) = &args.out else {
+        return Err(Failure(EX_USAGE, "settle: --out DIR or --send".into()));
+    };
     rt.block_on(async {
         let ledger = cocoon_host::ledger::Ledger::open(&ledger_path, Default::default())
             .map_err(|e| Failure(EX_IOERR, e.to_string()))?;
-        let s = cocoon_host::settle::run(&ledger, contract, &args.out, args.query_id, args.dry_run)
+        let s = cocoon_host::settle::run(&ledger, contract, out, args.query_id, args.dry_run)
             .await
             .map_err(|e| Failure(EX_IOERR, e));
         ledger.close();
@@ -613,7 +807,7 @@ fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), Failure> {
             "settle: {} claim(s), {} nanoton, written to {}{}",
             s.claims.len(),
             s.total_amount(),
-            args.out.display(),
+            out.display(),
             if args.dry_run {
                 " (dry run: not recorded)"
             } else {
@@ -636,6 +830,169 @@ fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+/// `settle --send`: send, confirm, record, and print what happened.
+async fn settle_send(
+    cli: &Cli,
+    file: &FileConfig,
+    args: &SettleArgs,
+    contract: cocoon_protocol::settlement::ContractAddress,
+    ledger_path: &Path,
+) -> Result<(), Failure> {
+    let usage = |e: &str| Failure(EX_USAGE, e.to_string());
+    let chain = chain_api_config(cli, file)?
+        .ok_or_else(|| usage("settle --send: --chain-api URL is required"))?;
+    let chain = open_chain(chain)?;
+    let key_path = args
+        .wallet_key
+        .as_deref()
+        .ok_or_else(|| usage("settle --send: --wallet-key FILE is required"))?;
+    let key =
+        cocoon_chain::wallet::load_key(key_path).map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    let wallet = cocoon_chain::wallet::WalletV4::new(key.verifying_key().to_bytes());
+    if std::env::var_os(cocoon_host::settle::send::TEST_ONLY_EXIT_AFTER_SEND).is_some() {
+        eprintln!(
+            "cocoon-host: WARNING: {} is set: this run stops after its first send (TEST ONLY)",
+            cocoon_host::settle::send::TEST_ONLY_EXIT_AFTER_SEND
+        );
+    }
+    let ledger = cocoon_host::ledger::Ledger::open(ledger_path, Default::default())
+        .map_err(|e| Failure(EX_IOERR, e.to_string()))?;
+    let opts = cocoon_host::settle::send::SendOptions {
+        contract,
+        query_id: args.query_id,
+        claim_value: args.claim_value,
+        wait: std::time::Duration::from_secs(args.wait_secs.max(1)),
+    };
+    let r = cocoon_host::settle::send::run(&ledger, chain.as_ref(), &wallet, &key, &opts).await;
+    ledger.close();
+    let r = r.map_err(|e| Failure(EX_UNAVAILABLE, format!("settle --send: {e}")))?;
+    let short = |k: &[u8; 33]| hex::encode(&k[..8]);
+    let landed = r.landed().count();
+    let failed: Vec<_> = r.failed().collect();
+    println!(
+        "settle --send: wallet {}, contract {contract}: {} claim(s) sent in {} message(s), {landed} landed, {} skipped as already paid, {} failed; {} nanoton paid",
+        wallet.address(),
+        r.sent.len(),
+        r.messages,
+        r.already_paid.len(),
+        failed.len(),
+        r.amount_landed()
+    );
+    if !r.resumed_landed.is_empty() {
+        println!(
+            "resumed: {} claim(s) an earlier run sent were found paid",
+            r.resumed_landed.len()
+        );
+    }
+    for c in r.landed() {
+        println!(
+            "landed: account {} key {}: {} nanoton (paid {} of tab total {})",
+            hex::encode(c.account),
+            short(&c.enclave_key),
+            c.amount(),
+            c.paid_after,
+            c.total
+        );
+    }
+    for c in failed
+        .iter()
+        .chain(r.resumed_pending.iter().collect::<Vec<_>>().iter())
+    {
+        println!(
+            "failed: account {} key {}: {}",
+            hex::encode(c.account),
+            short(&c.enclave_key),
+            c.failure.as_deref().unwrap_or("")
+        );
+    }
+    for u in &r.unclaimed {
+        println!(
+            "not claimed: account {} key {}: {} receipts, {} nanoton: {}",
+            hex::encode(u.account),
+            hex::encode(&u.receipt_public_key[..u.receipt_public_key.len().min(8)]),
+            u.receipts,
+            u.nanoton,
+            u.reason
+        );
+    }
+    if failed.is_empty() && r.resumed_pending.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(
+            EX_UNAVAILABLE,
+            format!(
+                "settle --send: {} claim(s) not confirmed paid (above); rerun to resume",
+                failed.len() + r.resumed_pending.len()
+            ),
+        ))
+    }
+}
+
+/// `register`: the provider's registry entry.
+fn register(cli: &Cli, args: &RegisterArgs) -> Result<(), Failure> {
+    use cocoon_host::register::{Action, RegisterRequest, Registered};
+    let file = match &cli.config {
+        Some(p) => FileConfig::from_toml(&read(p, "config file")?)
+            .map_err(|e| Failure(EX_CONFIG, format!("{}: {e}", p.display())))?,
+        None => FileConfig::default(),
+    };
+    let usage = |e: String| Failure(EX_USAGE, e);
+    let address = |what: &str, s: &str| {
+        cocoon_protocol::settlement::ContractAddress::parse(s)
+            .map_err(|e| usage(format!("--{what} {s}: {e}")))
+    };
+    let chain = chain_api_config(cli, &file)?
+        .ok_or_else(|| usage("register: --chain-api URL is required".into()))?;
+    let chain = open_chain(chain)?;
+    let key = cocoon_chain::wallet::load_key(&args.wallet_key)
+        .map_err(|e| Failure(EX_CONFIG, e.to_string()))?;
+    let wallet = cocoon_chain::wallet::WalletV4::new(key.verifying_key().to_bytes());
+    let req = RegisterRequest {
+        registry: address("registry", &args.registry)?,
+        endpoint: args.endpoint.clone().unwrap_or_default(),
+        payment: match &args.payment {
+            Some(p) => address("payment", p)?,
+            None => wallet.address(),
+        },
+        action: if args.deregister {
+            Action::Deregister
+        } else if args.update {
+            Action::Update
+        } else {
+            Action::Register
+        },
+        wait: std::time::Duration::from_secs(args.wait_secs.max(1)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure(EX_SOFTWARE, format!("cannot start the runtime: {e}")))?;
+    let r = rt
+        .block_on(cocoon_host::register::run(
+            chain.as_ref(),
+            &wallet,
+            &key,
+            &req,
+        ))
+        .map_err(|e| Failure(EX_UNAVAILABLE, format!("register: {e}")))?;
+    match r {
+        Registered::Entry(e) => println!(
+            "registered: wallet {} endpoint {} payment {} stake {} nanoton",
+            e.owner, e.endpoint, e.payment, e.stake
+        ),
+        Registered::Unchanged(e) => println!(
+            "unchanged: wallet {} is registered with endpoint {} payment {} already",
+            e.owner, e.endpoint, e.payment
+        ),
+        Registered::Gone => println!(
+            "not registered: wallet {} has no entry in {}",
+            wallet.address(),
+            req.registry
+        ),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -661,8 +1018,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(Cmd::Settle(args)) = &cli.cmd {
-        return match settle(&cli, args) {
+    let one_shot = match &cli.cmd {
+        Some(Cmd::Settle(args)) => Some(settle(&cli, args)),
+        Some(Cmd::Register(args)) => Some(register(&cli, args)),
+        _ => None,
+    };
+    if let Some(result) = one_shot {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(Failure(code, msg)) => {
                 eprintln!("cocoon-host: {msg}");
@@ -671,7 +1033,7 @@ fn main() -> ExitCode {
         };
     }
     let supervisor = match &cli.cmd {
-        None | Some(Cmd::Settle(_)) => None,
+        None | Some(Cmd::Serve) | Some(Cmd::Settle(_)) | Some(Cmd::Register(_)) => None,
         Some(Cmd::Launch(l)) => match vm_config(l)
             .and_then(|c| vm::Supervisor::new(c).map_err(|e| Failure(EX_CONFIG, e)))
         {

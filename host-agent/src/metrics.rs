@@ -113,6 +113,8 @@ pub struct Metrics {
     utilisation_milli: AtomicU64,
     tabs_stored: AtomicU64,
     tabs_rejected: AtomicU64,
+    deposit_reads: Mutex<BTreeMap<&'static str, u64>>,
+    deposit_refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -216,6 +218,28 @@ impl Metrics {
         c.fetch_add(stored as u64, Ordering::Relaxed);
     }
 
+    /// Count a read of a client's deposit on chain: `ok`, `no_deposit`
+    /// (the contract does not know the account) or `failed`.
+    pub fn deposit_read(&self, result: &'static str) {
+        if let Ok(mut m) = self.deposit_reads.lock() {
+            *m.entry(result).or_default() += 1;
+        }
+    }
+
+    /// Count a request the deposit check refused, by reason.
+    pub fn deposit_refused(&self, why: &crate::deposits::DepositRefusal) {
+        use crate::deposits::DepositRefusal as R;
+        let reason = match why {
+            R::NoDeposit { .. } => "no_deposit",
+            R::Insufficient { .. } => "insufficient",
+            R::ChainUnavailable(_) => "chain_unavailable",
+            R::Ledger(_) => "ledger",
+        };
+        if let Ok(mut m) = self.deposit_refusals.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
     /// Set the in-flight stream gauge.
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n as u64, Ordering::Relaxed);
@@ -274,6 +298,27 @@ impl Metrics {
             get(&self.tabs_stored),
             get(&self.tabs_rejected)
         );
+        for (name, help, label, map) in [
+            (
+                "cocoon_host_deposit_reads_total",
+                "Reads of a client's deposit in the payment contract (get_client), by result.",
+                "result",
+                &self.deposit_reads,
+            ),
+            (
+                "cocoon_host_deposit_refusals_total",
+                "Requests the deposit check refused, by reason (402 no_deposit or insufficient, 503 chain_unavailable, 500 ledger).",
+                "reason",
+                &self.deposit_refusals,
+            ),
+        ] {
+            head(&mut s, name, "counter", help);
+            if let Ok(m) = map.lock() {
+                for (v, n) in m.iter() {
+                    let _ = writeln!(s, "{name}{{{label}=\"{v}\"}} {n}");
+                }
+            }
+        }
         head(
             &mut s,
             "cocoon_host_request_bytes_total",

@@ -20,6 +20,9 @@
 //!   enclave has not acknowledged them; they are claimed by a later run, or
 //!   never if the enclave is gone).
 //!
+//! `settle --send` ([`send`]) sends the claims from the provider's wallet
+//! and confirms them on chain instead of writing them out.
+//!
 //! The output directory gets `claims.json` (the manifest: every claim with
 //! its amounts and the base64 BOC of its message body) and one
 //! `claim-NNNN.boc` per claim, to be sent from the provider's wallet to the
@@ -34,6 +37,8 @@ use cocoon_protocol::settlement::{
 use cocoon_protocol::ton::claim_body;
 
 use crate::ledger::{ClaimRecord, Ledger, SettlementRow};
+
+pub mod send;
 
 /// One claim message: the manifest's claim (one type, written and read
 /// by [`ClaimsManifest`]) and the attested key as the ledger stores it.

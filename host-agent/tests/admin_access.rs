@@ -35,6 +35,7 @@ async fn start(
             ledger_path: dir.path().join("ledger.sqlite"),
             limits: test_limits(),
             settlement: None,
+            deposits: None,
             // Never reached: the tests' enclaves are simulated.
             amd_kds_url: "http://127.0.0.1:9".into(),
             intel_pcs_url: "http://127.0.0.1:9".into(),

@@ -255,6 +255,98 @@ fn usage_errors_exit_with_sysexits_codes() {
     assert_eq!(run(&["--help"]).status.code(), Some(0));
 }
 
+/// A settling host checks deposits on chain (--chain-api), or is told not
+/// to (--no-deposit-check, warned); anything else is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settling_host_checks_deposits_or_is_told_not_to() {
+    let dir = TempDir::new("bin-deposits");
+    let enclave = TestEnclave::start(dir.path(), "e");
+    let policy = dir.write("policy.toml", simulated_policy_toml());
+    let socket = enclave.path.clone();
+    // The processes are waited for off the runtime the enclave runs on.
+    tokio::task::spawn_blocking(move || deposit_flags(&dir, &socket, &policy))
+        .await
+        .unwrap();
+}
+
+fn deposit_flags(dir: &TempDir, socket: &Path, policy: &Path) {
+    const CONTRACT: &str = "0:0000000000000000000000000000000000000000000000000000000000000001";
+    let base = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--enclave")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--policy")
+            .arg(policy)
+            .arg("--ledger")
+            .arg(dir.path().join("ledger.sqlite"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let refused = |extra: &[&str], says: &str| {
+        let o = base(extra).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(64), "{extra:?}: {text}");
+        assert!(text.contains(says), "{extra:?}: {text}");
+    };
+    refused(&["--settlement-contract", CONTRACT], "--no-deposit-check");
+    refused(
+        &["--chain-api", "http://127.0.0.1:9/api/v2"],
+        "--settlement-contract",
+    );
+    refused(
+        &[
+            "--settlement-contract",
+            CONTRACT,
+            "--chain-api",
+            "http://127.0.0.1:9/api/v2",
+            "--deposit-ttl-secs",
+            "0",
+        ],
+        "--deposit-ttl-secs",
+    );
+    refused(
+        &[
+            "--settlement-contract",
+            CONTRACT,
+            "--chain-api",
+            "http://127.0.0.1:9/api/v2",
+            "--no-deposit-check",
+        ],
+        "--no-deposit-check",
+    );
+    // Told not to check: it serves, and says so loudly.
+    let mut child = base(&["--settlement-contract", CONTRACT, "--no-deposit-check"])
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines().map_while(Result::ok);
+    let seen: Vec<String> = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("ready "))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARNING: --no-deposit-check")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("deposits are NOT checked")),
+        "{seen:#?}"
+    );
+    // (The ledger exists now.) settle needs --out or --send; --send needs the chain and the key.
+    refused(&["--settlement-contract", CONTRACT, "settle"], "--out");
+    refused(
+        &["--settlement-contract", CONTRACT, "settle", "--send"],
+        "--chain-api",
+    );
+}
+
 #[test]
 fn a_remote_operator_api_needs_the_flag_and_a_private_token_file() {
     let dir = TempDir::new("bin-admin-flags");

@@ -319,18 +319,31 @@ fn push_be(out: &mut Vec<u8>, v: u64, n: usize) {
     out.extend_from_slice(&v.to_be_bytes()[8 - n..]);
 }
 
-/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78).
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), a byte at a
+/// time through a table built at compile time.
 pub fn crc32c(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0x82F6_3B78
+                } else {
+                    crc >> 1
+                };
+                k += 1;
+            }
+            t[i] = crc;
+            i += 1;
+        }
+        t
+    };
     let mut crc = !0u32;
     for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
+        crc = (crc >> 8) ^ TABLE[((crc ^ u32::from(b)) & 0xff) as usize];
     }
     !crc
 }

@@ -1470,7 +1470,7 @@ fn host_cannot_bill_an_account_that_did_not_sign() {
         dir.path().join("mitm.sock"),
     ));
     let mut limits = LIMITS.to_vec();
-    limits.extend(["--settlement-contract", CONTRACT]);
+    limits.extend(["--settlement-contract", CONTRACT, "--no-deposit-check"]);
     let host = start_host(&dir, &[&mitm.socket], &limits);
     let victim_key_file = dir.path().join("victim.key");
     let (victim, _) = cocoon_client::load_or_create_account_key(&victim_key_file).unwrap();

@@ -47,7 +47,7 @@ fn settling_provider(tag: &str, config: &str) -> (TempDir, Enclave, Host, tokio:
     let host = start_host(
         &dir,
         &[&enclave.socket],
-        &["--settlement-contract", CONTRACT],
+        &["--settlement-contract", CONTRACT, "--no-deposit-check"],
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -88,6 +88,11 @@ use simulated::{bundle as bundle_bytes, sign as sign_report};
 
 impl SimEnclave {
     pub fn boot(epoch: u64) -> SimEnclave {
+        SimEnclave::boot_priced(epoch, PRICE)
+    }
+
+    /// An enclave whose claims bind `price` for both models.
+    pub fn boot_priced(epoch: u64, price: UnitPrice) -> SimEnclave {
         let hpke = HpkeSecretKey::generate(&mut OsRng);
         let receipts = ReceiptSigner::generate(&mut OsRng);
         let report_key = SigningKey::random(&mut OsRng);
@@ -120,7 +125,7 @@ impl SimEnclave {
             // provider binds them: what the sheet must offer.
             provider_settings: Some(
                 cocoon_protocol::settings::ProviderSettings {
-                    prices: [(MODEL.to_string(), PRICE), (EMBED_MODEL.to_string(), PRICE)]
+                    prices: [(MODEL.to_string(), price), (EMBED_MODEL.to_string(), price)]
                         .into_iter()
                         .collect(),
                     payment_contract: None,
@@ -224,6 +229,8 @@ pub enum Misbehavior {
     RestartOnNextRequest,
     /// Always `409`.
     AlwaysConflict,
+    /// Answer every request with this status.
+    Status(u16),
     /// The ledger lists a receipt of another account.
     LedgerForeignReceipt,
     /// The ledger lists a receipt whose signature does not verify.
@@ -253,12 +260,16 @@ pub struct ProviderState {
     pub answer: Vec<String>,
     /// Pause between streamed records.
     pub pace: Duration,
+    /// The prices the enclave's claims bind and the sheet offers.
+    pub price: UnitPrice,
+    /// The release manifest served at `GET /v1/release` (404 when none).
+    pub release: Option<Vec<u8>>,
 }
 
 impl ProviderState {
     pub fn restart(&mut self) {
         let epoch = self.enclave.claims.epoch + 1;
-        self.enclave = SimEnclave::boot(epoch);
+        self.enclave = SimEnclave::boot_priced(epoch, self.price);
     }
 }
 
@@ -280,8 +291,15 @@ type Shared = Arc<Mutex<ProviderState>>;
 
 impl TestProvider {
     pub async fn start() -> TestProvider {
+        TestProvider::start_priced(PRICE, Duration::from_millis(2)).await
+    }
+
+    /// A provider whose enclave binds `price` and that pauses `pace`
+    /// before each streamed record (so the first part comes `pace` after
+    /// the request).
+    pub async fn start_priced(price: UnitPrice, pace: Duration) -> TestProvider {
         let state = Arc::new(Mutex::new(ProviderState {
-            enclave: SimEnclave::boot(1),
+            enclave: SimEnclave::boot_priced(1, price),
             other: SimEnclave::boot(1),
             misbehavior: Misbehavior::None,
             extra_evidence: vec![],
@@ -293,16 +311,24 @@ impl TestProvider {
             ledger: vec![],
             last_response: None,
             answer: vec!["The answer ".into(), "is ".into(), "42.".into()],
-            pace: Duration::from_millis(2),
+            pace,
+            price,
+            release: None,
         }));
         let app = Router::new()
             .route("/v1/evidence", get(evidence))
             .route("/v1/requests", post(requests))
             .route("/v1/receipts", get(receipts))
             .route("/v1/prices", get(prices))
+            .route("/v1/release", get(release))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        // Chunk records are small writes: send them at once (no Nagle), as
+        // the host agent does.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             axum::serve(listener, app)
@@ -369,22 +395,29 @@ async fn evidence(State(s): State<Shared>) -> Response {
         .into_response()
 }
 
+async fn release(State(s): State<Shared>) -> Response {
+    match s.lock().unwrap().release.clone() {
+        Some(b) => (StatusCode::OK, [("content-type", "application/json")], b).into_response(),
+        None => text(StatusCode::NOT_FOUND, "no release manifest"),
+    }
+}
+
 /// A sheet with every listed enclave at [`PRICE`], multiplier 1.
 async fn prices(State(s): State<Shared>) -> Response {
     use cocoon_protocol::pricing::{PriceSheet, PriceTable, SheetEntry};
     let st = s.lock().unwrap();
     let offered = if st.misbehavior == Misbehavior::SheetPriceNotClaimed {
         UnitPrice {
-            prompt: PRICE.prompt + 1,
-            ..PRICE
+            prompt: st.price.prompt + 1,
+            ..st.price
         }
     } else {
-        PRICE
+        st.price
     };
     let table = PriceTable {
         models: [
             (MODEL.to_string(), offered),
-            (EMBED_MODEL.to_string(), PRICE),
+            (EMBED_MODEL.to_string(), st.price),
         ]
         .into_iter()
         .collect(),
@@ -465,6 +498,12 @@ fn serve_request(
             return Err(text(
                 StatusCode::CONFLICT,
                 "evidence digest not served here (fetch the evidence again)",
+            ))
+        }
+        Misbehavior::Status(code) => {
+            return Err(text(
+                StatusCode::from_u16(code).unwrap(),
+                &format!("status {code} on demand"),
             ))
         }
         Misbehavior::RestartOnNextRequest => {

@@ -65,11 +65,23 @@
 //! -- what settlement has claimed so far per (receipt key, account)
 //! CREATE TABLE claims (receipt_public_key BLOB, account BLOB,
 //!   count INTEGER, total INTEGER, PRIMARY KEY (receipt_public_key, account));
+//! -- what `settle --send` sent and what the chain confirmed, per
+//! -- (receipt key, account): the payment contract's `get_paid` when last
+//! -- read (only moves forward), and the last claim sent (its tab total,
+//! -- the wallet seqno and message hash, Unix time sent and the time after
+//! -- which the chain refuses the message): sent_total > paid is a claim
+//! -- sent but not (yet) seen landed, re-checked before any resend
+//! CREATE TABLE chain_claims (receipt_public_key BLOB, account BLOB,
+//!   paid INTEGER, paid_checked_at INTEGER, sent_total INTEGER,
+//!   sent_seqno INTEGER, sent_hash BLOB, sent_at INTEGER,
+//!   sent_valid_until INTEGER,
+//!   PRIMARY KEY (receipt_public_key, account));
 //! ```
 //!
 //! The schema version is `PRAGMA user_version` = [`SCHEMA_VERSION`]; a
 //! ledger written by an older host is refused with a message, not migrated
-//! silently.
+//! silently. (`chain_claims` came later within version 2: it is created
+//! when missing, and a host that does not know it leaves it alone.)
 //!
 //! Numbers are SQLite integers (signed 64-bit); a receipt whose counts or
 //! prices do not fit is refused ([`AppendError::OutOfRange`]).
@@ -94,7 +106,7 @@ use rusqlite::Connection;
 mod queries;
 mod schema;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod writer;
 
 pub use schema::SCHEMA_VERSION;
@@ -276,6 +288,50 @@ pub struct ClaimRecord {
     pub count: u64,
     /// The claimed tab's total.
     pub total: u64,
+}
+
+/// A claim `settle --send` handed to the chain, as the ledger keeps it
+/// until the chain shows it paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentClaim {
+    /// The receipt key (SEC1 as attested).
+    pub receipt_public_key: Vec<u8>,
+    /// The account.
+    pub account: [u8; 32],
+    /// The claimed tab's total: the pair is paid once `get_paid` reaches it.
+    pub total: u64,
+    /// The wallet seqno the external message carrying it used.
+    pub seqno: u32,
+    /// The external message's hash, as the chain API returned it.
+    pub message_hash: [u8; 32],
+    /// When it was sent (Unix seconds).
+    pub sent_at: u64,
+    /// The message's `valid_until` (Unix seconds): after it the wallet
+    /// refuses the message, so a claim not paid by then never will be by
+    /// this message.
+    pub valid_until: u64,
+}
+
+/// What the ledger knows of one (receipt key, account) on chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainClaimRow {
+    /// The receipt key (SEC1 as attested).
+    pub receipt_public_key: Vec<u8>,
+    /// The account.
+    pub account: [u8; 32],
+    /// The contract's `get_paid` for the pair when last read.
+    pub paid: u64,
+    /// When that was (Unix seconds; 0 never).
+    pub paid_checked_at: u64,
+    /// The last claim sent, if any.
+    pub sent: Option<SentClaim>,
+}
+
+impl ChainClaimRow {
+    /// A claim was sent and the chain has not been seen paying it yet.
+    pub fn unconfirmed(&self) -> Option<&SentClaim> {
+        self.sent.as_ref().filter(|s| s.total > self.paid)
+    }
 }
 
 /// One (receipt key, account) as settlement sees it.

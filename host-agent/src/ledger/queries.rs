@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::schema::{blob32, u64_of};
 use super::{
-    Ledger, LedgerCheck, LedgerEntry, LedgerError, SettlementRow, StoredAuthorization, StoredEntry,
-    StoredTab,
+    ChainClaimRow, Ledger, LedgerCheck, LedgerEntry, LedgerError, SentClaim, SettlementRow,
+    StoredAuthorization, StoredEntry, StoredTab,
 };
 
 /// Readers kept open for re-use.
@@ -190,6 +190,70 @@ impl Ledger {
                 sum += u128::from(u64_of(r?));
             }
             Ok(sum)
+        })
+        .await
+    }
+
+    /// What `account` owes this host beyond what the chain has paid: per
+    /// receipt key, its committed charges less the contract's `get_paid`
+    /// as `settle --send` last recorded it (never below 0), summed. Exact
+    /// (u128). What a `settle --out` run wrote but nobody confirmed paid
+    /// still counts as owed: the host cannot know it landed.
+    pub async fn unclaimed_for(&self, account: [u8; 32]) -> Result<u128, LedgerError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT g.s, coalesce(cc.paid, 0) FROM \
+                 (SELECT receipt_public_key AS k, sum(charge) AS s FROM receipts \
+                  WHERE account = ?1 GROUP BY receipt_public_key) g \
+                 LEFT JOIN chain_claims cc ON cc.receipt_public_key = g.k AND cc.account = ?1",
+            )?;
+            let rows = st.query_map([&account[..]], |r| {
+                Ok((u64_of(r.get(0)?), u64_of(r.get(1)?)))
+            })?;
+            let mut owed = 0u128;
+            for r in rows {
+                let (charged, paid) = r?;
+                owed += u128::from(charged.saturating_sub(paid));
+            }
+            Ok(owed)
+        })
+        .await
+    }
+
+    /// Every (receipt key, account) the chain was asked about or sent a
+    /// claim for: the paid figure last read and the last claim sent.
+    pub async fn chain_claims(&self) -> Result<Vec<ChainClaimRow>, LedgerError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT receipt_public_key, account, paid, paid_checked_at, sent_total, \
+                 sent_seqno, sent_hash, sent_at, sent_valid_until FROM chain_claims \
+                 ORDER BY receipt_public_key, account",
+            )?;
+            let rows = st.query_map([], |r| {
+                let key: Vec<u8> = r.get(0)?;
+                let account = blob32(r.get(1)?);
+                let sent = match r.get::<_, Option<i64>>(4)? {
+                    None => None,
+                    Some(total) => Some(SentClaim {
+                        receipt_public_key: key.clone(),
+                        account,
+                        total: u64_of(total),
+                        seqno: u32::try_from(r.get::<_, Option<i64>>(5)?.unwrap_or(0))
+                            .unwrap_or(u32::MAX),
+                        message_hash: blob32(r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default()),
+                        sent_at: u64_of(r.get::<_, Option<i64>>(7)?.unwrap_or(0)),
+                        valid_until: u64_of(r.get::<_, Option<i64>>(8)?.unwrap_or(0)),
+                    }),
+                };
+                Ok(ChainClaimRow {
+                    receipt_public_key: key,
+                    account,
+                    paid: u64_of(r.get(2)?),
+                    paid_checked_at: u64_of(r.get(3)?),
+                    sent,
+                })
+            })?;
+            rows.collect()
         })
         .await
     }

@@ -58,6 +58,18 @@ CREATE TABLE IF NOT EXISTS claims (
   total INTEGER NOT NULL,
   PRIMARY KEY (receipt_public_key, account)
 );
+CREATE TABLE IF NOT EXISTS chain_claims (
+  receipt_public_key BLOB NOT NULL,
+  account BLOB NOT NULL,
+  paid INTEGER NOT NULL DEFAULT 0,
+  paid_checked_at INTEGER NOT NULL DEFAULT 0,
+  sent_total INTEGER,
+  sent_seqno INTEGER,
+  sent_hash BLOB,
+  sent_at INTEGER,
+  sent_valid_until INTEGER,
+  PRIMARY KEY (receipt_public_key, account)
+);
 ";
 
 /// Open the ledger file for writing: WAL mode, durable commits, no

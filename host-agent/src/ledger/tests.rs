@@ -72,3 +72,57 @@ async fn duplicates_and_out_of_range_are_refused_alone() {
     l.close();
     assert_eq!(l.append(entry(5)).await, Err(AppendError::Closed));
 }
+
+#[tokio::test]
+async fn what_an_account_owes_less_what_the_chain_paid() {
+    let path = temp("owed");
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    // Account [0; 32] gets entries 3, 6, 9 (50 each) under key [4; 65];
+    // one more under another key.
+    for i in [3, 6, 9] {
+        l.append(entry(i)).await.unwrap();
+    }
+    let mut other = entry(12);
+    other.receipt_public_key = vec![5; 65];
+    other.charge = 7;
+    l.append(other).await.unwrap();
+    let acct = [0u8; 32];
+    assert_eq!(l.unclaimed_for(acct).await.unwrap(), 157);
+    assert_eq!(l.unclaimed_for([9; 32]).await.unwrap(), 0);
+    // A claim sent is still owed until the chain shows it paid.
+    let sent = SentClaim {
+        receipt_public_key: vec![4; 65],
+        account: acct,
+        total: 100,
+        seqno: 3,
+        message_hash: [1; 32],
+        sent_at: 1_800_000_000,
+        valid_until: 1_800_000_060,
+    };
+    l.record_claims_sent(vec![sent.clone()]).await.unwrap();
+    assert_eq!(l.unclaimed_for(acct).await.unwrap(), 157);
+    let rows = l.chain_claims().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].unconfirmed(), Some(&sent));
+    // Paid 100: owed 50 + 7; paid never moves back; paid past the ledger
+    // (another host's receipts under this key cannot exist) counts as 0.
+    l.record_paid(vec![(vec![4; 65], acct, 100)], 5)
+        .await
+        .unwrap();
+    l.record_paid(vec![(vec![4; 65], acct, 60)], 6)
+        .await
+        .unwrap();
+    assert_eq!(l.unclaimed_for(acct).await.unwrap(), 57);
+    let rows = l.chain_claims().await.unwrap();
+    assert_eq!((rows[0].paid, rows[0].paid_checked_at), (100, 6));
+    assert_eq!(rows[0].unconfirmed(), None);
+    l.record_paid(vec![(vec![5; 65], acct, 1_000)], 7)
+        .await
+        .unwrap();
+    assert_eq!(l.unclaimed_for(acct).await.unwrap(), 50);
+    l.close();
+    // The table survives a reopen (and an existing version-2 ledger gets it).
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    assert_eq!(l.chain_claims().await.unwrap().len(), 2);
+    l.close();
+}

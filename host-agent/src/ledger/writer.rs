@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::schema::{i64_of, u64_of};
 use super::{
-    AppendError, ClaimRecord, Ledger, LedgerEntry, LedgerError, LedgerStats, StoredAuthorization,
-    StoredTab,
+    AppendError, ClaimRecord, Ledger, LedgerEntry, LedgerError, LedgerStats, SentClaim,
+    StoredAuthorization, StoredTab,
 };
 
 /// How often the WAL is checkpointed into the main file.
@@ -216,6 +216,63 @@ impl Ledger {
                     &c.account[..],
                     i64::try_from(c.count).unwrap_or(i64::MAX),
                     i64::try_from(c.total).unwrap_or(i64::MAX)
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Record claims handed to the chain (before waiting for them): per
+    /// receipt key and account, the last one sent replaces the one before.
+    pub async fn record_claims_sent(&self, sent: Vec<SentClaim>) -> Result<(), LedgerError> {
+        self.write(move |t| {
+            let mut st = t.prepare_cached(
+                "INSERT INTO chain_claims (receipt_public_key, account, sent_total, sent_seqno, sent_hash, sent_at, sent_valid_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 sent_total = excluded.sent_total, sent_seqno = excluded.sent_seqno, \
+                 sent_hash = excluded.sent_hash, sent_at = excluded.sent_at, \
+                 sent_valid_until = excluded.sent_valid_until",
+            )?;
+            for c in &sent {
+                st.execute(params![
+                    &c.receipt_public_key,
+                    &c.account[..],
+                    i64::try_from(c.total).unwrap_or(i64::MAX),
+                    i64::from(c.seqno),
+                    &c.message_hash[..],
+                    i64::try_from(c.sent_at).unwrap_or(i64::MAX),
+                    i64::try_from(c.valid_until).unwrap_or(i64::MAX)
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Record what the payment contract's `get_paid` said for (receipt
+    /// key, account) at Unix time `at`; the stored figure only moves
+    /// forward (the contract's never goes back).
+    pub async fn record_paid(
+        &self,
+        paid: Vec<(Vec<u8>, [u8; 32], u64)>,
+        at: u64,
+    ) -> Result<(), LedgerError> {
+        self.write(move |t| {
+            let mut st = t.prepare_cached(
+                "INSERT INTO chain_claims (receipt_public_key, account, paid, paid_checked_at) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (receipt_public_key, account) DO UPDATE SET \
+                 paid = max(chain_claims.paid, excluded.paid), paid_checked_at = excluded.paid_checked_at",
+            )?;
+            let at = i64::try_from(at).unwrap_or(i64::MAX);
+            for (key, account, total) in &paid {
+                st.execute(params![
+                    key,
+                    &account[..],
+                    i64::try_from(*total).unwrap_or(i64::MAX),
+                    at
                 ])?;
             }
             Ok(())

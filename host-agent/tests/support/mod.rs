@@ -562,6 +562,7 @@ impl TestHost {
             ledger_path: dir.path().join("ledger.sqlite"),
             limits,
             settlement,
+            deposits: None,
             // Never reached: the tests' enclaves are simulated.
             amd_kds_url: "http://127.0.0.1:9".into(),
             intel_pcs_url: "http://127.0.0.1:9".into(),
