@@ -615,6 +615,101 @@ pub async fn deploy(
     ))
 }
 
+/// Default notice period of a payment contract's client withdrawals
+/// (`withdraw_delay`, seconds): one day.
+pub const DEFAULT_WITHDRAW_DELAY: u32 = 86_400;
+
+/// Nanoton a payment contract's deployment leaves in it (its storage rent
+/// and gas until deposits arrive).
+pub const DEFAULT_PAYMENT_DEPLOY_VALUE: u128 = 100_000_000;
+
+/// A provider's payment contract as this registry accepts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentContract {
+    /// Its address (the StateInit's).
+    pub address: ContractAddress,
+    /// The treasury it pays the network fee to (the registry's).
+    pub treasury: ContractAddress,
+    /// The fee it pays, basis points (the registry's now).
+    pub fee_bps: u16,
+    /// Its client withdrawal notice period, seconds.
+    pub withdraw_delay: u32,
+}
+
+/// For providers: deploys the payment contract the registry accepts for
+/// `provider`'s wallet now (the registry's payment code, the empty storage
+/// naming the wallet, the registry's treasury and fee, `withdraw_delay`),
+/// from that wallet. `payment_code` must be the code whose hash and depth
+/// the registry stores. [`Outcome::Unchanged`] when it is deployed already.
+/// Register it afterwards with `cocoon-host register`.
+pub async fn deploy_payment(
+    sender: &Sender,
+    provider: &Wallet,
+    registry: &Registry,
+    payment_code: &Cell,
+    withdraw_delay: u32,
+    value: u128,
+) -> Result<Outcome<PaymentContract>, AdminError> {
+    let info = registry.info().await?;
+    if (payment_code.hash(), payment_code.depth())
+        != (info.payment_code_hash, info.payment_code_depth)
+    {
+        return Err(AdminError::Conflict(format!(
+            "the payment code given hashes to {} (depth {}); registry {} accepts only {} (depth {})",
+            hex::encode(payment_code.hash()),
+            payment_code.depth(),
+            registry.address(),
+            hex::encode(info.payment_code_hash),
+            info.payment_code_depth
+        )));
+    }
+    let me = provider.address();
+    let data = registry::payment_init_data(&me, withdraw_delay, &info.treasury, info.fee_bps)?;
+    let address = contract_address(0, payment_code.clone(), data.clone());
+    // The registry derives the address from the code's hash and depth
+    // alone (`payment_contract_address`): it must be this one.
+    let derived = info.payment_address_for(&me, withdraw_delay)?;
+    if derived != address {
+        return Err(AdminError::Conflict(format!(
+            "the registry would expect the payment contract at {derived}, the StateInit is at {address}"
+        )));
+    }
+    let contract = PaymentContract {
+        address,
+        treasury: info.treasury,
+        fee_bps: info.fee_bps,
+        withdraw_delay,
+    };
+    let state = sender.chain.account_state(&address).await?;
+    if state.status == AccountStatus::Active {
+        return Ok(Outcome::Unchanged(contract));
+    }
+    sender.check_funds(provider, value).await?;
+    let msg = InternalMessage {
+        dest: address,
+        value,
+        bounce: false,
+        body: None,
+        state_init: Some((payment_code.clone(), data)),
+        mode: MODE_PAY_FEES_SEPARATELY,
+    };
+    send_and_confirm(
+        &*sender.chain,
+        &provider.wallet,
+        &provider.key,
+        &[msg],
+        sender.wait,
+    )
+    .await?;
+    sender
+        .until("the payment contract's deployment", || async {
+            let s = sender.chain.account_state(&address).await?;
+            Ok((s.status == AccountStatus::Active).then_some(()))
+        })
+        .await?;
+    Ok(Outcome::Changed(contract))
+}
+
 async fn require_owner(registry: &Registry, wallet: &Wallet) -> Result<RegistryInfo, AdminError> {
     let info = registry.info().await?;
     if info.owner != wallet.address() {

@@ -164,6 +164,26 @@ enum Cmd {
         #[command(flatten)]
         registry: RegistryArg,
     },
+    /// For providers: deploys, from the provider's wallet, the payment
+    /// contract this registry accepts for it (the registry's payment code,
+    /// treasury and fee; the wallet as provider). Prints its address;
+    /// register it with `cocoon-host register`.
+    DeployPayment {
+        #[command(flatten)]
+        wallet: WalletArg,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Notice period of clients' withdrawals, seconds.
+        #[arg(long, value_name = "SECS", default_value_t = admin::DEFAULT_WITHDRAW_DELAY)]
+        withdraw_delay_secs: u32,
+        /// The payment contract's code [default: contracts/build/cocoon_payment.boc,
+        /// built in]; must be the code the registry names.
+        #[arg(long, value_name = "FILE")]
+        payment_code: Option<PathBuf>,
+        /// Nanoton left in the contract for its storage and gas.
+        #[arg(long, value_name = "NANOTON", default_value_t = admin::DEFAULT_PAYMENT_DEPLOY_VALUE)]
+        value: u128,
+    },
     /// Shows the registry: owner, treasury, fee, stake, the releases with
     /// their status, and the providers.
     Show {
@@ -484,6 +504,47 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let registry = registry_of(registry)?;
             let outcome = admin::cancel_owner_transfer(&sender, &owner, &registry).await?;
             report_info(json, &registry, &outcome, "cancel-owner-transfer");
+        }
+        Cmd::DeployPayment {
+            wallet: w,
+            registry,
+            withdraw_delay_secs,
+            payment_code,
+            value,
+        } => {
+            let provider = wallet(w)?;
+            let registry = registry_of(registry)?;
+            let code = code(payment_code, admin::PAYMENT_CODE_BOC, "--payment-code")?;
+            let outcome = admin::deploy_payment(
+                &sender,
+                &provider,
+                &registry,
+                &code,
+                *withdraw_delay_secs,
+                *value,
+            )
+            .await?;
+            let p = outcome.value();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "changed": outcome.changed(),
+                        "payment": p.address.to_string(),
+                        "provider": provider.address().to_string(),
+                        "treasury": p.treasury.to_string(),
+                        "fee_bps": p.fee_bps,
+                        "withdraw_delay": p.withdraw_delay,
+                    })
+                );
+            } else {
+                println!("payment         {}", p.address);
+                println!("                {}", p.address.to_friendly(true, false));
+                println!("provider        {}", provider.address());
+                println!("treasury        {}  fee {} bps", p.treasury, p.fee_bps);
+                println!("withdraw delay  {} s", p.withdraw_delay);
+                println!("deploy-payment: {}", word(&outcome));
+            }
         }
         Cmd::Show { registry } => {
             let registry = registry_of(registry)?;
