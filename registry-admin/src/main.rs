@@ -37,7 +37,7 @@ it finds out); 76 the chain API or the registry answered something malformed;
 #[command(name = "cocoon-registry", version, after_help = AFTER_HELP)]
 struct Cli {
     /// The TON HTTP API (toncenter-compatible, v2), e.g.
-    /// https://toncenter.com/api/v2
+    /// `https://toncenter.com/api/v2`.
     #[arg(long, global = true, value_name = "URL")]
     chain_api: Option<String>,
     /// File holding the chain API's key (sent as X-API-Key; one line,

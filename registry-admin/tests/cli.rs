@@ -428,7 +428,15 @@ fn governance_through_the_tool() {
 
     // For providers: the payment contract the registry accepts, deployed
     // from the provider's wallet (the stranger's here); a rerun finds it.
-    let dp = ["deploy-payment", "--wallet-key", s(&stranger_key), "--registry", &registry, "--withdraw-delay-secs", "3600"];
+    let dp = [
+        "deploy-payment",
+        "--wallet-key",
+        s(&stranger_key),
+        "--registry",
+        &registry,
+        "--withdraw-delay-secs",
+        "3600",
+    ];
     let pay = tool.ok(&dp);
     assert_eq!(pay["changed"], true);
     assert_eq!(pay["fee_bps"], 300);
@@ -439,21 +447,41 @@ fn governance_through_the_tool() {
         pending_owner: None,
         treasury,
         fee_bps: 300,
-        payment_code_hash: cocoon_registry_admin::code_from_boc(cocoon_registry_admin::PAYMENT_CODE_BOC, "p").unwrap().hash(),
+        payment_code_hash: cocoon_registry_admin::code_from_boc(
+            cocoon_registry_admin::PAYMENT_CODE_BOC,
+            "p",
+        )
+        .unwrap()
+        .hash(),
         release_count: 2,
         provider_count: 0,
-        payment_code_depth: cocoon_registry_admin::code_from_boc(cocoon_registry_admin::PAYMENT_CODE_BOC, "p").unwrap().depth(),
+        payment_code_depth: cocoon_registry_admin::code_from_boc(
+            cocoon_registry_admin::PAYMENT_CODE_BOC,
+            "p",
+        )
+        .unwrap()
+        .depth(),
         stake: 1_000_000_000,
     };
     assert_eq!(
         pay["payment"],
-        info.payment_address_for(&stranger, 3600).unwrap().to_string()
+        info.payment_address_for(&stranger, 3600)
+            .unwrap()
+            .to_string()
     );
     assert_eq!(tool.ok(&dp)["changed"], false);
     // Another payment code than the registry's is refused.
     let other = dir.write("other.boc", cocoon_registry_admin::REGISTRY_CODE_BOC);
     tool.fails(
-        &["deploy-payment", "--wallet-key", s(&stranger_key), "--registry", &registry, "--payment-code", s(&other)],
+        &[
+            "deploy-payment",
+            "--wallet-key",
+            s(&stranger_key),
+            "--registry",
+            &registry,
+            "--payment-code",
+            s(&other),
+        ],
         exit::REFUSED,
         "accepts only",
     );

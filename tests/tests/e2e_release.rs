@@ -77,9 +77,17 @@ fn two_providers_one_release_each_charged_its_own_claimed_prices() {
     let dir = TempDir::new("release-two");
     let a = start_provider(&dir, "a", &settings(CONTRACT_A, 2, 5));
     let b = start_provider(&dir, "b", &settings(CONTRACT_B, 4, 11));
-    let host_a = start_host(&dir, &[&a.socket], &["--settlement-contract", CONTRACT_A, "--no-deposit-check"]);
+    let host_a = start_host(
+        &dir,
+        &[&a.socket],
+        &["--settlement-contract", CONTRACT_A, "--no-deposit-check"],
+    );
     let dir_b = TempDir::new("release-two-b");
-    let host_b = start_host(&dir_b, &[&b.socket], &["--settlement-contract", CONTRACT_B, "--no-deposit-check"]);
+    let host_b = start_host(
+        &dir_b,
+        &[&b.socket],
+        &["--settlement-contract", CONTRACT_B, "--no-deposit-check"],
+    );
     let rt = rt();
     let mut seen = Vec::new();
     for (host, prompt, completion, contract) in
@@ -160,7 +168,11 @@ fn a_host_settling_elsewhere_than_the_claims_is_refused_by_the_client() {
     let dir = TempDir::new("release-contract");
     let a = start_provider(&dir, "a", &settings(CONTRACT_A, 2, 5));
     // The host's sheet names contract B; the enclave's claims say A.
-    let host = start_host(&dir, &[&a.socket], &["--settlement-contract", CONTRACT_B, "--no-deposit-check"]);
+    let host = start_host(
+        &dir,
+        &[&a.socket],
+        &["--settlement-contract", CONTRACT_B, "--no-deposit-check"],
+    );
     let client = Client::new(&host.url, simulated_policy(), account());
     let err = rt().block_on(async {
         client.verify().await.expect("verified");
