@@ -388,10 +388,12 @@ impl Sender {
         Ok(self.chain.account_state(at).await?.last_transaction)
     }
 
-    /// Sends `body` from `wallet` to the registry, then waits for the
-    /// registry's transaction of it: `Ok` once one succeeded,
-    /// [`AdminError::Refused`] when it failed.
-    async fn send_op(
+    /// Sends `body` from `wallet` to the registry (with [`Self::value`]),
+    /// then waits for the registry's transaction of it: `Ok` once one
+    /// succeeded, [`AdminError::Refused`] with the contract's exit code
+    /// when it failed (the message bounced; nothing changed). No check
+    /// before sending: the operations above check first.
+    pub async fn send_op(
         &self,
         wallet: &Wallet,
         registry: &Registry,

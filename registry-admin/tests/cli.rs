@@ -486,6 +486,41 @@ fn governance_through_the_tool() {
         "accepts only",
     );
 
+    // A message the registry refuses is reported with its exit code (sent
+    // here without the tool's checks: a stranger revoking a release).
+    let chain_api = std::sync::Arc::new(
+        cocoon_chain::TonHttpClient::new(cocoon_chain::ChainApiConfig {
+            requests_per_second: 0.0,
+            ..cocoon_chain::ChainApiConfig::new(chain.endpoint.clone())
+        })
+        .unwrap(),
+    );
+    let sender =
+        cocoon_registry_admin::Sender::new(chain_api.clone(), std::time::Duration::from_secs(20));
+    let reg = cocoon_registry_admin::Registry::new(
+        chain_api,
+        cocoon_protocol::settlement::ContractAddress::parse(&registry).unwrap(),
+    );
+    let stranger_wallet = Wallet::new(ed25519_dalek::SigningKey::from_bytes(&[13; 32]));
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&hash1, &mut hash).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = cocoon_protocol::registry::revoke_release_body(7, &hash).unwrap();
+    match rt.block_on(sender.send_op(&stranger_wallet, &reg, body, "a stranger's revoke")) {
+        Err(e @ cocoon_registry_admin::AdminError::Refused { exit_code: 201 }) => {
+            assert_eq!(e.exit_code(), exit::REFUSED);
+            assert!(e.to_string().contains("not the registry's owner"), "{e}");
+        }
+        other => panic!("expected the registry's refusal 201: {other:?}"),
+    }
+    assert_eq!(
+        rt.block_on(reg.release(&hash)).unwrap().unwrap().status,
+        cocoon_protocol::registry::STATUS_ACTIVE
+    );
+
     // show: everything, as read from the chain.
     let v = tool.ok(&["show", "--registry", &registry]);
     assert_eq!(v["owner"], next.address().to_string());

@@ -250,8 +250,14 @@ impl Network {
     /// one, at the public API's default rate), the registry's code pinned,
     /// the simulated TEE allowed by its dangerous name.
     fn client(&self, account: AccountKey) -> (NetworkClient, Arc<TonHttpClient>) {
-        let chain =
-            Arc::new(TonHttpClient::new(ChainApiConfig::new(self.chain.endpoint.clone())).unwrap());
+        self.client_at(account, ChainApiConfig::new("").requests_per_second)
+    }
+
+    /// [`Self::client`] with another limit on its chain reads a second.
+    fn client_at(&self, account: AccountKey, rps: f64) -> (NetworkClient, Arc<TonHttpClient>) {
+        let mut cfg = ChainApiConfig::new(self.chain.endpoint.clone());
+        cfg.requests_per_second = rps;
+        let chain = Arc::new(TonHttpClient::new(cfg).unwrap());
         let registry = ContractAddress::parse(&self.registry).unwrap();
         let code = cocoon_protocol::ton::Cell::from_boc(cocoon_registry_admin::REGISTRY_CODE_BOC)
             .unwrap()
@@ -631,13 +637,25 @@ fn network_end_to_end() {
         );
         nets.push((nc, chain));
     }
+    // The same with no limit on chain reads (an API of one's own): what
+    // verifying three providers takes besides the public API's pacing.
+    let (unpaced, _) = net.client_at(account(), 0.0);
+    let started = Instant::now();
+    let set = net.rt.block_on(unpaced.refresh()).expect("refresh");
+    assert_eq!(set.providers.len(), 3, "rejected: {:?}", set.rejected);
+    eprintln!(
+        "FIGURE start-up to a verified set of 3 providers, chain reads not rate-limited: {:?}",
+        started.elapsed()
+    );
     let refreshers: Vec<_> = {
         let _in_runtime = net.rt.enter();
         nets.iter().map(|(nc, _)| nc.spawn_refresh()).collect()
     };
 
     // Phase 1: traffic, then one provider killed while it flows.
-    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    // Each outcome with the time its request started.
+    let outcomes: Arc<Mutex<Vec<(Instant, Outcome)>>> = Arc::default();
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let reads_before: Vec<u64> = nets.iter().map(|(_, c)| c.requests_made()).collect();
     let phase1 = Instant::now();
     let killed = &providers[1];
@@ -649,14 +667,15 @@ fn network_end_to_end() {
             let out = outcomes.clone();
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
+                // Paced (about 30 a second per client) so that traffic
+                // flows before, during and after the kill.
                 let mut i = 0;
-                while stop.load(Ordering::Relaxed) == 0 || i < 5 {
+                while stop.load(Ordering::Relaxed) == 0 && i < 2000 {
+                    let started = Instant::now();
                     let o = one_request(&nc, &format!("client {j} question {i}")).await;
-                    out.lock().unwrap().push(o);
+                    out.lock().unwrap().push((started, o));
                     i += 1;
-                    if i > 200 {
-                        break;
-                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
                 }
             }));
         }
@@ -670,13 +689,28 @@ fn network_end_to_end() {
         let _ = Command::new("kill")
             .args(["-KILL", &killed.host.proc.pid().to_string()])
             .status();
+        *killed_at.lock().unwrap() = Some(Instant::now());
         tokio::time::sleep(Duration::from_secs(5)).await;
         stop.store(1, Ordering::Relaxed);
         for t in tasks {
             t.await.unwrap();
         }
     });
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let timed = std::mem::take(&mut *outcomes.lock().unwrap());
+    let killed_at = killed_at.lock().unwrap().expect("killed");
+    // Requests that started after the kill (with 100 ms for the signal to
+    // land): none served by the killed provider; those routed to it first
+    // failed over before streaming.
+    let mut after_kill = 0;
+    for (started, o) in &timed {
+        if *started > killed_at + Duration::from_millis(100) {
+            after_kill += 1;
+            if let Outcome::Served { provider, .. } = o {
+                assert_ne!(*provider, killed.id(), "served by a killed host");
+            }
+        }
+    }
+    let outcomes: Vec<Outcome> = timed.into_iter().map(|(_, o)| o).collect();
     let window = phase1.elapsed();
     for (j, (_, chain)) in nets.iter().enumerate() {
         let reads = chain.requests_made() - reads_before[j];
@@ -711,8 +745,13 @@ fn network_end_to_end() {
         }
     }
     eprintln!(
-        "phase 1: {} requests, served per provider {served:?}, {failovers} failed over before streaming, {broke} broke mid-stream at the killed provider",
+        "phase 1: {} requests ({after_kill} started after the kill), served per provider {served:?}, {failovers} failed over before streaming, {broke} broke mid-stream at the killed provider",
         outcomes.len()
+    );
+    assert!(after_kill >= 30, "traffic after the kill: {after_kill}");
+    assert!(
+        failovers + broke > 0,
+        "no request met the killed provider: the kill was not exercised"
     );
     assert!(
         !served.contains_key(&providers[3].id().0),
