@@ -411,6 +411,39 @@ fn governance_through_the_tool() {
     ]);
     assert_eq!(a["owner"], next.address().to_string());
     assert_eq!(a["pending_owner"], serde_json::Value::Null);
+    // A proposal can be withdrawn before it is accepted.
+    let pr = tool.ok(&[
+        "propose-owner",
+        "--wallet-key",
+        s(&next_key),
+        "--registry",
+        &registry,
+        "--new-owner",
+        &owner.address().to_string(),
+    ]);
+    assert_eq!(pr["pending_owner"], owner.address().to_string());
+    let c = tool.ok(&[
+        "cancel-owner-transfer",
+        "--wallet-key",
+        s(&next_key),
+        "--registry",
+        &registry,
+    ]);
+    assert_eq!(
+        (c["changed"].clone(), c["pending_owner"].clone()),
+        (true.into(), serde_json::Value::Null)
+    );
+    tool.fails(
+        &[
+            "accept-owner",
+            "--wallet-key",
+            s(&owner_key),
+            "--registry",
+            &registry,
+        ],
+        exit::NOPERM,
+        "not the proposed owner",
+    );
     // The old owner has no say any more.
     tool.fails(
         &[

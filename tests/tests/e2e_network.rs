@@ -792,7 +792,7 @@ fn network_end_to_end() {
             .any(|p| p.id == revoked.id())
         {
             assert!(
-                revoked_at.elapsed() < REFRESH * 3 + Duration::from_secs(10),
+                revoked_at.elapsed() < REFRESH * 2 + Duration::from_secs(6),
                 "still routing to a revoked release after {:?}",
                 revoked_at.elapsed()
             );
