@@ -19,6 +19,10 @@ log "disk free before the build: $(df -h --output=avail "$ROOT" | tail -1 | tr -
 log "guest image: boot tools, then two builds compared byte for byte"
 bash "$ROOT/scripts/image-deps.sh"
 bash "$ROOT/images/reproduce.sh"
+# Before the cargo tests: the sandbox chain API (contracts/scripts/chain-api.mjs,
+# a test double) that the chain, host, client, cocoon-registry and network
+# (tests/tests/e2e_network.rs) tests start needs them too; under CI a missing
+# node fails those tests instead of skipping them (SandboxChain::start_or_skip).
 log "payment contract tools (Node.js, pinned @ton npm packages)"
 bash "$ROOT/scripts/ton-deps.sh"
 # The rebuild was only for the comparison.
