@@ -67,7 +67,7 @@ pub(crate) fn check_chain_memo(
     memo: &mut LinkMemo,
 ) -> Vec<ChainProblem> {
     let mut problems = Vec::new();
-    let root_cert = match root.cert(Cert::from_der_ecdsa) {
+    let root_cert = match pinned_root(root) {
         Ok(c) => c,
         Err(e) => return vec![(ReasonKind::Chain, e)],
     };
@@ -108,7 +108,7 @@ pub(crate) fn check_chain_memo(
             format!("{what}: holds only the root, no leaf"),
         )];
     }
-    path.push(&root_cert);
+    path.push(root_cert);
     for (i, pair) in path.windows(2).enumerate() {
         let (child, issuer) = (pair[0], pair[1]);
         if child.issuer != issuer.subject {
@@ -166,18 +166,67 @@ pub(crate) fn check_chain_memo(
             Err(e) => problems.push((ReasonKind::Certificate, format!("{what}: {e}"))),
         }
     }
-    for c in &path {
-        if now < c.not_before || now > c.not_after {
-            problems.push((
+    problems.extend(check_windows(what, &windows_of(&path), now));
+    problems
+}
+
+/// One certificate's validity window: (common name, notBefore, notAfter).
+pub(crate) type Window = (String, UnixTime, UnixTime);
+
+/// The validity windows of the path [`check_chain`] checks for `chain`
+/// (the supplied certificates without a trailing copy of the root, then
+/// the pinned root): what a cached chain must still satisfy at every later
+/// call.
+pub(crate) fn path_windows(chain: &[Cert], root: &PinnedCert) -> Vec<Window> {
+    let mut path: Vec<&Cert> = chain.iter().collect();
+    if let Ok(root_cert) = pinned_root(root) {
+        if path.last().is_some_and(|last| last.der == root_cert.der) {
+            path.pop();
+        }
+        path.push(root_cert);
+    }
+    windows_of(&path)
+}
+
+fn windows_of(path: &[&Cert]) -> Vec<Window> {
+    path.iter()
+        .map(|c| (c.subject_cn.clone(), c.not_before, c.not_after))
+        .collect()
+}
+
+/// The certificates of `windows` not valid at `now`, in the words
+/// [`check_chain`] uses.
+pub(crate) fn check_windows(what: &str, windows: &[Window], now: UnixTime) -> Vec<ChainProblem> {
+    windows
+        .iter()
+        .filter(|(_, nb, na)| now < *nb || now > *na)
+        .map(|(cn, nb, na)| {
+            (
                 ReasonKind::Expired,
                 format!(
-                    "{what}: {} is valid from {} to {} (unix), not at {}",
-                    c.subject_cn, c.not_before.0, c.not_after.0, now.0
+                    "{what}: {cn} is valid from {} to {} (unix), not at {}",
+                    nb.0, na.0, now.0
                 ),
-            ));
-        }
-    }
-    problems
+            )
+        })
+        .collect()
+}
+
+/// A pinned NVIDIA root, parsed once per process after its pin check.
+pub(crate) fn pinned_root(root: &PinnedCert) -> Result<&'static Cert, String> {
+    use std::sync::OnceLock;
+    static DEVICE: OnceLock<Result<Cert, String>> = OnceLock::new();
+    static RIM: OnceLock<Result<Cert, String>> = OnceLock::new();
+    let cell = if root.sha256 == DEVICE_ROOT.sha256 {
+        &DEVICE
+    } else if root.sha256 == RIM_ROOT.sha256 {
+        &RIM
+    } else {
+        return Err(format!("{} is not a bundled NVIDIA root", root.name));
+    };
+    cell.get_or_init(|| root.cert(Cert::from_der_ecdsa))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn signed_by_memo(child: &Cert, issuer: &Cert, memo: &mut LinkMemo) -> bool {

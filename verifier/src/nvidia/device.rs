@@ -12,6 +12,8 @@
 
 use cocoon_attestation::bytes::{DerError, Reader};
 use cocoon_attestation::nvidia::{FeatureMode, SpdmReport};
+use std::sync::Arc;
+
 use der::asn1::ObjectIdentifier;
 
 use super::chain::{self, DEVICE_ROOT};
@@ -158,41 +160,97 @@ pub fn verify_device(
         now,
         &mut chain::LinkMemo::default(),
     )
+    .map(|(v, _)| v)
 }
 
 /// [`verify_device`], with certificate links already verified in `memo`
-/// (by an earlier device of the same set) not verified again.
+/// (by an earlier device of the same set) not verified again. Returns the
+/// parsed report with the verdict, so a caller that compares measurements
+/// does not parse it again.
 pub(crate) fn verify_device_memo(
     report: &[u8],
     chain_pem: &[u8],
     expect: &DeviceExpectations<'_>,
     now: UnixTime,
     memo: &mut chain::LinkMemo,
-) -> Result<VerifiedDevice, Rejection> {
+) -> Result<(VerifiedDevice, SpdmReport), Rejection> {
+    let checked = DeviceChain::check(chain_pem, now, memo).map(|(c, p)| (Arc::new(c), p));
+    verify_device_with(report, checked, expect)
+}
+
+/// The time-independent result of checking a device certificate chain up
+/// to the pinned NVIDIA Device Identity CA, with what the report checks
+/// need from it. A [`super::GpuVerifier`] keeps those that passed, keyed by
+/// the SHA-256 of the exact PEM, and re-checks only `windows` at each call.
+pub(crate) struct DeviceChain {
+    leaf: Cert,
+    /// Validity windows of the whole path, root included.
+    pub(crate) windows: Vec<chain::Window>,
+    chain_der: Vec<Vec<u8>>,
+}
+
+/// A device chain with the problems found at this call's time.
+pub(crate) type CheckedChain = (Arc<DeviceChain>, Vec<chain::ChainProblem>);
+
+impl DeviceChain {
+    /// Parse and check `chain_pem` at `now`: the chain and every problem
+    /// found (none means it may be cached), or why it is not a chain.
+    pub(crate) fn check(
+        chain_pem: &[u8],
+        now: UnixTime,
+        memo: &mut chain::LinkMemo,
+    ) -> Result<(DeviceChain, Vec<chain::ChainProblem>), chain::ChainProblem> {
+        let mut certs = chain::parse_chain("device certificate chain", chain_pem)?;
+        let problems =
+            chain::check_chain_memo("device certificate chain", &certs, &DEVICE_ROOT, now, memo);
+        let windows = chain::path_windows(&certs, &DEVICE_ROOT);
+        let chain_der = certs
+            .iter()
+            .filter(|c| c.subject != c.issuer)
+            .map(|c| c.der.clone())
+            .collect();
+        if certs.is_empty() {
+            return Err((
+                ReasonKind::Certificate,
+                "device certificate chain is empty".into(),
+            ));
+        }
+        let leaf = certs.swap_remove(0);
+        Ok((
+            DeviceChain {
+                leaf,
+                windows,
+                chain_der,
+            },
+            problems,
+        ))
+    }
+}
+
+/// One device's report checked with its (already checked) chain.
+pub(crate) fn verify_device_with(
+    report: &[u8],
+    checked: Result<CheckedChain, chain::ChainProblem>,
+    expect: &DeviceExpectations<'_>,
+) -> Result<(VerifiedDevice, SpdmReport), Rejection> {
     let mut f = Findings::default();
     let parsed = SpdmReport::parse(report);
-    let certs = chain::parse_chain("device certificate chain", chain_pem);
-    let (report, certs) = match (parsed, certs) {
+    let (report, (chain, problems)) = match (parsed, checked) {
         (Ok(r), Ok(c)) => (r, c),
-        (parsed, certs) => {
+        (parsed, checked) => {
             if let Err(e) = parsed {
                 f.add(ReasonKind::Malformed, format!("attestation report: {e}"));
             }
-            if let Err((kind, msg)) = certs {
+            if let Err((kind, msg)) = checked {
                 f.add(kind, msg);
             }
             return Err(f.into_rejection());
         }
     };
-    for (kind, msg) in
-        chain::check_chain_memo("device certificate chain", &certs, &DEVICE_ROOT, now, memo)
-    {
+    for (kind, msg) in problems {
         f.add(kind, msg);
     }
-    let Some(leaf) = certs.first() else {
-        f.add(ReasonKind::Certificate, "device certificate chain is empty");
-        return Err(f.into_rejection());
-    };
+    let leaf = &chain.leaf;
     match &leaf.key {
         SubjectKey::P384(k) => {
             let ok = <&[u8; 96]>::try_from(report.signature())
@@ -295,7 +353,7 @@ pub(crate) fn verify_device_memo(
     }
     let mut nonce = [0u8; 32];
     nonce.copy_from_slice(report.request_nonce());
-    Ok(VerifiedDevice {
+    let verified = VerifiedDevice {
         kind,
         model,
         driver_version: report.driver_version(),
@@ -307,12 +365,9 @@ pub(crate) fn verify_device_memo(
         measurements_compared: compared,
         blocks: report.blocks().len(),
         padding: report.padding_len(),
-        chain_der: certs
-            .iter()
-            .filter(|c| c.subject != c.issuer)
-            .map(|c| c.der.clone())
-            .collect(),
-    })
+        chain_der: chain.chain_der.clone(),
+    };
+    Ok((verified, report))
 }
 
 /// Compare measurement blocks with golden values: every golden index must

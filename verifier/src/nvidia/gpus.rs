@@ -20,13 +20,16 @@
 
 use cocoon_attestation::nvidia::{GpuCollateral, SpdmReport};
 
+use std::sync::Arc;
+
 use super::chain::LinkMemo;
 use super::device::{
-    compare_measurements, verify_device_memo, DeviceExpectations, DeviceKind, Golden,
+    compare_measurements, verify_device_with, DeviceExpectations, DeviceKind, Golden,
     VerifiedDevice,
 };
 use super::ocsp::{check_response, CertStatus, RevocationReason};
-use super::rim::{verify_rim, VerifiedRim};
+use super::rim::VerifiedRim;
+use super::GpuVerifier;
 use crate::policy::{Check, GpuPolicy, RevocationRule};
 use crate::x509::Cert;
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
@@ -95,6 +98,35 @@ pub fn verify_gpus(
     cc: Option<CcState>,
     now: UnixTime,
 ) -> Result<VerifiedGpus, Rejection> {
+    GpuVerifier::new().verify_gpus(devices, collateral, policy, nonce, cc, now)
+}
+
+impl GpuVerifier {
+    /// Verify a GPU evidence set, as [`verify_gpus`] does, reusing the
+    /// device chains and RIMs this verifier has already verified (their
+    /// validity windows are checked at `now` on every call).
+    pub fn verify_gpus(
+        &self,
+        devices: &[DeviceInput<'_>],
+        collateral: &GpuCollateral,
+        policy: &GpuPolicy,
+        nonce: Option<&[u8; 32]>,
+        cc: Option<CcState>,
+        now: UnixTime,
+    ) -> Result<VerifiedGpus, Rejection> {
+        verify_set(self, devices, collateral, policy, nonce, cc, now)
+    }
+}
+
+fn verify_set(
+    verifier: &GpuVerifier,
+    devices: &[DeviceInput<'_>],
+    collateral: &GpuCollateral,
+    policy: &GpuPolicy,
+    nonce: Option<&[u8; 32]>,
+    cc: Option<CcState>,
+    now: UnixTime,
+) -> Result<VerifiedGpus, Rejection> {
     let mut f = Findings::default();
     if devices.is_empty() && policy.gpus != Check::Require(0) {
         f.add(
@@ -104,8 +136,12 @@ pub fn verify_gpus(
     }
     // RIMs: verified once each; unusable ones are rejections only when a
     // device needs them.
-    let rims: Vec<Result<VerifiedRim, Rejection>> = if policy.rims == Check::Require(()) {
-        collateral.rims.iter().map(|x| verify_rim(x, now)).collect()
+    let rims: Vec<Result<Arc<VerifiedRim>, Rejection>> = if policy.rims == Check::Require(()) {
+        collateral
+            .rims
+            .iter()
+            .map(|x| verifier.verify_rim(x, now))
+            .collect()
     } else {
         Vec::new()
     };
@@ -118,7 +154,8 @@ pub fn verify_gpus(
             nonce,
             golden: None,
         };
-        let mut v = match verify_device_memo(d.report, d.cert_chain, &expect, now, &mut memo) {
+        let checked = verifier.device_chain(d.cert_chain, now, &mut memo);
+        let (mut v, report) = match verify_device_with(d.report, checked, &expect) {
             Ok(v) => v,
             Err(r) => {
                 for reason in r.reasons() {
@@ -128,10 +165,7 @@ pub fn verify_gpus(
             }
         };
         if policy.rims == Check::Require(()) {
-            // verify_device parsed it already; this cannot fail here.
-            if let Ok(report) = SpdmReport::parse(d.report) {
-                compare_with_rims(i, &mut v, &report, &rims, &mut used, &mut f);
-            }
+            compare_with_rims(i, &mut v, &report, &rims, &mut used, &mut f);
         }
         if let Check::Require(rule) = &policy.revocation {
             revocation_checked += check_revocation(
@@ -271,7 +305,7 @@ fn compare_with_rims(
     i: usize,
     v: &mut VerifiedDevice,
     report: &SpdmReport,
-    rims: &[Result<VerifiedRim, Rejection>],
+    rims: &[Result<Arc<VerifiedRim>, Rejection>],
     used: &mut Vec<(String, String)>,
     f: &mut Findings,
 ) {
@@ -295,7 +329,7 @@ fn compare_with_rims(
     for (what, version) in wanted {
         let candidates: Vec<&VerifiedRim> = rims
             .iter()
-            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|r| r.as_deref().ok())
             .filter(|r| {
                 r.version().eq_ignore_ascii_case(&version) && normalize_model(r.product()) == model
             })
@@ -396,14 +430,19 @@ fn check_revocation(
         .filter_map(|d| Cert::from_der_ecdsa(d).ok())
         .collect();
     let roots = [
-        super::chain::DEVICE_ROOT.cert(Cert::from_der_ecdsa),
-        super::chain::RIM_ROOT.cert(Cert::from_der_ecdsa),
+        super::chain::pinned_root(&super::chain::DEVICE_ROOT),
+        super::chain::pinned_root(&super::chain::RIM_ROOT),
     ];
     let mut checked = 0;
     for (n, cert) in certs.iter().enumerate().skip(skip) {
         let issuer = match certs.get(n + 1) {
             Some(i) => i,
-            None => match roots.iter().flatten().find(|r| r.subject == cert.issuer) {
+            None => match roots
+                .iter()
+                .flatten()
+                .copied()
+                .find(|r| r.subject == cert.issuer)
+            {
                 Some(r) => r,
                 None => {
                     f.add(

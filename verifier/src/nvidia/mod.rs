@@ -5,7 +5,9 @@
 //! * [`gpus`] — a whole evidence set under a GPU policy (RIMs, OCSP).
 //! * [`rim`] — reference integrity manifests (SWID tags, XML signatures).
 //! * [`ocsp`] — OCSP responses carried as revocation collateral.
+//! * [`GpuVerifier`] — the above with verified chains and RIMs cached.
 
+mod cache;
 pub(crate) mod chain;
 pub mod device;
 pub mod gpus;
@@ -13,6 +15,7 @@ pub mod ocsp;
 pub mod rim;
 mod xml;
 
+pub use cache::GpuVerifier;
 pub use device::{verify_device, DeviceExpectations, DeviceKind, Golden, VerifiedDevice};
 
 use crate::{Findings, Rejection, UnixTime};

@@ -42,7 +42,7 @@
 use base64ct::{Base64, Encoding};
 use sha2::{Digest, Sha384};
 
-use super::chain::{check_chain, MAX_CHAIN, RIM_ROOT};
+use super::chain::{check_chain, path_windows, Window, MAX_CHAIN, RIM_ROOT};
 use super::xml::{self, Element};
 use crate::x509::{Cert, SubjectKey};
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
@@ -597,6 +597,16 @@ pub fn parse_rim_unverified(xml: &[u8]) -> Result<RimInfo, Rejection> {
 ///
 /// Revocation (OCSP) is not checked.
 pub fn verify_rim(xml: &[u8], now: UnixTime) -> Result<VerifiedRim, Rejection> {
+    verify_rim_windows(xml, now).map(|(rim, _)| rim)
+}
+
+/// [`verify_rim`], with the validity windows of the signing chain's path
+/// (root included): the only part of the verdict that depends on `now`,
+/// re-checked when a [`super::GpuVerifier`] finds the RIM in its cache.
+pub(crate) fn verify_rim_windows(
+    xml: &[u8],
+    now: UnixTime,
+) -> Result<(VerifiedRim, Vec<Window>), Rejection> {
     let doc = parse_document(xml)?;
     let root = &doc.root;
     let mut findings = Findings::default();
@@ -701,10 +711,13 @@ pub fn verify_rim(xml: &[u8], now: UnixTime) -> Result<VerifiedRim, Rejection> {
 
     let info = content(root, &mut findings);
     match info {
-        Some(info) if findings.is_empty() => Ok(VerifiedRim {
-            info,
-            chain: parts.certificates,
-        }),
+        Some(info) if findings.is_empty() => Ok((
+            VerifiedRim {
+                info,
+                chain: parts.certificates,
+            },
+            path_windows(&certs, &RIM_ROOT),
+        )),
         _ => Err(findings.into_rejection()),
     }
 }
