@@ -479,6 +479,17 @@ fn deposit_cli(
         .arg("--wallet-key")
         .arg(wallet_key));
     assert_eq!(code, 0, "deposit:\n{out}\n{err}");
+    // `cocoon-client balance` reads back what the deposit printed.
+    let (code, balance, err) = run(Command::new(bin("cocoon-client"))
+        .args(["balance", "--chain-api", &net.chain.endpoint])
+        .args(["--payment", &payment.to_string()])
+        .arg("--account-key")
+        .arg(account_key));
+    assert_eq!(code, 0, "balance:\n{balance}\n{err}");
+    assert!(
+        balance.contains(" nanoton") && out.trim_end().ends_with(balance.trim_end()),
+        "balance after the deposit:\n{balance}\ndeposit said:\n{out}"
+    );
 }
 
 /// Deposits into several payment contracts in one wallet message (up to
