@@ -219,3 +219,32 @@ pub trait ChainClient: Send + Sync {
         before: Option<TransactionId>,
     ) -> Result<Vec<Transaction>, ChainError>;
 }
+
+/// A get-method's result in the form `cocoon_protocol::registry`'s parsers
+/// take: one to one, except that a tuple (which no registry get-method
+/// returns) is an error naming the method.
+pub fn registry_stack(
+    method: &str,
+    stack: &[StackValue],
+) -> Result<Vec<cocoon_protocol::registry::StackItem>, cocoon_protocol::registry::RegistryError> {
+    use cocoon_protocol::registry::{RegistryError, StackItem};
+    stack
+        .iter()
+        .map(|v| {
+            Ok(match v {
+                StackValue::Int(i) => StackItem::Int {
+                    negative: i.negative,
+                    magnitude: i.magnitude,
+                },
+                StackValue::Cell(b) => StackItem::Cell(b.clone()),
+                StackValue::Slice(b) => StackItem::Slice(b.clone()),
+                StackValue::Null => StackItem::Null,
+                StackValue::Tuple(_) => {
+                    return Err(RegistryError::Stack(format!(
+                        "{method}: a tuple on the stack, which the registry never returns"
+                    )))
+                }
+            })
+        })
+        .collect()
+}

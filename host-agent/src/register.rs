@@ -64,20 +64,6 @@ pub enum Registered {
     Unchanged(ProviderEntry),
 }
 
-/// A stack value as the registry's parsers take it (they read no tuples).
-fn item(v: &StackValue) -> Result<StackItem, String> {
-    Ok(match v {
-        StackValue::Int(i) => StackItem::Int {
-            negative: i.negative,
-            magnitude: i.magnitude,
-        },
-        StackValue::Cell(b) => StackItem::Cell(b.clone()),
-        StackValue::Slice(b) => StackItem::Slice(b.clone()),
-        StackValue::Null => StackItem::Null,
-        other => return Err(format!("unexpected stack value {other:?}")),
-    })
-}
-
 async fn get(
     chain: &dyn ChainClient,
     at: &ContractAddress,
@@ -88,7 +74,7 @@ async fn get(
         .run_get_method(at, method, args)
         .await
         .map_err(|e| e.to_string())
-        .and_then(|s| s.iter().map(item).collect())
+        .and_then(|s| cocoon_chain::registry_stack(method, &s).map_err(|e| e.to_string()))
         .map_err(|e| format!("{method} on {at}: {e}"))
 }
 

@@ -197,24 +197,6 @@ impl<T> Outcome<T> {
     }
 }
 
-/// A stack value as the registry's parsers take it.
-fn item(v: &StackValue) -> Result<StackItem, RegistryError> {
-    Ok(match v {
-        StackValue::Int(i) => StackItem::Int {
-            negative: i.negative,
-            magnitude: i.magnitude,
-        },
-        StackValue::Cell(b) => StackItem::Cell(b.clone()),
-        StackValue::Slice(b) => StackItem::Slice(b.clone()),
-        StackValue::Null => StackItem::Null,
-        StackValue::Tuple(_) => {
-            return Err(RegistryError::Stack(
-                "a tuple where the registry returns none".into(),
-            ))
-        }
-    })
-}
-
 /// Reading one registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -257,11 +239,7 @@ impl Registry {
                 return Err(e.into());
             }
         };
-        stack
-            .iter()
-            .map(item)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| self.bad(source))
+        cocoon_chain::registry_stack(method, &stack).map_err(|source| self.bad(source))
     }
 
     fn bad(&self, source: RegistryError) -> AdminError {

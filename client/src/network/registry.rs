@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cocoon_chain::{ChainClient, StackValue};
+use cocoon_chain::ChainClient;
 use cocoon_protocol::api::RELEASE_PATH;
 use cocoon_protocol::registry::{self, ProviderEntry, Release, StackItem};
 use cocoon_protocol::release::{ReleaseManifest, MAX_MANIFEST};
@@ -109,15 +109,8 @@ impl RegistrySource {
             .run_get_method(&self.registry, method, &[])
             .await
             .map_err(|e| DirectoryError(format!("registry {}: {e}", self.registry)))?;
-        stack
-            .into_iter()
-            .map(stack_item)
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                DirectoryError(format!(
-                    "{method}: a tuple on the stack, which it never returns"
-                ))
-            })
+        cocoon_chain::registry_stack(method, &stack)
+            .map_err(|e| DirectoryError(format!("registry {}: {e}", self.registry)))
     }
 
     /// Read the registry now (module docs, steps 1 to 3).
@@ -188,21 +181,6 @@ impl RegistrySource {
             .insert(hash, d.clone());
         Ok(d)
     }
-}
-
-/// The parsers' form of a stack value; `None` for a tuple (the
-/// registry's get-methods return none).
-fn stack_item(v: StackValue) -> Option<StackItem> {
-    Some(match v {
-        StackValue::Int(i) => StackItem::Int {
-            negative: i.negative,
-            magnitude: i.magnitude,
-        },
-        StackValue::Cell(b) => StackItem::Cell(b),
-        StackValue::Slice(b) => StackItem::Slice(b),
-        StackValue::Null => StackItem::Null,
-        StackValue::Tuple(_) => return None,
-    })
 }
 
 #[async_trait::async_trait]
