@@ -74,6 +74,62 @@ impl ChainApiConfig {
             requests_per_second: 1.0,
         }
     }
+
+    /// The configuration the command-line tools share (`--chain-api URL
+    /// [--chain-api-key-file F] [--chain-api-rps N]`): the key is the
+    /// file's one line, and the file must be its owner's alone (mode 0600
+    /// or stricter, as for wallet keys); the rate defaults to 1 request a
+    /// second without a key and 10 with one (what the public API allows);
+    /// `0` means no client-side limit.
+    pub fn from_flags(
+        endpoint: &str,
+        key_file: Option<&std::path::Path>,
+        requests_per_second: Option<f64>,
+    ) -> Result<ChainApiConfig, ChainError> {
+        let mut config = ChainApiConfig::new(endpoint);
+        if let Some(path) = key_file {
+            config.api_key = Some(read_api_key(path)?);
+            config.requests_per_second = 10.0;
+        }
+        if let Some(rps) = requests_per_second {
+            if !rps.is_finite() || rps < 0.0 {
+                return Err(ChainError::InvalidRequest(format!(
+                    "--chain-api-rps {rps}: requests a second must be a number, 0 or more"
+                )));
+            }
+            config.requests_per_second = rps;
+        }
+        Ok(config)
+    }
+}
+
+/// The API key in `path`: its one line, trimmed; refused when empty or
+/// when group or others may read the file.
+pub fn read_api_key(path: &std::path::Path) -> Result<String, ChainError> {
+    let bad = |reason: String| {
+        ChainError::InvalidRequest(format!("chain API key file {}: {reason}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(format!(
+                "mode {mode:04o} lets group or others read it; it must be 0600 or stricter (chmod 600 {})",
+                path.display()
+            )));
+        }
+    }
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let key = text.trim();
+    if key.is_empty() || key.lines().count() != 1 {
+        return Err(bad("expected the key on one line".into()));
+    }
+    Ok(key.to_string())
 }
 
 /// First back-off step; doubled each retry, capped at [`MAX_BACKOFF`].
@@ -790,6 +846,38 @@ impl ChainClient for TonHttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_configuration_reads_only_an_owner_only_key() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("cocoon-chain-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&key, text).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("secret-key\n", 0o600);
+        let c = ChainApiConfig::from_flags("http://127.0.0.1:1/api/v2", Some(&key), None).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("secret-key"));
+        assert_eq!(c.requests_per_second, 10.0, "the keyed default");
+        let c = ChainApiConfig::from_flags("http://x/", None, Some(0.0)).unwrap();
+        assert_eq!((c.api_key, c.requests_per_second), (None, 0.0));
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            assert!(ChainApiConfig::from_flags("http://x/", None, Some(bad)).is_err());
+        }
+        write("secret-key\n", 0o644);
+        let e = ChainApiConfig::from_flags("http://x/", Some(&key), None).unwrap_err();
+        assert!(e.to_string().contains("mode 0644"), "{e}");
+        for text in ["", "  \n", "one\ntwo\n"] {
+            write(text, 0o600);
+            let e = read_api_key(&key).unwrap_err();
+            assert!(e.to_string().contains("one line"), "{text:?}: {e}");
+        }
+        let e = read_api_key(&dir.join("missing")).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn tvm_ints() {

@@ -469,22 +469,8 @@ fn is_network(common: &Common) -> bool {
 }
 
 fn chain_client(url: &str, key_file: Option<&Path>) -> Result<Arc<TonHttpClient>, Failure> {
-    let mut config = ChainApiConfig::new(url);
-    if let Some(f) = key_file {
-        let key = std::fs::read_to_string(f)
-            .map_err(|e| Failure::usage(format!("chain API key file {}: {e}", f.display())))?;
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(Failure::usage(format!(
-                "chain API key file {} is empty",
-                f.display()
-            )));
-        }
-        config.api_key = Some(key.to_string());
-        // What the public API allows with a key.
-        config.requests_per_second = 10.0;
-    }
-    TonHttpClient::new(config)
+    ChainApiConfig::from_flags(url, key_file, None)
+        .and_then(TonHttpClient::new)
         .map(Arc::new)
         .map_err(|e| Failure::usage(format!("--chain-api {url}: {e}")))
 }

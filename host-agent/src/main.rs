@@ -673,29 +673,18 @@ fn chain_api_config(
         .chain_api_key_file
         .clone()
         .or(file.chain_api_key_file.clone());
-    let api_key = key_file
-        .as_deref()
-        .map(|p| read_owner_only(p, "chain API key file", "echo YOUR-KEY"))
-        .transpose()?
-        .map(|k| k.trim().to_string());
-    let requests_per_second = match cli.chain_api_rps {
-        Some(r) if r.is_finite() && r > 0.0 => r,
-        Some(r) => {
+    let rps = match cli.chain_api_rps {
+        Some(r) if !(r.is_finite() && r > 0.0) => {
             return Err(Failure(
                 EX_USAGE,
                 format!("--chain-api-rps {r}: must be a positive number"),
             ))
         }
-        None if api_key.is_some() => 10.0,
-        None => 1.0,
+        r => r,
     };
-    Ok(Some(cocoon_chain::http::ChainApiConfig {
-        endpoint,
-        api_key,
-        timeout: std::time::Duration::from_secs(10),
-        max_retries: 3,
-        requests_per_second,
-    }))
+    cocoon_chain::http::ChainApiConfig::from_flags(&endpoint, key_file.as_deref(), rps)
+        .map(Some)
+        .map_err(|e| Failure(EX_USAGE, e.to_string()))
 }
 
 /// The chain client for `--chain-api`.

@@ -249,49 +249,11 @@ fn chain(cli: &Cli) -> Result<Arc<dyn ChainClient>, Failure> {
     let Some(url) = &cli.chain_api else {
         return Err(usage("--chain-api URL is needed (the TON HTTP API v2)"));
     };
-    let mut config = ChainApiConfig::new(url.clone());
-    if let Some(f) = &cli.chain_api_key_file {
-        let key = read_secret(f, "chain API key file")?;
-        config.api_key = Some(key);
-        config.requests_per_second = 10.0;
-    }
-    if let Some(rps) = cli.chain_api_rps {
-        if !rps.is_finite() || rps < 0.0 {
-            return Err(usage(format!("--chain-api-rps {rps}: not a rate")));
-        }
-        config.requests_per_second = rps;
-    }
+    let config =
+        ChainApiConfig::from_flags(url, cli.chain_api_key_file.as_deref(), cli.chain_api_rps)
+            .map_err(|e| usage(e.to_string()))?;
     let client = TonHttpClient::new(config).map_err(|e| usage(format!("--chain-api: {e}")))?;
     Ok(Arc::new(client))
-}
-
-/// One line of a file only its owner may read.
-fn read_secret(path: &Path, what: &str) -> Result<String, Failure> {
-    let noinput = |m: String| Failure {
-        code: exit::NOINPUT,
-        message: m,
-    };
-    let meta =
-        std::fs::metadata(path).map_err(|e| noinput(format!("{what} {}: {e}", path.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(usage(format!(
-                "{what} {}: mode {mode:04o} lets others read it (chmod 600)",
-                path.display()
-            )));
-        }
-    }
-    let _ = meta;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| noinput(format!("{what} {}: {e}", path.display())))?;
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(usage(format!("{what} {} is empty", path.display())));
-    }
-    Ok(text.to_string())
 }
 
 fn wallet(w: &WalletArg) -> Result<Wallet, Failure> {
