@@ -27,9 +27,6 @@ use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::registry::{add_release_body, endpoint_cell};
-use cocoon_protocol::release::{
-    Hex, LaunchMeasurement, MinTcb, PricesFrom, ReleaseManifest, ReleaseModel, SimulatedValues,
-};
 use cocoon_protocol::settlement::ContractAddress;
 use cocoon_protocol::ton::{Cell, CellBuilder};
 use cocoon_verifier::policy::derive::LocalRules;
@@ -41,30 +38,7 @@ use support::*;
 type Manifest = (Vec<u8>, [u8; 32], Vec<(u8, [u8; 32])>);
 
 fn manifest(name: &str, measurement: [u8; 48]) -> Manifest {
-    let m = ReleaseManifest {
-        version: 1,
-        release: name.into(),
-        kernel_sha256: Hex([1; 32]),
-        initrd_sha256: Hex([2; 32]),
-        cmdline: "console=ttyS0".into(),
-        disk_verity_root: Hex([3; 32]),
-        models: vec![ReleaseModel {
-            name: MODEL.into(),
-            version: "1".into(),
-            sha256: Hex([0x11; 32]),
-            tokenizer_sha256: Hex([0x12; 32]),
-        }],
-        prices_from: PricesFrom::Release,
-        price_bounds: Default::default(),
-        max_request_lifetime_secs: 600,
-        min_tcb: MinTcb::default(),
-        measurements: vec![LaunchMeasurement::Simulated {
-            vcpus: 1,
-            values: SimulatedValues {
-                measurement: Hex(measurement),
-            },
-        }],
-    };
+    let m = cocoon_test_kit::simulated::release_manifest(name, MODEL, measurement);
     (
         m.to_canonical().unwrap(),
         m.manifest_hash().unwrap(),

@@ -463,31 +463,7 @@ async fn the_binary_guards_a_remote_operator_api_with_its_token() {
 
 /// A release manifest for the test enclave (its simulated measurement).
 fn test_manifest() -> cocoon_protocol::release::ReleaseManifest {
-    use cocoon_protocol::release::*;
-    ReleaseManifest {
-        version: MANIFEST_VERSION,
-        release: simulated::RELEASE.into(),
-        kernel_sha256: Hex([1; 32]),
-        initrd_sha256: Hex([2; 32]),
-        cmdline: "console=ttyS0".into(),
-        disk_verity_root: Hex([3; 32]),
-        models: vec![ReleaseModel {
-            name: "m".into(),
-            version: "1".into(),
-            sha256: Hex([4; 32]),
-            tokenizer_sha256: Hex([5; 32]),
-        }],
-        prices_from: PricesFrom::Release,
-        price_bounds: Default::default(),
-        max_request_lifetime_secs: 600,
-        min_tcb: MinTcb::default(),
-        measurements: vec![LaunchMeasurement::Simulated {
-            vcpus: 1,
-            values: SimulatedValues {
-                measurement: Hex(MEASUREMENT),
-            },
-        }],
-    }
+    simulated::release_manifest(simulated::RELEASE, "m", MEASUREMENT)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,9 +46,7 @@ use cocoon_client::network::router::{ProviderId, RouteConfig};
 use cocoon_client::{Client, ClientError, ClientOptions, NetworkClient, NetworkError};
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::message::{ChatMessage, Role};
-use cocoon_protocol::release::{
-    Hex, LaunchMeasurement, MinTcb, PricesFrom, ReleaseManifest, ReleaseModel, SimulatedValues,
-};
+use cocoon_protocol::release::ReleaseManifest;
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_test_kit::chain::SandboxChain;
 use cocoon_test_kit::procs::{bin, TempDir};
@@ -107,30 +105,7 @@ fn simulated_measurement(config_text: &str) -> [u8; 48] {
 
 /// A release of the simulated TEE whose only measurement is `measurement`.
 fn manifest(name: &str, measurement: [u8; 48]) -> ReleaseManifest {
-    ReleaseManifest {
-        version: 1,
-        release: name.into(),
-        kernel_sha256: Hex([1; 32]),
-        initrd_sha256: Hex([2; 32]),
-        cmdline: "console=ttyS0".into(),
-        disk_verity_root: Hex([3; 32]),
-        models: vec![ReleaseModel {
-            name: MODEL.into(),
-            version: "1".into(),
-            sha256: Hex([4; 32]),
-            tokenizer_sha256: Hex([5; 32]),
-        }],
-        prices_from: PricesFrom::Release,
-        price_bounds: Default::default(),
-        max_request_lifetime_secs: 600,
-        min_tcb: MinTcb::default(),
-        measurements: vec![LaunchMeasurement::Simulated {
-            vcpus: 1,
-            values: SimulatedValues {
-                measurement: Hex(measurement),
-            },
-        }],
-    }
+    cocoon_test_kit::simulated::release_manifest(name, MODEL, measurement)
 }
 
 /// The chain, the registry and its owner.

@@ -75,3 +75,38 @@ pub fn signed_bundle(claims_cbor: &[u8], key: &SigningKey) -> Vec<u8> {
     let (report, signature) = sign(&report(claims_cbor, key, MEASUREMENT), key);
     bundle(report, signature, claims_cbor.to_vec())
 }
+
+/// A release manifest of the simulated TEE whose only measurement is
+/// `measurement` (1 vCPU), serving `model`; the image digests are fixed
+/// placeholders (no image is built for the simulated TEE).
+pub fn release_manifest(
+    name: &str,
+    model: &str,
+    measurement: [u8; 48],
+) -> cocoon_protocol::release::ReleaseManifest {
+    use cocoon_protocol::release::*;
+    ReleaseManifest {
+        version: MANIFEST_VERSION,
+        release: name.into(),
+        kernel_sha256: Hex([1; 32]),
+        initrd_sha256: Hex([2; 32]),
+        cmdline: "console=ttyS0".into(),
+        disk_verity_root: Hex([3; 32]),
+        models: vec![ReleaseModel {
+            name: model.into(),
+            version: "1".into(),
+            sha256: Hex([4; 32]),
+            tokenizer_sha256: Hex([5; 32]),
+        }],
+        prices_from: PricesFrom::Release,
+        price_bounds: Default::default(),
+        max_request_lifetime_secs: 600,
+        min_tcb: MinTcb::default(),
+        measurements: vec![LaunchMeasurement::Simulated {
+            vcpus: 1,
+            values: SimulatedValues {
+                measurement: Hex(measurement),
+            },
+        }],
+    }
+}
