@@ -5,7 +5,7 @@
 //! output; what each accepts of a few malformed inputs). `tonlib-core` is a
 //! dev-dependency of this bench only.
 //!
-//!     cargo bench -p cocoon-protocol --bench ton_boc
+//!     cargo bench -p cocoon-chain --bench ton_boc
 //!
 //! Prints one line per case: ns per operation for each and the ratio
 //! (tonlib-core / ours: above 1 means ours is faster).
@@ -16,27 +16,6 @@ use std::time::{Duration, Instant};
 use base64ct::Encoding as _;
 use cocoon_protocol::ton::{Cell, CellBuilder};
 use tonlib_core::cell::{BagOfCells, CellBuilder as TlBuilder};
-
-/// The wallet v4r2 code (a public on-chain constant; its hash is checked
-/// below against the well-known code hash).
-const WALLET_V4R2_CODE: &[&str] = &[
-    "b5ee9c72010214010002d4000114ff00f4a413f4bcf2c80b01020120020f020148030602e6d001d0d3032171b0925f04",
-    "e022d749c120925f04e002d31f218210706c7567bd22821064737472bdb0925f05e003fa403020fa4401c8ca07cbffc9",
-    "d0ed44d0810140d721f404305c810108f40a6fa131b3925f07e005d33fc8258210706c7567ba923830e30d0382106473",
-    "7472ba925f06e30d0405007801fa00f40430f8276f2230500aa121bef2e0508210706c7567831eb17080185004cb0526",
-    "cf1658fa0219f400cb6917cb1f5260cb3f20c98040fb0006008a5004810108f45930ed44d0810140d720c801cf16f400",
-    "c9ed540172b08e23821064737472831eb17080185005cb055003cf1623fa0213cb6acb1fcb3fc98040fb00925f03e202",
-    "0120070e020120080d020158090a003db29dfb513420405035c87d010c00b23281f2fff274006040423d029be84c6002",
-    "01200b0c0019adce76a26840206b90eb85ffc00019af1df6a26840106b90eb858fc00011b8c97ed44d0d70b1f80059bd",
-    "242b6f6a2684080a06b90fa0218470d4080847a4937d29910ce6903e9ff9837812801b7810148987159f318404f8f283",
-    "08d71820d31fd31fd31f02f823bbf264ed44d0d31fd31fd3fff404d15143baf2a15151baf2a205f901541064f910f2a3",
-    "f80024a4c8cb1f5240cb1f5230cbff5210f400c9ed54f80f01d30721c0009f6c519320d74a96d307d402fb00e830e021",
-    "c001e30021c002e30001c0039130e30d03a4c8cb1f12cb1fcbff10111213006ed207fa00d4d422f90005c8ca0715cbff",
-    "c9d077748018c8cb05cb0222cf165005fa0214cb6b12ccccc973fb00c84014810108f451f2a7020070810108d718fa00",
-    "d33fc8542047810108f451f2a782106e6f746570748018c8cb05cb025006cf165004fa0214cb6a12cb1fcb3fc973fb00",
-    "02006c810108d718fa00d33f305224810108f459f2a782106473747270748018c8cb05cb025005cf165003fa0213cb6a",
-    "cb1f12cb3fc973fb00000af400c9ed54",
-];
 
 /// A transaction the sandbox chain wrote (a transfer of 5 TON).
 const TRANSACTION_B64: &str = "te6cckECBQEAAQsAA694Pf1VLmNym0cvy8yMRevMZpFwJVi2jsdSfhukA6DzGoAAAAAAAtxsAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaxbCdgAAAIAQMEAQGgAgCzSAGCV0EWWeL6lAKu7Vp9FlcSOdwsQ/TFCOSXh/WA2kt5ZwAg9/VUuY3KbRy/LzIxF68xmkXAlWLaOx1J+G6QDoPMahQEqBfIAAYII1oAAAAAAD0JAtYthOxAAIJy6y3KPnqFoMsD+BMVP0+dCDM3212rKqBuoCoEQAFgIxYpQvxRlfS+wk6JVM/UmG0oc/ayk4AIJn+CzwM2dKn4+gARDAlASoF8gAEgKmxUpQ==";
@@ -94,7 +73,9 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(400),
     );
-    let wallet = hex::decode(WALLET_V4R2_CODE.concat()).unwrap();
+    // The wallet v4r2 code (its hash is checked against the well-known
+    // code hash by cocoon_chain::wallet's tests).
+    let wallet = cocoon_chain::wallet::code().to_boc();
     let tx = base64ct::Base64::decode_vec(TRANSACTION_B64).unwrap();
     let mut seed = 7;
     let cases: Vec<(&str, Vec<u8>)> = vec![
