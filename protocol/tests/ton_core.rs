@@ -9,38 +9,14 @@
 //! CI (`CI` set) their absence fails the test, elsewhere it is skipped with
 //! a message.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
 use cocoon_protocol::settlement::ContractAddress;
 use cocoon_protocol::ton::{dict, Cell};
 use serde_json::Value;
 
 fn fixtures() -> Option<Value> {
-    let contracts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts");
-    let node_ok = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !node_ok || !contracts.join("node_modules/@ton/core").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI: node and contracts/node_modules are required (scripts/ton-deps.sh)"
-        );
-        eprintln!("SKIPPED: no node or no contracts/node_modules (run scripts/ton-deps.sh)");
-        return None;
-    }
-    let out = Command::new("node")
-        .arg("scripts/ton-fixtures.mjs")
-        .current_dir(&contracts)
-        .output()
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "ton-fixtures.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(serde_json::from_slice(&out.stdout).expect("fixtures are JSON"))
+    common::node_fixtures("ton-fixtures.mjs")
 }
 
 fn h(v: &Value) -> Vec<u8> {
