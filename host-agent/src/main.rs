@@ -807,16 +807,7 @@ fn settle(cli: &Cli, args: &SettleArgs) -> Result<(), Failure> {
             "ledger: {} receipts, {} nanoton; counted by claimed tabs: {} receipts, {} nanoton",
             s.ledger_receipts, s.ledger_nanoton, s.counted_receipts, s.counted_nanoton
         );
-        for u in &s.unclaimed {
-            println!(
-                "not claimed: account {} key {}: {} receipts, {} nanoton: {}",
-                hex::encode(u.account),
-                hex::encode(&u.receipt_public_key[..u.receipt_public_key.len().min(8)]),
-                u.receipts,
-                u.nanoton,
-                u.reason
-            );
-        }
+        print_unclaimed(&s.unclaimed);
         Ok(())
     })
 }
@@ -896,16 +887,7 @@ async fn settle_send(
             c.failure.as_deref().unwrap_or("")
         );
     }
-    for u in &r.unclaimed {
-        println!(
-            "not claimed: account {} key {}: {} receipts, {} nanoton: {}",
-            hex::encode(u.account),
-            hex::encode(&u.receipt_public_key[..u.receipt_public_key.len().min(8)]),
-            u.receipts,
-            u.nanoton,
-            u.reason
-        );
-    }
+    print_unclaimed(&r.unclaimed);
     if failed.is_empty() && r.resumed_pending.is_empty() {
         Ok(())
     } else {
@@ -1057,5 +1039,20 @@ fn main() -> ExitCode {
             eprintln!("cocoon-host: {msg}");
             ExitCode::from(code)
         }
+    }
+}
+
+/// The receipts a settlement run left unclaimed, one line each, as both
+/// `settle --out` and `settle --send` report them.
+fn print_unclaimed(unclaimed: &[cocoon_host::settle::Unclaimed]) {
+    for u in unclaimed {
+        println!(
+            "not claimed: account {} key {}: {} receipts, {} nanoton: {}",
+            hex::encode(u.account),
+            hex::encode(&u.receipt_public_key[..u.receipt_public_key.len().min(8)]),
+            u.receipts,
+            u.nanoton,
+            u.reason
+        );
     }
 }
