@@ -267,7 +267,8 @@ struct LaunchArgs {
     /// QEMU binary (9.1+ for SNP, 10.1+ for TDX).
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
-    /// kvm, tcg or auto (kvm when /dev/kvm opens; snp/tdx need kvm).
+    /// kvm, tcg or auto (kvm when a probe boot of the image's kernel works
+    /// under it, and TCG if KVM later fails the guest; snp/tdx need kvm).
     #[arg(long, default_value = "auto")]
     accel: String,
     /// vsock device: kernel (/dev/vhost-vsock), user (vhost-device-vsock)
@@ -295,16 +296,6 @@ struct LaunchArgs {
     provider_settings: Option<PathBuf>,
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
 fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
     let usage = |e: String| Failure(EX_USAGE, e);
     let image = vm::Image::load(&l.image).map_err(|e| Failure(EX_NOINPUT, e))?;
@@ -313,8 +304,14 @@ fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
         "tcg" => vm::Accel::Tcg,
         // SEV-SNP and TDX exist only under KVM: no probe, QEMU says why if
         // KVM cannot start the guest.
-        "auto" if l.tee != vm::Tee::None || vm::kvm_works(&l.qemu) => vm::Accel::Kvm,
-        "auto" => vm::Accel::Tcg,
+        "auto" if l.tee != vm::Tee::None => vm::Accel::Kvm,
+        "auto" => match vm::kvm::probe(&l.qemu, &image, l.vcpus, l.memory_mib) {
+            Ok(()) => vm::Accel::Kvm,
+            Err(why) => {
+                eprintln!("cocoon-host: --accel auto: KVM cannot run this guest here ({why})");
+                vm::Accel::Tcg
+            }
+        },
         other => {
             return Err(usage(format!(
                 "--accel {other:?}: expected kvm, tcg or auto"
@@ -327,7 +324,7 @@ fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
         "user" | "auto" => {
             let binary = match &l.vhost_device_vsock {
                 Some(b) => b.clone(),
-                None => find_in_path("vhost-device-vsock").ok_or_else(|| {
+                None => vm::find_in_path("vhost-device-vsock").ok_or_else(|| {
                     usage("no /dev/vhost-vsock and no vhost-device-vsock binary: `cargo install vhost-device-vsock --version 0.3.0` or pass --vhost-device-vsock".into())
                 })?,
             };
@@ -378,6 +375,7 @@ fn vm_config(l: &LaunchArgs) -> Result<vm::VmConfig, Failure> {
     Ok(vm::VmConfig {
         tee: l.tee,
         accel,
+        tcg_fallback: l.accel == "auto" && l.tee == vm::Tee::None,
         image,
         firmware: l.firmware.clone(),
         vcpus: l.vcpus,

@@ -255,6 +255,10 @@ pub struct VmConfig {
     pub tee: Tee,
     /// Acceleration.
     pub accel: Accel,
+    /// Whether a KVM internal error at run time moves the VM to TCG
+    /// (`--accel auto` without a TEE: the probe passed but KVM failed the
+    /// guest later). SNP and TDX guests have no TCG to move to.
+    pub tcg_fallback: bool,
     /// The image.
     pub image: Image,
     /// Firmware (`-bios`): the AmdSev OVMF build for SNP, TDVF for TDX; the
@@ -365,7 +369,16 @@ pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
                 s("-object"),
                 mem,
                 s("-cpu"),
-                s(if c.accel == Accel::Kvm { "host" } else { "max" }),
+                // Under TCG a CPU without AVX: QEMU emulates SSE far faster
+                // than AVX, and libtorch picks its kernels by what the CPU
+                // offers (measured in the image test: an embedding 18.4 s
+                // with `-cpu max`, 3.4 s with Nehalem; a 7-token chat over
+                // 300 s, 37 s).
+                s(if c.accel == Accel::Kvm {
+                    "host"
+                } else {
+                    "Nehalem"
+                }),
             ]);
         }
         Tee::Snp => {
@@ -503,59 +516,7 @@ pub fn plan(c: &VmConfig) -> Result<VmPlan, String> {
     })
 }
 
-/// Whether KVM works for QEMU here: `/dev/kvm` opens for reading and
-/// writing, and a probe VM (`qemu -accel kvm -cpu host`, no disks, 64 MiB)
-/// is still running after [`KVM_PROBE`]. Some hosts expose a `/dev/kvm`
-/// that opens but cannot run a guest (a nested, paravirtual KVM whose MSR
-/// writes fail makes QEMU abort at once); those get TCG. Blocking: call it
-/// before the runtime starts.
-pub fn kvm_works(qemu: &Path) -> bool {
-    let opens = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !opens {
-        return false;
-    }
-    let child = std::process::Command::new(qemu)
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "none",
-            "-no-reboot",
-            "-machine",
-            "q35,accel=kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "64",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = child else {
-        return false;
-    };
-    let deadline = Instant::now() + KVM_PROBE;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    true
-}
-
-/// How long the KVM probe VM must survive.
-pub const KVM_PROBE: Duration = Duration::from_millis(1500);
+pub mod kvm;
 
 /// Starts the VM, restarts it when it ends (backing off while it keeps
 /// failing quickly), and stops it when `stop` turns true.
@@ -586,7 +547,7 @@ impl Supervisor {
     }
 
     /// Runs until `stop` is true: starts the VM, waits for it, restarts it.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
         let mut boots = 0u64;
         loop {
@@ -595,16 +556,18 @@ impl Supervisor {
             }
             boots += 1;
             let started = Instant::now();
+            let mut kvm_failed_guest = false;
             match self.start().await {
-                Ok((mut qemu, mut device)) => {
-                    tracing::info!(boot = boots, release = %self.config.image.release, tee = self.config.tee.as_str(), "VM started");
+                Ok((mut qemu, mut device, mut kvm_failed)) => {
+                    tracing::info!(boot = boots, release = %self.config.image.release, tee = self.config.tee.as_str(), accel = ?self.config.accel, "VM started");
                     let settings = self.settings_handoff();
                     tokio::pin!(settings);
                     let mut handed = false;
                     let ended = loop {
                         tokio::select! {
-                            status = qemu.wait() => break Some(status),
-                            _ = stop.changed() => break None,
+                            status = qemu.wait() => break Ended::Exited(status),
+                            _ = stop.changed() => break Ended::Stopped,
+                            true = async { kvm_failed.wait_for(|failed| *failed).await.is_ok() } => break Ended::KvmFailed,
                             r = &mut settings, if !handed => {
                                 handed = true;
                                 if let Err(reason) = r {
@@ -619,11 +582,19 @@ impl Supervisor {
                         }
                     };
                     match ended {
-                        Some(status) => {
+                        Ended::Exited(status) => {
                             let tail = serial_tail(&self.plan.serial_log);
                             tracing::warn!(boot = boots, status = ?status.ok(), ran_ms = started.elapsed().as_millis() as u64, serial_tail = %tail, "VM ended; restarting");
                         }
-                        None => {
+                        Ended::KvmFailed => {
+                            // QEMU keeps a VM that KVM failed paused for
+                            // ever: end it.
+                            let _ = qemu.kill().await;
+                            let tail = serial_tail(&self.plan.serial_log);
+                            tracing::error!(boot = boots, ran_ms = started.elapsed().as_millis() as u64, serial_tail = %tail, "KVM stopped the guest with an internal error");
+                            kvm_failed_guest = true;
+                        }
+                        Ended::Stopped => {
                             tracing::info!("stopping the VM");
                             let _ = qemu.kill().await;
                         }
@@ -636,6 +607,21 @@ impl Supervisor {
             }
             if *stop.borrow() {
                 return;
+            }
+            if kvm_failed_guest && self.config.tcg_fallback && self.config.accel == Accel::Kvm {
+                let mut config = self.config.clone();
+                config.accel = Accel::Tcg;
+                match plan(&config) {
+                    Ok(p) => {
+                        tracing::warn!("--accel auto: KVM passed the probe but cannot run this guest; restarting it under QEMU's software emulation (TCG), slowly");
+                        eprintln!("cocoon-host: KVM failed the guest; the VM now runs under TCG (software emulation), slowly");
+                        self.config = config;
+                        self.plan = p;
+                        backoff = Duration::from_secs(1);
+                        continue;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot plan the VM under TCG"),
+                }
             }
             if started.elapsed() >= HEALTHY_RUN {
                 backoff = Duration::from_secs(1);
@@ -686,7 +672,9 @@ impl Supervisor {
         }
     }
 
-    async fn start(&self) -> Result<(Child, Option<Child>), String> {
+    /// Starts the vsock device (if user-space) and QEMU; the receiver
+    /// turns true when QEMU reports a KVM internal error.
+    async fn start(&self) -> Result<(Child, Option<Child>, watch::Receiver<bool>), String> {
         let mut device = None;
         if let (VsockDevice::User { binary }, Some(args), Some(sock)) = (
             &self.config.vsock,
@@ -697,7 +685,7 @@ impl Supervisor {
             if let EnclaveAddr::HybridVsock { path, .. } = &self.plan.enclave_addr {
                 let _ = std::fs::remove_file(path);
             }
-            let child = Command::new(binary)
+            let child = tied_to_us(binary)
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -719,16 +707,56 @@ impl Supervisor {
             }
             device = Some(child);
         }
-        let qemu = Command::new(&self.config.qemu)
+        let mut qemu = tied_to_us(&self.config.qemu)
             .args(&self.plan.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.config.qemu.display()))?;
-        Ok((qemu, device))
+        let (failed, kvm_failed) = watch::channel(false);
+        if let Some(stderr) = qemu.stderr.take() {
+            kvm::watch_stderr(stderr, failed);
+        }
+        Ok((qemu, device, kvm_failed))
     }
+}
+
+/// `name` in `PATH` (or `~/.cargo/bin`), if it is there.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A command for `program` that dies with the host agent: through
+/// util-linux's `setpriv --pdeathsig KILL` where it is installed (the
+/// kernel kills the child when its parent goes, even on SIGKILL, which
+/// `kill_on_drop` cannot see), else `program` itself.
+fn tied_to_us(program: &Path) -> Command {
+    match find_in_path("setpriv") {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// How one run of the VM ended.
+enum Ended {
+    /// QEMU exited.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// The host agent is stopping.
+    Stopped,
+    /// KVM stopped the guest (QEMU printed a KVM internal error).
+    KvmFailed,
 }
 
 /// The longest one settings exchange may take (connect, send, answer): the
@@ -786,6 +814,7 @@ mod tests {
             } else {
                 Accel::Kvm
             },
+            tcg_fallback: false,
             image: Image {
                 kernel: "/img/vmlinuz".into(),
                 kernel_elf: Some("/img/vmlinux".into()),

@@ -4,9 +4,10 @@
 //! (Debian's kernel; the static `cocoon-init` as PID 1 of the initramfs,
 //! which maps the root disk with dm-verity against the root hash on the
 //! command line and starts the enclave from it, linked against the disk's
-//! libtorch) under QEMU, KVM where `/dev/kvm` works and TCG otherwise, with
-//! the disk attached read-only and vsock through the kernel's vhost-vsock
-//! or `vhost-device-vsock`. The host hands the provider's settings over
+//! libtorch) under QEMU (KVM where a probe boot of the image's kernel works
+//! under it, TCG otherwise; one guest at a time), with the disk attached
+//! read-only and vsock through the kernel's vhost-vsock or
+//! `vhost-device-vsock`. The host hands the provider's settings over
 //! vsock, its broker verifies the enclave's evidence, and a client gets
 //! MiniLM embeddings and a SmolLM2 answer through the real guest, equal to
 //! the Python references, with receipts at the provider's prices. Disks
@@ -76,6 +77,16 @@ fn missing() -> Option<String> {
         return Some("no /dev/vhost-vsock and no vhost-device-vsock (cargo install vhost-device-vsock --version 0.3.0)".into());
     }
     None
+}
+
+/// One guest at a time: on 2 cores, three emulated guests side by side
+/// (TCG, where KVM cannot run them) each take longer than their deadlines.
+static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding it leaves it poisoned; the guard
+    // only orders the tests.
+    ONE_VM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn skip_or_fail() -> bool {
@@ -179,6 +190,7 @@ fn the_image_boots_from_its_verity_disk_and_serves_real_models() {
     if skip_or_fail() {
         return;
     }
+    let _vm = one_vm_at_a_time();
     let image = image_dir();
     let dir = TempDir::new("image-boot");
     let started = Instant::now();
@@ -437,6 +449,7 @@ fn tampered_disks_never_serve() {
     if skip_or_fail() {
         return;
     }
+    let _vm = one_vm_at_a_time();
     let dir = TempDir::new("image-tamper");
     let disk = std::fs::read(image_dir().join("disk.img")).unwrap();
     let cmdline = std::fs::read_to_string(image_dir().join("cmdline.txt")).unwrap();
@@ -533,6 +546,7 @@ fn settings_outside_the_release_bounds_are_refused_at_boot() {
     if skip_or_fail() {
         return;
     }
+    let _vm = one_vm_at_a_time();
     let dir = TempDir::new("image-bounds");
     // The release allows at most 100000 nanoton per chat prompt token.
     let (mut host, run_dir) = launch(&dir, &image_dir(), &settings_toml(3, 100_001));
