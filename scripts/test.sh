@@ -44,9 +44,9 @@ bash "$ROOT/scripts/ton-deps.sh"
 # The rebuild was only for the comparison.
 rm -rf "$ROOT/images/out/image-rebuild"
 export COCOON_IMAGE_DIR="$ROOT/images/out/image"
-# The image tests use KVM when the launcher's probe finds it working, TCG
-# otherwise; COCOON_IMAGE_ACCEL=tcg forces TCG on a machine whose /dev/kvm
-# passes the probe yet never boots a guest (some nested hosts).
+# The image tests use KVM when the launcher's probe (a boot of the image's
+# own kernel to its init) works under it, TCG otherwise, one VM at a time;
+# COCOON_IMAGE_ACCEL=kvm|tcg overrides the choice.
 
 phase "cargo test --workspace (aws-lc backend)"
 cargo test --workspace --all-targets 2>&1 | tee -a "$LOG"
