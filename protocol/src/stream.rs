@@ -269,12 +269,61 @@ impl ResponseSealer {
         out: &mut Vec<u8>,
     ) -> Result<(), StreamError> {
         out.clear();
-        if self.finished {
-            return Err(StreamError::Finished);
-        }
         if data.len() > MAX_CHUNK_DATA {
             return Err(StreamError::TooLarge {
                 got: data.len(),
+                limit: MAX_CHUNK_DATA,
+            });
+        }
+        let headroom = self.headroom();
+        out.reserve(headroom + data.len() + TAG_LEN);
+        out.resize(headroom, 0);
+        out.extend_from_slice(data);
+        self.seal_in_place(out, last)
+    }
+
+    /// The length of the next chunk's clear header: what a caller of
+    /// [`seal_in_place`](ResponseSealer::seal_in_place) leaves free in
+    /// front of the data (the first chunk carries the response nonce too).
+    pub fn headroom(&self) -> usize {
+        if self.next_seq == 0 {
+            CHUNK_HEADER_LEN + RESPONSE_NONCE_LEN
+        } else {
+            CHUNK_HEADER_LEN
+        }
+    }
+
+    /// Seal the next chunk where it lies, with no copy: `buf` holds
+    /// [`headroom`](ResponseSealer::headroom) bytes (any value) and then the
+    /// chunk's data, as a caller that encoded its data after reserving the
+    /// header writes it. On return `buf` is the chunk's wire bytes (header,
+    /// ciphertext, tag); on error it is cleared and nothing was sealed.
+    pub fn seal_in_place(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), StreamError> {
+        let headroom = self.headroom();
+        let sealed = self.seal_prefixed(buf, headroom, last);
+        if sealed.is_err() {
+            buf.clear();
+        }
+        sealed
+    }
+
+    fn seal_prefixed(
+        &mut self,
+        buf: &mut Vec<u8>,
+        headroom: usize,
+        last: bool,
+    ) -> Result<(), StreamError> {
+        if self.finished {
+            return Err(StreamError::Finished);
+        }
+        let Some(len) = buf.len().checked_sub(headroom) else {
+            return Err(StreamError::Malformed(
+                "seal_in_place: the buffer is shorter than the chunk header",
+            ));
+        };
+        if len > MAX_CHUNK_DATA {
+            return Err(StreamError::TooLarge {
+                got: len,
                 limit: MAX_CHUNK_DATA,
             });
         }
@@ -285,22 +334,19 @@ impl ResponseSealer {
             return Err(StreamError::Finished);
         };
         let flags = if last { FLAG_LAST } else { 0 };
-        out.reserve(CHUNK_HEADER_LEN + RESPONSE_NONCE_LEN + data.len() + TAG_LEN);
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.push(flags);
+        buf[..8].copy_from_slice(&seq.to_be_bytes());
+        buf[8] = flags;
         if seq == 0 {
-            out.extend_from_slice(&self.response_nonce);
+            buf[CHUNK_HEADER_LEN..headroom].copy_from_slice(&self.response_nonce);
         }
-        let body = out.len();
-        out.extend_from_slice(data);
+        buf.reserve(TAG_LEN);
         let aad = aad(&self.request_id, seq, flags);
         if self
             .keys
             .key
-            .seal_append_tag(self.keys.nonce(seq), &aad, out, body)
+            .seal_append_tag(self.keys.nonce(seq), &aad, buf, headroom)
             .is_err()
         {
-            out.clear();
             return Err(StreamError::Crypto);
         }
         self.next_seq = next;
@@ -540,6 +586,49 @@ mod tests {
         o.finish().unwrap();
         assert_eq!(o.received(), 4);
         assert_eq!(o.open_chunk(&c[3]), Err(StreamError::AfterLast));
+    }
+
+    #[test]
+    fn sealing_where_the_data_lies_gives_the_same_wire_bytes() {
+        // Two sealers with the same keys and response nonce: one copies,
+        // one seals in place; the wire bytes must be identical.
+        let mut rng = rng();
+        let sk = HpkeSecretKey::generate(&mut rng);
+        let d = EvidenceDigest::of_claims(b"claims");
+        let (req, client) = seal_request(sk.public_key(), &d, &meta(), b"q", &mut rng).unwrap();
+        let (_, _, enclave) = open_request(&sk, &d, &req).unwrap();
+        let mut copying = enclave.response_sealer(&mut rng).unwrap();
+        let (_, _, enclave) = open_request(&sk, &d, &req).unwrap();
+        let mut in_place = ResponseSealer::new(enclave, &mut rng).unwrap();
+        // Same response nonce: derive the second from the first's.
+        in_place.response_nonce = copying.response_nonce;
+        in_place.keys = ResponseKeys::derive(
+            |c, out| {
+                let (_, _, e) = open_request(&sk, &d, &req).unwrap();
+                e.ctx.export(c, out)
+            },
+            &copying.response_nonce,
+        )
+        .unwrap();
+        let mut opener = client.response_opener();
+        for (i, data) in [&b"first"[..], b"", &[7u8; 300][..]].iter().enumerate() {
+            let last = i == 2;
+            let want = copying.seal_chunk(data, last).unwrap();
+            let mut buf = vec![0xee; in_place.headroom()];
+            buf.extend_from_slice(data);
+            in_place.seal_in_place(&mut buf, last).unwrap();
+            assert_eq!(buf, want, "chunk {i}");
+            assert_eq!(opener.open_chunk(&buf).unwrap().data, *data);
+        }
+        // Too short for its header: refused, cleared, nothing sealed.
+        let (mut s, _) = pair();
+        let mut short = vec![0; s.headroom() - 1];
+        assert!(matches!(
+            s.seal_in_place(&mut short, false),
+            Err(StreamError::Malformed(_))
+        ));
+        assert!(short.is_empty());
+        assert_eq!(s.sealed(), 0);
     }
 
     #[test]

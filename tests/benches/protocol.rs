@@ -21,7 +21,7 @@ use cocoon_protocol::receipt::{ReceiptSigner, ReceiptVerifier, UnitPrice, UsageR
 use cocoon_protocol::seal::{
     open_request, seal_request, BillingMeta, EvidenceDigest, HpkeSecretKey, SealedRequest,
 };
-use cocoon_protocol::stream::{ResponseOpener, ResponseSealer};
+use cocoon_protocol::stream::{ResponseOpener, ResponseSealer, CHUNK_HEADER_LEN, CHUNK_TAG_LEN};
 use cocoon_protocol::RequestId;
 use cocoon_tests::bench::{interleaved, mode, ms};
 use criterion::{Criterion, Throughput};
@@ -33,7 +33,7 @@ const CHUNK: usize = 16 << 10;
 const REQUEST_BYTES: usize = 1 << 10;
 /// Requests per timed call in the HPKE loop (one is ~0.1 ms).
 const REQUESTS_PER_CALL: usize = 10;
-const GOAL_STREAM: f64 = 0.8;
+const GOAL_STREAM: f64 = 0.85;
 
 type X25519 = hpke::kem::X25519HkdfSha256;
 type P256 = hpke::kem::DhP256HkdfSha256;
@@ -149,6 +149,17 @@ fn ours_seal(s: &mut ResponseSealer, data: &[u8]) -> bool {
 fn ours_seal_into(s: &mut ResponseSealer, out: &mut Vec<u8>, data: &[u8]) -> bool {
     data.chunks(CHUNK)
         .all(|c| s.seal_chunk_into(black_box(c), false, out).is_ok())
+}
+
+/// The enclave's path: each chunk's data already lies behind its header
+/// room (the enclave encodes its event there) and is sealed where it lies.
+/// Each buffer holds the last round's sealed chunk; dropping its tag leaves
+/// header room and data again, at no cost.
+fn ours_seal_in_place(s: &mut ResponseSealer, bufs: &mut [Vec<u8>]) -> bool {
+    bufs.iter_mut().all(|b| {
+        b.truncate(b.len() - CHUNK_TAG_LEN);
+        s.seal_in_place(black_box(b), false).is_ok()
+    })
 }
 
 fn ours_round_trip(
@@ -320,6 +331,20 @@ fn main() {
     // Stream: seal only, then seal + open, each beside the raw primitive.
     // Every path its own state, so the closures borrow nothing in common.
     let (mut sealer_into, _) = stream_pair();
+    let (mut sealer_in_place, _) = stream_pair();
+    // Past chunk 0 (whose header also carries the response nonce), every
+    // chunk's header room is the same.
+    assert!(sealer_in_place.seal_chunk(b"", false).is_ok());
+    let mut in_place_bufs: Vec<Vec<u8>> = data
+        .chunks(CHUNK)
+        .map(|c| {
+            let mut b = Vec::with_capacity(CHUNK_HEADER_LEN + CHUNK + CHUNK_TAG_LEN);
+            b.resize(CHUNK_HEADER_LEN, 0);
+            b.extend_from_slice(c);
+            assert!(sealer_in_place.seal_in_place(&mut b, false).is_ok());
+            b
+        })
+        .collect();
     let mut raw_rc = Raw::new(&key);
     let mut rc_buf = data.clone();
     let s = interleaved(
@@ -329,6 +354,7 @@ fn main() {
             &mut || ours_seal_into(&mut sealer_into, &mut out, &data),
             &mut || raw.aws_seal(&mut raw_buf),
             &mut || raw_rc.rc_seal(&mut rc_buf),
+            &mut || ours_seal_in_place(&mut sealer_in_place, &mut in_place_bufs),
         ],
     );
     // A fresh pair: the opener must see every chunk its sealer made.
@@ -394,6 +420,12 @@ fn main() {
         x(s[1], s[2])
     );
     println!(
+        "    ours seal_in_place (the enclave's path: data encoded behind the header room) {} ({:.2} GB/s): {:.3}x raw aws-lc-rs",
+        ms(s[4]),
+        gbps(s[4]),
+        x(s[4], s[2])
+    );
+    println!(
         "    raw aws-lc-rs AES-256-GCM in place {} ({:.2} GB/s)",
         ms(s[2]),
         gbps(s[2])
@@ -435,9 +467,9 @@ fn main() {
         ms(per(r[0]))
     );
     if mode.measuring {
-        let ratio = x(s[0], s[2]);
+        let ratio = x(s[4], s[2]);
         println!(
-            "  stream goal: ours seal_chunk >= {GOAL_STREAM:.1}x raw aws-lc-rs throughput: {}",
+            "  stream goal: ours seal_in_place (the enclave's path) >= {GOAL_STREAM:.2}x raw aws-lc-rs throughput: {}",
             if ratio >= GOAL_STREAM {
                 "met"
             } else {
