@@ -188,6 +188,24 @@ pub fn encode(stream_id: u32, kind: FrameType, payload: &[u8]) -> Result<Vec<u8>
     Ok(out)
 }
 
+/// Make `buf` one frame where it lies: `buf[..HEADER_LEN]` is room (any
+/// value) and the payload follows; the header is written into the room, so
+/// a payload built behind it is never copied.
+pub fn frame_in_place(stream_id: u32, kind: FrameType, buf: &mut [u8]) -> Result<(), FrameError> {
+    let payload = buf.len().saturating_sub(HEADER_LEN);
+    let len = u32::try_from(payload)
+        .ok()
+        .filter(|_| payload <= MAX_PAYLOAD && buf.len() >= HEADER_LEN)
+        .ok_or(FrameError::Oversize {
+            len: payload as u64,
+            max: MAX_PAYLOAD,
+        })?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf[4..8].copy_from_slice(&stream_id.to_be_bytes());
+    buf[8] = kind.to_u8();
+    Ok(())
+}
+
 /// A parsed, checked header.
 struct Header {
     len: usize,

@@ -299,10 +299,23 @@ impl ResponseSealer {
     /// header writes it. On return `buf` is the chunk's wire bytes (header,
     /// ciphertext, tag); on error it is cleared and nothing was sealed.
     pub fn seal_in_place(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<(), StreamError> {
+        self.seal_in_place_at(buf, 0, last)
+    }
+
+    /// Like [`seal_in_place`](ResponseSealer::seal_in_place) for a chunk
+    /// that starts at `start` in `buf` (behind a frame header's room, say):
+    /// `buf[start..]` is header room and data; the bytes before `start` are
+    /// left alone. On error `buf` is cut back to `start`.
+    pub fn seal_in_place_at(
+        &mut self,
+        buf: &mut Vec<u8>,
+        start: usize,
+        last: bool,
+    ) -> Result<(), StreamError> {
         let headroom = self.headroom();
-        let sealed = self.seal_prefixed(buf, headroom, last);
+        let sealed = self.seal_prefixed(buf, start, headroom, last);
         if sealed.is_err() {
-            buf.clear();
+            buf.truncate(start);
         }
         sealed
     }
@@ -310,13 +323,18 @@ impl ResponseSealer {
     fn seal_prefixed(
         &mut self,
         buf: &mut Vec<u8>,
+        start: usize,
         headroom: usize,
         last: bool,
     ) -> Result<(), StreamError> {
         if self.finished {
             return Err(StreamError::Finished);
         }
-        let Some(len) = buf.len().checked_sub(headroom) else {
+        let Some(len) = buf
+            .len()
+            .checked_sub(start)
+            .and_then(|n| n.checked_sub(headroom))
+        else {
             return Err(StreamError::Malformed(
                 "seal_in_place: the buffer is shorter than the chunk header",
             ));
@@ -334,17 +352,18 @@ impl ResponseSealer {
             return Err(StreamError::Finished);
         };
         let flags = if last { FLAG_LAST } else { 0 };
-        buf[..8].copy_from_slice(&seq.to_be_bytes());
-        buf[8] = flags;
+        let header = &mut buf[start..start + headroom];
+        header[..8].copy_from_slice(&seq.to_be_bytes());
+        header[8] = flags;
         if seq == 0 {
-            buf[CHUNK_HEADER_LEN..headroom].copy_from_slice(&self.response_nonce);
+            header[CHUNK_HEADER_LEN..].copy_from_slice(&self.response_nonce);
         }
         buf.reserve(TAG_LEN);
         let aad = aad(&self.request_id, seq, flags);
         if self
             .keys
             .key
-            .seal_append_tag(self.keys.nonce(seq), &aad, buf, headroom)
+            .seal_append_tag(self.keys.nonce(seq), &aad, buf, start + headroom)
             .is_err()
         {
             return Err(StreamError::Crypto);
@@ -614,11 +633,16 @@ mod tests {
         for (i, data) in [&b"first"[..], b"", &[7u8; 300][..]].iter().enumerate() {
             let last = i == 2;
             let want = copying.seal_chunk(data, last).unwrap();
-            let mut buf = vec![0xee; in_place.headroom()];
+            // Chunk 1 lies behind 9 bytes that are not its own (a frame
+            // header's room): they are left alone.
+            let start = if i == 1 { 9 } else { 0 };
+            let mut buf = vec![0xaa; start];
+            buf.resize(start + in_place.headroom(), 0xee);
             buf.extend_from_slice(data);
-            in_place.seal_in_place(&mut buf, last).unwrap();
-            assert_eq!(buf, want, "chunk {i}");
-            assert_eq!(opener.open_chunk(&buf).unwrap().data, *data);
+            in_place.seal_in_place_at(&mut buf, start, last).unwrap();
+            assert_eq!(buf[..start], vec![0xaa; start][..]);
+            assert_eq!(buf[start..], want[..], "chunk {i}");
+            assert_eq!(opener.open_chunk(&buf[start..]).unwrap().data, *data);
         }
         // Too short for its header: refused, cleared, nothing sealed.
         let (mut s, _) = pair();

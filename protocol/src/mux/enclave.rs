@@ -358,6 +358,36 @@ impl EnclaveConn {
         Ok(true)
     }
 
+    /// Like [`chunk`](EnclaveConn::chunk) for a chunk built where its frame
+    /// will lie: `framed[..frame::HEADER_LEN]` is room for the frame header
+    /// and the sealed chunk follows (as
+    /// [`ResponseSealer::seal_in_place_at`](crate::stream::ResponseSealer::seal_in_place_at)
+    /// leaves it). The header is written into the room and the buffer
+    /// queued as it is: no copy.
+    pub fn chunk_framed(
+        &mut self,
+        stream: u32,
+        token: &CancelToken,
+        mut framed: Vec<u8>,
+    ) -> Result<bool, Misuse> {
+        self.slot(stream, token, Kind::Request)?;
+        let chunk = framed.get(frame::HEADER_LEN..).unwrap_or_default();
+        if chunk_is_last(chunk) != Some(false) {
+            return Err(Misuse::LastFlag { stream });
+        }
+        if token.is_cancelled() {
+            return Ok(false);
+        }
+        let len = chunk.len();
+        frame::frame_in_place(stream, FrameType::ResponseChunk, &mut framed)
+            .map_err(|_| Misuse::TooLarge { len })?;
+        self.out.push_back(Transmit {
+            bytes: framed,
+            token: Some(token.clone()),
+        });
+        Ok(true)
+    }
+
     /// End a served request: record `receipt` (signed as `signed`) as
     /// pending in the book, then queue the `Receipt` frame and the final
     /// chunk `last`, in that order; the stream id is free again. A cancelled

@@ -328,3 +328,33 @@ fn stream_ids_wrap_skipping_zero_and_ids_in_use() {
         "0 is the connection, 1 is in use"
     );
 }
+
+#[test]
+fn a_chunk_built_where_its_frame_lies_goes_out_as_the_copied_one_does() {
+    let (mut h, mut e, _) = pair();
+    h.open_request(b"r").unwrap();
+    for f in drain_host(&mut h) {
+        e.on_frame(f).unwrap();
+    }
+    let Some(EnclaveEvent::Request { token, .. }) = e.poll_event() else {
+        panic!("a request event")
+    };
+    assert!(e.chunk(1, &token, &chunk(false)).unwrap());
+    let copied = e.poll_transmit().unwrap().bytes;
+    let mut framed = vec![0xee; crate::frame::HEADER_LEN];
+    framed.extend_from_slice(&chunk(false));
+    assert!(e.chunk_framed(1, &token, framed).unwrap());
+    assert_eq!(e.poll_transmit().unwrap().bytes, copied);
+    // The last flag is refused here as in `chunk`; so is a buffer with no
+    // room for its header.
+    let mut last = vec![0; crate::frame::HEADER_LEN];
+    last.extend_from_slice(&chunk(true));
+    assert!(matches!(
+        e.chunk_framed(1, &token, last),
+        Err(Misuse::LastFlag { stream: 1 })
+    ));
+    assert!(matches!(
+        e.chunk_framed(1, &token, vec![0; 3]),
+        Err(Misuse::LastFlag { stream: 1 })
+    ));
+}
