@@ -415,7 +415,7 @@ mod tests {
         let mut sampler = Sampler::new(&hot);
         for _ in 0..20 {
             let p = sampler
-                .pick(&mut vec![0.0f32, 2.0f32.ln(), 0.0, f32::NEG_INFINITY])
+                .pick(&mut [0.0f32, 2.0f32.ln(), 0.0, f32::NEG_INFINITY])
                 .unwrap();
             let lp = p.logprobs.unwrap();
             assert!(lp.chosen <= 0.0 && lp.chosen.is_finite(), "{lp:?}");

@@ -237,15 +237,14 @@ async fn stream_chat(
             }
             let logprobs = upstream_logprobs(&choice["logprobs"]["content"]);
             let piece = choice["delta"]["content"].as_str().unwrap_or_default();
-            if !piece.is_empty() || !logprobs.is_empty() {
-                if tx
+            if (!piece.is_empty() || !logprobs.is_empty())
+                && tx
                     .send(Event::Piece(piece.to_owned(), logprobs))
                     .await
                     .is_err()
-                {
-                    // The caller stopped listening (cancelled or cut).
-                    return Ok(finish);
-                }
+            {
+                // The caller stopped listening (cancelled or cut).
+                return Ok(finish);
             }
         }
         if buf.len() > MAX_LINE {

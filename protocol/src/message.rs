@@ -469,8 +469,11 @@ mod tests {
         assert!(InferenceRequest::from_cbor(&empty).is_err());
     }
 
+    /// The entries of a CBOR map.
+    type Entries = Vec<(Value, Value)>;
+
     /// A chat request with `sampling` replaced by `f(sampling map)`.
-    fn chat_with_sampling(f: impl FnOnce(&mut Vec<(Value, Value)>)) -> Vec<u8> {
+    fn chat_with_sampling(f: impl FnOnce(&mut Entries)) -> Vec<u8> {
         let req = InferenceRequest::Chat {
             messages: vec![ChatMessage {
                 role: Role::User,
@@ -504,7 +507,7 @@ mod tests {
     #[test]
     fn sampling_is_decoded_strictly() {
         assert!(InferenceRequest::from_cbor(&chat_with_sampling(|_| {})).is_ok());
-        let refused = |f: &dyn Fn(&mut Vec<(Value, Value)>), want: &str| {
+        let refused = |f: &dyn Fn(&mut Entries), want: &str| {
             let e = InferenceRequest::from_cbor(&chat_with_sampling(f))
                 .unwrap_err()
                 .to_string();
