@@ -331,7 +331,31 @@ mkdir -p "$corpus/message" "$corpus/api"
     cbor_text kind; cbor_text embeddings
     cbor_text inputs; cbor_head 4 2; cbor_text a; cbor_text "b c"
 } >"$corpus/message/embeddings-request"
+{
+    cbor_map 3
+    cbor_text kind; cbor_text chat
+    cbor_text messages; cbor_head 4 1
+    cbor_map 2; cbor_text role; cbor_text user; cbor_text content; cbor_text "hello"
+    cbor_text sampling; cbor_map 9
+    cbor_text temperature; cbor_uint 700
+    cbor_text top_p; cbor_uint 900
+    cbor_text seed; cbor_uint 7
+    cbor_text stop; cbor_head 4 1; cbor_text END
+    cbor_text presence_penalty; cbor_head 1 499 # -500
+    cbor_text frequency_penalty; cbor_uint 250
+    cbor_text logit_bias; cbor_head 4 1; cbor_head 4 2; cbor_uint 5; cbor_head 1 999 # [[5, -1000]]
+    cbor_text logprobs; printf '\xf5'
+    cbor_text top_logprobs; cbor_uint 2
+} >"$corpus/message/chat-request-sampling"
 { cbor_map 1; cbor_text text; cbor_text "piece"; } >"$corpus/message/text-event"
+{
+    cbor_map 1; cbor_text logprobs
+    cbor_map 3; cbor_text token; cbor_head 2 2; printf hi
+    cbor_text logprob; cbor_head 1 249999 # -0.25
+    cbor_text top; cbor_head 4 1
+    cbor_map 2; cbor_text token; cbor_head 2 1; printf '\xe2'
+    cbor_text logprob; cbor_head 1 1999999
+} >"$corpus/message/logprobs-event"
 {
     cbor_map 1; cbor_text embedding
     cbor_map 2; cbor_text index; cbor_uint 1; cbor_text vector; cbor_zeros 8

@@ -41,6 +41,7 @@ use cocoon_protocol::message::{ChatMessage, InferenceRequest, MAX_EMBEDDING_INPU
 use cocoon_protocol::pricing::{max_cost, PriceSheet};
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::receipt::UsageReceipt;
+use cocoon_protocol::sampling::Sampling;
 use cocoon_protocol::seal::{
     seal_request, BillingMeta, ClientSession, EvidenceDigest, SealError, SealedRequest,
 };
@@ -533,13 +534,32 @@ impl Client {
     }
 
     /// Send a chat request to a verified enclave that serves `model`, and
-    /// return its response as it streams.
+    /// return its response as it streams. Decoding is greedy (temperature
+    /// 0), so the answer can be checked against a reference run; see
+    /// [`Client::chat_with`] for sampling.
     pub async fn chat(
         &self,
         model: &str,
         messages: Vec<ChatMessage>,
         max_tokens: u32,
     ) -> Result<ResponseStream, ClientError> {
+        self.chat_with(model, messages, max_tokens, Sampling::greedy())
+            .await
+    }
+
+    /// [`Client::chat`] with sampling parameters (temperature, top_p, seed,
+    /// stop strings, penalties, logit bias, logprobs). They travel sealed:
+    /// the host never sees them.
+    pub async fn chat_with(
+        &self,
+        model: &str,
+        messages: Vec<ChatMessage>,
+        max_tokens: u32,
+        sampling: Sampling,
+    ) -> Result<ResponseStream, ClientError> {
+        sampling
+            .validate()
+            .map_err(|e| ClientError::InvalidRequest(e.to_string()))?;
         if messages.is_empty() {
             return Err(ClientError::InvalidRequest("no messages".into()));
         }
@@ -549,7 +569,7 @@ impl Client {
                 messages.len()
             )));
         }
-        let body = InferenceRequest::Chat { messages }.to_cbor();
+        let body = InferenceRequest::Chat { messages, sampling }.to_cbor();
         self.send(model, max_tokens, &body, Expecting::Chat).await
     }
 

@@ -72,6 +72,7 @@ mod account_file;
 mod api_key_file;
 pub mod client;
 pub mod network;
+mod openai_sampling;
 pub mod provider;
 pub mod receipts;
 pub mod response;

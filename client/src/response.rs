@@ -16,6 +16,7 @@ use bytes::Bytes;
 use cocoon_protocol::api::ChunkRecordDecoder;
 use cocoon_protocol::message::{FinishReason, ResponseEvent};
 use cocoon_protocol::receipt::UsageReceipt;
+use cocoon_protocol::sampling::TokenLogprob;
 use cocoon_protocol::seal::EvidenceDigest;
 use cocoon_protocol::stream::{ResponseOpener, StreamError};
 use cocoon_protocol::RequestId;
@@ -137,6 +138,9 @@ pub struct Completed {
 pub enum ResponsePart {
     /// A piece of completion text.
     Text(String),
+    /// The log-probability of a generated token (when the request asked
+    /// for logprobs); it comes before the text that holds the token.
+    Logprobs(TokenLogprob),
     /// The embedding of input `index`.
     Embedding {
         /// Which input (0-based).
@@ -244,6 +248,12 @@ impl ResponseReader {
                 Expecting::Chat => Ok(Some(ResponsePart::Text(t))),
                 Expecting::Embeddings { .. } => Err(ResponseError::Event(
                     "completion text in the response to an embeddings request".into(),
+                )),
+            },
+            ResponseEvent::Logprobs(l) => match self.expecting {
+                Expecting::Chat => Ok(Some(ResponsePart::Logprobs(l))),
+                Expecting::Embeddings { .. } => Err(ResponseError::Event(
+                    "logprobs in the response to an embeddings request".into(),
                 )),
             },
             ResponseEvent::Embedding { index, vector } => {
@@ -492,6 +502,24 @@ impl ResponseStream {
             match self.next().await? {
                 Some(ResponsePart::Text(t)) => text.push_str(&t),
                 Some(ResponsePart::Completed(c)) => return Ok((text, *c)),
+                Some(_) => {}
+                None => return Err(ResponseError::Ended),
+            }
+        }
+    }
+
+    /// Read the whole response: the completion text, the log-probability
+    /// of each generated token (empty unless the request asked) and the end.
+    pub async fn collect_with_logprobs(
+        mut self,
+    ) -> Result<(String, Vec<TokenLogprob>, Completed), ResponseError> {
+        let mut text = String::new();
+        let mut logprobs = Vec::new();
+        loop {
+            match self.next().await? {
+                Some(ResponsePart::Text(t)) => text.push_str(&t),
+                Some(ResponsePart::Logprobs(l)) => logprobs.push(l),
+                Some(ResponsePart::Completed(c)) => return Ok((text, logprobs, *c)),
                 Some(_) => {}
                 None => return Err(ResponseError::Ended),
             }

@@ -33,6 +33,13 @@
 //! The endpoint never sends `Access-Control-*` headers: no browser page of
 //! another origin is ever allowed to read an answer.
 //!
+//! Chat requests honour OpenAI's sampling fields (`temperature`, `top_p`,
+//! `seed`, `stop`, `presence_penalty`, `frequency_penalty`, `logit_bias`,
+//! `logprobs`, `top_logprobs`; see `openai_sampling.rs`) with OpenAI's
+//! defaults when absent (temperature 1, so answers vary unless the request
+//! says `temperature: 0` or gives a `seed`); they travel sealed to the
+//! enclave. A bad value is `400` with `param` naming the field.
+//!
 //! Every answer carries a `"cocoon"` object: the signed receipt (base64),
 //! the request id and evidence digest (hex) and the platform. Token counts
 //! in `usage` come from the verified receipt.
@@ -51,11 +58,13 @@ use axum::Router;
 use base64::Engine as _;
 use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_protocol::sampling::{Sampling, SamplingError, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::{unix_now, Client, ClientError};
 use crate::network::{NetworkClient, NetworkError};
+use crate::openai_sampling::{logprobs_json, SamplingFields};
 use crate::provider::AttestedEnclave;
 use crate::response::{Completed, ResponsePart, ResponseStream};
 
@@ -124,10 +133,14 @@ impl Backend {
         model: &str,
         messages: Vec<ChatMessage>,
         max_tokens: u32,
+        sampling: Sampling,
     ) -> Result<ResponseStream, ApiErr> {
         match self {
-            Backend::Provider(c) => Ok(c.chat(model, messages, max_tokens).await?),
-            Backend::Network(n) => Ok(n.chat(model, messages, max_tokens).await?.value),
+            Backend::Provider(c) => Ok(c.chat_with(model, messages, max_tokens, sampling).await?),
+            Backend::Network(n) => Ok(n
+                .chat_with(model, messages, max_tokens, sampling)
+                .await?
+                .value),
         }
     }
 
@@ -446,6 +459,50 @@ struct ChatRequest {
     stream: Option<bool>,
     #[serde(default)]
     n: Option<u32>,
+    // Sampling: read by `openai_sampling`, which names a bad field.
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    seed: Option<Value>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    presence_penalty: Option<Value>,
+    #[serde(default)]
+    frequency_penalty: Option<Value>,
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
+}
+
+impl ChatRequest {
+    /// The sampling fields, moved out.
+    fn sampling_fields(&mut self) -> SamplingFields {
+        SamplingFields {
+            temperature: self.temperature.take(),
+            top_p: self.top_p.take(),
+            seed: self.seed.take(),
+            stop: self.stop.take(),
+            presence_penalty: self.presence_penalty.take(),
+            frequency_penalty: self.frequency_penalty.take(),
+            logit_bias: self.logit_bias.take(),
+            logprobs: self.logprobs.take(),
+            top_logprobs: self.top_logprobs.take(),
+        }
+    }
+}
+
+/// `400 invalid_request_error` for an out-of-range or mistyped sampling
+/// field, with `param` naming it.
+fn invalid_sampling(e: SamplingError) -> Response {
+    let mut body = ApiErr::bad_request("invalid_value", e.to_string()).body();
+    body["error"]["param"] = Value::String(e.param.into());
+    json_response(StatusCode::BAD_REQUEST, &body)
 }
 
 #[derive(Deserialize)]
@@ -563,25 +620,36 @@ async fn chat_completions(
     State(app): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, ApiErr> {
-    let req: ChatRequest = parse_json(&body)?;
+    let mut req: ChatRequest = parse_json(&body)?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiErr::bad_request(
             "unsupported_parameter",
             "only n = 1 is supported",
         ));
     }
+    let sampling = match req.sampling_fields().parse() {
+        Ok(s) => s,
+        Err(e) => return Ok(invalid_sampling(e)),
+    };
+    let want_logprobs = sampling.logprobs;
     let messages = to_messages(req.messages)?;
     let max_tokens = req
         .max_completion_tokens
         .or(req.max_tokens)
         .unwrap_or(app.options.default_max_tokens);
-    let stream = app.backend.chat(&req.model, messages, max_tokens).await?;
+    let stream = app
+        .backend
+        .chat(&req.model, messages, max_tokens, sampling)
+        .await?;
     let id = format!("chatcmpl-{}", stream.request_id());
     let created = unix_now().0;
     if req.stream.unwrap_or(false) {
-        return Ok(sse_response(stream, id, created, req.model));
+        return Ok(sse_response(stream, id, created, req.model, want_logprobs));
     }
-    let (text, completed) = stream.collect_text().await.map_err(ClientError::from)?;
+    let (text, logprobs, completed) = stream
+        .collect_with_logprobs()
+        .await
+        .map_err(ClientError::from)?;
     if let Some(e) = enclave_failed(&completed) {
         return Err(e);
     }
@@ -595,6 +663,7 @@ async fn chat_completions(
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
+                "logprobs": want_logprobs.then(|| logprobs_json(&logprobs)),
                 "finish_reason": finish_name(&completed.finish),
             }],
             "usage": usage_json(&completed),
@@ -616,6 +685,10 @@ struct SseState {
     id: String,
     created: u64,
     model: String,
+    /// The request asked for logprobs: each chunk carries those received
+    /// since the last one.
+    want_logprobs: bool,
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl SseState {
@@ -627,6 +700,15 @@ impl SseState {
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         })
+    }
+
+    /// `chunk` plus the logprobs received since the last chunk.
+    fn chunk_with_logprobs(&mut self, delta: Value, finish: Option<&str>) -> Value {
+        let mut v = self.chunk(delta, finish);
+        if self.want_logprobs {
+            v["choices"][0]["logprobs"] = logprobs_json(&std::mem::take(&mut self.logprobs));
+        }
+        v
     }
 
     fn error_event(&mut self, e: ApiErr) -> Event {
@@ -647,15 +729,20 @@ impl SseState {
                         if t.is_empty() {
                             continue;
                         }
-                        let c = self.chunk(json!({"content": t}), None);
+                        let c = self.chunk_with_logprobs(json!({"content": t}), None);
                         return Some(Event::default().data(c.to_string()));
+                    }
+                    Ok(Some(ResponsePart::Logprobs(l))) => {
+                        self.logprobs.push(l);
+                        continue;
                     }
                     Ok(Some(ResponsePart::Completed(c))) => {
                         if let Some(e) = enclave_failed(&c) {
                             return Some(self.error_event(e));
                         }
                         self.phase = SsePhase::Done;
-                        let mut v = self.chunk(json!({}), Some(finish_name(&c.finish)));
+                        let mut v =
+                            self.chunk_with_logprobs(json!({}), Some(finish_name(&c.finish)));
                         v["usage"] = usage_json(&c);
                         v["cocoon"] = cocoon_json(&c);
                         return Some(Event::default().data(v.to_string()));
@@ -681,13 +768,21 @@ impl SseState {
     }
 }
 
-fn sse_response(stream: ResponseStream, id: String, created: u64, model: String) -> Response {
+fn sse_response(
+    stream: ResponseStream,
+    id: String,
+    created: u64,
+    model: String,
+    want_logprobs: bool,
+) -> Response {
     let state = SseState {
         stream,
         phase: SsePhase::Start,
         id,
         created,
         model,
+        want_logprobs,
+        logprobs: Vec::new(),
     };
     let events = futures_util::stream::unfold(state, |mut s| async move {
         s.next_event()

@@ -17,6 +17,7 @@ use cocoon_enclave::files::{read_checked, CheckedTokenizer};
 use cocoon_enclave::torch::{pick_device, EmbeddingModel, TchBackend};
 use cocoon_enclave::InferenceBackend;
 use cocoon_protocol::message::{ChatMessage, Role};
+use cocoon_protocol::sampling::Sampling;
 
 fn model_toml(var: &str) -> String {
     let dir = std::env::var(var)
@@ -146,16 +147,56 @@ fn main() {
     }];
     let max_tokens = 48;
     let mut produced = 0u64;
-    let t_chat = median(5, || {
-        let o = backend
-            .chat("smollm2-135m-instruct", &messages, max_tokens, &mut |_| {
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-        produced = o.completion_tokens;
-    });
+    let chat = |sampling: &Sampling| {
+        backend
+            .chat(
+                "smollm2-135m-instruct",
+                &messages,
+                max_tokens,
+                sampling,
+                &mut |_| ControlFlow::Continue(()),
+            )
+            .unwrap()
+            .completion_tokens
+    };
+    let t_chat = median(5, || produced = chat(&Sampling::greedy()));
     println!(
         "chat: {produced} tokens in the median run, {:.1} tokens/s through TchBackend::chat (prompt prefill included)",
         produced as f64 / t_chat.as_secs_f64()
+    );
+    // The same greedy answer with the logits copied to the CPU sampler at
+    // every step (a zero logit bias turns the device argmax off), and a
+    // seeded sampled answer, against the device argmax, side by side.
+    let copied = Sampling {
+        logit_bias: [(0, 0)].into_iter().collect(),
+        ..Sampling::greedy()
+    };
+    let sampled = Sampling {
+        temperature_milli: 700,
+        top_p_milli: 900,
+        seed: Some(1),
+        ..Sampling::greedy()
+    };
+    let r = ratio(
+        5,
+        || {
+            chat(&Sampling::greedy());
+        },
+        || {
+            chat(&copied);
+        },
+    );
+    println!("chat: greedy with logits copied to the sampler / device argmax = {r:.3}");
+    let r = ratio(
+        5,
+        || {
+            chat(&Sampling::greedy());
+        },
+        || {
+            chat(&sampled);
+        },
+    );
+    println!(
+        "chat: sampled (T 0.7, top_p 0.9) / device argmax = {r:.3} (answers differ in length)"
     );
 }

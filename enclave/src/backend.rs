@@ -17,6 +17,7 @@ use std::ops::ControlFlow;
 
 use cocoon_attestation::bundle::ModelDigest;
 use cocoon_protocol::message::ChatMessage;
+use cocoon_protocol::sampling::{Sampling, TokenLogprob};
 use sha2::{Digest, Sha256};
 
 /// Why a backend could not serve a call. The message ends up (sealed) in the
@@ -82,6 +83,27 @@ pub struct ChatOutcome {
     pub finish: Finish,
 }
 
+/// One generated token, as a backend hands it to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated<'a> {
+    /// The text this token adds to the answer. It may be empty: a token
+    /// that ends inside a UTF-8 character adds its text with a later one.
+    pub text: &'a str,
+    /// Its log-probability, when the request asked for logprobs and the
+    /// backend can tell.
+    pub logprob: Option<TokenLogprob>,
+}
+
+impl<'a> Generated<'a> {
+    /// A token with text only.
+    pub fn text(text: &'a str) -> Generated<'a> {
+        Generated {
+            text,
+            logprob: None,
+        }
+    }
+}
+
 /// A model server inside the enclave.
 pub trait InferenceBackend: Send + Sync {
     /// The models served, each with the SHA-256 of its weights. They go into
@@ -91,9 +113,11 @@ pub trait InferenceBackend: Send + Sync {
     /// Tokens in `text` under `model`'s tokenizer.
     fn count_tokens(&self, model: &str, text: &str) -> Result<u64, BackendError>;
 
-    /// Generate a reply to `messages`, at most `max_tokens` tokens.
+    /// Generate a reply to `messages`, at most `max_tokens` tokens, picking
+    /// tokens as `sampling` says (the server applies its stop strings; a
+    /// backend may also pass them on).
     ///
-    /// `emit` is called once per generated token, in order, with its text.
+    /// `emit` is called once per generated token, in order.
     /// [`ControlFlow::Continue`] means the token was delivered;
     /// [`ControlFlow::Break`] means it was *not* and generation must stop
     /// now (the stream was cancelled or reached its limit). The outcome's
@@ -103,7 +127,8 @@ pub trait InferenceBackend: Send + Sync {
         model: &str,
         messages: &[ChatMessage],
         max_tokens: u32,
-        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError>;
 
     /// One embedding per input, in order, and the prompt tokens processed.
@@ -115,6 +140,8 @@ pub trait InferenceBackend: Send + Sync {
 /// * model name [`DeterministicTestBackend::MODEL`], digest SHA-256 of
 ///   [`DeterministicTestBackend::DESCRIPTOR`];
 /// * tokens are whitespace-separated words;
+/// * it ignores sampling parameters (the server still applies stop
+///   strings);
 /// * chat answers [`DeterministicTestBackend::PREAMBLE`] followed by words
 ///   from a small vocabulary picked by SHA-256 of the prompt, up to the
 ///   configured reply length, one word per token (every word after the first
@@ -269,12 +296,13 @@ impl InferenceBackend for DeterministicTestBackend {
         model: &str,
         messages: &[ChatMessage],
         max_tokens: u32,
-        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        _sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError> {
         Self::check_model(model)?;
         let prompt_tokens = messages.iter().map(|m| Self::words(&m.content)).sum();
         let limit = self.reply_tokens.min(max_tokens);
-        let completion_tokens = self.generate(messages, limit, emit);
+        let completion_tokens = self.generate(messages, limit, |w| emit(Generated::text(w)));
         let finish = if completion_tokens == u64::from(limit) && limit < self.reply_tokens {
             Finish::Length
         } else {
@@ -309,10 +337,16 @@ mod tests {
     fn run(b: &DeterministicTestBackend, m: &[ChatMessage], max: u32) -> (String, ChatOutcome) {
         let mut s = String::new();
         let o = b
-            .chat(DeterministicTestBackend::MODEL, m, max, &mut |p| {
-                s.push_str(p);
-                ControlFlow::Continue(())
-            })
+            .chat(
+                DeterministicTestBackend::MODEL,
+                m,
+                max,
+                &Sampling::greedy(),
+                &mut |p| {
+                    s.push_str(p.text);
+                    ControlFlow::Continue(())
+                },
+            )
             .unwrap();
         (s, o)
     }
@@ -360,6 +394,7 @@ mod tests {
                 DeterministicTestBackend::MODEL,
                 &msgs("x"),
                 100,
+                &Sampling::greedy(),
                 &mut |_| {
                     n += 1;
                     if n > 3 {
@@ -398,7 +433,9 @@ mod tests {
         ));
         assert!(b.count_tokens("gpt", "a").is_err());
         assert!(b
-            .chat("gpt", &msgs("a"), 3, &mut |_| ControlFlow::Continue(()))
+            .chat("gpt", &msgs("a"), 3, &Sampling::greedy(), &mut |_| {
+                ControlFlow::Continue(())
+            })
             .is_err());
         assert_eq!(
             b.models(),

@@ -38,13 +38,19 @@
 //!   enclave's own tokenizer (the `tokenizers` crate).
 //! * `torch` (feature `tch`, on by default) — the tch backend
 //!   (`torch::TchBackend`): TorchScript models in-process, `embedding`
-//!   models batched on one thread per model, `chat` models decoded greedily
-//!   with a key/value cache and ChatML prompts; on a CUDA device only with
+//!   models batched on one thread per model, `chat` models decoded with a
+//!   key/value cache and ChatML prompts (greedy, or sampled by [`sampling`]
+//!   when the request asks); on a CUDA device only with
 //!   a `[gpu]` table (GPU evidence for the session, CC mode on, developer
 //!   tools off).
 //! * [`upstream`] — the upstream backend ([`upstream::UpstreamBackend`]):
 //!   an OpenAI-compatible server inside the guest, over plain HTTP/1.1 on
 //!   loopback (`hyper` client only), streamed and cut at `max_tokens`.
+//! * [`sampling`] — picking a token from logits under a request's OpenAI
+//!   sampling parameters (bias, penalties, temperature, top_p, seeded
+//!   draws) and the log-probabilities; pure Rust.
+//! * [`stop`] — cutting a streamed answer before its first stop string
+//!   without sending part of one; the server applies it to every backend.
 //! * [`config`] — the enclave's TOML configuration and its canonical form,
 //!   whose digest goes into the claims.
 //! * [`evidence`] — the evidence of one boot: the boot report, the reports
@@ -81,7 +87,9 @@ pub mod evidence;
 pub mod files;
 pub mod gpu;
 mod replay;
+pub mod sampling;
 pub mod server;
+pub mod stop;
 #[cfg(feature = "tch")]
 pub mod torch;
 pub mod transport;
@@ -90,7 +98,9 @@ pub mod upstream;
 pub use attest::{
     AttestError, AttestationProvider, ConfigfsTsmProvider, SimulatedProvider, TeeChoice,
 };
-pub use backend::{BackendError, ChatOutcome, DeterministicTestBackend, Finish, InferenceBackend};
+pub use backend::{
+    BackendError, ChatOutcome, DeterministicTestBackend, Finish, Generated, InferenceBackend,
+};
 pub use config::{ConfigError, EnclaveConfig};
 pub use server::{Enclave, EnclaveError};
 pub use transport::{Connection, ListenAddr, Listener, TransportError};

@@ -19,9 +19,13 @@
 //!   returns `[L, KV, D]`; `forward(ids: int64[1,T], past_k, past_v:
 //!   float[L,KV,P,D])` returns `(logits float[1,V], keys, values)` with the
 //!   cache grown by T. The prompt is the conversation in the ChatML
-//!   template; decoding is greedy (deterministic, so a client can check an
-//!   answer against a reference run) and stops at `<|im_end|>` or
-//!   `<|endoftext|>` or `max_tokens`. Chat requests are not batched: each
+//!   template; decoding is greedy by default (deterministic, so a client
+//!   can check an answer against a reference run: the argmax is taken on
+//!   the device, nothing else leaves it) and stops at `<|im_end|>` or
+//!   `<|endoftext|>` or `max_tokens`. A request with sampling parameters
+//!   (temperature, top_p, penalties, logit bias, logprobs) has the last
+//!   position's logits copied to the CPU at every step and picked by
+//!   [`crate::sampling::Sampler`]. Chat requests are not batched: each
 //!   runs its own decode loop and the model lock is taken per step, so
 //!   concurrent conversations interleave token by token.
 
@@ -34,12 +38,14 @@ use std::sync::{Arc, Mutex};
 
 use cocoon_attestation::bundle::ModelDigest;
 use cocoon_protocol::message::{ChatMessage, Role};
+use cocoon_protocol::sampling::{Logprob, Sampling, TokenLogprob, TopLogprob, MAX_TOKEN_BYTES};
 use tch::{CModule, Device, IValue, Kind, Tensor};
 use tracing::{error, info};
 
-use crate::backend::{BackendError, ChatOutcome, Finish, InferenceBackend};
+use crate::backend::{BackendError, ChatOutcome, Finish, Generated, InferenceBackend};
 use crate::config::{DeviceChoice, EnclaveConfig, ModelKind};
 use crate::files::{read_checked, CheckedTokenizer, LoadError};
+use crate::sampling::{self, Sampler};
 
 /// One forward pass worth of work from one caller.
 struct Job {
@@ -321,7 +327,7 @@ impl ChatModel {
         };
         let (k, v) = model.empty_cache().map_err(|e| invalid(e.to_string()))?;
         let _probe = model
-            .step(&[0], k, v)
+            .step(&[0], k, v, None)
             .map_err(|e| invalid(format!("it does not behave as a chat decoder: {e}")))?;
         Ok(model)
     }
@@ -333,9 +339,17 @@ impl ChatModel {
         Ok((k, v))
     }
 
-    /// Feed `ids` after the cache; the greedy next token and the grown cache.
-    fn step(&self, ids: &[i64], k: Tensor, v: Tensor) -> Result<(i64, Tensor, Tensor), String> {
-        let run = || -> Result<(i64, Tensor, Tensor), tch::TchError> {
+    /// Feed `ids` after the cache; the next token (argmax on the device, or
+    /// picked by `sampler` from the logits copied to the CPU) with its
+    /// log-probabilities when the sampler reports them, and the grown cache.
+    fn step(
+        &self,
+        ids: &[i64],
+        k: Tensor,
+        v: Tensor,
+        sampler: Option<&mut Sampler>,
+    ) -> Result<(i64, Option<sampling::Logprobs>, Tensor, Tensor), String> {
+        let run = || -> Result<(i64, Option<sampling::Logprobs>, Tensor, Tensor), tch::TchError> {
             let t = Tensor::from_slice(ids)
                 .f_view([1, ids.len() as i64])?
                 .f_to_device(self.device)?;
@@ -358,9 +372,20 @@ impl ChatModel {
             else {
                 return Err(tch::TchError::Kind("forward did not return tensors".into()));
             };
-            let next = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
-            let next = next.f_int64_value(&[0])?;
-            Ok((next, k, v))
+            let Some(sampler) = sampler else {
+                let next = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
+                let next = next.f_int64_value(&[0])?;
+                return Ok((next, None, k, v));
+            };
+            let row = logits
+                .f_view([-1])?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(Device::Cpu)?;
+            let mut row = Vec::<f32>::try_from(row)?;
+            let Some(pick) = sampler.pick(&mut row) else {
+                return Err(tch::TchError::Kind("the model returned no logits".into()));
+            };
+            Ok((i64::from(pick.token), pick.logprobs, k, v))
         };
         match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok(r)) => Ok(r),
@@ -392,15 +417,19 @@ impl ChatModel {
         s
     }
 
-    /// Greedy decoding of up to `max_tokens` tokens after `prompt_ids`,
-    /// emitting text as it becomes valid UTF-8.
+    /// Decoding of up to `max_tokens` tokens after `prompt_ids`: greedy on
+    /// the device for plain greedy sampling, else by a [`Sampler`]. Every
+    /// token is emitted; its text is what it completes of valid UTF-8
+    /// (empty while a character is incomplete).
     fn generate(
         &self,
         tokenizer: &CheckedTokenizer,
         prompt_ids: &[i64],
         max_tokens: u32,
-        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<(u64, Finish), BackendError> {
+        let mut sampler = (!sampling.is_plain_greedy()).then(|| Sampler::new(sampling));
         let failed = BackendError::Failed;
         let (mut k, mut v) = self
             .empty_cache()
@@ -410,7 +439,8 @@ impl ChatModel {
         let mut sent = 0usize;
         let mut delivered = 0u64;
         while generated.len() < max_tokens as usize {
-            let (next, k2, v2) = self.step(&input, k, v).map_err(failed)?;
+            let (next, logprobs, k2, v2) =
+                self.step(&input, k, v, sampler.as_mut()).map_err(failed)?;
             k = k2;
             v = v2;
             if self.stop.contains(&next) {
@@ -421,20 +451,52 @@ impl ChatModel {
             };
             generated.push(id);
             let text = tokenizer.decode(&generated).map_err(failed)?;
+            let logprob = logprobs.map(|lp| token_logprob(tokenizer, id, lp));
             // A token may end inside a UTF-8 sequence: wait for the rest.
+            let mut piece = "";
             if !text.ends_with('\u{FFFD}') {
-                if let Some(piece) = text.get(sent..).filter(|p| !p.is_empty()) {
-                    if emit(piece).is_break() {
-                        return Ok((delivered, Finish::Stop));
-                    }
+                if let Some(p) = text.get(sent..) {
+                    piece = p;
                     sent = text.len();
                 }
+            }
+            if emit(Generated {
+                text: piece,
+                logprob,
+            })
+            .is_break()
+            {
+                return Ok((delivered, Finish::Stop));
             }
             delivered += 1;
             input.clear();
             input.push(next);
         }
         Ok((delivered, Finish::Length))
+    }
+}
+
+/// A token's bytes as the tokenizer decodes it alone, within the wire's limit.
+fn token_bytes(tokenizer: &CheckedTokenizer, id: u32) -> Vec<u8> {
+    let mut b = tokenizer.decode(&[id]).unwrap_or_default().into_bytes();
+    b.truncate(MAX_TOKEN_BYTES);
+    b
+}
+
+fn token_logprob(tokenizer: &CheckedTokenizer, id: u32, lp: sampling::Logprobs) -> TokenLogprob {
+    TokenLogprob {
+        chosen: TopLogprob {
+            token: token_bytes(tokenizer, id),
+            logprob: Logprob::from_f32(lp.chosen),
+        },
+        top: lp
+            .top
+            .into_iter()
+            .map(|(t, l)| TopLogprob {
+                token: token_bytes(tokenizer, t),
+                logprob: Logprob::from_f32(l),
+            })
+            .collect(),
     }
 }
 
@@ -518,7 +580,8 @@ impl InferenceBackend for TchBackend {
         model: &str,
         messages: &[ChatMessage],
         max_tokens: u32,
-        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError> {
         let s = self.served(model)?;
         let Engine::Chat(chat) = &s.engine else {
@@ -538,7 +601,8 @@ impl InferenceBackend for TchBackend {
             });
         }
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-        let (completion_tokens, finish) = chat.generate(&s.tokenizer, &ids, max_tokens, emit)?;
+        let (completion_tokens, finish) =
+            chat.generate(&s.tokenizer, &ids, max_tokens, sampling, emit)?;
         Ok(ChatOutcome {
             prompt_tokens: ids.len() as u64,
             completion_tokens,

@@ -23,6 +23,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use cocoon_attestation::bundle::ModelDigest;
 use cocoon_protocol::message::ChatMessage;
+use cocoon_protocol::sampling::{
+    Logprob, Sampling, TokenLogprob, TopLogprob, MAX_TOKEN_BYTES, MAX_TOP_LOGPROBS,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -30,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::backend::{BackendError, ChatOutcome, Finish, InferenceBackend};
+use crate::backend::{BackendError, ChatOutcome, Finish, Generated, InferenceBackend};
 use crate::config::EnclaveConfig;
 use crate::files::{hash_checked, CheckedTokenizer, LoadError};
 
@@ -155,7 +158,7 @@ impl UpstreamBackend {
 
 /// What the streaming task tells the blocking caller.
 enum Event {
-    Piece(String),
+    Piece(String, Vec<TokenLogprob>),
     Done(Option<String>),
     Failed(String),
 }
@@ -232,17 +235,90 @@ async fn stream_chat(
             if let Some(f) = choice["finish_reason"].as_str() {
                 finish = Some(f.to_owned());
             }
-            if let Some(piece) = choice["delta"]["content"].as_str() {
-                if !piece.is_empty() && tx.send(Event::Piece(piece.to_owned())).await.is_err() {
-                    // The caller stopped listening (cancelled or cut).
-                    return Ok(finish);
-                }
+            let logprobs = upstream_logprobs(&choice["logprobs"]["content"]);
+            let piece = choice["delta"]["content"].as_str().unwrap_or_default();
+            if (!piece.is_empty() || !logprobs.is_empty())
+                && tx
+                    .send(Event::Piece(piece.to_owned(), logprobs))
+                    .await
+                    .is_err()
+            {
+                // The caller stopped listening (cancelled or cut).
+                return Ok(finish);
             }
         }
         if buf.len() > MAX_LINE {
             return Err("the upstream sent an over-long event line".into());
         }
     }
+}
+
+/// The request body's sampling fields, in OpenAI's units. The upstream
+/// applies the stop strings too; the server cuts at them regardless.
+fn sampling_json(s: &Sampling) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("temperature".into(), json!(s.temperature()));
+    m.insert("top_p".into(), json!(s.top_p()));
+    if let Some(seed) = s.seed {
+        m.insert("seed".into(), json!(seed));
+    }
+    if !s.stop.is_empty() {
+        m.insert("stop".into(), json!(s.stop));
+    }
+    if s.presence_penalty_milli != 0 {
+        m.insert("presence_penalty".into(), json!(s.presence_penalty()));
+    }
+    if s.frequency_penalty_milli != 0 {
+        m.insert("frequency_penalty".into(), json!(s.frequency_penalty()));
+    }
+    if !s.logit_bias.is_empty() {
+        let bias: serde_json::Map<String, Value> = s
+            .logit_bias_f32()
+            .map(|(id, b)| (id.to_string(), json!(b)))
+            .collect();
+        m.insert("logit_bias".into(), Value::Object(bias));
+    }
+    if s.logprobs {
+        m.insert("logprobs".into(), json!(true));
+        m.insert("top_logprobs".into(), json!(s.top_logprobs));
+    }
+    m
+}
+
+/// OpenAI's `logprobs.content` entries as [`TokenLogprob`]s; entries that
+/// do not have the shape are skipped, long ones cut to the wire's limits.
+fn upstream_logprobs(content: &Value) -> Vec<TokenLogprob> {
+    fn one(v: &Value) -> Option<TopLogprob> {
+        let mut token: Vec<u8> = match v["bytes"].as_array() {
+            Some(b) => b
+                .iter()
+                .map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok()))
+                .collect::<Option<_>>()?,
+            None => v["token"].as_str()?.as_bytes().to_vec(),
+        };
+        token.truncate(MAX_TOKEN_BYTES);
+        let logprob = Logprob::from_f32(v["logprob"].as_f64()? as f32);
+        Some(TopLogprob { token, logprob })
+    }
+    let Some(entries) = content.as_array() else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| {
+            let chosen = one(e)?;
+            let top = e["top_logprobs"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(one)
+                        .take(usize::from(MAX_TOP_LOGPROBS))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(TokenLogprob { chosen, top })
+        })
+        .collect()
 }
 
 impl InferenceBackend for UpstreamBackend {
@@ -270,7 +346,8 @@ impl InferenceBackend for UpstreamBackend {
         model: &str,
         messages: &[ChatMessage],
         max_tokens: u32,
-        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError> {
         let m = self.model(model)?;
         let mut prompt_tokens = 0u64;
@@ -286,12 +363,15 @@ impl InferenceBackend for UpstreamBackend {
                 limit: u64::from(m.max_input_tokens),
             });
         }
-        let body = json!({
+        let mut body = json!({
             "model": m.served_name,
             "messages": messages.iter().map(|msg| json!({"role": msg.role.as_str(), "content": msg.content})).collect::<Vec<_>>(),
             "max_tokens": max_tokens,
             "stream": true,
         });
+        if let Some(b) = body.as_object_mut() {
+            b.extend(sampling_json(sampling));
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         let url = self.url.clone();
         let timeout = self.timeout;
@@ -310,8 +390,23 @@ impl InferenceBackend for UpstreamBackend {
         let mut finish = Finish::Stop;
         loop {
             match rx.blocking_recv() {
-                Some(Event::Piece(p)) => {
-                    if emit(&p).is_break() {
+                Some(Event::Piece(p, logprobs)) => {
+                    // One emit per reported token (the text goes with the
+                    // first), or one for the piece when none are reported.
+                    let mut logprobs = logprobs.into_iter();
+                    let first = Generated {
+                        text: &p,
+                        logprob: logprobs.next(),
+                    };
+                    if emit(first).is_break()
+                        || logprobs.any(|lp| {
+                            emit(Generated {
+                                text: "",
+                                logprob: Some(lp),
+                            })
+                            .is_break()
+                        })
+                    {
                         break;
                     }
                     completion.push_str(&p);

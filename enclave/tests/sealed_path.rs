@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cocoon_attestation::bundle::ModelDigest;
 use cocoon_enclave::{
-    BackendError, ChatOutcome, DeterministicTestBackend, Enclave, EnclaveConfig, Finish,
+    BackendError, ChatOutcome, DeterministicTestBackend, Enclave, EnclaveConfig, Finish, Generated,
     InferenceBackend, ListenAddr, Listener, SimulatedProvider,
 };
 use cocoon_protocol::account::AccountKey;
@@ -22,6 +22,7 @@ use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType};
 use cocoon_protocol::message::{ChatMessage, FinishReason, InferenceRequest, ResponseEvent, Role};
 use cocoon_protocol::receipt::{verify_receipt, UnitPrice, UsageReceipt};
 use cocoon_protocol::request::SignedRequest;
+use cocoon_protocol::sampling::Sampling;
 use cocoon_protocol::seal::{
     seal_request, BillingMeta, ClientSession, EvidenceDigest, HpkePublicKey,
 };
@@ -391,6 +392,7 @@ fn seal(v: &VerifiedEnclave, m: &BillingMeta, body: &[u8]) -> (Vec<u8>, ClientSe
 fn chat_body(messages: &[ChatMessage]) -> Vec<u8> {
     InferenceRequest::Chat {
         messages: messages.to_vec(),
+        sampling: Default::default(),
     }
     .to_cbor()
 }
@@ -1020,7 +1022,11 @@ async fn unknown_models_bad_prices_and_bad_bodies_are_refused_without_a_receipt(
         ),
         (
             meta(MODEL, 10),
-            InferenceRequest::Chat { messages: vec![] }.to_cbor(),
+            InferenceRequest::Chat {
+                messages: vec![],
+                sampling: Default::default(),
+            }
+            .to_cbor(),
             "the request body is not a valid chat or embeddings request",
         ),
     ];
@@ -1072,7 +1078,8 @@ impl InferenceBackend for UnrulyBackend {
         model: &str,
         messages: &[ChatMessage],
         _max_tokens: u32,
-        emit: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        _sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError> {
         let prompt_tokens = messages
             .iter()
@@ -1086,7 +1093,7 @@ impl InferenceBackend for UnrulyBackend {
         };
         for i in 0..stop_after {
             // Keeps going whatever emit says.
-            let _ = emit(&format!(" w{i}"));
+            let _ = emit(Generated::text(&format!(" w{i}")));
         }
         match model {
             "greedy" => Ok(ChatOutcome {

@@ -89,6 +89,7 @@ pub mod receipt;
 pub mod registry;
 pub mod release;
 pub mod request;
+pub mod sampling;
 pub mod seal;
 pub mod settings;
 pub mod settlement;

@@ -11,7 +11,8 @@
 //! # Request body (canonical CBOR)
 //!
 //! ```text
-//! {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant", "content": text}, ...]}
+//! {"kind": "chat", "messages": [{"role": "system"|"user"|"assistant", "content": text}, ...],
+//!  "sampling": {...}}     only when not greedy: crate::sampling::Sampling
 //! {"kind": "embeddings", "inputs": [text, ...]}
 //! ```
 //!
@@ -22,6 +23,9 @@
 //!
 //! ```text
 //! {"text": text}                                   a piece of the completion
+//! {"logprobs": {"token": bytes, "logprob": int,    one generated token's log-probability
+//!               "top": [{"token", "logprob"}, ...]}} (millionths), when the request asked;
+//!                                                  sent before the text that holds the token
 //! {"embedding": {"index": uint, "vector": bytes}}  one embedding, f32 little-endian
 //! {"end": {"finish": "stop"|"length"|"error", "error": text (only with "error"),
 //!          "receipt": bytes}}                      the signed usage receipt
@@ -36,6 +40,7 @@ use ciborium::Value;
 use cocoon_attestation::cbor::{self, CborError, MapReader};
 
 use crate::receipt::MAX_RECEIPT;
+use crate::sampling::{Sampling, TokenLogprob};
 use crate::seal::MAX_REQUEST_PLAINTEXT;
 use crate::stream::MAX_CHUNK_DATA;
 
@@ -122,6 +127,8 @@ pub enum InferenceRequest {
     Chat {
         /// The conversation so far.
         messages: Vec<ChatMessage>,
+        /// How tokens are picked ([`Sampling::greedy`] for argmax).
+        sampling: Sampling,
     },
     /// Embeddings of each input.
     Embeddings {
@@ -138,23 +145,29 @@ impl InferenceRequest {
 
     fn to_value(&self) -> Value {
         match self {
-            InferenceRequest::Chat { messages } => cbor::map(vec![
-                ("kind", Value::Text("chat".into())),
-                (
-                    "messages",
-                    Value::Array(
-                        messages
-                            .iter()
-                            .map(|m| {
-                                cbor::map(vec![
-                                    ("role", Value::Text(m.role.as_str().into())),
-                                    ("content", Value::Text(m.content.clone())),
-                                ])
-                            })
-                            .collect(),
+            InferenceRequest::Chat { messages, sampling } => {
+                let mut m = vec![
+                    ("kind", Value::Text("chat".into())),
+                    (
+                        "messages",
+                        Value::Array(
+                            messages
+                                .iter()
+                                .map(|m| {
+                                    cbor::map(vec![
+                                        ("role", Value::Text(m.role.as_str().into())),
+                                        ("content", Value::Text(m.content.clone())),
+                                    ])
+                                })
+                                .collect(),
+                        ),
                     ),
-                ),
-            ]),
+                ];
+                if *sampling != Sampling::greedy() {
+                    m.push(("sampling", sampling.to_value()));
+                }
+                cbor::map(m)
+            }
             InferenceRequest::Embeddings { inputs } => cbor::map(vec![
                 ("kind", Value::Text("embeddings".into())),
                 (
@@ -184,7 +197,11 @@ impl InferenceRequest {
                     mm.finish()?;
                     messages.push(ChatMessage { role, content });
                 }
-                InferenceRequest::Chat { messages }
+                let sampling = match m.take_opt("sampling") {
+                    Some(v) => Sampling::from_value(v)?,
+                    None => Sampling::greedy(),
+                };
+                InferenceRequest::Chat { messages, sampling }
             }
             "embeddings" => {
                 let items = array(m.take("inputs")?, "request.inputs", MAX_EMBEDDING_INPUTS)?;
@@ -247,6 +264,9 @@ pub enum FinishReason {
 pub enum ResponseEvent {
     /// A piece of the completion text.
     Text(String),
+    /// The log-probability of the next generated token (only when the
+    /// request asked for logprobs), sent before the text that holds it.
+    Logprobs(TokenLogprob),
     /// The embedding of input number `index`.
     Embedding {
         /// Which input (0-based).
@@ -269,6 +289,7 @@ impl ResponseEvent {
     pub fn to_cbor(&self) -> Vec<u8> {
         let v = match self {
             ResponseEvent::Text(t) => cbor::map(vec![("text", Value::Text(t.clone()))]),
+            ResponseEvent::Logprobs(l) => cbor::map(vec![("logprobs", l.to_value())]),
             ResponseEvent::Embedding { index, vector } => {
                 let mut bytes = Vec::with_capacity(vector.len() * 4);
                 for x in vector {
@@ -313,6 +334,8 @@ impl ResponseEvent {
                 return Err(MessageError::Invalid("event.text: expected text".into()));
             };
             ResponseEvent::Text(t)
+        } else if let Some(v) = m.take_opt("logprobs") {
+            ResponseEvent::Logprobs(TokenLogprob::from_value(v)?)
         } else if let Some(v) = m.take_opt("embedding") {
             let mut e = MapReader::new(v, "event.embedding")?;
             let index = u32::try_from(e.u64("index")?).map_err(|_| {
@@ -363,7 +386,7 @@ impl ResponseEvent {
             ResponseEvent::End { finish, receipt }
         } else {
             return Err(MessageError::Invalid(
-                "event: expected one of \"text\", \"embedding\", \"end\"".into(),
+                "event: expected one of \"text\", \"logprobs\", \"embedding\", \"end\"".into(),
             ));
         };
         m.finish()?;
@@ -409,6 +432,24 @@ mod tests {
                         content: "hello".into(),
                     },
                 ],
+                sampling: Sampling::greedy(),
+            },
+            InferenceRequest::Chat {
+                messages: vec![ChatMessage {
+                    role: Role::User,
+                    content: "hello".into(),
+                }],
+                sampling: Sampling {
+                    temperature_milli: 700,
+                    top_p_milli: 900,
+                    seed: Some(7),
+                    stop: vec!["END".into()],
+                    presence_penalty_milli: -1,
+                    frequency_penalty_milli: 2000,
+                    logit_bias: [(0, -100_000), (9, 1)].into_iter().collect(),
+                    logprobs: true,
+                    top_logprobs: 20,
+                },
             },
             InferenceRequest::Embeddings {
                 inputs: vec!["a".into(), "b c".into()],
@@ -420,8 +461,118 @@ mod tests {
                 assert!(InferenceRequest::from_cbor(&b[..cut]).is_err());
             }
         }
-        let empty = InferenceRequest::Chat { messages: vec![] }.to_cbor();
+        let empty = InferenceRequest::Chat {
+            messages: vec![],
+            sampling: Sampling::greedy(),
+        }
+        .to_cbor();
         assert!(InferenceRequest::from_cbor(&empty).is_err());
+    }
+
+    /// The entries of a CBOR map.
+    type Entries = Vec<(Value, Value)>;
+
+    /// A chat request with `sampling` replaced by `f(sampling map)`.
+    fn chat_with_sampling(f: impl FnOnce(&mut Entries)) -> Vec<u8> {
+        let req = InferenceRequest::Chat {
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "x".into(),
+            }],
+            sampling: Sampling {
+                seed: Some(1),
+                logit_bias: [(5, 10)].into_iter().collect(),
+                ..Sampling::openai_default()
+            },
+        };
+        let Value::Map(mut m) = req.to_value() else {
+            unreachable!()
+        };
+        let Some((_, Value::Map(s))) = m
+            .iter_mut()
+            .find(|(k, _)| *k == Value::Text("sampling".into()))
+        else {
+            unreachable!()
+        };
+        f(s);
+        cbor::encode(&Value::Map(m))
+    }
+
+    fn set(s: &mut [(Value, Value)], key: &str, v: Value) {
+        if let Some(e) = s.iter_mut().find(|(k, _)| *k == Value::Text(key.into())) {
+            e.1 = v;
+        }
+    }
+
+    #[test]
+    fn sampling_is_decoded_strictly() {
+        assert!(InferenceRequest::from_cbor(&chat_with_sampling(|_| {})).is_ok());
+        let refused = |f: &dyn Fn(&mut Entries), want: &str| {
+            let e = InferenceRequest::from_cbor(&chat_with_sampling(f))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e} should mention {want}");
+        };
+        refused(
+            &|s| set(s, "temperature", Value::Integer(2001.into())),
+            "temperature",
+        );
+        refused(&|s| set(s, "temperature", Value::Float(1.0)), "temperature");
+        refused(&|s| set(s, "top_p", Value::Integer(1001.into())), "top_p");
+        refused(
+            &|s| set(s, "presence_penalty", Value::Integer((-2001).into())),
+            "presence_penalty",
+        );
+        refused(
+            &|s| set(s, "frequency_penalty", Value::Integer(40000.into())),
+            "frequency_penalty",
+        );
+        refused(
+            &|s| set(s, "top_logprobs", Value::Integer(3.into())),
+            "top_logprobs",
+        );
+        refused(
+            &|s| set(s, "stop", Value::Array(vec![Value::Text(String::new())])),
+            "stop",
+        );
+        refused(
+            &|s| set(s, "stop", Value::Array(vec![Value::Text("a".into()); 5])),
+            "stop",
+        );
+        let pair = |id: u32, b: i32| {
+            Value::Array(vec![Value::Integer(id.into()), Value::Integer(b.into())])
+        };
+        refused(
+            &|s| set(s, "logit_bias", Value::Array(vec![pair(5, 100_001)])),
+            "logit_bias",
+        );
+        refused(
+            &|s| set(s, "logit_bias", Value::Array(vec![pair(5, 1), pair(5, 2)])),
+            "ascending",
+        );
+        refused(
+            &|s| set(s, "logit_bias", Value::Array(vec![pair(6, 1), pair(5, 2)])),
+            "ascending",
+        );
+        refused(
+            &|s| s.push((Value::Text("n".into()), Value::Integer(1.into()))),
+            "unknown key",
+        );
+        refused(
+            &|s| s.retain(|(k, _)| *k != Value::Text("logprobs".into())),
+            "missing",
+        );
+        // Greedy sampling has one encoding: no "sampling" key.
+        let greedy_spelled_out = chat_with_sampling(|s| {
+            *s = match Sampling::greedy().to_value() {
+                Value::Map(m) => m,
+                _ => unreachable!(),
+            }
+        });
+        assert_eq!(
+            InferenceRequest::from_cbor(&greedy_spelled_out),
+            Err(MessageError::NotCanonical("request"))
+        );
     }
 
     #[test]
@@ -431,6 +582,18 @@ mod tests {
             receipt: vec![1, 2, 3],
         };
         let text = ResponseEvent::Text("hi".into());
+        let lp = ResponseEvent::Logprobs(TokenLogprob {
+            chosen: crate::sampling::TopLogprob {
+                token: b"hi".to_vec(),
+                logprob: crate::sampling::Logprob::from_f32(-0.25),
+            },
+            top: vec![crate::sampling::TopLogprob {
+                token: vec![0xe2, 0x82],
+                logprob: crate::sampling::Logprob::from_f32(-3.5),
+            }],
+        });
+        assert_eq!(ResponseEvent::decode(&lp.to_cbor(), false).unwrap(), lp);
+        assert!(ResponseEvent::decode(&lp.to_cbor(), true).is_err());
         let emb = ResponseEvent::Embedding {
             index: 3,
             vector: vec![0.5, -1.25],
@@ -440,7 +603,7 @@ mod tests {
         assert_eq!(ResponseEvent::decode(&text.to_cbor(), false).unwrap(), text);
         assert!(ResponseEvent::decode(&text.to_cbor(), true).is_err());
         assert_eq!(ResponseEvent::decode(&emb.to_cbor(), false).unwrap(), emb);
-        for ev in [end, text, emb] {
+        for ev in [end, text, emb, lp] {
             let b = ev.to_cbor();
             for cut in 0..b.len() {
                 assert!(ResponseEvent::decode(&b[..cut], ev.is_end()).is_err());

@@ -128,9 +128,13 @@ fn main() {
     let mut in_tokens = 0;
     let mut sealed_tokens = 0;
     let mut in_process = || {
-        let o = backend.chat(CHAT, &messages, max_tokens, &mut |_| {
-            ControlFlow::Continue(())
-        });
+        let o = backend.chat(
+            CHAT,
+            &messages,
+            max_tokens,
+            &Default::default(),
+            &mut |_| ControlFlow::Continue(()),
+        );
         in_tokens = o.as_ref().map_or(0, |o| o.completion_tokens);
         o.is_ok()
     };

@@ -62,6 +62,7 @@ impl Target {
                 role: Role::User,
                 content: format!("benchmark question {i}"),
             }],
+            sampling: Default::default(),
         }
         .to_cbor();
         let (req, session) =

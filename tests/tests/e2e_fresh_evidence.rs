@@ -117,6 +117,7 @@ fn evidence_is_refreshed_with_the_same_keys_and_a_client_can_bind_its_nonce() {
         };
         let body = InferenceRequest::Chat {
             messages: ask("sealed to the boot evidence"),
+            sampling: Default::default(),
         }
         .to_cbor();
         let (sealed, session) = seal_request(

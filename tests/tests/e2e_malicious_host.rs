@@ -126,6 +126,7 @@ impl Secrets {
         // body the client seals.
         let body = InferenceRequest::Chat {
             messages: messages(canary),
+            sampling: Default::default(),
         }
         .to_cbor();
         assert!(contains(&body, canary.as_bytes()));
@@ -919,6 +920,7 @@ impl FrameMitm {
         let hpke = HpkePublicKey::from_bytes(&claims.hpke_public_key).unwrap();
         let body = InferenceRequest::Chat {
             messages: messages(text),
+            sampling: Default::default(),
         }
         .to_cbor();
         let (sealed, _) = seal_request(&hpke, &digest, meta, &body, &mut OsRng).unwrap();

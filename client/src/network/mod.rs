@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, MAX_MESSAGES};
 use cocoon_protocol::pricing::max_cost;
+use cocoon_protocol::sampling::Sampling;
 
 use crate::client::{collect_embeddings, Client, ClientError, EmbeddingsResult};
 use crate::response::{ResponseStream, StreamObserver};
@@ -236,6 +237,7 @@ impl NetworkClient {
     ) -> Vec<(ProviderId, f64)> {
         let body_len = InferenceRequest::Chat {
             messages: messages.to_vec(),
+            sampling: Sampling::greedy(),
         }
         .to_cbor()
         .len();
@@ -255,6 +257,19 @@ impl NetworkClient {
         messages: Vec<ChatMessage>,
         max_tokens: u32,
     ) -> Result<Routed<ResponseStream>, NetworkError> {
+        self.chat_with(model, messages, max_tokens, Sampling::greedy())
+            .await
+    }
+
+    /// [`NetworkClient::chat`] with sampling parameters
+    /// ([`Client::chat_with`]).
+    pub async fn chat_with(
+        &self,
+        model: &str,
+        messages: Vec<ChatMessage>,
+        max_tokens: u32,
+        sampling: Sampling,
+    ) -> Result<Routed<ResponseStream>, NetworkError> {
         if messages.is_empty() || messages.len() > MAX_MESSAGES {
             return Err(NetworkError::Refused {
                 provider: ProviderId("(none)".into()),
@@ -266,13 +281,15 @@ impl NetworkClient {
         }
         let body_len = InferenceRequest::Chat {
             messages: messages.clone(),
+            sampling: sampling.clone(),
         }
         .to_cbor()
         .len();
         self.route(model, max_tokens, body_len, |c: Client| {
             let messages = messages.clone();
             let model = model.to_string();
-            async move { c.chat(&model, messages, max_tokens).await }
+            let sampling = sampling.clone();
+            async move { c.chat_with(&model, messages, max_tokens, sampling).await }
         })
         .await
     }

@@ -576,7 +576,7 @@ fn serve_request(
             0,
             FinishReason::Error(format!("unknown model {:?}", meta.model)),
         ),
-        (InferenceRequest::Chat { messages }, true) => {
+        (InferenceRequest::Chat { messages, .. }, true) => {
             let prompt = messages.iter().map(|m| words(&m.content)).sum::<u64>();
             let last = messages
                 .last()

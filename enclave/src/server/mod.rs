@@ -89,6 +89,7 @@ use crate::evidence::{EvidenceState, Published};
 use crate::replay::{EnclaveClock, ReplayMemory};
 use crate::transport::Listener;
 
+mod chat;
 mod connection;
 mod request;
 

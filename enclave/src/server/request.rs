@@ -3,7 +3,6 @@
 //! body), the replay memory, the backend, the receipt; every outcome ends
 //! the stream through the connection machine ([`StreamCtx`]).
 
-use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -14,19 +13,21 @@ use cocoon_protocol::message::{
 use cocoon_protocol::mux::Finished;
 use cocoon_protocol::receipt::UsageReceipt;
 use cocoon_protocol::request::{RequestAuthError, SignedRequest};
+use cocoon_protocol::sampling::Sampling;
 use cocoon_protocol::seal::{open_request, BillingMeta, LifetimeError};
 use cocoon_protocol::stream::ResponseSealer;
 use cocoon_protocol::tabs::MAX_PENDING;
 use rand_core::OsRng;
 use tracing::{debug, error, info, warn};
 
+use super::chat::ChatSink;
 use super::connection::StreamCtx;
 use super::{lock, unix_now, Enclave};
 use crate::backend::Finish;
 use crate::replay::Refused;
 
 /// Longest text in one chunk; a longer token text is split.
-const MAX_TEXT_PIECE: usize = 64 << 10;
+pub(super) const MAX_TEXT_PIECE: usize = 64 << 10;
 
 impl Enclave {
     pub(super) fn serve_request(&self, s: &StreamCtx, payload: Vec<u8>) {
@@ -250,7 +251,9 @@ impl Enclave {
         sealer: &mut ResponseSealer,
     ) -> Result<Usage, Abort> {
         match request {
-            InferenceRequest::Chat { messages } => self.chat(s, meta, &messages, sealer),
+            InferenceRequest::Chat { messages, sampling } => {
+                self.chat(s, meta, &messages, &sampling, sealer)
+            }
             InferenceRequest::Embeddings { inputs } => self.embed(s, meta, &inputs, sealer),
             _ => Ok(Usage::failed(
                 "this enclave does not support that kind of request".into(),
@@ -263,46 +266,28 @@ impl Enclave {
         s: &StreamCtx,
         meta: &BillingMeta,
         messages: &[ChatMessage],
+        sampling: &Sampling,
         sealer: &mut ResponseSealer,
     ) -> Result<Usage, Abort> {
         let max = u64::from(meta.max_tokens);
-        let mut delivered = 0u64;
-        let mut cut = false;
-        let mut abort = None;
-        let mut emit = |piece: &str| -> ControlFlow<()> {
-            if s.is_cancelled() {
-                abort = Some(Abort::Cancelled);
-                return ControlFlow::Break(());
-            }
-            if delivered >= max {
-                cut = true;
-                return ControlFlow::Break(());
-            }
-            for part in split_text(piece, MAX_TEXT_PIECE) {
-                let data = ResponseEvent::Text(part.to_owned()).to_cbor();
-                let Ok(chunk) = sealer.seal_chunk(&data, false) else {
-                    abort = Some(Abort::Sealing);
-                    return ControlFlow::Break(());
-                };
-                if s.chunk(&chunk).is_err() {
-                    abort = Some(Abort::Cancelled);
-                    return ControlFlow::Break(());
-                }
-            }
-            delivered += 1;
-            ControlFlow::Continue(())
-        };
+        let mut sink = ChatSink::new(s, sealer, max, &sampling.stop);
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.backend
-                .chat(&meta.model, messages, meta.max_tokens, &mut emit)
+                .chat(&meta.model, messages, meta.max_tokens, sampling, &mut |g| {
+                    sink.token(g)
+                })
         }));
-        if let Some(a) = abort {
+        if let Some(a) = sink.abort.take() {
             return Err(a);
         }
+        sink.finish()?;
+        let (delivered, cut, stopped) = (sink.delivered, sink.cut, sink.stopped);
         let failure = match result {
             Ok(Ok(o)) => {
                 let completion = o.completion_tokens.max(delivered);
-                let finish = if cut || completion > max || o.finish == Finish::Length {
+                let finish = if stopped {
+                    FinishReason::Stop
+                } else if cut || completion > max || o.finish == Finish::Length {
                     FinishReason::Length
                 } else {
                     FinishReason::Stop
@@ -389,7 +374,7 @@ impl Enclave {
 }
 
 /// Pieces of at most `max` bytes (≥ 4), cut at character boundaries.
-fn split_text(text: &str, max: usize) -> Vec<&str> {
+pub(super) fn split_text(text: &str, max: usize) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut rest = text;
     while rest.len() > max {
@@ -426,7 +411,7 @@ impl Usage {
 }
 
 /// Why a request stopped without an `End`.
-enum Abort {
+pub(super) enum Abort {
     /// The host cancelled the stream or went away.
     Cancelled,
     /// A chunk could not be sealed (never expected).
