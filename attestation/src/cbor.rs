@@ -51,9 +51,15 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Value, CborError> {
 /// Encode a value.
 pub fn encode(v: &Value) -> Vec<u8> {
     let mut out = Vec::new();
-    // Writing into a Vec cannot fail for a `Value`.
-    let _ = ciborium::ser::into_writer(v, &mut out);
+    encode_into(v, &mut out);
     out
+}
+
+/// Encode a value after what `out` already holds (a frame's or a chunk's
+/// header room, say).
+pub fn encode_into(v: &Value, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail for a `Value`.
+    let _ = ciborium::ser::into_writer(v, out);
 }
 
 /// A CBOR map with text keys being read: every key must be consumed.

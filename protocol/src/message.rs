@@ -287,6 +287,14 @@ pub enum ResponseEvent {
 impl ResponseEvent {
     /// Canonical CBOR (one chunk's data).
     pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`to_cbor`](ResponseEvent::to_cbor) appended to what `out` holds (a
+    /// frame's and a chunk's header room, for sealing where it lies).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let v = match self {
             ResponseEvent::Text(t) => cbor::map(vec![("text", Value::Text(t.clone()))]),
             ResponseEvent::Logprobs(l) => cbor::map(vec![("logprobs", l.to_value())]),
@@ -317,7 +325,7 @@ impl ResponseEvent {
                 cbor::map(vec![("end", cbor::map(end))])
             }
         };
-        cbor::encode(&v)
+        cbor::encode_into(&v, out);
     }
 
     /// Whether this event may only appear in a stream's final chunk.

@@ -141,10 +141,6 @@ impl<'a> ChatSink<'a> {
     }
 
     fn event(&mut self, ev: &ResponseEvent) -> Result<(), Abort> {
-        let chunk = self
-            .sealer
-            .seal_chunk(&ev.to_cbor(), false)
-            .map_err(|_| Abort::Sealing)?;
-        self.s.chunk(&chunk).map_err(|_| Abort::Cancelled)
+        self.s.send_event(self.sealer, ev)
     }
 }

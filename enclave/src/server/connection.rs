@@ -13,9 +13,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::request::Abort;
+use cocoon_protocol::frame;
 use cocoon_protocol::frame::FrameDecoder;
+use cocoon_protocol::message::ResponseEvent;
 use cocoon_protocol::mux::{CancelToken, EnclaveConn, EnclaveEvent, Finished, Misuse, Transmit};
 use cocoon_protocol::receipt::UsageReceipt;
+use cocoon_protocol::stream::{ResponseSealer, CHUNK_TAG_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -104,10 +108,40 @@ impl StreamCtx {
         Gone
     }
 
-    /// Queue one response chunk (not the final one). Blocking: only on a
-    /// blocking thread. `Err`: stop, the stream is cancelled or gone.
-    pub(super) fn chunk(&self, chunk: &[u8]) -> Result<(), Gone> {
-        match self.conn.with(|m| m.chunk(self.id, &self.token, chunk)) {
+    /// Seal `event` as the next (not final) response chunk and queue it.
+    /// The event is encoded straight behind the room for the frame and
+    /// chunk headers, sealed where it lies and queued as that buffer: one
+    /// allocation, no copy. Blocking: only on a blocking thread. `Err`: stop,
+    /// the stream is cancelled or gone (or, never expected, sealing failed).
+    pub(super) fn send_event(
+        &self,
+        sealer: &mut ResponseSealer,
+        event: &ResponseEvent,
+    ) -> Result<(), Abort> {
+        let room = frame::HEADER_LEN + sealer.headroom();
+        let body = match event {
+            ResponseEvent::Embedding { vector, .. } => vector.len() * 4 + 32,
+            ResponseEvent::Text(t) => t.len() + 16,
+            _ => 256,
+        };
+        let mut buf = Vec::with_capacity(room + body + CHUNK_TAG_LEN);
+        buf.resize(room, 0);
+        event.encode_into(&mut buf);
+        sealer
+            .seal_in_place_at(&mut buf, frame::HEADER_LEN, false)
+            .map_err(|_| Abort::Sealing)?;
+        self.chunk_framed(buf).map_err(|Gone| Abort::Cancelled)
+    }
+
+    /// Queue one response chunk built where its frame lies (frame header
+    /// room, then the sealed chunk; see
+    /// [`EnclaveConn::chunk_framed`](cocoon_protocol::mux::EnclaveConn::chunk_framed)),
+    /// with no copy. Blocking.
+    fn chunk_framed(&self, framed: Vec<u8>) -> Result<(), Gone> {
+        match self
+            .conn
+            .with(|m| m.chunk_framed(self.id, &self.token, framed))
+        {
             (Ok(true), out) => self.conn.send_blocking(out),
             (Ok(false), _) => Err(Gone),
             (Err(e), _) => Err(self.misuse(&e)),

@@ -359,11 +359,7 @@ impl Enclave {
                 return Err(Abort::Cancelled);
             }
             let index = u32::try_from(index).unwrap_or(u32::MAX);
-            let data = ResponseEvent::Embedding { index, vector }.to_cbor();
-            let chunk = sealer
-                .seal_chunk(&data, false)
-                .map_err(|_| Abort::Sealing)?;
-            s.chunk(&chunk).map_err(|_| Abort::Cancelled)?;
+            s.send_event(sealer, &ResponseEvent::Embedding { index, vector })?;
         }
         Ok(Usage {
             prompt_tokens,
