@@ -86,6 +86,7 @@ pub mod config;
 pub mod evidence;
 pub mod files;
 pub mod gpu;
+pub mod prefix_cache;
 mod replay;
 pub mod sampling;
 pub mod server;
