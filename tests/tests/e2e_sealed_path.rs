@@ -250,6 +250,7 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
             .json(&serde_json::json!({
                 "model": MODEL,
                 "stream": true,
+                "stream_options": {"include_usage": true},
                 "max_tokens": 8,
                 "messages": [{"role": "user", "content": "Stream to me"}]
             }))
@@ -271,6 +272,7 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
                 text.push_str(t);
             }
             if !v["usage"].is_null() {
+                assert_eq!(v["choices"], serde_json::json!([]), "{e}");
                 usage = Some(v["usage"].clone());
             }
         }
@@ -348,6 +350,36 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(v["error"]["code"], code, "{v}");
             assert!(v["error"]["param"].is_null(), "{v}");
+        }
+        // The framework's own refusals are OpenAI-shaped JSON too.
+        let huge = format!(
+            "{{\"model\":\"{MODEL}\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+            "x".repeat(3 << 20)
+        );
+        for (req, status, code) in [
+            (
+                http.post(&chat)
+                    .header("content-type", "application/json")
+                    .body(huge),
+                413,
+                "request_too_large",
+            ),
+            (http.get(&chat), 405, "method_not_allowed"),
+            (
+                http.get(format!("{base}/v1/models/no-such-model")),
+                404,
+                "model_not_found",
+            ),
+        ] {
+            let r = req.bearer_auth(&api_key).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{code}");
+            assert_eq!(
+                r.headers()["content-type"], "application/json",
+                "{code}"
+            );
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], code, "{v}");
+            assert!(v["error"]["type"].is_string(), "{v}");
         }
     });
     assert_eq!(
