@@ -490,7 +490,9 @@ impl Client {
                 Ok(p)
             }
             Err(e) => {
-                tracing::warn!(provider = %self.inner.base, "provider evidence does not verify: {e}");
+                // Debug only: the error goes back to the caller, who reports
+                // it (the CLI prints it once, serve answers 503 with it).
+                tracing::debug!(provider = %self.inner.base, "provider evidence does not verify: {e}");
                 st.current = None;
                 st.bytes.clear();
                 st.fetched_at = None;
