@@ -365,6 +365,19 @@ mkdir -p "$corpus/message" "$corpus/api"
     cbor_map 2; cbor_text finish; cbor_text stop
     cbor_text receipt; cbor_bytes_file "$corpus/receipt/cose-sign1-zero-signature"
 } >"$corpus/message/end-event"
+{
+    cbor_map 1; cbor_text end
+    cbor_map 4; cbor_text code; cbor_text context_length_exceeded
+    cbor_text error; cbor_text "input of 600 tokens is over the model's limit"
+    cbor_text finish; cbor_text refused
+    cbor_text receipt; cbor_bytes_file "$corpus/receipt/cose-sign1-zero-signature"
+} >"$corpus/message/end-refused-event"
+{
+    cbor_map 1; cbor_text end
+    cbor_map 3; cbor_text error; cbor_text "inference failed: device lost"
+    cbor_text finish; cbor_text failed
+    cbor_text receipt; cbor_bytes_file "$corpus/receipt/cose-sign1-zero-signature"
+} >"$corpus/message/end-failed-event"
 { cbor_head 4 2; cbor_zeros 3; cbor_bytes_file "$corpus/bundle/claims.cbor"; } >"$corpus/api/evidence-list"
 {
     cbor_head 4 1

@@ -138,8 +138,9 @@ impl Default for ClientOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// No connection to the provider.
-    #[error("provider {url} is unreachable: {source}")]
+    /// No connection to the provider. The message keeps the whole cause
+    /// (connection refused, DNS, timeout), not only the transport's summary.
+    #[error("provider {url} is unreachable: {}", error_chain(source))]
     Unreachable {
         /// What was being fetched.
         url: String,
@@ -219,8 +220,9 @@ pub enum ClientError {
     /// The response was not accepted.
     #[error(transparent)]
     Response(#[from] ResponseError),
-    /// The enclave ended the response with an error (its receipt
-    /// verified).
+    /// The enclave ended the response refused (before running the model)
+    /// or failed (while running it); `completed.finish` says which, and its
+    /// verified receipt charges nothing.
     #[error("the enclave could not serve the request: {message}")]
     EnclaveFailed {
         /// The enclave's message.
@@ -255,6 +257,20 @@ impl ClientError {
     pub fn is_verification_failure(&self) -> bool {
         matches!(self, ClientError::Verification(_))
     }
+}
+
+/// `e` and each of its sources, joined with `: `, repeats left out.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = s.source();
+    }
+    parts.join(": ")
 }
 
 fn transport(url: &str, source: reqwest::Error) -> ClientError {
@@ -475,7 +491,9 @@ impl Client {
                 Ok(p)
             }
             Err(e) => {
-                tracing::warn!(provider = %self.inner.base, "provider evidence does not verify: {e}");
+                // Debug only: the error goes back to the caller, who reports
+                // it (the CLI prints it once, serve answers 503 with it).
+                tracing::debug!(provider = %self.inner.base, "provider evidence does not verify: {e}");
                 st.current = None;
                 st.bytes.clear();
                 st.fetched_at = None;
@@ -1041,9 +1059,9 @@ pub(crate) async fn collect_embeddings(
                 }
             }
             Some(ResponsePart::Completed(c)) => {
-                if let cocoon_protocol::message::FinishReason::Error(message) = &c.finish {
+                if let Some(message) = c.finish.error_message() {
                     return Err(ClientError::EnclaveFailed {
-                        message: message.clone(),
+                        message: message.to_owned(),
                         completed: c,
                     });
                 }
@@ -1162,5 +1180,24 @@ async fn read_reason(resp: reqwest::Response) -> String {
             .to_string()
     } else {
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unreachable provider's error says why (here: connection refused),
+    /// not only "error sending request".
+    #[tokio::test]
+    async fn unreachable_keeps_the_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/evidence", closed.local_addr().unwrap());
+        drop(closed);
+        let e = reqwest::get(&url).await.unwrap_err();
+        let e = transport(&url, e);
+        assert!(e.is_unreachable(), "{e}");
+        let text = e.to_string().to_lowercase();
+        assert!(text.contains("refused"), "{text}");
     }
 }

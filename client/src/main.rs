@@ -5,6 +5,7 @@
 //! usage error (bad arguments, unreadable policy or key file), 69 the
 //! provider is unreachable.
 
+use std::io::IsTerminal;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -271,6 +272,20 @@ struct ServeArgs {
     /// name is refused (421), which stops DNS rebinding.
     #[arg(long = "allow-host", value_name = "HOST")]
     allow_hosts: Vec<String>,
+    /// Ignore unknown top-level fields in OpenAI requests (vendor extras)
+    /// instead of refusing them with 400. Parameters the endpoint refuses
+    /// by name (tools, response_format other than text, n > 1, ...) are
+    /// refused either way.
+    #[arg(long)]
+    allow_unknown_fields: bool,
+    /// Requests sent to the provider at once; more wait in the queue. The
+    /// default is the host agent's default per-account stream limit.
+    #[arg(long, default_value_t = cocoon_client::serve::ServeOptions::DEFAULT_MAX_STREAMS, value_name = "N")]
+    max_streams: usize,
+    /// Requests that may wait for one of the --max-streams; one more is
+    /// answered 429 with Retry-After.
+    #[arg(long, default_value_t = cocoon_client::serve::ServeOptions::DEFAULT_QUEUE, value_name = "N")]
+    queue: usize,
 }
 
 /// The environment variable that may hold the endpoint's API key.
@@ -363,6 +378,9 @@ async fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a pipe
+        // or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -848,7 +866,11 @@ fn finish_text(f: &FinishReason) -> String {
     match f {
         FinishReason::Stop => "stop".into(),
         FinishReason::Length => "length (max tokens reached)".into(),
-        FinishReason::Error(m) => format!("error: {m}"),
+        FinishReason::Refused { code, message } => {
+            format!("refused ({code}, nothing charged): {message}")
+        }
+        FinishReason::Failed(m) => format!("failed (nothing charged): {m}"),
+        _ => "unknown".into(),
     }
 }
 
@@ -1103,11 +1125,7 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
                 "enclave": enclave_json(&enclave),
                 "model": model,
                 "answer": answer,
-                "finish": match &completed.finish {
-                    FinishReason::Stop => "stop",
-                    FinishReason::Length => "length",
-                    FinishReason::Error(_) => "error",
-                },
+                "finish": completed.finish.as_str(),
                 "usage": {
                     "prompt_tokens": completed.usage.prompt_tokens,
                     "completion_tokens": completed.usage.completion_tokens,
@@ -1123,7 +1141,7 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
         }
         print_receipt(&completed);
     }
-    if let FinishReason::Error(m) = &completed.finish {
+    if let Some(m) = completed.finish.error_message() {
         return Err(Failure {
             code: EX_FAILURE,
             message: format!("the enclave could not serve the request: {m}"),
@@ -1201,6 +1219,9 @@ async fn serve(a: ServeArgs) -> Result<(), Failure> {
     })?;
     let mut serve_options = ServeOptions::new(key);
     serve_options.default_max_tokens = a.default_max_tokens;
+    serve_options.allow_unknown_fields = a.allow_unknown_fields;
+    serve_options.max_streams = a.max_streams.max(1);
+    serve_options.queue = a.queue;
     let mut hosts = AllowedHosts::loopback().with(&addr.ip().to_string());
     for h in &a.allow_hosts {
         hosts = hosts.with(h);

@@ -272,6 +272,16 @@ impl ResponseReader {
             }
             ResponseEvent::End { finish, receipt } => {
                 let checked = check_receipt(&receipt, &self.expect)?;
+                // A refused or failed request is charged nothing (the
+                // enclave's rule); a receipt that says otherwise is not
+                // accepted.
+                if finish.is_error() && checked.charge_nanoton() != Some(0) {
+                    return Err(ResponseError::Event(format!(
+                        "the response ended {} but its receipt charges {} nanoton",
+                        finish.as_str(),
+                        checked.charge_nanoton().unwrap_or(u128::MAX)
+                    )));
+                }
                 if finish == FinishReason::Stop {
                     if let Some(missing) = self.seen.iter().position(|s| !s) {
                         return Err(ResponseError::Event(format!(
@@ -434,7 +444,7 @@ impl ResponseStream {
         match &r {
             Ok(Some(ResponsePart::Completed(c))) => {
                 self.state = StreamState::Completed;
-                let ok = !matches!(c.finish, cocoon_protocol::message::FinishReason::Error(_));
+                let ok = !c.finish.is_error();
                 if let Some(mut o) = self.observer.take() {
                     o.finished(ok);
                 }

@@ -464,7 +464,7 @@ async fn an_enclave_error_is_reported_with_its_verified_receipt() {
     assert_eq!(text, "");
     assert_eq!(
         done.finish,
-        FinishReason::Error("the model backend failed".into())
+        FinishReason::Failed("the model backend failed".into())
     );
     assert_eq!(done.usage.completion_tokens, 0);
     let err = c

@@ -16,7 +16,7 @@
 use std::ops::ControlFlow;
 
 use cocoon_attestation::bundle::ModelDigest;
-use cocoon_protocol::message::ChatMessage;
+use cocoon_protocol::message::{bounded_reason, ChatMessage, FinishReason, RefusalCode};
 use cocoon_protocol::sampling::{Sampling, TokenLogprob};
 use sha2::{Digest, Sha256};
 
@@ -59,6 +59,28 @@ impl BackendError {
             BackendError::Unsupported { .. } => "unsupported",
             BackendError::TooLong { .. } => "too_long",
             BackendError::Failed(_) => "failed",
+        }
+    }
+}
+
+impl BackendError {
+    /// The response's end for this error: a problem with the request the
+    /// client can fix, found before the model ran, is a
+    /// [`FinishReason::Refused`] with its code; anything else (or any error
+    /// after tokens went out) is a [`FinishReason::Failed`]. Both are
+    /// charged nothing.
+    pub fn finish(&self, tokens_sent: u64) -> FinishReason {
+        let message = bounded_reason(&self.to_string()).to_owned();
+        let code = match self {
+            _ if tokens_sent > 0 => None,
+            BackendError::UnknownModel(_) => Some(RefusalCode::ModelNotFound),
+            BackendError::Unsupported { .. } => Some(RefusalCode::ModelKindMismatch),
+            BackendError::TooLong { .. } => Some(RefusalCode::ContextLengthExceeded),
+            BackendError::Failed(_) => None,
+        };
+        match code {
+            Some(code) => FinishReason::Refused { code, message },
+            None => FinishReason::Failed(message),
         }
     }
 }

@@ -33,6 +33,8 @@
 //! * [`backend`] — inference backends: the trait a model implements and the
 //!   deterministic test backend (NOT A MODEL). Backends run in blocking
 //!   tasks.
+//! * [`fault`] — **TEST ONLY** fault injection (chat fails after N
+//!   tokens), honoured only under the simulated TEE.
 //! * [`files`] — model files and tokenizers, read once and loaded from the
 //!   bytes whose SHA-256 matched the configuration; usage is counted by the
 //!   enclave's own tokenizer (the `tokenizers` crate).
@@ -63,8 +65,11 @@
 //!   (boot, serve), `server/connection.rs` (the adapter to
 //!   [`cocoon_protocol::mux::EnclaveConn`]) and `server/request.rs` (one
 //!   request's life: the account's signature, expiry, opening, prices,
-//!   the backend, the receipt). Refusals are one `Error` frame and no
-//!   receipt; a served request's receipt goes to the host before the final
+//!   the backend, the receipt). Requests that cannot be opened or
+//!   admitted are refused with one `Error` frame and no receipt; an opened
+//!   request the model cannot run (context length, wrong kind of model,
+//!   `max_tokens` 0) ends `refused` and one that fails while running ends
+//!   `failed`, each with a zero-charge receipt; a served request's receipt goes to the host before the final
 //!   chunk and stays pending in the boot's
 //!   [`TabBook`](cocoon_protocol::tabs::TabBook) until the host
 //!   acknowledges it as committed.
@@ -84,6 +89,7 @@ pub mod backend;
 pub mod boot_settings;
 pub mod config;
 pub mod evidence;
+pub mod fault;
 pub mod files;
 pub mod gpu;
 pub mod prefix_cache;

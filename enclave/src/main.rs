@@ -300,6 +300,40 @@ async fn run(
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let backend: Arc<dyn InferenceBackend> = match std::env::var(
+        cocoon_enclave::fault::TEST_ONLY_FAIL_AFTER_TOKENS,
+    ) {
+        Err(std::env::VarError::NotPresent) => backend,
+        Ok(_) | Err(_) if tee != TeeChoice::Simulated => {
+            eprintln!(
+                "cocoon-enclave: {} is set, and it is honoured only with --tee simulated: refusing to boot",
+                cocoon_enclave::fault::TEST_ONLY_FAIL_AFTER_TOKENS
+            );
+            return ExitCode::from(EX_CONFIG);
+        }
+        Ok(text) => match cocoon_enclave::fault::FaultPlan::parse(&text) {
+            Ok(plan) => {
+                eprintln!(
+                    "cocoon-enclave: WARNING: TEST-ONLY FAULT INJECTION ACTIVE ({}={text}): chat requests fail after {} tokens{}",
+                    cocoon_enclave::fault::TEST_ONLY_FAIL_AFTER_TOKENS,
+                    plan.after_tokens,
+                    plan.requests
+                        .map(|m| format!(" (the first {m} of this boot)"))
+                        .unwrap_or_default()
+                );
+                tracing::warn!(?plan, "TEST-ONLY fault injection active");
+                Arc::new(cocoon_enclave::fault::FailAfterTokens::new(backend, plan))
+            }
+            Err(e) => {
+                eprintln!("cocoon-enclave: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+        Err(e) => {
+            eprintln!("cocoon-enclave: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     let gpu = match &config.gpu {
         None => None,
         Some(g) => match cocoon_enclave::gpu::GpuSetup::from_config(g) {

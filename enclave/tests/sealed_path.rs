@@ -19,7 +19,9 @@ use cocoon_enclave::{
 };
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::frame::{self, Frame, FrameDecoder, FrameType};
-use cocoon_protocol::message::{ChatMessage, FinishReason, InferenceRequest, ResponseEvent, Role};
+use cocoon_protocol::message::{
+    ChatMessage, FinishReason, InferenceRequest, RefusalCode, ResponseEvent, Role,
+};
 use cocoon_protocol::receipt::{verify_receipt, UnitPrice, UsageReceipt};
 use cocoon_protocol::request::SignedRequest;
 use cocoon_protocol::sampling::Sampling;
@@ -1134,27 +1136,29 @@ async fn the_enclave_holds_a_misbehaving_backend_to_the_contract() {
         UnitPrice::default(),
         "no price configured"
     );
-    // Failing after 3 tokens: the stream still ends, billing what ran.
+    // Failing after 3 tokens: the stream still ends with a receipt, which
+    // charges nothing (a retry must not pay twice).
     let m = meta("failing", 50);
     let (req, session, id) = seal(&v, &m, &chat_body(&user("one two")));
     let r = c.exchange(2, &req, session).await;
     let (finish, receipt) = r.receipt(&v, id, &m);
     assert_eq!(
         finish,
-        FinishReason::Error("inference failed: device lost".into())
+        FinishReason::Failed("inference failed: device lost".into())
     );
     assert_eq!(r.texts.len(), 3);
-    assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (4, 3));
+    assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (0, 0));
+    assert_eq!(receipt.charge_nanoton(), Some(0));
     // Panicking after 2 tokens: same, and the enclave keeps serving.
     let m = meta("panicking", 50);
     let (req, session, id) = seal(&v, &m, &chat_body(&user("one two")));
     let r = c.exchange(3, &req, session).await;
     let (finish, receipt) = r.receipt(&v, id, &m);
     assert!(
-        matches!(finish, FinishReason::Error(ref e) if !e.contains("backend bug")),
+        matches!(finish, FinishReason::Failed(ref e) if !e.contains("backend bug")),
         "{finish:?}"
     );
-    assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (4, 2));
+    assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (0, 0));
     // Wrong number of embeddings: refused before any is sent, nothing billed.
     let m = meta("bad-embeddings", 0);
     let body = InferenceRequest::Embeddings {
@@ -1164,10 +1168,27 @@ async fn the_enclave_holds_a_misbehaving_backend_to_the_contract() {
     let (req, session, id) = seal(&v, &m, &body);
     let r = c.exchange(4, &req, session).await;
     let (finish, receipt) = r.receipt(&v, id, &m);
-    assert!(matches!(finish, FinishReason::Error(_)), "{finish:?}");
+    assert!(matches!(finish, FinishReason::Failed(_)), "{finish:?}");
     assert!(r.embeddings.is_empty());
     assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (0, 0));
-    assert_eq!(receipt.enclave_seq, 4, "every served request got a receipt");
+    // max_tokens 0: refused before the model runs, nothing charged.
+    let m = meta("greedy", 0);
+    let (req, session, id) = seal(&v, &m, &chat_body(&user("one two")));
+    let r = c.exchange(5, &req, session).await;
+    let (finish, receipt) = r.receipt(&v, id, &m);
+    assert!(
+        matches!(
+            finish,
+            FinishReason::Refused {
+                code: RefusalCode::InvalidMaxTokens,
+                ..
+            }
+        ),
+        "{finish:?}"
+    );
+    assert!(r.texts.is_empty());
+    assert_eq!((receipt.prompt_tokens, receipt.completion_tokens), (0, 0));
+    assert_eq!(receipt.enclave_seq, 5, "every served request got a receipt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

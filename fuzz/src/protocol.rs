@@ -192,10 +192,11 @@ pub fn receipt(data: &[u8]) {
 /// `message`: the plaintext formats the enclave decodes from a client
 /// (request body) and the client decodes from the enclave (response
 /// events), each under both values of the chunk's last flag. Whatever
-/// decodes must re-encode to exactly the input (canonical), and an `end`
-/// event must decode only as a last chunk.
+/// decodes must re-encode to exactly the input (canonical), an `end`
+/// event must decode only as a last chunk, and a `refused` end only with a
+/// known code.
 pub fn message(data: &[u8]) {
-    use cocoon_protocol::message::{InferenceRequest, ResponseEvent};
+    use cocoon_protocol::message::{FinishReason, InferenceRequest, RefusalCode, ResponseEvent};
     match InferenceRequest::from_cbor(data) {
         Ok(r) => assert_eq!(r.to_cbor(), data, "request body not canonical"),
         Err(e) => {
@@ -207,6 +208,14 @@ pub fn message(data: &[u8]) {
             Ok(ev) => {
                 assert_eq!(ev.to_cbor(), data, "event not canonical");
                 assert_eq!(ev.is_end(), last, "end event outside the last chunk");
+                // A refusal decodes only with a code this version knows.
+                if let ResponseEvent::End {
+                    finish: FinishReason::Refused { code, .. },
+                    ..
+                } = &ev
+                {
+                    assert_eq!(RefusalCode::from_name(code.as_str()), Some(*code));
+                }
             }
             Err(e) => {
                 black_box(e.to_string());

@@ -124,16 +124,17 @@ struct Cli {
     /// Largest request body in bytes.
     #[arg(long, global = true, value_name = "BYTES")]
     max_request_bytes: Option<usize>,
-    /// Concurrent streams per enclave.
+    /// Concurrent streams per enclave [default: 64].
     #[arg(long, global = true, value_name = "N")]
     max_streams_per_enclave: Option<usize>,
-    /// Requests per second per account (sustained).
+    /// Requests per second per account (sustained) [default: 5].
     #[arg(long, global = true, value_name = "RATE")]
     account_rps: Option<f64>,
-    /// Requests per account above the rate at once.
+    /// Requests per account above the rate at once [default: 20].
     #[arg(long, global = true, value_name = "N")]
     account_burst: Option<u32>,
-    /// Concurrent streams per account.
+    /// Concurrent streams per account; more are answered 429
+    /// (`cocoon-client serve` queues them) [default: 8].
     #[arg(long, global = true, value_name = "N")]
     account_max_streams: Option<u32>,
     /// Seconds to wait for an enclave's first frame.
@@ -1052,5 +1053,37 @@ fn print_unclaimed(unclaimed: &[cocoon_host::settle::Unclaimed]) {
             u.nanoton,
             u.reason
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `--help` shows the per-account and per-enclave limits' defaults,
+    /// and they are the ones `Limits::default()` applies.
+    #[test]
+    fn help_shows_the_real_default_limits() {
+        let help = Cli::command().render_long_help().to_string();
+        let d = cocoon_host::config::Limits::default();
+        for (flag, default) in [
+            (
+                "--max-streams-per-enclave",
+                d.max_streams_per_enclave.to_string(),
+            ),
+            ("--account-rps", d.account_requests_per_second.to_string()),
+            ("--account-burst", d.account_burst.to_string()),
+            ("--account-max-streams", d.account_max_streams.to_string()),
+        ] {
+            let at = help.find(flag).unwrap_or_else(|| panic!("{flag} in help"));
+            let rest = &help[at..];
+            let end = rest[2..].find("\n  -").map_or(rest.len(), |e| e + 2);
+            assert!(
+                rest[..end].contains(&format!("[default: {default}]")),
+                "{flag}: {}",
+                &rest[..end]
+            );
+        }
     }
 }

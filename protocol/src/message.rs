@@ -27,9 +27,21 @@
 //!               "top": [{"token", "logprob"}, ...]}} (millionths), when the request asked;
 //!                                                  sent before the text that holds the token
 //! {"embedding": {"index": uint, "vector": bytes}}  one embedding, f32 little-endian
-//! {"end": {"finish": "stop"|"length"|"error", "error": text (only with "error"),
+//! {"end": {"finish": "stop"|"length"|"refused"|"failed",
+//!          "code": text (only with "refused"),
+//!          "error": text (only with "refused" or "failed"),
 //!          "receipt": bytes}}                      the signed usage receipt
 //! ```
+//!
+//! `refused` means the enclave declined the request *before running the
+//! model*, for a reason the client can fix; its `code` is one of the
+//! [`RefusalCode`] names (an unknown code is a decode error, never a guess).
+//! `failed` means the provider failed while running it. Both end with a
+//! receipt that charges nothing (zero tokens): the receipt, its commit by
+//! the host and the final chunk come in the same order for every request,
+//! so the host cannot tell a refusal or failure from an answer by the
+//! stream's shape, and a client that retries after an error is never
+//! billed twice for the same question.
 //!
 //! `end` is in the stream's final chunk and nowhere else, and the final
 //! chunk carries nothing but `end`: [`ResponseEvent::decode`] takes the
@@ -230,6 +242,18 @@ impl InferenceRequest {
     }
 }
 
+/// The bounded `error` text of a refused or failed `end`.
+fn error_text(e: &mut MapReader) -> Result<String, MessageError> {
+    let text = e.text("error")?;
+    if text.len() > MAX_ERROR_TEXT {
+        return Err(MessageError::Invalid(format!(
+            "event.end.error: {} bytes, more than {MAX_ERROR_TEXT}",
+            text.len()
+        )));
+    }
+    Ok(text)
+}
+
 fn array(v: Value, what: &str, max: usize) -> Result<Vec<Value>, MessageError> {
     let Value::Array(items) = v else {
         return Err(MessageError::Invalid(format!("{what}: expected an array")));
@@ -246,16 +270,107 @@ fn array(v: Value, what: &str, max: usize) -> Result<Vec<Value>, MessageError> {
     Ok(items)
 }
 
+/// Why the enclave refused a request before running the model: a problem
+/// with the request that the client can fix (OpenAI answers these with a
+/// 4xx status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// The input is over the model's context (or input) limit.
+    ContextLengthExceeded,
+    /// The model is not served by this enclave.
+    ModelNotFound,
+    /// The model cannot do this operation (a chat model asked for
+    /// embeddings, or the reverse).
+    ModelKindMismatch,
+    /// The completion-token limit is not usable (zero).
+    InvalidMaxTokens,
+    /// The request is otherwise not one this enclave can run.
+    InvalidRequest,
+}
+
+impl RefusalCode {
+    /// Every code, for tables and tests.
+    pub const ALL: [RefusalCode; 5] = [
+        RefusalCode::ContextLengthExceeded,
+        RefusalCode::ModelNotFound,
+        RefusalCode::ModelKindMismatch,
+        RefusalCode::InvalidMaxTokens,
+        RefusalCode::InvalidRequest,
+    ];
+
+    /// The wire name (also the OpenAI-style error code).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::ContextLengthExceeded => "context_length_exceeded",
+            RefusalCode::ModelNotFound => "model_not_found",
+            RefusalCode::ModelKindMismatch => "model_kind_mismatch",
+            RefusalCode::InvalidMaxTokens => "invalid_max_tokens",
+            RefusalCode::InvalidRequest => "invalid_request",
+        }
+    }
+
+    /// The code with this wire name.
+    pub fn from_name(name: &str) -> Option<RefusalCode> {
+        RefusalCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a response ended.
+///
+/// A [`Refused`](FinishReason::Refused) or [`Failed`](FinishReason::Failed)
+/// response carries a receipt that charges nothing; see the module
+/// documentation for why it still carries one.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FinishReason {
     /// The model finished on its own.
     Stop,
     /// The completion reached the `max_tokens` the client paid for.
     Length,
-    /// The enclave could not serve the request (unknown model, bad body,
-    /// backend failure); the text says why and never quotes the request.
-    Error(String),
+    /// The enclave refused the request before running the model; the text
+    /// says why and never quotes the request.
+    Refused {
+        /// What is wrong with the request.
+        code: RefusalCode,
+        /// A sentence a user can act on.
+        message: String,
+    },
+    /// The provider failed while serving the request (backend error,
+    /// device lost); any text sent before it is incomplete. The text never
+    /// quotes the request.
+    Failed(String),
+}
+
+impl FinishReason {
+    /// Whether the response ended without an answer (refused or failed).
+    pub fn is_error(&self) -> bool {
+        matches!(self, FinishReason::Refused { .. } | FinishReason::Failed(_))
+    }
+
+    /// The error text of a refused or failed response.
+    pub fn error_message(&self) -> Option<&str> {
+        match self {
+            FinishReason::Refused { message, .. } | FinishReason::Failed(message) => Some(message),
+            _ => None,
+        }
+    }
+
+    /// A short fixed name: `stop`, `length`, `refused` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Refused { .. } => "refused",
+            FinishReason::Failed(_) => "failed",
+        }
+    }
 }
 
 /// One event of a response stream.
@@ -313,13 +428,14 @@ impl ResponseEvent {
             }
             ResponseEvent::End { finish, receipt } => {
                 let mut end = vec![];
+                end.push(("finish", Value::Text(finish.as_str().into())));
                 match finish {
-                    FinishReason::Stop => end.push(("finish", Value::Text("stop".into()))),
-                    FinishReason::Length => end.push(("finish", Value::Text("length".into()))),
-                    FinishReason::Error(e) => {
-                        end.push(("finish", Value::Text("error".into())));
-                        end.push(("error", Value::Text(e.clone())));
+                    FinishReason::Stop | FinishReason::Length => {}
+                    FinishReason::Refused { code, message } => {
+                        end.push(("code", Value::Text(code.as_str().into())));
+                        end.push(("error", Value::Text(message.clone())));
                     }
+                    FinishReason::Failed(e) => end.push(("error", Value::Text(e.clone()))),
                 }
                 end.push(("receipt", Value::Bytes(receipt.clone())));
                 cbor::map(vec![("end", cbor::map(end))])
@@ -367,16 +483,18 @@ impl ResponseEvent {
             let finish = match e.text("finish")?.as_str() {
                 "stop" => FinishReason::Stop,
                 "length" => FinishReason::Length,
-                "error" => {
-                    let text = e.text("error")?;
-                    if text.len() > MAX_ERROR_TEXT {
-                        return Err(MessageError::Invalid(format!(
-                            "event.end.error: {} bytes, more than {MAX_ERROR_TEXT}",
-                            text.len()
-                        )));
-                    }
-                    FinishReason::Error(text)
+                "refused" => {
+                    let code = e.text("code")?;
+                    let code = RefusalCode::from_name(&code).ok_or_else(|| {
+                        MessageError::Invalid(format!(
+                            "event.end.code: unknown refusal code {:?}",
+                            bounded_reason(&code)
+                        ))
+                    })?;
+                    let message = error_text(&mut e)?;
+                    FinishReason::Refused { code, message }
                 }
+                "failed" => FinishReason::Failed(error_text(&mut e)?),
                 other => {
                     return Err(MessageError::Invalid(format!(
                         "event.end.finish: unknown reason {other:?}"
@@ -586,7 +704,10 @@ mod tests {
     #[test]
     fn end_only_in_last_chunk() {
         let end = ResponseEvent::End {
-            finish: FinishReason::Error("unknown model".into()),
+            finish: FinishReason::Refused {
+                code: RefusalCode::ModelNotFound,
+                message: "unknown model".into(),
+            },
             receipt: vec![1, 2, 3],
         };
         let text = ResponseEvent::Text("hi".into());
@@ -616,6 +737,63 @@ mod tests {
             for cut in 0..b.len() {
                 assert!(ResponseEvent::decode(&b[..cut], ev.is_end()).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn every_finish_round_trips_and_unknown_codes_are_refused() {
+        let mut finishes = vec![
+            FinishReason::Stop,
+            FinishReason::Length,
+            FinishReason::Failed("device lost".into()),
+        ];
+        for code in RefusalCode::ALL {
+            assert_eq!(RefusalCode::from_name(code.as_str()), Some(code));
+            finishes.push(FinishReason::Refused {
+                code,
+                message: "why".into(),
+            });
+        }
+        for finish in finishes {
+            let ev = ResponseEvent::End {
+                finish,
+                receipt: vec![9],
+            };
+            assert_eq!(ResponseEvent::decode(&ev.to_cbor(), true).unwrap(), ev);
+        }
+        let unknown = cbor::encode(&cbor::map(vec![(
+            "end",
+            cbor::map(vec![
+                ("code", Value::Text("too_polite".into())),
+                ("error", Value::Text("x".into())),
+                ("finish", Value::Text("refused".into())),
+                ("receipt", Value::Bytes(vec![9])),
+            ]),
+        )]));
+        let err = ResponseEvent::decode(&unknown, true).unwrap_err();
+        assert!(err.to_string().contains("unknown refusal code"), "{err}");
+        // The old single "error" reason is gone; a code on a failure or a
+        // missing code on a refusal is refused.
+        for end in [
+            vec![
+                ("error", Value::Text("x".into())),
+                ("finish", Value::Text("error".into())),
+                ("receipt", Value::Bytes(vec![9])),
+            ],
+            vec![
+                ("code", Value::Text("model_not_found".into())),
+                ("error", Value::Text("x".into())),
+                ("finish", Value::Text("failed".into())),
+                ("receipt", Value::Bytes(vec![9])),
+            ],
+            vec![
+                ("error", Value::Text("x".into())),
+                ("finish", Value::Text("refused".into())),
+                ("receipt", Value::Bytes(vec![9])),
+            ],
+        ] {
+            let b = cbor::encode(&cbor::map(vec![("end", cbor::map(end))]));
+            assert!(ResponseEvent::decode(&b, true).is_err());
         }
     }
 }

@@ -45,6 +45,7 @@ def main() -> None:
         messages=[{"role": "user", "content": "Stream to the OpenAI client"}],
         max_tokens=8,
         stream=True,
+        stream_options={"include_usage": True},
     ):
         ids.add(chunk.id)
         if chunk.choices:
@@ -53,6 +54,8 @@ def main() -> None:
                 pieces.append(choice.delta.content)
             finish = choice.finish_reason or finish
         if chunk.usage:
+            # OpenAI's shape: usage only on a last chunk with no choices.
+            assert not chunk.choices, chunk
             usage = chunk.usage.model_dump()
     out["stream"] = {
         "pieces": pieces,

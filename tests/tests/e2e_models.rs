@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use cocoon_client::{Client, ClientError, ResponsePart};
-use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_protocol::message::{ChatMessage, FinishReason, RefusalCode, Role};
 use cocoon_test_kit::procs::TempDir;
 use cocoon_tests::models::{
     chat_model_toml, chat_reference, max_abs_diff, model_dir, model_toml, reference,
@@ -142,7 +142,7 @@ fn embeddings_over_the_sealed_path_equal_the_python_reference() {
             .await
             .expect("authentic");
         assert!(
-            matches!(&done.1.finish, FinishReason::Error(m) if m.contains("does not support chat")),
+            matches!(&done.1.finish, FinishReason::Refused { code: RefusalCode::ModelKindMismatch, message } if message.contains("does not support chat")),
             "{:?}",
             done.1.finish
         );
@@ -561,7 +561,7 @@ fn upstream_backend_streams_through_the_sealed_path_and_counts_with_its_own_toke
             .await
             .unwrap();
         match &d.finish {
-            FinishReason::Error(m) => {
+            FinishReason::Failed(m) => {
                 assert!(m.contains("HTTP 500"), "{m}");
                 assert!(!m.contains("secret"), "{m}");
             }
@@ -578,7 +578,7 @@ fn upstream_backend_streams_through_the_sealed_path_and_counts_with_its_own_toke
             .await
             .unwrap();
         assert!(
-            matches!(&d.finish, FinishReason::Error(m) if m.contains("limit of 64")),
+            matches!(&d.finish, FinishReason::Refused { code: RefusalCode::ContextLengthExceeded, message } if message.contains("limit of 64")),
             "{:?}",
             d.finish
         );

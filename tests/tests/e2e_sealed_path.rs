@@ -250,6 +250,7 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
             .json(&serde_json::json!({
                 "model": MODEL,
                 "stream": true,
+                "stream_options": {"include_usage": true},
                 "max_tokens": 8,
                 "messages": [{"role": "user", "content": "Stream to me"}]
             }))
@@ -271,6 +272,7 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
                 text.push_str(t);
             }
             if !v["usage"].is_null() {
+                assert_eq!(v["choices"], serde_json::json!([]), "{e}");
                 usage = Some(v["usage"].clone());
             }
         }
@@ -348,6 +350,60 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(v["error"]["code"], code, "{v}");
             assert!(v["error"]["param"].is_null(), "{v}");
+        }
+        // The framework's own refusals are OpenAI-shaped JSON too. A body
+        // over the 2 MiB limit: sent by hand while the answer is read, as
+        // the server answers before the client has sent it all.
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let (mut rd, mut wr) = tcp.into_split();
+            let size = 3usize << 20;
+            let head = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+            );
+            let writer = tokio::spawn(async move {
+                let _ = wr.write_all(head.as_bytes()).await;
+                let _ = wr.write_all(&vec![b' '; size]).await;
+                wr
+            });
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while !String::from_utf8_lossy(&answer).contains("request_too_large") {
+                match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            writer.abort();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+            assert!(
+                answer
+                    .to_lowercase()
+                    .contains("content-type: application/json"),
+                "{answer}"
+            );
+            assert!(answer.contains("\"request_too_large\""), "{answer}");
+        }
+        for (req, status, code) in [
+            (http.get(&chat), 405, "method_not_allowed"),
+            (
+                http.get(format!("{base}/v1/models/no-such-model")),
+                404,
+                "model_not_found",
+            ),
+        ] {
+            let r = req.bearer_auth(&api_key).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), status, "{code}");
+            assert_eq!(
+                r.headers()["content-type"], "application/json",
+                "{code}"
+            );
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], code, "{v}");
+            assert!(v["error"]["type"].is_string(), "{v}");
         }
     });
     assert_eq!(

@@ -30,7 +30,7 @@ use cocoon_protocol::api::{
     ACCOUNT_SIGNATURE_HEADER, ACCOUNT_TIME_HEADER, CBOR_CONTENT_TYPE, CHUNKS_CONTENT_TYPE,
     EVIDENCE_DIGEST_HEADER,
 };
-use cocoon_protocol::message::{FinishReason, InferenceRequest, ResponseEvent};
+use cocoon_protocol::message::{FinishReason, InferenceRequest, RefusalCode, ResponseEvent};
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::receipt::{ReceiptSigner, UnitPrice, UsageReceipt};
 use cocoon_protocol::seal::{open_request, EvidenceDigest, HpkeSecretKey, SealedRequest};
@@ -570,11 +570,14 @@ fn serve_request(
         .iter()
         .any(|m| m.name == meta.model);
     let mut events = Vec::new();
-    let (prompt_tokens, mut completion_tokens, mut finish) = match (&request, served) {
+    let (mut prompt_tokens, mut completion_tokens, mut finish) = match (&request, served) {
         (_, false) => (
             0,
             0,
-            FinishReason::Error(format!("unknown model {:?}", meta.model)),
+            FinishReason::Refused {
+                code: RefusalCode::ModelNotFound,
+                message: format!("unknown model {:?}", meta.model),
+            },
         ),
         (InferenceRequest::Chat { messages, .. }, true) => {
             let prompt = messages.iter().map(|m| words(&m.content)).sum::<u64>();
@@ -602,12 +605,20 @@ fn serve_request(
             }
             (inputs.iter().map(|s| words(s)).sum(), 0, FinishReason::Stop)
         }
-        _ => (0, 0, FinishReason::Error("unsupported request".into())),
+        _ => (
+            0,
+            0,
+            FinishReason::Refused {
+                code: RefusalCode::InvalidRequest,
+                message: "unsupported request".into(),
+            },
+        ),
     };
     if st.misbehavior == Misbehavior::EnclaveError {
         events.clear();
         completion_tokens = 0;
-        finish = FinishReason::Error("the model backend failed".into());
+        prompt_tokens = 0;
+        finish = FinishReason::Failed("the model backend failed".into());
     }
     st.enclave.seq += 1;
     let request_id = session.request_id();

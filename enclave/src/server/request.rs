@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cocoon_protocol::message::{
-    bounded_reason, ChatMessage, FinishReason, InferenceRequest, ResponseEvent, MAX_EMBEDDING_DIM,
+    bounded_reason, ChatMessage, FinishReason, InferenceRequest, RefusalCode, ResponseEvent,
+    MAX_EMBEDDING_DIM,
 };
 use cocoon_protocol::mux::Finished;
 use cocoon_protocol::receipt::UsageReceipt;
@@ -161,11 +162,7 @@ impl Enclave {
                 return s.fail("internal error: signing the usage receipt failed");
             }
         };
-        let finish_kind = match &usage.finish {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Error(_) => "error",
-        };
+        let finish_kind = usage.finish.as_str();
         let end = ResponseEvent::End {
             finish: usage.finish,
             receipt: signed.clone(),
@@ -251,11 +248,18 @@ impl Enclave {
         sealer: &mut ResponseSealer,
     ) -> Result<Usage, Abort> {
         match request {
+            // Refused before the model runs: a limit of zero tokens would
+            // process (and charge) the prompt for no answer.
+            InferenceRequest::Chat { .. } if meta.max_tokens == 0 => Ok(Usage::refused(
+                RefusalCode::InvalidMaxTokens,
+                "max_tokens must be at least 1".into(),
+            )),
             InferenceRequest::Chat { messages, sampling } => {
                 self.chat(s, meta, &messages, &sampling, sealer)
             }
             InferenceRequest::Embeddings { inputs } => self.embed(s, meta, &inputs, sealer),
-            _ => Ok(Usage::failed(
+            _ => Ok(Usage::refused(
+                RefusalCode::InvalidRequest,
                 "this enclave does not support that kind of request".into(),
             )),
         }
@@ -282,7 +286,7 @@ impl Enclave {
         }
         sink.finish()?;
         let (delivered, cut, stopped) = (sink.delivered, sink.cut, sink.stopped);
-        let failure = match result {
+        let finish = match result {
             Ok(Ok(o)) => {
                 let completion = o.completion_tokens.max(delivered);
                 let finish = if stopped {
@@ -300,31 +304,16 @@ impl Enclave {
             }
             Ok(Err(e)) => {
                 warn!(conn = s.conn_id(), stream = s.id, model = %meta.model, error_kind = e.kind(), delivered, "chat failed");
-                e.to_string()
+                e.finish(delivered)
             }
             Err(_) => {
                 error!(conn = s.conn_id(), stream = s.id, model = %meta.model, delivered, "the backend panicked");
-                "inference failed: internal error in the backend".to_owned()
+                FinishReason::Failed("inference failed: internal error in the backend".to_owned())
             }
         };
-        // The prompt was processed if any token came out.
-        let prompt_tokens = if delivered > 0 {
-            messages
-                .iter()
-                .map(|m| {
-                    self.backend
-                        .count_tokens(&meta.model, &m.content)
-                        .unwrap_or(0)
-                })
-                .fold(0u64, u64::saturating_add)
-        } else {
-            0
-        };
-        Ok(Usage {
-            prompt_tokens,
-            completion_tokens: delivered.min(max),
-            finish: FinishReason::Error(bounded_reason(&failure).to_owned()),
-        })
+        // Whatever came out before the failure is not charged: the answer
+        // is incomplete, and the client's retry must not pay twice.
+        Ok(Usage::unpaid(finish))
     }
 
     fn embed(
@@ -339,7 +328,7 @@ impl Enclave {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 warn!(conn = s.conn_id(), stream = s.id, model = %meta.model, error_kind = e.kind(), "embeddings failed");
-                return Ok(Usage::failed(e.to_string()));
+                return Ok(Usage::unpaid(e.finish(0)));
             }
             Err(_) => {
                 error!(conn = s.conn_id(), stream = s.id, model = %meta.model, "the backend panicked");
@@ -396,13 +385,29 @@ struct Usage {
 }
 
 impl Usage {
-    /// Nothing ran.
-    fn failed(reason: String) -> Usage {
+    /// A refused or failed request: charged nothing, whatever was sent. Its
+    /// receipt still goes through the same receipt, commit, final chunk
+    /// order as an answer's, so the host cannot tell them apart by shape,
+    /// and a client that retries after an error pays for one answer only.
+    fn unpaid(finish: FinishReason) -> Usage {
         Usage {
             prompt_tokens: 0,
             completion_tokens: 0,
-            finish: FinishReason::Error(bounded_reason(&reason).to_owned()),
+            finish,
         }
+    }
+
+    /// Refused before the model ran.
+    fn refused(code: RefusalCode, reason: String) -> Usage {
+        Usage::unpaid(FinishReason::Refused {
+            code,
+            message: bounded_reason(&reason).to_owned(),
+        })
+    }
+
+    /// Failed while running.
+    fn failed(reason: String) -> Usage {
+        Usage::unpaid(FinishReason::Failed(bounded_reason(&reason).to_owned()))
     }
 }
 

@@ -5,10 +5,12 @@
 //! Owns the translation between OpenAI's JSON (chat completions, streamed
 //! as server-sent events, embeddings, models) and the SDK, and the mapping
 //! of SDK errors to OpenAI-style errors
-//! (`{"error": {"message", "type", "param", "code"}}`): `400` bad request, `404`
-//! unknown model, `429` rate limited by the provider, `502` the provider
-//! or the response failed, `503` the provider's evidence does not verify
-//! (the message lists every rejection). Verification and re-verification
+//! (`{"error": {"message", "type", "param", "code"}}`): `400` bad request
+//! (`context_length_exceeded`, `model_kind_mismatch`, a refused parameter),
+//! `402` the host wants a deposit, `404` unknown model, `413` body too
+//! large, `429` queue full or rate limited by the provider, `502` the
+//! provider or the response failed, `503` the provider's evidence does not
+//! verify (the message lists every rejection). Verification and re-verification
 //! are the [`Client`]'s: each request first calls
 //! [`Client::ensure_verified`].
 //!
@@ -40,6 +42,20 @@
 //! says `temperature: 0` or gives a `seed`); they travel sealed to the
 //! enclave. A bad value is `400` with `param` naming the field.
 //!
+//! Request parameters the enclave cannot honour (tools, JSON mode, `n` >
+//! 1, embedding `dimensions`, unknown fields) are refused with `400`
+//! naming the parameter, never ignored: the table is in [`params`] (and in
+//! README.md). A request over the model's context, for the wrong kind of
+//! model or with `max_tokens` 0 is a `4xx` and charged nothing; only a
+//! provider failure is a `5xx` (also charged nothing, so the OpenAI
+//! clients' automatic retries pay once). Every error body, including the
+//! framework's own (`413`, `405`), is OpenAI-shaped ([`error`]).
+//!
+//! At most [`ServeOptions::max_streams`] requests are at the provider at
+//! once; the next [`ServeOptions::queue`] wait in turn ([`queue`]), and
+//! only a request that finds the queue full gets `429` with
+//! `Retry-After`.
+//!
 //! Every answer carries a `"cocoon"` object: the signed receipt (base64),
 //! the request id and evidence digest (hex) and the platform. Token counts
 //! in `usage` come from the verified receipt.
@@ -47,7 +63,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -58,15 +74,22 @@ use axum::Router;
 use base64::Engine as _;
 use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
 use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
-use cocoon_protocol::sampling::{Sampling, SamplingError, TokenLogprob};
+use cocoon_protocol::sampling::{Sampling, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::{unix_now, Client, ClientError};
-use crate::network::{NetworkClient, NetworkError};
+use crate::network::NetworkClient;
 use crate::openai_sampling::{logprobs_json, SamplingFields};
 use crate::provider::AttestedEnclave;
 use crate::response::{Completed, ResponsePart, ResponseStream};
+
+mod error;
+mod params;
+mod queue;
+
+use error::{json_response, ApiErr};
+use queue::{Admission, StreamQueue};
 
 /// Settings of the endpoint; start from [`ServeOptions::new`].
 #[derive(Debug, Clone)]
@@ -79,6 +102,18 @@ pub struct ServeOptions {
     /// The `Host` header values served (default: loopback addresses and
     /// `localhost`); any other is refused with `421`.
     pub allowed_hosts: AllowedHosts,
+    /// Ignore unknown top-level request fields instead of refusing them
+    /// with `400` (default false).
+    pub allow_unknown_fields: bool,
+    /// Requests at the provider at once (default
+    /// [`ServeOptions::DEFAULT_MAX_STREAMS`], the host's default
+    /// per-account stream limit).
+    pub max_streams: usize,
+    /// Requests that may wait for a stream (default
+    /// [`ServeOptions::DEFAULT_QUEUE`]); one more is answered `429`.
+    pub queue: usize,
+    /// Longest wait for a stream before `429` (default 300 s).
+    pub max_queue_wait: std::time::Duration,
 }
 
 impl ServeOptions {
@@ -88,8 +123,18 @@ impl ServeOptions {
             default_max_tokens: 256,
             api_key,
             allowed_hosts: AllowedHosts::loopback(),
+            allow_unknown_fields: false,
+            max_streams: ServeOptions::DEFAULT_MAX_STREAMS,
+            queue: ServeOptions::DEFAULT_QUEUE,
+            max_queue_wait: std::time::Duration::from_secs(300),
         }
     }
+
+    /// Default of [`ServeOptions::max_streams`]: the host agent's default
+    /// `--account-max-streams`.
+    pub const DEFAULT_MAX_STREAMS: usize = 8;
+    /// Default of [`ServeOptions::queue`].
+    pub const DEFAULT_QUEUE: usize = 256;
 }
 
 /// What the endpoint sends requests through: one provider, or the
@@ -159,18 +204,22 @@ impl Backend {
 struct AppState {
     backend: Backend,
     options: ServeOptions,
+    queue: StreamQueue,
 }
 
 /// The endpoint's routes: `GET /v1/models`, `POST /v1/chat/completions`,
 /// `POST /v1/embeddings`, every one (and the fallback) behind the checks in
 /// the module documentation.
 pub fn router(backend: impl Into<Backend>, options: ServeOptions) -> Router {
+    let queue = StreamQueue::new(options.max_streams, options.queue, options.max_queue_wait);
     let state = Arc::new(AppState {
         backend: backend.into(),
         options,
+        queue,
     });
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .fallback(not_found)
@@ -178,6 +227,9 @@ pub fn router(backend: impl Into<Backend>, options: ServeOptions) -> Router {
             state.clone(),
             owner_only,
         ))
+        .layer(axum::middleware::map_response(|r: Response| async move {
+            error::openai_shaped(r)
+        }))
         .with_state(state)
 }
 
@@ -202,13 +254,12 @@ async fn owner_only(State(app): State<Arc<AppState>>, req: Request, next: Next) 
 fn refusal(options: &ServeOptions, method: &Method, headers: &HeaderMap) -> Option<ApiErr> {
     let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
     if !options.allowed_hosts.permits(host) {
-        return Some(ApiErr {
-            status: StatusCode::MISDIRECTED_REQUEST,
-            kind: "invalid_request_error",
-            code: "misdirected_request",
-            message: "the Host header does not name this endpoint: use http://127.0.0.1:<port>, http://localhost:<port> or http://[::1]:<port> (other names: cocoon-client serve --allow-host NAME)".into(),
-            retry_after: None,
-        });
+        return Some(ApiErr::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "invalid_request_error",
+            "misdirected_request",
+            "the Host header does not name this endpoint: use http://127.0.0.1:<port>, http://localhost:<port> or http://[::1]:<port> (other names: cocoon-client serve --allow-host NAME)",
+        ));
     }
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -218,22 +269,20 @@ fn refusal(options: &ServeOptions, method: &Method, headers: &HeaderMap) -> Opti
             None => ("missing_api_key", "no API key was sent"),
             Some(_) => ("invalid_api_key", "the API key is not this endpoint's"),
         };
-        return Some(ApiErr {
-            status: StatusCode::UNAUTHORIZED,
-            kind: "invalid_request_error",
+        return Some(ApiErr::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
             code,
-            message: format!("{what}: send the key `cocoon-client serve` keeps in its API key file (it prints where at start) as `Authorization: Bearer <key>`, the api_key of an OpenAI client"),
-            retry_after: None,
-        });
+            format!("{what}: send the key `cocoon-client serve` keeps in its API key file (it prints where at start) as `Authorization: Bearer <key>`, the api_key of an OpenAI client"),
+        ));
     }
     if method == Method::POST && !is_json(headers.get(header::CONTENT_TYPE)) {
-        return Some(ApiErr {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            kind: "invalid_request_error",
-            code: "unsupported_media_type",
-            message: "a POST body must be sent with Content-Type: application/json".into(),
-            retry_after: None,
-        });
+        return Some(ApiErr::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "a POST body must be sent with Content-Type: application/json",
+        ));
     }
     None
 }
@@ -264,160 +313,18 @@ pub async fn run(
         .await
 }
 
-/// An OpenAI-style error.
-struct ApiErr {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl ApiErr {
-    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiErr {
-        ApiErr {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_request_error",
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
-    }
-}
-
-impl IntoResponse for ApiErr {
-    fn into_response(self) -> Response {
-        let mut r = json_response(self.status, &self.body());
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(s) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        r
-    }
-}
-
-impl From<ClientError> for ApiErr {
-    fn from(e: ClientError) -> ApiErr {
-        let message = e.to_string();
-        let (status, kind, code) = match &e {
-            ClientError::Verification(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "provider_not_verified",
-                "attestation_failed",
-            ),
-            ClientError::EvidenceUnavailable { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "provider_not_verified",
-                "evidence_unavailable",
-            ),
-            ClientError::ModelNotServed { .. } => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-            ),
-            ClientError::InvalidRequest(_) | ClientError::Seal(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-            ),
-            ClientError::RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                "rate_limited",
-            ),
-            ClientError::Unreachable { .. } => (
-                StatusCode::BAD_GATEWAY,
-                "provider_error",
-                "provider_unreachable",
-            ),
-            ClientError::Response(_) => (
-                StatusCode::BAD_GATEWAY,
-                "provider_error",
-                "response_verification_failed",
-            ),
-            ClientError::EnclaveFailed { .. } => {
-                (StatusCode::BAD_GATEWAY, "provider_error", "enclave_error")
-            }
-            _ => (StatusCode::BAD_GATEWAY, "provider_error", "provider_error"),
-        };
-        let retry_after = match &e {
-            ClientError::RateLimited { retry_after, .. } => retry_after.map(|d| d.as_secs()),
-            _ => None,
-        };
-        ApiErr {
-            status,
-            kind,
-            code,
-            message,
-            retry_after,
-        }
-    }
-}
-
-impl From<NetworkError> for ApiErr {
-    fn from(e: NetworkError) -> ApiErr {
-        let message = e.to_string();
-        match e {
-            NetworkError::Refused { source, .. } | NetworkError::AnswerFailed { source, .. } => {
-                let mut a = ApiErr::from(source);
-                a.message = message;
-                a
-            }
-            NetworkError::NoProvider { .. } => ApiErr {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "provider_not_verified",
-                code: "no_provider",
-                message,
-                retry_after: None,
-            },
-            NetworkError::AllFailed { .. } => ApiErr {
-                status: StatusCode::BAD_GATEWAY,
-                kind: "provider_error",
-                code: "all_providers_failed",
-                message,
-                retry_after: None,
-            },
-            NetworkError::Directory(_) => ApiErr {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "provider_not_verified",
-                code: "directory_unavailable",
-                message,
-                retry_after: None,
-            },
-        }
-    }
-}
-
-fn json_response(status: StatusCode, v: &Value) -> Response {
-    let mut r = Response::new(Body::from(v.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 async fn not_found() -> ApiErr {
-    ApiErr {
-        status: StatusCode::NOT_FOUND,
-        kind: "invalid_request_error",
-        code: "unknown_url",
-        message: "unknown path; this endpoint serves GET /v1/models, POST /v1/chat/completions and POST /v1/embeddings".into(),
-        retry_after: None,
-    }
+    ApiErr::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        "unknown path; this endpoint serves GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions and POST /v1/embeddings",
+    )
 }
 
-async fn models(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr> {
+/// Every model the verified enclaves serve, once each, as OpenAI lists
+/// models.
+async fn model_list(app: &AppState) -> Result<Vec<Value>, ApiErr> {
     let enclaves = app.backend.enclaves().await?;
     let mut data: Vec<Value> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
@@ -441,10 +348,32 @@ async fn models(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr> {
             }));
         }
     }
+    Ok(data)
+}
+
+async fn models(State(app): State<Arc<AppState>>) -> Result<Response, ApiErr> {
+    let data = model_list(&app).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"object": "list", "data": data}),
     ))
+}
+
+async fn model(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiErr> {
+    let data = model_list(&app).await?;
+    match data.into_iter().find(|m| m["id"] == id.as_str()) {
+        Some(m) => Ok(json_response(StatusCode::OK, &m)),
+        None => Err(ApiErr::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("the model {id:?} is not served by a verified enclave"),
+        )
+        .with_param("model")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -458,7 +387,7 @@ struct ChatRequest {
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
-    n: Option<u32>,
+    stream_options: Option<StreamOptions>,
     // Sampling: read by `openai_sampling`, which names a bad field.
     #[serde(default)]
     temperature: Option<Value>,
@@ -497,12 +426,10 @@ impl ChatRequest {
     }
 }
 
-/// `400 invalid_request_error` for an out-of-range or mistyped sampling
-/// field, with `param` naming it.
-fn invalid_sampling(e: SamplingError) -> Response {
-    let mut body = ApiErr::bad_request("invalid_value", e.to_string()).body();
-    body["error"]["param"] = Value::String(e.param.into());
-    json_response(StatusCode::BAD_REQUEST, &body)
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -527,9 +454,25 @@ struct ContentPart {
     text: Option<String>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiErr> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiErr::bad_request("invalid_json", format!("invalid request body: {e}")))
+/// The body as `T`, after its top-level fields passed `table`
+/// ([`params`]).
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    table: &[(&str, params::Rule)],
+    allow_unknown: bool,
+) -> Result<T, ApiErr> {
+    let invalid = |e: serde_json::Error| {
+        ApiErr::bad_request("invalid_json", format!("invalid request body: {e}"))
+    };
+    let v: Value = serde_json::from_slice(body).map_err(invalid)?;
+    let Value::Object(fields) = &v else {
+        return Err(ApiErr::bad_request(
+            "invalid_json",
+            "the request body must be a JSON object",
+        ));
+    };
+    params::check(fields, table, allow_unknown)?;
+    serde_json::from_value(v).map_err(invalid)
 }
 
 fn to_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr> {
@@ -541,8 +484,9 @@ fn to_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr> {
                 // OpenAI's newer name for system instructions.
                 "developer" => Role::System,
                 r => Role::from_name(r).ok_or_else(|| {
-                    ApiErr::bad_request(
+                    ApiErr::bad_param(
                         "invalid_role",
+                        "messages",
                         format!(
                             "messages[{i}].role {r:?} is not supported (system, developer, user, assistant)"
                         ),
@@ -558,8 +502,9 @@ fn to_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr> {
                         match (p.kind.as_str(), p.text) {
                             ("text", Some(t)) => s.push_str(&t),
                             (k, _) => {
-                                return Err(ApiErr::bad_request(
+                                return Err(ApiErr::bad_param(
                                     "unsupported_content",
+                                    "messages",
                                     format!("messages[{i}]: content of type {k:?} is not supported (text only)"),
                                 ))
                             }
@@ -575,9 +520,8 @@ fn to_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, ApiErr> {
 
 fn finish_name(f: &FinishReason) -> &'static str {
     match f {
-        FinishReason::Stop => "stop",
         FinishReason::Length => "length",
-        FinishReason::Error(_) => "error",
+        _ => "stop",
     }
 }
 
@@ -603,54 +547,67 @@ fn cocoon_json(c: &Completed) -> Value {
     })
 }
 
-fn enclave_failed(c: &Completed) -> Option<ApiErr> {
-    match &c.finish {
-        FinishReason::Error(m) => Some(ApiErr {
-            status: StatusCode::BAD_GATEWAY,
-            kind: "provider_error",
-            code: "enclave_error",
-            message: format!("the enclave could not serve the request: {m}"),
-            retry_after: None,
-        }),
-        _ => None,
-    }
-}
-
 async fn chat_completions(
     State(app): State<Arc<AppState>>,
     body: Bytes,
 ) -> Result<Response, ApiErr> {
-    let mut req: ChatRequest = parse_json(&body)?;
-    if req.n.is_some_and(|n| n != 1) {
-        return Err(ApiErr::bad_request(
-            "unsupported_parameter",
-            "only n = 1 is supported",
-        ));
-    }
-    let sampling = match req.sampling_fields().parse() {
-        Ok(s) => s,
-        Err(e) => return Ok(invalid_sampling(e)),
-    };
+    let mut req: ChatRequest = parse_json(
+        &body,
+        params::CHAT_PARAMETERS,
+        app.options.allow_unknown_fields,
+    )?;
+    let sampling = req
+        .sampling_fields()
+        .parse()
+        .map_err(|e| ApiErr::bad_param("invalid_value", e.param, e.message))?;
     let want_logprobs = sampling.logprobs;
     let messages = to_messages(req.messages)?;
-    let max_tokens = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .unwrap_or(app.options.default_max_tokens);
-    let stream = app
-        .backend
-        .chat(&req.model, messages, max_tokens, sampling)
-        .await?;
+    let (max_tokens, param) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(n), _) => (n, "max_completion_tokens"),
+        (None, Some(n)) => (n, "max_tokens"),
+        (None, None) => (app.options.default_max_tokens, "max_tokens"),
+    };
+    if max_tokens == 0 {
+        // Refused here, before anything is sealed; the enclave refuses it
+        // too (nothing charged) for clients of the SDK.
+        return Err(ApiErr::bad_param(
+            "invalid_value",
+            param,
+            format!("{param} must be at least 1"),
+        ));
+    }
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let admission = app.queue.admit().await?;
+    let stream = with_retry(|| {
+        app.backend
+            .chat(&req.model, messages.clone(), max_tokens, sampling.clone())
+    })
+    .await?;
     let id = format!("chatcmpl-{}", stream.request_id());
     let created = unix_now().0;
     if req.stream.unwrap_or(false) {
-        return Ok(sse_response(stream, id, created, req.model, want_logprobs));
+        return Ok(sse_response(SseState {
+            stream,
+            phase: SsePhase::Start,
+            id,
+            created,
+            model: req.model,
+            include_usage,
+            want_logprobs,
+            logprobs: Vec::new(),
+            _admission: admission,
+        }));
     }
     let (text, logprobs, completed) = stream
         .collect_with_logprobs()
         .await
         .map_err(ClientError::from)?;
-    if let Some(e) = enclave_failed(&completed) {
+    drop(admission);
+    if let Some(e) = ApiErr::from_completed(&completed) {
         return Err(e);
     }
     Ok(json_response(
@@ -672,9 +629,40 @@ async fn chat_completions(
     ))
 }
 
+/// Tries of a request the host answered `429` (its rate limit, or streams
+/// of the same account from elsewhere), and the longest wait between two.
+const RATE_LIMIT_TRIES: u32 = 4;
+const MAX_RATE_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `send`, tried again after the host's `Retry-After` (at most
+/// [`MAX_RATE_LIMIT_WAIT`]) while the host answers `429`: nothing reached
+/// an enclave, so nothing is billed twice.
+async fn with_retry<T, F, Fut>(mut send: F) -> Result<T, ApiErr>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiErr>>,
+{
+    let mut tries = 1;
+    loop {
+        match send().await {
+            Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS && tries < RATE_LIMIT_TRIES => {
+                let wait = std::time::Duration::from_secs(e.retry_after.unwrap_or(1).max(1))
+                    .min(MAX_RATE_LIMIT_WAIT);
+                tracing::debug!(tries, ?wait, "the provider rate-limited a request; waiting");
+                tokio::time::sleep(wait).await;
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 enum SsePhase {
     Start,
     Reading,
+    /// The finish chunk went out; with `include_usage`, the usage chunk
+    /// follows.
+    Usage(Box<Completed>),
     Done,
     Finished,
 }
@@ -689,6 +677,11 @@ struct SseState {
     /// since the last one.
     want_logprobs: bool,
     logprobs: Vec<TokenLogprob>,
+    /// `stream_options.include_usage`: a last chunk with `choices: []` and
+    /// `usage`, as OpenAI sends it.
+    include_usage: bool,
+    /// This request's turn at the provider, held until the stream ends.
+    _admission: Admission,
 }
 
 impl SseState {
@@ -712,6 +705,7 @@ impl SseState {
     }
 
     fn error_event(&mut self, e: ApiErr) -> Event {
+        tracing::warn!(request = %self.id, status = e.status.as_u16(), code = e.code, "the response ended in an error");
         self.phase = SsePhase::Finished;
         Event::default().event("error").data(e.body().to_string())
     }
@@ -737,14 +731,17 @@ impl SseState {
                         continue;
                     }
                     Ok(Some(ResponsePart::Completed(c))) => {
-                        if let Some(e) = enclave_failed(&c) {
+                        if let Some(e) = ApiErr::from_completed(&c) {
                             return Some(self.error_event(e));
                         }
-                        self.phase = SsePhase::Done;
                         let mut v =
                             self.chunk_with_logprobs(json!({}), Some(finish_name(&c.finish)));
-                        v["usage"] = usage_json(&c);
                         v["cocoon"] = cocoon_json(&c);
+                        self.phase = if self.include_usage {
+                            SsePhase::Usage(c)
+                        } else {
+                            SsePhase::Done
+                        };
                         return Some(Event::default().data(v.to_string()));
                     }
                     Ok(Some(_)) => continue,
@@ -759,6 +756,20 @@ impl SseState {
                     }
                 }
             },
+            SsePhase::Usage(_) => {
+                let SsePhase::Usage(c) = std::mem::replace(&mut self.phase, SsePhase::Done) else {
+                    return None;
+                };
+                let v = json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [],
+                    "usage": usage_json(&c),
+                });
+                Some(Event::default().data(v.to_string()))
+            }
             SsePhase::Done => {
                 self.phase = SsePhase::Finished;
                 Some(Event::default().data("[DONE]"))
@@ -768,22 +779,7 @@ impl SseState {
     }
 }
 
-fn sse_response(
-    stream: ResponseStream,
-    id: String,
-    created: u64,
-    model: String,
-    want_logprobs: bool,
-) -> Response {
-    let state = SseState {
-        stream,
-        phase: SsePhase::Start,
-        id,
-        created,
-        model,
-        want_logprobs,
-        logprobs: Vec::new(),
-    };
+fn sse_response(state: SseState) -> Response {
     let events = futures_util::stream::unfold(state, |mut s| async move {
         s.next_event()
             .await
@@ -801,7 +797,11 @@ struct EmbeddingsRequest {
 }
 
 async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiErr> {
-    let req: EmbeddingsRequest = parse_json(&body)?;
+    let req: EmbeddingsRequest = parse_json(
+        &body,
+        params::EMBEDDINGS_PARAMETERS,
+        app.options.allow_unknown_fields,
+    )?;
     let inputs = match req.input {
         Value::String(s) => vec![s],
         Value::Array(items) => items
@@ -812,29 +812,48 @@ async fn embeddings(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Res
             })
             .collect::<Result<Vec<_>, ()>>()
             .map_err(|()| {
-                ApiErr::bad_request(
+                ApiErr::bad_param(
                     "invalid_input",
+                    "input",
                     "input must be a string or an array of strings (token arrays are not supported)",
                 )
             })?,
         _ => {
-            return Err(ApiErr::bad_request(
+            return Err(ApiErr::bad_param(
                 "invalid_input",
+                "input",
                 "input must be a string or an array of strings",
             ))
         }
     };
+    if inputs.is_empty() {
+        return Err(ApiErr::bad_param(
+            "invalid_input",
+            "input",
+            "input must not be an empty array",
+        ));
+    }
+    if let Some(i) = inputs.iter().position(|s| s.is_empty()) {
+        return Err(ApiErr::bad_param(
+            "invalid_input",
+            "input",
+            format!("input {i} is an empty string, which has no embedding"),
+        ));
+    }
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
-            return Err(ApiErr::bad_request(
+            return Err(ApiErr::bad_param(
                 "invalid_encoding_format",
+                "encoding_format",
                 format!("encoding_format {other:?} is not supported (float, base64)"),
             ))
         }
     };
-    let result = app.backend.embeddings(&req.model, inputs).await?;
+    let admission = app.queue.admit().await?;
+    let result = with_retry(|| app.backend.embeddings(&req.model, inputs.clone())).await?;
+    drop(admission);
     let data: Vec<Value> = result
         .embeddings
         .iter()
