@@ -30,7 +30,7 @@ use cocoon_client::{
 };
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::local_auth::{AllowedHosts, BearerToken};
-use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_protocol::message::{ChatMessage, FinishReason, RefusalCode, Role};
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_verifier::policy::derive::LocalRules;
 use cocoon_verifier::Policy;
@@ -1043,21 +1043,20 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
     if a.json && simulated {
         eprintln!("!!! {SIMULATED_TEE_WARNING} !!!");
     }
-    let model = match a.model {
-        Some(m) => m,
-        None => {
-            let m = models.into_iter().next().ok_or_else(|| Failure {
+    // Without --model: the listed models in turn, until one takes a chat.
+    // The claims do not say which models chat; an enclave refuses the wrong
+    // kind before running anything and charges nothing for it.
+    let explicit = a.model.is_some();
+    let candidates: Vec<String> = match a.model {
+        Some(m) => vec![m],
+        None if models.is_empty() => {
+            return Err(Failure {
                 code: EX_FAILURE,
                 message: "the verified enclaves serve no model".into(),
                 kind: "protocol",
-            })?;
-            if !a.json {
-                eprintln!(
-                    "model           {m} (the first the evidence lists; choose with --model)"
-                );
-            }
-            m
+            })
         }
+        None => models,
     };
     let mut messages = Vec::new();
     if let Some(s) = a.system {
@@ -1070,36 +1069,71 @@ async fn chat(a: ChatArgs) -> Result<(), Failure> {
         role: Role::User,
         content: a.question,
     });
-    let (mut stream, provider): (ResponseStream, String) = match (&client, &network) {
-        (Some(c), _) => (
-            c.chat(&model, messages, a.max_tokens).await?,
-            c.provider().to_string(),
-        ),
-        (None, Some(net)) => {
-            let routed = net.chat(&model, messages, a.max_tokens).await?;
-            for (p, e) in &routed.failed {
-                eprintln!("provider {p} did not take the request: {e}");
+    let mut tries = candidates.into_iter().peekable();
+    let (model, mut stream, provider, first) = loop {
+        let Some(model) = tries.next() else {
+            return Err(Failure {
+                code: EX_FAILURE,
+                message: "none of the verified enclaves' models is a chat model".into(),
+                kind: "protocol",
+            });
+        };
+        let (mut stream, provider): (ResponseStream, String) = match (&client, &network) {
+            (Some(c), _) => (
+                c.chat(&model, messages.clone(), a.max_tokens).await?,
+                c.provider().to_string(),
+            ),
+            (None, Some(net)) => {
+                let routed = net.chat(&model, messages.clone(), a.max_tokens).await?;
+                for (p, e) in &routed.failed {
+                    eprintln!("provider {p} did not take the request: {e}");
+                }
+                if !a.json {
+                    eprintln!(
+                        "provider        {} (chosen by the routing rule)",
+                        routed.provider
+                    );
+                }
+                (routed.value, routed.provider.to_string())
             }
+            (None, None) => unreachable!("one of the two is set"),
+        };
+        let first = stream
+            .next()
+            .await
+            .map_err(|e| Failure::from(ClientError::from(e)))?;
+        let wrong_kind = matches!(
+            &first,
+            Some(ResponsePart::Completed(c)) if matches!(
+                c.finish,
+                FinishReason::Refused { code: RefusalCode::ModelKindMismatch, .. }
+            )
+        );
+        if wrong_kind && !explicit && tries.peek().is_some() {
             if !a.json {
-                eprintln!(
-                    "provider        {} (chosen by the routing rule)",
-                    routed.provider
-                );
+                eprintln!("model           {model} does not chat (refused, charged nothing); trying the next");
             }
-            (routed.value, routed.provider.to_string())
+            continue;
         }
-        (None, None) => unreachable!("one of the two is set"),
+        if !explicit && !a.json {
+            eprintln!("model           {model} (the first listed that chats; choose with --model)");
+        }
+        break (model, stream, provider, first);
     };
     let enclave = stream.enclave().clone();
     let mut answer = String::new();
     let mut out = std::io::stdout();
+    let mut first = Some(first);
     let completed = loop {
-        let part = stream.next().await.map_err(|e| {
-            if !a.json && !answer.is_empty() {
-                println!();
-            }
-            Failure::from(ClientError::from(e))
-        })?;
+        let part = match first.take() {
+            Some(part) => part,
+            None => stream.next().await.map_err(|e| {
+                if !a.json && !answer.is_empty() {
+                    println!();
+                }
+                Failure::from(ClientError::from(e))
+            })?,
+        };
         match part {
             Some(ResponsePart::Text(t)) => {
                 if !a.json {

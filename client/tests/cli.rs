@@ -84,7 +84,7 @@ async fn chat_verifies_streams_and_prints_the_receipt() {
         &format!("evidence digest {digest}"),
         &format!("receipt key     {receipt_key}"),
         "verified        1 of 1 enclave(s)",
-        &format!("model           {MODEL} (the first the evidence lists"),
+        &format!("model           {MODEL} (the first listed that chats"),
         "tokens          prompt 5, completion 4, total 9",
         "prices          prompt 100 / cached 100 / completion 300 nanoton per token (load multiplier 1.000x)",
         "charge          1700 nanoton",

@@ -232,6 +232,32 @@ fn a_real_chat_model_answers_over_the_sealed_path_as_in_python() {
             other => panic!("{other:?}"),
         }
     });
+
+    // `cocoon-client chat` without --model: the embedding model is listed
+    // first; it refuses a chat (charged nothing) and the chat model answers.
+    let policy = dir.path().join("client-policy.toml");
+    std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
+    let out = std::process::Command::new(cocoon_test_kit::procs::bin("cocoon-client"))
+        .args(["chat", "--provider", &host.url])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--account-key")
+        .arg(dir.path().join("cli-account.key"))
+        .args(["--max-tokens", "3", &want.prompt])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("all-minilm-l6-v2 does not chat"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("smollm2-135m-instruct (the first listed that chats"),
+        "{stderr}"
+    );
+    assert!(want.answer.starts_with(stdout.trim_end()), "{stdout:?}");
 }
 
 /// Run an enclave that must refuse to boot; its exit code and output.
