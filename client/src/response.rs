@@ -104,6 +104,9 @@ impl From<StreamError> for ResponseError {
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: u64,
+    /// Of the prompt tokens, those the enclave served from this account's
+    /// prompt prefix cache (charged at the cached price).
+    pub cached_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
     /// Their sum.
@@ -292,6 +295,7 @@ impl ResponseReader {
                 self.state = ReaderState::Completed;
                 let usage = Usage {
                     prompt_tokens: checked.prompt_tokens,
+                    cached_tokens: checked.cached_tokens,
                     completion_tokens: checked.completion_tokens,
                     total_tokens: checked.total_tokens,
                 };

@@ -167,7 +167,12 @@ async fn chat_completion_with_usage_from_the_verified_receipt() {
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11})
+        json!({
+            "prompt_tokens": 7,
+            "completion_tokens": 4,
+            "total_tokens": 11,
+            "prompt_tokens_details": {"cached_tokens": 0}
+        })
     );
     let ext = &v["cocoon"];
     assert_eq!(ext["platform"], "simulated");

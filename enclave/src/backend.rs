@@ -99,6 +99,10 @@ pub enum Finish {
 pub struct ChatOutcome {
     /// Tokens of the prompt the model processed.
     pub prompt_tokens: u64,
+    /// Of those, the tokens whose key/value cache came from an earlier
+    /// request of the same account ([`crate::prefix_cache`]), charged at
+    /// the cached price.
+    pub cached_tokens: u64,
     /// Completion tokens delivered through `emit` (Continue answers only).
     pub completion_tokens: u64,
     /// Why it ended.
@@ -152,6 +156,23 @@ pub trait InferenceBackend: Send + Sync {
         sampling: &Sampling,
         emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError>;
+
+    /// [`chat`](InferenceBackend::chat) for a request of the account
+    /// `scope`: a backend with a prompt prefix cache reuses only that
+    /// account's prefixes ([`crate::prefix_cache`]). Backends without one
+    /// run the whole prompt.
+    fn chat_scoped(
+        &self,
+        scope: &crate::prefix_cache::Scope,
+        model: &str,
+        messages: &[ChatMessage],
+        max_tokens: u32,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
+    ) -> Result<ChatOutcome, BackendError> {
+        let _ = scope;
+        self.chat(model, messages, max_tokens, sampling, emit)
+    }
 
     /// One embedding per input, in order, and the prompt tokens processed.
     fn embed(&self, model: &str, inputs: &[String]) -> Result<(Vec<Vec<f32>>, u64), BackendError>;
@@ -332,6 +353,7 @@ impl InferenceBackend for DeterministicTestBackend {
         };
         Ok(ChatOutcome {
             prompt_tokens,
+            cached_tokens: 0,
             completion_tokens,
             finish,
         })
@@ -388,6 +410,7 @@ mod tests {
             oa,
             ChatOutcome {
                 prompt_tokens: 3,
+                cached_tokens: 0,
                 completion_tokens: 48,
                 finish: Finish::Stop
             }

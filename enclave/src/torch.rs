@@ -45,6 +45,7 @@ use tracing::{error, info};
 use crate::backend::{BackendError, ChatOutcome, Finish, Generated, InferenceBackend};
 use crate::config::{DeviceChoice, EnclaveConfig, ModelKind};
 use crate::files::{read_checked, CheckedTokenizer, LoadError};
+use crate::prefix_cache::{PrefixCache, Scope};
 use crate::sampling::{self, Sampler};
 
 /// One forward pass worth of work from one caller.
@@ -268,7 +269,50 @@ impl TchBackend {
             .get(model)
             .ok_or_else(|| BackendError::UnknownModel(model.into()))
     }
+
+    /// A chat, reusing `scope`'s cached prompt prefixes when given.
+    fn run_chat(
+        &self,
+        scope: Option<&Scope>,
+        model: &str,
+        messages: &[ChatMessage],
+        max_tokens: u32,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
+    ) -> Result<ChatOutcome, BackendError> {
+        let s = self.served(model)?;
+        let Engine::Chat(chat) = &s.engine else {
+            return Err(BackendError::Unsupported {
+                model: model.into(),
+                operation: "chat",
+            });
+        };
+        let ids = s
+            .tokenizer
+            .ids(&chat.prompt(messages))
+            .map_err(BackendError::Failed)?;
+        if ids.len() as u64 > u64::from(s.max_input_tokens) {
+            return Err(BackendError::TooLong {
+                tokens: ids.len() as u64,
+                limit: u64::from(s.max_input_tokens),
+            });
+        }
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let (completion_tokens, cached_tokens, finish) =
+            chat.generate(&s.tokenizer, scope, &ids, max_tokens, sampling, emit)?;
+        Ok(ChatOutcome {
+            prompt_tokens: ids.len() as u64,
+            cached_tokens,
+            completion_tokens,
+            finish,
+        })
+    }
 }
+
+/// Memory the prompt prefix cache of one chat model may hold: 256 MiB
+/// (SmolLM2-135M keeps 46 KiB per token, so about 5,800 tokens of
+/// prompts).
+pub const PREFIX_CACHE_BYTES: usize = 256 << 20;
 
 /// A chat model: TorchScript decoder with a key/value cache.
 pub struct ChatModel {
@@ -276,6 +320,8 @@ pub struct ChatModel {
     device: Device,
     /// `[layers, kv heads, head dim]`.
     cache: [i64; 3],
+    /// Key/value caches of earlier prompts, per account.
+    prefixes: Mutex<PrefixCache<(Tensor, Tensor)>>,
     /// Token ids that end the answer.
     stop: Vec<i64>,
     system_prompt: Option<String>,
@@ -322,6 +368,7 @@ impl ChatModel {
             module: Mutex::new(module),
             device,
             cache: shape,
+            prefixes: Mutex::new(PrefixCache::new(PREFIX_CACHE_BYTES)),
             stop,
             system_prompt,
         };
@@ -424,17 +471,33 @@ impl ChatModel {
     fn generate(
         &self,
         tokenizer: &CheckedTokenizer,
+        scope: Option<&Scope>,
         prompt_ids: &[i64],
         max_tokens: u32,
         sampling: &Sampling,
         emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
-    ) -> Result<(u64, Finish), BackendError> {
+    ) -> Result<(u64, u64, Finish), BackendError> {
         let mut sampler = (!sampling.is_plain_greedy()).then(|| Sampler::new(sampling));
         let failed = BackendError::Failed;
         let (mut k, mut v) = self
             .empty_cache()
             .map_err(|_| failed("cannot allocate the key/value cache".into()))?;
-        let mut input: Vec<i64> = prompt_ids.to_vec();
+        // The longest prefix this account ran before, cut to its length; at
+        // least one prompt token is left to run (its logits start the
+        // answer).
+        let mut reused = 0usize;
+        if let Some(scope) = scope {
+            let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+            let max = prompt_ids.len().saturating_sub(1);
+            if let Some((n, (pk, pv))) = prefixes.lookup(scope, prompt_ids, max) {
+                if let (Ok(nk), Ok(nv)) = (pk.f_narrow(2, 0, n as i64), pv.f_narrow(2, 0, n as i64))
+                {
+                    (k, v, reused) = (nk, nv, n);
+                }
+            }
+        }
+        let mut input: Vec<i64> = prompt_ids[reused..].to_vec();
+        let mut prefilled = false;
         let mut generated: Vec<u32> = Vec::new();
         let mut sent = 0usize;
         let mut delivered = 0u64;
@@ -443,8 +506,24 @@ impl ChatModel {
                 self.step(&input, k, v, sampler.as_mut()).map_err(failed)?;
             k = k2;
             v = v2;
+            if !prefilled {
+                prefilled = true;
+                // The cache now covers the whole prompt: keep it for this
+                // account's next requests (the later steps make new
+                // tensors; these are never written to).
+                if let Some(scope) = scope {
+                    let bytes = (k.numel() + v.numel()) * 4;
+                    let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+                    prefixes.insert(
+                        *scope,
+                        prompt_ids.to_vec(),
+                        (k.shallow_clone(), v.shallow_clone()),
+                        bytes,
+                    );
+                }
+            }
             if self.stop.contains(&next) {
-                return Ok((delivered, Finish::Stop));
+                return Ok((delivered, reused as u64, Finish::Stop));
             }
             let Ok(id) = u32::try_from(next) else {
                 return Err(failed("the model produced an invalid token id".into()));
@@ -466,13 +545,13 @@ impl ChatModel {
             })
             .is_break()
             {
-                return Ok((delivered, Finish::Stop));
+                return Ok((delivered, reused as u64, Finish::Stop));
             }
             delivered += 1;
             input.clear();
             input.push(next);
         }
-        Ok((delivered, Finish::Length))
+        Ok((delivered, reused as u64, Finish::Length))
     }
 }
 
@@ -583,31 +662,19 @@ impl InferenceBackend for TchBackend {
         sampling: &Sampling,
         emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
     ) -> Result<ChatOutcome, BackendError> {
-        let s = self.served(model)?;
-        let Engine::Chat(chat) = &s.engine else {
-            return Err(BackendError::Unsupported {
-                model: model.into(),
-                operation: "chat",
-            });
-        };
-        let ids = s
-            .tokenizer
-            .ids(&chat.prompt(messages))
-            .map_err(BackendError::Failed)?;
-        if ids.len() as u64 > u64::from(s.max_input_tokens) {
-            return Err(BackendError::TooLong {
-                tokens: ids.len() as u64,
-                limit: u64::from(s.max_input_tokens),
-            });
-        }
-        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-        let (completion_tokens, finish) =
-            chat.generate(&s.tokenizer, &ids, max_tokens, sampling, emit)?;
-        Ok(ChatOutcome {
-            prompt_tokens: ids.len() as u64,
-            completion_tokens,
-            finish,
-        })
+        self.run_chat(None, model, messages, max_tokens, sampling, emit)
+    }
+
+    fn chat_scoped(
+        &self,
+        scope: &Scope,
+        model: &str,
+        messages: &[ChatMessage],
+        max_tokens: u32,
+        sampling: &Sampling,
+        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
+    ) -> Result<ChatOutcome, BackendError> {
+        self.run_chat(Some(scope), model, messages, max_tokens, sampling, emit)
     }
 
     fn embed(&self, model: &str, inputs: &[String]) -> Result<(Vec<Vec<f32>>, u64), BackendError> {

@@ -437,6 +437,7 @@ impl InferenceBackend for UpstreamBackend {
             .map_err(BackendError::Failed)?;
         Ok(ChatOutcome {
             prompt_tokens,
+            cached_tokens: 0,
             completion_tokens,
             finish,
         })

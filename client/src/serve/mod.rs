@@ -530,6 +530,7 @@ fn usage_json(c: &Completed) -> Value {
         "prompt_tokens": c.usage.prompt_tokens,
         "completion_tokens": c.usage.completion_tokens,
         "total_tokens": c.usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.usage.cached_tokens},
     })
 }
 

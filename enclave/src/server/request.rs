@@ -146,9 +146,9 @@ impl Enclave {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
-            // No backend reuses a computed prompt prefix across requests
-            // yet, so no prompt token is served from a cache.
-            cached_tokens: 0,
+            // Prompt tokens whose key/value cache came from this account's
+            // earlier requests, charged at the cached price.
+            cached_tokens: usage.cached_tokens,
             unit_price: meta.unit_price,
             multiplier_milli: meta.multiplier_milli,
             time: unix_now(),
@@ -276,10 +276,14 @@ impl Enclave {
         let max = u64::from(meta.max_tokens);
         let mut sink = ChatSink::new(s, sealer, max, &sampling.stop);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.backend
-                .chat(&meta.model, messages, meta.max_tokens, sampling, &mut |g| {
-                    sink.token(g)
-                })
+            self.backend.chat_scoped(
+                &meta.client_account,
+                &meta.model,
+                messages,
+                meta.max_tokens,
+                sampling,
+                &mut |g| sink.token(g),
+            )
         }));
         if let Some(a) = sink.abort.take() {
             return Err(a);
@@ -298,6 +302,7 @@ impl Enclave {
                 };
                 return Ok(Usage {
                     prompt_tokens: o.prompt_tokens,
+                    cached_tokens: o.cached_tokens.min(o.prompt_tokens),
                     completion_tokens: completion.min(max),
                     finish,
                 });
@@ -352,6 +357,7 @@ impl Enclave {
         }
         Ok(Usage {
             prompt_tokens,
+            cached_tokens: 0,
             completion_tokens: 0,
             finish: FinishReason::Stop,
         })
@@ -380,6 +386,8 @@ pub(super) fn split_text(text: &str, max: usize) -> Vec<&str> {
 /// What a served request consumed and how it ended.
 struct Usage {
     prompt_tokens: u64,
+    /// Of the prompt tokens, those served from the account's prefix cache.
+    cached_tokens: u64,
     completion_tokens: u64,
     finish: FinishReason,
 }
@@ -392,6 +400,7 @@ impl Usage {
     fn unpaid(finish: FinishReason) -> Usage {
         Usage {
             prompt_tokens: 0,
+            cached_tokens: 0,
             completion_tokens: 0,
             finish,
         }
