@@ -29,7 +29,8 @@ use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::tdx::{ParseError, Quote, TeeType};
 use cocoon_tests::{manifest, read_vector};
 use cocoon_verifier::policy::{Check, TcbStatus, TdxPolicy};
-use cocoon_verifier::tdx::{verify_tdx, INTEL_ROOT_SHA256};
+use cocoon_verifier::tdx::{verify_tdx, TcbFinding, INTEL_ROOT_SHA256};
+use cocoon_verifier::TdxVerifier;
 use cocoon_verifier::{ReasonKind, UnixTime};
 use dcap_qvl::QuoteCollateralV3;
 use sha2::Digest;
@@ -193,6 +194,9 @@ impl Verdict {
 struct Judges {
     root: Vec<u8>,
     policy: TdxPolicy,
+    /// Our own DCAP core, one warm verifier for every input (its caches
+    /// see every mutated chain and must never serve a wrong verdict).
+    core: TdxVerifier,
 }
 
 impl Judges {
@@ -206,12 +210,27 @@ impl Judges {
         Judges {
             root,
             policy: permissive_policy(),
+            core: TdxVerifier::new(),
         }
     }
 
     /// Our verdict, with the rejection's reason kinds for the exceptions.
     fn ours(&self, c: &Case, quote: &[u8]) -> (Verdict, Vec<ReasonKind>) {
-        match verify_tdx(quote, &c.ours, &self.policy, c.now) {
+        Self::verdict(verify_tdx(quote, &c.ours, &self.policy, c.now))
+    }
+
+    /// The verdict of our own DCAP core (`TdxVerifier`, warm).
+    fn core(&self, c: &Case, quote: &[u8]) -> (Verdict, Vec<ReasonKind>) {
+        Self::verdict(self.core.verify(quote, &c.ours, &self.policy, c.now))
+    }
+
+    fn verdict(
+        r: Result<
+            cocoon_verifier::tdx::VerifiedTdx,
+            (cocoon_verifier::Rejection, Option<TcbFinding>),
+        >,
+    ) -> (Verdict, Vec<ReasonKind>) {
+        match r {
             Ok(v) => (Verdict::Accepted(v.tcb_status().name().to_owned()), vec![]),
             Err((r, _)) => (
                 Verdict::Rejected(
@@ -609,8 +628,20 @@ struct Tally {
 
 fn judge(j: &Judges, c: &Case, what: &str, bytes: &[u8], t: &mut Tally) {
     t.inputs += 1;
-    let (ours, kinds) = j.ours(c, bytes);
     let theirs = j.theirs(c, bytes);
+    // Our own DCAP core must give the same verdict as `verify_tdx`
+    // (and so as dcap-qvl, whose comparison follows).
+    let (ours, kinds) = j.ours(c, bytes);
+    let (core, core_kinds) = j.core(c, bytes);
+    if core.accepted() != ours.accepted()
+        || (ours.accepted() && core != ours)
+        || (KnownDifference::of(bytes).is_some_and(|k| !core_kinds.contains(&k.our_reason())))
+    {
+        t.disagreements.push(format!(
+            "{}: {what}: TdxVerifier and verify_tdx differ\n    core:     {core:?}\n    ours:     {ours:?}\n    dcap-qvl: {theirs:?}",
+            c.path
+        ));
+    }
     if let Some(k) = KnownDifference::of(bytes) {
         let e = t.known.entry(format!("{k:?}")).or_default();
         e.0 += 1;

@@ -55,6 +55,7 @@ mod roots;
 pub mod snp;
 pub mod snp_crl;
 pub mod tdx;
+pub mod tdx_core;
 pub mod tdx_tcb;
 mod x509;
 
@@ -63,6 +64,7 @@ use core::fmt;
 pub use enclave::{verify, VerifiedEnclave};
 pub use policy::{Check, Policy, SnpPolicy, TdxPolicy};
 pub use snp::{verify_snp, SnpVerifier, VerifiedSnp};
+pub use tdx_core::TdxVerifier;
 pub use x509::CertError;
 
 /// Seconds since the Unix epoch, UTC. The verifier never reads a clock:

@@ -45,6 +45,19 @@ pub struct VerifiedTdx {
 }
 
 impl VerifiedTdx {
+    pub(crate) fn new(
+        quote: Quote,
+        td: TdReport,
+        tcb_status: TcbStatus,
+        advisory_ids: Vec<String>,
+    ) -> Self {
+        Self {
+            quote,
+            td,
+            tcb_status,
+            advisory_ids,
+        }
+    }
     /// The verified quote.
     pub fn quote(&self) -> &Quote {
         &self.quote
@@ -74,12 +87,12 @@ pub struct TcbFinding {
 }
 
 /// The pinned Intel root, after checking its fingerprint.
-fn intel_root() -> Option<&'static [u8]> {
+pub(crate) fn intel_root() -> Option<&'static [u8]> {
     static PINNED: std::sync::OnceLock<Option<&'static [u8]>> = std::sync::OnceLock::new();
     *PINNED.get_or_init(|| INTEL_ROOT.der())
 }
 
-fn classify(msg: &str) -> ReasonKind {
+pub(crate) fn classify(msg: &str) -> ReasonKind {
     let m = msg.to_ascii_lowercase();
     if m.contains("expired")
         || m.contains("in the future")
@@ -140,7 +153,7 @@ fn to_dcap(c: &TdxCollateral, root_ca_crl: &[u8], pck_crl: &[u8]) -> dcap_qvl::Q
 }
 
 /// The issue date of the TCB info, from its signed JSON.
-fn tcb_info_issue_date(c: &TdxCollateral) -> Option<UnixTime> {
+pub(crate) fn tcb_info_issue_date(c: &TdxCollateral) -> Option<UnixTime> {
     let v: serde_json::Value = serde_json::from_str(&c.tcb_info).ok()?;
     cocoon_attestation::pcs::rfc3339_to_unix(v.get("issueDate")?.as_str()?).map(UnixTime)
 }
@@ -345,7 +358,7 @@ fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
     pck_extensions_of(&pck_leaf(quote)?)
 }
 
-fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, String> {
+pub(crate) fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, String> {
     let ext = cert
         .tbs_certificate
         .extensions
@@ -371,7 +384,7 @@ fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, Str
 ///   lax grammar of RFC 7468 section 3 allows (`W`: SP, HT, CR, LF, VT, FF);
 ///   the base64 itself is decoded strictly. The certificate's signature, not
 ///   its line breaks, is what makes it genuine.
-fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
     fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         haystack.windows(needle.len()).position(|w| w == needle)
     }
@@ -409,7 +422,7 @@ fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
     Ok(der)
 }
 
-fn check_td_policy(td: &TdReport, p: &TdxPolicy, f: &mut Findings) {
+pub(crate) fn check_td_policy(td: &TdReport, p: &TdxPolicy, f: &mut Findings) {
     let want = |f: &mut Findings, name: &str, check: &Check<[u8; 48]>, have: &[u8; 48]| {
         if let Check::Require(v) = check {
             if v != have {
