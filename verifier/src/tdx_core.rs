@@ -42,7 +42,9 @@ use der::{Decode, Encode};
 use crate::crypto::{sha256, EcdsaHash, P256Key};
 use crate::policy::{TcbStatus, TdxPolicy};
 use crate::tdx::{TcbFinding, VerifiedTdx};
-use crate::x509::{serial_contents, Cert, RawSigned, SigAlg, SubjectKey, OID_ECDSA_SHA256};
+use crate::x509::{
+    serial_contents, Cert, CertError, RawSigned, SigAlg, SubjectKey, OID_ECDSA_SHA256,
+};
 use crate::{Findings, ReasonKind, Rejection, UnixTime};
 
 /// Most entries each cache keeps; past this it starts over.
@@ -269,7 +271,7 @@ fn collateral_signer(
     root_crl: &IntelCrl,
 ) -> Result<Cert, Reject> {
     let blocks = pem_chain(pem.as_bytes())
-        .map_err(|e| reject(ReasonKind::Chain, format!("{what} issuer chain: {e}")))?;
+        .map_err(|e| reject(ReasonKind::Malformed, format!("{what} issuer chain: {e}")))?;
     let [leaf, rest @ ..] = &blocks[..] else {
         return Err(reject(
             ReasonKind::Chain,
@@ -503,7 +505,14 @@ fn check_collateral(
         if !ok {
             return Err(reject(
                 ReasonKind::Signature,
-                format!("Signature is invalid for the {what}"),
+                format!(
+                    "Signature is invalid for the {what} ({}) in the collateral",
+                    if what == "TCB info" {
+                        "tcb_info"
+                    } else {
+                        "qe_identity"
+                    }
+                ),
             ));
         }
         Ok(v)
@@ -581,11 +590,20 @@ fn check_collateral(
 }
 
 fn check_pck(chain: &[u8], root: &Cert) -> Result<CheckedPck, Reject> {
-    // The leaf must be the first block labelled CERTIFICATE (RFC 7468);
-    // the whole chain must read as the `pem` crate reads it.
+    // An unreadable chain is malformed evidence (dcap-qvl: "Failed to parse
+    // certs"); in a readable one, the leaf must be the first block and be
+    // labelled CERTIFICATE (RFC 7468 section 5.1), or it is no PCK chain.
+    let blocks = pem_chain(chain).map_err(|e| {
+        let msg = format!("PCK certificate chain: {e}");
+        match crate::tdx::pck_leaf_der(chain) {
+            // The first block is not a CERTIFICATE at all: no PCK chain.
+            Err(leaf) if leaf.contains("labelled") => {
+                reject(ReasonKind::Chain, format!("{leaf}; {msg}"))
+            }
+            _ => reject(ReasonKind::Malformed, msg),
+        }
+    })?;
     let leaf_der = crate::tdx::pck_leaf_der(chain).map_err(|e| reject(ReasonKind::Chain, e))?;
-    let blocks = pem_chain(chain)
-        .map_err(|e| reject(ReasonKind::Chain, format!("PCK certificate chain: {e}")))?;
     let [first, rest @ ..] = &blocks[..] else {
         return Err(reject(
             ReasonKind::Chain,
@@ -604,29 +622,56 @@ fn check_pck(chain: &[u8], root: &Cert) -> Result<CheckedPck, Reject> {
             "PCK certificate chain is too long",
         ));
     }
+    // A certificate whose signature value cannot be read is one whose
+    // signature does not verify.
+    let kind = |e: &CertError| match e {
+        CertError::SignatureEncoding => ReasonKind::Signature,
+        _ => ReasonKind::Chain,
+    };
     let leaf = Cert::from_der_as(first, SigAlg::EcdsaP256Sha256)
-        .map_err(|e| reject(ReasonKind::Chain, format!("PCK certificate: {e}")))?;
+        .map_err(|e| reject(kind(&e), format!("PCK certificate: {e}")))?;
     end_entity_checks("PCK", &leaf)?;
-    // The issuing CA: any later block that is issued by the root and
-    // issued the leaf (an unreadable block is skipped, as path builders do).
-    let ca = rest
-        .iter()
-        .filter_map(|der| Cert::from_der_as(der, SigAlg::EcdsaP256Sha256).ok())
-        .find(|ca| {
-            ca.subject == leaf.issuer
-                && ca.issuer == root.subject
-                && matches!(ca.basic_constraints(), Ok(Some((true, _))))
-                && ca.key_usage_allows(5).ok().flatten() != Some(false)
-                && known_critical("PCK CA", ca).is_ok()
-                && ca.signed_by(root)
-                && leaf.signed_by(ca)
-        })
-        .ok_or_else(|| {
+    // The issuing CA: any later block that the root issued and that issued
+    // the leaf. An unreadable block is skipped, as path builders do; when no
+    // block fits, a signature that failed is the most specific reason.
+    let mut signature_failed = false;
+    let mut found = None;
+    for der in rest {
+        let ca = match Cert::from_der_as(der, SigAlg::EcdsaP256Sha256) {
+            Ok(ca) => ca,
+            Err(CertError::SignatureEncoding) => {
+                signature_failed = true;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if ca.subject != leaf.issuer
+            || ca.issuer != root.subject
+            || !matches!(ca.basic_constraints(), Ok(Some((true, _))))
+            || ca.key_usage_allows(5).ok().flatten() == Some(false)
+            || known_critical("PCK CA", &ca).is_err()
+        {
+            continue;
+        }
+        if ca.signed_by(root) && leaf.signed_by(&ca) {
+            found = Some(ca);
+            break;
+        }
+        signature_failed = true;
+    }
+    let Some(ca) = found else {
+        return Err(if signature_failed {
+            reject(
+                ReasonKind::Signature,
+                "a PCK certificate chain signature does not verify",
+            )
+        } else {
             reject(
                 ReasonKind::Chain,
                 "PCK certificate does not chain to the Intel SGX Root CA",
             )
-        })?;
+        });
+    };
     let cert = x509_cert::Certificate::from_der(first)
         .map_err(|e| reject(ReasonKind::Chain, format!("PCK certificate: {e}")))?;
     let pck =
@@ -707,39 +752,48 @@ impl TdxVerifier {
                 "collateral has no PCK CRL, so revocation of the PCK certificate cannot be checked",
             );
         }
-        let (Some(root_crl), Some(pck_crl)) = (&collateral.root_ca_crl, &collateral.pck_crl) else {
-            return Err((f.into_rejection(), None));
-        };
         let Some(root) = root_cert() else {
             return Err(one(reject(
                 ReasonKind::Chain,
                 "the bundled Intel SGX Root CA does not match its pinned fingerprint",
             )));
         };
-        let core = self
-            .core(
+        let evaluation = match (&collateral.root_ca_crl, &collateral.pck_crl) {
+            (Some(root_crl), Some(pck_crl)) => self.core(
                 &quote, &td, collateral, root, root_crl, pck_crl, policy, now,
-            )
-            .map_err(one)?;
-        let finding = TcbFinding {
-            status: core.status,
-            advisory_ids: core.advisory_ids,
+            ),
+            // Incomplete collateral never passes (said above), but the TCB
+            // status its unverified TCB info gives is still reported.
+            _ => unverified_evaluation(&quote, &td, collateral)
+                .map_err(|m| (crate::tdx::classify(&m), m)),
         };
-        if finding.status == TcbStatus::Revoked {
-            f.add(ReasonKind::Tcb, "the platform's TCB is revoked");
-        } else if !policy.allowed_tcb_statuses.contains(&finding.status) {
-            let adv = if finding.advisory_ids.is_empty() {
-                String::new()
-            } else {
-                format!(" (advisories: {})", finding.advisory_ids.join(", "))
-            };
-            f.add(
-                ReasonKind::Tcb,
-                format!(
-                    "TCB status {} is not allowed by the policy{adv}",
-                    finding.status
-                ),
-            );
+        let finding = match evaluation {
+            Ok(e) => Some(TcbFinding {
+                status: e.status,
+                advisory_ids: e.advisory_ids,
+            }),
+            Err((kind, msg)) => {
+                f.add(kind, msg);
+                None
+            }
+        };
+        if let Some(finding) = &finding {
+            if finding.status == TcbStatus::Revoked {
+                f.add(ReasonKind::Tcb, "the platform's TCB is revoked");
+            } else if !policy.allowed_tcb_statuses.contains(&finding.status) {
+                let adv = if finding.advisory_ids.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (advisories: {})", finding.advisory_ids.join(", "))
+                };
+                f.add(
+                    ReasonKind::Tcb,
+                    format!(
+                        "TCB status {} is not allowed by the policy{adv}",
+                        finding.status
+                    ),
+                );
+            }
         }
         if let crate::policy::Check::Require(max) = policy.max_collateral_age_secs {
             match crate::tdx::tcb_info_issue_date(collateral) {
@@ -752,15 +806,13 @@ impl TdxVerifier {
             }
         }
         crate::tdx::check_td_policy(&td, policy, &mut f);
-        if f.is_empty() {
-            Ok(VerifiedTdx::new(
-                quote,
-                td,
-                finding.status,
-                finding.advisory_ids,
-            ))
-        } else {
-            Err((f.into_rejection(), Some(finding)))
+        match (f.is_empty(), finding) {
+            (true, Some(t)) => Ok(VerifiedTdx::new(quote, td, t.status, t.advisory_ids)),
+            (true, None) => Err(one(reject(
+                ReasonKind::Tcb,
+                "no TCB status was established",
+            ))),
+            (false, finding) => Err((f.into_rejection(), finding)),
         }
     }
 
@@ -876,6 +928,27 @@ impl TdxVerifier {
         check_td_attributes(td, policy.allow_debug)?;
         Ok(eval)
     }
+}
+
+/// The TCB status the collateral's TCB info and QE identity give the
+/// quote's PCK certificate and TD report, nothing verified: for reporting
+/// only, never for a verdict.
+fn unverified_evaluation(
+    quote: &Quote,
+    td: &TdReport,
+    c: &TdxCollateral,
+) -> Result<crate::tdx_tcb::TcbEvaluation, String> {
+    let der = crate::tdx::pck_leaf_der(quote.pck_cert_chain_pem())?;
+    let cert =
+        x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))?;
+    let pck = crate::tdx::pck_extensions_of(&cert)?;
+    crate::tdx_tcb::evaluate(
+        td,
+        &pck,
+        quote.qe_report().isvsvn(),
+        &c.tcb_info,
+        &c.qe_identity,
+    )
 }
 
 fn check_qe_identity(

@@ -56,6 +56,10 @@ pub enum CertError {
     /// The signature algorithm is not ecdsa-with-SHA256 (without parameters).
     #[error("signature algorithm is not ecdsa-with-SHA256 as Intel's SGX PKI uses")]
     NotEcdsaSha256,
+    /// The signature value is not a DER `Ecdsa-Sig-Value` with scalars in
+    /// range (P-256): the certificate's signature cannot verify.
+    #[error("the signature value is not a P-256 Ecdsa-Sig-Value")]
+    SignatureEncoding,
     /// The inner and outer signature algorithms differ (RFC 5280 §4.1.1.2).
     #[error("signatureAlgorithm differs from tbsCertificate.signature")]
     AlgorithmMismatch,
@@ -265,9 +269,7 @@ impl Cert {
                 .to_bytes()
                 .to_vec(),
             SigAlg::EcdsaP256Sha256 => p256::ecdsa::Signature::from_der(signature)
-                .map_err(|_| {
-                    CertError::Der("ECDSA signature is not a P-256 Ecdsa-Sig-Value".into())
-                })?
+                .map_err(|_| CertError::SignatureEncoding)?
                 .to_bytes()
                 .to_vec(),
         };
