@@ -1,18 +1,20 @@
 //! Intel TDX quote verification.
 //!
-//! Owns the TDX verdict: the cryptographic core (quote signature by the
-//! attestation key, QE report signed by the PCK, QE report data binding the
-//! attestation key, PCK chain to Intel's SGX Root CA with the root and PCK
-//! CRLs, TCB info and QE identity signatures and validity at `now`, FMSPC
-//! match, TCB level matching with TDX module identities and the QE identity)
-//! is delegated to `dcap-qvl` (no default features; its PCCS client is not
-//! built), pinned to our bundled copy of Intel's root. Around it this module
-//! adds what a client needs and `dcap-qvl` leaves open: collateral that is
-//! missing is a rejection by name, the TCB status and advisories are judged
-//! by a [`TdxPolicy`] (OutOfDate is refused unless allowed, Revoked always),
-//! collateral age is bounded, every measurement register is compared, and a
-//! second, independent parse of the quote (`cocoon_attestation::tdx`) must
-//! agree with the one `dcap-qvl` verified.
+//! Owns the TDX verdict's public face: [`verify_tdx`] (a cold one-shot
+//! [`TdxVerifier`](crate::TdxVerifier)), the verified result type, the
+//! policy checks on the TD report and the reading of the PCK leaf from the
+//! quote. The cryptographic core (quote signature by the attestation key, QE
+//! report signed by the PCK, QE report data binding the attestation key, PCK
+//! chain to Intel's SGX Root CA with the root and PCK CRLs, TCB info and QE
+//! identity signatures and validity at `now`, FMSPC match, TCB level
+//! matching with TDX module identities and the QE identity) is ours, in
+//! [`crate::tdx_core`], with its caches. `dcap-qvl` is no dependency of this
+//! crate any more: the tests keep it as a differential oracle
+//! (`tests/tests/tdx_differential.rs`). Around the core this module adds what
+//! a client needs: collateral that is missing is a rejection by name, the
+//! TCB status and advisories are judged by a [`TdxPolicy`] (OutOfDate is
+//! refused unless allowed, Revoked always), collateral age is bounded, and
+//! every measurement register is compared.
 //!
 //! Reference: *Intel TDX DCAP Quoting Library API*, appendix "Quote Format";
 //! *Intel PCS API* for TCB info v3 and QE identity v2.
@@ -203,6 +205,7 @@ pub(crate) fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExte
 
 /// The DER of the PCK leaf certificate: the first PEM block of the quote's
 /// certificate chain (RFC 7468), which must be the very block `dcap-qvl`
+/// (the tests' oracle) and our core's chain reading ([`crate::tdx_core`])
 /// verifies as the leaf (`pem::parse_many`, first block), so that our TCB
 /// evaluation reads the certificate whose signature was checked.
 ///

@@ -1,8 +1,7 @@
 //! [`TdxVerifier`]: our own Intel DCAP core for TDX quotes, with caches.
 //!
-//! STAGED: this core is not yet the verdict of [`crate::tdx::verify_tdx`],
-//! which still delegates to `dcap-qvl`. It is compared with `dcap-qvl`
-//! by the tests before it replaces it.
+//! [`crate::tdx::verify_tdx`] is this core, cold (a new verifier per call).
+//! `dcap-qvl` is the tests' differential oracle for it.
 //!
 //! Owns the cryptographic checks of a TDX quote and its collateral, and two
 //! bounded caches keyed by the SHA-256 of the exact bytes received (an
