@@ -703,14 +703,17 @@ impl TdxVerifier {
         root: &Cert,
         root_crl: &[u8],
         pck_crl: &[u8],
-    ) -> Result<Arc<CheckedCollateral>, Reject> {
+    ) -> Result<(Arc<CheckedCollateral>, Option<[u8; 32]>), Reject> {
         let key = collateral_key(c, root_crl, pck_crl);
         if let Some(hit) = recall(&self.collateral, &key) {
-            return Ok(hit);
+            return Ok((hit, None));
         }
-        let checked = Arc::new(check_collateral(c, root, root_crl, pck_crl)?);
-        remember(&self.collateral, key, &checked);
-        Ok(checked)
+        // Remembered by the caller once the PCK CRL's signature has been
+        // checked too (it needs the PCK CA from the quote).
+        Ok((
+            Arc::new(check_collateral(c, root, root_crl, pck_crl)?),
+            Some(key),
+        ))
     }
 
     fn pck_chain(&self, chain: &[u8], root: &Cert) -> Result<Arc<CheckedPck>, Reject> {
@@ -846,7 +849,7 @@ impl TdxVerifier {
                 "unsupported attestation key type",
             ));
         }
-        let coll = self.collateral(collateral, root, root_crl_der, pck_crl_der)?;
+        let (coll, unremembered) = self.collateral(collateral, root, root_crl_der, pck_crl_der)?;
         coll.root_crl.check_fresh("Intel SGX Root CA CRL", now)?;
         for w in &coll.windows {
             w.check(now)?;
@@ -878,6 +881,10 @@ impl TdxVerifier {
                 }
                 l.push(crl_hash);
             }
+        }
+        // Every part of the set has now been verified: it may be cached.
+        if let Some(key) = unremembered {
+            remember(&self.collateral, key, &coll);
         }
         coll.pck_crl.check_fresh("PCK CRL", now)?;
         if coll.pck_crl.revokes(&pck.leaf) {
