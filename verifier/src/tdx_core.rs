@@ -176,7 +176,7 @@ impl IntelCrl {
     }
 
     fn revokes(&self, cert: &Cert) -> bool {
-        self.issuer == cert.issuer && self.revoked.iter().any(|s| *s == cert.serial)
+        self.issuer == cert.issuer && self.revoked.contains(&cert.serial)
     }
 }
 
@@ -488,6 +488,7 @@ fn check_collateral(
         ));
     }
     let mut windows = Vec::new();
+    let mut known: Option<(String, Cert)> = None;
     let mut signed = |what: &str,
                       json: &str,
                       sig: &[u8],
@@ -496,8 +497,16 @@ fn check_collateral(
         let v: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| reject(ReasonKind::Collateral, format!("{what}: {e}")))?;
         windows.push(json_window(what, &v)?);
-        let signer = collateral_signer(what, chain, root, &root_crl)?;
-        windows.push(cert_window(&format!("{what} signing"), &signer));
+        // Intel signs TCB info and QE identity with the same certificate:
+        // the same chain text is verified once.
+        let signer = match &known {
+            Some((text, cert)) if text == chain => cert,
+            _ => {
+                let cert = collateral_signer(what, chain, root, &root_crl)?;
+                &known.insert((chain.to_owned(), cert)).1
+            }
+        };
+        windows.push(cert_window(&format!("{what} signing"), signer));
         let ok = <&[u8; 64]>::try_from(sig).is_ok_and(|sig| {
             matches!(&signer.key, SubjectKey::P256(k) if k.verify_fixed_with(EcdsaHash::Sha256, json.as_bytes(), sig))
         });
@@ -1014,9 +1023,12 @@ fn check_module_signer(c: &CheckedCollateral, td: &TdReport) -> Result<(), Rejec
         ));
     }
     let have = td.seam_attributes();
-    for i in 0..8 {
-        let m = signer.attributes_mask[i];
-        if have[i] & m != signer.attributes[i] & m || have[i] & !m != 0 {
+    for ((h, want), m) in have
+        .iter()
+        .zip(&signer.attributes)
+        .zip(&signer.attributes_mask)
+    {
+        if h & m != want & m || h & !m != 0 {
             return Err(reject(
                 ReasonKind::Collateral,
                 "TDX module SEAMATTRIBUTES do not match the TCB info",
