@@ -158,7 +158,10 @@ impl IntelCrl {
 
     /// Whether `issuer` (by name and key) signed this CRL.
     fn issued_by(&self, issuer: &Cert) -> bool {
+        // keyUsage, when present, must allow cRLSign (bit 6, RFC 5280
+        // section 4.2.1.3).
         self.issuer == issuer.subject
+            && matches!(issuer.key_usage_allows(6), Ok(None | Some(true)))
             && matches!(&issuer.key, SubjectKey::P256(k)
                 if k.verify_fixed_with(EcdsaHash::Sha256, &self.tbs, &self.signature))
     }
@@ -317,14 +320,32 @@ fn end_entity_checks(what: &str, cert: &Cert) -> Result<(), Reject> {
     known_critical(what, cert)
 }
 
+/// What a path builder (webpki, as `dcap-qvl` runs it) requires of every
+/// certificate on the path: no critical extension it does not know, and an
+/// extendedKeyUsage, when present, that names serverAuth (`dcap-qvl` verifies
+/// Intel's chains "for server auth"; Intel's certificates carry no EKU).
 fn known_critical(what: &str, cert: &Cert) -> Result<(), Reject> {
     const KNOWN: [&str; 4] = ["2.5.29.19", "2.5.29.15", "2.5.29.37", "2.5.29.17"];
-    for (oid, critical, _) in &cert.extensions {
-        if *critical && !KNOWN.contains(&oid.to_string().as_str()) {
+    const EKU: &str = "2.5.29.37";
+    const SERVER_AUTH: der::asn1::ObjectIdentifier =
+        der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
+    for (oid, critical, value) in &cert.extensions {
+        let oid_text = oid.to_string();
+        if *critical && !KNOWN.contains(&oid_text.as_str()) {
             return Err(reject(
                 ReasonKind::Chain,
                 format!("{what} certificate has an unknown critical extension {oid}"),
             ));
+        }
+        if oid_text == EKU {
+            let usable = x509_cert::ext::pkix::ExtendedKeyUsage::from_der(value)
+                .is_ok_and(|eku| eku.0.contains(&SERVER_AUTH));
+            if !usable {
+                return Err(reject(
+                    ReasonKind::Chain,
+                    format!("{what} certificate's extended key usage does not allow this use"),
+                ));
+            }
         }
     }
     Ok(())
@@ -656,7 +677,7 @@ fn check_pck(chain: &[u8], root: &Cert) -> Result<CheckedPck, Reject> {
         if ca.subject != leaf.issuer
             || ca.issuer != root.subject
             || !matches!(ca.basic_constraints(), Ok(Some((true, _))))
-            || ca.key_usage_allows(5).ok().flatten() == Some(false)
+            || !matches!(ca.key_usage_allows(5), Ok(None | Some(true)))
             || known_critical("PCK CA", &ca).is_err()
         {
             continue;
