@@ -247,8 +247,20 @@ pub(crate) fn pem_chain(mut input: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         if begin.is_empty() || end.is_empty() || begin != end {
             return Err("PEM block labels are missing or differ".into());
         }
-        let data: String = utf8(data)?.chars().filter(|c| !c.is_whitespace()).collect();
-        let der = base64_standard(data.as_bytes()).ok_or("PEM data is not base64")?;
+        // Unicode White_Space removed (for ASCII: tab, LF, VT, FF, CR, space).
+        let data: Vec<u8> = if data.is_ascii() {
+            data.iter()
+                .copied()
+                .filter(|b| !matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' '))
+                .collect()
+        } else {
+            utf8(data)?
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .into_bytes()
+        };
+        let der = base64_standard(&data).ok_or("PEM data is not base64")?;
         if utf8(headers)?.lines().any(|l| !l.contains(':')) {
             return Err("PEM header line without ':'".into());
         }
@@ -1099,4 +1111,55 @@ fn check_td_attributes(td: &TdReport, allow_debug: bool) -> Result<(), Reject> {
         return policy("SEPT_VE_DISABLE is not enabled");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pem_chain;
+
+    fn block(label: &str, body: &str) -> String {
+        format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n")
+    }
+
+    #[test]
+    fn pem_chain_reads_as_the_pem_crate_reads() {
+        let der = vec![0x30, 0x03, 0x02, 0x01, 0x05];
+        // Any label; text between blocks and an incomplete block at the end
+        // are skipped.
+        let two = format!(
+            "\x01junk{}between{}-----BEGIN CERTIFICATE-----\nMAMC",
+            block("CERTIFICATE", "MAMCAQU="),
+            block("X509 CERTIFICATE", "MAMC\x0bAQU=")
+        );
+        assert_eq!(
+            pem_chain(two.as_bytes()),
+            Ok(vec![der.clone(), der.clone()])
+        );
+        // RFC 1421 headers end at the first blank line.
+        let headers = block("C", "Proc-Type: 4,ENCRYPTED\n\nMAMCAQU=");
+        assert_eq!(pem_chain(headers.as_bytes()), Ok(vec![der.clone()]));
+        // A blank line inside the data makes what precedes it a header.
+        assert!(pem_chain(block("C", "MAMC\n\nAQU=").as_bytes()).is_err());
+        // Labels: equal and not empty.
+        let mismatched = "-----BEGIN A-----\nMAMCAQU=\n-----END B-----\n";
+        assert!(pem_chain(mismatched.as_bytes()).is_err());
+        assert!(pem_chain(block("", "MAMCAQU=").as_bytes()).is_err());
+        // Canonical padded base64 only.
+        for bad in ["MAMCAQV=", "MAMCAQU", "MAMC-AQU=", "MAMCAQU=="] {
+            assert!(pem_chain(block("C", bad).as_bytes()).is_err(), "{bad}");
+        }
+        // Any UTF-8 label; bytes that are not UTF-8 fail the chain inside a
+        // block and are skipped outside one.
+        assert!(pem_chain(block("C\u{80}", "MAMCAQU=").as_bytes()).is_ok());
+        let mut raw = block("C", "MAMCAQU=").into_bytes();
+        raw.insert(20, 0xFF);
+        assert!(pem_chain(&raw).is_err());
+        let mut outside = vec![0xFF, 0x80];
+        outside.extend_from_slice(block("C", "MAMCAQU=").as_bytes());
+        assert_eq!(pem_chain(&outside), Ok(vec![der]));
+        // The boundary scan restarts after a mismatching byte: six dashes
+        // before BEGIN hide the block.
+        let six = format!("-{}", block("C", "MAMCAQU="));
+        assert_eq!(pem_chain(six.as_bytes()), Ok(vec![]));
+    }
 }
