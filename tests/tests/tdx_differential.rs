@@ -1,5 +1,6 @@
-//! Differential test: our TDX verifier (`cocoon_verifier::tdx::verify_tdx`)
-//! against the `dcap-qvl` crate called directly, over every quote vector that
+//! Differential test: our TDX verifier (`cocoon_verifier::tdx::verify_tdx`,
+//! our own DCAP core run cold, and one warm `TdxVerifier` whose caches see
+//! every input) against the `dcap-qvl` crate called directly, over every quote vector that
 //! comes with complete collateral, the vector itself and more than 10,000
 //! deterministic mutations of it (random bit and byte flips anywhere, flips in
 //! every field that `Quote::field_ranges` names, length fields off by one,
