@@ -1,8 +1,19 @@
-//! One TDX quote verified with its collateral: ours (`verify_tdx`, which
-//! wraps `dcap-qvl` and adds an independent quote parse, an independent TCB
-//! evaluation and the policy) against `dcap-qvl` alone with its ring backend,
-//! side by side in one run. Prints the ratio; the goal for a wrapper is that
-//! our layer adds at most 10 %.
+//! One TDX quote verified with its collateral, side by side in one run,
+//! interleaved round by round:
+//!
+//! * ours cold: `verify_tdx`, a new `TdxVerifier` per call (nothing cached:
+//!   every collateral signature, CRL and chain is verified);
+//! * ours warm: one `TdxVerifier` for every call, same collateral and the
+//!   same quote (the vector set has one quote that verifies with its
+//!   collateral, `tdx/dcap-qvl/tdx_quote`, so the PCK chain is a cache hit
+//!   too; what is left per call is the quote and QE report signatures, the
+//!   QE report binding, the dates, revocation, the TCB evaluation and the
+//!   policy);
+//! * `dcap-qvl` (`QuoteVerifier::new(root).verify`, ring backend), which
+//!   caches nothing.
+//!
+//! Prints the ratios; the goal (issue 22) is ours at least 1.5x faster than
+//! `dcap-qvl`, cold and warm.
 //!
 //! `cargo bench -p cocoon-tests --bench tdx_verify`
 
@@ -13,12 +24,13 @@ use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_tests::bench::{interleaved, mode, ms};
 use cocoon_tests::{read_vector, unhex};
 use cocoon_verifier::tdx::verify_tdx;
-use cocoon_verifier::{TdxPolicy, UnixTime};
+use cocoon_verifier::{TdxPolicy, TdxVerifier, UnixTime};
 use criterion::Criterion;
 
 /// The vector's verification time (manifest: 2025-07-19T10:00:34Z).
 const NOW: UnixTime = UnixTime(1_752_919_234);
-const GOAL_OVERHEAD: f64 = 1.10;
+/// Issue 22: ours at least this much faster than dcap-qvl, cold and warm.
+const GOAL_SPEEDUP: f64 = 1.5;
 
 struct Case {
     quote: Vec<u8>,
@@ -26,6 +38,7 @@ struct Case {
     theirs: dcap_qvl::QuoteCollateralV3,
     policy: TdxPolicy,
     root: Vec<u8>,
+    warm: TdxVerifier,
 }
 
 fn case() -> Case {
@@ -60,12 +73,18 @@ fn case() -> Case {
         theirs,
         policy: TdxPolicy::pinned_to_mrtd(vec![mrtd]),
         root: read_vector("tdx/intel-root/TrustedRootCA.der"),
+        warm: TdxVerifier::new(),
     }
 }
 
 impl Case {
     fn ours(&self) -> bool {
         verify_tdx(black_box(&self.quote), &self.ours, &self.policy, NOW).is_ok()
+    }
+    fn ours_warm(&self) -> bool {
+        self.warm
+            .verify(black_box(&self.quote), &self.ours, &self.policy, NOW)
+            .is_ok()
     }
     fn dcap_ring(&self) -> bool {
         dcap_qvl::verify::ring::verify(black_box(&self.quote), &self.theirs, NOW.0)
@@ -86,7 +105,11 @@ fn main() {
     let mode = mode(300);
     let case = case();
     assert!(
-        case.ours() && case.dcap_ring() && case.dcap_verifier() && case.dcap_rustcrypto(),
+        case.ours()
+            && case.ours_warm()
+            && case.dcap_ring()
+            && case.dcap_verifier()
+            && case.dcap_rustcrypto(),
         "every path must accept the real quote"
     );
     let mut c = Criterion::default()
@@ -95,11 +118,12 @@ fn main() {
         .configure_from_args();
     {
         let mut g = c.benchmark_group("tdx_verify");
-        g.bench_function("ours", |b| b.iter(|| case.ours()));
-        g.bench_function("dcap-qvl ring", |b| b.iter(|| case.dcap_ring()));
+        g.bench_function("ours cold", |b| b.iter(|| case.ours()));
+        g.bench_function("ours warm", |b| b.iter(|| case.ours_warm()));
         g.bench_function("dcap-qvl QuoteVerifier ring", |b| {
             b.iter(|| case.dcap_verifier())
         });
+        g.bench_function("dcap-qvl ring", |b| b.iter(|| case.dcap_ring()));
         g.bench_function("dcap-qvl rustcrypto", |b| b.iter(|| case.dcap_rustcrypto()));
         g.finish();
     }
@@ -107,18 +131,18 @@ fn main() {
     if mode.rounds == 0 {
         return;
     }
-    // Ours against each dcap-qvl entry point, interleaved pairwise; the
-    // pure-Rust backend (4x slower) runs in its own loop so it does not
-    // disturb the close comparison.
-    let a = interleaved(
+    // Ours cold, ours warm and dcap-qvl interleaved round by round; the
+    // pure-Rust dcap-qvl backend (several times slower) runs in its own loop
+    // so it does not disturb the close comparison.
+    let t = interleaved(
         mode.rounds,
-        &mut [&mut || case.ours(), &mut || case.dcap_ring()],
-    );
-    let b = interleaved(
-        mode.rounds,
-        &mut [&mut || case.ours(), &mut || case.dcap_verifier()],
+        &mut [&mut || case.ours(), &mut || case.ours_warm(), &mut || {
+            case.dcap_verifier()
+        }],
     );
     let rc = interleaved(mode.rounds.min(100), &mut [&mut || case.dcap_rustcrypto()])[0];
+    let (cold, warm, dcap) = (t[0], t[1], t[2]);
+    let speedup = |ours: Duration| dcap.as_secs_f64() / ours.as_secs_f64();
     println!();
     if !mode.measuring {
         println!(
@@ -126,37 +150,36 @@ fn main() {
         );
     }
     println!(
-        "TDX quote + collateral verification: medians of {} interleaved rounds, in two pairings",
+        "TDX quote + collateral verification: medians of {} interleaved rounds",
         mode.rounds
     );
     println!(
-        "  ours {} vs dcap-qvl verify::ring::verify {}: {:.3}x",
-        ms(a[0]),
-        ms(a[1]),
-        a[0].as_secs_f64() / a[1].as_secs_f64()
+        "  ours cold (verify_tdx, new TdxVerifier per call)  {}: {:.2}x faster than dcap-qvl",
+        ms(cold),
+        speedup(cold)
     );
     println!(
-        "  ours {} vs dcap-qvl QuoteVerifier::new(root).verify (ring) {}: {:.3}x",
-        ms(b[0]),
-        ms(b[1]),
-        b[0].as_secs_f64() / b[1].as_secs_f64()
+        "  ours warm (one TdxVerifier, same collateral, same quote)  {}: {:.2}x faster than dcap-qvl",
+        ms(warm),
+        speedup(warm)
     );
     println!(
-        "  dcap-qvl verify::rustcrypto::verify {} ({:.2}x ours)",
+        "  dcap-qvl QuoteVerifier::new(root).verify (ring)  {}",
+        ms(dcap)
+    );
+    println!(
+        "  dcap-qvl verify::rustcrypto::verify {} ({:.2}x ours cold)",
         ms(rc),
-        rc.as_secs_f64() / a[0].as_secs_f64()
+        rc.as_secs_f64() / cold.as_secs_f64()
     );
     if mode.measuring {
-        let overhead =
-            (a[0].as_secs_f64() / a[1].as_secs_f64()).max(b[0].as_secs_f64() / b[1].as_secs_f64());
-        let verdict = if overhead <= GOAL_OVERHEAD {
-            "meets"
-        } else {
-            "MISSES"
-        };
-        println!(
-            "  our layer adds at most {:.1} % ({verdict} the <= 10 % goal for a wrapper)",
-            (overhead - 1.0) * 100.0
-        );
+        for (what, ours) in [("cold", cold), ("warm", warm)] {
+            let verdict = if speedup(ours) >= GOAL_SPEEDUP {
+                "meets"
+            } else {
+                "MISSES"
+            };
+            println!("  ours {what} {verdict} the goal of {GOAL_SPEEDUP}x dcap-qvl's speed");
+        }
     }
 }

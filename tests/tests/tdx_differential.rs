@@ -1,5 +1,6 @@
-//! Differential test: our TDX verifier (`cocoon_verifier::tdx::verify_tdx`)
-//! against the `dcap-qvl` crate called directly, over every quote vector that
+//! Differential test: our TDX verifier (`cocoon_verifier::tdx::verify_tdx`,
+//! our own DCAP core run cold, and one warm `TdxVerifier` whose caches see
+//! every input) against the `dcap-qvl` crate called directly, over every quote vector that
 //! comes with complete collateral, the vector itself and more than 10,000
 //! deterministic mutations of it (random bit and byte flips anywhere, flips in
 //! every field that `Quote::field_ranges` names, length fields off by one,
@@ -29,7 +30,8 @@ use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::tdx::{ParseError, Quote, TeeType};
 use cocoon_tests::{manifest, read_vector};
 use cocoon_verifier::policy::{Check, TcbStatus, TdxPolicy};
-use cocoon_verifier::tdx::{verify_tdx, INTEL_ROOT_SHA256};
+use cocoon_verifier::tdx::{verify_tdx, TcbFinding, INTEL_ROOT_SHA256};
+use cocoon_verifier::TdxVerifier;
 use cocoon_verifier::{ReasonKind, UnixTime};
 use dcap_qvl::QuoteCollateralV3;
 use sha2::Digest;
@@ -193,6 +195,9 @@ impl Verdict {
 struct Judges {
     root: Vec<u8>,
     policy: TdxPolicy,
+    /// Our own DCAP core, one warm verifier for every input (its caches
+    /// see every mutated chain and must never serve a wrong verdict).
+    core: TdxVerifier,
 }
 
 impl Judges {
@@ -206,12 +211,27 @@ impl Judges {
         Judges {
             root,
             policy: permissive_policy(),
+            core: TdxVerifier::new(),
         }
     }
 
     /// Our verdict, with the rejection's reason kinds for the exceptions.
     fn ours(&self, c: &Case, quote: &[u8]) -> (Verdict, Vec<ReasonKind>) {
-        match verify_tdx(quote, &c.ours, &self.policy, c.now) {
+        Self::verdict(verify_tdx(quote, &c.ours, &self.policy, c.now))
+    }
+
+    /// The verdict of our own DCAP core (`TdxVerifier`, warm).
+    fn core(&self, c: &Case, quote: &[u8]) -> (Verdict, Vec<ReasonKind>) {
+        Self::verdict(self.core.verify(quote, &c.ours, &self.policy, c.now))
+    }
+
+    fn verdict(
+        r: Result<
+            cocoon_verifier::tdx::VerifiedTdx,
+            (cocoon_verifier::Rejection, Option<TcbFinding>),
+        >,
+    ) -> (Verdict, Vec<ReasonKind>) {
+        match r {
             Ok(v) => (Verdict::Accepted(v.tcb_status().name().to_owned()), vec![]),
             Err((r, _)) => (
                 Verdict::Rejected(
@@ -609,8 +629,20 @@ struct Tally {
 
 fn judge(j: &Judges, c: &Case, what: &str, bytes: &[u8], t: &mut Tally) {
     t.inputs += 1;
-    let (ours, kinds) = j.ours(c, bytes);
     let theirs = j.theirs(c, bytes);
+    // Our own DCAP core must give the same verdict as `verify_tdx`
+    // (and so as dcap-qvl, whose comparison follows).
+    let (ours, kinds) = j.ours(c, bytes);
+    let (core, core_kinds) = j.core(c, bytes);
+    if core.accepted() != ours.accepted()
+        || (ours.accepted() && core != ours)
+        || (KnownDifference::of(bytes).is_some_and(|k| !core_kinds.contains(&k.our_reason())))
+    {
+        t.disagreements.push(format!(
+            "{}: {what}: TdxVerifier and verify_tdx differ\n    core:     {core:?}\n    ours:     {ours:?}\n    dcap-qvl: {theirs:?}",
+            c.path
+        ));
+    }
     if let Some(k) = KnownDifference::of(bytes) {
         let e = t.known.entry(format!("{k:?}")).or_default();
         e.0 += 1;
@@ -741,4 +773,279 @@ fn ours_accepts_exactly_what_dcap_qvl_accepts() {
             "documented difference {k:?} covered {covered} inputs but dcap-qvl accepted none: remove it"
         );
     }
+}
+
+/// The collateral's signing chains are PEM text that no signature covers
+/// (only the certificates inside are signed): every flip of a byte that is
+/// not a base64 character, random flips anywhere, and whole-chain rewrites,
+/// in the TCB info chain, the QE identity chain and both at once, judged by
+/// ours (cold and warm) and `dcap-qvl` on the genuine quote. Same verdict
+/// on every input.
+#[test]
+fn collateral_chain_text_is_judged_as_dcap_qvl_judges_it() {
+    let judges = Judges::new();
+    let case = cases().remove(0);
+    assert_eq!(case.path, "tdx/dcap-qvl/tdx_quote");
+    let chain = case.ours.tcb_info_issuer_chain.clone();
+    let mut rng = Rng(0x5EED_C0DE);
+    let mut variants: Vec<(String, String)> = Vec::new();
+    let bytes = chain.as_bytes();
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    for (i, &b) in bytes.iter().enumerate().filter(|(_, b)| !is_b64(**b)) {
+        for mask in [0x01u8, 0x20, 0x80] {
+            let mut v = bytes.to_vec();
+            v[i] = b ^ mask;
+            // The collateral carries the chain as text: only UTF-8 is
+            // representable.
+            if let Ok(s) = String::from_utf8(v) {
+                variants.push((format!("byte {i} ({:?}) ^= {mask:#04x}", char::from(b)), s));
+            }
+        }
+    }
+    for _ in 0..300 {
+        let mut v = bytes.to_vec();
+        let at = rng.below(v.len());
+        v[at] ^= 1 << rng.below(7);
+        if let Ok(s) = String::from_utf8(v) {
+            variants.push((format!("random flip at {at}"), s));
+        }
+    }
+    let blocks = pem_blocks(bytes);
+    assert_eq!(blocks.len(), 2, "signer and root");
+    let text = |parts: &[&[u8]]| String::from_utf8(parts.concat()).unwrap();
+    for (what, s) in [
+        ("root left out", text(&[blocks[0]])),
+        ("signer alone twice", text(&[blocks[0], blocks[0]])),
+        ("root first", text(&[blocks[1], blocks[0]])),
+        ("CRLF", chain.replace('\n', "\r\n")),
+        (
+            "blank line inside the signer",
+            chain.replacen("\n", "\n\n", 2),
+        ),
+        ("empty", String::new()),
+        (
+            "signer labelled X509 CERTIFICATE",
+            chain.replacen("CERTIFICATE-----", "X509 CERTIFICATE-----", 2),
+        ),
+        (
+            "five copies of the root",
+            text(&[
+                blocks[0], blocks[1], blocks[1], blocks[1], blocks[1], blocks[1],
+            ]),
+        ),
+    ] {
+        variants.push((format!("rewritten: {what}"), s));
+    }
+    let warm = TdxVerifier::new();
+    let mut disagreements = Vec::new();
+    let mut accepted = 0;
+    for (what, s) in &variants {
+        for (slot, tcb, qe) in [
+            ("TCB info chain", true, false),
+            ("QE identity chain", false, true),
+            ("both chains", true, true),
+        ] {
+            let mut c = Case {
+                path: case.path,
+                quote: case.quote.clone(),
+                ours: case.ours.clone(),
+                theirs: case.theirs.clone(),
+                now: case.now,
+            };
+            if tcb {
+                c.ours.tcb_info_issuer_chain = s.clone();
+                c.theirs.tcb_info_issuer_chain = s.clone();
+            }
+            if qe {
+                c.ours.qe_identity_issuer_chain = s.clone();
+                c.theirs.qe_identity_issuer_chain = s.clone();
+            }
+            let (ours, _) = judges.ours(&c, &c.quote);
+            let hot = Judges::verdict(warm.verify(&c.quote, &c.ours, &judges.policy, c.now)).0;
+            let theirs = judges.theirs(&c, &c.quote);
+            let same = |a: &Verdict| match (a, &theirs) {
+                (Verdict::Accepted(x), Verdict::Accepted(y)) => x == y,
+                (Verdict::Rejected(_), Verdict::Rejected(_)) => true,
+                _ => false,
+            };
+            if ours.accepted() {
+                accepted += 1;
+            }
+            if !same(&ours) || !same(&hot) {
+                disagreements.push(format!(
+                    "{slot}: {what}\n    ours:     {ours:?}\n    warm:     {hot:?}\n    dcap-qvl: {theirs:?}"
+                ));
+            }
+        }
+    }
+    println!(
+        "collateral chains: {} inputs, ours accepted {accepted}, disagreements {}",
+        variants.len() * 3,
+        disagreements.len()
+    );
+    for d in &disagreements {
+        println!("DISAGREEMENT {d}");
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements",
+        disagreements.len()
+    );
+    assert!(
+        accepted > 0,
+        "some rewrites (the root left out) still verify"
+    );
+}
+
+/// Random flips in every signed collateral item (CRLs, TCB info, QE
+/// identity and their signatures), and the genuine input judged at every
+/// second around each date the collateral and the chains carry: ours (cold
+/// and warm) and `dcap-qvl` give the same verdict.
+#[test]
+fn collateral_bytes_and_dates_are_judged_as_dcap_qvl_judges_them() {
+    let judges = Judges::new();
+    let case = cases().remove(0);
+    let warm = TdxVerifier::new();
+    let mut rng = Rng(0x5EED_DA7E);
+    let mut inputs: Vec<(String, TdxCollateral, QuoteCollateralV3, UnixTime)> = Vec::new();
+    for item in 0..6 {
+        for _ in 0..120 {
+            let (mut ours, mut theirs) = (case.ours.clone(), case.theirs.clone());
+            let flip = |b: &mut Vec<u8>, rng: &mut Rng| {
+                let at = rng.below(b.len());
+                b[at] ^= 1 << rng.below(8);
+                at
+            };
+            let what = match item {
+                0 => {
+                    let at = flip(&mut theirs.root_ca_crl, &mut rng);
+                    ours.root_ca_crl = Some(theirs.root_ca_crl.clone());
+                    format!("root CA CRL byte {at}")
+                }
+                1 => {
+                    let at = flip(&mut theirs.pck_crl, &mut rng);
+                    ours.pck_crl = Some(theirs.pck_crl.clone());
+                    format!("PCK CRL byte {at}")
+                }
+                2 => {
+                    let at = flip(&mut theirs.tcb_info_signature, &mut rng);
+                    ours.tcb_info_signature = theirs.tcb_info_signature.clone();
+                    format!("TCB info signature byte {at}")
+                }
+                3 => {
+                    let at = flip(&mut theirs.qe_identity_signature, &mut rng);
+                    ours.qe_identity_signature = theirs.qe_identity_signature.clone();
+                    format!("QE identity signature byte {at}")
+                }
+                4 | 5 => {
+                    let text = if item == 4 {
+                        &mut theirs.tcb_info
+                    } else {
+                        &mut theirs.qe_identity
+                    };
+                    let mut b = text.clone().into_bytes();
+                    let at = rng.below(b.len());
+                    b[at] ^= 1 << rng.below(7);
+                    let Ok(s) = String::from_utf8(b) else {
+                        continue;
+                    };
+                    *text = s;
+                    ours.tcb_info = theirs.tcb_info.clone();
+                    ours.qe_identity = theirs.qe_identity.clone();
+                    format!(
+                        "{} byte {at}",
+                        if item == 4 { "TCB info" } else { "QE identity" }
+                    )
+                }
+                _ => unreachable!(),
+            };
+            inputs.push((what, ours, theirs, case.now));
+        }
+    }
+    // Every date: JSON issueDate/nextUpdate, CRL this/nextUpdate, and the
+    // validity of every certificate on the paths, each -1, 0, +1 second.
+    let date = |json: &str, k: &str| {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        cocoon_attestation::pcs::rfc3339_to_unix(v[k].as_str().unwrap()).unwrap()
+    };
+    let mut dates = vec![
+        date(&case.ours.tcb_info, "issueDate"),
+        date(&case.ours.tcb_info, "nextUpdate"),
+        date(&case.ours.qe_identity, "issueDate"),
+        date(&case.ours.qe_identity, "nextUpdate"),
+    ];
+    for crl in [&case.theirs.root_ca_crl, &case.theirs.pck_crl] {
+        use der::Decode;
+        let l = x509_cert::crl::CertificateList::from_der(crl).unwrap();
+        dates.push(l.tbs_cert_list.this_update.to_unix_duration().as_secs());
+        dates.push(
+            l.tbs_cert_list
+                .next_update
+                .unwrap()
+                .to_unix_duration()
+                .as_secs(),
+        );
+    }
+    let (q, _) = Quote::parse_prefix(&case.quote).unwrap();
+    let mut pems = q.pck_cert_chain_pem().to_vec();
+    pems.extend_from_slice(case.ours.tcb_info_issuer_chain.as_bytes());
+    for der in pem_blocks(&pems).iter().map(|b| {
+        let text = String::from_utf8_lossy(b).into_owned();
+        x509_cert::Certificate::load_pem_chain(text.trim_start_matches('\0').as_bytes()).unwrap()
+    }) {
+        for c in der {
+            let v = &c.tbs_certificate.validity;
+            dates.push(v.not_before.to_unix_duration().as_secs());
+            dates.push(v.not_after.to_unix_duration().as_secs());
+        }
+    }
+    for d in dates {
+        for t in [d.saturating_sub(1), d, d + 1] {
+            inputs.push((
+                format!("at {t} (date {d})"),
+                case.ours.clone(),
+                case.theirs.clone(),
+                UnixTime(t),
+            ));
+        }
+    }
+    let mut disagreements = Vec::new();
+    let mut accepted = 0;
+    for (what, ours_c, theirs_c, now) in &inputs {
+        let c = Case {
+            path: case.path,
+            quote: case.quote.clone(),
+            ours: ours_c.clone(),
+            theirs: theirs_c.clone(),
+            now: *now,
+        };
+        let (ours, _) = judges.ours(&c, &c.quote);
+        let hot = Judges::verdict(warm.verify(&c.quote, &c.ours, &judges.policy, c.now)).0;
+        let theirs = judges.theirs(&c, &c.quote);
+        let same = |a: &Verdict| match (a, &theirs) {
+            (Verdict::Accepted(x), Verdict::Accepted(y)) => x == y,
+            (Verdict::Rejected(_), Verdict::Rejected(_)) => true,
+            _ => false,
+        };
+        accepted += usize::from(ours.accepted());
+        if !same(&ours) || !same(&hot) {
+            disagreements.push(format!(
+                "{what}\n    ours:     {ours:?}\n    warm:     {hot:?}\n    dcap-qvl: {theirs:?}"
+            ));
+        }
+    }
+    println!(
+        "collateral bytes and dates: {} inputs, ours accepted {accepted}, disagreements {}",
+        inputs.len(),
+        disagreements.len()
+    );
+    for d in &disagreements {
+        println!("DISAGREEMENT {d}");
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements",
+        disagreements.len()
+    );
+    assert!(accepted > 0);
 }

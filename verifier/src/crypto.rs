@@ -176,6 +176,10 @@ pub(crate) struct P256Key {
     /// The uncompressed SEC1 point.
     #[cfg(feature = "aws-lc")]
     point: Vec<u8>,
+    /// The key parsed once for ECDSA with SHA-256 and fixed `r || s`
+    /// signatures (Intel's PKI, every TDX quote signature).
+    #[cfg(feature = "aws-lc")]
+    sha256_fixed: aws_lc_rs::signature::ParsedPublicKey,
     #[cfg(not(feature = "aws-lc"))]
     key: p256::ecdsa::VerifyingKey,
 }
@@ -188,8 +192,15 @@ impl P256Key {
             p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| KeyError::P256)?;
         #[cfg(feature = "aws-lc")]
         {
+            let point = parsed.to_encoded_point(false).as_bytes().to_vec();
+            let sha256_fixed = aws_lc_rs::signature::ParsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                &point,
+            )
+            .map_err(|_| KeyError::P256)?;
             Ok(Self {
-                point: parsed.to_encoded_point(false).as_bytes().to_vec(),
+                point,
+                sha256_fixed,
             })
         }
         #[cfg(not(feature = "aws-lc"))]
@@ -204,13 +215,9 @@ impl P256Key {
     pub(crate) fn verify_fixed_with(&self, hash: EcdsaHash, msg: &[u8], sig: &[u8; 64]) -> bool {
         #[cfg(feature = "aws-lc")]
         {
-            use aws_lc_rs::signature::{
-                UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA384_ASN1,
-            };
+            use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA384_ASN1};
             match hash {
-                EcdsaHash::Sha256 => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.point)
-                    .verify(msg, sig)
-                    .is_ok(),
+                EcdsaHash::Sha256 => self.sha256_fixed.verify_sig(msg, sig).is_ok(),
                 EcdsaHash::Sha384 => {
                     let Ok(sig) = p256::ecdsa::Signature::from_slice(sig) else {
                         return false;

@@ -20,9 +20,10 @@
 //!   (product, TCB, hwID = chip_id), a VEK handed in as a PEM bundle with
 //!   its ASK/ARK, and the SNP policy; [`snp_crl`] judges AMD's CRLs
 //!   (collateral, `revocation` in `[snp]`) for those chains.
-//! * [`tdx`] — Intel TDX quotes with bundled collateral (cryptographic core
-//!   by `dcap-qvl`, pinned to our Intel root), with [`tdx_tcb`] as an
-//!   independent TCB-level evaluation that must agree with it.
+//! * [`tdx`] — Intel TDX quotes with bundled collateral; [`tdx_core`] is
+//!   our own DCAP core ([`TdxVerifier`], with collateral and PCK chain
+//!   caches), pinned to our Intel root, and [`tdx_tcb`] its TCB-level
+//!   evaluation. `dcap-qvl` is the tests' differential oracle.
 //! * [`nvidia`] — H100 GPUs and NVSwitches: the pinned NVIDIA roots, one
 //!   device's SPDM evidence, RIMs (strict XML, Canonical XML 1.1, XML-DSig),
 //!   OCSP responses as revocation collateral, and a whole set under `[gpu]`.
@@ -55,6 +56,7 @@ mod roots;
 pub mod snp;
 pub mod snp_crl;
 pub mod tdx;
+pub mod tdx_core;
 pub mod tdx_tcb;
 mod x509;
 
@@ -63,6 +65,7 @@ use core::fmt;
 pub use enclave::{verify, VerifiedEnclave};
 pub use policy::{Check, Policy, SnpPolicy, TdxPolicy};
 pub use snp::{verify_snp, SnpVerifier, VerifiedSnp};
+pub use tdx_core::TdxVerifier;
 pub use x509::CertError;
 
 /// Seconds since the Unix epoch, UTC. The verifier never reads a clock:

@@ -1,25 +1,27 @@
 //! Intel TDX quote verification.
 //!
-//! Owns the TDX verdict: the cryptographic core (quote signature by the
-//! attestation key, QE report signed by the PCK, QE report data binding the
-//! attestation key, PCK chain to Intel's SGX Root CA with the root and PCK
-//! CRLs, TCB info and QE identity signatures and validity at `now`, FMSPC
-//! match, TCB level matching with TDX module identities and the QE identity)
-//! is delegated to `dcap-qvl` (no default features; its PCCS client is not
-//! built), pinned to our bundled copy of Intel's root. Around it this module
-//! adds what a client needs and `dcap-qvl` leaves open: collateral that is
-//! missing is a rejection by name, the TCB status and advisories are judged
-//! by a [`TdxPolicy`] (OutOfDate is refused unless allowed, Revoked always),
-//! collateral age is bounded, every measurement register is compared, and a
-//! second, independent parse of the quote (`cocoon_attestation::tdx`) must
-//! agree with the one `dcap-qvl` verified.
+//! Owns the TDX verdict's public face: [`verify_tdx`] (a cold one-shot
+//! [`TdxVerifier`](crate::TdxVerifier)), the verified result type, the
+//! policy checks on the TD report and the reading of the PCK leaf from the
+//! quote. The cryptographic core (quote signature by the attestation key, QE
+//! report signed by the PCK, QE report data binding the attestation key, PCK
+//! chain to Intel's SGX Root CA with the root and PCK CRLs, TCB info and QE
+//! identity signatures and validity at `now`, FMSPC match, TCB level
+//! matching with TDX module identities and the QE identity) is ours, in
+//! [`crate::tdx_core`], with its caches. `dcap-qvl` is no dependency of this
+//! crate any more: the tests keep it as a differential oracle
+//! (`tests/tests/tdx_differential.rs`). Around the core this module adds what
+//! a client needs: collateral that is missing is a rejection by name, the
+//! TCB status and advisories are judged by a [`TdxPolicy`] (OutOfDate is
+//! refused unless allowed, Revoked always), collateral age is bounded, and
+//! every measurement register is compared.
 //!
 //! Reference: *Intel TDX DCAP Quoting Library API*, appendix "Quote Format";
 //! *Intel PCS API* for TCB info v3 and QE identity v2.
 
 use cocoon_attestation::collateral::TdxCollateral;
 use cocoon_attestation::pcs::PckCa;
-use cocoon_attestation::tdx::{PckExtensions, Quote, TdReport, TeeType, SGX_EXTENSIONS_OID};
+use cocoon_attestation::tdx::{PckExtensions, Quote, TdReport, SGX_EXTENSIONS_OID};
 
 use crate::policy::{Check, TcbStatus, TdxPolicy};
 use crate::roots::PinnedCert;
@@ -45,6 +47,19 @@ pub struct VerifiedTdx {
 }
 
 impl VerifiedTdx {
+    pub(crate) fn new(
+        quote: Quote,
+        td: TdReport,
+        tcb_status: TcbStatus,
+        advisory_ids: Vec<String>,
+    ) -> Self {
+        Self {
+            quote,
+            td,
+            tcb_status,
+            advisory_ids,
+        }
+    }
     /// The verified quote.
     pub fn quote(&self) -> &Quote {
         &self.quote
@@ -74,12 +89,12 @@ pub struct TcbFinding {
 }
 
 /// The pinned Intel root, after checking its fingerprint.
-fn intel_root() -> Option<&'static [u8]> {
+pub(crate) fn intel_root() -> Option<&'static [u8]> {
     static PINNED: std::sync::OnceLock<Option<&'static [u8]>> = std::sync::OnceLock::new();
     *PINNED.get_or_init(|| INTEL_ROOT.der())
 }
 
-fn classify(msg: &str) -> ReasonKind {
+pub(crate) fn classify(msg: &str) -> ReasonKind {
     let m = msg.to_ascii_lowercase();
     if m.contains("expired")
         || m.contains("in the future")
@@ -124,28 +139,15 @@ fn classify(msg: &str) -> ReasonKind {
     }
 }
 
-fn to_dcap(c: &TdxCollateral, root_ca_crl: &[u8], pck_crl: &[u8]) -> dcap_qvl::QuoteCollateralV3 {
-    dcap_qvl::QuoteCollateralV3 {
-        pck_crl_issuer_chain: c.pck_crl_issuer_chain.clone(),
-        root_ca_crl: root_ca_crl.to_vec(),
-        pck_crl: pck_crl.to_vec(),
-        tcb_info_issuer_chain: c.tcb_info_issuer_chain.clone(),
-        tcb_info: c.tcb_info.clone(),
-        tcb_info_signature: c.tcb_info_signature.clone(),
-        qe_identity_issuer_chain: c.qe_identity_issuer_chain.clone(),
-        qe_identity: c.qe_identity.clone(),
-        qe_identity_signature: c.qe_identity_signature.clone(),
-        pck_certificate_chain: None,
-    }
-}
-
 /// The issue date of the TCB info, from its signed JSON.
-fn tcb_info_issue_date(c: &TdxCollateral) -> Option<UnixTime> {
+pub(crate) fn tcb_info_issue_date(c: &TdxCollateral) -> Option<UnixTime> {
     let v: serde_json::Value = serde_json::from_str(&c.tcb_info).ok()?;
     cocoon_attestation::pcs::rfc3339_to_unix(v.get("issueDate")?.as_str()?).map(UnixTime)
 }
 
-/// Verify a TDX quote with its collateral under `policy` at time `now`.
+/// Verify a TDX quote with its collateral under `policy` at time `now`:
+/// a cold one-shot [`TdxVerifier`](crate::TdxVerifier) (nothing cached
+/// between calls). Callers that verify many quotes keep one `TdxVerifier`.
 ///
 /// On rejection, the TCB finding is returned too when the cryptographic core
 /// got far enough to compute it (so a tool can say "OutOfDate, rejected by
@@ -156,158 +158,7 @@ pub fn verify_tdx(
     policy: &TdxPolicy,
     now: UnixTime,
 ) -> Result<VerifiedTdx, (Rejection, Option<TcbFinding>)> {
-    // Bytes after the declared signature data are not signed and are
-    // ignored (real quotes arrive in zero-padded buffers); they are never
-    // read as part of the quote.
-    let (quote, _unsigned_tail) = Quote::parse_prefix(quote_bytes).map_err(|e| {
-        (
-            Rejection::single(ReasonKind::Malformed, format!("quote: {e}")),
-            None,
-        )
-    })?;
-    let Some(td) = quote.td_report().cloned() else {
-        let kind = quote.tee_type();
-        return Err((
-            Rejection::single(
-                ReasonKind::UnknownValue,
-                format!("this is an {kind} quote, not a TDX quote"),
-            ),
-            None,
-        ));
-    };
-    debug_assert_eq!(quote.tee_type(), TeeType::Tdx);
-    let mut f = Findings::default();
-
-    // Collateral that must be present.
-    if collateral.root_ca_crl.is_none() {
-        f.add(ReasonKind::Collateral, "collateral has no Intel SGX Root CA CRL, so revocation of the PCK CA cannot be checked");
-    }
-    if collateral.pck_crl.is_none() {
-        f.add(
-            ReasonKind::Collateral,
-            "collateral has no PCK CRL, so revocation of the PCK certificate cannot be checked",
-        );
-    }
-    let Some(root) = intel_root() else {
-        f.add(
-            ReasonKind::Chain,
-            "the bundled Intel SGX Root CA does not match its pinned fingerprint",
-        );
-        return Err((f.into_rejection(), None));
-    };
-
-    // Our own TCB evaluation: reported even when the collateral is
-    // incomplete, and cross-checked against dcap-qvl when it runs.
-    let mut finding = None;
-    let mut own_eval_failed = false;
-    match pck_extensions(&quote).and_then(|pck| {
-        crate::tdx_tcb::evaluate(
-            &td,
-            &pck,
-            quote.qe_report().isvsvn(),
-            &collateral.tcb_info,
-            &collateral.qe_identity,
-        )
-    }) {
-        Ok(e) => {
-            finding = Some(TcbFinding {
-                status: e.status,
-                advisory_ids: e.advisory_ids,
-            })
-        }
-        Err(msg) => {
-            own_eval_failed = true;
-            f.add(classify(&msg), msg);
-        }
-    }
-    if let (Some(root_crl), Some(pck_crl)) = (&collateral.root_ca_crl, &collateral.pck_crl) {
-        let dcap = to_dcap(collateral, root_crl, pck_crl);
-        let verifier =
-            dcap_qvl::verify::QuoteVerifier::new(root.to_vec()).allow_debug(policy.allow_debug);
-        match verifier.verify(quote_bytes, &dcap, now.0) {
-            Ok(report) => {
-                match (TcbStatus::from_name(&report.status), &finding) {
-                    (Some(status), Some(own)) if own.status == status => {}
-                    (Some(status), own) => f.add(
-                        ReasonKind::Malformed,
-                        format!(
-                            "TCB evaluations disagree (dcap-qvl: {status}, ours: {}); refusing to guess",
-                            own.as_ref().map_or("none".to_string(), |o| o.status.to_string())
-                        ),
-                    ),
-                    (None, _) => f.add(ReasonKind::UnknownValue, format!("TCB status {:?} is not known", report.status)),
-                }
-                // The independent parse must agree with what dcap-qvl verified.
-                let agrees = report.report.as_td10().is_some_and(|r| {
-                    let [r0, r1, r2, r3] = td.rtmrs();
-                    r.mr_td == *td.mrtd()
-                        && r.report_data == *td.report_data()
-                        && [&r.rt_mr0, &r.rt_mr1, &r.rt_mr2, &r.rt_mr3] == [r0, r1, r2, r3]
-                        && r.mr_config_id == *td.mrconfigid()
-                        && r.mr_owner == *td.mrowner()
-                        && r.mr_owner_config == *td.mrownerconfig()
-                        && u64::from_le_bytes(r.td_attributes) == td.td_attributes().0
-                        && u64::from_le_bytes(r.xfam) == td.xfam()
-                        && r.tee_tcb_svn == *td.tee_tcb_svn().components()
-                });
-                if !agrees {
-                    f.add(
-                        ReasonKind::Malformed,
-                        "the two quote parsers disagree about the TD report; refusing to guess",
-                    );
-                }
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                let kind = classify(&msg);
-                // Our own evaluation already said why the TCB does not match.
-                if !(own_eval_failed && kind == ReasonKind::Tcb) {
-                    f.add(kind, format!("Intel DCAP verification failed: {msg}"));
-                }
-            }
-        }
-    }
-
-    if let Some(t) = &finding {
-        if t.status == TcbStatus::Revoked {
-            f.add(ReasonKind::Tcb, "the platform's TCB is revoked");
-        } else if !policy.allowed_tcb_statuses.contains(&t.status) {
-            let adv = if t.advisory_ids.is_empty() {
-                String::new()
-            } else {
-                format!(" (advisories: {})", t.advisory_ids.join(", "))
-            };
-            f.add(
-                ReasonKind::Tcb,
-                format!("TCB status {} is not allowed by the policy{adv}", t.status),
-            );
-        }
-    }
-    if let Check::Require(max) = policy.max_collateral_age_secs {
-        match tcb_info_issue_date(collateral) {
-            Some(issued) if now.0.saturating_sub(issued.0) > max => f.add(
-                ReasonKind::Collateral,
-                format!("TCB info was issued {} days before the verification time; the policy allows {}", (now.0 - issued.0) / 86_400, max / 86_400),
-            ),
-            Some(_) => {}
-            None => f.add(ReasonKind::Collateral, "TCB info has no readable issueDate"),
-        }
-    }
-    check_td_policy(&td, policy, &mut f);
-
-    match (f.is_empty(), finding) {
-        (true, Some(t)) => Ok(VerifiedTdx {
-            quote,
-            td,
-            tcb_status: t.status,
-            advisory_ids: t.advisory_ids,
-        }),
-        (true, None) => Err((
-            Rejection::single(ReasonKind::Tcb, "no TCB status was established"),
-            None,
-        )),
-        (false, finding) => Err((f.into_rejection(), finding)),
-    }
+    crate::TdxVerifier::new().verify(quote_bytes, collateral, policy, now)
 }
 
 /// Which collateral a TDX quote needs: the FMSPC of its PCK certificate
@@ -340,12 +191,7 @@ fn pck_leaf(quote: &Quote) -> Result<x509_cert::Certificate, String> {
     x509_cert::Certificate::from_der(&der).map_err(|e| format!("PCK certificate: {e}"))
 }
 
-/// The SGX extensions of the PCK leaf certificate carried in the quote.
-fn pck_extensions(quote: &Quote) -> Result<PckExtensions, String> {
-    pck_extensions_of(&pck_leaf(quote)?)
-}
-
-fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, String> {
+pub(crate) fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, String> {
     let ext = cert
         .tbs_certificate
         .extensions
@@ -359,6 +205,7 @@ fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, Str
 
 /// The DER of the PCK leaf certificate: the first PEM block of the quote's
 /// certificate chain (RFC 7468), which must be the very block `dcap-qvl`
+/// (the tests' oracle) and our core's chain reading ([`crate::tdx_core`])
 /// verifies as the leaf (`pem::parse_many`, first block), so that our TCB
 /// evaluation reads the certificate whose signature was checked.
 ///
@@ -371,7 +218,7 @@ fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExtensions, Str
 ///   lax grammar of RFC 7468 section 3 allows (`W`: SP, HT, CR, LF, VT, FF);
 ///   the base64 itself is decoded strictly. The certificate's signature, not
 ///   its line breaks, is what makes it genuine.
-fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
     fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         haystack.windows(needle.len()).position(|w| w == needle)
     }
@@ -409,7 +256,7 @@ fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
     Ok(der)
 }
 
-fn check_td_policy(td: &TdReport, p: &TdxPolicy, f: &mut Findings) {
+pub(crate) fn check_td_policy(td: &TdReport, p: &TdxPolicy, f: &mut Findings) {
     let want = |f: &mut Findings, name: &str, check: &Check<[u8; 48]>, have: &[u8; 48]| {
         if let Check::Require(v) = check {
             if v != have {

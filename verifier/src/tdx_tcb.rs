@@ -1,5 +1,5 @@
-//! Intel TCB level evaluation for TDX, written from Intel's rules, as an
-//! independent second opinion next to `dcap-qvl`.
+//! Intel TCB level evaluation for TDX, written from Intel's rules: the TCB
+//! step of our DCAP core ([`crate::tdx_core`]).
 //!
 //! Owns: reading the TCB info (v3, `id` = "TDX") and QE identity (v2,
 //! `id` = "TD_QE") JSON, picking the platform TCB level (first level whose 16
@@ -11,8 +11,8 @@
 //! does (module or QE OutOfDate makes UpToDate OutOfDate; Revoked wins; a TD
 //! 1.5 whose current TCB is better than its launch TCB is "relaunch
 //! advised"). It checks no signature and no date: it only computes a status,
-//! used to report one even when collateral is incomplete and to cross-check
-//! `dcap-qvl`'s verdict.
+//! used by the core after the signatures, and to report one even when
+//! collateral is incomplete.
 
 use std::borrow::Cow;
 

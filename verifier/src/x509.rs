@@ -9,7 +9,7 @@ use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier};
 use der::{Decode, Encode};
 use x509_cert::Certificate;
 
-use crate::crypto::{KeyError, P256Key, P384Key, RsaPssSha384Key};
+use crate::crypto::{EcdsaHash, KeyError, P256Key, P384Key, RsaPssSha384Key};
 use crate::UnixTime;
 
 /// rsaEncryption.
@@ -24,6 +24,9 @@ const OID_MGF1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.
 const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 /// id-ecPublicKey.
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// ecdsa-with-SHA256 (RFC 5758 §3.2).
+pub(crate) const OID_ECDSA_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 /// ecdsa-with-SHA384 (RFC 5758 §3.2).
 pub(crate) const OID_ECDSA_SHA384: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
@@ -50,6 +53,13 @@ pub enum CertError {
         "signature algorithm is not ecdsa-with-SHA384 as NVIDIA's certificate hierarchies use"
     )]
     NotEcdsaSha384,
+    /// The signature algorithm is not ecdsa-with-SHA256 (without parameters).
+    #[error("signature algorithm is not ecdsa-with-SHA256 as Intel's SGX PKI uses")]
+    NotEcdsaSha256,
+    /// The signature value is not a DER `Ecdsa-Sig-Value` with scalars in
+    /// range (P-256): the certificate's signature cannot verify.
+    #[error("the signature value is not a P-256 Ecdsa-Sig-Value")]
+    SignatureEncoding,
     /// The inner and outer signature algorithms differ (RFC 5280 §4.1.1.2).
     #[error("signatureAlgorithm differs from tbsCertificate.signature")]
     AlgorithmMismatch,
@@ -75,6 +85,8 @@ pub(crate) enum SigAlg {
     RsaPssSha384,
     /// ECDSA with SHA-384 (NVIDIA device and RIM hierarchies).
     EcdsaSha384,
+    /// ECDSA P-256 with SHA-256 (Intel's SGX/TDX PKI).
+    EcdsaP256Sha256,
 }
 
 /// A parsed certificate.
@@ -190,7 +202,7 @@ impl Cert {
     }
 
     /// Parse one DER certificate whose signature algorithm must be `alg`.
-    fn from_der_as(der: &[u8], alg: SigAlg) -> Result<Cert, CertError> {
+    pub(crate) fn from_der_as(der: &[u8], alg: SigAlg) -> Result<Cert, CertError> {
         let bad = |e: der::Error| CertError::Der(e.to_string());
         let cert = Certificate::from_der(der).map_err(bad)?;
         let raw = RawSigned::from_der(der).map_err(bad)?;
@@ -202,6 +214,12 @@ impl Cert {
         match alg {
             SigAlg::RsaPssSha384 => check_pss_sha384(&cert.signature_algorithm)?,
             SigAlg::EcdsaSha384 => check_ecdsa_sha384(&cert.signature_algorithm)?,
+            SigAlg::EcdsaP256Sha256 => {
+                let alg = &cert.signature_algorithm;
+                if alg.oid != OID_ECDSA_SHA256 || alg.parameters.is_some() {
+                    return Err(CertError::NotEcdsaSha256);
+                }
+            }
         }
         let spki = &t.subject_public_key_info;
         let key_bits = spki
@@ -248,6 +266,10 @@ impl Cert {
                 .map_err(|_| {
                     CertError::Der("ECDSA signature is not a P-384 Ecdsa-Sig-Value".into())
                 })?
+                .to_bytes()
+                .to_vec(),
+            SigAlg::EcdsaP256Sha256 => p256::ecdsa::Signature::from_der(signature)
+                .map_err(|_| CertError::SignatureEncoding)?
                 .to_bytes()
                 .to_vec(),
         };
@@ -303,6 +325,10 @@ impl Cert {
             (SubjectKey::P384(k), SigAlg::EcdsaSha384) => {
                 <&[u8; 96]>::try_from(self.signature.as_slice())
                     .is_ok_and(|sig| k.verify_fixed(&self.tbs, sig))
+            }
+            (SubjectKey::P256(k), SigAlg::EcdsaP256Sha256) => {
+                <&[u8; 64]>::try_from(self.signature.as_slice())
+                    .is_ok_and(|sig| k.verify_fixed_with(EcdsaHash::Sha256, &self.tbs, sig))
             }
             _ => false,
         }
