@@ -173,32 +173,16 @@ fn sampling_parameters_are_honoured_by_the_real_chat_model() {
     let mut serve = Proc::spawn("cocoon-client serve", serve);
     let line = serve.wait_for("ready ", READY);
     let addr = field(&line, "listen").unwrap().to_string();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_sampling.py");
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|| "python3".into());
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{addr}/v1"))
-        .arg(&api_key_file)
-        .arg(MODEL)
-        .arg(&want.prompt)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
+    let base = format!("http://{addr}/v1");
+    let v = run_openai_script(
+        "openai_sampling.py",
+        &[
+            base.as_ref(),
+            api_key_file.as_ref(),
+            MODEL.as_ref(),
+            want.prompt.as_ref(),
+        ],
+    );
     eprintln!("{v:#}");
     assert_eq!(v["greedy"]["content"], greedy_answer.as_str(), "{v}");
     assert_eq!(v["seeded"][0], v["seeded"][1], "{v}");

@@ -415,40 +415,11 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
 
     // The official OpenAI Python client, the key as its api_key: chat,
     // streamed chat and embeddings (tests/python/openai_client.py).
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_client.py");
-    let python = std::env::var_os("VIRTUAL_ENV")
-        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|| "python3".into());
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(format!("{base}/v1"))
-        .arg(&api_key_file)
-        .arg(MODEL)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (source scripts/torch-env.sh first)",
-                python.display()
-            )
-        });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the OpenAI client failed (its venv comes from scripts/torch-env.sh, which pins openai):\n{stdout}\n{stderr}"
+    let base = format!("{base}/v1");
+    let v = run_openai_script(
+        "openai_client.py",
+        &[base.as_ref(), api_key_file.as_ref(), MODEL.as_ref()],
     );
-    let v: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
-    assert_eq!(v["openai_version"], "3.51.0", "{v}");
     assert_eq!(v["models"], serde_json::json!([MODEL]), "{v}");
     let chat = &v["chat"];
     assert!(!chat["content"].as_str().unwrap().is_empty(), "{v}");

@@ -339,8 +339,22 @@ impl ProviderDirectory {
             self.account.clone(),
             options,
         );
-        let verified = client.verify().await.map_err(|e| e.to_string())?;
-        let sheet = client.price_sheet(true).await.map_err(|e| e.to_string())?;
+        // A provider behind a load balancer may answer the evidence from
+        // one host agent and the prices from another: ask again (a few
+        // times) until the sheet covers an enclave that verified.
+        let mut tries = 0;
+        let (verified, sheet) = loop {
+            let verified = client.verify().await.map_err(|e| e.to_string())?;
+            let sheet = client.price_sheet(true).await.map_err(|e| e.to_string())?;
+            tries += 1;
+            let covered = verified
+                .enclaves()
+                .iter()
+                .any(|e| sheet.entry(e.evidence_digest().as_bytes()).is_some());
+            if covered || tries >= SHEET_TRIES {
+                break (verified, sheet);
+            }
+        };
         Ok(LiveProvider {
             id: c.id,
             endpoint: c.endpoint,
@@ -352,3 +366,8 @@ impl ProviderDirectory {
         })
     }
 }
+
+/// How many times a provider's evidence and price sheet are fetched
+/// together before a sheet that covers none of its verified enclaves is
+/// taken as it is (and its offers refused).
+const SHEET_TRIES: u32 = 4;

@@ -205,3 +205,46 @@ pub fn dec(v: &serde_json::Value) -> u128 {
         .parse()
         .expect("decimal")
 }
+
+/// Run `tests/python/<script>` with the test venv's Python (the official
+/// `openai` client, pinned by scripts/torch-env.sh) and `args`, with no
+/// proxy or OpenAI environment leaking in; its stdout as JSON, after
+/// checking that it ran the pinned client.
+pub fn run_openai_script(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let python = std::env::var_os("VIRTUAL_ENV")
+        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("all_proxy")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (source scripts/torch-env.sh first)",
+                python.display()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed (the OpenAI client's venv comes from scripts/torch-env.sh, which pins openai):\n{stdout}\n{stderr}",
+        script.display()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
+    assert_eq!(v["openai_version"], "3.51.0", "{v}");
+    v
+}
