@@ -44,15 +44,15 @@
 //!
 //! Request parameters the enclave cannot honour (tools, JSON mode, `n` >
 //! 1, embedding `dimensions`, unknown fields) are refused with `400`
-//! naming the parameter, never ignored: the table is in [`params`] (and in
+//! naming the parameter, never ignored: the table is in `serve/params.rs` (and in
 //! README.md). A request over the model's context, for the wrong kind of
 //! model or with `max_tokens` 0 is a `4xx` and charged nothing; only a
 //! provider failure is a `5xx` (also charged nothing, so the OpenAI
 //! clients' automatic retries pay once). Every error body, including the
-//! framework's own (`413`, `405`), is OpenAI-shaped ([`error`]).
+//! framework's own (`413`, `405`), is OpenAI-shaped (`serve/error.rs`).
 //!
 //! At most [`ServeOptions::max_streams`] requests are at the provider at
-//! once; the next [`ServeOptions::queue`] wait in turn ([`queue`]), and
+//! once; the next [`ServeOptions::queue`] wait in turn (`serve/queue.rs`), and
 //! only a request that finds the queue full gets `429` with
 //! `Retry-After`.
 //!
