@@ -13,7 +13,7 @@ use cocoon_protocol::api::{
     ChunkRecordDecoder, ACCOUNT_KEY_HEADER, ACCOUNT_SIGNATURE_HEADER, CBOR_CONTENT_TYPE,
     EVIDENCE_DIGEST_HEADER, REQUESTS_PATH,
 };
-use cocoon_protocol::message::{ChatMessage, InferenceRequest, ResponseEvent, Role};
+use cocoon_protocol::message::{InferenceRequest, ResponseEvent};
 use cocoon_protocol::rand_core::OsRng;
 use cocoon_protocol::receipt::verify_receipt;
 use cocoon_protocol::seal::{seal_request, BillingMeta};
@@ -22,13 +22,6 @@ use cocoon_verifier::policy::Check;
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
-
-fn ask(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
-}
 
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()

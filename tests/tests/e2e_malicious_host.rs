@@ -75,14 +75,6 @@ const LIMITS: &[&str] = &["--account-rps", "10000", "--account-burst", "10000"];
 /// The host's metric of refused receipts.
 const REFUSED_METRIC: &str = "cocoon_host_receipts_refused_total";
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn messages(canary: &str) -> Vec<ChatMessage> {
     vec![ChatMessage {
         role: Role::User,

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use cocoon_client::{Client, ClientError, ResponsePart};
-use cocoon_protocol::message::{ChatMessage, FinishReason, RefusalCode, Role};
+use cocoon_protocol::message::{FinishReason, RefusalCode};
 use cocoon_test_kit::procs::TempDir;
 use cocoon_tests::models::{
     chat_model_toml, chat_reference, max_abs_diff, model_dir, model_toml, reference,
@@ -33,23 +33,8 @@ use sha2::Digest;
 
 const MINILM: &str = "all-minilm-l6-v2";
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn tch_config(models: &str) -> String {
     format!("backend = \"tch\"\ndevice = \"cpu\"\n\n[prices.{MINILM}]\nprompt = 3\ncompletion = 0\n\n{models}")
-}
-
-fn ask(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
 }
 
 #[test]

@@ -45,7 +45,6 @@ use cocoon_client::network::registry::RegistrySource;
 use cocoon_client::network::router::{ProviderId, RouteConfig};
 use cocoon_client::{Client, ClientError, ClientOptions, NetworkClient, NetworkError};
 use cocoon_protocol::account::AccountKey;
-use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::release::ReleaseManifest;
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_test_kit::chain::SandboxChain;
@@ -65,13 +64,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ask(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
 }
 
 fn s(p: &Path) -> &str {

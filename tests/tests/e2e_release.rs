@@ -57,14 +57,6 @@ fn start_provider(dir: &TempDir, name: &str, settings_text: &str) -> Enclave {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn hello() -> Vec<ChatMessage> {
     vec![ChatMessage {
         role: Role::User,

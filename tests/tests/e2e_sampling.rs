@@ -19,28 +19,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use cocoon_client::Client;
-use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_protocol::message::FinishReason;
 use cocoon_protocol::sampling::Sampling;
 use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use cocoon_tests::models::{chat_model_toml, chat_reference};
 use common::*;
 
 const MODEL: &str = "smollm2-135m-instruct";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn ask(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
-}
 
 #[test]
 fn sampling_parameters_are_honoured_by_the_real_chat_model() {

@@ -8,27 +8,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cocoon_client::{Client, ClientError, ResponsePart};
-use cocoon_protocol::message::{ChatMessage, FinishReason, Role};
+use cocoon_protocol::message::FinishReason;
 use cocoon_protocol::receipt::verify_receipt;
 use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
-
-fn ask(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn sealed_request_streams_and_both_sides_hold_the_receipt() {

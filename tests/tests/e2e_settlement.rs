@@ -18,19 +18,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use cocoon_client::{Client, ClientError, ClientOptions};
-use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::settlement::{ContractAddress, DepositOwner};
 use cocoon_test_kit::procs::{bin, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
-
-fn ask(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: Role::User,
-        content: text.into(),
-    }]
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -58,6 +58,7 @@ pub mod snp_crl;
 pub mod tdx;
 pub mod tdx_core;
 pub mod tdx_tcb;
+mod verified_cache;
 mod x509;
 
 use core::fmt;

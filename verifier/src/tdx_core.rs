@@ -31,7 +31,6 @@
 //!
 //! It does no I/O and reads no clock.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cocoon_attestation::collateral::TdxCollateral;
@@ -41,6 +40,7 @@ use der::{Decode, Encode};
 use crate::crypto::{sha256, EcdsaHash, P256Key};
 use crate::policy::{TcbStatus, TdxPolicy};
 use crate::tdx::{TcbFinding, VerifiedTdx};
+use crate::verified_cache::VerifiedCache;
 use crate::x509::{
     serial_contents, Cert, CertError, RawSigned, SigAlg, SubjectKey, OID_ECDSA_SHA256,
 };
@@ -454,21 +454,8 @@ struct CheckedPck {
 /// threads.
 #[derive(Default)]
 pub struct TdxVerifier {
-    collateral: Mutex<HashMap<[u8; 32], Arc<CheckedCollateral>>>,
-    pck: Mutex<HashMap<[u8; 32], Arc<CheckedPck>>>,
-}
-
-fn remember<V>(cache: &Mutex<HashMap<[u8; 32], Arc<V>>>, key: [u8; 32], value: &Arc<V>) {
-    if let Ok(mut cache) = cache.lock() {
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(key, Arc::clone(value));
-    }
-}
-
-fn recall<V>(cache: &Mutex<HashMap<[u8; 32], Arc<V>>>, key: &[u8; 32]) -> Option<Arc<V>> {
-    cache.lock().ok()?.get(key).cloned()
+    collateral: VerifiedCache<CheckedCollateral, CACHE_CAPACITY>,
+    pck: VerifiedCache<CheckedPck, CACHE_CAPACITY>,
 }
 
 /// The pinned Intel root, parsed once.
@@ -733,10 +720,7 @@ impl TdxVerifier {
 
     /// (collateral sets, PCK chains) cached.
     pub fn cached(&self) -> (usize, usize) {
-        fn n<V>(m: &Mutex<HashMap<[u8; 32], V>>) -> usize {
-            m.lock().map(|m| m.len()).unwrap_or(0)
-        }
-        (n(&self.collateral), n(&self.pck))
+        (self.collateral.len(), self.pck.len())
     }
 
     fn collateral(
@@ -747,7 +731,7 @@ impl TdxVerifier {
         pck_crl: &[u8],
     ) -> Result<(Arc<CheckedCollateral>, Option<[u8; 32]>), Reject> {
         let key = collateral_key(c, root_crl, pck_crl);
-        if let Some(hit) = recall(&self.collateral, &key) {
+        if let Some(hit) = self.collateral.recall(&key) {
             return Ok((hit, None));
         }
         // Remembered by the caller once the PCK CRL's signature has been
@@ -760,11 +744,11 @@ impl TdxVerifier {
 
     fn pck_chain(&self, chain: &[u8], root: &Cert) -> Result<Arc<CheckedPck>, Reject> {
         let key = sha256(chain);
-        if let Some(hit) = recall(&self.pck, &key) {
+        if let Some(hit) = self.pck.recall(&key) {
             return Ok(hit);
         }
         let checked = Arc::new(check_pck(chain, root)?);
-        remember(&self.pck, key, &checked);
+        self.pck.remember(key, &checked);
         Ok(checked)
     }
 
@@ -926,7 +910,7 @@ impl TdxVerifier {
         }
         // Every part of the set has now been verified: it may be cached.
         if let Some(key) = unremembered {
-            remember(&self.collateral, key, &coll);
+            self.collateral.remember(key, &coll);
         }
         coll.pck_crl.check_fresh("PCK CRL", now)?;
         if coll.pck_crl.revokes(&pck.leaf) {

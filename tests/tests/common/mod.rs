@@ -248,3 +248,20 @@ pub fn run_openai_script(script: &str, args: &[&std::ffi::OsStr]) -> serde_json:
     assert_eq!(v["openai_version"], "3.51.0", "{v}");
     v
 }
+
+/// A two-thread runtime for a test's async part.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One user message.
+pub fn ask(text: &str) -> Vec<cocoon_protocol::message::ChatMessage> {
+    vec![cocoon_protocol::message::ChatMessage {
+        role: cocoon_protocol::message::Role::User,
+        content: text.into(),
+    }]
+}

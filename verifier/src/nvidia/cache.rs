@@ -19,8 +19,7 @@
 //! policy and revocation (OCSP) are judged at every call; nothing about
 //! them is cached. Mirrors [`crate::SnpVerifier`]'s chain cache.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::chain::{self, check_windows, ChainProblem, LinkMemo};
 use super::device::{
@@ -28,6 +27,7 @@ use super::device::{
 };
 use super::rim::{verify_rim_windows, VerifiedRim};
 use crate::crypto::sha256;
+use crate::verified_cache::VerifiedCache;
 use crate::{Findings, Rejection, UnixTime};
 
 /// Most entries each cache keeps; past this it starts over.
@@ -44,21 +44,8 @@ struct CachedRim {
 /// at every call). Cheap to share between threads.
 #[derive(Default)]
 pub struct GpuVerifier {
-    chains: Mutex<HashMap<[u8; 32], Arc<DeviceChain>>>,
-    rims: Mutex<HashMap<[u8; 32], Arc<CachedRim>>>,
-}
-
-fn remember<V>(cache: &Mutex<HashMap<[u8; 32], Arc<V>>>, key: [u8; 32], value: &Arc<V>) {
-    if let Ok(mut cache) = cache.lock() {
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(key, Arc::clone(value));
-    }
-}
-
-fn recall<V>(cache: &Mutex<HashMap<[u8; 32], Arc<V>>>, key: &[u8; 32]) -> Option<Arc<V>> {
-    cache.lock().ok()?.get(key).cloned()
+    chains: VerifiedCache<DeviceChain, CACHE_CAPACITY>,
+    rims: VerifiedCache<CachedRim, CACHE_CAPACITY>,
 }
 
 impl GpuVerifier {
@@ -84,7 +71,7 @@ impl GpuVerifier {
     /// one verified before.
     pub fn verify_rim(&self, xml: &[u8], now: UnixTime) -> Result<Arc<VerifiedRim>, Rejection> {
         let key = sha256(xml);
-        if let Some(hit) = recall(&self.rims, &key) {
+        if let Some(hit) = self.rims.recall(&key) {
             let problems = check_windows("RIM signing chain", &hit.windows, now);
             return if problems.is_empty() {
                 Ok(Arc::clone(&hit.rim))
@@ -97,7 +84,7 @@ impl GpuVerifier {
             rim: Arc::new(rim),
             windows,
         });
-        remember(&self.rims, key, &cached);
+        self.rims.remember(key, &cached);
         Ok(Arc::clone(&cached.rim))
     }
 
@@ -111,25 +98,21 @@ impl GpuVerifier {
         memo: &mut LinkMemo,
     ) -> Result<CheckedChain, ChainProblem> {
         let key = sha256(chain_pem);
-        if let Some(hit) = recall(&self.chains, &key) {
+        if let Some(hit) = self.chains.recall(&key) {
             let problems = check_windows("device certificate chain", &hit.windows, now);
             return Ok((hit, problems));
         }
         let (chain, problems) = DeviceChain::check(chain_pem, now, memo)?;
         let chain = Arc::new(chain);
         if problems.is_empty() {
-            remember(&self.chains, key, &chain);
+            self.chains.remember(key, &chain);
         }
         Ok((chain, problems))
     }
 
     /// How many device chains and RIMs are cached (for tests and metrics).
     pub fn cached(&self) -> (usize, usize) {
-        let len = |n: Option<usize>| n.unwrap_or(0);
-        (
-            len(self.chains.lock().ok().map(|c| c.len())),
-            len(self.rims.lock().ok().map(|c| c.len())),
-        )
+        (self.chains.len(), self.rims.len())
     }
 }
 
