@@ -9,10 +9,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use cocoon_enclave::fault::TEST_ONLY_FAIL_AFTER_TOKENS;
-use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
+use cocoon_test_kit::procs::{Proc, TempDir};
 use cocoon_tests::models::{chat_model_toml, model_toml};
 use common::*;
 
@@ -51,19 +49,13 @@ fn the_openai_client_gets_refusals_as_4xx_pays_once_and_is_queued() {
     let policy = dir.path().join("client-policy.toml");
     std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
     let api_key_file = dir.path().join("api.key");
-    let mut serve = Command::new(bin("cocoon-client"));
-    serve
-        .args(["serve", "--provider", &host.url, "--listen", "127.0.0.1:0"])
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--account-key")
-        .arg(dir.path().join("account.key"))
-        .arg("--api-key-file")
-        .arg(&api_key_file)
-        .env_remove("COCOON_API_KEY");
-    let mut serve = Proc::spawn("cocoon-client serve", serve);
-    let line = serve.wait_for("ready ", READY);
-    let base = format!("http://{}/v1", field(&line, "listen").unwrap());
+    let (_serve, addr) = start_serve(
+        &host.url,
+        &policy,
+        &dir.path().join("account.key"),
+        &api_key_file,
+    );
+    let base = format!("http://{addr}/v1");
 
     let v = run_openai_script(
         "openai_surface.py",

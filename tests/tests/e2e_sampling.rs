@@ -15,13 +15,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Instant;
 
 use cocoon_client::Client;
 use cocoon_protocol::message::FinishReason;
 use cocoon_protocol::sampling::Sampling;
-use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
+use cocoon_test_kit::procs::TempDir;
 use cocoon_tests::models::{chat_model_toml, chat_reference};
 use common::*;
 
@@ -145,19 +144,7 @@ fn sampling_parameters_are_honoured_by_the_real_chat_model() {
     std::fs::write(&policy, simulated_policy().to_toml()).unwrap();
     let key = dir.path().join("account.key");
     let api_key_file = dir.path().join("api.key");
-    let mut serve = Command::new(bin("cocoon-client"));
-    serve
-        .args(["serve", "--provider", &host.url, "--listen", "127.0.0.1:0"])
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--account-key")
-        .arg(&key)
-        .arg("--api-key-file")
-        .arg(&api_key_file)
-        .env_remove("COCOON_API_KEY");
-    let mut serve = Proc::spawn("cocoon-client serve", serve);
-    let line = serve.wait_for("ready ", READY);
-    let addr = field(&line, "listen").unwrap().to_string();
+    let (_serve, addr) = start_serve(&host.url, &policy, &key, &api_key_file);
     let base = format!("http://{addr}/v1");
     let v = run_openai_script(
         "openai_sampling.py",

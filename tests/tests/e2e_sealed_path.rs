@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cocoon_client::{Client, ClientError, ResponsePart};
 use cocoon_protocol::message::FinishReason;
 use cocoon_protocol::receipt::verify_receipt;
-use cocoon_test_kit::procs::{bin, field, Proc, TempDir};
+use cocoon_test_kit::procs::{bin, TempDir};
 use common::*;
 
 const MODEL: &str = "cocoon-deterministic-test";
@@ -199,19 +199,7 @@ fn the_cli_and_the_openai_endpoint_work_against_real_processes() {
 
     // cocoon-client serve: OpenAI-compatible, streaming, owner only.
     let api_key_file = dir.path().join("api.key");
-    let mut serve = Command::new(bin("cocoon-client"));
-    serve
-        .args(["serve", "--provider", &host.url, "--listen", "127.0.0.1:0"])
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--account-key")
-        .arg(&key)
-        .arg("--api-key-file")
-        .arg(&api_key_file)
-        .env_remove("COCOON_API_KEY");
-    let mut serve = Proc::spawn("cocoon-client serve", serve);
-    let line = serve.wait_for("ready ", READY);
-    let addr = field(&line, "listen").unwrap().to_string();
+    let (_serve, addr) = start_serve(&host.url, &policy, &key, &api_key_file);
     let base = format!("http://{addr}");
     let api_key = std::fs::read_to_string(&api_key_file)
         .unwrap()

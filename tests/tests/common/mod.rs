@@ -265,3 +265,30 @@ pub fn ask(text: &str) -> Vec<cocoon_protocol::message::ChatMessage> {
         content: text.into(),
     }]
 }
+
+/// `cocoon-client serve` against `provider` with `policy` and `account_key`,
+/// on a free loopback port, its API key in `api_key_file`: the process
+/// and the `host:port` it listens on.
+pub fn start_serve(
+    provider: &str,
+    policy: &std::path::Path,
+    account_key: &std::path::Path,
+    api_key_file: &std::path::Path,
+) -> (cocoon_test_kit::procs::Proc, String) {
+    let mut serve = std::process::Command::new(cocoon_test_kit::procs::bin("cocoon-client"));
+    serve
+        .args(["serve", "--provider", provider, "--listen", "127.0.0.1:0"])
+        .arg("--policy")
+        .arg(policy)
+        .arg("--account-key")
+        .arg(account_key)
+        .arg("--api-key-file")
+        .arg(api_key_file)
+        .env_remove("COCOON_API_KEY");
+    let mut serve = cocoon_test_kit::procs::Proc::spawn("cocoon-client serve", serve);
+    let line = serve.wait_for("ready ", READY);
+    let addr = cocoon_test_kit::procs::field(&line, "listen")
+        .expect("serve's ready line names its address")
+        .to_string();
+    (serve, addr)
+}
