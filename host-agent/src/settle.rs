@@ -113,7 +113,8 @@ impl Settlement {
 /// `query_id` numbers the first claim; the rest follow.
 pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -> Settlement {
     let mut out = Settlement::default();
-    for row in rows {
+    let checked = check_signatures(rows);
+    for (row, checked) in rows.iter().zip(checked) {
         out.ledger_receipts += row.receipts;
         out.ledger_nanoton += row.charged;
         let unclaimed = |receipts: u64, nanoton: u128, reason: String| Unclaimed {
@@ -131,9 +132,9 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
             ));
             continue;
         };
-        let signed = match SignedTab::from_bytes(&tab.signed) {
-            Ok(t) if t.tab.verify(&t.signature, &row.receipt_public_key).is_ok() => t,
-            _ => {
+        let signed = match checked.tab {
+            Some(t) => t,
+            None => {
                 out.unclaimed.push(unclaimed(
                     row.receipts,
                     row.charged,
@@ -176,9 +177,9 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
             ));
             continue;
         };
-        let auth = match SignedAuthorization::from_bytes(&auth.signed) {
-            Ok(a) if a.verify(&auth.client_public_key).is_ok() => a,
-            _ => {
+        let auth = match checked.authorization {
+            Some(a) => a,
+            None => {
                 out.unclaimed.push(unclaimed(
                     tab.count,
                     u128::from(tab.total - row.claimed_total),
@@ -234,6 +235,64 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
         });
     }
     out
+}
+
+/// A row's stored tab and authorization, each `Some` when it parses and
+/// its signature verifies.
+struct Checked {
+    tab: Option<SignedTab>,
+    authorization: Option<SignedAuthorization>,
+}
+
+/// Verify every row's tab (under the attested receipt key) and
+/// authorization (under the client's key), spread over the machine's
+/// cores: the signatures are most of a settlement's CPU time, and each is
+/// independent of the others.
+fn check_signatures(rows: &[SettlementRow]) -> Vec<Checked> {
+    let check = |row: &SettlementRow| Checked {
+        tab: row.tab.as_ref().and_then(|tab| {
+            SignedTab::from_bytes(&tab.signed)
+                .ok()
+                .filter(|t| t.tab.verify(&t.signature, &row.receipt_public_key).is_ok())
+        }),
+        authorization: row.authorization.as_ref().and_then(|auth| {
+            SignedAuthorization::from_bytes(&auth.signed)
+                .ok()
+                .filter(|a| a.verify(&auth.client_public_key).is_ok())
+        }),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || rows.len() < 64 {
+        return rows.iter().map(check).collect();
+    }
+    let chunk = rows.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                (
+                    part.len(),
+                    scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|(len, p)| {
+                // A verifier that panicked (it does not on any input) counts
+                // its rows as unverified: nothing is claimed for them, and
+                // the rows after them keep their own results.
+                p.join().unwrap_or_else(|_| {
+                    (0..len)
+                        .map(|_| Checked {
+                            tab: None,
+                            authorization: None,
+                        })
+                        .collect()
+                })
+            })
+            .collect()
+    })
 }
 
 /// The manifest `claims.json` (format in `contracts/README.md`; the type

@@ -31,8 +31,11 @@
 //! then a look-up of which key collided) without failing its batch; an I/O
 //! error fails the whole batch and every append in it is answered with the
 //! error. Checkpoints (folding the WAL into the main file) run on a thread
-//! and connection of their own (`PASSIVE`, every half second), never in a
-//! commit, so a commit costs its inserts and one WAL fsync.
+//! and connection of their own (`PASSIVE`), never in a commit, so a commit
+//! costs its inserts and one WAL fsync; they wait for half a second
+//! without commits, so a burst of appends does not share the disk with
+//! them, or run after 64 transactions under sustained load, which bounds
+//! the WAL.
 //!
 //! # Schema
 //!
@@ -54,7 +57,6 @@
 //!   receipt_public_key BLOB NOT NULL,       -- attested key that signed it
 //!   UNIQUE (receipt_public_key, enclave_seq));
 //! CREATE INDEX receipts_by_account ON receipts (account, ledger_seq);
-//! CREATE INDEX receipts_by_key ON receipts (receipt_public_key, account);
 //! -- the newest enclave-signed tab per (receipt key, account)
 //! CREATE TABLE tabs (receipt_public_key BLOB, account BLOB, count INTEGER,
 //!   total INTEGER, signed_tab BLOB, PRIMARY KEY (receipt_public_key, account));
@@ -78,10 +80,14 @@
 //!   PRIMARY KEY (receipt_public_key, account));
 //! ```
 //!
-//! The schema version is `PRAGMA user_version` = [`SCHEMA_VERSION`]; a
-//! ledger written by an older host is refused with a message, not migrated
-//! silently. (`chain_claims` came later within version 2: it is created
-//! when missing, and a host that does not know it leaves it alone.)
+//! The schema version is `PRAGMA user_version` = [`SCHEMA_VERSION`]. A
+//! version-2 ledger is upgraded in place when opened (version 3 only
+//! dropped the index `receipts_by_key (receipt_public_key, account)`: each
+//! append paid for it in WAL pages, while its only reader, the settlement
+//! view, runs now and then and sorts instead); any other version is refused
+//! with a message, not migrated silently. (`chain_claims` came later within
+//! version 2: it is created when missing, and a host that does not know it
+//! leaves it alone.)
 //!
 //! Numbers are SQLite integers (signed 64-bit); a receipt whose counts or
 //! prices do not fit is refused ([`AppendError::OutOfRange`]).

@@ -10,7 +10,13 @@ use rusqlite::Connection;
 use super::{AppendError, LedgerError};
 
 /// `PRAGMA user_version` of the ledger this host writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The older version this host upgrades in place: version 3 dropped the
+/// index `receipts_by_key (receipt_public_key, account)`, which every
+/// append paid for (about a quarter of the WAL an append writes) and only
+/// the periodic settlement view read. Dropping an index loses no data.
+const UPGRADABLE_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS receipts (
@@ -34,7 +40,6 @@ CREATE TABLE IF NOT EXISTS receipts (
   UNIQUE (receipt_public_key, enclave_seq)
 );
 CREATE INDEX IF NOT EXISTS receipts_by_account ON receipts (account, ledger_seq);
-CREATE INDEX IF NOT EXISTS receipts_by_key ON receipts (receipt_public_key, account);
 CREATE TABLE IF NOT EXISTS tabs (
   receipt_public_key BLOB NOT NULL,
   account BLOB NOT NULL,
@@ -108,7 +113,16 @@ pub(super) fn open(path: &Path) -> Result<Connection, LedgerError> {
         )
         .map_err(err)?
         > 0;
-    if has_receipts && version != SCHEMA_VERSION {
+    if has_receipts && version == UPGRADABLE_VERSION {
+        conn.execute_batch("BEGIN; DROP INDEX IF EXISTS receipts_by_key; COMMIT;")
+            .map_err(err)?;
+        tracing::info!(
+            path = %path.display(),
+            from = UPGRADABLE_VERSION,
+            to = SCHEMA_VERSION,
+            "ledger schema upgraded in place (an index every append paid for was dropped; no data changed)"
+        );
+    } else if has_receipts && version != SCHEMA_VERSION {
         return Err(LedgerError::Sqlite {
             path: path.display().to_string(),
             message: format!(

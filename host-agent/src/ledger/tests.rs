@@ -126,3 +126,46 @@ async fn what_an_account_owes_less_what_the_chain_paid() {
     assert_eq!(l.chain_claims().await.unwrap().len(), 2);
     l.close();
 }
+
+#[tokio::test]
+async fn a_version_2_ledger_is_upgraded_in_place_and_loses_nothing() {
+    let path = temp("v2");
+    {
+        let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+        for i in 1..=5 {
+            l.append(entry(i)).await.unwrap();
+        }
+        l.close();
+    }
+    // Make it what a version-2 host left: the extra index, version 2.
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE INDEX receipts_by_key ON receipts (receipt_public_key, account); \
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let l = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    l.append(entry(6)).await.unwrap();
+    assert_eq!(l.check().await.unwrap().entries, 6);
+    l.close();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let indexes: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'receipts_by_key'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0);
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // A version this host does not know is still refused.
+    c.execute_batch("PRAGMA user_version = 1;").unwrap();
+    drop(c);
+    let err = Ledger::open(&path, LedgerOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("schema version 1"), "{err}");
+}
