@@ -170,7 +170,9 @@ step "building cocoon-init (static) and cocoon-enclave (libtorch) with cargo pro
     cargo build --locked --profile image -p cocoon-init --target x86_64-unknown-linux-gnu
   # Its own target directory: other RUSTFLAGS. CFLAGS/CXXFLAGS reach the
   # C and C++ that build scripts compile (torch-sys's wrapper, oniguruma).
-  CFLAGS="$CMAP" CXXFLAGS="$CMAP" RUSTFLAGS="$REMAP" CARGO_TARGET_DIR="$TARGET_DIR/enclave-image" \
+  # No rpath to the venv (enclave/build.rs): the image's loader path names
+  # /usr/lib/cocoon, and a builder's path must not reach the bytes.
+  COCOON_ENCLAVE_RPATH=none CFLAGS="$CMAP" CXXFLAGS="$CMAP" RUSTFLAGS="$REMAP" CARGO_TARGET_DIR="$TARGET_DIR/enclave-image" \
     cargo build --locked --profile image -p cocoon-enclave --bin cocoon-enclave
 )
 INIT_BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/image/cocoon-init"

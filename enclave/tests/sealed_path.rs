@@ -1379,8 +1379,19 @@ fn the_binary_refuses_usage_errors_with_exit_64() {
         "{err}"
     );
     assert!(!err.contains("SIMULATED"), "{err}");
-    let help = Command::new(bin).arg("--help").output().unwrap();
-    assert_eq!(help.status.code(), Some(0));
+    // It finds libtorch by itself (its rpath, enclave/build.rs): no
+    // LD_LIBRARY_PATH needed.
+    let help = Command::new(bin)
+        .arg("--help")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert_eq!(
+        help.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(
         help.contains("configfs-tsm") && help.contains("NOT CONFIDENTIAL"),
