@@ -21,8 +21,9 @@ cd "$ROOT"
 # are optimized (Cargo.toml), the model runs in libtorch, and the
 # project's own crates at opt-level 0 cost no time the demo would notice;
 # it compiles faster than the release profile (opt-level 3 and debug info
-# for everything) on 2 cores, and
-# the test suite (./scripts/test.sh) reuses what it built.
+# for everything) on 2 cores, and the test suite (./scripts/test.sh)
+# builds in the same profile, so it can reuse the dependencies whose
+# features agree.
 log "building cocoon-enclave, cocoon-host, cocoon-client, cocoon-verify (the first build takes a few minutes)"
 cargo build -q -p cocoon-enclave -p cocoon-host -p cocoon-client -p cocoon-verifier --bins
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
