@@ -54,6 +54,7 @@ use crate::broker::ReadyEnclave;
 use crate::metrics::Outcome;
 use crate::ratelimit::AccountPermit;
 use crate::relay::{pump, Exchange, Expected, Head};
+use crate::timings::{Stage, Timeline};
 use crate::App;
 
 /// A refused request: status, metrics outcome, one-line reason, and for
@@ -336,7 +337,8 @@ fn hex_header(
 }
 
 async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    match admit_and_forward(&app, &headers, body).await {
+    let timeline = Timeline::start();
+    match admit_and_forward(&app, &headers, body, timeline).await {
         Ok(r) => r,
         Err(refusal) => {
             app.metrics
@@ -348,22 +350,27 @@ async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> 
 }
 
 /// Admission, stage by stage (cheapest first, as the module doc lists
-/// them), then forwarding. Each stage refuses with its own status.
+/// them), then forwarding. Each stage refuses with its own status. The
+/// timeline counts the time of each in its [`Stage`].
 async fn admit_and_forward(
     app: &Arc<App>,
     headers: &HeaderMap,
     body: Body,
+    mut t: Timeline,
 ) -> Result<Response, Refusal> {
     refuse_while_draining(app)?;
     let bytes = read_body(app, headers, body).await?;
     let request = decode_request(bytes)?;
+    t.lap(Stage::Http);
     let (digest, ready) = route(app, headers)?;
+    t.lap(Stage::Route);
     let signer = authenticate(headers, &request)?;
     refuse_expired(&request.meta, app.clock.unix_secs())?;
     check_prices(app, &ready, &request.meta)?;
     let replay = claim_request_id(app, request.request_id).await?;
     let reservation = reserve_payment(app, &ready, headers, &signer, &request).await?;
     let account = admit_account(app, request.account)?;
+    t.lap(Stage::Account);
     let (permit, in_flight) = take_stream(app, &ready).await?;
     let guards = crate::RequestGuards {
         _permit: permit,
@@ -372,7 +379,7 @@ async fn admit_and_forward(
         _replay: replay,
         reservation,
     };
-    forward(app, request, digest, ready, signer, guards).await
+    forward(app, request, digest, ready, signer, guards, t).await
 }
 
 /// `503` for a request that arrives while the host drains.
@@ -609,6 +616,7 @@ async fn forward(
     ready: Arc<ReadyEnclave>,
     signer: Signer,
     guards: crate::RequestGuards,
+    mut timeline: Timeline,
 ) -> Result<Response, Refusal> {
     info!(
         request_id = %request.request_id,
@@ -634,12 +642,14 @@ async fn forward(
         )
     })?;
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    timeline.lap(Stage::Route);
     let exchange = Exchange {
         app: app.clone(),
         ready,
         stream,
         expected: Expected::of(request.request_id, &request.meta),
         sent_at: tokio::time::Instant::now(),
+        timeline,
         _guards: guards,
     };
     tokio::spawn(pump(exchange, head_tx));

@@ -36,6 +36,7 @@ use crate::broker::{sanitize_reason, until_true, EnclaveStream, ReadyEnclave, St
 use crate::http::Refusal;
 use crate::ledger::{AppendError, LedgerEntry};
 use crate::metrics::Outcome;
+use crate::timings::{Stage, Timeline};
 use crate::{App, RequestGuards};
 
 /// Chunk records buffered between the pump and the HTTP body.
@@ -171,6 +172,8 @@ pub(crate) struct Exchange {
     pub stream: EnclaveStream,
     pub expected: Expected,
     pub sent_at: Instant,
+    /// The request's stages so far (admission, routing).
+    pub timeline: Timeline,
     pub _guards: RequestGuards,
 }
 
@@ -197,6 +200,7 @@ struct Pump {
     chunks: u64,
     bytes_out: usize,
     hard_stop: watch::Receiver<bool>,
+    timeline: Timeline,
 }
 
 async fn client_closed(
@@ -216,6 +220,7 @@ async fn client_closed(
 pub(crate) async fn pump(ex: Exchange, head: oneshot::Sender<Head>) {
     let hard_stop = ex.app.hard_stop.subscribe();
     let mut p = Pump {
+        timeline: ex.timeline,
         ex,
         head: Some(head),
         body: None,
@@ -261,6 +266,7 @@ impl Pump {
                 }
                 r = tokio::time::timeout_at(until, self.ex.stream.next()) => r,
             };
+            self.timeline.lap(Stage::Enclave);
             let event = match next {
                 Err(_) if self.gone_at.is_some() => return End::ClientGone,
                 Err(_) if self.frames == 0 => return End::Timeout("first frame"),
@@ -279,6 +285,7 @@ impl Pump {
                     if let Some(end) = self.forward(&chunk).await {
                         return end;
                     }
+                    self.timeline.lap(Stage::Relay);
                 }
                 StreamEvent::Final(chunk) => {
                     if let Some(end) = self.forward(&chunk).await {
@@ -363,16 +370,18 @@ impl Pump {
 
     async fn accept_receipt(&mut self, bytes: Vec<u8>) -> Result<u64, ReceiptRefusal> {
         let r = check_receipt(self.ex.ready.receipt_verifier(), &bytes, &self.ex.expected)?;
+        self.timeline.lap(Stage::Receipt);
         let entry =
             LedgerEntry::from_verified(&r, bytes, self.ex.ready.receipt_public_key().to_vec());
         let t = std::time::Instant::now();
-        let seq = self
+        let (seq, fsync) = self
             .ex
             .app
             .ledger
-            .append(entry)
+            .append_timed(entry)
             .await
             .map_err(ReceiptRefusal::Ledger)?;
+        self.timeline.lap_split(Stage::Commit, Stage::Fsync, fsync);
         self.ex.app.metrics.receipt_appended(t.elapsed());
         // Durable: the enclave may count it into the account's tab now,
         // and the final chunk may pass.
@@ -395,6 +404,7 @@ impl Pump {
             ledger_seq = seq,
             "receipt committed"
         );
+        self.timeline.lap(Stage::Ack);
         Ok(seq)
     }
 
@@ -493,7 +503,17 @@ impl Pump {
             warn!(request_id = %rid, enclave, chunks = self.chunks, outcome = outcome.as_str(), detail, "response ended early");
         }
         // Guards (stream permit, account slot, in-flight count, replay
-        // marker) are released when `self` drops here.
+        // marker) are released, then the body ends.
+        let Pump {
+            ex, body, timeline, ..
+        } = self;
+        drop(ex);
+        drop(body);
+        if outcome == Outcome::Ok {
+            let mut timeline = timeline;
+            timeline.lap(Stage::Release);
+            app.timings.record(&timeline);
+        }
     }
 }
 

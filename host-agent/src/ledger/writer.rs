@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -26,8 +26,12 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// transaction of its own.
 pub(super) type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// An append's answer: its ledger sequence number or why it was refused,
+/// and how long its batch's `COMMIT` took.
+type Answer = (Result<u64, AppendError>, Duration);
+
 pub(super) enum Op {
-    Append(Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>),
+    Append(Box<LedgerEntry>, oneshot::Sender<Answer>),
     Run(WriteJob),
     Close,
 }
@@ -75,6 +79,12 @@ impl Ledger {
     /// Append one entry; resolves once its transaction is durably committed
     /// (`Ok(ledger_seq)`), or with why it was refused.
     pub async fn append(&self, entry: LedgerEntry) -> Result<u64, AppendError> {
+        self.append_timed(entry).await.map(|(seq, _)| seq)
+    }
+
+    /// [`Ledger::append`], and how long the `COMMIT` of its batch took (the
+    /// WAL write and fsync), timed on the writer thread.
+    pub async fn append_timed(&self, entry: LedgerEntry) -> Result<(u64, Duration), AppendError> {
         let (tx, rx) = oneshot::channel();
         {
             let guard = self.tx.lock().map_err(|_| AppendError::Closed)?;
@@ -83,7 +93,10 @@ impl Ledger {
                 .send(Op::Append(Box::new(entry), tx))
                 .map_err(|_| AppendError::Closed)?;
         }
-        rx.await.unwrap_or(Err(AppendError::Closed))
+        match rx.await {
+            Ok((r, commit)) => r.map(|seq| (seq, commit)),
+            Err(_) => Err(AppendError::Closed),
+        }
     }
 
     /// Stop taking appends, let the writer commit everything queued before
@@ -305,7 +318,7 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
     }
 }
 
-type Pending = (Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>);
+type Pending = (Box<LedgerEntry>, oneshot::Sender<Answer>);
 
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, stats: &LedgerStats) {
     let mut closing = false;
@@ -340,21 +353,21 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
         }
         let results = commit_batch(&mut conn, &batch);
         match results {
-            Ok(results) => {
+            Ok((results, commit)) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 for ((_, tx), r) in batch.into_iter().zip(results) {
                     match &r {
                         Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
                         Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
                     };
-                    let _ = tx.send(r);
+                    let _ = tx.send((r, commit));
                 }
             }
             Err(e) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, appends = batch.len(), "ledger commit failed");
                 for (_, tx) in batch {
-                    let _ = tx.send(Err(AppendError::Io(e.to_string())));
+                    let _ = tx.send((Err(AppendError::Io(e.to_string())), Duration::ZERO));
                 }
             }
         }
@@ -372,11 +385,12 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
 }
 
 /// Insert every entry of `batch` in one transaction. The outer error is a
-/// failure of the whole batch (nothing committed).
+/// failure of the whole batch (nothing committed). Also returns how long
+/// the `COMMIT` took.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Pending],
-) -> rusqlite::Result<Vec<Result<u64, AppendError>>> {
+) -> rusqlite::Result<(Vec<Result<u64, AppendError>>, Duration)> {
     let txn = conn.transaction()?;
     let mut results = Vec::with_capacity(batch.len());
     {
@@ -442,6 +456,7 @@ fn commit_batch(
             }
         }
     }
+    let t = Instant::now();
     txn.commit()?;
-    Ok(results)
+    Ok((results, t.elapsed()))
 }
