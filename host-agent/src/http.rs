@@ -367,7 +367,7 @@ async fn admit_and_forward(
     let signer = authenticate(headers, &request)?;
     refuse_expired(&request.meta, app.clock.unix_secs())?;
     check_prices(app, &ready, &request.meta)?;
-    let replay = claim_request_id(app, request.request_id).await?;
+    let replay = claim_request_id(app, request.request_id)?;
     let reservation = reserve_payment(app, &ready, headers, &signer, &request).await?;
     let account = admit_account(app, request.account)?;
     t.lap(Stage::Account);
@@ -551,13 +551,10 @@ fn check_prices(app: &App, ready: &ReadyEnclave, meta: &BillingMeta) -> Result<(
 
 /// Replay: `409` for a request id in flight now or already billed (`500`
 /// when the ledger cannot say). The guard keeps the id in flight.
-async fn claim_request_id(
-    app: &Arc<App>,
-    request_id: RequestId,
-) -> Result<crate::ReplayGuard, Refusal> {
+fn claim_request_id(app: &Arc<App>, request_id: RequestId) -> Result<crate::ReplayGuard, Refusal> {
     let replayed = || Refusal::new(StatusCode::CONFLICT, Outcome::Replayed, "replayed request");
     let guard = app.mark_in_flight(request_id).ok_or_else(replayed)?;
-    match app.ledger.contains(request_id).await {
+    match app.ledger.contains_now(request_id) {
         Ok(false) => Ok(guard),
         Ok(true) => Err(replayed()),
         Err(e) => {
@@ -650,7 +647,7 @@ async fn forward(
         expected: Expected::of(request.request_id, &request.meta),
         sent_at: tokio::time::Instant::now(),
         timeline,
-        _guards: guards,
+        guards: Some(guards),
     };
     tokio::spawn(pump(exchange, head_tx));
     answer(head_rx).await
@@ -661,10 +658,13 @@ async fn forward(
 async fn answer(head: tokio::sync::oneshot::Receiver<Head>) -> Result<Response, Refusal> {
     match head.await {
         Ok(Head::Stream(rx)) => {
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+            // The body ends with the record marked last, at once (hyper
+            // writes it and the end of the chunked body together).
+            let stream = futures_util::stream::unfold(Some(rx), |rx| async move {
+                let mut rx = rx?;
+                let r = rx.recv().await?;
+                let rest = (!r.last).then_some(rx);
+                Some((Ok::<_, std::convert::Infallible>(r.bytes), rest))
             });
             Ok((
                 StatusCode::OK,

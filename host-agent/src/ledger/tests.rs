@@ -63,6 +63,8 @@ async fn duplicates_and_out_of_range_are_refused_alone() {
     );
     assert!(l.contains(entry(1).request_id).await.unwrap());
     assert!(!l.contains(entry(9).request_id).await.unwrap());
+    assert!(l.contains_now(entry(1).request_id).unwrap());
+    assert!(!l.contains_now(entry(9).request_id).unwrap());
     let check = l.check().await.unwrap();
     assert_eq!(check.entries, 2);
     assert!(check.is_ok(), "{check:?}");
