@@ -208,7 +208,7 @@ async fn host_timings(http: &reqwest::Client, admin: &str) -> Vec<Vec<(String, u
         .collect()
 }
 
-/// p50 of the stage `name` over `samples`.
+/// p50 of the stage `name` (or `total`) over `samples`.
 fn stage_p50(samples: &[Vec<(String, u64)>], name: &str) -> Duration {
     let mut v: Vec<Duration> = samples
         .iter()
@@ -276,6 +276,29 @@ async fn host_throughput(http: &reqwest::Client, url: &str, t: &Target, jobs: Ve
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU time the process `pid` has used so far, all its threads (Linux
+/// schedstat; zero where that cannot be read).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos)
+        .sum()
+}
+
+/// CPU time used so far by the enclave, the host and this benchmark.
+fn cpu_times(enclave: u32, host: u32) -> [Duration; 3] {
+    [
+        cpu_time(enclave),
+        cpu_time(host),
+        cpu_time(std::process::id()),
+    ]
+}
+
 /// Median of `v` (sorted in place).
 fn mid(v: &mut [f64]) -> f64 {
     v.sort_unstable_by(f64::total_cmp);
@@ -324,6 +347,7 @@ fn main() {
     let line = host.wait_for("ready ", Duration::from_secs(60));
     let url = format!("http://{}{REQUESTS_PATH}", field(&line, "listen").unwrap());
     let admin = field(&line, "admin").unwrap().to_string();
+    let (enclave_pid, host_pid) = (enclave.pid(), host.pid());
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -372,6 +396,26 @@ fn main() {
                 }
             }
         }
+        // The host's own timeline of the same requests (the last `rounds`
+        // it completed are the measured ones, in the order sent).
+        let all = host_timings(&http, &admin).await;
+        let samples = &all[all.len().saturating_sub(m.rounds)..];
+        assert_eq!(samples.len(), h.len(), "one timeline per host request");
+        let ns = |s: &[(String, u64)], name: &str| {
+            Duration::from_nanos(s.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v))
+        };
+        // Per round: the host request against the direct one of the same
+        // round, less what that host request's own timeline says.
+        let signed = |a: Duration, b: Duration| a.as_secs_f64() - b.as_secs_f64();
+        let (mut added, mut net, mut host_work, mut outside) = (vec![], vec![], vec![], vec![]);
+        for ((hi, di), s) in h.iter().zip(&d).zip(samples) {
+            let fsync = ns(s, "fsync");
+            let work = ns(s, "total").saturating_sub(ns(s, "enclave") + fsync);
+            added.push(signed(*hi, *di));
+            net.push(signed(*hi, *di) - fsync.as_secs_f64());
+            host_work.push(work.as_secs_f64());
+            outside.push(signed(*hi, *di) - fsync.as_secs_f64() - work.as_secs_f64());
+        }
         let p90 = |v: &mut Vec<Duration>| {
             v.sort_unstable();
             v[v.len() * 9 / 10]
@@ -403,38 +447,29 @@ fn main() {
             ph.as_secs_f64() / pd.as_secs_f64(),
             ms(mh.saturating_sub(md))
         );
-
-        // The host's own timeline of the same requests (the last `rounds`
-        // it completed are the measured ones).
-        let all = host_timings(&http, &admin).await;
-        let samples = &all[all.len().saturating_sub(m.rounds)..];
-        println!("  where the host's time goes (p50 per stage over its own timelines):");
-        let mut host_work = Duration::ZERO;
+        println!("  where the host's time goes (p50 per stage of its own timelines):");
         for (name, what) in STAGES {
-            let p = stage_p50(samples, name);
-            if !matches!(name, "enclave" | "fsync") {
-                host_work += p;
-            }
-            println!("    {name:<8} {what:<40} {}", ms(p));
+            println!("    {name:<8} {what:<40} {}", ms(stage_p50(samples, name)));
         }
-        let fsync = stage_p50(samples, "fsync");
-        let added = mh.saturating_sub(md);
-        let outside = added.saturating_sub(host_work + fsync);
+        let sms = |v: f64| format!("{:.3} ms", v * 1e3);
+        println!("  per round (its host request against its direct one), p50:");
         println!(
-            "    host stages but the enclave's and the fsync, summed p50s   {}",
-            ms(host_work)
+            "    added latency                                       {}",
+            sms(mid(&mut added))
         );
         println!(
-            "    added latency not in a stage (HTTP head, hops, client)    {}",
-            ms(outside)
+            "    host stages but the enclave wait and the fsync      {}",
+            sms(mid(&mut host_work))
         );
-        let goal = Duration::from_micros(300);
-        let net = added.saturating_sub(fsync);
         println!(
-            "  added latency p50 minus the commit's fsync p50: {} (goal <= {}: {})",
-            ms(net),
-            ms(goal),
-            if net <= goal { "met" } else { "NOT met" }
+            "    the rest (HTTP head and client, task hops)          {}",
+            sms(mid(&mut outside))
+        );
+        let net = mid(&mut net);
+        println!(
+            "    added latency less that request's fsync             {} (goal <= 0.300 ms: {})",
+            sms(net),
+            if net <= 0.0003 { "met" } else { "NOT met" }
         );
 
         // Throughput: STREAMS concurrent streams direct (one enclave
@@ -448,24 +483,60 @@ fn main() {
             conns.push((c, FrameDecoder::new(), 0u32));
         }
         let (mut rd, mut rh) = (Vec::new(), Vec::new());
+        // CPU time per phase: enclave, host, this benchmark (the client).
+        let (mut cd, mut ch) = ([Duration::ZERO; 3], [Duration::ZERO; 3]);
         let mut next = 100_000;
         for phase in 0..2 * phases {
             let direct_first = (phase / 2) % 2 == 0;
-            if (phase % 2 == 0) == direct_first {
-                let jobs = (next..next + per_phase).map(|i| seal_direct(&t, i)).collect();
-                rd.push(direct_throughput(&mut conns, jobs).await);
-            } else {
-                let jobs = (next..next + per_phase).map(|i| t.seal(i)).collect();
-                rh.push(host_throughput(&http, &url, &t, jobs).await);
-            }
+            let direct = (phase % 2 == 0) == direct_first;
+            let jobs = next..next + per_phase;
             next += per_phase;
+            let (before, rate) = if direct {
+                let jobs = jobs.map(|i| seal_direct(&t, i)).collect();
+                let before = cpu_times(enclave_pid, host_pid);
+                (before, direct_throughput(&mut conns, jobs).await)
+            } else {
+                let jobs = jobs.map(|i| t.seal(i)).collect();
+                let before = cpu_times(enclave_pid, host_pid);
+                (before, host_throughput(&http, &url, &t, jobs).await)
+            };
+            let after = cpu_times(enclave_pid, host_pid);
+            let (rates, cpu) = if direct {
+                (&mut rd, &mut cd)
+            } else {
+                (&mut rh, &mut ch)
+            };
+            rates.push(rate);
+            for k in 0..3 {
+                cpu[k] += after[k].saturating_sub(before[k]);
+            }
         }
         let (d, h) = (mid(&mut rd), mid(&mut rh));
         println!(
             "{STREAMS} concurrent streams, {per_phase} requests a phase, {phases} phases each way, interleaved (median phase):"
         );
-        println!("  direct to the enclave ({STREAMS} connections)   {d:.0} requests/s");
-        println!("  through cocoon-host ({STREAMS} HTTP streams)    {h:.0} requests/s");
+        let per_request = |c: Duration| {
+            format!(
+                "{:>4.0} us",
+                c.as_secs_f64() * 1e6 / (per_phase * phases) as f64
+            )
+        };
+        let cpu = |c: &[Duration; 3]| {
+            format!(
+                "CPU a request: enclave {}, host {}, client {}",
+                per_request(c[0]),
+                per_request(c[1]),
+                per_request(c[2])
+            )
+        };
+        println!(
+            "  direct to the enclave ({STREAMS} connections)  {d:>6.0} requests/s   {}",
+            cpu(&cd)
+        );
+        println!(
+            "  through cocoon-host ({STREAMS} HTTP streams)   {h:>6.0} requests/s   {}",
+            cpu(&ch)
+        );
         println!(
             "  host / direct throughput: {:.2}x (goal >= 0.80x: {})",
             h / d,
