@@ -12,6 +12,13 @@
 //! logged and counted. Chunk bytes are forwarded unchanged and never
 //! inspected beyond the clear flags byte.
 //!
+//! The pump takes what the enclave connection's reader already delivered
+//! without waiting (no timer per frame) and hands the chunk records it
+//! gathered to the HTTP body as one piece before it waits again; the final
+//! chunk's record ends the body, so the last chunk and the end of the
+//! chunked body leave in one write. Each request's stages are timed
+//! ([`crate::timings`]).
+//!
 //! Before anything was forwarded, a failure becomes an HTTP status instead
 //! (`502`, `504`, or `409` when the enclave's evidence changed under the
 //! request, see [`crate::broker::Broker::evidence_still_current`]). When

@@ -208,14 +208,15 @@ async fn host_timings(http: &reqwest::Client, admin: &str) -> Vec<Vec<(String, u
         .collect()
 }
 
-/// p50 of the stage `name` (or `total`) over `samples`.
-fn stage_p50(samples: &[Vec<(String, u64)>], name: &str) -> Duration {
+/// p50 and p90 of the stage `name` over `samples`.
+fn stage_p50_p90(samples: &[Vec<(String, u64)>], name: &str) -> (Duration, Duration) {
     let mut v: Vec<Duration> = samples
         .iter()
         .filter_map(|s| s.iter().find(|(k, _)| k == name))
         .map(|(_, ns)| Duration::from_nanos(*ns))
         .collect();
-    median(&mut v)
+    let p50 = median(&mut v);
+    (p50, v.get(v.len() * 9 / 10).copied().unwrap_or_default())
 }
 
 /// What each stage of the host's timeline is, as the bench prints it.
@@ -447,9 +448,10 @@ fn main() {
             ph.as_secs_f64() / pd.as_secs_f64(),
             ms(mh.saturating_sub(md))
         );
-        println!("  where the host's time goes (p50 per stage of its own timelines):");
+        println!("  where the host's time goes (each stage of its own timelines, p50 and p90):");
         for (name, what) in STAGES {
-            println!("    {name:<8} {what:<40} {}", ms(stage_p50(samples, name)));
+            let (p50, p90) = stage_p50_p90(samples, name);
+            println!("    {name:<8} {what:<40} {}  {}", ms(p50), ms(p90));
         }
         let sms = |v: f64| format!("{:.3} ms", v * 1e3);
         println!("  per round (its host request against its direct one), p50:");

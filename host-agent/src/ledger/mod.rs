@@ -30,9 +30,13 @@
 //! enclave sequence number) is refused on its own (`INSERT OR IGNORE`,
 //! then a look-up of which key collided) without failing its batch; an I/O
 //! error fails the whole batch and every append in it is answered with the
-//! error. Checkpoints (folding the WAL into the main file) run on a thread
-//! and connection of their own (`PASSIVE`, every half second), never in a
-//! commit, so a commit costs its inserts and one WAL fsync.
+//! error. The other writes (tabs after each acknowledgement,
+//! authorizations, claims) join the same batches, in queue order, each in
+//! a savepoint of its own: they share the batch's fsync, and an append
+//! never waits behind a transaction of theirs. Checkpoints (folding the
+//! WAL into the main file) run on a thread and connection of their own
+//! (`PASSIVE`, every half second), never in a commit, so a commit costs
+//! its inserts and one WAL fsync.
 //!
 //! # Schema
 //!

@@ -1,8 +1,12 @@
 //! The writer side of the ledger: one thread owns the writing connection
 //! and commits appends in groups (see "Group commit" in the module above),
-//! a second folds the WAL into the main file; the writes other than
-//! appends (tabs, authorizations, claims) run on the writer thread in
-//! transactions of their own, after the appends queued before them.
+//! a second folds the WAL into the main file. The writes other than
+//! appends (tabs, authorizations, claims) join the same groups: each runs
+//! in the transaction of the batch it was queued in, in order with the
+//! appends, inside a savepoint of its own (its failure undoes only its own
+//! changes), and is answered once that transaction committed. So a tab
+//! stored after every acknowledgement costs no fsync of its own, and no
+//! append waits behind one.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -22,9 +26,58 @@ use super::{
 /// How often the WAL is checkpointed into the main file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// A write other than an append, run on the writer thread in a
-/// transaction of its own.
-pub(super) type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A write other than an append, run by the writer thread in a batch's
+/// transaction.
+pub(super) trait Job: Send {
+    /// Do the write (in a savepoint of its own) and keep its result.
+    fn run(&mut self, conn: &Connection);
+    /// Answer the caller: `None` once the batch's transaction committed,
+    /// else why it did not (a failure of the job itself comes first).
+    fn answer(self: Box<Self>, failed: Option<&str>);
+}
+
+/// [`Ledger::write`]'s job: `f` and where its answer goes.
+struct Write<T, F> {
+    f: Option<F>,
+    out: Option<rusqlite::Result<T>>,
+    tx: oneshot::Sender<Result<T, LedgerError>>,
+    path: String,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        let Some(f) = self.f.take() else { return };
+        self.out = Some((|| {
+            conn.execute_batch("SAVEPOINT job")?;
+            let v = f(conn).and_then(|v| conn.execute_batch("RELEASE job").map(|()| v));
+            if v.is_err() {
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+            v
+        })());
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&str>) {
+        let sqlite = |message: String| LedgerError::Sqlite {
+            path: self.path.clone(),
+            message,
+        };
+        let r = match (self.out, failed) {
+            (Some(Err(e)), _) => Err(sqlite(e.to_string())),
+            (_, Some(why)) => Err(sqlite(why.to_string())),
+            (Some(Ok(v)), None) => Ok(v),
+            (None, None) => Err(LedgerError::Closed),
+        };
+        let _ = self.tx.send(r);
+    }
+}
+
+/// A queued write other than an append.
+pub(super) type WriteJob = Box<dyn Job>;
 
 /// An append's answer: its ledger sequence number or why it was refused,
 /// and how long its batch's `COMMIT` took.
@@ -117,26 +170,19 @@ impl Ledger {
             }
         }
     }
-    /// Run `f` in a transaction on the writer thread (after the appends
-    /// queued before it) and return its result once committed.
-    async fn write<T: Send + 'static>(
+    /// Run `f` on the writer thread, in the transaction of the batch it
+    /// joins (after the appends and writes queued before it, in a savepoint
+    /// of its own), and return its result once committed.
+    pub(super) async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LedgerError> {
         let (tx, rx) = oneshot::channel();
-        let path = self.path.display().to_string();
-        let job: WriteJob = Box::new(move |conn: &mut Connection| {
-            let out = (|| {
-                let txn = conn.transaction()?;
-                let v = f(&txn)?;
-                txn.commit()?;
-                Ok(v)
-            })()
-            .map_err(|e: rusqlite::Error| LedgerError::Sqlite {
-                path,
-                message: e.to_string(),
-            });
-            let _ = tx.send(out);
+        let job: WriteJob = Box::new(Write {
+            f: Some(f),
+            out: None,
+            tx,
+            path: self.path.display().to_string(),
         });
         {
             let guard = self.tx.lock().map_err(|_| LedgerError::Closed)?;
@@ -318,62 +364,74 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
     }
 }
 
-type Pending = (Box<LedgerEntry>, oneshot::Sender<Answer>);
+/// One queued write of a batch.
+enum Pending {
+    Append(Box<LedgerEntry>, oneshot::Sender<Answer>),
+    Job(WriteJob),
+}
 
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, stats: &LedgerStats) {
+    let pending = |op| match op {
+        Op::Append(e, tx) => Some(Pending::Append(e, tx)),
+        Op::Run(j) => Some(Pending::Job(j)),
+        Op::Close => None,
+    };
     let mut closing = false;
-    let mut job: Option<WriteJob> = None;
     while !closing {
-        if let Some(j) = job.take() {
-            j(&mut conn);
-        }
         let mut batch: Vec<Pending> = Vec::new();
-        match rx.recv() {
-            Ok(Op::Append(e, tx)) => batch.push((e, tx)),
-            Ok(Op::Run(j)) => {
-                j(&mut conn);
-                continue;
-            }
-            Ok(Op::Close) | Err(_) => break,
+        match rx.recv().ok().and_then(pending) {
+            Some(p) => batch.push(p),
+            None => break,
         }
         while batch.len() < max_batch {
             match rx.try_recv() {
-                Ok(Op::Append(e, tx)) => batch.push((e, tx)),
-                Ok(Op::Run(j)) => {
-                    // After this batch, in order.
-                    job = Some(j);
-                    break;
-                }
-                Ok(Op::Close) => {
-                    closing = true;
-                    break;
-                }
+                Ok(op) => match pending(op) {
+                    Some(p) => batch.push(p),
+                    None => {
+                        closing = true;
+                        break;
+                    }
+                },
                 Err(_) => break,
             }
         }
-        let results = commit_batch(&mut conn, &batch);
-        match results {
-            Ok((results, commit)) => {
+        let appends = batch
+            .iter()
+            .filter(|p| matches!(p, Pending::Append(..)))
+            .count();
+        let mut results = Vec::with_capacity(appends);
+        match commit_batch(&mut conn, &mut batch, &mut results) {
+            Ok(commit) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
-                for ((_, tx), r) in batch.into_iter().zip(results) {
-                    match &r {
-                        Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
-                    };
-                    let _ = tx.send((r, commit));
+                let mut results = results.into_iter();
+                for p in batch {
+                    match p {
+                        Pending::Append(_, tx) => {
+                            let r = results.next().unwrap_or(Err(AppendError::Closed));
+                            match &r {
+                                Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
+                                Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
+                            };
+                            let _ = tx.send((r, commit));
+                        }
+                        Pending::Job(j) => j.answer(None),
+                    }
                 }
             }
             Err(e) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, appends = batch.len(), "ledger commit failed");
-                for (_, tx) in batch {
-                    let _ = tx.send((Err(AppendError::Io(e.to_string())), Duration::ZERO));
+                tracing::error!(error = %e, appends, "ledger commit failed");
+                let why = e.to_string();
+                for p in batch {
+                    match p {
+                        Pending::Append(_, tx) => {
+                            let _ = tx.send((Err(AppendError::Io(why.clone())), Duration::ZERO));
+                        }
+                        Pending::Job(j) => j.answer(Some(&why)),
+                    }
                 }
             }
         }
-    }
-    if let Some(j) = job.take() {
-        j(&mut conn);
     }
     // Everything queued before Close has been answered. Fold the WAL back
     // into the main file so the sqlite3 CLI sees one file.
@@ -384,15 +442,16 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
     // which answers it with `Closed`.
 }
 
-/// Insert every entry of `batch` in one transaction. The outer error is a
-/// failure of the whole batch (nothing committed). Also returns how long
-/// the `COMMIT` took.
+/// Run every write of `batch` in one transaction, in order: insert each
+/// append (its result pushed to `results`), run each job. The error is a
+/// failure of the whole batch (nothing committed); else how long the
+/// `COMMIT` took.
 fn commit_batch(
     conn: &mut Connection,
-    batch: &[Pending],
-) -> rusqlite::Result<(Vec<Result<u64, AppendError>>, Duration)> {
+    batch: &mut [Pending],
+    results: &mut Vec<Result<u64, AppendError>>,
+) -> rusqlite::Result<Duration> {
     let txn = conn.transaction()?;
-    let mut results = Vec::with_capacity(batch.len());
     {
         let mut insert = txn.prepare_cached(
             "INSERT OR IGNORE INTO receipts (request_id, account, model, prompt_tokens, \
@@ -402,7 +461,14 @@ fn commit_batch(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         let mut which = txn.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?;
-        for (e, _) in batch {
+        for p in batch.iter_mut() {
+            let e = match p {
+                Pending::Append(e, _) => e,
+                Pending::Job(j) => {
+                    j.run(&txn);
+                    continue;
+                }
+            };
             let nums = (|| {
                 Ok::<_, AppendError>([
                     i64_of(e.prompt_tokens, "prompt_tokens")?,
@@ -458,5 +524,5 @@ fn commit_batch(
     }
     let t = Instant::now();
     txn.commit()?;
-    Ok((results, t.elapsed()))
+    Ok(t.elapsed())
 }
