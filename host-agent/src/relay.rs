@@ -282,9 +282,14 @@ impl Pump {
             // What the reader already delivered is taken without a timer
             // or a wait; the records gathered so far go to the client
             // before the pump waits.
-            let next = match self.ex.stream.try_next() {
-                Some(r) if !*self.hard_stop.borrow() && Instant::now() < deadline => Ok(r),
-                _ => {
+            let ready = if *self.hard_stop.borrow() || Instant::now() >= deadline {
+                None
+            } else {
+                self.ex.stream.try_next()
+            };
+            let next = match ready {
+                Some(r) => Ok(r),
+                None => {
                     if let Some(end) = self.flush(false).await {
                         return end;
                     }

@@ -26,7 +26,7 @@ use cocoon_attestation::bundle::{Claims, EvidenceBundle};
 use cocoon_protocol::account::AccountKey;
 use cocoon_protocol::api::{
     ChunkRecordDecoder, ACCOUNT_KEY_HEADER, ACCOUNT_SIGNATURE_HEADER, CBOR_CONTENT_TYPE,
-    EVIDENCE_DIGEST_HEADER, REQUESTS_PATH,
+    EVIDENCE_DIGEST_HEADER, LIVE_PATH, REQUESTS_PATH,
 };
 use cocoon_protocol::frame::{self, FrameDecoder, FrameType};
 use cocoon_protocol::message::{ChatMessage, InferenceRequest, ResponseEvent, Role};
@@ -347,6 +347,7 @@ fn main() {
     let mut host = Proc::spawn("cocoon-host", host);
     let line = host.wait_for("ready ", Duration::from_secs(60));
     let url = format!("http://{}{REQUESTS_PATH}", field(&line, "listen").unwrap());
+    let live = format!("http://{}{LIVE_PATH}", field(&line, "listen").unwrap());
     let admin = field(&line, "admin").unwrap().to_string();
     let (enclave_pid, host_pid) = (enclave.pid(), host.pid());
 
@@ -381,7 +382,7 @@ fn main() {
             assert!(direct(&mut conn, &mut dec, &t, i, 1 + i as u32).await);
             assert!(via_host(&http, &url, &t, i).await);
         }
-        let (mut d, mut h) = (Vec::new(), Vec::new());
+        let (mut d, mut h, mut empty) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..m.rounds {
             let i = 1000 + round;
             let stream = 100 + round as u32;
@@ -396,6 +397,12 @@ fn main() {
                     h.push(start.elapsed());
                 }
             }
+            // The floor of any request through the host: an empty HTTP
+            // round trip on the same client.
+            let start = Instant::now();
+            let r = http.get(&live).send().await.expect("GET /live");
+            assert!(r.status().is_success() && !r.bytes().await.unwrap().is_empty());
+            empty.push(start.elapsed().as_secs_f64());
         }
         // The host's own timeline of the same requests (the last `rounds`
         // it completed are the measured ones, in the order sent).
@@ -466,6 +473,10 @@ fn main() {
         println!(
             "    the rest (HTTP head and client, task hops)          {}",
             sms(mid(&mut outside))
+        );
+        println!(
+            "      (an empty HTTP round trip, GET /live:             {})",
+            sms(mid(&mut empty))
         );
         let net = mid(&mut net);
         println!(
