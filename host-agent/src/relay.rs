@@ -477,14 +477,17 @@ impl Pump {
         let entry =
             LedgerEntry::from_verified(&r, bytes, self.ex.ready.receipt_public_key().to_vec());
         let t = std::time::Instant::now();
-        let (seq, fsync) = self
+        let (seq, times) = self
             .ex
             .app
             .ledger
             .append_timed(entry)
             .await
             .map_err(ReceiptRefusal::Ledger)?;
-        self.timeline.lap_split(Stage::Commit, Stage::Fsync, fsync);
+        self.timeline.lap_split(
+            Stage::Commit,
+            &[(Stage::Queue, times.waited), (Stage::Fsync, times.commit)],
+        );
         self.ex.app.metrics.receipt_appended(t.elapsed());
         // Durable: the enclave may count it into the account's tab now,
         // and the final chunk may pass.

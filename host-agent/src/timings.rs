@@ -25,11 +25,13 @@
 //!   HTTP body;
 //! * `receipt` — the receipt verified under the attested key and checked
 //!   against the request;
-//! * `commit` — the ledger append less its `COMMIT`: the queue to the
-//!   writer thread, the insert, the answer back;
-//! * `fsync` — the ledger's `COMMIT` (WAL write and fsync), timed on the
-//!   writer thread; with group commit, a batch's appends each count the
-//!   whole `COMMIT`;
+//! * `queue` — from the append's hand-over until the ledger's writer
+//!   thread began its batch: the thread's wake-up, or the batch before
+//!   still committing (its fsync: the group commit's wait);
+//! * `commit` — the rest of the ledger append but its own `COMMIT`: the
+//!   hand-over to the writer thread, the insert, the answer back;
+//! * `fsync` — the `COMMIT` of the append's batch (WAL write and fsync),
+//!   timed on the writer thread; a batch's appends each count all of it;
 //! * `ack` — the acknowledgement queued to the enclave and the final chunk
 //!   released;
 //! * `release` — the final chunk forwarded, the request's bookkeeping, and
@@ -55,7 +57,9 @@ pub enum Stage {
     Relay,
     /// Receipt verification.
     Receipt,
-    /// Ledger append less its `COMMIT`.
+    /// Waiting for the ledger writer (the batch before it committing).
+    Queue,
+    /// Ledger append less its waiting and its `COMMIT`.
     Commit,
     /// The ledger's `COMMIT` (WAL write, fsync).
     Fsync,
@@ -67,13 +71,14 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in request order.
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 11] = [
         Stage::Http,
         Stage::Account,
         Stage::Route,
         Stage::Enclave,
         Stage::Relay,
         Stage::Receipt,
+        Stage::Queue,
         Stage::Commit,
         Stage::Fsync,
         Stage::Ack,
@@ -89,6 +94,7 @@ impl Stage {
             Stage::Enclave => "enclave",
             Stage::Relay => "relay",
             Stage::Receipt => "receipt",
+            Stage::Queue => "queue",
             Stage::Commit => "commit",
             Stage::Fsync => "fsync",
             Stage::Ack => "ack",
@@ -123,14 +129,17 @@ impl Timeline {
         self.last = now;
     }
 
-    /// The time since the last boundary was spent in `stage`, of which
-    /// `part` (at most all of it) in `part_stage`.
-    pub(crate) fn lap_split(&mut self, stage: Stage, part_stage: Stage, part: Duration) {
+    /// The time since the last boundary was spent in `stage`, but for
+    /// `parts` (each at most what is left of it) spent in theirs.
+    pub(crate) fn lap_split(&mut self, stage: Stage, parts: &[(Stage, Duration)]) {
         let now = Instant::now();
-        let all = now.saturating_duration_since(self.last);
-        let part = part.min(all);
-        self.spent[part_stage as usize] += part;
-        self.spent[stage as usize] += all - part;
+        let mut left = now.saturating_duration_since(self.last);
+        for (part_stage, part) in parts {
+            let part = (*part).min(left);
+            self.spent[*part_stage as usize] += part;
+            left -= part;
+        }
+        self.spent[stage as usize] += left;
         self.last = now;
     }
 
@@ -215,8 +224,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         t.lap(Stage::Http);
         std::thread::sleep(Duration::from_millis(2));
-        t.lap_split(Stage::Commit, Stage::Fsync, Duration::from_millis(1));
-        t.lap_split(Stage::Commit, Stage::Fsync, Duration::from_secs(9));
+        t.lap_split(Stage::Commit, &[(Stage::Fsync, Duration::from_millis(1))]);
+        t.lap_split(
+            Stage::Commit,
+            &[
+                (Stage::Queue, Duration::from_secs(9)),
+                (Stage::Fsync, Duration::from_secs(9)),
+            ],
+        );
         let sum: Duration = t.spent.iter().sum();
         assert_eq!(sum, t.total());
         assert!(t.spent[Stage::Http as usize] >= Duration::from_millis(2));

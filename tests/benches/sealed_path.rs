@@ -220,14 +220,15 @@ fn stage_p50_p90(samples: &[Vec<(String, u64)>], name: &str) -> (Duration, Durat
 }
 
 /// What each stage of the host's timeline is, as the bench prints it.
-const STAGES: [(&str, &str); 10] = [
+const STAGES: [(&str, &str); 11] = [
     ("http", "HTTP body read, request decoded"),
     ("account", "account: signature, limits, replay"),
     ("route", "routing: enclave, stream, forward"),
     ("enclave", "waiting for the enclave (not host)"),
     ("relay", "relay of chunk records"),
     ("receipt", "receipt verification"),
-    ("commit", "ledger append less its COMMIT"),
+    ("queue", "ledger: writer wake-up, batch before"),
+    ("commit", "ledger append: hand-over, insert"),
     ("fsync", "ledger COMMIT (WAL write + fsync)"),
     ("ack", "acknowledgement, final chunk released"),
     ("release", "final chunk forwarded, body ended"),

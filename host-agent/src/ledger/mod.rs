@@ -32,8 +32,9 @@
 //! error fails the whole batch and every append in it is answered with the
 //! error. The other writes (tabs after each acknowledgement,
 //! authorizations, claims) join the same batches, in queue order, each in
-//! a savepoint of its own: they share the batch's fsync, and an append
-//! never waits behind a transaction of theirs. Checkpoints (folding the
+//! a savepoint of its own, and share the batch's fsync; a batch of tabs
+//! alone waits up to 10 ms for an append to join it, so that an append
+//! seldom waits behind a tab's own fsync. Checkpoints (folding the
 //! WAL into the main file) run on a thread and connection of their own
 //! (`PASSIVE`, every half second), never in a commit, so a commit costs
 //! its inserts and one WAL fsync.
@@ -114,6 +115,7 @@ pub(crate) mod tests;
 mod writer;
 
 pub use schema::SCHEMA_VERSION;
+pub use writer::AppendTimes;
 use writer::Op;
 
 /// Why the ledger cannot be opened or read.

@@ -26,9 +26,17 @@ use super::{
 /// How often the WAL is checkpointed into the main file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a batch of tabs alone waits for an append to share its commit
+/// before it commits on its own (tabs are on no request's path; an append
+/// that came while they committed would wait for their fsync).
+const TAB_LINGER: Duration = Duration::from_millis(10);
+
 /// A write other than an append, run by the writer thread in a batch's
 /// transaction.
 pub(super) trait Job: Send {
+    /// Whether it may wait up to [`TAB_LINGER`] for an append to share its
+    /// commit (a tab: no request waits for it).
+    fn may_linger(&self) -> bool;
     /// Do the write (in a savepoint of its own) and keep its result.
     fn run(&mut self, conn: &Connection);
     /// Answer the caller: `None` once the batch's transaction committed,
@@ -38,6 +46,7 @@ pub(super) trait Job: Send {
 
 /// [`Ledger::write`]'s job: `f` and where its answer goes.
 struct Write<T, F> {
+    linger: bool,
     f: Option<F>,
     out: Option<rusqlite::Result<T>>,
     tx: oneshot::Sender<Result<T, LedgerError>>,
@@ -49,6 +58,10 @@ where
     T: Send,
     F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
 {
+    fn may_linger(&self) -> bool {
+        self.linger
+    }
+
     fn run(&mut self, conn: &Connection) {
         let Some(f) = self.f.take() else { return };
         self.out = Some((|| {
@@ -79,12 +92,22 @@ where
 /// A queued write other than an append.
 pub(super) type WriteJob = Box<dyn Job>;
 
+/// How long an append took on the writer's side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendTimes {
+    /// From being queued until its batch began: the writer thread's
+    /// wake-up, or the batch before still committing (its fsync, mostly).
+    pub waited: Duration,
+    /// Its batch's `COMMIT` (the WAL write and fsync).
+    pub commit: Duration,
+}
+
 /// An append's answer: its ledger sequence number or why it was refused,
-/// and how long its batch's `COMMIT` took.
-type Answer = (Result<u64, AppendError>, Duration);
+/// and its times.
+type Answer = (Result<u64, AppendError>, AppendTimes);
 
 pub(super) enum Op {
-    Append(Box<LedgerEntry>, oneshot::Sender<Answer>),
+    Append(Box<LedgerEntry>, Instant, oneshot::Sender<Answer>),
     Run(WriteJob),
     Close,
 }
@@ -135,19 +158,23 @@ impl Ledger {
         self.append_timed(entry).await.map(|(seq, _)| seq)
     }
 
-    /// [`Ledger::append`], and how long the `COMMIT` of its batch took (the
-    /// WAL write and fsync), timed on the writer thread.
-    pub async fn append_timed(&self, entry: LedgerEntry) -> Result<(u64, Duration), AppendError> {
+    /// [`Ledger::append`], and how long it waited for the writer and how
+    /// long the `COMMIT` of its batch took (the WAL write and fsync), timed
+    /// on the writer thread.
+    pub async fn append_timed(
+        &self,
+        entry: LedgerEntry,
+    ) -> Result<(u64, AppendTimes), AppendError> {
         let (tx, rx) = oneshot::channel();
         {
             let guard = self.tx.lock().map_err(|_| AppendError::Closed)?;
             let sender = guard.as_ref().ok_or(AppendError::Closed)?;
             sender
-                .send(Op::Append(Box::new(entry), tx))
+                .send(Op::Append(Box::new(entry), Instant::now(), tx))
                 .map_err(|_| AppendError::Closed)?;
         }
         match rx.await {
-            Ok((r, commit)) => r.map(|seq| (seq, commit)),
+            Ok((r, times)) => r.map(|seq| (seq, times)),
             Err(_) => Err(AppendError::Closed),
         }
     }
@@ -177,8 +204,19 @@ impl Ledger {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LedgerError> {
+        self.write_job(false, f).await
+    }
+
+    /// [`Ledger::write`]; with `linger`, a batch of such writes alone waits
+    /// up to [`TAB_LINGER`] for an append to share its commit.
+    async fn write_job<T: Send + 'static>(
+        &self,
+        linger: bool,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
         let (tx, rx) = oneshot::channel();
         let job: WriteJob = Box::new(Write {
+            linger,
             f: Some(f),
             out: None,
             tx,
@@ -194,13 +232,14 @@ impl Ledger {
 
     /// Store enclave-signed tabs of one receipt key (already verified by
     /// the caller), keeping per account the one with the highest count.
-    /// Returns how many rows moved forward.
+    /// Returns how many rows moved forward. Committed with the next appends
+    /// when they come within [`TAB_LINGER`], else on their own.
     pub async fn store_tabs(
         &self,
         receipt_public_key: Vec<u8>,
         tabs: Vec<StoredTab>,
     ) -> Result<usize, LedgerError> {
-        self.write(move |t| {
+        self.write_job(true, move |t| {
             let mut st = t.prepare_cached(
                 "INSERT INTO tabs (receipt_public_key, account, count, total, signed_tab) \
                  VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -366,13 +405,22 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>) {
 
 /// One queued write of a batch.
 enum Pending {
-    Append(Box<LedgerEntry>, oneshot::Sender<Answer>),
+    Append(Box<LedgerEntry>, Instant, oneshot::Sender<Answer>),
     Job(WriteJob),
+}
+
+impl Pending {
+    fn may_linger(&self) -> bool {
+        match self {
+            Pending::Append(..) => false,
+            Pending::Job(j) => j.may_linger(),
+        }
+    }
 }
 
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, stats: &LedgerStats) {
     let pending = |op| match op {
-        Op::Append(e, tx) => Some(Pending::Append(e, tx)),
+        Op::Append(e, at, tx) => Some(Pending::Append(e, at, tx)),
         Op::Run(j) => Some(Pending::Job(j)),
         Op::Close => None,
     };
@@ -383,18 +431,31 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
             Some(p) => batch.push(p),
             None => break,
         }
+        // Everything queued meanwhile joins; a batch of tabs alone waits a
+        // little for an append to share its commit.
+        let linger_until = Instant::now() + TAB_LINGER;
         while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(op) => match pending(op) {
-                    Some(p) => batch.push(p),
-                    None => {
-                        closing = true;
-                        break;
-                    }
-                },
-                Err(_) => break,
+            let lingering = batch.iter().all(Pending::may_linger);
+            let next = if lingering {
+                let left = linger_until.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Some(Op::Close),
+                }
+            } else {
+                rx.try_recv().ok()
+            };
+            let Some(op) = next else { break };
+            match pending(op) {
+                Some(p) => batch.push(p),
+                None => {
+                    closing = true;
+                    break;
+                }
             }
         }
+        let began = Instant::now();
         let appends = batch
             .iter()
             .filter(|p| matches!(p, Pending::Append(..)))
@@ -406,13 +467,17 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
                 let mut results = results.into_iter();
                 for p in batch {
                     match p {
-                        Pending::Append(_, tx) => {
+                        Pending::Append(_, queued, tx) => {
                             let r = results.next().unwrap_or(Err(AppendError::Closed));
                             match &r {
                                 Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
                                 Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
                             };
-                            let _ = tx.send((r, commit));
+                            let times = AppendTimes {
+                                waited: began.saturating_duration_since(queued),
+                                commit,
+                            };
+                            let _ = tx.send((r, times));
                         }
                         Pending::Job(j) => j.answer(None),
                     }
@@ -424,8 +489,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
                 let why = e.to_string();
                 for p in batch {
                     match p {
-                        Pending::Append(_, tx) => {
-                            let _ = tx.send((Err(AppendError::Io(why.clone())), Duration::ZERO));
+                        Pending::Append(_, _, tx) => {
+                            let _ = tx
+                                .send((Err(AppendError::Io(why.clone())), AppendTimes::default()));
                         }
                         Pending::Job(j) => j.answer(Some(&why)),
                     }
@@ -463,7 +529,7 @@ fn commit_batch(
         let mut which = txn.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?;
         for p in batch.iter_mut() {
             let e = match p {
-                Pending::Append(e, _) => e,
+                Pending::Append(e, _, _) => e,
                 Pending::Job(j) => {
                     j.run(&txn);
                     continue;
