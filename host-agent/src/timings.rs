@@ -2,7 +2,7 @@
 //! end of each stage of `POST /v1/requests`, kept per request and
 //! published when the response completed.
 //!
-//! Owns the stages ([`Stage`]), the per-request [`Timeline`] (a
+//! Owns the stages ([`Stage`]), the per-request `Timeline` (a
 //! `std::time::Instant` per stage boundary: tens of nanoseconds each) and
 //! the store of recent timelines ([`Timings`]) that the operator endpoint
 //! `GET /admin/timings` lists (`admin`; `benches/sealed_path.rs` in the

@@ -233,7 +233,7 @@ impl Ledger {
     /// Store enclave-signed tabs of one receipt key (already verified by
     /// the caller), keeping per account the one with the highest count.
     /// Returns how many rows moved forward. Committed with the next appends
-    /// when they come within [`TAB_LINGER`], else on their own.
+    /// when they come within 10 ms, else on their own.
     pub async fn store_tabs(
         &self,
         receipt_public_key: Vec<u8>,
