@@ -25,6 +25,11 @@
 //! * `GET /admin/ledger/check`: JSON counts and the duplicate check; `200`
 //!   when sound, `500` otherwise.
 //! * `POST /admin/drain`: start the drain (as on SIGTERM); `202`.
+//! * `GET /admin/timings?after=N`: NDJSON, one line per completed
+//!   request among the last [`crate::timings::KEPT`], oldest first: `seq`
+//!   (page with `after`), nanoseconds per stage of the host (`http_ns`,
+//!   `account_ns`, … see [`crate::timings`]) and `total_ns`. Durations
+//!   only: no request id, account or model.
 
 use std::sync::Arc;
 
@@ -50,6 +55,8 @@ pub const EXPORT_PATH: &str = "/admin/ledger/export";
 pub const CHECK_PATH: &str = "/admin/ledger/check";
 /// Drain path.
 pub const DRAIN_PATH: &str = "/admin/drain";
+/// Timings path.
+pub const TIMINGS_PATH: &str = "/admin/timings";
 /// Default rows per export page.
 pub const DEFAULT_EXPORT_LIMIT: usize = 10_000;
 /// Most rows per export page.
@@ -113,9 +120,43 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(EXPORT_PATH, get(export))
         .route(CHECK_PATH, get(check))
         .route(DRAIN_PATH, post(drain))
+        .route(TIMINGS_PATH, get(timings))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
+}
+
+#[derive(Debug, Deserialize)]
+struct TimingsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn timings(
+    State(app): State<Arc<App>>,
+    query: Result<Query<TimingsQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad query: {}", e.body_text()),
+            )
+        }
+    };
+    let samples = app.timings.after(q.after);
+    let mut body = String::with_capacity(samples.len() * 256);
+    for s in &samples {
+        body.push_str(&s.to_json_line());
+        body.push('\n');
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -54,6 +54,7 @@ use crate::broker::ReadyEnclave;
 use crate::metrics::Outcome;
 use crate::ratelimit::AccountPermit;
 use crate::relay::{pump, Exchange, Expected, Head};
+use crate::timings::{Stage, Timeline};
 use crate::App;
 
 /// A refused request: status, metrics outcome, one-line reason, and for
@@ -336,7 +337,8 @@ fn hex_header(
 }
 
 async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    match admit_and_forward(&app, &headers, body).await {
+    let timeline = Timeline::start();
+    match admit_and_forward(&app, &headers, body, timeline).await {
         Ok(r) => r,
         Err(refusal) => {
             app.metrics
@@ -348,22 +350,27 @@ async fn submit(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> 
 }
 
 /// Admission, stage by stage (cheapest first, as the module doc lists
-/// them), then forwarding. Each stage refuses with its own status.
+/// them), then forwarding. Each stage refuses with its own status. The
+/// timeline counts the time of each in its [`Stage`].
 async fn admit_and_forward(
     app: &Arc<App>,
     headers: &HeaderMap,
     body: Body,
+    mut t: Timeline,
 ) -> Result<Response, Refusal> {
     refuse_while_draining(app)?;
     let bytes = read_body(app, headers, body).await?;
     let request = decode_request(bytes)?;
+    t.lap(Stage::Http);
     let (digest, ready) = route(app, headers)?;
+    t.lap(Stage::Route);
     let signer = authenticate(headers, &request)?;
     refuse_expired(&request.meta, app.clock.unix_secs())?;
     check_prices(app, &ready, &request.meta)?;
-    let replay = claim_request_id(app, request.request_id).await?;
+    let replay = claim_request_id(app, request.request_id)?;
     let reservation = reserve_payment(app, &ready, headers, &signer, &request).await?;
     let account = admit_account(app, request.account)?;
+    t.lap(Stage::Account);
     let (permit, in_flight) = take_stream(app, &ready).await?;
     let guards = crate::RequestGuards {
         _permit: permit,
@@ -372,7 +379,7 @@ async fn admit_and_forward(
         _replay: replay,
         reservation,
     };
-    forward(app, request, digest, ready, signer, guards).await
+    forward(app, request, digest, ready, signer, guards, t).await
 }
 
 /// `503` for a request that arrives while the host drains.
@@ -544,13 +551,10 @@ fn check_prices(app: &App, ready: &ReadyEnclave, meta: &BillingMeta) -> Result<(
 
 /// Replay: `409` for a request id in flight now or already billed (`500`
 /// when the ledger cannot say). The guard keeps the id in flight.
-async fn claim_request_id(
-    app: &Arc<App>,
-    request_id: RequestId,
-) -> Result<crate::ReplayGuard, Refusal> {
+fn claim_request_id(app: &Arc<App>, request_id: RequestId) -> Result<crate::ReplayGuard, Refusal> {
     let replayed = || Refusal::new(StatusCode::CONFLICT, Outcome::Replayed, "replayed request");
     let guard = app.mark_in_flight(request_id).ok_or_else(replayed)?;
-    match app.ledger.contains(request_id).await {
+    match app.ledger.contains_now(request_id) {
         Ok(false) => Ok(guard),
         Ok(true) => Err(replayed()),
         Err(e) => {
@@ -609,6 +613,7 @@ async fn forward(
     ready: Arc<ReadyEnclave>,
     signer: Signer,
     guards: crate::RequestGuards,
+    mut timeline: Timeline,
 ) -> Result<Response, Refusal> {
     info!(
         request_id = %request.request_id,
@@ -634,13 +639,15 @@ async fn forward(
         )
     })?;
     let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    timeline.lap(Stage::Route);
     let exchange = Exchange {
         app: app.clone(),
         ready,
         stream,
         expected: Expected::of(request.request_id, &request.meta),
         sent_at: tokio::time::Instant::now(),
-        _guards: guards,
+        timeline,
+        guards: Some(guards),
     };
     tokio::spawn(pump(exchange, head_tx));
     answer(head_rx).await
@@ -651,10 +658,13 @@ async fn forward(
 async fn answer(head: tokio::sync::oneshot::Receiver<Head>) -> Result<Response, Refusal> {
     match head.await {
         Ok(Head::Stream(rx)) => {
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+            // The body ends with the record marked last, at once (hyper
+            // writes it and the end of the chunked body together).
+            let stream = futures_util::stream::unfold(Some(rx), |rx| async move {
+                let mut rx = rx?;
+                let r = rx.recv().await?;
+                let rest = (!r.last).then_some(rx);
+                Some((Ok::<_, std::convert::Infallible>(r.bytes), rest))
             });
             Ok((
                 StatusCode::OK,

@@ -45,6 +45,8 @@
 //! * [`ratelimit`] — per-account token bucket and stream cap.
 //! * [`metrics`] — Prometheus text exposition, hand-written
 //!   (`benches/metrics.rs` compares it with `prometheus-client`).
+//! * [`timings`] — where a request's time goes in the host, stage by
+//!   stage (`GET /admin/timings`, and sums per stage in the metrics).
 //! * [`collateral`] — what the evidence lacks and AMD or Intel sign,
 //!   attached before it is verified and served: VCEKs ([`snp_vcek`]),
 //!   AMD's CRLs ([`snp_crl`]), Intel's TDX collateral from Intel's PCS or a
@@ -93,6 +95,7 @@ pub mod relay;
 pub mod settle;
 pub mod snp_crl;
 pub mod snp_vcek;
+pub mod timings;
 pub mod vm;
 
 use std::collections::HashSet;
@@ -156,6 +159,8 @@ pub(crate) struct App {
     /// Per-account limit on evidence for a client nonce.
     pub(crate) nonce_limiter: Arc<AccountLimiter>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Recent completed requests' time per stage (`GET /admin/timings`).
+    pub(crate) timings: timings::Timings,
     pub(crate) pricing: pricing::LoadPricing,
     pub(crate) spend: pricing::Spend,
     pub(crate) settlement: Option<cocoon_protocol::settlement::ContractAddress>,
@@ -411,6 +416,7 @@ pub async fn start(listeners: Listeners, config: HostConfig) -> Result<Running, 
         broker: broker.clone(),
         ledger,
         metrics,
+        timings: timings::Timings::default(),
         pricing: pricing::LoadPricing::new(),
         spend: pricing::Spend::new(),
         settlement: config.settlement,

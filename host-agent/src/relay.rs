@@ -12,6 +12,13 @@
 //! logged and counted. Chunk bytes are forwarded unchanged and never
 //! inspected beyond the clear flags byte.
 //!
+//! The pump takes what the enclave connection's reader already delivered
+//! without waiting (no timer per frame) and hands the chunk records it
+//! gathered to the HTTP body as one piece before it waits again; the final
+//! chunk's record ends the body, so the last chunk and the end of the
+//! chunked body leave in one write. Each request's stages are timed
+//! ([`crate::timings`]).
+//!
 //! Before anything was forwarded, a failure becomes an HTTP status instead
 //! (`502`, `504`, or `409` when the enclave's evidence changed under the
 //! request, see [`crate::broker::Broker::evidence_still_current`]). When
@@ -36,10 +43,14 @@ use crate::broker::{sanitize_reason, until_true, EnclaveStream, ReadyEnclave, St
 use crate::http::Refusal;
 use crate::ledger::{AppendError, LedgerEntry};
 use crate::metrics::Outcome;
+use crate::timings::{Stage, Timeline};
 use crate::{App, RequestGuards};
 
-/// Chunk records buffered between the pump and the HTTP body.
+/// Pieces of the body (each one or more chunk records) buffered between
+/// the pump and the HTTP body.
 const BODY_BUFFER: usize = 4;
+/// Bytes of chunk records gathered at most before they go to the body.
+const FLUSH_BYTES: usize = 64 << 10;
 
 /// What the request's billing metadata lets its receipt say (the one
 /// definition lives in `cocoon_protocol::receipt`).
@@ -155,11 +166,21 @@ pub fn check_receipt(
     Ok(r)
 }
 
+/// One chunk record for the HTTP body.
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// The record's bytes.
+    pub bytes: Bytes,
+    /// The final chunk's: the body ends with it (in the same write as the
+    /// record, without waiting for the pump to let go of the channel).
+    pub last: bool,
+}
+
 /// What the HTTP handler answers.
 #[derive(Debug)]
 pub(crate) enum Head {
     /// `200`, with this body of chunk records.
-    Stream(mpsc::Receiver<Bytes>),
+    Stream(mpsc::Receiver<Record>),
     /// An error status.
     Fail(Refusal),
 }
@@ -171,7 +192,11 @@ pub(crate) struct Exchange {
     pub stream: EnclaveStream,
     pub expected: Expected,
     pub sent_at: Instant,
-    pub _guards: RequestGuards,
+    /// The request's stages so far (admission, routing).
+    pub timeline: Timeline,
+    /// Released just before the final chunk goes (or when the exchange
+    /// ends without it).
+    pub guards: Option<RequestGuards>,
 }
 
 #[derive(Debug)]
@@ -190,18 +215,23 @@ enum End {
 struct Pump {
     ex: Exchange,
     head: Option<oneshot::Sender<Head>>,
-    body: Option<mpsc::Sender<Bytes>>,
+    body: Option<mpsc::Sender<Record>>,
+    /// Chunk records not yet handed to the body.
+    gathered: Vec<u8>,
+    /// Counted as complete, just before its final chunk went.
+    counted: bool,
     receipt_seq: Option<u64>,
     gone_at: Option<Instant>,
     frames: u64,
     chunks: u64,
     bytes_out: usize,
     hard_stop: watch::Receiver<bool>,
+    timeline: Timeline,
 }
 
 async fn client_closed(
     head: &mut Option<oneshot::Sender<Head>>,
-    body: &Option<mpsc::Sender<Bytes>>,
+    body: &Option<mpsc::Sender<Record>>,
 ) {
     if let Some(h) = head.as_mut() {
         h.closed().await
@@ -216,9 +246,12 @@ async fn client_closed(
 pub(crate) async fn pump(ex: Exchange, head: oneshot::Sender<Head>) {
     let hard_stop = ex.app.hard_stop.subscribe();
     let mut p = Pump {
+        timeline: ex.timeline,
         ex,
         head: Some(head),
         body: None,
+        gathered: Vec::new(),
+        counted: false,
         receipt_seq: None,
         gone_at: None,
         frames: 0,
@@ -246,21 +279,39 @@ impl Pump {
         let deadline = self.ex.sent_at + limits.total_timeout;
         let first_deadline = self.ex.sent_at + limits.first_frame_timeout;
         loop {
-            let until = match self.gone_at {
-                Some(at) => at + limits.cancel_grace,
-                None if self.frames == 0 => first_deadline,
-                None => Instant::now() + limits.idle_timeout,
-            }
-            .min(deadline);
-            let next = tokio::select! {
-                biased;
-                _ = until_true(&mut self.hard_stop) => return End::Shutdown,
-                _ = client_closed(&mut self.head, &self.body), if self.gone_at.is_none() => {
-                    self.client_gone("connection closed");
-                    continue;
-                }
-                r = tokio::time::timeout_at(until, self.ex.stream.next()) => r,
+            // What the reader already delivered is taken without a timer
+            // or a wait; the records gathered so far go to the client
+            // before the pump waits.
+            let ready = if *self.hard_stop.borrow() || Instant::now() >= deadline {
+                None
+            } else {
+                self.ex.stream.try_next()
             };
+            let next = match ready {
+                Some(r) => Ok(r),
+                None => {
+                    if let Some(end) = self.flush(false).await {
+                        return end;
+                    }
+                    self.timeline.lap(Stage::Relay);
+                    let until = match self.gone_at {
+                        Some(at) => at + limits.cancel_grace,
+                        None if self.frames == 0 => first_deadline,
+                        None => Instant::now() + limits.idle_timeout,
+                    }
+                    .min(deadline);
+                    tokio::select! {
+                        biased;
+                        _ = until_true(&mut self.hard_stop) => return End::Shutdown,
+                        _ = client_closed(&mut self.head, &self.body), if self.gone_at.is_none() => {
+                            self.client_gone("connection closed");
+                            continue;
+                        }
+                        r = tokio::time::timeout_at(until, self.ex.stream.next()) => r,
+                    }
+                }
+            };
+            self.timeline.lap(Stage::Enclave);
             let event = match next {
                 Err(_) if self.gone_at.is_some() => return End::ClientGone,
                 Err(_) if self.frames == 0 => return End::Timeout("first frame"),
@@ -274,14 +325,24 @@ impl Pump {
             // The connection machine holds the final chunk until the
             // receipt before it is committed (`EnclaveStream::commit`), and
             // turns a final chunk without one into `FinalWithoutReceipt`.
+            if let StreamEvent::Chunk(chunk) = &event {
+                if let Some(end) = self.gather(chunk).await {
+                    return end;
+                }
+                self.timeline.lap(Stage::Relay);
+                continue;
+            }
+            // Anything else comes after the chunks gathered before it.
+            if let Some(end) = self.flush(false).await {
+                return end;
+            }
             match event {
-                StreamEvent::Chunk(chunk) => {
-                    if let Some(end) = self.forward(&chunk).await {
+                StreamEvent::Chunk(_) => {}
+                StreamEvent::Final(chunk) => {
+                    if let Some(end) = self.gather(&chunk).await {
                         return end;
                     }
-                }
-                StreamEvent::Final(chunk) => {
-                    if let Some(end) = self.forward(&chunk).await {
+                    if let Some(end) = self.flush(true).await {
                         return end;
                     }
                     return if self.gone_at.is_some() {
@@ -324,60 +385,114 @@ impl Pump {
         }
     }
 
-    /// Send one chunk to the client (unless it is gone). `Some` ends the
+    /// Add one chunk's record to those gathered for the client (unless it
+    /// is gone); they go out together ([`Pump::flush`]). `Some` ends the
     /// exchange.
-    async fn forward(&mut self, chunk: &[u8]) -> Option<End> {
+    async fn gather(&mut self, chunk: &[u8]) -> Option<End> {
         if self.gone_at.is_some() {
             return None;
         }
-        let mut record = Vec::with_capacity(chunk.len() + 4);
-        if let Err(e) = encode_chunk_record(chunk, &mut record) {
+        if let Err(e) = encode_chunk_record(chunk, &mut self.gathered) {
             return Some(End::Violation(e.to_string()));
+        }
+        self.chunks += 1;
+        if self.gathered.len() >= FLUSH_BYTES {
+            return self.flush(false).await;
+        }
+        None
+    }
+
+    /// Send the gathered chunk records to the client as one piece of the
+    /// body (unless it is gone). `Some` ends the exchange. With `last`
+    /// (they end with the final chunk) the body ends with them; just before
+    /// they go, the request is counted and its guards (stream permit,
+    /// account slot, in-flight count, replay marker, payment reservation)
+    /// are released, so they are free before the client sees the end.
+    async fn flush(&mut self, last: bool) -> Option<End> {
+        if self.gone_at.is_some() {
+            self.gathered.clear();
+            return None;
+        }
+        if self.gathered.is_empty() {
+            return None;
         }
         if let Some(head) = self.head.take() {
             let (tx, rx) = mpsc::channel(BODY_BUFFER);
             if head.send(Head::Stream(rx)).is_err() {
                 self.client_gone("gone before the response started");
+                self.gathered.clear();
                 return None;
             }
             self.body = Some(tx);
         }
         let body = self.body.clone()?;
-        let len = record.len();
-        let limit = Instant::now() + self.ex.app.limits.idle_timeout;
-        let sent = tokio::select! {
-            r = tokio::time::timeout_at(limit, body.send(Bytes::from(record))) => r,
-            _ = until_true(&mut self.hard_stop) => return Some(End::Shutdown),
-        };
-        match sent {
-            Ok(Ok(())) => {
-                self.chunks += 1;
-                self.bytes_out += len;
-                self.ex.app.metrics.add_bytes_out(len);
+        // Room in the body's buffer: no timer. Else wait for the client to
+        // read, at most `idle_timeout`.
+        let permit = match body.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                self.client_gone("connection closed");
+                self.gathered.clear();
+                return None;
             }
-            Ok(Err(_)) => self.client_gone("connection closed"),
-            Err(_) => self.client_gone("stopped reading"),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let limit = Instant::now() + self.ex.app.limits.idle_timeout;
+                let reserved = tokio::select! {
+                    r = tokio::time::timeout_at(limit, body.reserve()) => r,
+                    _ = until_true(&mut self.hard_stop) => return Some(End::Shutdown),
+                };
+                match reserved {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => {
+                        self.client_gone("connection closed");
+                        self.gathered.clear();
+                        return None;
+                    }
+                    Err(_) => {
+                        self.client_gone("stopped reading");
+                        self.gathered.clear();
+                        return None;
+                    }
+                }
+            }
+        };
+        let bytes = Bytes::from(std::mem::take(&mut self.gathered));
+        self.bytes_out += bytes.len();
+        self.ex.app.metrics.add_bytes_out(bytes.len());
+        if last {
+            self.ex.app.metrics.request(Outcome::Ok, 200);
+            self.counted = true;
+            drop(self.ex.guards.take());
+        }
+        permit.send(Record { bytes, last });
+        if last {
+            self.timeline.lap(Stage::Release);
         }
         None
     }
 
     async fn accept_receipt(&mut self, bytes: Vec<u8>) -> Result<u64, ReceiptRefusal> {
         let r = check_receipt(self.ex.ready.receipt_verifier(), &bytes, &self.ex.expected)?;
+        self.timeline.lap(Stage::Receipt);
         let entry =
             LedgerEntry::from_verified(&r, bytes, self.ex.ready.receipt_public_key().to_vec());
         let t = std::time::Instant::now();
-        let seq = self
+        let (seq, times) = self
             .ex
             .app
             .ledger
-            .append(entry)
+            .append_timed(entry)
             .await
             .map_err(ReceiptRefusal::Ledger)?;
+        self.timeline.lap_split(
+            Stage::Commit,
+            &[(Stage::Queue, times.waited), (Stage::Fsync, times.commit)],
+        );
         self.ex.app.metrics.receipt_appended(t.elapsed());
         // Durable: the enclave may count it into the account's tab now,
         // and the final chunk may pass.
         self.ex.stream.commit(r.request_id, r.client_account);
-        if let Some(res) = &self.ex._guards.reservation {
+        if let Some(res) = self.ex.guards.as_ref().and_then(|g| g.reservation.as_ref()) {
             let charge = r
                 .charge_nanoton()
                 .and_then(|c| u64::try_from(c).ok())
@@ -395,6 +510,7 @@ impl Pump {
             ledger_seq = seq,
             "receipt committed"
         );
+        self.timeline.lap(Stage::Ack);
         Ok(seq)
     }
 
@@ -486,14 +602,20 @@ impl Pump {
             End::Stalled => (Outcome::Truncated, "client stalled".into()),
             End::Shutdown => (Outcome::Truncated, "host shut down".into()),
         };
-        app.metrics.request(outcome, 200);
+        if !self.counted {
+            app.metrics.request(outcome, 200);
+        }
         if outcome == Outcome::Ok {
+            app.timings.record(&self.timeline);
             info!(request_id = %rid, enclave, chunks = self.chunks, bytes = self.bytes_out, ledger_seq = ?self.receipt_seq, "response complete");
         } else {
             warn!(request_id = %rid, enclave, chunks = self.chunks, outcome = outcome.as_str(), detail, "response ended early");
         }
-        // Guards (stream permit, account slot, in-flight count, replay
-        // marker) are released when `self` drops here.
+        // Guards still held (stream permit, account slot, in-flight count,
+        // replay marker) are released, then the body ends.
+        let Pump { ex, body, .. } = self;
+        drop(ex);
+        drop(body);
     }
 }
 

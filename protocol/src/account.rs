@@ -24,7 +24,9 @@
 //!
 //! Signatures are 64 bytes `r ‖ s` (ECDSA P-256, SHA-256), low S.
 
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
+#[cfg(not(feature = "aws-lc"))]
+use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -221,16 +223,31 @@ fn query_message(account: &AccountId, time: u64) -> Vec<u8> {
     [RECEIPTS_QUERY_DOMAIN, &account.0, &time.to_be_bytes()].concat()
 }
 
+/// Check `sig` (low S) over `msg` under the key, and return the key's
+/// account. The key is parsed and checked once, by `p256`; with the
+/// `aws-lc` feature the ECDSA verification itself runs in aws-lc-rs (it is
+/// on every request's path through the host, and again in the enclave).
 fn verify(public_key_sec1: &[u8], msg: &[u8], sig: &[u8]) -> Result<AccountId, AccountError> {
-    let id = AccountId::of_public_key(public_key_sec1)?;
     let key =
         VerifyingKey::from_sec1_bytes(public_key_sec1).map_err(|_| AccountError::BadPublicKey)?;
+    let point = key.to_encoded_point(false);
+    let id = AccountId(Sha256::digest(point.as_bytes()).into());
     let sig = Signature::from_slice(sig).map_err(|_| AccountError::BadSignature)?;
     if sig.normalize_s().is_some() {
         return Err(AccountError::BadSignature);
     }
-    key.verify(msg, &sig)
-        .map_err(|_| AccountError::BadSignature)?;
+    #[cfg(feature = "aws-lc")]
+    let ok = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        point.as_bytes(),
+    )
+    .verify(msg, &sig.to_bytes())
+    .is_ok();
+    #[cfg(not(feature = "aws-lc"))]
+    let ok = key.verify(msg, &sig).is_ok();
+    if !ok {
+        return Err(AccountError::BadSignature);
+    }
     Ok(id)
 }
 

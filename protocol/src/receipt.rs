@@ -501,9 +501,10 @@ impl ReceiptSigner {
 pub struct ReceiptVerifier {
     #[cfg(not(feature = "aws-lc"))]
     key: VerifyingKey,
-    /// Uncompressed SEC1, validated by `p256` when parsed.
+    /// Validated by `p256`, then parsed once by aws-lc-rs (uncompressed
+    /// SEC1), not again for every receipt.
     #[cfg(feature = "aws-lc")]
-    key: aws_lc_rs::signature::UnparsedPublicKey<Vec<u8>>,
+    key: aws_lc_rs::signature::ParsedPublicKey,
 }
 
 impl ReceiptVerifier {
@@ -512,16 +513,17 @@ impl ReceiptVerifier {
         let key = VerifyingKey::from_sec1_bytes(receipt_public_key_sec1)
             .map_err(|_| ReceiptError::BadPublicKey)?;
         #[cfg(feature = "aws-lc")]
-        let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+        let key = aws_lc_rs::signature::ParsedPublicKey::new(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
-            key.to_encoded_point(false).as_bytes().to_vec(),
-        );
+            key.to_encoded_point(false).as_bytes(),
+        )
+        .map_err(|_| ReceiptError::BadPublicKey)?;
         Ok(ReceiptVerifier { key })
     }
 
     fn verify_signature(&self, tbs: &[u8], sig: &Signature) -> Result<(), ReceiptError> {
         #[cfg(feature = "aws-lc")]
-        let ok = self.key.verify(tbs, &sig.to_bytes()).is_ok();
+        let ok = self.key.verify_sig(tbs, &sig.to_bytes()).is_ok();
         #[cfg(not(feature = "aws-lc"))]
         let ok = self.key.verify(tbs, sig).is_ok();
         if ok {

@@ -384,7 +384,25 @@ impl EnclaveStream {
             self.done = true;
             return Ok(ev);
         }
-        match self.rx.recv().await {
+        let ev = self.rx.recv().await;
+        self.received(ev)
+    }
+
+    /// [`EnclaveStream::next`] if it is already there (`None`: nothing yet).
+    pub fn try_next(&mut self) -> Option<Result<StreamEvent, StreamEnd>> {
+        if let Some(ev) = self.released.take() {
+            self.done = true;
+            return Some(Ok(ev));
+        }
+        match self.rx.try_recv() {
+            Ok(ev) => Some(self.received(Some(ev))),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(self.received(None)),
+        }
+    }
+
+    fn received(&mut self, ev: Option<StreamEvent>) -> Result<StreamEvent, StreamEnd> {
+        match ev {
             Some(ev) => {
                 if !matches!(ev, StreamEvent::Chunk(_) | StreamEvent::Receipt(_)) {
                     self.done = true;
@@ -485,16 +503,18 @@ async fn read_loop(mut rd: tokio::io::ReadHalf<BoxIo>, shared: Arc<Shared>, stal
         if let Err(e) = dec.push(&buf[..n]) {
             break format!("framing error: {e}");
         }
-        loop {
-            let f = match dec.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => break 'outer format!("framing error: {e}"),
-            };
-            {
-                let mut g = shared.lock();
+        // Every frame this read completed goes through the machine under
+        // one lock; then their events are delivered, in order.
+        let failed = {
+            let mut g = shared.lock();
+            loop {
+                let f = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break None,
+                    Err(e) => break Some(format!("framing error: {e}")),
+                };
                 if let Err(v) = g.machine.on_frame(f) {
-                    break 'outer format!("protocol violation: {v}");
+                    break Some(format!("protocol violation: {v}"));
                 }
                 while let Some(ev) = g.machine.poll_event() {
                     let route = match &ev {
@@ -504,14 +524,17 @@ async fn read_loop(mut rd: tokio::io::ReadHalf<BoxIo>, shared: Arc<Shared>, stal
                     events.push((ev, route));
                 }
             }
-            for (ev, route) in events.drain(..) {
-                if deliver(&shared, ev, route, stall, &mut closed)
-                    .await
-                    .is_err()
-                {
-                    break 'outer "closed by the host".to_string();
-                }
+        };
+        for (ev, route) in events.drain(..) {
+            if deliver(&shared, ev, route, stall, &mut closed)
+                .await
+                .is_err()
+            {
+                break 'outer "closed by the host".to_string();
             }
+        }
+        if let Some(reason) = failed {
+            break reason;
         }
     };
     shared.shutdown(&reason);
@@ -533,6 +556,20 @@ async fn deliver(
                 return Ok(());
             };
             let ends = !matches!(event, StreamEvent::Chunk(_) | StreamEvent::Receipt(_));
+            // Room in the stream's channel: no timer, no wait.
+            let event = match tx.try_send(event) {
+                Ok(()) => {
+                    if ends {
+                        shared.lock().routes.remove(&stream);
+                    }
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    shared.lock().routes.remove(&stream);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Full(event)) => event,
+            };
             tokio::select! {
                 r = tokio::time::timeout(stall, tx.send(event)) => match r {
                     Ok(Ok(())) => {

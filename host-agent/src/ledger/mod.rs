@@ -30,8 +30,12 @@
 //! enclave sequence number) is refused on its own (`INSERT OR IGNORE`,
 //! then a look-up of which key collided) without failing its batch; an I/O
 //! error fails the whole batch and every append in it is answered with the
-//! error. Checkpoints (folding the WAL into the main file) run on a thread
-//! and connection of their own (`PASSIVE`), never in a commit, so a commit
+//! error. The other writes (tabs after each acknowledgement,
+//! authorizations, claims) join the same batches, in queue order, each in
+//! a savepoint of its own, and share the batch's fsync. The callers are
+//! answered on a notifier thread while the writer starts the next batch.
+//! Checkpoints (folding the WAL into the main file) run on a thread and
+//! connection of their own (`PASSIVE`), never in a commit, so a commit
 //! costs its inserts and one WAL fsync; they wait for half a second
 //! without commits, so a burst of appends does not share the disk with
 //! them, or run after 64 transactions under sustained load, which bounds
@@ -116,6 +120,7 @@ pub(crate) mod tests;
 mod writer;
 
 pub use schema::SCHEMA_VERSION;
+pub use writer::AppendTimes;
 use writer::Op;
 
 /// Why the ledger cannot be opened or read.

@@ -3,6 +3,8 @@
 //! export, the spend per key and account, settlement's view and the
 //! consistency check.
 
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cocoon_protocol::api::ReceiptEntry;
@@ -19,6 +21,46 @@ use super::{
 /// Readers kept open for re-use.
 const READER_POOL: usize = 4;
 
+/// Run `f` on a pooled read-only connection to `path` (a new one when the
+/// pool is empty), on the caller's thread.
+fn with_reader<T>(
+    path: &Path,
+    pool: &Mutex<Vec<Connection>>,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, LedgerError> {
+    let err = |e: rusqlite::Error| LedgerError::Sqlite {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let pooled = pool.lock().ok().and_then(|mut p| p.pop());
+    let conn = match pooled {
+        Some(c) => c,
+        None => {
+            let c = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(err)?;
+            c.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+            c
+        }
+    };
+    let out = f(&conn).map_err(err);
+    if let Ok(mut p) = pool.lock() {
+        if p.len() < READER_POOL {
+            p.push(conn);
+        }
+    }
+    out
+}
+
+fn contains(c: &Connection, request_id: RequestId) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?
+        .query_row([&request_id.0[..]], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
 impl Ledger {
     async fn read<T: Send + 'static>(
         &self,
@@ -26,48 +68,24 @@ impl Ledger {
     ) -> Result<T, LedgerError> {
         let path = self.path.clone();
         let pool = self.readers.clone();
-        let err = {
-            let path = path.clone();
-            move |e: rusqlite::Error| LedgerError::Sqlite {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }
-        };
-        tokio::task::spawn_blocking(move || {
-            let pooled = pool.lock().ok().and_then(|mut p| p.pop());
-            let conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
-                    .map_err(&err)?;
-                    c.busy_timeout(Duration::from_secs(5)).map_err(&err)?;
-                    c
-                }
-            };
-            let out = f(&conn).map_err(&err);
-            if let Ok(mut p) = pool.lock() {
-                if p.len() < READER_POOL {
-                    p.push(conn);
-                }
-            }
-            out
-        })
-        .await
-        .map_err(|_| LedgerError::Closed)?
+        tokio::task::spawn_blocking(move || with_reader(&path, &pool, f))
+            .await
+            .map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Whether a receipt for `request_id` is in the ledger, read on the
+    /// caller's thread: one look-up in the request id's unique index (a few
+    /// pages, from SQLite's and the OS's caches in practice; WAL readers do
+    /// not wait for the writer), cheaper than the trip to the blocking pool
+    /// and back that [`Ledger::contains`] takes. The replay check of every
+    /// request uses it.
+    pub fn contains_now(&self, request_id: RequestId) -> Result<bool, LedgerError> {
+        with_reader(&self.path, &self.readers, |c| contains(c, request_id))
     }
 
     /// Whether a receipt for `request_id` is in the ledger.
     pub async fn contains(&self, request_id: RequestId) -> Result<bool, LedgerError> {
-        self.read(move |c| {
-            c.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?
-                .query_row([&request_id.0[..]], |_| Ok(()))
-                .optional()
-                .map(|r| r.is_some())
-        })
-        .await
+        self.read(move |c| contains(c, request_id)).await
     }
 
     /// An account's receipts with `ledger_seq > after`, oldest first, at

@@ -63,6 +63,8 @@ async fn duplicates_and_out_of_range_are_refused_alone() {
     );
     assert!(l.contains(entry(1).request_id).await.unwrap());
     assert!(!l.contains(entry(9).request_id).await.unwrap());
+    assert!(l.contains_now(entry(1).request_id).unwrap());
+    assert!(!l.contains_now(entry(9).request_id).unwrap());
     let check = l.check().await.unwrap();
     assert_eq!(check.entries, 2);
     assert!(check.is_ok(), "{check:?}");
@@ -168,4 +170,47 @@ async fn a_version_2_ledger_is_upgraded_in_place_and_loses_nothing() {
     drop(c);
     let err = Ledger::open(&path, LedgerOptions::default()).unwrap_err();
     assert!(err.to_string().contains("schema version 1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_join_the_append_batches_and_fail_alone() {
+    let path = temp("jobs");
+    let l = std::sync::Arc::new(Ledger::open(&path, LedgerOptions::default()).unwrap());
+    let mut appends = vec![];
+    for i in 1..=40 {
+        let l = l.clone();
+        appends.push(tokio::spawn(async move { l.append(entry(i)).await }));
+    }
+    // A write that fails (its savepoint is undone), one that succeeds in
+    // the same stream of batches, and tabs stored among the appends.
+    let bad = l.write(|c| {
+        c.execute("INSERT INTO tabs VALUES (x'05', x'01', 1, 1, x'00')", [])?;
+        c.execute("INSERT INTO no_such_table VALUES (1)", [])
+    });
+    let tabs = l.store_tabs(
+        vec![4; 65],
+        vec![StoredTab {
+            account: [1; 32],
+            count: 3,
+            total: 150,
+            signed: vec![7; 10],
+        }],
+    );
+    let (bad, tabs) = tokio::join!(bad, tabs);
+    assert!(matches!(bad, Err(LedgerError::Sqlite { .. })), "{bad:?}");
+    assert_eq!(tabs, Ok(1));
+    for a in appends {
+        a.await.unwrap().unwrap();
+    }
+    let stats = l.stats();
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(batches <= 42, "{batches}");
+    assert_eq!(l.check().await.unwrap().entries, 40);
+    // The failed write's first insert was undone with it.
+    let rows: i64 = l
+        .write(|c| c.query_row("SELECT count(*) FROM tabs", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    l.close();
 }

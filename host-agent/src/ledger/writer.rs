@@ -1,14 +1,18 @@
 //! The writer side of the ledger: one thread owns the writing connection
 //! and commits appends in groups (see "Group commit" in the module above),
-//! a second folds the WAL into the main file; the writes other than
-//! appends (tabs, authorizations, claims) run on the writer thread in
-//! transactions of their own, after the appends queued before them.
+//! a second folds the WAL into the main file. The writes other than
+//! appends (tabs, authorizations, claims) join the same groups: each runs
+//! in the transaction of the batch it was queued in, in order with the
+//! appends, inside a savepoint of its own (its failure undoes only its own
+//! changes), and is answered once that transaction committed. So a tab
+//! stored after every acknowledgement costs no fsync of its own, and no
+//! append waits behind one.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -30,12 +34,75 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// appends never shares the disk with one.
 const CHECKPOINT_BUSY_AFTER: u64 = 64;
 
-/// A write other than an append, run on the writer thread in a
-/// transaction of its own.
-pub(super) type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A write other than an append, run by the writer thread in a batch's
+/// transaction.
+pub(super) trait Job: Send {
+    /// Do the write (in a savepoint of its own) and keep its result.
+    fn run(&mut self, conn: &Connection);
+    /// Answer the caller: `None` once the batch's transaction committed,
+    /// else why it did not (a failure of the job itself comes first).
+    fn answer(self: Box<Self>, failed: Option<&str>);
+}
+
+/// [`Ledger::write`]'s job: `f` and where its answer goes.
+struct Write<T, F> {
+    f: Option<F>,
+    out: Option<rusqlite::Result<T>>,
+    tx: oneshot::Sender<Result<T, LedgerError>>,
+    path: String,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        let Some(f) = self.f.take() else { return };
+        self.out = Some((|| {
+            conn.execute_batch("SAVEPOINT job")?;
+            let v = f(conn).and_then(|v| conn.execute_batch("RELEASE job").map(|()| v));
+            if v.is_err() {
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+            v
+        })());
+    }
+
+    fn answer(self: Box<Self>, failed: Option<&str>) {
+        let sqlite = |message: String| LedgerError::Sqlite {
+            path: self.path.clone(),
+            message,
+        };
+        let r = match (self.out, failed) {
+            (Some(Err(e)), _) => Err(sqlite(e.to_string())),
+            (_, Some(why)) => Err(sqlite(why.to_string())),
+            (Some(Ok(v)), None) => Ok(v),
+            (None, None) => Err(LedgerError::Closed),
+        };
+        let _ = self.tx.send(r);
+    }
+}
+
+/// A queued write other than an append.
+pub(super) type WriteJob = Box<dyn Job>;
+
+/// How long an append took on the writer's side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendTimes {
+    /// From being queued until its batch began: the writer thread's
+    /// wake-up, or the batch before still committing (its fsync, mostly).
+    pub waited: Duration,
+    /// Its batch's `COMMIT` (the WAL write and fsync).
+    pub commit: Duration,
+}
+
+/// An append's answer: its ledger sequence number or why it was refused,
+/// and its times.
+type Answer = (Result<u64, AppendError>, AppendTimes);
 
 pub(super) enum Op {
-    Append(Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>),
+    Append(Box<LedgerEntry>, Instant, oneshot::Sender<Answer>),
     Run(WriteJob),
     Close,
 }
@@ -66,10 +133,9 @@ pub(super) fn start(
         })?;
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let cp_path = path.to_path_buf();
-    let cp_stats = stats.clone();
     let checkpointer = std::thread::Builder::new()
         .name("ledger-checkpoint".into())
-        .spawn(move || checkpoint_loop(&cp_path, &stop_rx, &cp_stats))
+        .spawn(move || checkpoint_loop(&cp_path, &stop_rx, &stats))
         .map_err(|e| LedgerError::Sqlite {
             path: path.display().to_string(),
             message: format!("could not start the checkpoint thread: {e}"),
@@ -85,15 +151,28 @@ impl Ledger {
     /// Append one entry; resolves once its transaction is durably committed
     /// (`Ok(ledger_seq)`), or with why it was refused.
     pub async fn append(&self, entry: LedgerEntry) -> Result<u64, AppendError> {
+        self.append_timed(entry).await.map(|(seq, _)| seq)
+    }
+
+    /// [`Ledger::append`], and how long it waited for the writer and how
+    /// long the `COMMIT` of its batch took (the WAL write and fsync), timed
+    /// on the writer thread.
+    pub async fn append_timed(
+        &self,
+        entry: LedgerEntry,
+    ) -> Result<(u64, AppendTimes), AppendError> {
         let (tx, rx) = oneshot::channel();
         {
             let guard = self.tx.lock().map_err(|_| AppendError::Closed)?;
             let sender = guard.as_ref().ok_or(AppendError::Closed)?;
             sender
-                .send(Op::Append(Box::new(entry), tx))
+                .send(Op::Append(Box::new(entry), Instant::now(), tx))
                 .map_err(|_| AppendError::Closed)?;
         }
-        rx.await.unwrap_or(Err(AppendError::Closed))
+        match rx.await {
+            Ok((r, times)) => r.map(|seq| (seq, times)),
+            Err(_) => Err(AppendError::Closed),
+        }
     }
 
     /// Stop taking appends, let the writer commit everything queued before
@@ -114,26 +193,19 @@ impl Ledger {
             }
         }
     }
-    /// Run `f` in a transaction on the writer thread (after the appends
-    /// queued before it) and return its result once committed.
-    async fn write<T: Send + 'static>(
+    /// Run `f` on the writer thread, in the transaction of the batch it
+    /// joins (after the appends and writes queued before it, in a savepoint
+    /// of its own), and return its result once committed.
+    pub(super) async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LedgerError> {
         let (tx, rx) = oneshot::channel();
-        let path = self.path.display().to_string();
-        let job: WriteJob = Box::new(move |conn: &mut Connection| {
-            let out = (|| {
-                let txn = conn.transaction()?;
-                let v = f(&txn)?;
-                txn.commit()?;
-                Ok(v)
-            })()
-            .map_err(|e: rusqlite::Error| LedgerError::Sqlite {
-                path,
-                message: e.to_string(),
-            });
-            let _ = tx.send(out);
+        let job: WriteJob = Box::new(Write {
+            f: Some(f),
+            out: None,
+            tx,
+            path: self.path.display().to_string(),
         });
         {
             let guard = self.tx.lock().map_err(|_| LedgerError::Closed)?;
@@ -145,7 +217,8 @@ impl Ledger {
 
     /// Store enclave-signed tabs of one receipt key (already verified by
     /// the caller), keeping per account the one with the highest count.
-    /// Returns how many rows moved forward.
+    /// Returns how many rows moved forward. Committed in the writer's next
+    /// batch, with whatever appends it holds.
     pub async fn store_tabs(
         &self,
         receipt_public_key: Vec<u8>,
@@ -326,25 +399,60 @@ fn checkpoint_loop(path: &Path, stop: &mpsc::Receiver<()>, stats: &LedgerStats) 
     }
 }
 
-type Pending = (Box<LedgerEntry>, oneshot::Sender<Result<u64, AppendError>>);
+/// One queued write of a batch.
+enum Pending {
+    Append(Box<LedgerEntry>, Instant, oneshot::Sender<Answer>),
+    Job(WriteJob),
+}
 
-/// A committed (or failed) append, its caller and its answer.
-type Answer = (
-    Box<LedgerEntry>,
-    oneshot::Sender<Result<u64, AppendError>>,
-    Result<u64, AppendError>,
-);
+/// A committed (or failed) batch on its way to its callers: the writes,
+/// the appends' results in order, when the batch began, and the commit's
+/// time or why it failed.
+struct Answers {
+    batch: Vec<Pending>,
+    results: Vec<Result<u64, AppendError>>,
+    began: Instant,
+    outcome: Result<Duration, String>,
+}
 
-fn answer(answers: Vec<Answer>) {
-    for (entry, tx, r) in answers {
-        drop(entry);
-        let _ = tx.send(r);
+/// Answer every write of a batch (and free its entries).
+fn answer(a: Answers) {
+    let Answers {
+        batch,
+        results,
+        began,
+        outcome,
+    } = a;
+    let mut results = results.into_iter();
+    for p in batch {
+        match (p, &outcome) {
+            (Pending::Append(_, queued, tx), Ok(commit)) => {
+                let r = results.next().unwrap_or(Err(AppendError::Closed));
+                let times = AppendTimes {
+                    waited: began.saturating_duration_since(queued),
+                    commit: *commit,
+                };
+                let _ = tx.send((r, times));
+            }
+            (Pending::Append(_, _, tx), Err(why)) => {
+                let _ = tx.send((Err(AppendError::Io(why.clone())), AppendTimes::default()));
+            }
+            (Pending::Job(j), Ok(_)) => j.answer(None),
+            (Pending::Job(j), Err(why)) => j.answer(Some(why)),
+        }
     }
 }
 
 fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, stats: &LedgerStats) {
-    let (notify, answers) = mpsc::channel::<Vec<Answer>>();
-    // Without the thread, the writer answers itself.
+    let pending = |op| match op {
+        Op::Append(e, at, tx) => Some(Pending::Append(e, at, tx)),
+        Op::Run(j) => Some(Pending::Job(j)),
+        Op::Close => None,
+    };
+    // Waking the callers (and freeing their entries) happens on a thread
+    // of its own while this one starts the next transaction; without it,
+    // the writer answers itself.
+    let (notify, answers) = mpsc::channel::<Answers>();
     let notifier = std::thread::Builder::new()
         .name("ledger-notify".into())
         .spawn(move || {
@@ -354,72 +462,59 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
         })
         .ok();
     let mut closing = false;
-    let mut job: Option<WriteJob> = None;
     while !closing {
-        if let Some(j) = job.take() {
-            j(&mut conn);
-        }
         let mut batch: Vec<Pending> = Vec::new();
-        match rx.recv() {
-            Ok(Op::Append(e, tx)) => batch.push((e, tx)),
-            Ok(Op::Run(j)) => {
-                j(&mut conn);
-                continue;
-            }
-            Ok(Op::Close) | Err(_) => break,
+        match rx.recv().ok().and_then(pending) {
+            Some(p) => batch.push(p),
+            None => break,
         }
+        // Everything queued meanwhile joins.
         while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Op::Append(e, tx)) => batch.push((e, tx)),
-                Ok(Op::Run(j)) => {
-                    // After this batch, in order.
-                    job = Some(j);
-                    break;
-                }
-                Ok(Op::Close) => {
+            let Ok(op) = rx.try_recv() else { break };
+            match pending(op) {
+                Some(p) => batch.push(p),
+                None => {
                     closing = true;
                     break;
                 }
-                Err(_) => break,
             }
         }
-        let results = commit_batch(&mut conn, &batch);
-        let answers: Vec<Answer> = match results {
-            Ok(results) => {
+        let began = Instant::now();
+        let appends = batch
+            .iter()
+            .filter(|p| matches!(p, Pending::Append(..)))
+            .count();
+        let mut results = Vec::with_capacity(appends);
+        let outcome = match commit_batch(&mut conn, &mut batch, &mut results) {
+            Ok(commit) => {
                 stats.batches.fetch_add(1, Ordering::Relaxed);
-                batch
-                    .into_iter()
-                    .zip(results)
-                    .map(|((entry, tx), r)| {
-                        match &r {
-                            Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
-                        };
-                        (entry, tx, r)
-                    })
-                    .collect()
+                for r in &results {
+                    match r {
+                        Ok(_) => stats.appended.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => stats.duplicates.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                Ok(commit)
             }
             Err(e) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, appends = batch.len(), "ledger commit failed");
-                batch
-                    .into_iter()
-                    .map(|(entry, tx)| (entry, tx, Err(AppendError::Io(e.to_string()))))
-                    .collect()
+                tracing::error!(error = %e, appends, "ledger commit failed");
+                Err(e.to_string())
             }
         };
-        // Waking the callers (and freeing their entries) happens on the
-        // notifier thread while this one starts the next transaction.
-        if let Err(mpsc::SendError(answers)) = notify.send(answers) {
-            answer(answers);
+        let a = Answers {
+            batch,
+            results,
+            began,
+            outcome,
+        };
+        if let Err(mpsc::SendError(a)) = notify.send(a) {
+            answer(a);
         }
     }
     drop(notify);
     if let Some(n) = notifier {
         let _ = n.join();
-    }
-    if let Some(j) = job.take() {
-        j(&mut conn);
     }
     // Everything queued before Close has been answered. Fold the WAL back
     // into the main file so the sqlite3 CLI sees one file.
@@ -430,14 +525,16 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, max_batch: usize, st
     // which answers it with `Closed`.
 }
 
-/// Insert every entry of `batch` in one transaction. The outer error is a
-/// failure of the whole batch (nothing committed).
+/// Run every write of `batch` in one transaction, in order: insert each
+/// append (its result pushed to `results`), run each job. The error is a
+/// failure of the whole batch (nothing committed); else how long the
+/// `COMMIT` took.
 fn commit_batch(
     conn: &mut Connection,
-    batch: &[Pending],
-) -> rusqlite::Result<Vec<Result<u64, AppendError>>> {
+    batch: &mut [Pending],
+    results: &mut Vec<Result<u64, AppendError>>,
+) -> rusqlite::Result<Duration> {
     let txn = conn.transaction()?;
-    let mut results = Vec::with_capacity(batch.len());
     {
         let mut insert = txn.prepare_cached(
             "INSERT OR IGNORE INTO receipts (request_id, account, model, prompt_tokens, \
@@ -447,7 +544,14 @@ fn commit_batch(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         let mut which = txn.prepare_cached("SELECT 1 FROM receipts WHERE request_id = ?1")?;
-        for (e, _) in batch {
+        for p in batch.iter_mut() {
+            let e = match p {
+                Pending::Append(e, _, _) => e,
+                Pending::Job(j) => {
+                    j.run(&txn);
+                    continue;
+                }
+            };
             let nums = (|| {
                 Ok::<_, AppendError>([
                     i64_of(e.prompt_tokens, "prompt_tokens")?,
@@ -501,6 +605,7 @@ fn commit_batch(
             }
         }
     }
+    let t = Instant::now();
     txn.commit()?;
-    Ok(results)
+    Ok(t.elapsed())
 }
