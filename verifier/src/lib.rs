@@ -57,6 +57,7 @@ pub mod snp;
 pub mod snp_crl;
 pub mod tdx;
 pub mod tdx_core;
+mod tdx_json;
 pub mod tdx_tcb;
 mod verified_cache;
 mod x509;
@@ -66,7 +67,7 @@ use core::fmt;
 pub use enclave::{verify, VerifiedEnclave};
 pub use policy::{Check, Policy, SnpPolicy, TdxPolicy};
 pub use snp::{verify_snp, SnpVerifier, VerifiedSnp};
-pub use tdx_core::TdxVerifier;
+pub use tdx_core::{TdxCachedItems, TdxVerifier};
 pub use x509::CertError;
 
 /// Seconds since the Unix epoch, UTC. The verifier never reads a clock:
