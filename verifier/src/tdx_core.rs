@@ -1512,6 +1512,29 @@ mod tests {
     ];
 
     #[test]
+    fn a_signature_is_recalled_only_for_the_same_kind_signer_and_bytes() {
+        let root = root_cert().expect("root");
+        let c = collateral(COLLATERALS[0]);
+        let chain =
+            pem_chain(c["tcb_info_issuer_chain"].as_str().expect("pem").as_bytes()).expect("chain");
+        let signer = Cert::from_der_as(&chain[0], SigAlg::EcdsaP256Sha256).expect("signer");
+        let v = TdxVerifier::new();
+        let item = sha256(b"signed bytes and signature");
+        // A signature that does not verify is not remembered.
+        assert!(!v.signed(b"crl", root, &item, || false));
+        assert_eq!(v.cached_items().signatures, 0);
+        assert!(v.signed(b"crl", root, &item, || true));
+        assert!(v.signed(b"crl", root, &item, || panic!(
+            "a hit is not verified again"
+        )));
+        // Another signer key, other bytes, another kind: each a miss.
+        assert!(!v.signed(b"crl", &signer, &item, || false));
+        assert!(!v.signed(b"crl", root, &sha256(b"other bytes"), || false));
+        assert!(!v.signed(b"certificate", root, &item, || false));
+        assert_eq!(v.cached_items().signatures, 1);
+    }
+
+    #[test]
     fn base64_decodes_as_base64ct_decodes() {
         // Every string of up to 6 symbols over characters that exercise the
         // padding, the trailing bits and the whitespace.
