@@ -3,16 +3,24 @@
 //! [`crate::tdx::verify_tdx`] is this core, cold (a new verifier per call).
 //! `dcap-qvl` is the tests' differential oracle for it.
 //!
-//! Owns the cryptographic checks of a TDX quote and its collateral, and two
+//! Owns the cryptographic checks of a TDX quote and its collateral, and
 //! bounded caches keyed by the SHA-256 of the exact bytes received (an
-//! altered copy is a miss and is verified from scratch):
+//! altered copy is a miss and is verified from scratch; only what verified
+//! is kept):
 //!
 //! * collateral sets: root CA CRL (signed by the pinned Intel SGX Root CA),
 //!   PCK CRL (parsed; its signature is checked against the PCK CA of the
 //!   quote), TCB info and QE identity (signature over the JSON text by a
 //!   signing certificate issued directly by the root, not revoked by the
 //!   root CA CRL);
-//! * PCK chains carried in quotes (leaf and PCK CA up to the pinned root).
+//! * PCK chains carried in quotes (leaf and PCK CA up to the pinned root);
+//! * each item on its own, so that a new collateral set verifies only what
+//!   is new in it (Intel re-issues TCB info, QE identity and CRLs far more
+//!   often than the certificates that sign them): the collateral signing
+//!   certificate by its issuer chain text and the root's key; CRLs and PCK
+//!   chain certificates parsed, by their DER; every signature over a
+//!   certificate, a CRL, the TCB info or the QE identity, by the signer's
+//!   public key and the SHA-256 of the signed bytes with the signature.
 //!
 //! What depends on the time is kept as data and checked again at every call
 //! against the caller's `now`: every certificate's validity, each CRL's
