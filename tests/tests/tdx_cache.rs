@@ -238,3 +238,149 @@ fn a_cold_and_a_warm_verifier_agree() {
         assert_eq!(cold.unwrap_err(), hot.unwrap_err(), "{what}");
     }
 }
+
+/// `tdx/dcap-qvl/tdx_quote_outdated` with its collateral and verification
+/// time: another platform, and another Intel collateral set that shares
+/// with this one what Intel rarely re-issues (the root CA CRL, the TCB
+/// signing certificate's chain, the PCK Platform CA) but not its TCB info,
+/// QE identity or PCK CRL.
+fn other() -> (Vec<u8>, TdxCollateral, UnixTime) {
+    let path = "tdx/dcap-qvl/tdx_quote_outdated";
+    let m = manifest();
+    let e = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap();
+    (
+        read_vector(path),
+        TdxCollateral::from_bytes(&read_vector(&format!("{path}_collateral.json"))).unwrap(),
+        UnixTime(e["expected"]["verification_time"]["unix"].as_u64().unwrap()),
+    )
+}
+
+/// A verifier whose per-item caches hold the other set's items: it has
+/// verified the other quote (refused by this policy after every signature
+/// verified: another MRTD, and a TCB below every level).
+fn primed(c: &Case) -> TdxVerifier {
+    let (quote, coll, now) = other();
+    let v = TdxVerifier::new();
+    let rej = c.refuse(&v, &quote, &coll, now, "the other platform");
+    assert!(!rej.has(ReasonKind::Signature) && !rej.has(ReasonKind::Chain));
+    assert_eq!(v.cached(), (1, 1), "the other set and chain verified");
+    v
+}
+
+/// The root CA CRL's nextUpdate, read with `x509-cert` (not the verifier's reader).
+fn root_crl_next_update(c: &TdxCollateral) -> u64 {
+    use x509_cert::der::Decode;
+    x509_cert::crl::CertificateList::from_der(c.root_ca_crl.as_ref().unwrap())
+        .unwrap()
+        .tbs_cert_list
+        .next_update
+        .unwrap()
+        .to_unix_duration()
+        .as_secs()
+}
+
+#[test]
+fn a_new_set_recalls_only_the_items_it_shares_with_one_seen_before() {
+    let c = case();
+    let v = primed(&c);
+    let before = v.cached_items();
+    c.accept(&v, "new collateral on a primed verifier");
+    let after = v.cached_items();
+    // The signing chain, the root CA CRL's and the PCK CA's signatures were
+    // recalled; the TCB info, QE identity, PCK CRL and PCK leaf signatures
+    // are new.
+    assert_eq!(after.signers, before.signers);
+    assert_eq!(
+        after.signatures,
+        before.signatures + 4,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(v.cached(), (2, 2));
+}
+
+#[test]
+fn altered_copies_of_shared_items_are_refused_by_a_primed_verifier() {
+    // Each altered set is new to the verifier, whose per-item caches hold
+    // the genuine root CA CRL, signing chain and PCK CA: every altered item
+    // is a miss, verified and refused, exactly as a cold verifier refuses
+    // it, and nothing refused is remembered.
+    let c = case();
+    for (what, coll) in altered_collateral(&c.collateral) {
+        let v = primed(&c);
+        let rej = c.refuse(&v, &c.quote, &coll, c.now, what);
+        let cold = cocoon_verifier::tdx::verify_tdx(&c.quote, &coll, &c.policy, c.now)
+            .map(|_| ())
+            .unwrap_err()
+            .0;
+        assert_eq!(rej.to_string(), cold.to_string(), "{what}");
+        let items = v.cached_items();
+        let again = c.refuse(&v, &c.quote, &coll, c.now, what);
+        assert_eq!(rej.to_string(), again.to_string(), "{what}");
+        let after = v.cached_items();
+        assert_eq!(
+            (after.signers, after.signatures),
+            (items.signers, items.signatures),
+            "{what}: a refused input added a verified item"
+        );
+        c.accept(&v, what);
+    }
+    for (what, quote) in altered_chains(&c.quote) {
+        let v = primed(&c);
+        let rej = c.refuse(&v, &quote, &c.collateral, c.now, what);
+        assert!(
+            rej.has(ReasonKind::Signature) || rej.has(ReasonKind::Chain),
+            "{what}: {rej}"
+        );
+        let items = v.cached_items();
+        c.refuse(&v, &quote, &c.collateral, c.now, what);
+        assert_eq!(v.cached_items().signatures, items.signatures, "{what}");
+        c.accept(&v, what);
+    }
+}
+
+#[test]
+fn dates_are_judged_at_every_call_on_an_item_hit() {
+    let c = case();
+    let root_next = root_crl_next_update(&c.collateral);
+    let (_, other_coll, other_now) = other();
+    assert_eq!(other_coll.root_ca_crl, c.collateral.root_ca_crl);
+    assert!(
+        other_now.0 < root_next,
+        "the other set verified before the root CA CRL expired"
+    );
+    let v = primed(&c);
+    // The root CA CRL is recalled (parsed and its signature verified for the
+    // other set), and its nextUpdate is still judged at `now`.
+    for (what, t) in [
+        ("at the root CA CRL's nextUpdate", root_next),
+        (
+            "a year after the root CA CRL's nextUpdate",
+            root_next + 365 * 86_400,
+        ),
+        ("in 2060, after every certificate", 2_840_140_800),
+        ("in 2000, before every certificate", 946_684_800),
+    ] {
+        let rej = c.refuse(&v, &c.quote, &c.collateral, UnixTime(t), what);
+        assert!(rej.has(ReasonKind::Expired), "{what}: {rej}");
+        if t >= root_next {
+            assert!(rej.to_string().contains("Root CA CRL"), "{what}: {rej}");
+        }
+        assert_eq!(v.cached().0, 1, "{what}: the set refused is not remembered");
+    }
+    c.accept(&v, "at the verification time");
+    // The other set, a hit now, is judged at `now` too.
+    let (oq, _, _) = other();
+    let rej = c.refuse(
+        &v,
+        &oq,
+        &other_coll,
+        UnixTime(root_next),
+        "the other set, expired",
+    );
+    assert!(rej.has(ReasonKind::Expired), "{rej}");
+}

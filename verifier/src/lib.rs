@@ -21,8 +21,8 @@
 //!   its ASK/ARK, and the SNP policy; [`snp_crl`] judges AMD's CRLs
 //!   (collateral, `revocation` in `[snp]`) for those chains.
 //! * [`tdx`] — Intel TDX quotes with bundled collateral; [`tdx_core`] is
-//!   our own DCAP core ([`TdxVerifier`], with collateral and PCK chain
-//!   caches), pinned to our Intel root, and [`tdx_tcb`] its TCB-level
+//!   our own DCAP core ([`TdxVerifier`], with collateral set, PCK chain and
+//!   per-item caches), pinned to our Intel root, and [`tdx_tcb`] its TCB-level
 //!   evaluation. `dcap-qvl` is the tests' differential oracle.
 //! * [`nvidia`] — H100 GPUs and NVSwitches: the pinned NVIDIA roots, one
 //!   device's SPDM evidence, RIMs (strict XML, Canonical XML 1.1, XML-DSig),
@@ -57,6 +57,7 @@ pub mod snp;
 pub mod snp_crl;
 pub mod tdx;
 pub mod tdx_core;
+mod tdx_json;
 pub mod tdx_tcb;
 mod verified_cache;
 mod x509;
@@ -66,7 +67,7 @@ use core::fmt;
 pub use enclave::{verify, VerifiedEnclave};
 pub use policy::{Check, Policy, SnpPolicy, TdxPolicy};
 pub use snp::{verify_snp, SnpVerifier, VerifiedSnp};
-pub use tdx_core::TdxVerifier;
+pub use tdx_core::{TdxCachedItems, TdxVerifier};
 pub use x509::CertError;
 
 /// Seconds since the Unix epoch, UTC. The verifier never reads a clock:

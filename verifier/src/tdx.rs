@@ -203,6 +203,17 @@ pub(crate) fn pck_extensions_of(cert: &x509_cert::Certificate) -> Result<PckExte
         .map_err(|e| format!("PCK SGX extensions: {e}"))
 }
 
+/// The SGX extensions of a PCK certificate already parsed: the first
+/// extension with their OID, as [`pck_extensions_of`] finds it.
+pub(crate) fn pck_extensions_in(cert: &crate::x509::Cert) -> Result<PckExtensions, String> {
+    const OID: der::asn1::ObjectIdentifier =
+        der::asn1::ObjectIdentifier::new_unwrap(SGX_EXTENSIONS_OID);
+    let value = cert
+        .extension(&OID)
+        .ok_or("PCK certificate has no SGX extensions")?;
+    PckExtensions::from_der(value).map_err(|e| format!("PCK SGX extensions: {e}"))
+}
+
 /// The DER of the PCK leaf certificate: the first PEM block of the quote's
 /// certificate chain (RFC 7468), which must be the very block `dcap-qvl`
 /// (the tests' oracle) and our core's chain reading ([`crate::tdx_core`])
@@ -240,7 +251,16 @@ pub(crate) fn pck_leaf_der(chain: &[u8]) -> Result<Vec<u8>, String> {
             String::from_utf8_lossy(end_label)
         ));
     }
-    // Re-wrap the base64 characters into the strict form and decode that.
+    // The base64 characters, strictly decoded.
+    crate::tdx_core::base64_standard(body, true)
+        .ok_or_else(|| "PCK certificate PEM: the data is not canonical base64".to_string())
+}
+
+/// [`pck_leaf_der`]'s decoding as it was first written (the base64
+/// re-wrapped into strict PEM and read by `der`'s PEM decoder), kept to test
+/// the direct decoding against.
+#[cfg(test)]
+pub(crate) fn pck_leaf_der_rewrapped(body: &[u8]) -> Result<Vec<u8>, String> {
     let b64: Vec<u8> = body
         .iter()
         .copied()

@@ -124,8 +124,8 @@ pub(crate) struct Cert {
 #[derive(der::Sequence)]
 pub(crate) struct RawSigned<'a> {
     pub(crate) tbs: AnyRef<'a>,
-    _alg: AnyRef<'a>,
-    _sig: BitStringRef<'a>,
+    pub(crate) alg: AnyRef<'a>,
+    pub(crate) sig: BitStringRef<'a>,
 }
 
 pub(crate) fn common_name(name: &x509_cert::name::Name) -> String {
