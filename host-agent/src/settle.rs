@@ -169,14 +169,14 @@ pub fn build(rows: &[SettlementRow], contract: ContractAddress, query_id: u64) -
         if tab.total <= row.claimed_total {
             continue;
         }
-        let Some(auth) = &row.authorization else {
+        if row.authorization.is_none() {
             out.unclaimed.push(unclaimed(
                 tab.count,
                 u128::from(tab.total - row.claimed_total),
                 "no client authorization for this enclave key: not claimable".into(),
             ));
             continue;
-        };
+        }
         let auth = match checked.authorization {
             Some(a) => a,
             None => {
