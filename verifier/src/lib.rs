@@ -49,6 +49,16 @@
 #![deny(missing_docs)]
 
 mod crypto;
+/// The signature backend this build verifies with: `"aws-lc"` (feature
+/// `aws-lc`) or `"rustcrypto"` (pure Rust, as wasm32 builds). Lets a test
+/// suite prove which one it ran, since cargo unifies features across a
+/// build's packages.
+pub const SIGNATURE_BACKEND: &str = if cfg!(feature = "aws-lc") {
+    "aws-lc"
+} else {
+    "rustcrypto"
+};
+
 pub mod enclave;
 pub mod nvidia;
 pub mod policy;
