@@ -138,8 +138,9 @@ pub const DEFAULT_TEST_BACKEND_REPLY_TOKENS: u32 = 48;
 /// Default for [`EnclaveConfig::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 32;
 /// Default for [`EnclaveConfig::chat_batch`]: the host's default number of
-/// concurrent streams per account, and about where a 2-core CPU stops
-/// gaining from wider steps of a small model.
+/// concurrent streams per account. Every step costs what this many rows
+/// cost, so on a CPU a wider batch buys throughput with the latency of a
+/// lone conversation.
 pub const DEFAULT_CHAT_BATCH: usize = 8;
 
 /// Upper bounds that keep a typo from exhausting the guest's memory.
