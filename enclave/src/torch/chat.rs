@@ -1,6 +1,6 @@
 //! Chat models of the tch backend: the TorchScript decoder
 //! ([`TchDecoder`], what [`super::batch::Scheduler`] drives on the model's
-//! thread) and the caller's side of a request ([`ChatModel::generate`]:
+//! thread) and the caller's side of a request (`ChatModel::generate`:
 //! prompt template, text of each token, `emit`, `max_tokens`).
 //!
 //! The model contract (what `scripts/export-smollm2.py` writes):
