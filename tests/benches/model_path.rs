@@ -211,6 +211,7 @@ fn main() {
         eight_tokens = r.into_iter().flatten().sum();
         ok
     };
+    let rounds = (m.rounds / 6).max(2);
     let t = interleaved(rounds, &mut [&mut one, &mut eight]);
     let (tps1, tps8) = (tps(one_tokens, t[0]), tps(eight_tokens, t[1]));
     println!(
