@@ -260,7 +260,7 @@ fn main() {
         }
     };
     let lone_tokens = chat(&Sampling::greedy());
-    let r = ratio(
+    let lone = ratio(
         5,
         || bare_loop(lone_tokens as usize),
         || {
@@ -268,7 +268,7 @@ fn main() {
         },
     );
     println!(
-        "chat, one conversation of {lone_tokens} tokens: backend (batch of {} rows, 1 live) / bare forward loop (1 row) = {r:.3}",
+        "chat, one conversation of {lone_tokens} tokens: backend (batch of {} rows, 1 live) / bare forward loop (1 row) = {lone:.3}",
         config.chat_batch
     );
 
@@ -308,7 +308,10 @@ fn main() {
     let mut one_tokens = 0;
     let mut eight_tokens = 0;
     let mut one = || one_tokens = ask(&conversations[0]);
+    let chat_stats = || backend.chat_stats("smollm2-135m-instruct").unwrap();
+    let (mut steps, mut rows) = (0, 0);
     let mut eight = || {
+        let before = chat_stats();
         let ask = &ask;
         eight_tokens = std::thread::scope(|s| {
             let hs: Vec<_> = conversations
@@ -316,15 +319,20 @@ fn main() {
                 .map(|m| s.spawn(move || ask(m)))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
-        })
+        });
+        let after = chat_stats();
+        steps += after.steps - before.steps;
+        rows += after.rows - before.rows;
     };
-    let before = backend.chat_stats("smollm2-135m-instruct").unwrap();
     let r = ratio(5, &mut one, &mut eight);
-    let after = backend.chat_stats("smollm2-135m-instruct").unwrap();
     // ratio() is time(8) / time(1); tokens/s scale by the tokens each made.
     let speedup = eight_tokens as f64 / one_tokens as f64 / r;
     println!(
-        "chat, aggregate completion tokens/s, 8 concurrent conversations / 1: {speedup:.2}x ({eight_tokens} vs {one_tokens} tokens per round, time ratio {r:.3}, median of 5 paired rounds; {:.1} rows per decoding step overall)",
-        (after.rows - before.rows) as f64 / (after.steps - before.steps) as f64
+        "chat, aggregate completion tokens/s, 8 concurrent conversations / 1: {speedup:.2}x ({eight_tokens} vs {one_tokens} tokens per round, time ratio {r:.3}, median of 5 paired rounds; {:.1} live rows per step with 8)",
+        rows as f64 / steps as f64
+    );
+    println!(
+        "chat, 8 concurrent conversations / the bare unbatched loop, from the two ratios above: {:.2}x",
+        speedup / lone
     );
 }
