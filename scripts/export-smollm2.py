@@ -13,10 +13,23 @@ generate token by token without re-running the prompt:
   forward(ids int64[1,T], past_k float[L,KV,P,D], past_v float[L,KV,P,D])
     -> (logits float[1,V] of the last position, keys [L,KV,P+T,D],
         values [L,KV,P+T,D])
+  decode_batch(ids int64[S], pos List[int], cache_k List[float[L,KV,C,D]],
+               cache_v List[...]) -> logits float[S,V]
+
+`forward` runs one sequence's prompt (prefill, in chunks or whole);
+`decode_batch` is one decoding step of a continuous batch: S rows, the first
+len(pos) live, each writing its new key/value into its own cache at pos[r]
+(in place) and attending over its own positions only. Every product over the
+rows has the fixed shape [S, ...] and attention runs per row, so a row's
+logits do not depend on the other rows, bit for bit (see decode_batch).
 
 It is checked against transformers' own LlamaForCausalLM (eager) before it
-is written: logits of a prompt, and greedy decoding with the cache gives the
-same tokens as transformers' generate().
+is written: logits of a prompt; greedy decoding with the cache gives the
+same tokens as transformers' generate(); and greedy decoding of several
+prompts of different lengths in one continuous batch (rows joining and
+leaving) gives every prompt the same tokens as its unbatched forward loop and
+as generate(), with logits bit for bit equal to those of the same prompt
+decoded alone in the batch.
 
 Writes model.pt, tokenizer.json, reference.json (a prompt and the greedy
 answer) and model.toml (the enclave config table with SHA-256 digests).
@@ -44,6 +57,18 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 REFERENCE_PROMPT = "What is the capital of France?"
 REFERENCE_TOKENS = 24
+# The continuous-batching check: prompts of different lengths, the step at
+# which each joins the batch, and the batch width (the enclave's default
+# chat_batch).
+BATCH_PROMPTS = [
+    REFERENCE_PROMPT,
+    "Write a short story about a lighthouse keeper.",
+    "hi",
+    "Translate 'good morning' into Spanish, French and German, and explain the differences in usage between them.",
+    "List five prime numbers.",
+]
+BATCH_JOIN_AT = [0, 0, 3, 5, 9]
+BATCH_WIDTH = 8
 
 
 class Layer(torch.nn.Module):
@@ -131,12 +156,136 @@ class Decoder(torch.nn.Module):
         x = self.rms(x[t - 1:], self.norm)
         return x @ self.lm_head.t(), torch.stack(keys), torch.stack(values)
 
+    @torch.jit.export
+    def decode_batch(self, ids: Tensor, pos: List[int], cache_k: List[Tensor], cache_v: List[Tensor]) -> Tensor:
+        """One decoding step for the rows of a batch: ids int64[S] are the
+        new tokens of S rows, of which the first n = len(pos) are live and
+        the rest padding; pos[r] is live row r's position and cache_k[r],
+        cache_v[r] float[L, KV, C_r, D] (C_r > pos[r]) its key/value cache.
+        Row r's new key and value are written at position pos[r] of its
+        cache (in place) and its token attends over positions 0..=pos[r].
+        Returns the logits float[S, V] (padding rows' are meaningless).
+
+        Batch invariance: a row's logits are bit for bit the same whatever
+        the other rows hold. Every matrix product over the rows has the
+        fixed shape [S, ...] (S chosen once by the caller), and attention,
+        whose length differs per row, runs per row over exactly its own
+        positions, so no reduction's length or order depends on the other
+        rows."""
+        s = ids.size(0)
+        n = len(pos)
+        x = F.embedding(ids, self.embed)
+        p = torch.zeros(s, dtype=torch.float32, device=ids.device)
+        if n > 0:
+            p[:n] = torch.tensor(pos, dtype=torch.float32, device=ids.device)
+        inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=ids.device) / self.head_dim))
+        freqs = p.unsqueeze(1) * inv.unsqueeze(0)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos().to(x.dtype).unsqueeze(1)
+        sin = emb.sin().to(x.dtype).unsqueeze(1)
+        group = self.heads // self.kv_heads
+        scale = math.sqrt(self.head_dim)
+        i = 0
+        for layer in self.layers:
+            h = self.rms(x, layer.n1)
+            q = (h @ layer.wq.t()).view(s, self.kv_heads, group, self.head_dim)
+            k = (h @ layer.wk.t()).view(s, self.kv_heads, 1, self.head_dim)
+            v = (h @ layer.wv.t()).view(s, self.kv_heads, 1, self.head_dim)
+            q = self.rope(q, cos.unsqueeze(1), sin.unsqueeze(1))
+            k = self.rope(k, cos.unsqueeze(1), sin.unsqueeze(1))
+            o = torch.zeros((s, self.heads * self.head_dim), dtype=x.dtype, device=ids.device)
+            for r in range(n):
+                at = pos[r]
+                ck = cache_k[r][i]
+                cv = cache_v[r][i]
+                ck[:, at : at + 1] = k[r]
+                cv[:, at : at + 1] = v[r]
+                att = (q[r] @ ck[:, : at + 1].transpose(1, 2)) / scale
+                att = torch.softmax(att.float(), dim=-1).to(x.dtype)
+                o[r] = (att @ cv[:, : at + 1]).view(self.heads * self.head_dim)
+            x = x + o @ layer.wo.t()
+            h = self.rms(x, layer.n2)
+            x = x + (F.silu(h @ layer.wg.t()) * (h @ layer.wu.t())) @ layer.wd.t()
+            i += 1
+        x = self.rms(x, self.norm)
+        return x @ self.lm_head.t()
+
 
 def chatml(messages):
     if not messages or messages[0]["role"] != "system":
         messages = [{"role": "system", "content": DEFAULT_SYSTEM}] + messages
     s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return s + "<|im_start|>assistant\n"
+
+
+def decode_continuous(dec, prompts, join_at, steps, width, stop):
+    """Greedy decoding of `prompts` in one continuous batch of `width`
+    rows: prompt j is prefilled alone (forward) and joins at step
+    join_at[j]; a row leaves after `steps` tokens or at `stop`. Returns
+    every prompt's tokens and the logits of each of its decoding steps."""
+    layers, kv, hd = dec.cache_shape()
+    empty = torch.zeros((layers, kv, 0, hd))
+    tokens = [[] for _ in prompts]
+    logits = [[] for _ in prompts]
+    rows = []  # [prompt index, position, keys, values]
+    step = 0
+    while step <= max(join_at) or rows:
+        for j, at in enumerate(join_at):
+            if at != step:
+                continue
+            first, k, v = dec(prompts[j], empty, empty)
+            tokens[j].append(int(first.argmax(-1)))
+            p = k.size(2)
+            ck = torch.zeros((layers, kv, p + steps, hd))
+            cv = torch.zeros((layers, kv, p + steps, hd))
+            ck[:, :, :p] = k
+            cv[:, :, :p] = v
+            if tokens[j][-1] != stop and len(tokens[j]) < steps:
+                rows.append([j, p, ck, cv])
+        if rows:
+            ids = torch.zeros(width, dtype=torch.int64)
+            ids[: len(rows)] = torch.tensor([tokens[r[0]][-1] for r in rows])
+            out = dec.decode_batch(ids, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
+            nxt = out.argmax(-1)
+            for i, r in enumerate(rows):
+                tokens[r[0]].append(int(nxt[i]))
+                logits[r[0]].append(out[i].clone())
+                r[1] += 1
+            rows = [r for r in rows if tokens[r[0]][-1] != stop and len(tokens[r[0]]) < steps]
+        step += 1
+    return tokens, logits
+
+
+def check_continuous_batching(dec, hf, tok, stop):
+    """Exit unless batched greedy decoding is unbatched greedy decoding
+    (see the module docs)."""
+    prompts = [
+        tok(chatml([{"role": "user", "content": q}]), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        for q in BATCH_PROMPTS
+    ]
+    n = REFERENCE_TOKENS
+    together, together_logits = decode_continuous(dec, prompts, BATCH_JOIN_AT, n, BATCH_WIDTH, stop)
+    layers, kv, hd = dec.cache_shape()
+    empty = torch.zeros((layers, kv, 0, hd))
+    for j, ids in enumerate(prompts):
+        alone, alone_logits = decode_continuous(dec, [ids], [0], n, BATCH_WIDTH, stop)
+        if together[j] != alone[0]:
+            sys.exit(f"export-smollm2: prompt {j} decoded in a batch differs from alone: {together[j]} vs {alone[0]}")
+        for s, (a, b) in enumerate(zip(together_logits[j], alone_logits[0])):
+            if not torch.equal(a, b):
+                sys.exit(f"export-smollm2: prompt {j}, step {s}: batched logits are not bit for bit the unbatched ones (max diff {(a - b).abs().max().item()})")
+        looped = []
+        logits, k, v = dec(ids, empty, empty)
+        while len(looped) < n:
+            looped.append(int(logits.argmax(-1)))
+            if looped[-1] == stop:
+                break
+            logits, k, v = dec(torch.tensor([[looped[-1]]]), k, v)
+        if together[j] != looped:
+            sys.exit(f"export-smollm2: prompt {j}: decode_batch gives {together[j]}, the forward loop {looped}")
+        want = hf.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=stop)[0, ids.size(1):].tolist()
+        if together[j] != want[: len(together[j])]:
+            sys.exit(f"export-smollm2: prompt {j}: decode_batch gives {together[j]}, transformers {want}")
 
 
 def sha256(path):
@@ -191,6 +340,7 @@ def main():
             nxt = int(logits.argmax(-1))
         if got != want[: len(got)]:
             sys.exit(f"export-smollm2: cached greedy decoding differs from transformers: {got} vs {want}")
+        check_continuous_batching(dec, hf, tok, im_end)
 
     model_path = os.path.join(out, "model.pt")
     torchscript_repro.save(dec, model_path)

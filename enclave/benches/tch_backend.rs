@@ -4,11 +4,17 @@
 //!   forward, split) against `EmbeddingModel::forward` on ids tokenized
 //!   beforehand; ratio goal ≤ 1.05;
 //! * chat: `TchBackend::chat` (template, tokenize, greedy decode with the
-//!   key/value cache, detokenize per token, emit): tokens per second.
+//!   key/value cache, detokenize per token, emit): tokens per second;
+//!   one conversation alone (a batch of `chat_batch` rows, one live)
+//!   against a bare greedy loop of the decoder's single-sequence `forward`
+//!   (the unbatched decoding of before); and the aggregate completion
+//!   tokens per second of 8 concurrent conversations against 1 (goal ≥
+//!   2.5×), in interleaved rounds.
 //!
 //! Needs the exported models (`source scripts/torch-env.sh`). Prints
 //! ratios, not absolute times; run with `cargo bench -p cocoon-enclave`.
 
+use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -18,6 +24,7 @@ use cocoon_enclave::torch::{pick_device, EmbeddingModel, TchBackend};
 use cocoon_enclave::InferenceBackend;
 use cocoon_protocol::message::{ChatMessage, Role};
 use cocoon_protocol::sampling::Sampling;
+use tch::{CModule, IValue, Tensor};
 
 fn model_toml(var: &str) -> String {
     let dir = std::env::var(var)
@@ -198,5 +205,134 @@ fn main() {
     );
     println!(
         "chat: sampled (T 0.7, top_p 0.9) / device argmax = {r:.3} (answers differ in length)"
+    );
+
+    // --- chat: batching ----------------------------------------------------
+    // A bare greedy loop over `forward`, one token at a time: what decoding
+    // cost before continuous batching (one sequence, matrix products of one
+    // row).
+    let c = &config.models["smollm2-135m-instruct"];
+    let ctok = CheckedTokenizer::load(&c.tokenizer, &c.tokenizer_sha256).unwrap();
+    let cbytes = read_checked("model file", &c.path, &c.sha256).unwrap();
+    let mut decoder = CModule::load_data_on_device(&mut Cursor::new(&cbytes), device).unwrap();
+    decoder.set_eval();
+    let Ok(IValue::IntList(shape)) = decoder.method_is::<IValue>("cache_shape", &[]) else {
+        panic!("cache_shape")
+    };
+    let prompt: Vec<i64> = ctok
+        .ids(&format!(
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            c.system_prompt.as_deref().unwrap_or_default(),
+            messages[0].content
+        ))
+        .unwrap()
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let bare_loop = |n: usize| {
+        let run = |ids: &[i64], k: Tensor, v: Tensor| {
+            let t = Tensor::from_slice(ids)
+                .view([1, ids.len() as i64])
+                .to_device(device);
+            let out = tch::no_grad(|| {
+                decoder.forward_is(&[IValue::Tensor(t), IValue::Tensor(k), IValue::Tensor(v)])
+            })
+            .unwrap();
+            let IValue::Tuple(mut p) = out else {
+                panic!("tuple")
+            };
+            let (IValue::Tensor(v), IValue::Tensor(k), IValue::Tensor(l)) =
+                (p.remove(2), p.remove(1), p.remove(0))
+            else {
+                panic!("tensors")
+            };
+            (l.argmax(-1, false).int64_value(&[0]), k, v)
+        };
+        let empty = || {
+            Tensor::zeros(
+                [shape[0], shape[1], 0, shape[2]],
+                (tch::Kind::Float, device),
+            )
+        };
+        let (mut next, mut k, mut v) = run(&prompt, empty(), empty());
+        for _ in 1..n {
+            (next, k, v) = run(&[next], k, v);
+        }
+    };
+    let lone_tokens = chat(&Sampling::greedy());
+    let lone = ratio(
+        5,
+        || bare_loop(lone_tokens as usize),
+        || {
+            chat(&Sampling::greedy());
+        },
+    );
+    println!(
+        "chat, one conversation of {lone_tokens} tokens: backend (batch of {} rows, 1 live) / bare forward loop (1 row) = {lone:.3}",
+        config.chat_batch
+    );
+
+    // 8 conversations at once against 1, the same answer length each.
+    let topics = [
+        "a lighthouse keeper",
+        "a clockmaker",
+        "a river pilot",
+        "a beekeeper",
+        "a mountain guide",
+        "a baker",
+        "a radio operator",
+        "a glassblower",
+    ];
+    let conversations: Vec<Vec<ChatMessage>> = topics
+        .iter()
+        .map(|t| {
+            vec![ChatMessage {
+                role: Role::User,
+                content: format!("Write a short story about {t}."),
+            }]
+        })
+        .collect();
+    let tokens = 32;
+    let ask = |m: &[ChatMessage]| {
+        backend
+            .chat(
+                "smollm2-135m-instruct",
+                m,
+                tokens,
+                &Sampling::greedy(),
+                &mut |_| ControlFlow::Continue(()),
+            )
+            .unwrap()
+            .completion_tokens
+    };
+    let mut one_tokens = 0;
+    let mut eight_tokens = 0;
+    let mut one = || one_tokens = ask(&conversations[0]);
+    let chat_stats = || backend.chat_stats("smollm2-135m-instruct").unwrap();
+    let (mut steps, mut rows) = (0, 0);
+    let mut eight = || {
+        let before = chat_stats();
+        let ask = &ask;
+        eight_tokens = std::thread::scope(|s| {
+            let hs: Vec<_> = conversations
+                .iter()
+                .map(|m| s.spawn(move || ask(m)))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+        });
+        let after = chat_stats();
+        steps += after.steps - before.steps;
+        rows += after.rows - before.rows;
+    };
+    let r = ratio(5, &mut one, &mut eight);
+    // ratio() is time(8) / time(1); tokens/s scale by the tokens each made.
+    let speedup = eight_tokens as f64 / one_tokens as f64 / r;
+    println!(
+        "chat, aggregate completion tokens/s, 8 concurrent conversations / 1: {speedup:.2}x ({eight_tokens} vs {one_tokens} tokens per round, time ratio {r:.3}, median of 5 paired rounds; {:.1} live rows per step with 8)",
+        rows as f64 / steps as f64
+    );
+    println!(
+        "chat, 8 concurrent conversations / the bare unbatched loop, from the two ratios above: {:.2}x",
+        speedup / lone
     );
 }

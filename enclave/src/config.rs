@@ -48,7 +48,8 @@
 //! ```toml
 //! backend = "tch"
 //! device = "auto"                        # "cpu", "cuda" or "auto"
-//! max_batch = 32                         # sequences per forward pass
+//! max_batch = 32                         # embedding sequences per forward pass
+//! chat_batch = 8                         # chat conversations per decoding step
 //!
 //! [models.all-minilm-l6-v2]              # the name clients ask for
 //! kind = "embedding"
@@ -136,6 +137,11 @@ pub const DEFAULT_TEST_BACKEND_REPLY_TOKENS: u32 = 48;
 
 /// Default for [`EnclaveConfig::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 32;
+/// Default for [`EnclaveConfig::chat_batch`]: the host's default number of
+/// concurrent streams per account. Every step costs what this many rows
+/// cost, so on a CPU a wider batch buys throughput with the latency of a
+/// lone conversation.
+pub const DEFAULT_CHAT_BATCH: usize = 8;
 
 /// Upper bounds that keep a typo from exhausting the guest's memory.
 const MAX_MAX_CONCURRENT: usize = 4096;
@@ -145,6 +151,7 @@ const MAX_REPLAY_WINDOW: usize = 1 << 24;
 const MAX_REQUEST_LIFETIME_LIMIT: u64 = 3600;
 const MAX_IMAGE_ID: usize = 128;
 const MAX_MAX_BATCH: usize = 1024;
+const MAX_CHAT_BATCH: usize = 256;
 const MAX_INPUT_TOKENS_LIMIT: u32 = 1 << 20;
 
 /// Why a configuration cannot be used.
@@ -455,8 +462,14 @@ pub struct EnclaveConfig {
     pub prices: BTreeMap<String, Price>,
     /// Where the tch backend runs.
     pub device: DeviceChoice,
-    /// Most sequences the tch backend runs in one forward pass.
+    /// Most sequences the tch backend runs in one forward pass of an
+    /// embedding model.
     pub max_batch: usize,
+    /// Rows of every decoding step of a tch chat model: the most
+    /// conversations decoded together (more wait for a row). Every step
+    /// computes this many rows, padding included, so that an answer does
+    /// not depend on the others in the batch: on a CPU keep it small.
+    pub chat_batch: usize,
     /// Models of the tch backend, by the name clients ask for.
     pub models: BTreeMap<String, ModelConfig>,
     /// The upstream backend's server.
@@ -547,6 +560,7 @@ impl Default for EnclaveConfig {
             )]),
             device: DeviceChoice::Auto,
             max_batch: DEFAULT_MAX_BATCH,
+            chat_batch: DEFAULT_CHAT_BATCH,
             models: BTreeMap::new(),
             upstream: None,
             gpu: None,
@@ -623,6 +637,7 @@ impl EnclaveConfig {
             ),
             ("replay_window", self.replay_window, MAX_REPLAY_WINDOW),
             ("max_batch", self.max_batch, MAX_MAX_BATCH),
+            ("chat_batch", self.chat_batch, MAX_CHAT_BATCH),
         ];
         for (field, value, max) in ranges {
             if !(1..=max).contains(&value) {
@@ -795,6 +810,7 @@ impl EnclaveConfig {
             prices,
             device,
             max_batch,
+            chat_batch,
             models,
             upstream,
             gpu,
@@ -832,6 +848,7 @@ impl EnclaveConfig {
         );
         let _ = writeln!(s, "device = {}", quote(device.as_str()));
         let _ = writeln!(s, "max_batch = {}", max_batch);
+        let _ = writeln!(s, "chat_batch = {}", chat_batch);
         if *prices_from != PricesFrom::Release {
             let _ = writeln!(s, "prices_from = {}", quote(prices_from.as_str()));
         }
@@ -1155,6 +1172,8 @@ mod tests {
             "backend = \"upstream\"",
             "backend = \"torch\"",
             "max_batch = 0",
+            "chat_batch = 0",
+            "chat_batch = 257",
             "device = \"tpu\"",
             "[models.m]\nkind = \"embedding\"\npath = \"p\"\nsha256 = \"00\"\ntokenizer = \"t\"\ntokenizer_sha256 = \"00\"",
             "[upstream]\nurl = \"https://x\"\n[upstream.models.m]\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\ntokenizer = \"t\"\ntokenizer_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
@@ -1198,10 +1217,11 @@ mod tests {
     fn model_and_upstream_tables_round_trip_through_the_canonical_form() {
         let d = "ab".repeat(32);
         let text = format!(
-            "backend = \"tch\"\ndevice = \"cpu\"\nmax_batch = 8\n\n[models.emb]\nkind = \"embedding\"\npath = \"/m/e.pt\"\nsha256 = \"{d}\"\ntokenizer = \"/m/t.json\"\ntokenizer_sha256 = \"{d}\"\n\n[models.\"chat model\"]\nkind = \"chat\"\npath = \"/m/c.pt\"\nsha256 = \"{d}\"\ntokenizer = \"/m/c.json\"\ntokenizer_sha256 = \"{d}\"\nmax_input_tokens = 2048\nsystem_prompt = \"Be \\\"brief\\\".\"\n\n[upstream]\nurl = \"http://127.0.0.1:8000/base\"\n[upstream.models.up]\nserved_name = \"org/up\"\nsha256 = \"{d}\"\nweights = \"/m/w\"\ntokenizer = \"/m/u.json\"\ntokenizer_sha256 = \"{d}\"\n"
+            "backend = \"tch\"\ndevice = \"cpu\"\nmax_batch = 8\nchat_batch = 4\n\n[models.emb]\nkind = \"embedding\"\npath = \"/m/e.pt\"\nsha256 = \"{d}\"\ntokenizer = \"/m/t.json\"\ntokenizer_sha256 = \"{d}\"\n\n[models.\"chat model\"]\nkind = \"chat\"\npath = \"/m/c.pt\"\nsha256 = \"{d}\"\ntokenizer = \"/m/c.json\"\ntokenizer_sha256 = \"{d}\"\nmax_input_tokens = 2048\nsystem_prompt = \"Be \\\"brief\\\".\"\n\n[upstream]\nurl = \"http://127.0.0.1:8000/base\"\n[upstream.models.up]\nserved_name = \"org/up\"\nsha256 = \"{d}\"\nweights = \"/m/w\"\ntokenizer = \"/m/u.json\"\ntokenizer_sha256 = \"{d}\"\n"
         );
         let c = EnclaveConfig::from_toml(&text).unwrap();
         assert_eq!(c.backend, BackendKind::Tch);
+        assert_eq!((c.max_batch, c.chat_batch), (8, 4));
         assert_eq!(c.models["emb"].max_input_tokens, 512);
         assert_eq!(c.models["chat model"].kind, ModelKind::Chat);
         assert_eq!(

@@ -7,7 +7,10 @@
 //!   sealed answer, receipt verified and committed by the host and checked
 //!   by the client); ratios of the medians;
 //! * chat with SmolLM2-135M-Instruct, 32 tokens: tokens per second in
-//!   process (`TchBackend::chat`) and through the sealed path.
+//!   process (`TchBackend::chat`) and through the sealed path;
+//! * continuous batching through the sealed path: the aggregate completion
+//!   tokens per second of 8 concurrent conversations (one account, the
+//!   host's default 8 streams) against 1 (goal ≥ 2.5×).
 //!
 //! Needs `source scripts/torch-env.sh` and the release binaries
 //! (`cargo build --release --bins`, then `cargo bench -p cocoon-tests
@@ -159,6 +162,61 @@ fn main() {
         tps(in_tokens, t[0]),
         tps(sealed_tokens, t[1]),
         t[1].as_secs_f64() / t[0].as_secs_f64()
+    );
+
+    let topics = [
+        "a lighthouse keeper",
+        "a clockmaker",
+        "a river pilot",
+        "a beekeeper",
+        "a mountain guide",
+        "a baker",
+        "a radio operator",
+        "a glassblower",
+    ];
+    let conversations: Vec<Vec<ChatMessage>> = topics
+        .iter()
+        .map(|t| {
+            vec![ChatMessage {
+                role: Role::User,
+                content: format!("Write a short story about {t}."),
+            }]
+        })
+        .collect();
+    let conversation = |m: Vec<ChatMessage>| {
+        let client = client.clone();
+        async move {
+            let (_, done) = client
+                .chat(CHAT, m, max_tokens)
+                .await
+                .ok()?
+                .collect_text()
+                .await
+                .ok()?;
+            Some(done.usage.completion_tokens)
+        }
+    };
+    let mut one_tokens = 0;
+    let mut eight_tokens = 0;
+    let mut one = || {
+        let r = rt.block_on(conversation(conversations[0].clone()));
+        one_tokens = r.unwrap_or(0);
+        r.is_some()
+    };
+    let mut eight = || {
+        let r = rt.block_on(futures_util::future::join_all(
+            conversations.iter().cloned().map(conversation),
+        ));
+        let ok = r.iter().all(Option::is_some);
+        eight_tokens = r.into_iter().flatten().sum();
+        ok
+    };
+    let rounds = (m.rounds / 6).max(2);
+    let t = interleaved(rounds, &mut [&mut one, &mut eight]);
+    let (tps1, tps8) = (tps(one_tokens, t[0]), tps(eight_tokens, t[1]));
+    println!(
+        "chat, continuous batching through the sealed path ({rounds} rounds): 1 conversation {tps1:.1} tokens/s, 8 concurrent {tps8:.1} tokens/s in all ({eight_tokens} tokens per round): 8 / 1 = {:.2}x (goal >= 2.5x)",
+        tps8 / tps1
     );
     drop(host);
     drop(enclave);

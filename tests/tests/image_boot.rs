@@ -364,7 +364,7 @@ fn the_image_boots_from_its_verity_disk_and_serves_real_models() {
     );
     assert!(text.contains(&format!("disk verity  {root_hex}")), "{text}");
     assert!(
-        text.contains("model        smollm2-135m-instruct@0.1.2 sha256 "),
+        text.contains("model        smollm2-135m-instruct@0.1.2-2 sha256 "),
         "{text}"
     );
     let mut got = ledger_request_ids(&admin);

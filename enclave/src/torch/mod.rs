@@ -4,49 +4,55 @@
 //! Each model named in `[models.NAME]` is read once, checked against the
 //! SHA-256 in the configuration (the digest the claims carry) and loaded
 //! from those same bytes; a mismatch stops the boot. Its tokenizer is
-//! checked the same way. Each model gets one worker thread that owns the
-//! module and runs every forward pass: concurrent requests queue there and
-//! are batched (up to `max_batch` sequences, sorted by length so padding
-//! stays small), which is what pays on a GPU and, for short inputs, on the
-//! CPU too.
+//! checked the same way. Each model gets one thread that owns the module
+//! and runs every forward pass, and requests queue there:
 //!
-//! Model contracts:
-//! * `embedding` (what `scripts/export-minilm.py` writes):
-//!   `forward(input_ids: int64[B,T], attention_mask: int64[B,T])` returns
-//!   `float[B,D]`, already pooled and normalised; padding positions have
-//!   mask 0 and id 0.
-//! * `chat` (what `scripts/export-smollm2.py` writes): `cache_shape()`
-//!   returns `[L, KV, D]`; `forward(ids: int64[1,T], past_k, past_v:
-//!   float[L,KV,P,D])` returns `(logits float[1,V], keys, values)` with the
-//!   cache grown by T. The prompt is the conversation in the ChatML
+//! * `embedding` models batch whatever is queued (up to `max_batch`
+//!   sequences, sorted by length so padding stays small), which is what
+//!   pays on a GPU and, for short inputs, on the CPU too. Contract (what
+//!   `scripts/export-minilm.py` writes): `forward(input_ids: int64[B,T],
+//!   attention_mask: int64[B,T])` returns `float[B,D]`, already pooled and
+//!   normalised; padding positions have mask 0 and id 0.
+//! * `chat` models decode with continuous batching ([`batch`]): up to
+//!   `chat_batch` conversations share every decoding step, joining and
+//!   leaving at token boundaries, each with its own key/value cache,
+//!   position and sampling state; a prompt is prefilled alone, in chunks
+//!   between the steps. The prompt is the conversation in the ChatML
 //!   template; decoding is greedy by default (deterministic, so a client
 //!   can check an answer against a reference run: the argmax is taken on
 //!   the device, nothing else leaves it) and stops at `<|im_end|>` or
 //!   `<|endoftext|>` or `max_tokens`. A request with sampling parameters
-//!   (temperature, top_p, penalties, logit bias, logprobs) has the last
-//!   position's logits copied to the CPU at every step and picked by
-//!   [`crate::sampling::Sampler`]. Chat requests are not batched: each
-//!   runs its own decode loop and the model lock is taken per step, so
-//!   concurrent conversations interleave token by token.
+//!   (temperature, top_p, penalties, logit bias, logprobs) has its row's
+//!   logits copied to the CPU at every step and picked by
+//!   [`crate::sampling::Sampler`]. Every step runs `chat_batch` rows
+//!   (padding included) and attention runs per row, so an answer is the
+//!   same bits batched or alone. The decoder's contract is in [`chat`];
+//!   the caller's thread turns tokens into text and calls `emit`.
+
+pub mod batch;
+pub mod chat;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cocoon_attestation::bundle::ModelDigest;
-use cocoon_protocol::message::{ChatMessage, Role};
-use cocoon_protocol::sampling::{Logprob, Sampling, TokenLogprob, TopLogprob, MAX_TOKEN_BYTES};
-use tch::{CModule, Device, IValue, Kind, Tensor};
+use cocoon_protocol::message::ChatMessage;
+use cocoon_protocol::sampling::Sampling;
+use tch::{CModule, Device, Kind, Tensor};
 use tracing::{error, info};
 
-use crate::backend::{BackendError, ChatOutcome, Finish, Generated, InferenceBackend};
+pub use batch::ChatStats;
+use chat::ChatModel;
+pub use chat::PREFIX_CACHE_BYTES;
+
+use crate::backend::{BackendError, ChatOutcome, Generated, InferenceBackend};
 use crate::config::{DeviceChoice, EnclaveConfig, ModelKind};
 use crate::files::{read_checked, CheckedTokenizer, LoadError};
-use crate::prefix_cache::{PrefixCache, Scope};
-use crate::sampling::{self, Sampler};
+use crate::prefix_cache::Scope;
 
 /// One forward pass worth of work from one caller.
 struct Job {
@@ -57,8 +63,9 @@ struct Job {
 enum Engine {
     /// Forward passes run on the model's thread, batched.
     Embedding(mpsc::Sender<Job>),
-    /// Decode loops run on the callers' threads.
-    Chat(Arc<ChatModel>),
+    /// Decoding runs in the model's batch, on its thread; text and `emit`
+    /// on the callers' threads.
+    Chat(ChatModel),
 }
 
 struct Served {
@@ -232,15 +239,17 @@ impl TchBackend {
                     Engine::Embedding(tx)
                 }
                 ModelKind::Chat => {
-                    let chat = ChatModel::load(
+                    let chat = ChatModel::start(
+                        name,
                         &bytes,
                         device,
                         &m.path,
                         &tokenizer,
                         m.system_prompt.clone(),
+                        config.chat_batch,
                     )?;
-                    info!(model = %name, kind = "chat", ?device, layers = chat.cache[0], sha256 = %m.sha256, "model loaded after its digest matched the configuration");
-                    Engine::Chat(Arc::new(chat))
+                    info!(model = %name, kind = "chat", ?device, layers = chat.layers(), chat_batch = config.chat_batch, sha256 = %m.sha256, "model loaded after its digest matched the configuration");
+                    Engine::Chat(chat)
                 }
             };
             drop(bytes);
@@ -262,6 +271,15 @@ impl TchBackend {
     /// Where the models run.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// What the continuous batch of chat model `model` has done so far
+    /// (`None` for a model that is not a chat model).
+    pub fn chat_stats(&self, model: &str) -> Option<ChatStats> {
+        match &self.models.get(model)?.engine {
+            Engine::Chat(chat) => Some(chat.stats()),
+            Engine::Embedding(_) => None,
+        }
     }
 
     fn served(&self, model: &str) -> Result<&Served, BackendError> {
@@ -297,285 +315,16 @@ impl TchBackend {
                 limit: u64::from(s.max_input_tokens),
             });
         }
+        let prompt_tokens = ids.len() as u64;
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let (completion_tokens, cached_tokens, finish) =
-            chat.generate(&s.tokenizer, scope, &ids, max_tokens, sampling, emit)?;
+            chat.generate(&s.tokenizer, scope, ids, max_tokens, sampling, emit)?;
         Ok(ChatOutcome {
-            prompt_tokens: ids.len() as u64,
+            prompt_tokens,
             cached_tokens,
             completion_tokens,
             finish,
         })
-    }
-}
-
-/// Memory the prompt prefix cache of one chat model may hold: 256 MiB
-/// (SmolLM2-135M keeps 46 KiB per token, so about 5,800 tokens of
-/// prompts).
-pub const PREFIX_CACHE_BYTES: usize = 256 << 20;
-
-/// A chat model: TorchScript decoder with a key/value cache.
-pub struct ChatModel {
-    module: Mutex<CModule>,
-    device: Device,
-    /// `[layers, kv heads, head dim]`.
-    cache: [i64; 3],
-    /// Key/value caches of earlier prompts, per account.
-    prefixes: Mutex<PrefixCache<(Tensor, Tensor)>>,
-    /// Token ids that end the answer.
-    stop: Vec<i64>,
-    system_prompt: Option<String>,
-}
-
-impl ChatModel {
-    /// Load from checked `bytes`, read its cache shape, and run one step.
-    pub fn load(
-        bytes: &[u8],
-        device: Device,
-        path: &str,
-        tokenizer: &CheckedTokenizer,
-        system_prompt: Option<String>,
-    ) -> Result<ChatModel, LoadError> {
-        let invalid = |message: String| LoadError::Invalid {
-            what: "model file",
-            path: path.into(),
-            message,
-        };
-        let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
-            .map_err(|e| invalid(e.to_string()))?;
-        module.set_eval();
-        let shape =
-            match module.method_is::<IValue>("cache_shape", &[]) {
-                Ok(IValue::IntList(v)) if v.len() == 3 && v.iter().all(|&x| x > 0) => {
-                    [v[0], v[1], v[2]]
-                }
-                _ => return Err(invalid(
-                    "it is not a chat decoder: no cache_shape() -> [layers, kv heads, head dim]"
-                        .into(),
-                )),
-            };
-        let stop: Vec<i64> = ["<|im_end|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| tokenizer.token_id(t))
-            .map(i64::from)
-            .collect();
-        if stop.is_empty() {
-            return Err(invalid(
-                "its tokenizer has no <|im_end|> or <|endoftext|> token (ChatML)".into(),
-            ));
-        }
-        let model = ChatModel {
-            module: Mutex::new(module),
-            device,
-            cache: shape,
-            prefixes: Mutex::new(PrefixCache::new(PREFIX_CACHE_BYTES)),
-            stop,
-            system_prompt,
-        };
-        let (k, v) = model.empty_cache().map_err(|e| invalid(e.to_string()))?;
-        let _probe = model
-            .step(&[0], k, v, None)
-            .map_err(|e| invalid(format!("it does not behave as a chat decoder: {e}")))?;
-        Ok(model)
-    }
-
-    fn empty_cache(&self) -> Result<(Tensor, Tensor), tch::TchError> {
-        let [l, kv, d] = self.cache;
-        let k = Tensor::f_zeros([l, kv, 0, d], (Kind::Float, self.device))?;
-        let v = Tensor::f_zeros([l, kv, 0, d], (Kind::Float, self.device))?;
-        Ok((k, v))
-    }
-
-    /// Feed `ids` after the cache; the next token (argmax on the device, or
-    /// picked by `sampler` from the logits copied to the CPU) with its
-    /// log-probabilities when the sampler reports them, and the grown cache.
-    fn step(
-        &self,
-        ids: &[i64],
-        k: Tensor,
-        v: Tensor,
-        sampler: Option<&mut Sampler>,
-    ) -> Result<(i64, Option<sampling::Logprobs>, Tensor, Tensor), String> {
-        let run = || -> Result<(i64, Option<sampling::Logprobs>, Tensor, Tensor), tch::TchError> {
-            let t = Tensor::from_slice(ids)
-                .f_view([1, ids.len() as i64])?
-                .f_to_device(self.device)?;
-            let out = {
-                let module = self.module.lock().unwrap_or_else(|p| p.into_inner());
-                tch::no_grad(|| {
-                    module.forward_is(&[IValue::Tensor(t), IValue::Tensor(k), IValue::Tensor(v)])
-                })?
-            };
-            let IValue::Tuple(mut parts) = out else {
-                return Err(tch::TchError::Kind("forward did not return a tuple".into()));
-            };
-            if parts.len() != 3 {
-                return Err(tch::TchError::Kind(
-                    "forward did not return 3 values".into(),
-                ));
-            }
-            let (IValue::Tensor(v), IValue::Tensor(k), IValue::Tensor(logits)) =
-                (parts.remove(2), parts.remove(1), parts.remove(0))
-            else {
-                return Err(tch::TchError::Kind("forward did not return tensors".into()));
-            };
-            let Some(sampler) = sampler else {
-                let next = logits.f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
-                let next = next.f_int64_value(&[0])?;
-                return Ok((next, None, k, v));
-            };
-            let row = logits
-                .f_view([-1])?
-                .f_to_kind(Kind::Float)?
-                .f_to_device(Device::Cpu)?;
-            let mut row = Vec::<f32>::try_from(row)?;
-            let Some(pick) = sampler.pick(&mut row) else {
-                return Err(tch::TchError::Kind("the model returned no logits".into()));
-            };
-            Ok((i64::from(pick.token), pick.logprobs, k, v))
-        };
-        match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(tch::TchError::Kind(m))) => Err(m),
-            Ok(Err(_)) => Err("libtorch reported an error in the forward pass".into()),
-            Err(_) => Err("libtorch panicked in the forward pass".into()),
-        }
-    }
-
-    /// The conversation in the ChatML template, ending with the assistant's
-    /// turn opened.
-    pub fn prompt(&self, messages: &[ChatMessage]) -> String {
-        let mut s = String::new();
-        if let (Some(system), Some(first)) = (&self.system_prompt, messages.first()) {
-            if first.role != Role::System {
-                s.push_str("<|im_start|>system\n");
-                s.push_str(system);
-                s.push_str("<|im_end|>\n");
-            }
-        }
-        for m in messages {
-            s.push_str("<|im_start|>");
-            s.push_str(m.role.as_str());
-            s.push('\n');
-            s.push_str(&m.content);
-            s.push_str("<|im_end|>\n");
-        }
-        s.push_str("<|im_start|>assistant\n");
-        s
-    }
-
-    /// Decoding of up to `max_tokens` tokens after `prompt_ids`: greedy on
-    /// the device for plain greedy sampling, else by a [`Sampler`]. Every
-    /// token is emitted; its text is what it completes of valid UTF-8
-    /// (empty while a character is incomplete).
-    fn generate(
-        &self,
-        tokenizer: &CheckedTokenizer,
-        scope: Option<&Scope>,
-        prompt_ids: &[i64],
-        max_tokens: u32,
-        sampling: &Sampling,
-        emit: &mut dyn FnMut(Generated<'_>) -> ControlFlow<()>,
-    ) -> Result<(u64, u64, Finish), BackendError> {
-        let mut sampler = (!sampling.is_plain_greedy()).then(|| Sampler::new(sampling));
-        let failed = BackendError::Failed;
-        let (mut k, mut v) = self
-            .empty_cache()
-            .map_err(|_| failed("cannot allocate the key/value cache".into()))?;
-        // The longest prefix this account ran before, cut to its length; at
-        // least one prompt token is left to run (its logits start the
-        // answer).
-        let mut reused = 0usize;
-        if let Some(scope) = scope {
-            let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
-            let max = prompt_ids.len().saturating_sub(1);
-            if let Some((n, (pk, pv))) = prefixes.lookup(scope, prompt_ids, max) {
-                if let (Ok(nk), Ok(nv)) = (pk.f_narrow(2, 0, n as i64), pv.f_narrow(2, 0, n as i64))
-                {
-                    (k, v, reused) = (nk, nv, n);
-                }
-            }
-        }
-        let mut input: Vec<i64> = prompt_ids[reused..].to_vec();
-        let mut prefilled = false;
-        let mut generated: Vec<u32> = Vec::new();
-        let mut sent = 0usize;
-        let mut delivered = 0u64;
-        while generated.len() < max_tokens as usize {
-            let (next, logprobs, k2, v2) =
-                self.step(&input, k, v, sampler.as_mut()).map_err(failed)?;
-            k = k2;
-            v = v2;
-            if !prefilled {
-                prefilled = true;
-                // The cache now covers the whole prompt: keep it for this
-                // account's next requests (the later steps make new
-                // tensors; these are never written to).
-                if let Some(scope) = scope {
-                    let bytes = (k.numel() + v.numel()) * 4;
-                    let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
-                    prefixes.insert(
-                        *scope,
-                        prompt_ids.to_vec(),
-                        (k.shallow_clone(), v.shallow_clone()),
-                        bytes,
-                    );
-                }
-            }
-            if self.stop.contains(&next) {
-                return Ok((delivered, reused as u64, Finish::Stop));
-            }
-            let Ok(id) = u32::try_from(next) else {
-                return Err(failed("the model produced an invalid token id".into()));
-            };
-            generated.push(id);
-            let text = tokenizer.decode(&generated).map_err(failed)?;
-            let logprob = logprobs.map(|lp| token_logprob(tokenizer, id, lp));
-            // A token may end inside a UTF-8 sequence: wait for the rest.
-            let mut piece = "";
-            if !text.ends_with('\u{FFFD}') {
-                if let Some(p) = text.get(sent..) {
-                    piece = p;
-                    sent = text.len();
-                }
-            }
-            if emit(Generated {
-                text: piece,
-                logprob,
-            })
-            .is_break()
-            {
-                return Ok((delivered, reused as u64, Finish::Stop));
-            }
-            delivered += 1;
-            input.clear();
-            input.push(next);
-        }
-        Ok((delivered, reused as u64, Finish::Length))
-    }
-}
-
-/// A token's bytes as the tokenizer decodes it alone, within the wire's limit.
-fn token_bytes(tokenizer: &CheckedTokenizer, id: u32) -> Vec<u8> {
-    let mut b = tokenizer.decode(&[id]).unwrap_or_default().into_bytes();
-    b.truncate(MAX_TOKEN_BYTES);
-    b
-}
-
-fn token_logprob(tokenizer: &CheckedTokenizer, id: u32, lp: sampling::Logprobs) -> TokenLogprob {
-    TokenLogprob {
-        chosen: TopLogprob {
-            token: token_bytes(tokenizer, id),
-            logprob: Logprob::from_f32(lp.chosen),
-        },
-        top: lp
-            .top
-            .into_iter()
-            .map(|(t, l)| TopLogprob {
-                token: token_bytes(tokenizer, t),
-                logprob: Logprob::from_f32(l),
-            })
-            .collect(),
     }
 }
 
