@@ -124,7 +124,9 @@ pub struct Job {
     pub max_tokens: u32,
     /// Its sampling state; `None` for plain greedy (argmax on the device).
     pub sampler: Option<Sampler>,
-    /// Where its events go.
+    /// Where its events go. Unbounded on purpose: a row sends at most
+    /// `max_tokens` + 2 events, and a caller slow to take them (a slow
+    /// client behind `emit`) must never stall the other rows.
     pub events: mpsc::Sender<Event>,
     /// Set by the caller when it stops listening: the row leaves at the
     /// next token boundary.
