@@ -468,7 +468,8 @@ pub struct EnclaveConfig {
     /// Rows of every decoding step of a tch chat model: the most
     /// conversations decoded together (more wait for a row). Every step
     /// computes this many rows, padding included, so that an answer does
-    /// not depend on the others in the batch: on a CPU keep it small.
+    /// not depend on the others in the batch: on a CPU keep it small; 1
+    /// decodes one conversation at a time at the unbatched cost.
     pub chat_batch: usize,
     /// Models of the tch backend, by the name clients ask for.
     pub models: BTreeMap<String, ModelConfig>,

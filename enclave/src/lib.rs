@@ -43,7 +43,7 @@
 //!   models batched on one thread per model, `chat` models decoded with a
 //!   key/value cache and ChatML prompts (greedy, or sampled by [`sampling`]
 //!   when the request asks), conversations batched continuously on one
-//!   thread per model (`torch/batch.rs`; answers bit for bit the same as
+//!   thread per model (`torch/batch/`; answers bit for bit the same as
 //!   alone); on a CUDA device only with
 //!   a `[gpu]` table (GPU evidence for the session, CC mode on, developer
 //!   tools off).
