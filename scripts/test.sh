@@ -64,7 +64,7 @@ phase "vector suites on the pure-Rust backend (the one wasm32 uses)"
 # A package of its own (tests/pure-rust): in cocoon-tests the client and
 # host crates would turn aws-lc back on; its backend test fails unless the
 # verifier really built without it.
-COCOON_EXPECT_PURE_RUST=1 cargo test -p cocoon-pure-rust-vectors 2>&1 | tee -a "$LOG"
+cargo test -p cocoon-pure-rust-vectors --test backend --test snp_vectors --test nvidia_vectors --test nvidia_rim --test tdx_vectors 2>&1 | tee -a "$LOG"
 cargo test -p cocoon-verifier --no-default-features --lib 2>&1 | tee -a "$LOG"
 
 phase "SEV-SNP revocation with test-signed ARK/ASK/VCEK chains and CRLs (feature test-roots, test-only)"

@@ -146,9 +146,14 @@ async fn timings(
         }
     };
     let samples = app.timings.after(q.after);
-    let mut body = String::with_capacity(samples.len() * 256);
-    for s in &samples {
-        body.push_str(&s.to_json_line());
+    ndjson(samples.iter().map(|s| s.to_json_line()))
+}
+
+/// One JSON object a line (`application/x-ndjson`), 200.
+fn ndjson(lines: impl Iterator<Item = String>) -> Response {
+    let mut body = String::new();
+    for line in lines {
+        body.push_str(&line);
         body.push('\n');
     }
     (
@@ -184,19 +189,7 @@ async fn export(
         .unwrap_or(DEFAULT_EXPORT_LIMIT)
         .min(MAX_EXPORT_LIMIT);
     match app.ledger.export(q.after, limit).await {
-        Ok(rows) => {
-            let mut body = String::with_capacity(rows.len() * 600);
-            for r in &rows {
-                body.push_str(&r.to_json_line());
-                body.push('\n');
-            }
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/x-ndjson")],
-                body,
-            )
-                .into_response()
-        }
+        Ok(rows) => ndjson(rows.iter().map(|r| r.to_json_line())),
         Err(e) => {
             warn!(error = %e, "ledger export failed");
             text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())

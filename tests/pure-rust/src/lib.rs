@@ -6,7 +6,7 @@
 //! --no-default-features` did not do this: cargo unifies features within a
 //! build, and the client and host crates the end-to-end tests need turn
 //! the verifier's `aws-lc` feature back on. Run alone,
-//! `cargo test -p cocoon-pure-rust-vectors` builds the verifier without
-//! it, and `tests/backend.rs` fails unless that is so. (In a
-//! `--workspace` run the same suites are built with aws-lc, like every
-//! other package.)
+//! `cargo test -p cocoon-pure-rust-vectors --test backend --test ...`
+//! builds the verifier without it, and `backend.rs` fails unless that is
+//! so. The tests are `test = false`, so a `--workspace` run (aws-lc on)
+//! does not run them.
