@@ -376,7 +376,11 @@ fn the_image_boots_from_its_verity_disk_and_serves_real_models() {
 }
 
 /// A copy of the image with its own disk (and no SHA256SUMS: the disk is
-/// the one thing that differs, and only dm-verity judges it).
+/// the one thing that differs, and only dm-verity judges it). Only the
+/// disk is copied; the other files are hard links where the file system
+/// allows (a copy otherwise). Each copy is removed as soon as its case has
+/// run ([`drop_copy`]), so the test never holds more than one extra disk:
+/// a CI machine's disk once filled up holding three.
 fn image_copy(dir: &TempDir, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let src = image_dir();
     let dst = dir.path().join(name);
@@ -387,12 +391,22 @@ fn image_copy(dir: &TempDir, name: &str, edit: impl FnOnce(&Path)) -> PathBuf {
         "initrd.cpio",
         "cmdline.txt",
         "image.env",
-        "disk.img",
     ] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        if std::fs::hard_link(src.join(f), dst.join(f)).is_err() {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
     }
+    std::fs::copy(src.join("disk.img"), dst.join("disk.img"))
+        .unwrap_or_else(|e| panic!("copying the image's disk into {}: {e}", dst.display()));
     edit(&dst.join("disk.img"));
     dst
+}
+
+/// Gives a copy's disk space back once its case has run.
+fn drop_copy(copy: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(copy) {
+        eprintln!("could not remove {}: {e}", copy.display());
+    }
 }
 
 /// Where `needle` is in `hay`.
@@ -460,6 +474,7 @@ fn tampered_disks_never_serve() {
         .and_then(|n| n.parse().ok())
         .expect("--data-blocks on the command line");
     let at = model_offset(&disk);
+    drop(disk);
 
     // 1. One flipped byte in the model's data: the block no longer matches
     //    its hash; reading the model fails, the enclave refuses to start.
@@ -470,6 +485,7 @@ fn tampered_disks_never_serve() {
         "flipped data byte",
         &["is corrupted", "cocoon-init: the enclave ended"],
     );
+    drop_copy(&flipped_data);
 
     // 2. One flipped byte in the hash tree: the leaf hash of the model's
     //    block. The tree is stored top level first after the superblock,
@@ -488,6 +504,7 @@ fn tampered_disks_never_serve() {
         "flipped hash-tree byte",
         &["is corrupted", "cocoon-init: the enclave ended"],
     );
+    drop_copy(&flipped_tree);
 
     // 3. Other model bytes in a consistent disk (its own, valid hash tree
     //    and root): the measured command line names the release's root, so
@@ -525,6 +542,7 @@ fn tampered_disks_never_serve() {
         "a disk with other model bytes",
         &["VERITY: the root disk does not match the measured root hash"],
     );
+    drop_copy(&other);
 }
 
 fn flip(disk: &Path, at: u64) {
