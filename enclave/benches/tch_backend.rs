@@ -13,6 +13,8 @@
 //!
 //! Needs the exported models (`source scripts/torch-env.sh`). Prints
 //! ratios, not absolute times; run with `cargo bench -p cocoon-enclave`.
+//! Under `cargo test --benches` (no `--bench` argument) every path runs
+//! once, without warm-up, as a smoke test: the full run takes minutes.
 
 use std::io::Cursor;
 use std::ops::ControlFlow;
@@ -32,30 +34,58 @@ fn model_toml(var: &str) -> String {
     std::fs::read_to_string(format!("{dir}/model.toml")).expect("model.toml")
 }
 
+/// Whether this run measures (`cargo bench`: `--bench` without `--test`,
+/// criterion's rule) or only smoke-tests each path once.
+fn measuring() -> bool {
+    static M: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *M.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test")
+    })
+}
+
+/// `n` rounds when measuring, one otherwise.
+fn rounds(n: usize) -> usize {
+    if measuring() {
+        n
+    } else {
+        1
+    }
+}
+
+/// Warm-up calls before timing: none in a smoke test.
+fn warmups() -> usize {
+    if measuring() {
+        3
+    } else {
+        0
+    }
+}
+
 fn time(f: &mut impl FnMut()) -> Duration {
     let s = Instant::now();
     f();
     s.elapsed()
 }
 
-/// Median of `rounds` timings of `f`, after a warm-up.
-fn median(rounds: usize, mut f: impl FnMut()) -> Duration {
-    for _ in 0..3 {
+/// Median of `n` timings of `f`, after a warm-up.
+fn median(n: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..warmups() {
         f();
     }
-    let mut t: Vec<Duration> = (0..rounds).map(|_| time(&mut f)).collect();
+    let mut t: Vec<Duration> = (0..rounds(n)).map(|_| time(&mut f)).collect();
     t.sort();
     t[t.len() / 2]
 }
 
-/// Median ratio b/a over `rounds` rounds that time `a` then `b` back to
+/// Median ratio b/a over `n` rounds that time `a` then `b` back to
 /// back, so load from elsewhere hits both alike.
-fn ratio(rounds: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> f64 {
-    for _ in 0..3 {
+fn ratio(n: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> f64 {
+    for _ in 0..warmups() {
         a();
         b();
     }
-    let mut r: Vec<f64> = (0..rounds)
+    let mut r: Vec<f64> = (0..rounds(n))
         .map(|_| {
             let ta = time(&mut a);
             let tb = time(&mut b);
@@ -115,8 +145,9 @@ fn main() {
             },
         );
         println!(
-            "embeddings, one input of {label} ({} ids): backend / bare forward = {r:.3} (median of 60 paired rounds)",
-            ids.len()
+            "embeddings, one input of {label} ({} ids): backend / bare forward = {r:.3} (median of {} paired rounds)",
+            ids.len(),
+            rounds(60)
         );
     }
     // A batch of 32 short inputs in one request against 32 bare forwards
@@ -152,7 +183,8 @@ fn main() {
         role: Role::User,
         content: "Write a short story about a lighthouse keeper.".into(),
     }];
-    let max_tokens = 48;
+    // Shorter answers in a smoke test.
+    let max_tokens = if measuring() { 48 } else { 8 };
     let mut produced = 0u64;
     let chat = |sampling: &Sampling| {
         backend
@@ -292,7 +324,7 @@ fn main() {
             }]
         })
         .collect();
-    let tokens = 32;
+    let tokens = if measuring() { 32 } else { 8 };
     let ask = |m: &[ChatMessage]| {
         backend
             .chat(
@@ -328,7 +360,8 @@ fn main() {
     // ratio() is time(8) / time(1); tokens/s scale by the tokens each made.
     let speedup = eight_tokens as f64 / one_tokens as f64 / r;
     println!(
-        "chat, aggregate completion tokens/s, 8 concurrent conversations / 1: {speedup:.2}x ({eight_tokens} vs {one_tokens} tokens per round, time ratio {r:.3}, median of 5 paired rounds; {:.1} live rows per step with 8)",
+        "chat, aggregate completion tokens/s, 8 concurrent conversations / 1: {speedup:.2}x ({eight_tokens} vs {one_tokens} tokens per round, time ratio {r:.3}, median of {} paired rounds; {:.1} live rows per step with 8)",
+        rounds(5),
         rows as f64 / steps as f64
     );
     println!(
