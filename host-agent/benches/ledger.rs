@@ -19,6 +19,8 @@ use cocoon_protocol::receipt::UnitPrice;
 use cocoon_protocol::RequestId;
 use sha2::{Digest, Sha256};
 
+mod common;
+
 /// Appends measured with group commit.
 const BATCHED: u64 = 60_000;
 /// Appends measured with one fsync each (enough for a stable rate).
@@ -159,6 +161,10 @@ fn raw_sqlite(path: &std::path::Path, run: u8, n: u64) -> Duration {
 }
 
 fn main() {
+    // A smoke test under `cargo test --benches`: fewer appends, one round.
+    let batched_n = common::scaled(BATCHED, 3_000);
+    let single_n = common::scaled(SINGLE, 20);
+    let rounds = common::scaled(ROUNDS, 1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,10 +180,10 @@ fn main() {
     rt.block_on(measure(batched.clone(), 9, 200));
     rt.block_on(measure(single.clone(), 9, 20));
 
-    let tb = rt.block_on(measure(batched.clone(), 1, BATCHED));
-    let ts = rt.block_on(measure(single.clone(), 1, SINGLE));
-    let rate_b = BATCHED as f64 / tb.as_secs_f64();
-    let rate_s = SINGLE as f64 / ts.as_secs_f64();
+    let tb = rt.block_on(measure(batched.clone(), 1, batched_n));
+    let ts = rt.block_on(measure(single.clone(), 1, single_n));
+    let rate_b = batched_n as f64 / tb.as_secs_f64();
+    let rate_s = single_n as f64 / ts.as_secs_f64();
     let batches = batched
         .stats()
         .batches
@@ -186,13 +192,13 @@ fn main() {
         "ledger appends, each awaited until durably committed ({TASKS} concurrent submitters):"
     );
     println!(
-        "  group commit (max_batch 1024): {BATCHED} appends in {:.3} s = {rate_b:.0} appends/s ({} transactions, {:.0} appends per fsync)",
+        "  group commit (max_batch 1024): {batched_n} appends in {:.3} s = {rate_b:.0} appends/s ({} transactions, {:.0} appends per fsync)",
         tb.as_secs_f64(),
         batches,
-        (BATCHED + 200) as f64 / batches.max(1) as f64
+        (batched_n + 200) as f64 / batches.max(1) as f64
     );
     println!(
-        "  one fsync per append         : {SINGLE} appends in {:.3} s = {rate_s:.0} appends/s",
+        "  one fsync per append         : {single_n} appends in {:.3} s = {rate_s:.0} appends/s",
         ts.as_secs_f64()
     );
     println!("  ratio group/single: {:.1}x", rate_b / rate_s);
@@ -205,7 +211,7 @@ fn main() {
 
     // Ours against SQLite's floor, interleaved, fresh files each round.
     let (mut best_ours, mut best_raw) = (Duration::MAX, Duration::MAX);
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let ours_path = d.join(format!("ours-{round}.sqlite"));
         let raw_path = d.join(format!("raw-{round}.sqlite"));
         let ours = std::sync::Arc::new(
@@ -217,14 +223,14 @@ fn main() {
             .expect("open")
             .close();
         rt.block_on(measure(ours.clone(), 9, 200));
-        best_ours = best_ours.min(rt.block_on(measure(ours.clone(), 2, BATCHED)));
+        best_ours = best_ours.min(rt.block_on(measure(ours.clone(), 2, batched_n)));
         ours.close();
         let _ = raw_sqlite(&raw_path, 9, 200);
-        best_raw = best_raw.min(raw_sqlite(&raw_path, 2, BATCHED));
+        best_raw = best_raw.min(raw_sqlite(&raw_path, 2, batched_n));
     }
-    let rate_ours = BATCHED as f64 / best_ours.as_secs_f64();
-    let rate_raw = BATCHED as f64 / best_raw.as_secs_f64();
-    println!("against SQLite's own batched insert (best of {ROUNDS} interleaved rounds, {BATCHED} rows each):");
+    let rate_ours = batched_n as f64 / best_ours.as_secs_f64();
+    let rate_raw = batched_n as f64 / best_raw.as_secs_f64();
+    println!("against SQLite's own batched insert (best of {rounds} interleaved rounds, {batched_n} rows each):");
     println!(
         "  ours (ledger, {TASKS} concurrent submitters, each awaited): {rate_ours:.0} appends/s"
     );

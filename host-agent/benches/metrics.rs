@@ -17,12 +17,14 @@ use cocoon_host::ledger::LedgerStats;
 use cocoon_host::metrics::{Metrics, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+mod common;
+
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Interleaved rounds per measurement.
+/// Interleaved rounds per measurement (one in a smoke test).
 const ROUNDS: usize = 15;
 
 const BUCKETS: [f64; 12] = [
@@ -335,7 +337,8 @@ fn compare(what: &str, iters: u32, mut ours: impl FnMut(), mut peer: impl FnMut(
     per_call(iters / 10 + 1, &mut ours);
     per_call(iters / 10 + 1, &mut peer);
     let (mut a, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    let iters = common::scaled(iters, iters / 50 + 1);
+    for _ in 0..common::scaled(ROUNDS, 1) {
         let x = per_call(iters, &mut ours);
         let y = per_call(iters, &mut peer);
         a.push(x);

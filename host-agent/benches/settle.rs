@@ -7,6 +7,8 @@
 //!
 //! `cargo bench -p cocoon-host --bench settle`
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -36,6 +38,8 @@ fn dir() -> PathBuf {
 }
 
 fn main() {
+    // A smoke test under `cargo test --benches`: fewer receipts.
+    let receipts = common::scaled(RECEIPTS, 8_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,7 +67,7 @@ fn main() {
     let mut totals = vec![vec![(0u64, 0u64); ACCOUNTS]; KEYS];
     rt.block_on(async {
         let mut tasks = Vec::new();
-        for i in 0..RECEIPTS {
+        for i in 0..receipts {
             let (k, a) = ((i as usize) % KEYS, (i as usize / KEYS) % ACCOUNTS);
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&i.to_be_bytes());
@@ -149,7 +153,7 @@ fn main() {
         let s = settle::build(&rows, contract, 1);
         ours = ours.min(t.elapsed().as_secs_f64());
         claims = s.claims.len();
-        assert_eq!(s.counted_receipts, RECEIPTS, "every receipt counted once");
+        assert_eq!(s.counted_receipts, receipts, "every receipt counted once");
         assert!(s.unclaimed.is_empty());
     }
     // The raw primitive: SQLite sums the same table.
@@ -168,12 +172,12 @@ fn main() {
             .map(|r| r.expect("row"))
             .sum::<i64>();
         raw = raw.min(t.elapsed().as_secs_f64());
-        assert_eq!(n as u64, RECEIPTS);
+        assert_eq!(n as u64, receipts);
     }
-    let rate_ours = RECEIPTS as f64 / ours;
-    let rate_raw = RECEIPTS as f64 / raw;
+    let rate_ours = receipts as f64 / ours;
+    let rate_raw = receipts as f64 / raw;
     println!(
-        "receipts aggregated into claims ({RECEIPTS} receipts, {ACCOUNTS} accounts x {KEYS} enclave keys = {claims} claims):"
+        "receipts aggregated into claims ({receipts} receipts, {ACCOUNTS} accounts x {KEYS} enclave keys = {claims} claims):"
     );
     println!(
         "  cocoon-host settle path (read, aggregate, verify {} tab + {} authorization signatures, reconcile, build bodies): {ours:.3} s = {rate_ours:.0} receipts/s",
