@@ -20,7 +20,6 @@
 //! Errors and panics inside libtorch become the affected requests'
 //! failures ([`crate::BackendError::Failed`]), never the enclave's.
 
-use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -302,14 +301,8 @@ impl ChatModel {
         system_prompt: Option<String>,
         width: usize,
     ) -> Result<ChatModel, LoadError> {
-        let invalid = |message: String| LoadError::Invalid {
-            what: "model file",
-            path: path.into(),
-            message,
-        };
-        let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
-            .map_err(|e| invalid(e.to_string()))?;
-        module.set_eval();
+        let invalid = |message: String| super::invalid_model(path, message);
+        let module = super::load_module(bytes, device, path)?;
         let shape =
             match module.method_is::<IValue>("cache_shape", &[]) {
                 Ok(IValue::IntList(v)) if v.len() == 3 && v.iter().all(|&x| x > 0) => {

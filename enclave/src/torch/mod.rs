@@ -104,6 +104,24 @@ pub fn pick_device(choice: DeviceChoice, gpu_evidence: bool) -> Result<Device, L
 /// The rule behind [`pick_device`]: a model runs on a CUDA device only when
 /// the enclave takes GPU evidence for it; a GPU without evidence is never
 /// used silently.
+/// A model file that loaded but is not what its configuration says.
+pub(crate) fn invalid_model(path: &str, message: String) -> LoadError {
+    LoadError::Invalid {
+        what: "model file",
+        path: path.into(),
+        message,
+    }
+}
+
+/// TorchScript from `bytes` (already checked by the caller) on `device`,
+/// in evaluation mode.
+pub(crate) fn load_module(bytes: &[u8], device: Device, path: &str) -> Result<CModule, LoadError> {
+    let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
+        .map_err(|e| invalid_model(path, e.to_string()))?;
+    module.set_eval();
+    Ok(module)
+}
+
 fn decide_device(
     choice: DeviceChoice,
     cuda_available: bool,
@@ -144,14 +162,8 @@ impl EmbeddingModel {
         device: Device,
         path: &str,
     ) -> Result<(EmbeddingModel, usize), LoadError> {
-        let invalid = |message: String| LoadError::Invalid {
-            what: "model file",
-            path: path.into(),
-            message,
-        };
-        let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), device)
-            .map_err(|e| invalid(e.to_string()))?;
-        module.set_eval();
+        let invalid = |message: String| invalid_model(path, message);
+        let module = load_module(bytes, device, path)?;
         let model = EmbeddingModel { module, device };
         let probe = model
             .forward(&[vec![0i64, 0]])
